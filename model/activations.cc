@@ -1,0 +1,69 @@
+#include "model/activations.h"
+
+#include <sstream>
+
+namespace grove {
+
+BlockActivations BlockActivations::Allocate(const ModelConfig& c, int b, int s, bool with_probs) {
+  const int64_t N = int64_t(s) * b, h = c.d_model, qd = int64_t(c.n_heads) * c.head_dim(),
+                kvd = int64_t(c.kv_heads()) * c.head_dim(), f = c.ffn();
+  BlockActivations a;
+  a.rstd1 = Tensor::empty({N});
+  a.ln1 = Tensor::empty({N, h});
+  a.q = Tensor::empty({N, qd});
+  a.k = Tensor::empty({N, kvd});
+  a.v = Tensor::empty({N, kvd});
+  if (with_probs) a.probs = Tensor::empty({b, c.n_heads, s, s});
+  a.lse = Tensor::empty({b, c.n_heads, s});
+  a.att = Tensor::empty({N, qd});
+  a.resid2 = Tensor::empty({N, h});
+  a.rstd2 = Tensor::empty({N});
+  a.ln2 = Tensor::empty({N, h});
+  a.gate = Tensor::empty({N, f});
+  a.up = Tensor::empty({N, f});
+  a.act = Tensor::empty({N, f});
+  return a;
+}
+
+size_t BlockActivations::bytes() const {
+  size_t n = 0;
+  for (const Tensor* t : {&rstd1, &ln1, &q, &k, &v, &probs, &lse, &att, &resid2, &rstd2, &ln2,
+                          &gate, &up, &act})
+    n += t->bytes();
+  return n;
+}
+
+ActivationStash ActivationStash::Allocate(const ModelConfig& c, int b, int s, Recompute mode) {
+  const int64_t N = int64_t(s) * b, h = c.d_model;
+  ActivationStash st;
+  for (int l = 0; l <= c.n_layers; ++l) st.resid.push_back(Tensor::empty({N, h}));
+  if (mode == Recompute::kFull) {
+    st.transient = BlockActivations::Allocate(c, b, s, /*with_probs=*/false);
+  } else {
+    for (int l = 0; l < c.n_layers; ++l)
+      st.blocks.push_back(BlockActivations::Allocate(c, b, s, mode == Recompute::kNone));
+  }
+  st.rstdf = Tensor::empty({N});
+  st.lnf = Tensor::empty({N, h});
+  st.logits = Tensor::empty({N, c.vocab_size});
+  st.ce_lse = Tensor::empty({N});
+  st.losses = Tensor::empty({N});
+  return st;
+}
+
+size_t ActivationReport::total() const {
+  size_t n = transient + head;
+  for (size_t b : per_layer) n += b;
+  return n;
+}
+
+std::string ActivationReport::to_string() const {
+  std::ostringstream os;
+  os << "activations: " << total() / (1024.0 * 1024.0) << " MiB (per layer "
+     << (per_layer.empty() ? 0.0 : per_layer[0] / (1024.0 * 1024.0)) << " MiB x "
+     << per_layer.size() << ", transient " << transient / (1024.0 * 1024.0) << " MiB, head "
+     << head / (1024.0 * 1024.0) << " MiB)";
+  return os.str();
+}
+
+}  // namespace grove

@@ -1,0 +1,63 @@
+// The activation stash: every tensor the forward keeps for the backward, as named buffers sized
+// once before step 0 (STYLE.md rule 3). The recompute mode is a policy that changes which
+// buffers exist, so the bytes reported here are exactly what the mode keeps:
+//   none       every block keeps all its intermediates, including attention probabilities;
+//   selective  as none, minus the attention probabilities [b, a, s, s], which the attention
+//              backward recomputes from q, k and the saved log-sum-exp;
+//   full       every block keeps only its input; the backward re-runs one block at a time in
+//              a single transient block-sized buffer (reported separately).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+#include "model/config.h"
+
+namespace grove {
+
+// Intermediates of one transformer block. N = s*b rows.
+struct BlockActivations {
+  Tensor rstd1;   // [N]        1/rms of the block input (attention RMSNorm)
+  Tensor ln1;     // [N, h]     normalised input to the QKV projections
+  Tensor q;       // [N, a*d]   queries after RoPE
+  Tensor k;       // [N, k*d]   keys after RoPE
+  Tensor v;       // [N, k*d]   values
+  Tensor probs;   // [b, a, s, s] softmax probabilities (Recompute::kNone only)
+  Tensor lse;     // [b, a, s]  attention log-sum-exp per query row
+  Tensor att;     // [N, a*d]   attention output before the output projection
+  Tensor resid2;  // [N, h]     residual stream after attention
+  Tensor rstd2;   // [N]        1/rms for the MLP RMSNorm
+  Tensor ln2;     // [N, h]     normalised input to the MLP
+  Tensor gate;    // [N, f]     gate projection
+  Tensor up;      // [N, f]     up projection
+  Tensor act;     // [N, f]     silu(gate) * up
+
+  static BlockActivations Allocate(const ModelConfig& c, int b, int s, bool with_probs);
+  size_t bytes() const;
+};
+
+struct ActivationStash {
+  std::vector<Tensor> resid;              // L+1 x [N, h]: input of block l; resid[L] = final
+  std::vector<BlockActivations> blocks;   // L blocks (empty under Recompute::kFull)
+  BlockActivations transient;             // full recompute only: one block, reused
+  Tensor rstdf;                           // [N]    final RMSNorm
+  Tensor lnf;                             // [N, h] final normalised hidden state
+  Tensor logits;                          // [N, V] (overwritten by dlogits in the backward)
+  Tensor ce_lse;                          // [N]    cross-entropy log-sum-exp
+  Tensor losses;                          // [N]    per-token loss
+
+  static ActivationStash Allocate(const ModelConfig& c, int b, int s, Recompute mode);
+};
+
+// What the stash holds, in bytes.
+struct ActivationReport {
+  std::vector<size_t> per_layer;  // kept across the step by block l (its input + intermediates)
+  size_t transient = 0;           // full recompute: the one-block buffer used in the backward
+  size_t head = 0;                // final norm, logits and loss buffers
+  size_t total() const;
+  std::string to_string() const;
+};
+
+}  // namespace grove

@@ -1,0 +1,102 @@
+#include "model/weights.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "core/rng.h"
+
+namespace grove {
+
+Weights Weights::Zeros(const ModelConfig& c) {
+  const int64_t h = c.d_model, qd = int64_t(c.n_heads) * c.head_dim(),
+                kvd = int64_t(c.kv_heads()) * c.head_dim(), f = c.ffn(), V = c.vocab_size;
+  Weights w;
+  w.wte = Tensor::zeros({V, h});
+  for (int l = 0; l < c.n_layers; ++l) {
+    LayerWeights lw;
+    lw.attn_norm = Tensor::zeros({h});
+    lw.wq = Tensor::zeros({qd, h});
+    lw.wk = Tensor::zeros({kvd, h});
+    lw.wv = Tensor::zeros({kvd, h});
+    lw.wo = Tensor::zeros({h, qd});
+    lw.mlp_norm = Tensor::zeros({h});
+    lw.w_gate = Tensor::zeros({f, h});
+    lw.w_up = Tensor::zeros({f, h});
+    lw.w_down = Tensor::zeros({h, f});
+    w.layers.push_back(std::move(lw));
+  }
+  w.final_norm = Tensor::zeros({h});
+  w.lm_head = Tensor::zeros({V, h});
+  return w;
+}
+
+Weights Weights::Init(const ModelConfig& c) {
+  Weights w = Zeros(c);
+  const double out_std = c.init_std / std::sqrt(2.0 * c.n_layers);
+  uint64_t stream = 0;
+  for (NamedTensor& nt : w.named()) {
+    float* p = nt.tensor.data<float>();
+    const int64_t n = nt.tensor.numel();
+    Rng rng(derive_seed(c.seed, stream++));
+    if (nt.tensor.ndim() == 1) {  // RMSNorm weights
+      for (int64_t i = 0; i < n; ++i) p[i] = 1.0f;
+      continue;
+    }
+    const bool residual_out = nt.name.ends_with(".wo") || nt.name.ends_with(".w_down");
+    const double std = residual_out ? out_std : c.init_std;
+    for (int64_t i = 0; i < n; ++i) p[i] = static_cast<float>(std * rng.normal());
+  }
+  return w;
+}
+
+std::vector<NamedTensor> Weights::named() const {
+  std::vector<NamedTensor> out;
+  out.push_back({"wte", wte});
+  for (size_t l = 0; l < layers.size(); ++l) {
+    const LayerWeights& lw = layers[l];
+    const std::string p = "layers." + std::to_string(l) + ".";
+    out.push_back({p + "attn_norm", lw.attn_norm});
+    out.push_back({p + "wq", lw.wq});
+    out.push_back({p + "wk", lw.wk});
+    out.push_back({p + "wv", lw.wv});
+    out.push_back({p + "wo", lw.wo});
+    out.push_back({p + "mlp_norm", lw.mlp_norm});
+    out.push_back({p + "w_gate", lw.w_gate});
+    out.push_back({p + "w_up", lw.w_up});
+    out.push_back({p + "w_down", lw.w_down});
+  }
+  out.push_back({"final_norm", final_norm});
+  out.push_back({"lm_head", lm_head});
+  return out;
+}
+
+int64_t Weights::numel() const {
+  int64_t n = 0;
+  for (const NamedTensor& nt : named()) n += nt.tensor.numel();
+  return n;
+}
+
+void Weights::zero() {
+  for (NamedTensor& nt : named()) nt.tensor.zero();
+}
+
+Status Weights::CopyFrom(const std::map<std::string, Tensor>& src, const std::string& origin,
+                         const std::string& prefix) {
+  // Validate everything first so that nothing is copied half-way.
+  std::vector<NamedTensor> dst = named();
+  for (const NamedTensor& nt : dst) {
+    auto it = src.find(prefix + nt.name);
+    if (it == src.end())
+      return Status::Error(origin + ": missing tensor '" + prefix + nt.name + "'");
+    if (it->second.shape() != nt.tensor.shape() || it->second.dtype() != nt.tensor.dtype())
+      return Status::Error(origin + ": tensor '" + prefix + nt.name + "' has shape " +
+                           shape_str(it->second.shape()) + " " + dtype_name(it->second.dtype()) +
+                           ", the model expects " + shape_str(nt.tensor.shape()) + " " +
+                           dtype_name(nt.tensor.dtype()) + " (does the model config match?)");
+  }
+  for (NamedTensor& nt : dst)
+    std::memcpy(nt.tensor.raw(), src.at(prefix + nt.name).raw(), nt.tensor.bytes());
+  return Status::Ok();
+}
+
+}  // namespace grove

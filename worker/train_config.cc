@@ -1,0 +1,147 @@
+#include "worker/train_config.h"
+
+#include <fstream>
+
+#include "core/json_fields.h"
+
+namespace grove {
+
+namespace {
+
+nlohmann::json train_to_json(const TrainOptions& t) {
+  return {{"batch_size", t.batch_size},     {"seq_len", t.seq_len},
+          {"grad_accum", t.grad_accum},     {"steps", t.steps},
+          {"lr", t.lr},                     {"min_lr", t.min_lr},
+          {"warmup_steps", t.warmup_steps}, {"weight_decay", t.weight_decay},
+          {"beta1", t.beta1},               {"beta2", t.beta2},
+          {"adam_eps", t.adam_eps},         {"grad_clip", t.grad_clip},
+          {"seed", t.seed},                 {"recompute", t.recompute},
+          {"eval_every", t.eval_every},     {"eval_batches", t.eval_batches},
+          {"checkpoint_every", t.checkpoint_every}, {"keep_checkpoints", t.keep_checkpoints},
+          {"threads", t.threads}};
+}
+
+Status train_from_json(const nlohmann::json& j, TrainOptions* t) {
+  JsonFields f(j, "train");
+  f.get("batch_size", &t->batch_size);
+  f.get("seq_len", &t->seq_len);
+  f.get("grad_accum", &t->grad_accum);
+  f.get("steps", &t->steps);
+  f.get("lr", &t->lr);
+  f.get("min_lr", &t->min_lr);
+  f.get("warmup_steps", &t->warmup_steps);
+  f.get("weight_decay", &t->weight_decay);
+  f.get("beta1", &t->beta1);
+  f.get("beta2", &t->beta2);
+  f.get("adam_eps", &t->adam_eps);
+  f.get("grad_clip", &t->grad_clip);
+  f.get("seed", &t->seed);
+  f.get("recompute", &t->recompute);
+  f.get("eval_every", &t->eval_every);
+  f.get("eval_batches", &t->eval_batches);
+  f.get("checkpoint_every", &t->checkpoint_every);
+  f.get("keep_checkpoints", &t->keep_checkpoints);
+  f.get("threads", &t->threads);
+  return f.finish();
+}
+
+// Sets j[a][b]... = value for a dotted key, creating objects on the way.
+Status apply_override(nlohmann::json* j, const std::string& kv) {
+  const size_t eq = kv.find('=');
+  if (eq == std::string::npos || eq == 0)
+    return Status::Error("override '" + kv + "' must look like section.key=value (e.g. train.lr=1e-3)");
+  const std::string key = kv.substr(0, eq), raw = kv.substr(eq + 1);
+  nlohmann::json value = nlohmann::json::parse(raw, nullptr, /*allow_exceptions=*/false);
+  if (value.is_discarded()) value = raw;  // a bare string such as recompute=full
+  nlohmann::json* node = j;
+  size_t start = 0;
+  while (true) {
+    const size_t dot = key.find('.', start);
+    const std::string part = key.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
+    if (part.empty()) return Status::Error("override '" + kv + "' has an empty key component");
+    if (dot == std::string::npos) {
+      (*node)[part] = value;
+      return Status::Ok();
+    }
+    if (!node->contains(part)) (*node)[part] = nlohmann::json::object();
+    node = &(*node)[part];
+    if (!node->is_object())
+      return Status::Error("override '" + kv + "': '" + part + "' is not a section");
+    start = dot + 1;
+  }
+}
+
+}  // namespace
+
+Status TrainConfig::Validate() const {
+  GROVE_RETURN_IF_ERROR(model.Validate());
+  auto err = [](const std::string& m) { return Status::Error("train config: " + m); };
+  const TrainOptions& t = train;
+  if (t.batch_size <= 0) return err("train.batch_size must be positive");
+  if (t.seq_len <= 0) return err("train.seq_len must be positive");
+  if (t.seq_len > model.max_seq_len)
+    return err("train.seq_len=" + std::to_string(t.seq_len) + " is longer than model.max_seq_len=" +
+               std::to_string(model.max_seq_len) +
+               " (the RoPE table size); raise model.max_seq_len or lower train.seq_len");
+  if (t.grad_accum <= 0) return err("train.grad_accum must be positive");
+  if (t.steps <= 0) return err("train.steps must be positive");
+  if (!(t.lr > 0)) return err("train.lr must be positive");
+  if (t.min_lr < 0 || t.min_lr > t.lr) return err("train.min_lr must be in [0, train.lr]");
+  if (t.warmup_steps < 0) return err("train.warmup_steps must be >= 0");
+  if (t.weight_decay < 0) return err("train.weight_decay must be >= 0");
+  if (!(t.beta1 >= 0 && t.beta1 < 1)) return err("train.beta1 must be in [0, 1)");
+  if (!(t.beta2 >= 0 && t.beta2 < 1)) return err("train.beta2 must be in [0, 1)");
+  if (!(t.adam_eps > 0)) return err("train.adam_eps must be positive");
+  if (t.grad_clip < 0) return err("train.grad_clip must be >= 0 (0 disables clipping)");
+  if (auto r = parse_recompute(t.recompute); !r.ok()) return err("train." + r.status().message());
+  if (t.eval_every < 0) return err("train.eval_every must be >= 0");
+  if (t.eval_batches <= 0) return err("train.eval_batches must be positive");
+  if (t.checkpoint_every < 0) return err("train.checkpoint_every must be >= 0");
+  if (t.keep_checkpoints <= 0) return err("train.keep_checkpoints must be >= 1");
+  if (t.threads < 0) return err("train.threads must be >= 0 (0 = all cores)");
+  if (data.dir.empty()) return err("data.dir must name the prepared dataset directory");
+  if (out_dir.empty()) return err("out_dir must not be empty");
+  return Status::Ok();
+}
+
+nlohmann::json TrainConfig::ToJson() const {
+  return {{"model", ModelConfigToJson(model)},
+          {"train", train_to_json(train)},
+          {"data", {{"dir", data.dir}}},
+          {"out_dir", out_dir}};
+}
+
+StatusOr<TrainConfig> TrainConfigFromJson(const nlohmann::json& j) {
+  TrainConfig c;
+  JsonFields top(j, "config");
+  nlohmann::json model = nlohmann::json::object(), train = nlohmann::json::object(),
+                 data = nlohmann::json::object();
+  top.get("model", &model);
+  top.get("train", &train);
+  top.get("data", &data);
+  top.get("out_dir", &c.out_dir);
+  GROVE_RETURN_IF_ERROR(top.finish());
+  GROVE_RETURN_IF_ERROR(ModelConfigFromJson(model, &c.model));
+  GROVE_RETURN_IF_ERROR(train_from_json(train, &c.train));
+  JsonFields d(data, "data");
+  d.get("dir", &c.data.dir);
+  GROVE_RETURN_IF_ERROR(d.finish());
+  GROVE_RETURN_IF_ERROR(c.Validate());
+  return c;
+}
+
+StatusOr<TrainConfig> LoadTrainConfig(const std::string& path,
+                                      const std::vector<std::string>& overrides) {
+  nlohmann::json j = nlohmann::json::object();
+  if (!path.empty()) {
+    std::ifstream in(path);
+    if (!in) return Status::Error("cannot read config file " + path + " (does it exist?)");
+    j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false, /*ignore_comments=*/true);
+    if (j.is_discarded() || !j.is_object())
+      return Status::Error("config file " + path + " is not a valid JSON object");
+  }
+  for (const std::string& kv : overrides) GROVE_RETURN_IF_ERROR(apply_override(&j, kv));
+  return TrainConfigFromJson(j);
+}
+
+}  // namespace grove

@@ -1,0 +1,56 @@
+// TrainConfig: everything a training run needs, read from one JSON file plus command-line
+// overrides ("--set train.lr=3e-4"), validated in one place with messages that name the field.
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "core/status.h"
+#include "model/config.h"
+
+namespace grove {
+
+struct TrainOptions {
+  int batch_size = 8;          // sequences per micro-batch
+  int seq_len = 128;           // tokens per sequence (<= model.max_seq_len)
+  int grad_accum = 1;          // micro-batches per optimizer step
+  int steps = 200;             // optimizer steps
+  float lr = 3e-3f;            // peak learning rate
+  float min_lr = 3e-4f;        // floor of the cosine decay
+  int warmup_steps = 20;       // linear warmup from 0 to lr
+  float weight_decay = 0.1f;   // AdamW decoupled decay, on matrices only (not norms)
+  float beta1 = 0.9f;
+  float beta2 = 0.95f;
+  float adam_eps = 1e-8f;
+  float grad_clip = 1.0f;      // max global gradient norm; 0 disables clipping
+  uint64_t seed = 1234;        // data order
+  std::string recompute = "selective";  // none | selective | full
+  int eval_every = 50;         // steps between validation runs (0: only at the end)
+  int eval_batches = 8;        // validation micro-batches per run
+  int checkpoint_every = 100;  // steps between checkpoints (0: only at the end)
+  int keep_checkpoints = 2;    // how many recent checkpoints to keep
+  int threads = 0;             // OpenMP threads; 0 = all cores
+};
+
+struct DataOptions {
+  std::string dir = "runs/data-brown-8192";  // prepared dataset (tokenizer.model, *.bin)
+};
+
+struct TrainConfig {
+  ModelConfig model;
+  TrainOptions train;
+  DataOptions data;
+  std::string out_dir = "runs/demo";  // metrics.jsonl, checkpoints/, config.json
+
+  Status Validate() const;
+  nlohmann::json ToJson() const;
+};
+
+// Builds a config from defaults <- file (if non-empty) <- overrides ("a.b=value"; the value is
+// parsed as JSON when it parses, else taken as a string). Unknown keys are errors.
+StatusOr<TrainConfig> LoadTrainConfig(const std::string& path,
+                                      const std::vector<std::string>& overrides);
+StatusOr<TrainConfig> TrainConfigFromJson(const nlohmann::json& j);
+
+}  // namespace grove

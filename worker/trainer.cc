@@ -1,0 +1,205 @@
+#include "worker/trainer.h"
+
+#include <omp.h>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include "worker/checkpoint.h"
+
+namespace grove {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+StatusOr<int> dataset_vocab(const std::string& dir) {
+  std::ifstream in(fs::path(dir) / "meta.json");
+  if (!in) return Status::Error("dataset " + dir + " has no meta.json");
+  nlohmann::json meta = nlohmann::json::parse(in, nullptr, false);
+  if (meta.is_discarded() || !meta.contains("vocab_size"))
+    return Status::Error(dir + "/meta.json is corrupt (no vocab_size)");
+  return meta["vocab_size"].get<int>();
+}
+
+std::string checkpoint_root(const TrainConfig& c) { return c.out_dir + "/checkpoints"; }
+
+}  // namespace
+
+Trainer::Trainer(const TrainConfig& config, const RunOptions& run, data::TokenDataset train,
+                 data::TokenDataset val)
+    : config_(config),
+      run_(run),
+      train_data_(std::move(train)),
+      val_data_(std::move(val)),
+      opt_(config.model) {}
+
+StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainConfig& config,
+                                                   const RunOptions& run) {
+  GROVE_RETURN_IF_ERROR(config.Validate());
+  const std::string& dir = config.data.dir;
+  if (!fs::is_directory(dir))
+    return Status::Error("dataset directory '" + dir +
+                         "' (data.dir) does not exist: prepare it with `grove-prepare-data "
+                         "--corpus third_party/corpus/brown --out " + dir + "`");
+  auto vocab = dataset_vocab(dir);
+  if (!vocab.ok()) return vocab.status();
+  if (vocab.value() != config.model.vocab_size)
+    return Status::Error("model.vocab_size=" + std::to_string(config.model.vocab_size) +
+                         " but the dataset in " + dir + " was tokenized with a vocabulary of " +
+                         std::to_string(vocab.value()) + "; set model.vocab_size=" +
+                         std::to_string(vocab.value()));
+  auto train = data::TokenDataset::Open(dir + "/train.bin");
+  if (!train.ok()) return train.status();
+  auto val = data::TokenDataset::Open(dir + "/val.bin");
+  if (!val.ok()) return val.status();
+
+  // Refuse to write over an existing run unless asked to continue it.
+  const std::string ckpt_root = checkpoint_root(config);
+  const std::string latest = LatestCheckpoint(ckpt_root);
+  if (!run.resume && run.resume_from.empty() && !latest.empty())
+    return Status::Error("out_dir '" + config.out_dir + "' already holds checkpoints (latest " +
+                         latest + "); pass --resume to continue it or choose another out_dir");
+
+  if (config.train.threads > 0) omp_set_num_threads(config.train.threads);
+  std::unique_ptr<Trainer> t(
+      new Trainer(config, run, std::move(train).value(), std::move(val).value()));
+  const TrainOptions& o = config.train;
+  auto tl = data::BatchLoader::Create(t->train_data_, {o.seq_len, o.batch_size, o.seed, true});
+  if (!tl.ok()) return Status::Error("training data: " + tl.status().message());
+  auto vl = data::BatchLoader::Create(t->val_data_, {o.seq_len, o.batch_size, o.seed, false});
+  if (!vl.ok()) return Status::Error("validation data: " + vl.status().message());
+  t->train_loader_.emplace(std::move(tl).value());
+  t->val_loader_.emplace(std::move(vl).value());
+  t->model_ = std::make_unique<Transformer>(config.model, o.batch_size, o.seq_len,
+                                            parse_recompute(o.recompute).value());
+  t->inputs_.resize(size_t(o.batch_size) * o.seq_len);
+  t->targets_.resize(t->inputs_.size());
+
+  std::string from = run.resume_from;
+  if (from.empty() && run.resume) from = latest;
+  if (!from.empty()) {
+    auto state = LoadCheckpoint(from, t->model_->params(), t->opt_);
+    if (!state.ok()) return state.status();
+    if (state.value().contains("config") &&
+        state.value()["config"]["model"] != ModelConfigToJson(config.model))
+      return Status::Error("checkpoint " + from +
+                           " was written with a different model config; resume with the same "
+                           "model section (see its state.json)");
+    auto ls = data::LoaderStateFromJson(state.value()["loader"]);
+    if (!ls.ok()) return Status::Error(from + "/state.json: " + ls.status().message());
+    t->train_loader_->Restore(ls.value());
+    t->step_ = state.value()["step"].get<int>();
+    if (!run.quiet) std::printf("resumed from %s at step %d\n", from.c_str(), t->step_);
+  }
+
+  std::error_code ec;
+  fs::create_directories(config.out_dir, ec);
+  if (ec) return Status::Error("cannot create out_dir " + config.out_dir + ": " + ec.message());
+  GROVE_RETURN_IF_ERROR(
+      WriteFileAtomic(config.out_dir + "/config.json", config.ToJson().dump(2) + "\n"));
+  FILE* f = std::fopen((config.out_dir + "/metrics.jsonl").c_str(), "a");
+  if (!f) return Status::Error("cannot open " + config.out_dir + "/metrics.jsonl for writing");
+  t->metrics_.reset(f);
+  return t;
+}
+
+void Trainer::Log(const nlohmann::json& j) {
+  std::fprintf(metrics_.get(), "%s\n", j.dump().c_str());
+  std::fflush(metrics_.get());
+}
+
+StepMetrics Trainer::TrainStep() {
+  using clock = std::chrono::steady_clock;
+  const auto t0 = clock::now();
+  const TrainOptions& o = config_.train;
+  model_->zero_grads();
+  double loss_sum = 0.0;
+  for (int micro = 0; micro < o.grad_accum; ++micro) {
+    train_loader_->Next(inputs_.data(), targets_.data());
+    loss_sum += model_->forward(inputs_.data(), targets_.data());
+    model_->backward(1.0f / static_cast<float>(o.grad_accum));
+  }
+  ++step_;
+  StepMetrics m;
+  m.step = step_;
+  m.loss = static_cast<float>(loss_sum / o.grad_accum);
+  m.grad_norm = grad_global_norm(model_->grads());
+  clip_gradients(model_->grads(), m.grad_norm, o.grad_clip);
+  m.lr = learning_rate(o, step_);
+  opt_.step(model_->params(), model_->grads(), m.lr, o);
+  m.ms = std::chrono::duration<double, std::milli>(clock::now() - t0).count();
+  m.tokens_per_s = double(o.batch_size) * o.seq_len * o.grad_accum / (m.ms / 1000.0);
+  return m;
+}
+
+float Trainer::Evaluate() {
+  val_loader_->Reset();
+  double sum = 0.0;
+  const int n = static_cast<int>(
+      std::min<int64_t>(config_.train.eval_batches, val_loader_->batches_per_epoch()));
+  for (int i = 0; i < n; ++i) {
+    val_loader_->Next(inputs_.data(), targets_.data());
+    sum += model_->forward(inputs_.data(), targets_.data());
+  }
+  return static_cast<float>(sum / std::max(n, 1));
+}
+
+Status Trainer::SaveCheckpointNow(float loss) {
+  nlohmann::json state = {{"loader", data::LoaderStateToJson(train_loader_->State())},
+                          {"config", config_.ToJson()},
+                          {"loss", loss}};
+  auto dir = SaveCheckpoint(checkpoint_root(config_), step_, model_->params(), opt_, state,
+                            config_.train.keep_checkpoints);
+  if (!dir.ok()) return dir.status();
+  Log({{"step", step_}, {"checkpoint", dir.value()}});
+  if (!run_.quiet) std::printf("checkpoint saved: %s\n", dir.value().c_str());
+  return Status::Ok();
+}
+
+Status Trainer::Run() {
+  const TrainOptions& o = config_.train;
+  const int last = run_.stop_after > 0 ? std::min(run_.stop_after, o.steps) : o.steps;
+  if (!run_.quiet && step_ == 0) {
+    std::printf("model: %lld parameters, %d layers, d_model %d, %d heads, vocab %d; "
+                "batch %d x seq %d x accum %d; recompute %s; %d threads\n",
+                static_cast<long long>(config_.model.num_parameters()), config_.model.n_layers,
+                config_.model.d_model, config_.model.n_heads, config_.model.vocab_size,
+                o.batch_size, o.seq_len, o.grad_accum, o.recompute.c_str(),
+                omp_get_max_threads());
+    std::printf("%s\n", model_->activation_report().to_string().c_str());
+    std::printf("metrics: %s/metrics.jsonl, checkpoints: %s/checkpoints\n",
+                config_.out_dir.c_str(), config_.out_dir.c_str());
+  }
+  float loss = 0;
+  while (step_ < last) {
+    StepMetrics m = TrainStep();
+    loss = m.loss;
+    history_.push_back(m);
+    if (!std::isfinite(m.loss))
+      return Status::Error("loss is " + std::to_string(m.loss) + " at step " +
+                           std::to_string(m.step) +
+                           ": training diverged; lower train.lr or raise train.warmup_steps");
+    // The float loss widened to double prints exactly, so resume tests can compare bits.
+    Log({{"step", m.step}, {"loss", static_cast<double>(m.loss)}, {"lr", m.lr},
+         {"grad_norm", m.grad_norm}, {"ms", m.ms}, {"tokens_per_s", m.tokens_per_s}});
+    if (!run_.quiet)
+      std::printf("step %5d/%d | loss %.4f | lr %.3e | grad norm %.3f | %8.0f tok/s | %7.1f ms\n",
+                  m.step, o.steps, m.loss, m.lr, m.grad_norm, m.tokens_per_s, m.ms);
+    const bool eval_now = (o.eval_every > 0 && step_ % o.eval_every == 0) || step_ == o.steps;
+    if (eval_now) {
+      const float val = Evaluate();
+      Log({{"step", step_}, {"val_loss", val}});
+      if (!run_.quiet) std::printf("eval  %5d | val loss %.4f\n", step_, val);
+    }
+    const bool ckpt_now = (o.checkpoint_every > 0 && step_ % o.checkpoint_every == 0) ||
+                          step_ == last;
+    if (ckpt_now) GROVE_RETURN_IF_ERROR(SaveCheckpointNow(loss));
+    std::fflush(stdout);
+  }
+  return Status::Ok();
+}
+
+}  // namespace grove

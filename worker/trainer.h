@@ -1,0 +1,77 @@
+// Trainer: the single-process training loop.
+//
+// Per optimizer step: zero grads; grad_accum x (next batch, forward, backward with loss scale
+// 1/grad_accum); global-norm clip; AdamW with the warmup+cosine learning rate. Every eval_every
+// steps the validation loss over eval_batches fixed batches; every checkpoint_every steps an
+// atomic checkpoint. One progress line per step on stdout and one JSON line per step in
+// out_dir/metrics.jsonl. Resume restores parameters, optimizer moments, the step and the
+// data-loader position, so the continued loss curve is bit-identical to an uninterrupted run.
+#pragma once
+
+#include <cstdio>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/status.h"
+#include "data/batch_loader.h"
+#include "data/token_file.h"
+#include "model/transformer.h"
+#include "worker/optimizer.h"
+#include "worker/train_config.h"
+
+namespace grove {
+
+struct RunOptions {
+  bool resume = false;          // continue from the latest checkpoint in out_dir (or resume_from)
+  std::string resume_from;      // a specific checkpoint directory
+  int stop_after = 0;           // stop (with a checkpoint) after this step; 0 = run to the end
+  bool quiet = false;           // no progress lines
+};
+
+struct StepMetrics {
+  int step = 0;
+  float loss = 0;
+  float lr = 0;
+  double grad_norm = 0;
+  double ms = 0;
+  double tokens_per_s = 0;
+};
+
+class Trainer {
+ public:
+  // Opens the dataset, builds the model, and (on resume) loads the checkpoint. Every failure is
+  // a Status naming the file or field; nothing in out_dir is modified on failure.
+  static StatusOr<std::unique_ptr<Trainer>> Create(const TrainConfig& config,
+                                                   const RunOptions& run);
+
+  // Runs from the current step to train.steps (or run.stop_after).
+  Status Run();
+  // Mean validation loss over eval_batches fixed batches (does not disturb training state).
+  float Evaluate();
+
+  int step() const { return step_; }
+  const std::vector<StepMetrics>& history() const { return history_; }
+  Transformer& model() { return *model_; }
+
+ private:
+  Trainer(const TrainConfig& config, const RunOptions& run, data::TokenDataset train,
+          data::TokenDataset val);
+  StepMetrics TrainStep();
+  Status SaveCheckpointNow(float loss);
+  void Log(const nlohmann::json& j);
+
+  TrainConfig config_;
+  RunOptions run_;
+  data::TokenDataset train_data_, val_data_;
+  std::optional<data::BatchLoader> train_loader_, val_loader_;
+  std::unique_ptr<Transformer> model_;
+  AdamW opt_;
+  std::vector<int32_t> inputs_, targets_;
+  int step_ = 0;
+  std::vector<StepMetrics> history_;
+  std::unique_ptr<FILE, int (*)(FILE*)> metrics_{nullptr, &std::fclose};
+};
+
+}  // namespace grove
