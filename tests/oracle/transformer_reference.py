@@ -1,0 +1,114 @@
+"""PyTorch re-implementation of Grove's transformer (model/transformer.h), used only by tests.
+
+Writes a safetensors file with the model config (metadata "config"), random weights
+("model.<name>", the names of model/weights.cc), tokens and targets [s, b], the loss, and the
+gradient of the loss w.r.t. every weight ("grad.<name>"). Computed in float64 so the reference
+itself carries no fp32 rounding; the C++ test runs the same weights in fp32.
+
+usage: transformer_reference.py OUT.safetensors '{"d_model": 64, ...}' BATCH SEQ SEED
+"""
+import json
+import math
+import sys
+
+import torch
+
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+import safetensors_io  # noqa: E402
+
+F64 = torch.float64
+
+
+def rmsnorm(x, w, eps):
+    return x * torch.rsqrt((x * x).mean(-1, keepdim=True) + eps) * w
+
+
+def rope(x, theta):
+    # x: [s, b, heads, d]; rotate-half convention, position = sequence index.
+    s, d = x.shape[0], x.shape[-1]
+    inv = theta ** (-torch.arange(0, d // 2, dtype=F64) * 2.0 / d)
+    ang = torch.arange(s, dtype=F64)[:, None] * inv[None, :]
+    cos, sin = ang.cos()[:, None, None, :], ang.sin()[:, None, None, :]
+    x1, x2 = x[..., : d // 2], x[..., d // 2:]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
+def attention(q, k, v):
+    # q: [s, b, a, d]; k, v: [s, b, kv, d] -> [s, b, a*d], causal.
+    s, b, a, d = q.shape
+    kv = k.shape[2]
+    k = k.repeat_interleave(a // kv, dim=2)
+    v = v.repeat_interleave(a // kv, dim=2)
+    qh, kh, vh = (t.permute(1, 2, 0, 3) for t in (q, k, v))  # [b, a, s, d]
+    scores = qh @ kh.transpose(-1, -2) / math.sqrt(d)
+    mask = torch.ones(s, s, dtype=torch.bool).tril()
+    scores = scores.masked_fill(~mask, float("-inf"))
+    out = scores.softmax(-1) @ vh  # [b, a, s, d]
+    return out.permute(2, 0, 1, 3).reshape(s, b, a * d)
+
+
+def forward(w, cfg, tokens, targets):
+    L, h, a = cfg["n_layers"], cfg["d_model"], cfg["n_heads"]
+    kv = cfg.get("n_kv_heads", 0) or a
+    d = h // a
+    eps, theta = cfg["norm_eps"], cfg["rope_theta"]
+    s, b = tokens.shape
+    x = w["wte"][tokens.long()]  # [s, b, h]
+    for l in range(L):
+        p = f"layers.{l}."
+        ln1 = rmsnorm(x, w[p + "attn_norm"], eps)
+        q = rope((ln1 @ w[p + "wq"].T).reshape(s, b, a, d), theta)
+        k = rope((ln1 @ w[p + "wk"].T).reshape(s, b, kv, d), theta)
+        v = (ln1 @ w[p + "wv"].T).reshape(s, b, kv, d)
+        x = x + attention(q, k, v) @ w[p + "wo"].T
+        ln2 = rmsnorm(x, w[p + "mlp_norm"], eps)
+        act = torch.nn.functional.silu(ln2 @ w[p + "w_gate"].T) * (ln2 @ w[p + "w_up"].T)
+        x = x + act @ w[p + "w_down"].T
+    logits = rmsnorm(x, w["final_norm"], eps) @ w["lm_head"].T
+    return torch.nn.functional.cross_entropy(
+        logits.reshape(s * b, -1), targets.reshape(-1).long(), ignore_index=-1)
+
+
+def param_shapes(cfg):
+    V, h, L, a = cfg["vocab_size"], cfg["d_model"], cfg["n_layers"], cfg["n_heads"]
+    kv = cfg.get("n_kv_heads", 0) or a
+    d = h // a
+    f = cfg.get("ffn_hidden", 0) or (8 * h // 3 + 63) // 64 * 64
+    shapes = {"wte": (V, h)}
+    for l in range(L):
+        p = f"layers.{l}."
+        shapes.update({p + "attn_norm": (h,), p + "wq": (a * d, h), p + "wk": (kv * d, h),
+                       p + "wv": (kv * d, h), p + "wo": (h, a * d), p + "mlp_norm": (h,),
+                       p + "w_gate": (f, h), p + "w_up": (f, h), p + "w_down": (h, f)})
+    shapes.update({"final_norm": (h,), "lm_head": (V, h)})
+    return shapes
+
+
+def main():
+    out, cfg_json, batch, seq, seed = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(
+        sys.argv[4]), int(sys.argv[5])
+    cfg = {"norm_eps": 1e-5, "rope_theta": 10000.0}
+    cfg.update(json.loads(cfg_json))
+    g = torch.Generator().manual_seed(seed)
+    w = {}
+    for name, shape in param_shapes(cfg).items():
+        if len(shape) == 1:  # norm weights around 1, not exactly 1, so their grads matter
+            t = 1.0 + 0.1 * torch.randn(shape, generator=g, dtype=F64)
+        else:  # larger than training init so attention is far from uniform
+            t = torch.randn(shape, generator=g, dtype=F64) / math.sqrt(shape[1])
+        # Round to fp32 so both sides start from the exact same weights.
+        w[name] = t.float().double().requires_grad_(True)
+    tokens = torch.randint(0, cfg["vocab_size"], (seq, batch), generator=g, dtype=torch.int32)
+    targets = torch.randint(0, cfg["vocab_size"], (seq, batch), generator=g, dtype=torch.int32)
+    targets[0, 0] = -1  # one ignored target
+    loss = forward(w, cfg, tokens, targets)
+    loss.backward()
+    tensors = {"tokens": tokens, "targets": targets, "loss": loss.detach().reshape(1)}
+    for name, t in w.items():
+        tensors["model." + name] = t.detach().float()
+        tensors["grad." + name] = t.grad.detach()
+    safetensors_io.write(out, tensors, {"config": json.dumps(cfg), "torch": torch.__version__})
+
+
+if __name__ == "__main__":
+    main()
