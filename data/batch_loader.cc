@@ -3,32 +3,21 @@
 #include <nlohmann/json.hpp>
 #include <numeric>
 
+#include "core/rng.h"
+
 namespace grove::data {
 namespace {
 
-// SplitMix64: a small, fully specified PRNG (std:: distributions differ between libraries).
-class SplitMix64 {
- public:
-  explicit SplitMix64(uint64_t seed) : s_(seed) {}
-  uint64_t Next() {
-    uint64_t z = (s_ += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-  }
-  // Uniform in [0, n), n > 0, without modulo bias (rejection sampling).
-  uint64_t Below(uint64_t n) {
-    const uint64_t limit = UINT64_MAX - UINT64_MAX % n;
-    uint64_t x;
-    do {
-      x = Next();
-    } while (x >= limit);
-    return x % n;
-  }
-
- private:
-  uint64_t s_;
-};
+// Uniform in [0, n), n > 0, without modulo bias (rejection sampling). grove::Rng is SplitMix64,
+// fully specified, unlike std:: distributions, which differ between standard libraries.
+uint64_t Below(Rng& rng, uint64_t n) {
+  const uint64_t limit = UINT64_MAX - UINT64_MAX % n;
+  uint64_t x;
+  do {
+    x = rng.next_u64();
+  } while (x >= limit);
+  return x % n;
+}
 
 }  // namespace
 
@@ -89,9 +78,9 @@ void BatchLoader::BuildOrder(int64_t epoch) const {
   std::iota(order_.begin(), order_.end(), int64_t{0});
   if (options_.shuffle) {
     // Fisher-Yates, from the back.
-    SplitMix64 rng(options_.seed + static_cast<uint64_t>(epoch));
+    Rng rng(derive_seed(options_.seed, static_cast<uint64_t>(epoch)));
     for (int64_t i = num_windows_ - 1; i > 0; --i) {
-      const auto j = static_cast<int64_t>(rng.Below(static_cast<uint64_t>(i) + 1));
+      const auto j = static_cast<int64_t>(Below(rng, static_cast<uint64_t>(i) + 1));
       std::swap(order_[i], order_[j]);
     }
   }

@@ -1,18 +1,18 @@
 // BatchLoader: deterministic, seeded, resumable batches of token windows from a TokenDataset.
 //
-// Dimensions: S = seq_len, B = batch_size (per data-parallel rank), D = dp_size.
+// Dimensions: S = seq_len, B = batch_size (per data-parallel rank), D = dp_size, r = dp_rank.
 // Windows: the dataset (N tokens) is cut into W = (N - 1) / S windows; window w covers tokens
 // [w*S, w*S + S] (S + 1 tokens; consecutive windows share one boundary token, so every token
 // after the first is a target exactly once per epoch).
-// Epoch e visits the windows in the order of a permutation seeded by (seed + e) (shuffle mode) or
-// in file order (sequential mode). Global batch p of the epoch takes permuted windows
-// [(p*D + r)*B, (p*D + r + 1)*B) for rank r; the windows left over at the end of an epoch
-// (fewer than B*D) are skipped. The permutation uses its own PRNG and Fisher-Yates, so batches
-// are bit-identical across standard libraries and machines.
-// Layout (DESIGN.md §3, sequence first): inputs and targets are [S, B] row-major,
+// Order: epoch e visits the windows in a permutation seeded by derive_seed(seed, e) (core/rng.h;
+// a fresh order each epoch), or in file order in sequential mode (shuffle = false).
+// Global batch p of an epoch takes permuted windows [(p*D + r)*B, (p*D + r + 1)*B) on rank r;
+// the windows left over at the end of an epoch (fewer than B*D) are skipped. The permutation
+// uses grove::Rng and its own Fisher-Yates, so batches are bit-identical on every machine.
+// Layout (DESIGN.md section 3, sequence first): inputs and targets are [S, B] row-major,
 // element (s, b) at s*B + b; inputs(s, b) = window_b[s], targets(s, b) = window_b[s + 1].
 // State: (epoch, position = batches already taken in this epoch, seed). Restore(State()) makes
-// the following batches bit-identical to those an uninterrupted run would have produced.
+// the following batches bit-identical to those of an uninterrupted run.
 // The loader keeps a pointer to the dataset: the dataset must outlive it.
 #pragma once
 
@@ -28,7 +28,7 @@ namespace grove::data {
 struct LoaderOptions {
   int seq_len = 0;      // S, >= 1
   int batch_size = 0;   // B per rank, >= 1
-  uint64_t seed = 0;    // epoch e uses permutation seed (seed + e)
+  uint64_t seed = 0;    // epoch e's permutation is seeded by derive_seed(seed, e)
   bool shuffle = true;  // false: sequential windows in file order (validation)
   int dp_rank = 0;      // this rank's index in the data-parallel group
   int dp_size = 1;      // ranks sharing one global batch; each gets B different windows

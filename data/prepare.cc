@@ -11,6 +11,7 @@
 #include <thread>
 #include <vector>
 
+#include "core/rng.h"
 #include "data/brown_corpus.h"
 #include "data/file_util.h"
 #include "data/token_file.h"
@@ -48,7 +49,8 @@ Status ValidateOptions(const PrepareOptions& o) {
   return Status::Ok();
 }
 
-// Which documents go to validation: a seeded Fisher-Yates (SplitMix64) prefix.
+// Which documents go to validation: the prefix of a seeded partial Fisher-Yates shuffle.
+// (Modulo bias is ~n/2^64, irrelevant for document counts.)
 std::vector<bool> PickValidation(size_t n, double fraction, uint64_t seed) {
   std::vector<bool> is_val(n, false);
   if (fraction <= 0.0 || n < 2) return is_val;
@@ -56,15 +58,9 @@ std::vector<bool> PickValidation(size_t n, double fraction, uint64_t seed) {
   n_val = std::clamp<size_t>(n_val, 1, n - 1);
   std::vector<size_t> idx(n);
   std::iota(idx.begin(), idx.end(), size_t{0});
-  uint64_t s = seed;
-  auto next = [&s] {
-    uint64_t z = (s += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-  };
+  Rng rng(seed);
   for (size_t i = 0; i < n_val; ++i) {  // partial shuffle: positions [0, n_val) are the sample
-    const size_t j = i + static_cast<size_t>(next() % (n - i));
+    const size_t j = i + static_cast<size_t>(rng.next_u64() % (n - i));
     std::swap(idx[i], idx[j]);
   }
   for (size_t i = 0; i < n_val; ++i) is_val[idx[i]] = true;
