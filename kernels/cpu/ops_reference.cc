@@ -1,0 +1,343 @@
+// Scalar reference kernels (see ops_reference.h). Legend as in ops.h.
+#include "kernels/cpu/ops_reference.h"
+
+#include <cmath>
+#include <vector>
+
+namespace grove::cpu::ref {
+
+namespace {
+using Acc = double;  // accumulator type of every sum in the reference
+}
+
+template <typename T>
+void gemm(bool trans_a, bool trans_b, int M, int N, int K, T alpha, const T* A, int lda, const T* B,
+          int ldb, T beta, T* C, int ldc) {
+  for (int i = 0; i < M; ++i) {
+    for (int j = 0; j < N; ++j) {
+      Acc acc = 0;
+      for (int p = 0; p < K; ++p) {
+        const T a =
+            trans_a ? A[static_cast<int64_t>(p) * lda + i] : A[static_cast<int64_t>(i) * lda + p];
+        const T b =
+            trans_b ? B[static_cast<int64_t>(j) * ldb + p] : B[static_cast<int64_t>(p) * ldb + j];
+        acc += static_cast<Acc>(a) * b;
+      }
+      T& c = C[static_cast<int64_t>(i) * ldc + j];
+      c = static_cast<T>(alpha * acc + (beta == T(0) ? Acc(0) : static_cast<Acc>(beta) * c));
+    }
+  }
+}
+
+template <typename T>
+void linear_forward(T* out, const T* inp, const T* weight, const T* bias, int N, int C, int OC) {
+  for (int n = 0; n < N; ++n) {
+    for (int o = 0; o < OC; ++o) {
+      Acc acc = bias ? bias[o] : T(0);
+      for (int c = 0; c < C; ++c) acc += static_cast<Acc>(inp[n * C + c]) * weight[o * C + c];
+      out[n * OC + o] = static_cast<T>(acc);
+    }
+  }
+}
+
+template <typename T>
+void linear_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight,
+                     int N, int C, int OC) {
+  if (dinp) {
+    for (int n = 0; n < N; ++n) {
+      for (int c = 0; c < C; ++c) {
+        Acc acc = 0;
+        for (int o = 0; o < OC; ++o) acc += static_cast<Acc>(dout[n * OC + o]) * weight[o * C + c];
+        dinp[n * C + c] += static_cast<T>(acc);
+      }
+    }
+  }
+  for (int o = 0; o < OC; ++o) {
+    for (int c = 0; c < C; ++c) {
+      Acc acc = 0;
+      for (int n = 0; n < N; ++n) acc += static_cast<Acc>(dout[n * OC + o]) * inp[n * C + c];
+      dweight[o * C + c] += static_cast<T>(acc);
+    }
+  }
+  if (dbias) {
+    for (int o = 0; o < OC; ++o) {
+      Acc acc = 0;
+      for (int n = 0; n < N; ++n) acc += dout[n * OC + o];
+      dbias[o] += static_cast<T>(acc);
+    }
+  }
+}
+
+template <typename T>
+void rmsnorm_forward(T* out, T* rstd, const T* inp, const T* weight, int N, int C, float eps) {
+  for (int n = 0; n < N; ++n) {
+    Acc ss = 0;
+    for (int c = 0; c < C; ++c) ss += static_cast<Acc>(inp[n * C + c]) * inp[n * C + c];
+    const Acc r = 1.0 / std::sqrt(ss / C + static_cast<Acc>(eps));
+    for (int c = 0; c < C; ++c) out[n * C + c] = static_cast<T>(inp[n * C + c] * r * weight[c]);
+    rstd[n] = static_cast<T>(r);
+  }
+}
+
+template <typename T>
+void rmsnorm_backward(T* dinp, T* dweight, const T* dout, const T* inp, const T* weight,
+                      const T* rstd, int N, int C) {
+  for (int n = 0; n < N; ++n) {
+    const Acc r = rstd[n];
+    Acc dot = 0;  // sum_c dout * weight * x
+    for (int c = 0; c < C; ++c)
+      dot += static_cast<Acc>(dout[n * C + c]) * weight[c] * inp[n * C + c];
+    for (int c = 0; c < C; ++c) {
+      const Acc x = inp[n * C + c], g = static_cast<Acc>(dout[n * C + c]) * weight[c];
+      dinp[n * C + c] += static_cast<T>(r * g - x * r * r * r * dot / C);
+      dweight[c] += static_cast<T>(dout[n * C + c] * x * r);
+    }
+  }
+}
+
+void rope_table(float* cos_table, float* sin_table, int max_pos, int HD, float theta) {
+  const int half = HD / 2;
+  for (int p = 0; p < max_pos; ++p) {
+    for (int i = 0; i < half; ++i) {
+      const double angle = p * std::pow(static_cast<double>(theta), -2.0 * i / HD);
+      cos_table[p * half + i] = static_cast<float>(std::cos(angle));
+      sin_table[p * half + i] = static_cast<float>(std::sin(angle));
+    }
+  }
+}
+
+template <typename T>
+void rope_forward(T* x, const float* cos_table, const float* sin_table, int S, int B, int NHx,
+                  int HD, int pos0) {
+  const int half = HD / 2;
+  for (int s = 0; s < S; ++s) {
+    for (int bh = 0; bh < B * NHx; ++bh) {
+      T* row = x + (static_cast<int64_t>(s) * B * NHx + bh) * HD;
+      for (int i = 0; i < half; ++i) {
+        const T c = cos_table[(pos0 + s) * half + i], sn = sin_table[(pos0 + s) * half + i];
+        const T x1 = row[i], x2 = row[i + half];
+        row[i] = x1 * c - x2 * sn;
+        row[i + half] = x2 * c + x1 * sn;
+      }
+    }
+  }
+}
+
+template <typename T>
+void rope_backward(T* dx, const float* cos_table, const float* sin_table, int S, int B, int NHx,
+                   int HD, int pos0) {
+  const int half = HD / 2;
+  for (int s = 0; s < S; ++s) {
+    for (int bh = 0; bh < B * NHx; ++bh) {
+      T* row = dx + (static_cast<int64_t>(s) * B * NHx + bh) * HD;
+      for (int i = 0; i < half; ++i) {
+        const T c = cos_table[(pos0 + s) * half + i], sn = sin_table[(pos0 + s) * half + i];
+        const T g1 = row[i], g2 = row[i + half];
+        row[i] = g1 * c + g2 * sn;  // transpose of [[c, -s], [s, c]]
+        row[i + half] = g2 * c - g1 * sn;
+      }
+    }
+  }
+}
+
+namespace {
+bool visible(const AttentionShape& s, int i, int j) {
+  return !s.causal || static_cast<int64_t>(s.k_pos0) + j <= static_cast<int64_t>(s.q_pos0) + i;
+}
+}  // namespace
+
+template <typename T>
+void attention_forward(T* out, T* lse, T* probs, const T* q, const T* k, const T* v,
+                       const AttentionShape& s) {
+  const int G = s.NH / s.NKV;
+  const Acc scale = 1.0 / std::sqrt(static_cast<Acc>(s.HD));
+  std::vector<Acc> score(s.SK);
+  for (int b = 0; b < s.B; ++b) {
+    for (int h = 0; h < s.NH; ++h) {
+      const int kvh = h / G;
+      for (int i = 0; i < s.SQ; ++i) {
+        const T* qi = q + ((static_cast<int64_t>(i) * s.B + b) * s.NH + h) * s.HD;
+        T* oi = out + ((static_cast<int64_t>(i) * s.B + b) * s.NH + h) * s.HD;
+        Acc m = -INFINITY;
+        for (int j = 0; j < s.SK; ++j) {
+          const T* kj = k + ((static_cast<int64_t>(j) * s.B + b) * s.NKV + kvh) * s.HD;
+          Acc dot = 0;
+          for (int d = 0; d < s.HD; ++d) dot += static_cast<Acc>(qi[d]) * kj[d];
+          score[j] = visible(s, i, j) ? dot * scale : -INFINITY;
+          if (score[j] > m) m = score[j];
+        }
+        Acc sum = 0;
+        for (int j = 0; j < s.SK; ++j) sum += std::isinf(score[j]) ? 0.0 : std::exp(score[j] - m);
+        const int64_t row = (static_cast<int64_t>(b) * s.NH + h) * s.SQ + i;
+        lse[row] = sum > 0 ? static_cast<T>(m + std::log(sum)) : static_cast<T>(-INFINITY);
+        for (int d = 0; d < s.HD; ++d) oi[d] = 0;
+        for (int j = 0; j < s.SK; ++j) {
+          const Acc p = (sum > 0 && !std::isinf(score[j])) ? std::exp(score[j] - m) / sum : 0.0;
+          if (probs) probs[row * s.SK + j] = static_cast<T>(p);
+          const T* vj = v + ((static_cast<int64_t>(j) * s.B + b) * s.NKV + kvh) * s.HD;
+          for (int d = 0; d < s.HD; ++d) oi[d] = static_cast<T>(oi[d] + p * vj[d]);
+        }
+      }
+    }
+  }
+}
+
+template <typename T>
+void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T* k, const T* v,
+                        const T* out, const T* lse, const T* probs, const AttentionShape& s) {
+  const int G = s.NH / s.NKV;
+  const Acc scale = 1.0 / std::sqrt(static_cast<Acc>(s.HD));
+  for (int b = 0; b < s.B; ++b) {
+    for (int h = 0; h < s.NH; ++h) {
+      const int kvh = h / G;
+      for (int i = 0; i < s.SQ; ++i) {
+        const int64_t qo = ((static_cast<int64_t>(i) * s.B + b) * s.NH + h) * s.HD;
+        const int64_t row = (static_cast<int64_t>(b) * s.NH + h) * s.SQ + i;
+        const Acc l = lse[row];
+        Acc D = 0;
+        for (int d = 0; d < s.HD; ++d) D += static_cast<Acc>(dout[qo + d]) * out[qo + d];
+        for (int j = 0; j < s.SK; ++j) {
+          if (!visible(s, i, j) || std::isinf(l)) continue;
+          const int64_t ko = ((static_cast<int64_t>(j) * s.B + b) * s.NKV + kvh) * s.HD;
+          Acc p;
+          if (probs) {
+            p = probs[row * s.SK + j];
+          } else {
+            Acc dot = 0;
+            for (int d = 0; d < s.HD; ++d) dot += static_cast<Acc>(q[qo + d]) * k[ko + d];
+            p = std::exp(dot * scale - l);
+          }
+          Acc dp = 0;
+          for (int d = 0; d < s.HD; ++d) dp += static_cast<Acc>(dout[qo + d]) * v[ko + d];
+          const Acc ds = p * (dp - D);
+          for (int d = 0; d < s.HD; ++d) {
+            dv[ko + d] = static_cast<T>(dv[ko + d] + p * dout[qo + d]);
+            dq[qo + d] = static_cast<T>(dq[qo + d] + scale * ds * k[ko + d]);
+            dk[ko + d] = static_cast<T>(dk[ko + d] + scale * ds * q[qo + d]);
+          }
+        }
+      }
+    }
+  }
+}
+
+template <typename T>
+void swiglu_forward(T* out, const T* gate, const T* up, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const Acc g = gate[i], sig = 1.0 / (1.0 + std::exp(-g));
+    out[i] = static_cast<T>(g * sig * up[i]);
+  }
+}
+
+template <typename T>
+void swiglu_backward(T* dgate, T* dup, const T* dout, const T* gate, const T* up, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const Acc g = gate[i], sig = 1.0 / (1.0 + std::exp(-g));
+    dgate[i] += static_cast<T>(dout[i] * up[i] * (sig + g * sig * (1.0 - sig)));
+    dup[i] += static_cast<T>(dout[i] * g * sig);
+  }
+}
+
+template <typename T>
+void embedding_forward(T* out, const int32_t* tokens, const T* table, int N, int C) {
+  for (int n = 0; n < N; ++n)
+    for (int c = 0; c < C; ++c) out[n * C + c] = table[static_cast<int64_t>(tokens[n]) * C + c];
+}
+
+template <typename T>
+void embedding_backward(T* dtable, const T* dout, const int32_t* tokens, int N, int C) {
+  for (int n = 0; n < N; ++n)
+    for (int c = 0; c < C; ++c) dtable[static_cast<int64_t>(tokens[n]) * C + c] += dout[n * C + c];
+}
+
+template <typename T>
+void cross_entropy_forward(T* losses, T* lse, const T* logits, const int32_t* targets, int N,
+                           int V) {
+  for (int n = 0; n < N; ++n) {
+    const T* row = logits + static_cast<int64_t>(n) * V;
+    Acc m = -INFINITY;
+    for (int j = 0; j < V; ++j) m = row[j] > m ? row[j] : m;
+    Acc sum = 0;
+    for (int j = 0; j < V; ++j) sum += std::exp(row[j] - m);
+    const Acc l = m + std::log(sum);
+    lse[n] = static_cast<T>(l);
+    losses[n] = targets[n] < 0 ? T(0) : static_cast<T>(l - row[targets[n]]);
+  }
+}
+
+template <typename T>
+void cross_entropy_backward(T* dlogits, const T* logits, const T* lse, const int32_t* targets,
+                            const T* dloss, int N, int V) {
+  for (int n = 0; n < N; ++n) {
+    for (int j = 0; j < V; ++j) {
+      const int64_t idx = static_cast<int64_t>(n) * V + j;
+      if (targets[n] < 0) {
+        dlogits[idx] = 0;
+        continue;
+      }
+      const Acc p = std::exp(static_cast<Acc>(logits[idx]) - lse[n]);
+      dlogits[idx] = static_cast<T>((p - (j == targets[n] ? 1.0 : 0.0)) * dloss[n]);
+    }
+  }
+}
+
+template <typename T>
+void add_inplace(T* y, const T* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] += x[i];
+}
+
+template <typename T>
+void scale_inplace(T* y, T alpha, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] *= alpha;
+}
+
+template <typename T>
+double sum_squares(const T* x, int64_t n) {
+  double total = 0;
+  for (int64_t i = 0; i < n; ++i) total += static_cast<double>(x[i]) * x[i];
+  return total;
+}
+
+void adamw_update(float* param, const float* grad, float* m, float* v, int64_t n, float lr,
+                  float beta1, float beta2, float eps, float weight_decay, int step) {
+  const double bc1 = 1.0 - std::pow(static_cast<double>(beta1), step);
+  const double bc2 = 1.0 - std::pow(static_cast<double>(beta2), step);
+  for (int64_t i = 0; i < n; ++i) {
+    const double g = grad[i];
+    const double mi = beta1 * static_cast<double>(m[i]) + (1.0 - beta1) * g;
+    const double vi = beta2 * static_cast<double>(v[i]) + (1.0 - beta2) * g * g;
+    m[i] = static_cast<float>(mi);
+    v[i] = static_cast<float>(vi);
+    const double update = (mi / bc1) / (std::sqrt(vi / bc2) + eps);
+    param[i] =
+        static_cast<float>(param[i] - lr * (update + weight_decay * static_cast<double>(param[i])));
+  }
+}
+
+#define GROVE_INSTANTIATE(T)                                                                     \
+  template void gemm<T>(bool, bool, int, int, int, T, const T*, int, const T*, int, T, T*, int); \
+  template void linear_forward<T>(T*, const T*, const T*, const T*, int, int, int);              \
+  template void linear_backward<T>(T*, T*, T*, const T*, const T*, const T*, int, int, int);     \
+  template void rmsnorm_forward<T>(T*, T*, const T*, const T*, int, int, float);                 \
+  template void rmsnorm_backward<T>(T*, T*, const T*, const T*, const T*, const T*, int, int);   \
+  template void rope_forward<T>(T*, const float*, const float*, int, int, int, int, int);        \
+  template void rope_backward<T>(T*, const float*, const float*, int, int, int, int, int);       \
+  template void attention_forward<T>(T*, T*, T*, const T*, const T*, const T*,                   \
+                                     const AttentionShape&);                                     \
+  template void attention_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*,        \
+                                      const T*, const T*, const T*, const AttentionShape&);      \
+  template void swiglu_forward<T>(T*, const T*, const T*, int64_t);                              \
+  template void swiglu_backward<T>(T*, T*, const T*, const T*, const T*, int64_t);               \
+  template void embedding_forward<T>(T*, const int32_t*, const T*, int, int);                    \
+  template void embedding_backward<T>(T*, const T*, const int32_t*, int, int);                   \
+  template void cross_entropy_forward<T>(T*, T*, const T*, const int32_t*, int, int);            \
+  template void cross_entropy_backward<T>(T*, const T*, const T*, const int32_t*, const T*, int, \
+                                          int);                                                  \
+  template void add_inplace<T>(T*, const T*, int64_t);                                           \
+  template void scale_inplace<T>(T*, T, int64_t);                                                \
+  template double sum_squares<T>(const T*, int64_t);
+GROVE_INSTANTIATE(float)
+GROVE_INSTANTIATE(double)
+#undef GROVE_INSTANTIATE
+
+}  // namespace grove::cpu::ref
