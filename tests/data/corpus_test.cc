@@ -1,6 +1,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <filesystem>
 
 #include "data/brown_corpus.h"
 #include "tests/data/test_util.h"
@@ -59,11 +60,21 @@ TEST(BrownCorpus, ReadsGeneratedCorpusInOrder) {
   EXPECT_EQ(again->checksum, c->checksum);
 }
 
+// The real corpus: $GROVE_CORPUS_DIR, else third_party/corpus/brown in the source tree.
+std::string RealCorpusDir() {
+  if (const char* d = std::getenv("GROVE_CORPUS_DIR"); d != nullptr && *d != '\0') return d;
+  if (const char* src = std::getenv("GROVE_SOURCE_DIR"); src != nullptr) {
+    const std::string d = std::string(src) + "/third_party/corpus/brown";
+    if (std::filesystem::is_directory(d)) return d;
+  }
+  return "";
+}
+
 TEST(BrownCorpus, RealCorpus) {
-  const char* dir = std::getenv("GROVE_CORPUS_DIR");
-  if (dir == nullptr || *dir == '\0') {
-    GTEST_SKIP() << "GROVE_CORPUS_DIR is not set; run launch/fetch_corpus.sh DIR and set "
-                    "GROVE_CORPUS_DIR=DIR to test the real Brown corpus";
+  const std::string dir = RealCorpusDir();
+  if (dir.empty()) {
+    GTEST_SKIP() << "Brown corpus not found: set GROVE_CORPUS_DIR=DIR after running "
+                    "launch/fetch_corpus.sh DIR (or fetch it into third_party/corpus/brown)";
   }
   auto c = ReadBrownCorpus(dir);
   ASSERT_TRUE(c.ok()) << c.status().message();
