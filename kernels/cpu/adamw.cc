@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "kernels/cpu/ops.h"
+#include "kernels/cpu/vec_math.h"
 
 namespace grove::cpu {
 
@@ -14,7 +15,7 @@ void adamw_update(float* param, const float* grad, float* m, float* v, int64_t n
   const float bc1 = static_cast<float>(1.0 - std::pow(static_cast<double>(beta1), step));
   const float bc2 = static_cast<float>(1.0 - std::pow(static_cast<double>(beta2), step));
   const float inv_bc1 = 1.0f / bc1, inv_bc2 = 1.0f / bc2;
-#pragma omp parallel for simd schedule(static)
+#pragma omp parallel for simd schedule(static) if (n >= detail::kMinParallelWork)
   for (int64_t i = 0; i < n; ++i) {
     const float g = grad[i];
     const float mi = beta1 * m[i] + (1.0f - beta1) * g;

@@ -63,7 +63,7 @@ void attention_forward(T* out, T* lse, T* probs, const T* q, const T* k, const T
   const T scale = T(1) / std::sqrt(T(s.HD));
   const int units = s.B * s.NH;
 
-#pragma omp parallel
+#pragma omp parallel if (int64_t{units} * s.SQ * s.SK * s.HD >= detail::kMinParallelWork)
   {
     std::vector<T> scratch(probs == nullptr ? static_cast<size_t>(kQueryBlock) * s.SK : 0);
 #pragma omp for schedule(dynamic, 1)
@@ -132,7 +132,7 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T*
   const T scale = T(1) / std::sqrt(T(s.HD));
   const int units = s.B * s.NKV;
 
-#pragma omp parallel
+#pragma omp parallel if (int64_t{units} * s.SQ * s.SK * s.HD >= detail::kMinParallelWork)
   {
     std::vector<T> p_scratch(probs == nullptr ? static_cast<size_t>(kQueryBlock) * s.SK : 0);
     std::vector<T> dp_scratch(static_cast<size_t>(kQueryBlock) * s.SK);

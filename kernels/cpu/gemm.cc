@@ -7,6 +7,7 @@
 #include <algorithm>
 
 #include "kernels/cpu/ops.h"
+#include "kernels/cpu/vec_math.h"
 
 namespace grove::cpu {
 
@@ -39,7 +40,7 @@ void linear_forward(T* out, const T* inp, const T* weight, const T* bias, int N,
   T beta = 0;
   if (bias != nullptr) {
     // Start from the bias and let the GEMM accumulate (beta = 1): one pass over out.
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (int64_t{N} * OC >= detail::kMinParallelWork)
     for (int n = 0; n < N; ++n) std::copy(bias, bias + OC, out + static_cast<int64_t>(n) * OC);
     beta = 1;
   }
@@ -54,7 +55,7 @@ void linear_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp,
   if (dbias != nullptr) {
     // Column sums: each thread owns a block of columns and walks all rows (no reduction race,
     // deterministic order, contiguous inner loop).
-#pragma omp parallel
+#pragma omp parallel if (int64_t{N} * OC >= detail::kMinParallelWork)
     {
       const int nt = omp_get_num_threads(), t = omp_get_thread_num();
       const int chunk = (OC + nt - 1) / nt;

@@ -8,12 +8,13 @@
 #include <cmath>
 
 #include "kernels/cpu/ops.h"
+#include "kernels/cpu/vec_math.h"
 
 namespace grove::cpu {
 
 template <typename T>
 void rmsnorm_forward(T* out, T* rstd, const T* inp, const T* weight, int N, int C, float eps) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (int64_t{N} * C >= detail::kMinParallelWork)
   for (int n = 0; n < N; ++n) {
     const T* x = inp + static_cast<int64_t>(n) * C;
     T* y = out + static_cast<int64_t>(n) * C;
@@ -30,7 +31,7 @@ void rmsnorm_forward(T* out, T* rstd, const T* inp, const T* weight, int N, int 
 template <typename T>
 void rmsnorm_backward(T* dinp, T* dweight, const T* dout, const T* inp, const T* weight,
                       const T* rstd, int N, int C) {
-#pragma omp parallel
+#pragma omp parallel if (int64_t{N} * C >= detail::kMinParallelWork)
   {
 #pragma omp for schedule(static)
     for (int n = 0; n < N; ++n) {

@@ -8,12 +8,13 @@
 #include <cmath>
 
 #include "kernels/cpu/ops.h"
+#include "kernels/cpu/vec_math.h"
 
 namespace grove::cpu {
 
 void rope_table(float* cos_table, float* sin_table, int max_pos, int HD, float theta) {
   const int half = HD / 2;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (int64_t{max_pos} * HD >= 1024)
   for (int p = 0; p < max_pos; ++p) {
     for (int i = 0; i < half; ++i) {
       const double inv_freq = std::pow(static_cast<double>(theta), -2.0 * i / HD);
@@ -32,7 +33,7 @@ void rope_apply(T* x, const float* cos_table, const float* sin_table, int S, int
                 int pos0, T sign) {
   const int half = HD / 2;
   const int64_t rows = static_cast<int64_t>(S) * B * NHx;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (rows * HD >= detail::kMinParallelWork)
   for (int64_t row = 0; row < rows; ++row) {
     const int s = static_cast<int>(row / (static_cast<int64_t>(B) * NHx));
     const float* cs = cos_table + static_cast<int64_t>(pos0 + s) * half;

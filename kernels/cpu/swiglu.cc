@@ -11,7 +11,7 @@ namespace grove::cpu {
 
 template <typename T>
 void swiglu_forward(T* out, const T* gate, const T* up, int64_t n) {
-#pragma omp parallel for simd schedule(static)
+#pragma omp parallel for simd schedule(static) if (n >= detail::kMinParallelWork)
   for (int64_t i = 0; i < n; ++i) {
     const T g = gate[i];
     const T s = T(1) / (T(1) + detail::exp_approx<T>(-g));
@@ -21,7 +21,7 @@ void swiglu_forward(T* out, const T* gate, const T* up, int64_t n) {
 
 template <typename T>
 void swiglu_backward(T* dgate, T* dup, const T* dout, const T* gate, const T* up, int64_t n) {
-#pragma omp parallel for simd schedule(static)
+#pragma omp parallel for simd schedule(static) if (n >= detail::kMinParallelWork)
   for (int64_t i = 0; i < n; ++i) {
     const T g = gate[i];
     const T s = T(1) / (T(1) + detail::exp_approx<T>(-g));

@@ -15,6 +15,10 @@
 
 namespace grove::cpu::detail {
 
+// Below this many elements of work a loop runs on the calling thread: forking and joining an
+// OpenMP team costs microseconds, more than the loop itself (and much more on a loaded machine).
+constexpr int64_t kMinParallelWork = int64_t{1} << 14;
+
 template <typename T>
 inline T exp_approx(T x) {
   return std::exp(x);

@@ -1,4 +1,5 @@
-// Fast kernels vs the scalar reference (ops_reference.h), in float at realistic sizes.
+// Fast kernels vs the scalar reference (ops_reference.h), in float at realistic sizes (all above
+// detail::kMinParallelWork, so the OpenMP paths run).
 //
 // Tolerance kRefTol = 1e-5 relative (DESIGN.md §11 metric). The reference sums in double and
 // rounds once; the fast kernels sum in float in a different order (BLAS blocking, SIMD lanes)
@@ -42,7 +43,7 @@ TEST(FastVsRef, Gemm) {
 }
 
 TEST(FastVsRef, Linear) {
-  const int N = 64, C = 96, OC = 80;
+  const int N = 256, C = 96, OC = 80;  // N * OC above the parallel threshold
   const Vec x = random_vector<float>(N * C, 4), w = random_vector<float>(OC * C, 5),
             b = random_vector<float>(OC, 6), dout = random_vector<float>(N * OC, 7);
   Vec out(N * OC), out_r(N * OC);
@@ -76,7 +77,7 @@ TEST(FastVsRef, RMSNorm) {
 }
 
 TEST(FastVsRef, RoPE) {
-  const int S = 16, B = 2, NH = 4, HD = 64, pos0 = 3, max_pos = 64;
+  const int S = 64, B = 2, NH = 4, HD = 64, pos0 = 3, max_pos = 80;
   Vec c(max_pos * HD / 2), s(c.size()), c_r(c.size()), s_r(c.size());
   rope_table(c.data(), s.data(), max_pos, HD, 10000.0f);
   ref::rope_table(c_r.data(), s_r.data(), max_pos, HD, 10000.0f);
@@ -132,7 +133,7 @@ TEST(FastVsRef, Attention) {
 }
 
 TEST(FastVsRef, SwiGLU) {
-  const int64_t n = 10007;
+  const int64_t n = 40007;
   const Vec g = random_vector<float>(n, 17, -8.0, 8.0), u = random_vector<float>(n, 18),
             dout = random_vector<float>(n, 19);
   Vec out(n), out_r(n);
