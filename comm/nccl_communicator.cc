@@ -1,0 +1,271 @@
+#include "comm/nccl_communicator.h"
+
+#include <cuda_runtime.h>
+#include <nccl.h>
+
+#include <cstring>
+#include <numeric>
+#include <thread>
+
+namespace grove::comm {
+namespace {
+
+ncclDataType_t nccl_type(DType dtype) {
+  switch (dtype) {
+    case DType::kF32:
+      return ncclFloat32;
+    case DType::kF64:
+      return ncclFloat64;
+    case DType::kBF16:
+      return ncclBfloat16;
+    case DType::kI32:
+      return ncclInt32;
+    case DType::kI64:
+      return ncclInt64;
+    case DType::kU8:
+      return ncclUint8;
+  }
+  return ncclUint8;
+}
+
+ncclRedOp_t nccl_op(ReduceOp op) {
+  return op == ReduceOp::kSum ? ncclSum : ncclMax;
+}
+
+void check_nccl(ncclResult_t rc, const std::string& at) {
+  GROVE_CHECK(rc == ncclSuccess || rc == ncclInProgress)
+      << at << ": NCCL error: " << ncclGetErrorString(rc);
+}
+
+void check_cuda(cudaError_t rc, const std::string& at) {
+  GROVE_CHECK(rc == cudaSuccess) << at << ": CUDA error: " << cudaGetErrorString(rc);
+}
+
+// Device, stream and NCCL handle of one communicator; shared with its in-flight Works so they
+// stay valid if the communicator is destroyed first.
+struct NcclState {
+  int device = 0;
+  ncclComm_t comm = nullptr;
+  cudaStream_t stream = nullptr;
+  int* scratch = nullptr;  // one int for barrier()
+
+  ~NcclState() {
+    cudaSetDevice(device);
+    if (stream) cudaStreamSynchronize(stream);
+    if (comm) ncclCommDestroy(comm);
+    if (scratch) cudaFree(scratch);
+    if (stream) cudaStreamDestroy(stream);
+  }
+};
+
+// Waits for an event by polling, checking NCCL's asynchronous error state in between: an NCCL
+// failure becomes an error here, a hang is left to the watchdog.
+class NcclWork final : public Work::Impl {
+ public:
+  NcclWork(std::shared_ptr<NcclState> state, cudaEvent_t done, std::string at)
+      : state_(std::move(state)), done_(done), at_(std::move(at)) {}
+  ~NcclWork() override { cudaEventDestroy(done_); }
+  bool test() override {
+    cudaError_t q = cudaEventQuery(done_);
+    if (q == cudaSuccess) return true;
+    GROVE_CHECK(q == cudaErrorNotReady) << at_ << ": CUDA error: " << cudaGetErrorString(q);
+    ncclResult_t async = ncclSuccess;
+    check_nccl(ncclCommGetAsyncError(state_->comm, &async), at_);
+    check_nccl(async, at_);
+    return false;
+  }
+  void wait() override {
+    int spins = 0;
+    while (!test()) {
+      if (++spins > 1000) std::this_thread::yield();
+    }
+  }
+
+ private:
+  std::shared_ptr<NcclState> state_;
+  cudaEvent_t done_;
+  std::string at_;
+};
+
+class NcclComm final : public Communicator {
+ public:
+  NcclComm(std::shared_ptr<NcclState> state, std::shared_ptr<const GroupInfo> info,
+           std::shared_ptr<Watchdog> watchdog)
+      : Communicator(std::move(info), std::move(watchdog)), state_(std::move(state)) {
+    int r = -1, n = -1;
+    check_nccl(ncclCommUserRank(state_->comm, &r), where(OpKind::kInit));
+    check_nccl(ncclCommCount(state_->comm, &n), where(OpKind::kInit));
+    GROVE_CHECK(r == rank() && n == size())
+        << where(OpKind::kInit) << ": NCCL says rank " << r << " of " << n;
+  }
+  Device device() const override { return Device::kCUDA; }
+  const char* backend_name() const override { return "nccl"; }
+
+  // Creates stream and scratch for a freshly initialised comm.
+  static std::shared_ptr<NcclState> make_state(int device, ncclComm_t comm, const std::string& at) {
+    auto s = std::make_shared<NcclState>();
+    s->device = device;
+    s->comm = comm;
+    check_cuda(cudaSetDevice(device), at);
+    check_cuda(cudaStreamCreateWithFlags(&s->stream, cudaStreamNonBlocking), at);
+    check_cuda(cudaMalloc(&s->scratch, sizeof(int)), at);
+    return s;
+  }
+
+ protected:
+  std::unique_ptr<Work::Impl> start(const Call& c, bool blocking) override;
+  std::unique_ptr<Communicator> split_backend(int color, int key,
+                                              std::shared_ptr<const GroupInfo> info) override;
+
+ private:
+  std::shared_ptr<NcclState> state_;
+};
+
+std::unique_ptr<Work::Impl> NcclComm::start(const Call& c, bool blocking) {
+  const std::string at = where(c.kind);
+  check_cuda(cudaSetDevice(state_->device), at);
+  ncclComm_t comm = state_->comm;
+  cudaStream_t s = state_->stream;
+  const ncclDataType_t type = nccl_type(c.dtype);
+  const size_t esize = dtype_size(c.dtype);
+  const size_t count = static_cast<size_t>(c.count);
+
+  // Order after work already queued on the legacy default stream.
+  cudaEvent_t before = nullptr;
+  check_cuda(cudaEventCreateWithFlags(&before, cudaEventDisableTiming), at);
+  check_cuda(cudaEventRecord(before, cudaStreamLegacy), at);
+  check_cuda(cudaStreamWaitEvent(s, before, 0), at);
+  cudaEventDestroy(before);
+
+  switch (c.kind) {
+    case OpKind::kAllReduce:
+      check_nccl(ncclAllReduce(c.out, c.out, count, type, nccl_op(c.op), comm, s), at);
+      break;
+    case OpKind::kAllGather:
+      check_nccl(ncclAllGather(c.in, c.out, count, type, comm, s), at);
+      break;
+    case OpKind::kReduceScatter:
+      check_nccl(ncclReduceScatter(c.in, c.out, count, type, nccl_op(c.op), comm, s), at);
+      break;
+    case OpKind::kAllToAll:
+    case OpKind::kAllToAllV: {
+      const int n = size();
+      const char* in = static_cast<const char*>(c.in);
+      char* out = static_cast<char*>(c.out);
+      size_t soff = 0, roff = 0;
+      check_nccl(ncclGroupStart(), at);
+      for (int j = 0; j < n; ++j) {
+        const size_t sn = c.kind == OpKind::kAllToAll ? count : size_t(c.send_counts[j]);
+        const size_t rn = c.kind == OpKind::kAllToAll ? count : size_t(c.recv_counts[j]);
+        if (sn > 0) check_nccl(ncclSend(in + soff * esize, sn, type, j, comm, s), at);
+        if (rn > 0) check_nccl(ncclRecv(out + roff * esize, rn, type, j, comm, s), at);
+        soff += sn;
+        roff += rn;
+      }
+      check_nccl(ncclGroupEnd(), at);
+      break;
+    }
+    case OpKind::kBroadcast:
+      check_nccl(ncclBroadcast(c.out, c.out, count, type, c.peer, comm, s), at);
+      break;
+    case OpKind::kSend:
+      GROVE_CHECK(c.tag == 0) << at << ": NCCL has no message tags (got tag " << c.tag << ")";
+      check_nccl(ncclSend(c.in, count, type, c.peer, comm, s), at);
+      break;
+    case OpKind::kRecv:
+      GROVE_CHECK(c.tag == 0) << at << ": NCCL has no message tags (got tag " << c.tag << ")";
+      check_nccl(ncclRecv(c.out, count, type, c.peer, comm, s), at);
+      break;
+    case OpKind::kBarrier:
+      check_nccl(ncclAllReduce(state_->scratch, state_->scratch, 1, ncclInt32, ncclSum, comm, s),
+                 at);
+      break;
+    case OpKind::kSplit:
+    case OpKind::kInit:
+      GROVE_CHECK(false) << at << ": not an operation";
+  }
+
+  cudaEvent_t done = nullptr;
+  check_cuda(cudaEventCreateWithFlags(&done, cudaEventDisableTiming), at);
+  check_cuda(cudaEventRecord(done, s), at);
+  auto work = std::make_unique<NcclWork>(state_, done, at);
+  if (!blocking) return work;
+  work->wait();
+  return nullptr;
+}
+
+std::unique_ptr<Communicator> NcclComm::split_backend(int color, int key,
+                                                      std::shared_ptr<const GroupInfo> info) {
+  const std::string at = where(OpKind::kSplit);
+  check_cuda(cudaSetDevice(state_->device), at);
+  check_cuda(cudaStreamSynchronize(state_->stream), at);
+  ncclComm_t child = nullptr;
+  check_nccl(
+      ncclCommSplit(state_->comm, color < 0 ? NCCL_SPLIT_NOCOLOR : color, key, &child, nullptr),
+      at);
+  if (color < 0) return nullptr;
+  GROVE_CHECK(child) << at << ": ncclCommSplit returned no communicator";
+  return std::make_unique<NcclComm>(make_state(state_->device, child, at), std::move(info),
+                                    watchdog());
+}
+
+}  // namespace
+
+std::unique_ptr<Communicator> NcclCommunicator::create(Communicator& bootstrap, int cuda_device,
+                                                       std::string name) {
+  GROVE_CHECK(bootstrap.device() == Device::kCPU)
+      << "NCCL bootstrap needs a host communicator, got " << bootstrap.backend_name();
+  ncclUniqueId id;
+  std::memset(&id, 0, sizeof(id));
+  if (bootstrap.rank() == 0) check_nccl(ncclGetUniqueId(&id), "ncclGetUniqueId");
+  bootstrap.broadcast(&id, sizeof(id), DType::kU8, 0);
+
+  auto info = std::make_shared<GroupInfo>();
+  info->name = std::move(name);
+  info->rank = bootstrap.rank();
+  info->world_ranks = bootstrap.info().world_ranks;
+  const std::string at = std::string("init on ") + info->describe() + " [nccl]";
+
+  OpRecord rec;
+  rec.kind = OpKind::kInit;
+  rec.group = info;
+  // Share the bootstrap's watchdog: its abort function ends the whole (MPI) job.
+  std::shared_ptr<Watchdog> watchdog = bootstrap.watchdog();
+  Watchdog::Guard guard = watchdog->arm(rec);
+  check_cuda(cudaSetDevice(cuda_device), at);
+  ncclComm_t comm = nullptr;
+  check_nccl(ncclCommInitRank(&comm, bootstrap.size(), id, bootstrap.rank()), at);
+  return std::make_unique<NcclComm>(NcclComm::make_state(cuda_device, comm, at), std::move(info),
+                                    std::move(watchdog));
+}
+
+std::unique_ptr<Communicator> NcclCommunicator::create_single(int cuda_device,
+                                                              CommOptions options) {
+  auto info = std::make_shared<GroupInfo>();
+  info->name = "world";
+  info->rank = 0;
+  info->world_ranks = {0};
+  const std::string at = std::string("init on ") + info->describe() + " [nccl]";
+  // No job to abort beyond this process: the watchdog prints and exits.
+  auto watchdog = Watchdog::create(options.timeout, nullptr);
+  OpRecord rec;
+  rec.kind = OpKind::kInit;
+  rec.group = info;
+  Watchdog::Guard guard = watchdog->arm(rec);
+  check_cuda(cudaSetDevice(cuda_device), at);
+  ncclComm_t comm = nullptr;
+  int devices[1] = {cuda_device};
+  check_nccl(ncclCommInitAll(&comm, 1, devices), at);
+  return std::make_unique<NcclComm>(NcclComm::make_state(cuda_device, comm, at), std::move(info),
+                                    std::move(watchdog));
+}
+
+std::string NcclCommunicator::version() {
+  int v = 0;
+  if (ncclGetVersion(&v) != ncclSuccess) return "unknown";
+  // NCCL >= 2.9 encodes major*10000 + minor*100 + patch.
+  return std::to_string(v / 10000) + "." + std::to_string(v / 100 % 100) + "." +
+         std::to_string(v % 100);
+}
+
+}  // namespace grove::comm

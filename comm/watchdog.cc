@@ -1,0 +1,181 @@
+#include "comm/watchdog.h"
+
+#include <cstdio>
+#include <cstdlib>
+#include <sstream>
+
+namespace grove::comm {
+
+const char* reduce_op_name(ReduceOp op) {
+  return op == ReduceOp::kSum ? "sum" : "max";
+}
+
+const char* op_kind_name(OpKind kind) {
+  switch (kind) {
+    case OpKind::kAllReduce:
+      return "all_reduce";
+    case OpKind::kAllGather:
+      return "all_gather";
+    case OpKind::kReduceScatter:
+      return "reduce_scatter";
+    case OpKind::kAllToAll:
+      return "all_to_all";
+    case OpKind::kAllToAllV:
+      return "all_to_all_v";
+    case OpKind::kBroadcast:
+      return "broadcast";
+    case OpKind::kSend:
+      return "send";
+    case OpKind::kRecv:
+      return "recv";
+    case OpKind::kBarrier:
+      return "barrier";
+    case OpKind::kSplit:
+      return "split";
+    case OpKind::kInit:
+      return "init";
+  }
+  return "?";
+}
+
+std::string GroupInfo::describe() const {
+  std::ostringstream os;
+  os << "group '" << name << "' (rank " << rank << " of " << size();
+  if (rank >= 0 && rank < size()) os << ", world rank " << world_ranks[rank];
+  os << "; members ";
+  // Long member lists are abbreviated: the head and the tail say enough.
+  const int n = size();
+  for (int i = 0; i < n; ++i) {
+    if (n > 16 && i == 8) {
+      os << ",...";
+      i = n - 4;
+    }
+    os << (i ? "," : "") << world_ranks[i];
+  }
+  os << ")";
+  return os.str();
+}
+
+std::string OpRecord::describe() const {
+  std::ostringstream os;
+  os << op_kind_name(kind) << "(";
+  switch (kind) {
+    case OpKind::kAllReduce:
+    case OpKind::kReduceScatter:
+      os << reduce_op_name(op) << ", " << count << " x " << dtype_name(dtype);
+      break;
+    case OpKind::kBroadcast:
+      os << "root " << peer << ", " << count << " x " << dtype_name(dtype);
+      break;
+    case OpKind::kSend:
+      os << "to " << peer << ", " << count << " x " << dtype_name(dtype);
+      break;
+    case OpKind::kRecv:
+      os << "from " << peer << ", " << count << " x " << dtype_name(dtype);
+      break;
+    case OpKind::kAllGather:
+    case OpKind::kAllToAll:
+    case OpKind::kAllToAllV:
+      os << count << " x " << dtype_name(dtype);
+      break;
+    case OpKind::kBarrier:
+    case OpKind::kSplit:
+    case OpKind::kInit:
+      break;
+  }
+  os << ") on " << (group ? group->describe() : std::string("an unnamed group"));
+  return os.str();
+}
+
+Watchdog::Guard& Watchdog::Guard::operator=(Guard&& other) noexcept {
+  if (this != &other) {
+    release();
+    dog_ = std::move(other.dog_);
+    id_ = other.id_;
+  }
+  return *this;
+}
+
+void Watchdog::Guard::release() {
+  if (dog_) {
+    dog_->disarm(id_);
+    dog_.reset();
+  }
+}
+
+std::shared_ptr<Watchdog> Watchdog::create(std::chrono::milliseconds timeout, AbortFn abort) {
+  return std::shared_ptr<Watchdog>(new Watchdog(timeout, std::move(abort)));
+}
+
+Watchdog::Watchdog(std::chrono::milliseconds timeout, AbortFn abort)
+    : timeout_(timeout), abort_(std::move(abort)) {
+  if (enabled()) thread_ = std::thread([this] { loop(); });
+}
+
+Watchdog::~Watchdog() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+Watchdog::Guard Watchdog::arm(OpRecord op) {
+  if (!enabled()) return Guard();
+  uint64_t id;
+  bool was_empty;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    id = next_id_++;
+    was_empty = entries_.empty();
+    entries_.emplace(id, Entry{std::move(op), Clock::now() + timeout_});
+  }
+  // Only an empty watchdog sleeps without a deadline; a later entry never has an earlier one.
+  if (was_empty) cv_.notify_all();
+  return Guard(shared_from_this(), id);
+}
+
+void Watchdog::disarm(uint64_t id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  entries_.erase(id);
+}
+
+size_t Watchdog::armed() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return entries_.size();
+}
+
+std::string Watchdog::message(const OpRecord& op, std::chrono::milliseconds timeout) {
+  std::ostringstream os;
+  os << "grove comm watchdog: " << op.describe() << " did not complete within " << timeout.count()
+     << " ms; aborting the job (a rank skipped or reordered this collective, "
+     << "or is stuck before it)";
+  return os.str();
+}
+
+void Watchdog::loop() {
+  std::unique_lock<std::mutex> lock(mu_);
+  while (!stop_) {
+    if (entries_.empty()) {
+      cv_.wait(lock);
+      continue;
+    }
+    const auto oldest = entries_.begin();
+    const uint64_t id = oldest->first;
+    const Clock::time_point deadline = oldest->second.deadline;
+    if (Clock::now() < deadline) {
+      cv_.wait_until(lock, deadline);
+      continue;  // re-examine: the entry may have completed, or we were asked to stop
+    }
+    const std::string msg = message(entries_.at(id).op, timeout_);
+    lock.unlock();
+    std::fprintf(stderr, "%s\n", msg.c_str());
+    std::fflush(stderr);
+    if (abort_) abort_(msg);
+    // The abort function was expected to end the job; make sure the process does not linger.
+    std::_Exit(kWatchdogExitCode);
+  }
+}
+
+}  // namespace grove::comm

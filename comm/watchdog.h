@@ -1,0 +1,91 @@
+// Watchdog: turns a hung collective into a loud, named failure instead of a silent hang.
+//
+// Every communicator operation is armed with the watchdog when it starts and disarmed when it
+// completes (a blocking call returns, or an async Work is waited on / tested complete). A
+// background thread sleeps until the oldest armed operation's deadline (start + timeout); if that
+// operation is still armed then, the watchdog calls its abort function with a message naming the
+// operation, the group and the rank. The abort function must end the job (MPI_Abort on MPI);
+// should it return, the process exits with kWatchdogExitCode.
+//
+// Invariants: a timeout of zero disables the watchdog (no thread, arm() is free); deadlines are
+// measured on the steady clock from the start of the operation, so an async operation that is
+// waited on late counts the time it spent un-waited.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "comm/types.h"
+
+namespace grove::comm {
+
+inline constexpr int kWatchdogExitCode = 3;
+
+class Watchdog : public std::enable_shared_from_this<Watchdog> {
+ public:
+  using Clock = std::chrono::steady_clock;
+  // Receives the full error message; expected not to return.
+  using AbortFn = std::function<void(const std::string& message)>;
+
+  // Disarms on destruction (or when moved from, it leaves nothing armed behind).
+  class Guard {
+   public:
+    Guard() = default;
+    Guard(std::shared_ptr<Watchdog> dog, uint64_t id) : dog_(std::move(dog)), id_(id) {}
+    Guard(Guard&& other) noexcept : dog_(std::move(other.dog_)), id_(other.id_) {}
+    Guard& operator=(Guard&& other) noexcept;
+    Guard(const Guard&) = delete;
+    Guard& operator=(const Guard&) = delete;
+    ~Guard() { release(); }
+    // Disarms now; idempotent.
+    void release();
+
+   private:
+    std::shared_ptr<Watchdog> dog_;
+    uint64_t id_ = 0;
+  };
+
+  // Use create(): arm() hands out guards that share ownership of the watchdog.
+  static std::shared_ptr<Watchdog> create(std::chrono::milliseconds timeout, AbortFn abort);
+  ~Watchdog();
+  Watchdog(const Watchdog&) = delete;
+  Watchdog& operator=(const Watchdog&) = delete;
+
+  Guard arm(OpRecord op);
+  std::chrono::milliseconds timeout() const { return timeout_; }
+  bool enabled() const { return timeout_.count() > 0; }
+  // Number of operations armed right now (for tests and diagnostics).
+  size_t armed() const;
+
+  // The message the watchdog gives for `op` after `timeout`.
+  static std::string message(const OpRecord& op, std::chrono::milliseconds timeout);
+
+ private:
+  Watchdog(std::chrono::milliseconds timeout, AbortFn abort);
+  void disarm(uint64_t id);
+  void loop();
+
+  struct Entry {
+    OpRecord op;
+    Clock::time_point deadline;
+  };
+
+  const std::chrono::milliseconds timeout_;
+  const AbortFn abort_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  // Keyed by arm order; deadlines grow with the key (constant timeout), so begin() is the oldest.
+  std::map<uint64_t, Entry> entries_;
+  uint64_t next_id_ = 1;
+  bool stop_ = false;
+  std::thread thread_;
+};
+
+}  // namespace grove::comm

@@ -1,0 +1,38 @@
+// NCCL bootstrapped over MPI: the unique id travels over the MPI world, ranks join with
+// ncclCommInitRank. Needs one GPU per rank (np=1 on a one-GPU machine); skips without a device.
+#include <gtest/gtest.h>
+
+#include <vector>
+
+#include "comm/nccl_communicator.h"
+#include "tests/comm/mpi_test_env.h"
+
+namespace grove::comm {
+namespace {
+
+TEST(NcclOverMpi, BootstrapAndAllReduce) {
+  if (!cuda_device_available()) {
+    GTEST_SKIP() << "no CUDA device: the NCCL backend (" << NcclCommunicator::version()
+                 << ") is built but its tests need a GPU";
+  }
+  Communicator& w = test::world();
+  auto nccl = NcclCommunicator::create(w, /*cuda_device=*/0, "nccl-world");
+  EXPECT_EQ(nccl->size(), w.size());
+  EXPECT_EQ(nccl->rank(), w.rank());
+  EXPECT_EQ(nccl->watchdog(), w.watchdog());
+  Tensor h = Tensor::empty({2}, DType::kI32);
+  h.data<int32_t>()[0] = w.rank() + 1;
+  h.data<int32_t>()[1] = 7;
+  Tensor d = h.to(Device::kCUDA);
+  nccl->all_reduce(d, ReduceOp::kSum);
+  Tensor back = d.to(Device::kCPU);
+  const int n = w.size();
+  EXPECT_EQ(back.data<int32_t>()[0], n * (n + 1) / 2);
+  EXPECT_EQ(back.data<int32_t>()[1], 7 * n);
+  auto sub = nccl->split(w.rank() % 2, w.rank(), "nccl-parity");
+  ASSERT_TRUE(sub);
+  sub->barrier();
+}
+
+}  // namespace
+}  // namespace grove::comm
