@@ -73,6 +73,10 @@ void attention_forward(T* out, T* lse, T* probs, const T* q, const T* k, const T
 // dq, dk, dv += ...; needs out and lse of the forward (probs when it was kept, else nullptr).
 // lse may be a combined (global) lse from several shards: then out/dout are the combined ones and
 // the kernel returns this shard's contribution to dq and its dk, dv (FlashAttention-2 backward).
+// probs, when passed to the backward, must be exp(scores*scale - lse) for the lse passed: with a
+// combined lse pass probs = nullptr. Scratch: each OpenMP thread allocates 64*SK elements
+// (forward without probs) or 2*64*SK (backward) once per call; never O(SQ*SK*B*NH).
+// The forward parallelises over (b, head), the backward over (b, kv head).
 template <typename T>
 void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T* k, const T* v,
                         const T* out, const T* lse, const T* probs, const AttentionShape& shape);
