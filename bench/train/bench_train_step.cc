@@ -1,0 +1,144 @@
+// Training-step benchmark (forward + backward + clip + AdamW) on a fixed model, with its peers
+// measured in the same run (DESIGN.md §11):
+//   - PyTorch 1.13 CPU running the same model with the same thread count (torch_train_step.py);
+//   - OpenBLAS sgemm throughput, the ceiling for a GEMM-bound step.
+// Prints one JSON line per measurement.
+#include <omp.h>
+
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <cstdio>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "core/rng.h"
+#include "kernels/cpu/sgemm_peak.h"
+#include "model/transformer.h"
+#include "worker/optimizer.h"
+
+namespace {
+
+using grove::Recompute;
+using json = nlohmann::json;
+
+struct Timing {
+  double ms_per_step;
+  float loss;
+};
+
+Timing time_grove(const grove::ModelConfig& c, int b, int s, Recompute mode, int warmup,
+                  int steps) {
+  grove::Transformer model(c, b, s, mode);
+  grove::AdamW opt(c);
+  grove::TrainOptions t;
+  std::vector<int32_t> tokens(size_t(b) * s), targets(tokens.size());
+  grove::Rng rng(1);
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    tokens[i] = int32_t(rng.next_u64() % c.vocab_size);
+    targets[i] = int32_t(rng.next_u64() % c.vocab_size);
+  }
+  float loss = 0;
+  auto step = [&] {
+    model.zero_grads();
+    loss = model.forward(tokens.data(), targets.data());
+    model.backward();
+    const double norm = grove::grad_global_norm(model.grads());
+    grove::clip_gradients(model.grads(), norm, 1.0f);
+    opt.step(model.params(), model.grads(), 1e-4f, t);
+  };
+  for (int i = 0; i < warmup; ++i) step();
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < steps; ++i) step();
+  const double ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  return {ms / steps, loss};
+}
+
+json run_torch(const std::string& python, const std::string& script, const grove::ModelConfig& c,
+               int b, int s, int threads, int warmup, int steps) {
+  const std::string cmd = python + " " + script + " '" + grove::ModelConfigToJson(c).dump() +
+                          "' " + std::to_string(b) + " " + std::to_string(s) + " " +
+                          std::to_string(threads) + " " + std::to_string(warmup) + " " +
+                          std::to_string(steps) + " 2>&1";
+  std::unique_ptr<FILE, int (*)(FILE*)> p(popen(cmd.c_str(), "r"), &pclose);
+  std::string out;
+  char buf[4096];
+  while (p && fgets(buf, sizeof(buf), p.get())) out += buf;
+  const size_t brace = out.rfind('{');
+  json j = brace == std::string::npos ? json() : json::parse(out.substr(brace), nullptr, false);
+  if (j.is_discarded() || !j.contains("tokens_per_s")) {
+    std::fprintf(stderr, "bench_train_step: PyTorch peer failed (%s):\n%s\n", cmd.c_str(),
+                 out.c_str());
+    return json();
+  }
+  return j;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"Grove training-step benchmark vs PyTorch and sgemm peak"};
+  grove::ModelConfig c;
+  c.vocab_size = 8192;
+  c.d_model = 512;
+  c.n_layers = 4;
+  c.n_heads = 8;
+  c.max_seq_len = 256;
+  int b = 8, s = 256, warmup = 1, steps = 3;
+  int threads = omp_get_max_threads();
+  std::string python = GROVE_BENCH_PYTHON, script = GROVE_BENCH_TORCH_SCRIPT;
+  std::vector<std::string> modes = {"selective", "none"};
+  bool no_torch = false;
+  app.add_option("--d-model", c.d_model);
+  app.add_option("--layers", c.n_layers);
+  app.add_option("--heads", c.n_heads);
+  app.add_option("--vocab", c.vocab_size);
+  app.add_option("--batch", b);
+  app.add_option("--seq", s);
+  app.add_option("--warmup", warmup);
+  app.add_option("--steps", steps);
+  app.add_option("--threads", threads);
+  app.add_option("--recompute", modes, "recompute modes to time");
+  app.add_flag("--no-torch", no_torch, "skip the PyTorch peer");
+  app.add_option("--python", python, "interpreter that imports torch");
+  CLI11_PARSE(app, argc, argv);
+  c.max_seq_len = std::max(c.max_seq_len, s);
+  omp_set_num_threads(threads);
+
+  const json config = {{"d_model", c.d_model}, {"layers", c.n_layers}, {"heads", c.n_heads},
+                       {"vocab", c.vocab_size}, {"batch", b}, {"seq", s}, {"threads", threads},
+                       {"steps", steps}};
+  const double tokens = double(b) * s;
+  const double sgemm = grove::cpu::sgemm_peak_gflops(2048, 2048, 2048, 1.0);
+  json torch = no_torch ? json() : run_torch(python, script, c, b, s, threads, warmup, steps);
+
+  for (const std::string& m : modes) {
+    auto mode = grove::parse_recompute(m);
+    if (!mode.ok()) {
+      std::fprintf(stderr, "%s\n", mode.status().message().c_str());
+      return 2;
+    }
+    const Timing g = time_grove(c, b, s, mode.value(), warmup, steps);
+    const double tok_s = tokens / (g.ms_per_step / 1e3);
+    json cfg = config;
+    cfg["recompute"] = m;
+    json line = {{"name", "train_step_tokens_per_s"}, {"config", cfg}, {"value", tok_s},
+                 {"unit", "tokens/s"}, {"ms_per_step", g.ms_per_step}};
+    if (!torch.is_null()) {
+      line["peer"] = "pytorch-" + torch["torch"].get<std::string>() + "-cpu";
+      line["peer_value"] = torch["tokens_per_s"];
+      line["ratio"] = tok_s / torch["tokens_per_s"].get<double>();
+    }
+    std::printf("%s\n", line.dump().c_str());
+    const double gflops = grove::Transformer(c, b, s, mode.value()).flops_per_step() / (g.ms_per_step / 1e3) / 1e9;
+    std::printf("%s\n", json({{"name", "train_step_gflops"}, {"config", cfg}, {"value", gflops},
+                              {"unit", "GFLOP/s"}, {"peer", "openblas-sgemm-2048^3"},
+                              {"peer_value", sgemm}, {"ratio", gflops / sgemm}})
+                            .dump()
+                            .c_str());
+    std::fflush(stdout);
+  }
+  return 0;
+}

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Sets up Grove on a Debian machine: installs the Debian packages it needs (only those missing),
+# fetches the Brown corpus, builds, and prepares the tokenized dataset. Running it again does no
+# repeated work: installed packages, the corpus, the build and the dataset are all reused.
+#
+#   launch/setup.sh            # build everything (also what the tests need)
+#
+# Environment: GROVE_BUILD_DIR (default build), GROVE_CUDA (AUTO|ON|OFF, default AUTO: the CUDA
+# kernels are compiled whenever nvcc is found, even without a GPU), GROVE_JOBS (build jobs).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+BUILD_DIR=${GROVE_BUILD_DIR:-build}
+CORPUS_DIR=third_party/corpus/brown
+DATA_DIR=runs/data-brown-8192
+
+step() { printf '\n==> %s\n' "$*"; }
+
+# ---- 1. Debian packages (DESIGN.md §2) ---------------------------------------------------------
+PACKAGES=(
+  build-essential cmake ninja-build ccache pkg-config git
+  libopenmpi-dev openmpi-bin
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+  libopenblas-openmp-dev libsqlite3-dev libsentencepiece-dev
+  nlohmann-json3-dev libcli11-dev libgtest-dev libgmock-dev libbenchmark-dev
+  python3 python3-torch python3-numpy
+)
+command -v npm >/dev/null 2>&1 || PACKAGES+=(npm)
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  step "installing Debian packages: ${missing[*]}"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+else
+  step "Debian packages: all present"
+fi
+
+# ---- 2. Corpus -----------------------------------------------------------------------------------
+step "Brown corpus -> $CORPUS_DIR"
+bash launch/fetch_corpus.sh "$CORPUS_DIR"
+
+# ---- 3. Build ------------------------------------------------------------------------------------
+step "building in $BUILD_DIR"
+if [ ! -f "$BUILD_DIR/build.ninja" ]; then
+  cmake -G Ninja -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release -DGROVE_CUDA="${GROVE_CUDA:-AUTO}"
+fi
+cmake --build "$BUILD_DIR" -j "${GROVE_JOBS:-$(nproc)}"
+
+# ---- 4. Dataset ----------------------------------------------------------------------------------
+step "dataset -> $DATA_DIR"
+"$BUILD_DIR/data/grove-prepare-data" --corpus "$CORPUS_DIR" --out "$DATA_DIR" --vocab 8192
+
+step "setup done ($ROOT)"

@@ -1,0 +1,121 @@
+// Training on the real Brown corpus (prepared by launch/setup.sh): validation loss must fall
+// below the unigram entropy of the validation tokens — the loss of the best model that ignores
+// context — and a run resumed from a checkpoint must be bit-identical to an uninterrupted one.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+
+#include "data/token_file.h"
+#include "worker/trainer.h"
+
+namespace grove {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string DataDir() {
+  const char* d = std::getenv("GROVE_DATA_DIR");
+  return d ? d : "runs/data-brown-8192";
+}
+
+TrainConfig SmallRun(const std::string& out_dir) {
+  auto c = LoadTrainConfig("", {"model.d_model=128", "model.n_layers=2", "model.n_heads=4",
+                                "model.max_seq_len=64", "train.seq_len=64", "train.batch_size=16",
+                                "train.lr=0.006", "train.min_lr=0.0006", "train.warmup_steps=20",
+                                "train.eval_every=0", "train.eval_batches=16",
+                                "train.checkpoint_every=0", "data.dir=" + DataDir(),
+                                "out_dir=" + out_dir});
+  EXPECT_TRUE(c.ok()) << c.status().message();
+  return c.value();
+}
+
+class TrainBrown : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!fs::exists(DataDir() + "/val.bin"))
+      FAIL() << "prepared Brown dataset not found in " << DataDir()
+             << ": run launch/setup.sh (fetches the corpus and prepares the data) or set "
+                "GROVE_DATA_DIR";
+    base_ = (fs::temp_directory_path() / "grove_train_brown").string();
+    fs::remove_all(base_);
+  }
+  void TearDown() override { fs::remove_all(base_); }
+  std::string base_;
+};
+
+TEST_F(TrainBrown, ValidationLossBeatsUnigramEntropy) {
+  auto val = data::TokenDataset::Open(DataDir() + "/val.bin");
+  ASSERT_TRUE(val.ok()) << val.status().message();
+  const double unigram = data::UnigramEntropy(val.value());
+
+  TrainConfig c = SmallRun(base_ + "/converge");
+  c.train.steps = 150;
+  RunOptions run;
+  run.quiet = true;
+  auto t = Trainer::Create(c, run);
+  ASSERT_TRUE(t.ok()) << t.status().message();
+  const float before = t.value()->Evaluate();
+  ASSERT_TRUE(t.value()->Run().ok());
+  const float after = t.value()->Evaluate();
+  std::printf("val loss %.4f -> %.4f after %d steps; unigram entropy of val %.4f nats\n", before,
+              after, c.train.steps, unigram);
+  EXPECT_GT(before, unigram);  // an untrained model is worse than the unigram model
+  EXPECT_LT(after, unigram);
+}
+
+TEST_F(TrainBrown, ResumeIsBitIdentical) {
+  TrainConfig a = SmallRun(base_ + "/straight");
+  a.model.d_model = 64;
+  a.model.n_heads = 2;
+  a.train.steps = 12;
+  a.train.batch_size = 4;
+  a.train.grad_accum = 2;
+  a.train.eval_every = 4;
+  RunOptions run;
+  run.quiet = true;
+  auto straight = Trainer::Create(a, run);
+  ASSERT_TRUE(straight.ok()) << straight.status().message();
+  ASSERT_TRUE(straight.value()->Run().ok());
+
+  TrainConfig b = a;
+  b.out_dir = base_ + "/resumed";
+  RunOptions first = run;
+  first.stop_after = 5;
+  {
+    auto t = Trainer::Create(b, first);
+    ASSERT_TRUE(t.ok()) << t.status().message();
+    ASSERT_TRUE(t.value()->Run().ok());
+    EXPECT_EQ(t.value()->step(), 5);
+  }
+  // Without --resume, an out_dir with checkpoints is refused (nothing is overwritten).
+  auto refused = Trainer::Create(b, run);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.status().message().find("pass --resume"), std::string::npos);
+
+  RunOptions again = run;
+  again.resume = true;
+  auto resumed = Trainer::Create(b, again);
+  ASSERT_TRUE(resumed.ok()) << resumed.status().message();
+  EXPECT_EQ(resumed.value()->step(), 5);
+  ASSERT_TRUE(resumed.value()->Run().ok());
+
+  const auto& hs = straight.value()->history();
+  const auto& hr = resumed.value()->history();
+  ASSERT_EQ(hs.size(), 12u);
+  ASSERT_EQ(hr.size(), 7u);
+  for (size_t i = 0; i < hr.size(); ++i) {
+    EXPECT_EQ(hr[i].step, hs[5 + i].step);
+    EXPECT_EQ(0, std::memcmp(&hr[i].loss, &hs[5 + i].loss, sizeof(float)))
+        << "step " << hr[i].step << ": resumed loss " << hr[i].loss << " vs " << hs[5 + i].loss;
+  }
+  auto ps = straight.value()->model().params().named();
+  auto pr = resumed.value()->model().params().named();
+  for (size_t i = 0; i < ps.size(); ++i)
+    EXPECT_EQ(0, std::memcmp(ps[i].tensor.raw(), pr[i].tensor.raw(), ps[i].tensor.bytes()))
+        << ps[i].name;
+}
+
+}  // namespace
+}  // namespace grove
