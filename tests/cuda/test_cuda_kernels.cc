@@ -67,7 +67,9 @@ template <typename T>
 class CudaKernels : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (!cuda_device_available()) GTEST_SKIP() << testing::kNoDevice;
+    if (cuda_device_available()) return;
+    if (testing::gpu_required()) FAIL() << "GROVE_REQUIRE_GPU=1: " << testing::no_device_reason();
+    GTEST_SKIP() << testing::kNoDevice;
   }
 };
 using Types = ::testing::Types<float, bf16>;

@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <sstream>
@@ -24,6 +25,20 @@ using Vec = std::vector<double>;
 
 // One line, printed by every GPU test when there is no device.
 inline const char* kNoDevice = "no CUDA device found: skipping GPU kernel tests";
+
+// Why no device is usable (no GPU, or a driver older than this CUDA runtime), for the
+// GROVE_REQUIRE_GPU=1 mode, in which a machine that should have a GPU fails instead of skipping.
+inline std::string no_device_reason() {
+  int n = 0;
+  cudaError_t err = cudaGetDeviceCount(&n);
+  cudaGetLastError();
+  if (err != cudaSuccess) return std::string("cudaGetDeviceCount: ") + cudaGetErrorString(err);
+  return "cudaGetDeviceCount reports " + std::to_string(n) + " devices";
+}
+inline bool gpu_required() {
+  const char* v = std::getenv("GROVE_REQUIRE_GPU");
+  return v != nullptr && std::string(v) == "1";
+}
 
 // Host bf16 <-> float, round to nearest even (same as __float2bfloat16_rn for finite values).
 inline uint16_t bf16_bits(float f) {
