@@ -254,8 +254,10 @@ TYPED_TEST(CudaKernels, Attention) {
 
     // Backward from the reference out / lse (as stored), gradients pre-filled.
     Vec out_t = stored<T>(out), lse32 = stored<float>(lse), dout = stored<T>(random_vec(nq, 44));
-    Vec dq = stored<T>(random_vec(nq, 45)), dk = stored<T>(random_vec(nk, 46));
-    Vec dv = stored<T>(random_vec(nk, 47));
+    // Small pre-fill: checks accumulation without dominating max|want| (gradients are ~0.1).
+    Vec dq = stored<T>(random_vec(nq, 45, -0.01, 0.01)),
+        dk = stored<T>(random_vec(nk, 46, -0.01, 0.01));
+    Vec dv = stored<T>(random_vec(nk, 47, -0.01, 0.01));
     DeviceBuffer<T> d_outt(out_t), d_dout(dout), d_dq(dq), d_dk(dk), d_dv(dv);
     DeviceBuffer<float> d_lse32(lse32);
     ref::attention_backward(dq, dk, dv, dout, q, k, v, out_t, lse32, s);
