@@ -12,6 +12,7 @@
 
 #include <cstddef>
 #include <map>
+#include <optional>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -37,8 +38,10 @@ class BlasHandle {
   size_t workspace_bytes() const { return workspace_bytes_; }
 
   // Key of a cached Lt algorithm: trans_a, trans_b, m, n, k, lda, ldb, ldc, C type, alignment.
+  // nullopt: cuBLASLt offered none (e.g. odd leading dimensions); cublasGemmEx is used instead.
   using AlgoKey = std::tuple<int, int, int, int, int, int, int, int, int, int>;
-  std::map<AlgoKey, cublasLtMatmulAlgo_t>& algo_cache() { return algo_cache_; }
+  using AlgoCache = std::map<AlgoKey, std::optional<cublasLtMatmulAlgo_t>>;
+  AlgoCache& algo_cache() { return algo_cache_; }
 
  private:
   int device_ = 0;
@@ -46,7 +49,7 @@ class BlasHandle {
   cublasLtHandle_t lt_ = nullptr;
   size_t workspace_bytes_ = 0;
   std::vector<std::pair<cudaStream_t, void*>> workspaces_;
-  std::map<AlgoKey, cublasLtMatmulAlgo_t> algo_cache_;
+  AlgoCache algo_cache_;
 };
 
 // This thread's handle for the current device (created on first use, destroyed at thread exit).

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <numeric>
+#include <optional>
 
 #include "kernels/cuda/blas_handle.h"
 #include "kernels/cuda/common.cuh"
@@ -84,15 +85,22 @@ void lt_matmul(bool trans_a, bool trans_b, int M, int N, int K, float alpha, con
       GROVE_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref.p, attr, &a32, sizeof(a32)));
     cublasLtMatmulHeuristicResult_t result{};
     int found = 0;
-    GROVE_CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(h.lt(), desc.d, la.l, lb.l, lc.l, lc.l,
-                                                      pref.p, 1, &result, &found));
-    GROVE_CHECK(found > 0) << "cuBLASLt has no bf16 algorithm for M=" << M << " N=" << N
-                           << " K=" << K << " lda=" << lda << " ldb=" << ldb << " ldc=" << ldc;
-    it = cache.emplace(key, result.algo).first;
+    cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(h.lt(), desc.d, la.l, lb.l, lc.l, lc.l,
+                                                       pref.p, 1, &result, &found);
+    if (st != CUBLAS_STATUS_NOT_SUPPORTED) GROVE_CUBLAS_CHECK(st);
+    std::optional<cublasLtMatmulAlgo_t> algo;
+    if (st == CUBLAS_STATUS_SUCCESS && found > 0) algo = result.algo;
+    it = cache.emplace(key, algo).first;
   }
-  GROVE_CUBLAS_CHECK(cublasLtMatmul(h.lt(), desc.d, &alpha, B, la.l, A, lb.l, &beta, C, lc.l, C,
-                                    lc.l, &it->second, h.workspace(stream), h.workspace_bytes(),
-                                    stream));
+  if (it->second) {
+    GROVE_CUBLAS_CHECK(cublasLtMatmul(h.lt(), desc.d, &alpha, B, la.l, A, lb.l, &beta, C, lc.l, C,
+                                      lc.l, &*it->second, h.workspace(stream), h.workspace_bytes(),
+                                      stream));
+  } else {  // no Lt algorithm for this layout: the classic API, same types and fp32 accumulation
+    GROVE_CUBLAS_CHECK(cublasGemmEx(h.cublas(stream), op_a, op_b, N, M, K, &alpha, B, CUDA_R_16BF,
+                                    ldb, A, CUDA_R_16BF, lda, &beta, C, c_type, ldc,
+                                    CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  }
 }
 
 // out[n, oc] = bias[oc]
