@@ -1,7 +1,9 @@
 // Elementwise helpers: y += x, y *= alpha, sum of squares (in double, for gradient norms).
 #include <omp.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <vector>
 
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/vec_math.h"
@@ -20,11 +22,25 @@ void scale_inplace(T* y, T alpha, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] *= alpha;
 }
 
+// Deterministic whatever the thread count: fixed-size blocks are summed independently and the
+// block sums are added in order (an OpenMP reduction combines thread partials in completion order,
+// which would make the gradient norm, hence clipping and a resumed run, differ in the last bit).
 template <typename T>
 double sum_squares(const T* x, int64_t n) {
+  constexpr int64_t kBlock = 1 << 15;
+  const int64_t blocks = (n + kBlock - 1) / kBlock;
+  std::vector<double> partial(static_cast<size_t>(blocks));
+#pragma omp parallel for schedule(static) if (n >= detail::kMinParallelWork)
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    const int64_t begin = blk * kBlock, end = std::min(n, begin + kBlock);
+    double sum = 0;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t i = begin; i < end; ++i)
+      sum += static_cast<double>(x[i]) * static_cast<double>(x[i]);
+    partial[static_cast<size_t>(blk)] = sum;
+  }
   double total = 0;
-#pragma omp parallel for simd schedule(static) if (n >= detail::kMinParallelWork) reduction(+ : total)
-  for (int64_t i = 0; i < n; ++i) total += static_cast<double>(x[i]) * static_cast<double>(x[i]);
+  for (double v : partial) total += v;
   return total;
 }
 
