@@ -19,9 +19,10 @@ StatusOr<int> dataset_vocab(const std::string& dir) {
   std::ifstream in(fs::path(dir) / "meta.json");
   if (!in) return Status::Error("dataset " + dir + " has no meta.json");
   nlohmann::json meta = nlohmann::json::parse(in, nullptr, false);
-  if (meta.is_discarded() || !meta.contains("vocab_size"))
-    return Status::Error(dir + "/meta.json is corrupt (no vocab_size)");
-  return meta["vocab_size"].get<int>();
+  if (meta.is_discarded() || !meta.contains("tokenizer") ||
+      !meta["tokenizer"].contains("vocab_size"))
+    return Status::Error(dir + "/meta.json is corrupt (no tokenizer.vocab_size)");
+  return meta["tokenizer"]["vocab_size"].get<int>();
 }
 
 std::string checkpoint_root(const TrainConfig& c) { return c.out_dir + "/checkpoints"; }
