@@ -64,9 +64,11 @@ Communicator::Communicator(std::shared_ptr<const GroupInfo> info,
   GROVE_CHECK(watchdog_) << "communicator needs a watchdog (use a zero timeout to disable it)";
 }
 
-std::string Communicator::where(OpKind kind) const {
-  return std::string(op_kind_name(kind)) + " on " + info_->describe() + " [" + backend_name() + "]";
+std::string Where::str() const {
+  return std::string(op_kind_name(kind)) + " on " + group->describe() + " [" + backend + "]";
 }
+
+std::ostream& operator<<(std::ostream& os, const Where& w) { return os << w.str(); }
 
 Watchdog::Guard Communicator::arm(OpKind kind) const {
   OpRecord rec;
@@ -76,7 +78,7 @@ Watchdog::Guard Communicator::arm(OpKind kind) const {
 }
 
 void Communicator::check_call(const Call& c) const {
-  const std::string at = where(c.kind);
+  const Where at = where(c.kind);
   GROVE_CHECK(c.count >= 0) << at << ": negative count " << c.count;
   const int n = size();
   switch (c.kind) {
@@ -176,7 +178,7 @@ Communicator::Call make_call(OpKind kind, const void* in, void* out, int64_t cou
 }
 
 // Checks the in/out pair of a block-structured collective and returns the per-rank count.
-int64_t block_count(const std::string& at, const Tensor& in, const Tensor& out, int64_t in_blocks,
+int64_t block_count(const Where& at, const Tensor& in, const Tensor& out, int64_t in_blocks,
                     int64_t out_blocks) {
   GROVE_CHECK(in.dtype() == out.dtype())
       << at << ": input is " << dtype_name(in.dtype()) << ", output is " << dtype_name(out.dtype());
@@ -261,7 +263,7 @@ void Communicator::all_to_all(const Tensor& in, Tensor& out) {
 }
 
 namespace {
-void check_a2av_fit(const std::string& at, const Tensor& in, std::span<const int64_t> send_counts,
+void check_a2av_fit(const Where& at, const Tensor& in, std::span<const int64_t> send_counts,
                     const Tensor& out, std::span<const int64_t> recv_counts) {
   int64_t s = 0, r = 0;
   for (int64_t v : send_counts) s += v;

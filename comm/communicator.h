@@ -23,6 +23,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <ostream>
 #include <span>
 #include <string>
 #include <vector>
@@ -72,6 +73,17 @@ class Work {
   Watchdog::Guard guard_;
   std::vector<Tensor> keep_alive_;
 };
+
+// Names an operation on a group in error messages, e.g. "all_reduce on group 'tp' (rank 1 of 2,
+// world rank 3; members 2,3) [mpi]". Cheap to pass around: the text is only built when printed.
+// Valid while the communicator that made it lives.
+struct Where {
+  OpKind kind;
+  const GroupInfo* group;
+  const char* backend;
+  std::string str() const;
+};
+std::ostream& operator<<(std::ostream& os, const Where& w);
 
 class Communicator {
  public:
@@ -181,8 +193,8 @@ class Communicator {
   const std::shared_ptr<const GroupInfo>& group_ptr() const { return info_; }
   // Arms the watchdog for an operation that is not a Call (init, split).
   Watchdog::Guard arm(OpKind kind) const;
-  // "all_reduce on group 'tp' (rank 1 of 2, ...)": the prefix of every error message.
-  std::string where(OpKind kind) const;
+  // The prefix of every error message about `kind` on this communicator.
+  Where where(OpKind kind) const { return Where{kind, info_.get(), backend_name()}; }
 
  private:
   Work run(const Call& call, bool blocking, std::vector<Tensor> keep_alive);

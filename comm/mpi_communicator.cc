@@ -103,7 +103,8 @@ MPI_Op mpi_op(const MpiContext& ctx, ReduceOp op, DType dtype) {
   return op == ReduceOp::kSum ? MPI_SUM : MPI_MAX;
 }
 
-void check_mpi(int rc, const std::string& at) {
+template <typename At>
+void check_mpi(int rc, const At& at) {
   if (rc == MPI_SUCCESS) return;
   char text[MPI_MAX_ERROR_STRING];
   int len = 0;
@@ -111,7 +112,7 @@ void check_mpi(int rc, const std::string& at) {
   GROVE_CHECK(false) << at << ": MPI error: " << std::string(text, len);
 }
 
-int to_int(int64_t v, const std::string& at) {
+int to_int(int64_t v, const Where& at) {
   GROVE_CHECK(v <= INT_MAX) << at << ": " << v
                             << " elements exceed MPI's int count limit; split the buffer";
   return static_cast<int>(v);
@@ -120,7 +121,8 @@ int to_int(int64_t v, const std::string& at) {
 // One in-flight non-blocking MPI operation.
 class MpiWork final : public Work::Impl {
  public:
-  MpiWork(std::shared_ptr<MpiContext> ctx, std::string at) : ctx_(std::move(ctx)), at_(at) {}
+  MpiWork(std::shared_ptr<MpiContext> ctx, std::shared_ptr<const GroupInfo> group, OpKind kind)
+      : ctx_(std::move(ctx)), group_(std::move(group)), at_{kind, group_.get(), "mpi"} {}
   MPI_Request* request() { return &req_; }
   // a2a-v counts and displacements must stay untouched until completion.
   std::vector<int>& counts() { return counts_; }
@@ -153,8 +155,9 @@ class MpiWork final : public Work::Impl {
                                 << " (sender and receiver sizes differ)";
   }
 
-  std::shared_ptr<MpiContext> ctx_;  // keeps MPI initialised while in flight
-  std::string at_;
+  std::shared_ptr<MpiContext> ctx_;         // keeps MPI initialised while in flight
+  std::shared_ptr<const GroupInfo> group_;  // keeps at_ valid
+  Where at_;
   MPI_Request req_ = MPI_REQUEST_NULL;
   std::vector<int> counts_;
   bool check_recv_ = false;
@@ -193,13 +196,13 @@ class MpiCommunicator final : public Communicator {
 };
 
 std::unique_ptr<Work::Impl> MpiCommunicator::start(const Call& c, bool blocking) {
-  const std::string at = where(c.kind);
+  const Where at = where(c.kind);
   const MPI_Datatype type = mpi_type(c.dtype);
   const int count = to_int(c.count, at);
   std::unique_ptr<MpiWork> work;
   MPI_Request* req = nullptr;
   if (!blocking) {
-    work = std::make_unique<MpiWork>(ctx_, at);
+    work = std::make_unique<MpiWork>(ctx_, group_ptr(), c.kind);
     req = work->request();
   }
   int rc = MPI_SUCCESS;

@@ -32,12 +32,14 @@ ncclRedOp_t nccl_op(ReduceOp op) {
   return op == ReduceOp::kSum ? ncclSum : ncclMax;
 }
 
-void check_nccl(ncclResult_t rc, const std::string& at) {
+template <typename At>
+void check_nccl(ncclResult_t rc, const At& at) {
   GROVE_CHECK(rc == ncclSuccess || rc == ncclInProgress)
       << at << ": NCCL error: " << ncclGetErrorString(rc);
 }
 
-void check_cuda(cudaError_t rc, const std::string& at) {
+template <typename At>
+void check_cuda(cudaError_t rc, const At& at) {
   GROVE_CHECK(rc == cudaSuccess) << at << ": CUDA error: " << cudaGetErrorString(rc);
 }
 
@@ -62,8 +64,12 @@ struct NcclState {
 // failure becomes an error here, a hang is left to the watchdog.
 class NcclWork final : public Work::Impl {
  public:
-  NcclWork(std::shared_ptr<NcclState> state, cudaEvent_t done, std::string at)
-      : state_(std::move(state)), done_(done), at_(std::move(at)) {}
+  NcclWork(std::shared_ptr<NcclState> state, cudaEvent_t done,
+           std::shared_ptr<const GroupInfo> group, OpKind kind)
+      : state_(std::move(state)),
+        done_(done),
+        group_(std::move(group)),
+        at_{kind, group_.get(), "nccl"} {}
   ~NcclWork() override { cudaEventDestroy(done_); }
   bool test() override {
     cudaError_t q = cudaEventQuery(done_);
@@ -84,7 +90,8 @@ class NcclWork final : public Work::Impl {
  private:
   std::shared_ptr<NcclState> state_;
   cudaEvent_t done_;
-  std::string at_;
+  std::shared_ptr<const GroupInfo> group_;  // keeps at_ valid
+  Where at_;
 };
 
 class NcclComm final : public Communicator {
@@ -102,7 +109,8 @@ class NcclComm final : public Communicator {
   const char* backend_name() const override { return "nccl"; }
 
   // Creates stream and scratch for a freshly initialised comm.
-  static std::shared_ptr<NcclState> make_state(int device, ncclComm_t comm, const std::string& at) {
+  template <typename At>
+  static std::shared_ptr<NcclState> make_state(int device, ncclComm_t comm, const At& at) {
     auto s = std::make_shared<NcclState>();
     s->device = device;
     s->comm = comm;
@@ -122,7 +130,7 @@ class NcclComm final : public Communicator {
 };
 
 std::unique_ptr<Work::Impl> NcclComm::start(const Call& c, bool blocking) {
-  const std::string at = where(c.kind);
+  const Where at = where(c.kind);
   check_cuda(cudaSetDevice(state_->device), at);
   ncclComm_t comm = state_->comm;
   cudaStream_t s = state_->stream;
@@ -188,7 +196,7 @@ std::unique_ptr<Work::Impl> NcclComm::start(const Call& c, bool blocking) {
   cudaEvent_t done = nullptr;
   check_cuda(cudaEventCreateWithFlags(&done, cudaEventDisableTiming), at);
   check_cuda(cudaEventRecord(done, s), at);
-  auto work = std::make_unique<NcclWork>(state_, done, at);
+  auto work = std::make_unique<NcclWork>(state_, done, group_ptr(), c.kind);
   if (!blocking) return work;
   work->wait();
   return nullptr;
@@ -196,7 +204,7 @@ std::unique_ptr<Work::Impl> NcclComm::start(const Call& c, bool blocking) {
 
 std::unique_ptr<Communicator> NcclComm::split_backend(int color, int key,
                                                       std::shared_ptr<const GroupInfo> info) {
-  const std::string at = where(OpKind::kSplit);
+  const Where at = where(OpKind::kSplit);
   check_cuda(cudaSetDevice(state_->device), at);
   check_cuda(cudaStreamSynchronize(state_->stream), at);
   ncclComm_t child = nullptr;

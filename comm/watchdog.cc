@@ -1,5 +1,6 @@
 #include "comm/watchdog.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <sstream>
@@ -124,15 +125,13 @@ Watchdog::~Watchdog() {
 Watchdog::Guard Watchdog::arm(OpRecord op) {
   if (!enabled()) return Guard();
   uint64_t id;
-  bool was_empty;
   {
     std::lock_guard<std::mutex> lock(mu_);
     id = next_id_++;
-    was_empty = entries_.empty();
     entries_.emplace(id, Entry{std::move(op), Clock::now() + timeout_});
   }
-  // Only an empty watchdog sleeps without a deadline; a later entry never has an earlier one.
-  if (was_empty) cv_.notify_all();
+  // No notify (a wake-up per collective would cost a context switch): the idle thread looks
+  // again every timeout / 2, always before this entry's deadline, and then sleeps until it.
   return Guard(shared_from_this(), id);
 }
 
@@ -158,7 +157,7 @@ void Watchdog::loop() {
   std::unique_lock<std::mutex> lock(mu_);
   while (!stop_) {
     if (entries_.empty()) {
-      cv_.wait(lock);
+      cv_.wait_for(lock, std::max(timeout_ / 2, std::chrono::milliseconds(1)));
       continue;
     }
     const auto oldest = entries_.begin();
