@@ -28,20 +28,26 @@ std::array<uint32_t, 256> make_crc_table() {
 
 const char* st_dtype(DType d) {
   switch (d) {
-    case DType::kF32: return "F32";
-    case DType::kF64: return "F64";
-    case DType::kBF16: return "BF16";
-    case DType::kI32: return "I32";
-    case DType::kI64: return "I64";
-    case DType::kU8: return "U8";
+    case DType::kF32:
+      return "F32";
+    case DType::kF64:
+      return "F64";
+    case DType::kBF16:
+      return "BF16";
+    case DType::kI32:
+      return "I32";
+    case DType::kI64:
+      return "I64";
+    case DType::kU8:
+      return "U8";
   }
   return "?";
 }
 
 bool parse_dtype(const std::string& s, DType* out) {
-  static const std::map<std::string, DType> m = {{"F32", DType::kF32}, {"F64", DType::kF64},
+  static const std::map<std::string, DType> m = {{"F32", DType::kF32},   {"F64", DType::kF64},
                                                  {"BF16", DType::kBF16}, {"I32", DType::kI32},
-                                                 {"I64", DType::kI64}, {"U8", DType::kU8}};
+                                                 {"I64", DType::kI64},   {"U8", DType::kU8}};
   auto it = m.find(s);
   if (it == m.end()) return false;
   *out = it->second;

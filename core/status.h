@@ -85,8 +85,8 @@ class CheckFailure {
     ::grove::detail::CheckFailure(__FILE__, __LINE__, #cond)
 
 // Returns early from a Status-returning function when `expr` is not OK.
-#define GROVE_RETURN_IF_ERROR(expr)     \
-  do {                                  \
-    ::grove::Status _st = (expr);       \
-    if (!_st.ok()) return _st;          \
+#define GROVE_RETURN_IF_ERROR(expr) \
+  do {                              \
+    ::grove::Status _st = (expr);   \
+    if (!_st.ok()) return _st;      \
   } while (0)

@@ -12,29 +12,43 @@ namespace grove {
 
 size_t dtype_size(DType dtype) {
   switch (dtype) {
-    case DType::kF32: return 4;
-    case DType::kF64: return 8;
-    case DType::kBF16: return 2;
-    case DType::kI32: return 4;
-    case DType::kI64: return 8;
-    case DType::kU8: return 1;
+    case DType::kF32:
+      return 4;
+    case DType::kF64:
+      return 8;
+    case DType::kBF16:
+      return 2;
+    case DType::kI32:
+      return 4;
+    case DType::kI64:
+      return 8;
+    case DType::kU8:
+      return 1;
   }
   return 0;
 }
 
 const char* dtype_name(DType dtype) {
   switch (dtype) {
-    case DType::kF32: return "f32";
-    case DType::kF64: return "f64";
-    case DType::kBF16: return "bf16";
-    case DType::kI32: return "i32";
-    case DType::kI64: return "i64";
-    case DType::kU8: return "u8";
+    case DType::kF32:
+      return "f32";
+    case DType::kF64:
+      return "f64";
+    case DType::kBF16:
+      return "bf16";
+    case DType::kI32:
+      return "i32";
+    case DType::kI64:
+      return "i64";
+    case DType::kU8:
+      return "u8";
   }
   return "?";
 }
 
-const char* device_name(Device device) { return device == Device::kCPU ? "cpu" : "cuda"; }
+const char* device_name(Device device) {
+  return device == Device::kCPU ? "cpu" : "cuda";
+}
 
 bool cuda_device_available() {
 #ifdef GROVE_HAVE_CUDA
@@ -92,8 +106,8 @@ Tensor Tensor::empty(Shape shape, DType dtype, Device device) {
   } else {
 #ifdef GROVE_HAVE_CUDA
     cudaError_t err = cudaMalloc(&t.storage_->ptr, bytes);
-    GROVE_CHECK(err == cudaSuccess) << "cudaMalloc of " << bytes << " bytes: "
-                                    << cudaGetErrorString(err);
+    GROVE_CHECK(err == cudaSuccess)
+        << "cudaMalloc of " << bytes << " bytes: " << cudaGetErrorString(err);
 #else
     GROVE_CHECK(false) << "this build has no CUDA support (configure with GROVE_CUDA=ON)";
 #endif
@@ -118,7 +132,9 @@ void Tensor::zero() {
   }
 }
 
-Tensor Tensor::clone() const { return to(device_); }
+Tensor Tensor::clone() const {
+  return to(device_);
+}
 
 Tensor Tensor::to(Device device) const {
   Tensor out = empty(shape_, dtype_, device);
@@ -128,7 +144,7 @@ Tensor Tensor::to(Device device) const {
     return out;
   }
 #ifdef GROVE_HAVE_CUDA
-  cudaMemcpyKind kind = device_ == Device::kCPU    ? cudaMemcpyHostToDevice
+  cudaMemcpyKind kind = device_ == Device::kCPU  ? cudaMemcpyHostToDevice
                         : device == Device::kCPU ? cudaMemcpyDeviceToHost
                                                  : cudaMemcpyDeviceToDevice;
   cudaError_t err = cudaMemcpy(out.raw(), raw(), bytes(), kind);

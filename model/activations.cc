@@ -27,8 +27,8 @@ BlockActivations BlockActivations::Allocate(const ModelConfig& c, int b, int s, 
 
 size_t BlockActivations::bytes() const {
   size_t n = 0;
-  for (const Tensor* t : {&rstd1, &ln1, &q, &k, &v, &probs, &lse, &att, &resid2, &rstd2, &ln2,
-                          &gate, &up, &act})
+  for (const Tensor* t :
+       {&rstd1, &ln1, &q, &k, &v, &probs, &lse, &att, &resid2, &rstd2, &ln2, &gate, &up, &act})
     n += t->bytes();
   return n;
 }

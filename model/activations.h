@@ -39,14 +39,14 @@ struct BlockActivations {
 };
 
 struct ActivationStash {
-  std::vector<Tensor> resid;              // L+1 x [N, h]: input of block l; resid[L] = final
-  std::vector<BlockActivations> blocks;   // L blocks (empty under Recompute::kFull)
-  BlockActivations transient;             // full recompute only: one block, reused
-  Tensor rstdf;                           // [N]    final RMSNorm
-  Tensor lnf;                             // [N, h] final normalised hidden state
-  Tensor logits;                          // [N, V] (overwritten by dlogits in the backward)
-  Tensor ce_lse;                          // [N]    cross-entropy log-sum-exp
-  Tensor losses;                          // [N]    per-token loss
+  std::vector<Tensor> resid;             // L+1 x [N, h]: input of block l; resid[L] = final
+  std::vector<BlockActivations> blocks;  // L blocks (empty under Recompute::kFull)
+  BlockActivations transient;            // full recompute only: one block, reused
+  Tensor rstdf;                          // [N]    final RMSNorm
+  Tensor lnf;                            // [N, h] final normalised hidden state
+  Tensor logits;                         // [N, V] (overwritten by dlogits in the backward)
+  Tensor ce_lse;                         // [N]    cross-entropy log-sum-exp
+  Tensor losses;                         // [N]    per-token loss
 
   static ActivationStash Allocate(const ModelConfig& c, int b, int s, Recompute mode);
 };

@@ -17,7 +17,8 @@ int64_t ModelConfig::num_parameters() const {
 
 Status ModelConfig::Validate() const {
   auto err = [](const std::string& m) { return Status::Error("model config: " + m); };
-  if (vocab_size < 2) return err("model.vocab_size must be >= 2 (got " + std::to_string(vocab_size) + ")");
+  if (vocab_size < 2)
+    return err("model.vocab_size must be >= 2 (got " + std::to_string(vocab_size) + ")");
   if (d_model <= 0) return err("model.d_model must be positive");
   if (n_layers <= 0) return err("model.n_layers must be positive");
   if (n_heads <= 0) return err("model.n_heads must be positive");
@@ -28,8 +29,8 @@ Status ModelConfig::Validate() const {
     return err("head dim d_model/n_heads=" + std::to_string(head_dim()) +
                " must be even for RoPE; change model.n_heads or model.d_model");
   if (n_kv_heads < 0 || kv_heads() > n_heads || n_heads % kv_heads() != 0)
-    return err("model.n_kv_heads=" + std::to_string(n_kv_heads) + " must divide model.n_heads=" +
-               std::to_string(n_heads) + " (0 means n_heads)");
+    return err("model.n_kv_heads=" + std::to_string(n_kv_heads) +
+               " must divide model.n_heads=" + std::to_string(n_heads) + " (0 means n_heads)");
   if (ffn_hidden < 0) return err("model.ffn_hidden must be >= 0 (0 = automatic)");
   if (max_seq_len <= 0) return err("model.max_seq_len must be positive");
   if (!(rope_theta > 1.0f)) return err("model.rope_theta must be > 1");
@@ -40,9 +41,12 @@ Status ModelConfig::Validate() const {
 
 const char* recompute_name(Recompute r) {
   switch (r) {
-    case Recompute::kNone: return "none";
-    case Recompute::kSelective: return "selective";
-    case Recompute::kFull: return "full";
+    case Recompute::kNone:
+      return "none";
+    case Recompute::kSelective:
+      return "selective";
+    case Recompute::kFull:
+      return "full";
   }
   return "?";
 }
@@ -71,11 +75,16 @@ Status ModelConfigFromJson(const nlohmann::json& j, ModelConfig* c) {
 }
 
 nlohmann::json ModelConfigToJson(const ModelConfig& c) {
-  return {{"vocab_size", c.vocab_size}, {"d_model", c.d_model},
-          {"n_layers", c.n_layers},     {"n_heads", c.n_heads},
-          {"n_kv_heads", c.n_kv_heads}, {"ffn_hidden", c.ffn_hidden},
-          {"max_seq_len", c.max_seq_len}, {"rope_theta", c.rope_theta},
-          {"norm_eps", c.norm_eps},     {"init_std", c.init_std},
+  return {{"vocab_size", c.vocab_size},
+          {"d_model", c.d_model},
+          {"n_layers", c.n_layers},
+          {"n_heads", c.n_heads},
+          {"n_kv_heads", c.n_kv_heads},
+          {"ffn_hidden", c.ffn_hidden},
+          {"max_seq_len", c.max_seq_len},
+          {"rope_theta", c.rope_theta},
+          {"norm_eps", c.norm_eps},
+          {"init_std", c.init_std},
           {"seed", c.seed}};
 }
 

@@ -16,8 +16,8 @@ struct ModelConfig {
   int d_model = 256;
   int n_layers = 4;
   int n_heads = 8;
-  int n_kv_heads = 0;   // 0: same as n_heads (plain multi-head attention); fewer: GQA
-  int ffn_hidden = 0;   // 0: 8/3 * d_model rounded up to a multiple of 64 (Llama convention)
+  int n_kv_heads = 0;  // 0: same as n_heads (plain multi-head attention); fewer: GQA
+  int ffn_hidden = 0;  // 0: 8/3 * d_model rounded up to a multiple of 64 (Llama convention)
   int max_seq_len = 256;
   float rope_theta = 10000.0f;
   float norm_eps = 1e-5f;

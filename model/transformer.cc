@@ -24,9 +24,8 @@ Transformer::Transformer(const ModelConfig& config, int batch, int seq, Recomput
   rope_sin_ = Tensor::empty({config_.max_seq_len, d / 2});
   k::rope_table(rope_cos_.data<float>(), rope_sin_.data<float>(), config_.max_seq_len, d,
                 config_.rope_theta);
-  const int64_t N = int64_t(b_) * s_, h = config_.d_model,
-                qd = int64_t(config_.n_heads) * d, kvd = int64_t(config_.kv_heads()) * d,
-                f = config_.ffn();
+  const int64_t N = int64_t(b_) * s_, h = config_.d_model, qd = int64_t(config_.n_heads) * d,
+                kvd = int64_t(config_.kv_heads()) * d, f = config_.ffn();
   tokens_ = Tensor::empty({N}, DType::kI32);
   targets_ = Tensor::empty({N}, DType::kI32);
   g_.dresid = Tensor::empty({N, h});
@@ -50,14 +49,14 @@ void Transformer::block_forward(int l, BlockActivations& a) {
   const float* x = stash_.resid[l].data<float>();
   float* out = stash_.resid[l + 1].data<float>();
 
-  k::rmsnorm_forward(a.ln1.data<float>(), a.rstd1.data<float>(), x, w.attn_norm.data<float>(), N,
-                     h, config_.norm_eps);
-  k::linear_forward(a.q.data<float>(), a.ln1.data<float>(), w.wq.data<float>(), (float*)nullptr,
-                    N, h, qd);
-  k::linear_forward(a.k.data<float>(), a.ln1.data<float>(), w.wk.data<float>(), (float*)nullptr,
-                    N, h, kvd);
-  k::linear_forward(a.v.data<float>(), a.ln1.data<float>(), w.wv.data<float>(), (float*)nullptr,
-                    N, h, kvd);
+  k::rmsnorm_forward(a.ln1.data<float>(), a.rstd1.data<float>(), x, w.attn_norm.data<float>(), N, h,
+                     config_.norm_eps);
+  k::linear_forward(a.q.data<float>(), a.ln1.data<float>(), w.wq.data<float>(), (float*)nullptr, N,
+                    h, qd);
+  k::linear_forward(a.k.data<float>(), a.ln1.data<float>(), w.wk.data<float>(), (float*)nullptr, N,
+                    h, kvd);
+  k::linear_forward(a.v.data<float>(), a.ln1.data<float>(), w.wv.data<float>(), (float*)nullptr, N,
+                    h, kvd);
   k::rope_forward(a.q.data<float>(), rope_cos_.data<float>(), rope_sin_.data<float>(), s_, b_,
                   config_.n_heads, d, 0);
   k::rope_forward(a.k.data<float>(), rope_cos_.data<float>(), rope_sin_.data<float>(), s_, b_,
@@ -75,10 +74,9 @@ void Transformer::block_forward(int l, BlockActivations& a) {
                      w.mlp_norm.data<float>(), N, h, config_.norm_eps);
   k::linear_forward(a.gate.data<float>(), a.ln2.data<float>(), w.w_gate.data<float>(),
                     (float*)nullptr, N, h, f);
-  k::linear_forward(a.up.data<float>(), a.ln2.data<float>(), w.w_up.data<float>(),
-                    (float*)nullptr, N, h, f);
-  k::swiglu_forward(a.act.data<float>(), a.gate.data<float>(), a.up.data<float>(),
-                    int64_t(N) * f);
+  k::linear_forward(a.up.data<float>(), a.ln2.data<float>(), w.w_up.data<float>(), (float*)nullptr,
+                    N, h, f);
+  k::swiglu_forward(a.act.data<float>(), a.gate.data<float>(), a.up.data<float>(), int64_t(N) * f);
   // out = x2 + Wdown·act
   k::linear_forward(out, a.act.data<float>(), w.w_down.data<float>(), (float*)nullptr, N, f, h);
   k::add_inplace(out, a.resid2.data<float>(), int64_t(N) * h);
@@ -103,8 +101,7 @@ void Transformer::block_backward(int l, BlockActivations& a) {
                      a.gate.data<float>(), a.up.data<float>(), int64_t(N) * f);
   g_.dln.zero();
   k::linear_backward(g_.dln.data<float>(), gw.w_gate.data<float>(), (float*)nullptr,
-                     g_.dgate.data<float>(), a.ln2.data<float>(), w.w_gate.data<float>(), N, h,
-                     f);
+                     g_.dgate.data<float>(), a.ln2.data<float>(), w.w_gate.data<float>(), N, h, f);
   k::linear_backward(g_.dln.data<float>(), gw.w_up.data<float>(), (float*)nullptr,
                      g_.dup.data<float>(), a.ln2.data<float>(), w.w_up.data<float>(), N, h, f);
   k::rmsnorm_backward(dresid, gw.mlp_norm.data<float>(), g_.dln.data<float>(),
@@ -146,9 +143,8 @@ float Transformer::forward(const int32_t* tokens, const int32_t* targets) {
   int32_t* tgt = targets_.data<int32_t>();
   valid_targets_ = 0;
   for (int i = 0; i < N; ++i) {
-    GROVE_CHECK(tokens[i] >= 0 && tokens[i] < V)
-        << "token id " << tokens[i] << " at position " << i << " is outside the vocabulary [0, "
-        << V << ")";
+    GROVE_CHECK(tokens[i] >= 0 && tokens[i] < V) << "token id " << tokens[i] << " at position " << i
+                                                 << " is outside the vocabulary [0, " << V << ")";
     GROVE_CHECK(targets[i] < V) << "target id " << targets[i] << " outside the vocabulary";
     tok[i] = tokens[i];
     tgt[i] = targets[i];
@@ -160,8 +156,8 @@ float Transformer::forward(const int32_t* tokens, const int32_t* targets) {
     block_forward(l, mode_ == Recompute::kFull ? stash_.transient : stash_.blocks[l]);
 
   k::rmsnorm_forward(stash_.lnf.data<float>(), stash_.rstdf.data<float>(),
-                     stash_.resid[config_.n_layers].data<float>(),
-                     params_.final_norm.data<float>(), N, h, config_.norm_eps);
+                     stash_.resid[config_.n_layers].data<float>(), params_.final_norm.data<float>(),
+                     N, h, config_.norm_eps);
   k::linear_forward(stash_.logits.data<float>(), stash_.lnf.data<float>(),
                     params_.lm_head.data<float>(), (float*)nullptr, N, h, V);
   k::cross_entropy_forward(stash_.losses.data<float>(), stash_.ce_lse.data<float>(),
@@ -202,8 +198,8 @@ void Transformer::backward(float loss_scale) {
       block_backward(l, stash_.blocks[l]);
     }
   }
-  k::embedding_backward(grads_.wte.data<float>(), g_.dresid.data<float>(),
-                        tokens_.data<int32_t>(), N, h);
+  k::embedding_backward(grads_.wte.data<float>(), g_.dresid.data<float>(), tokens_.data<int32_t>(),
+                        N, h);
 }
 
 ActivationReport Transformer::activation_report() const {
@@ -224,10 +220,10 @@ double Transformer::flops_per_step() const {
   // embedding lookup, plus attention: QK^T and PV, 2*2*s*s*d per head per sequence forward
   // (halved by the causal mask is NOT assumed: we report dense-equivalent work like PaLM's MFU).
   const double N = double(b_) * s_;
-  const double matmul_params = double(config_.num_parameters()) -
-                               double(config_.vocab_size) * config_.d_model;
-  const double attn = 2.0 * 2.0 * s_ * double(s_) * config_.head_dim() * config_.n_heads * b_ *
-                      config_.n_layers;
+  const double matmul_params =
+      double(config_.num_parameters()) - double(config_.vocab_size) * config_.d_model;
+  const double attn =
+      2.0 * 2.0 * s_ * double(s_) * config_.head_dim() * config_.n_heads * b_ * config_.n_layers;
   return 6.0 * matmul_params * N + 3.0 * attn;
 }
 

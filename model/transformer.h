@@ -62,15 +62,15 @@ class Transformer {
 
   // Gradient scratch, reused by every block in the backward.
   struct GradScratch {
-    Tensor dresid;  // [N, h] gradient flowing along the residual stream
-    Tensor dln;     // [N, h] gradient w.r.t. an RMSNorm output
-    Tensor datt;    // [N, a*d]
-    Tensor dq;      // [N, a*d]
-    Tensor dk, dv;  // [N, k*d]
-    Tensor dact;    // [N, f]
-    Tensor dgate;   // [N, f]
-    Tensor dup;     // [N, f]
-    Tensor dlosses; // [N]
+    Tensor dresid;   // [N, h] gradient flowing along the residual stream
+    Tensor dln;      // [N, h] gradient w.r.t. an RMSNorm output
+    Tensor datt;     // [N, a*d]
+    Tensor dq;       // [N, a*d]
+    Tensor dk, dv;   // [N, k*d]
+    Tensor dact;     // [N, f]
+    Tensor dgate;    // [N, f]
+    Tensor dup;      // [N, f]
+    Tensor dlosses;  // [N]
   } g_;
 };
 

@@ -93,7 +93,8 @@ StatusOr<nlohmann::json> LoadCheckpoint(const std::string& dir, Weights& params,
   // Validate all three groups before copying any (CopyFrom validates its own group first).
   Weights m_check = opt.m(), v_check = opt.v();
   for (auto [w, prefix] : {std::pair<Weights*, const char*>{&params, "model."},
-                           {&m_check, "adam_m."}, {&v_check, "adam_v."}}) {
+                           {&m_check, "adam_m."},
+                           {&v_check, "adam_v."}}) {
     for (const NamedTensor& nt : w->named()) {
       auto it = tensors.find(prefix + nt.name);
       if (it == tensors.end())

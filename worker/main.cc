@@ -27,8 +27,9 @@ int main(int argc, char** argv) {
   train->add_option("--set", overrides, "override a config key: section.key=value (repeatable)");
   train->add_flag("--resume", run.resume, "continue from the latest checkpoint in out_dir");
   train->add_option("--resume-from", run.resume_from, "continue from this checkpoint directory");
-  train->add_option("--stop-after", run.stop_after,
-                    "stop after this step (with a checkpoint); the schedule still uses train.steps");
+  train->add_option(
+      "--stop-after", run.stop_after,
+      "stop after this step (with a checkpoint); the schedule still uses train.steps");
   train->add_flag("--quiet,-q", run.quiet, "no progress lines");
   CLI11_PARSE(app, argc, argv);
 

@@ -38,8 +38,8 @@ void AdamW::step(Weights& params, const Weights& grads, float lr, const TrainOpt
   for (size_t i = 0; i < p.size(); ++i) {
     const float wd = p[i].tensor.ndim() >= 2 ? t.weight_decay : 0.0f;
     cpu::adamw_update(p[i].tensor.data<float>(), g[i].tensor.data<float>(),
-                      m[i].tensor.data<float>(), v[i].tensor.data<float>(), p[i].tensor.numel(),
-                      lr, t.beta1, t.beta2, t.adam_eps, wd, step_);
+                      m[i].tensor.data<float>(), v[i].tensor.data<float>(), p[i].tensor.numel(), lr,
+                      t.beta1, t.beta2, t.adam_eps, wd, step_);
   }
 }
 

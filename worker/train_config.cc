@@ -9,15 +9,24 @@ namespace grove {
 namespace {
 
 nlohmann::json train_to_json(const TrainOptions& t) {
-  return {{"batch_size", t.batch_size},     {"seq_len", t.seq_len},
-          {"grad_accum", t.grad_accum},     {"steps", t.steps},
-          {"lr", t.lr},                     {"min_lr", t.min_lr},
-          {"warmup_steps", t.warmup_steps}, {"weight_decay", t.weight_decay},
-          {"beta1", t.beta1},               {"beta2", t.beta2},
-          {"adam_eps", t.adam_eps},         {"grad_clip", t.grad_clip},
-          {"seed", t.seed},                 {"recompute", t.recompute},
-          {"eval_every", t.eval_every},     {"eval_batches", t.eval_batches},
-          {"checkpoint_every", t.checkpoint_every}, {"keep_checkpoints", t.keep_checkpoints},
+  return {{"batch_size", t.batch_size},
+          {"seq_len", t.seq_len},
+          {"grad_accum", t.grad_accum},
+          {"steps", t.steps},
+          {"lr", t.lr},
+          {"min_lr", t.min_lr},
+          {"warmup_steps", t.warmup_steps},
+          {"weight_decay", t.weight_decay},
+          {"beta1", t.beta1},
+          {"beta2", t.beta2},
+          {"adam_eps", t.adam_eps},
+          {"grad_clip", t.grad_clip},
+          {"seed", t.seed},
+          {"recompute", t.recompute},
+          {"eval_every", t.eval_every},
+          {"eval_batches", t.eval_batches},
+          {"checkpoint_every", t.checkpoint_every},
+          {"keep_checkpoints", t.keep_checkpoints},
           {"threads", t.threads}};
 }
 
@@ -49,7 +58,8 @@ Status train_from_json(const nlohmann::json& j, TrainOptions* t) {
 Status apply_override(nlohmann::json* j, const std::string& kv) {
   const size_t eq = kv.find('=');
   if (eq == std::string::npos || eq == 0)
-    return Status::Error("override '" + kv + "' must look like section.key=value (e.g. train.lr=1e-3)");
+    return Status::Error("override '" + kv +
+                         "' must look like section.key=value (e.g. train.lr=1e-3)");
   const std::string key = kv.substr(0, eq), raw = kv.substr(eq + 1);
   nlohmann::json value = nlohmann::json::parse(raw, nullptr, /*allow_exceptions=*/false);
   if (value.is_discarded()) value = raw;  // a bare string such as recompute=full
@@ -57,7 +67,8 @@ Status apply_override(nlohmann::json* j, const std::string& kv) {
   size_t start = 0;
   while (true) {
     const size_t dot = key.find('.', start);
-    const std::string part = key.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
+    const std::string part =
+        key.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
     if (part.empty()) return Status::Error("override '" + kv + "' has an empty key component");
     if (dot == std::string::npos) {
       (*node)[part] = value;
@@ -80,8 +91,8 @@ Status TrainConfig::Validate() const {
   if (t.batch_size <= 0) return err("train.batch_size must be positive");
   if (t.seq_len <= 0) return err("train.seq_len must be positive");
   if (t.seq_len > model.max_seq_len)
-    return err("train.seq_len=" + std::to_string(t.seq_len) + " is longer than model.max_seq_len=" +
-               std::to_string(model.max_seq_len) +
+    return err("train.seq_len=" + std::to_string(t.seq_len) +
+               " is longer than model.max_seq_len=" + std::to_string(model.max_seq_len) +
                " (the RoPE table size); raise model.max_seq_len or lower train.seq_len");
   if (t.grad_accum <= 0) return err("train.grad_accum must be positive");
   if (t.steps <= 0) return err("train.steps must be positive");

@@ -12,25 +12,25 @@
 namespace grove {
 
 struct TrainOptions {
-  int batch_size = 8;          // sequences per micro-batch
-  int seq_len = 128;           // tokens per sequence (<= model.max_seq_len)
-  int grad_accum = 1;          // micro-batches per optimizer step
-  int steps = 200;             // optimizer steps
-  float lr = 3e-3f;            // peak learning rate
-  float min_lr = 3e-4f;        // floor of the cosine decay
-  int warmup_steps = 20;       // linear warmup from 0 to lr
-  float weight_decay = 0.1f;   // AdamW decoupled decay, on matrices only (not norms)
+  int batch_size = 8;         // sequences per micro-batch
+  int seq_len = 128;          // tokens per sequence (<= model.max_seq_len)
+  int grad_accum = 1;         // micro-batches per optimizer step
+  int steps = 200;            // optimizer steps
+  float lr = 3e-3f;           // peak learning rate
+  float min_lr = 3e-4f;       // floor of the cosine decay
+  int warmup_steps = 20;      // linear warmup from 0 to lr
+  float weight_decay = 0.1f;  // AdamW decoupled decay, on matrices only (not norms)
   float beta1 = 0.9f;
   float beta2 = 0.95f;
   float adam_eps = 1e-8f;
-  float grad_clip = 1.0f;      // max global gradient norm; 0 disables clipping
-  uint64_t seed = 1234;        // data order
+  float grad_clip = 1.0f;               // max global gradient norm; 0 disables clipping
+  uint64_t seed = 1234;                 // data order
   std::string recompute = "selective";  // none | selective | full
-  int eval_every = 50;         // steps between validation runs (0: only at the end)
-  int eval_batches = 8;        // validation micro-batches per run
-  int checkpoint_every = 100;  // steps between checkpoints (0: only at the end)
-  int keep_checkpoints = 2;    // how many recent checkpoints to keep
-  int threads = 0;             // OpenMP threads; 0 = all cores
+  int eval_every = 50;                  // steps between validation runs (0: only at the end)
+  int eval_batches = 8;                 // validation micro-batches per run
+  int checkpoint_every = 100;           // steps between checkpoints (0: only at the end)
+  int keep_checkpoints = 2;             // how many recent checkpoints to keep
+  int threads = 0;                      // OpenMP threads; 0 = all cores
 };
 
 struct DataOptions {

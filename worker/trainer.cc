@@ -25,7 +25,9 @@ StatusOr<int> dataset_vocab(const std::string& dir) {
   return meta["tokenizer"]["vocab_size"].get<int>();
 }
 
-std::string checkpoint_root(const TrainConfig& c) { return c.out_dir + "/checkpoints"; }
+std::string checkpoint_root(const TrainConfig& c) {
+  return c.out_dir + "/checkpoints";
+}
 
 }  // namespace
 
@@ -44,14 +46,15 @@ StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainConfig& config,
   if (!fs::is_directory(dir))
     return Status::Error("dataset directory '" + dir +
                          "' (data.dir) does not exist: prepare it with `grove-prepare-data "
-                         "--corpus third_party/corpus/brown --out " + dir + "`");
+                         "--corpus third_party/corpus/brown --out " +
+                         dir + "`");
   auto vocab = dataset_vocab(dir);
   if (!vocab.ok()) return vocab.status();
   if (vocab.value() != config.model.vocab_size)
     return Status::Error("model.vocab_size=" + std::to_string(config.model.vocab_size) +
                          " but the dataset in " + dir + " was tokenized with a vocabulary of " +
-                         std::to_string(vocab.value()) + "; set model.vocab_size=" +
-                         std::to_string(vocab.value()));
+                         std::to_string(vocab.value()) +
+                         "; set model.vocab_size=" + std::to_string(vocab.value()));
   auto train = data::TokenDataset::Open(dir + "/train.bin");
   if (!train.ok()) return train.status();
   auto val = data::TokenDataset::Open(dir + "/val.bin");
@@ -164,15 +167,15 @@ Status Trainer::Run() {
   const TrainOptions& o = config_.train;
   const int last = run_.stop_after > 0 ? std::min(run_.stop_after, o.steps) : o.steps;
   if (!run_.quiet && step_ == 0) {
-    std::printf("model: %lld parameters, %d layers, d_model %d, %d heads, vocab %d; "
-                "batch %d x seq %d x accum %d; recompute %s; %d threads\n",
-                static_cast<long long>(config_.model.num_parameters()), config_.model.n_layers,
-                config_.model.d_model, config_.model.n_heads, config_.model.vocab_size,
-                o.batch_size, o.seq_len, o.grad_accum, o.recompute.c_str(),
-                omp_get_max_threads());
+    std::printf(
+        "model: %lld parameters, %d layers, d_model %d, %d heads, vocab %d; "
+        "batch %d x seq %d x accum %d; recompute %s; %d threads\n",
+        static_cast<long long>(config_.model.num_parameters()), config_.model.n_layers,
+        config_.model.d_model, config_.model.n_heads, config_.model.vocab_size, o.batch_size,
+        o.seq_len, o.grad_accum, o.recompute.c_str(), omp_get_max_threads());
     std::printf("%s\n", model_->activation_report().to_string().c_str());
-    std::printf("metrics: %s/metrics.jsonl, checkpoints: %s/checkpoints\n",
-                config_.out_dir.c_str(), config_.out_dir.c_str());
+    std::printf("metrics: %s/metrics.jsonl, checkpoints: %s/checkpoints\n", config_.out_dir.c_str(),
+                config_.out_dir.c_str());
   }
   float loss = 0;
   while (step_ < last) {
@@ -184,8 +187,12 @@ Status Trainer::Run() {
                            std::to_string(m.step) +
                            ": training diverged; lower train.lr or raise train.warmup_steps");
     // The float loss widened to double prints exactly, so resume tests can compare bits.
-    Log({{"step", m.step}, {"loss", static_cast<double>(m.loss)}, {"lr", m.lr},
-         {"grad_norm", m.grad_norm}, {"ms", m.ms}, {"tokens_per_s", m.tokens_per_s}});
+    Log({{"step", m.step},
+         {"loss", static_cast<double>(m.loss)},
+         {"lr", m.lr},
+         {"grad_norm", m.grad_norm},
+         {"ms", m.ms},
+         {"tokens_per_s", m.tokens_per_s}});
     if (!run_.quiet)
       std::printf("step %5d/%d | loss %.4f | lr %.3e | grad norm %.3f | %8.0f tok/s | %7.1f ms\n",
                   m.step, o.steps, m.loss, m.lr, m.grad_norm, m.tokens_per_s, m.ms);
@@ -195,8 +202,8 @@ Status Trainer::Run() {
       Log({{"step", step_}, {"val_loss", val}});
       if (!run_.quiet) std::printf("eval  %5d | val loss %.4f\n", step_, val);
     }
-    const bool ckpt_now = (o.checkpoint_every > 0 && step_ % o.checkpoint_every == 0) ||
-                          step_ == last;
+    const bool ckpt_now =
+        (o.checkpoint_every > 0 && step_ % o.checkpoint_every == 0) || step_ == last;
     if (ckpt_now) GROVE_RETURN_IF_ERROR(SaveCheckpointNow(loss));
     std::fflush(stdout);
   }

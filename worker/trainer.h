@@ -24,10 +24,10 @@
 namespace grove {
 
 struct RunOptions {
-  bool resume = false;          // continue from the latest checkpoint in out_dir (or resume_from)
-  std::string resume_from;      // a specific checkpoint directory
-  int stop_after = 0;           // stop (with a checkpoint) after this step; 0 = run to the end
-  bool quiet = false;           // no progress lines
+  bool resume = false;      // continue from the latest checkpoint in out_dir (or resume_from)
+  std::string resume_from;  // a specific checkpoint directory
+  int stop_after = 0;       // stop (with a checkpoint) after this step; 0 = run to the end
+  bool quiet = false;       // no progress lines
 };
 
 struct StepMetrics {

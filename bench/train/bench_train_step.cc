@@ -58,8 +58,8 @@ Timing time_grove(const grove::ModelConfig& c, int b, int s, Recompute mode, int
 
 json run_torch(const std::string& python, const std::string& script, const grove::ModelConfig& c,
                int b, int s, int threads, int warmup, int steps) {
-  const std::string cmd = python + " " + script + " '" + grove::ModelConfigToJson(c).dump() +
-                          "' " + std::to_string(b) + " " + std::to_string(s) + " " +
+  const std::string cmd = python + " " + script + " '" + grove::ModelConfigToJson(c).dump() + "' " +
+                          std::to_string(b) + " " + std::to_string(s) + " " +
                           std::to_string(threads) + " " + std::to_string(warmup) + " " +
                           std::to_string(steps) + " 2>&1";
   std::unique_ptr<FILE, int (*)(FILE*)> p(popen(cmd.c_str(), "r"), &pclose);
@@ -107,9 +107,9 @@ int main(int argc, char** argv) {
   c.max_seq_len = std::max(c.max_seq_len, s);
   omp_set_num_threads(threads);
 
-  const json config = {{"d_model", c.d_model}, {"layers", c.n_layers}, {"heads", c.n_heads},
-                       {"vocab", c.vocab_size}, {"batch", b}, {"seq", s}, {"threads", threads},
-                       {"steps", steps}};
+  const json config = {{"d_model", c.d_model},  {"layers", c.n_layers}, {"heads", c.n_heads},
+                       {"vocab", c.vocab_size}, {"batch", b},           {"seq", s},
+                       {"threads", threads},    {"steps", steps}};
   const double tokens = double(b) * s;
   const double sgemm = grove::cpu::sgemm_peak_gflops(2048, 2048, 2048, 1.0);
   json torch = no_torch ? json() : run_torch(python, script, c, b, s, threads, warmup, steps);
@@ -124,18 +124,26 @@ int main(int argc, char** argv) {
     const double tok_s = tokens / (g.ms_per_step / 1e3);
     json cfg = config;
     cfg["recompute"] = m;
-    json line = {{"name", "train_step_tokens_per_s"}, {"config", cfg}, {"value", tok_s},
-                 {"unit", "tokens/s"}, {"ms_per_step", g.ms_per_step}};
+    json line = {{"name", "train_step_tokens_per_s"},
+                 {"config", cfg},
+                 {"value", tok_s},
+                 {"unit", "tokens/s"},
+                 {"ms_per_step", g.ms_per_step}};
     if (!torch.is_null()) {
       line["peer"] = "pytorch-" + torch["torch"].get<std::string>() + "-cpu";
       line["peer_value"] = torch["tokens_per_s"];
       line["ratio"] = tok_s / torch["tokens_per_s"].get<double>();
     }
     std::printf("%s\n", line.dump().c_str());
-    const double gflops = grove::Transformer(c, b, s, mode.value()).flops_per_step() / (g.ms_per_step / 1e3) / 1e9;
-    std::printf("%s\n", json({{"name", "train_step_gflops"}, {"config", cfg}, {"value", gflops},
-                              {"unit", "GFLOP/s"}, {"peer", "openblas-sgemm-2048^3"},
-                              {"peer_value", sgemm}, {"ratio", gflops / sgemm}})
+    const double gflops =
+        grove::Transformer(c, b, s, mode.value()).flops_per_step() / (g.ms_per_step / 1e3) / 1e9;
+    std::printf("%s\n", json({{"name", "train_step_gflops"},
+                              {"config", cfg},
+                              {"value", gflops},
+                              {"unit", "GFLOP/s"},
+                              {"peer", "openblas-sgemm-2048^3"},
+                              {"peer_value", sgemm},
+                              {"ratio", gflops / sgemm}})
                             .dump()
                             .c_str());
     std::fflush(stdout);

@@ -1,9 +1,9 @@
 // ModelConfig validation: each inconsistent config gets an error naming the field.
+#include "model/config.h"
+
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
-
-#include "model/config.h"
 
 namespace grove {
 namespace {
@@ -13,7 +13,9 @@ std::string error_of(const ModelConfig& c) {
   return s.ok() ? "OK" : s.message();
 }
 
-TEST(ModelConfig, DefaultsAreValid) { EXPECT_TRUE(ModelConfig{}.Validate().ok()); }
+TEST(ModelConfig, DefaultsAreValid) {
+  EXPECT_TRUE(ModelConfig{}.Validate().ok());
+}
 
 TEST(ModelConfig, HeadsMustDivideDModel) {
   ModelConfig c;

@@ -27,7 +27,9 @@ struct Case {
   Recompute mode;
 };
 
-void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
+void PrintTo(const Case& c, std::ostream* os) {
+  *os << c.name;
+}
 
 SafetensorsFile RunOracle(const Case& c) {
   const char* py = std::getenv("GROVE_TORCH_PYTHON");
@@ -39,9 +41,9 @@ SafetensorsFile RunOracle(const Case& c) {
   const std::string out =
       (std::filesystem::temp_directory_path() / ("grove_oracle_" + c.name + ".safetensors"))
           .string();
-  const std::string cmd = std::string(py) + " " + src +
-                          "/tests/oracle/transformer_reference.py " + out + " '" + c.cfg.dump() +
-                          "' " + std::to_string(c.batch) + " " + std::to_string(c.seq) + " 7";
+  const std::string cmd = std::string(py) + " " + src + "/tests/oracle/transformer_reference.py " +
+                          out + " '" + c.cfg.dump() + "' " + std::to_string(c.batch) + " " +
+                          std::to_string(c.seq) + " 7";
   const int rc = std::system(cmd.c_str());
   EXPECT_EQ(rc, 0) << "oracle failed: " << cmd
                    << " (is python3-torch installed? launch/setup.sh installs it)";
@@ -63,8 +65,8 @@ TEST_P(TransformerVsTorch, LossAndEveryGradient) {
   Status st = model.params().CopyFrom(ref.tensors, "oracle", "model.");
   ASSERT_TRUE(st.ok()) << st.message();
 
-  const float loss = model.forward(ref.tensors["tokens"].data<int32_t>(),
-                                   ref.tensors["targets"].data<int32_t>());
+  const float loss =
+      model.forward(ref.tensors["tokens"].data<int32_t>(), ref.tensors["targets"].data<int32_t>());
   model.zero_grads();
   model.backward();
   const double want = ref.tensors["loss"].data<double>()[0];
@@ -75,20 +77,20 @@ TEST_P(TransformerVsTorch, LossAndEveryGradient) {
   for (const NamedTensor& g : model.grads().named()) {
     const Tensor& r = ref.tensors.at("grad." + g.name);
     ASSERT_EQ(r.numel(), g.tensor.numel()) << g.name;
-    EXPECT_TRUE(testing::compare(g.name, g.tensor.data<float>(), r.data<double>(),
-                                 g.tensor.numel(), 1e-4));
+    EXPECT_TRUE(
+        testing::compare(g.name, g.tensor.data<float>(), r.data<double>(), g.tensor.numel(), 1e-4));
     const double rel =
         testing::compare_stats(g.tensor.data<float>(), r.data<double>(), g.tensor.numel()).rel();
     if (rel > worst) worst = rel, worst_name = g.name;
     ++checked;
   }
   EXPECT_EQ(checked, 1 + 9 * cfg.n_layers + 2);  // wte, 9 per block, final_norm, lm_head
-  std::printf("  %s: loss %.8f vs torch %.8f; worst gradient rel error %.2e (%s)\n",
-              c.name.c_str(), loss, want, worst, worst_name.c_str());
+  std::printf("  %s: loss %.8f vs torch %.8f; worst gradient rel error %.2e (%s)\n", c.name.c_str(),
+              loss, want, worst, worst_name.c_str());
 }
 
-const nlohmann::json kBase = {{"vocab_size", 97}, {"d_model", 32}, {"n_layers", 2},
-                              {"n_heads", 4},     {"max_seq_len", 16}};
+const nlohmann::json kBase = {
+    {"vocab_size", 97}, {"d_model", 32}, {"n_layers", 2}, {"n_heads", 4}, {"max_seq_len", 16}};
 nlohmann::json with(nlohmann::json j, const char* k, int v) {
   j[k] = v;
   return j;

@@ -1,5 +1,7 @@
 // Checkpoints: exact round trip, atomic replacement, retention, and loud failure on truncated or
 // corrupt files without modifying the model.
+#include "worker/checkpoint.h"
+
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -7,7 +9,6 @@
 #include <fstream>
 
 #include "core/safetensors.h"
-#include "worker/checkpoint.h"
 
 namespace grove {
 namespace {
@@ -28,9 +29,8 @@ class CheckpointTest : public ::testing::Test {
  protected:
   void SetUp() override {
     root_ = (fs::temp_directory_path() /
-             ("grove_ckpt_" + std::string(::testing::UnitTest::GetInstance()
-                                              ->current_test_info()
-                                              ->name())))
+             ("grove_ckpt_" +
+              std::string(::testing::UnitTest::GetInstance()->current_test_info()->name())))
                 .string();
     fs::remove_all(root_);
   }
@@ -151,8 +151,7 @@ TEST_F(CheckpointTest, ShapeMismatchNamesTensor) {
   AdamW opt2(other);
   auto st = LoadCheckpoint(dir.value(), q, opt2);
   ASSERT_FALSE(st.ok());
-  EXPECT_NE(st.status().message().find("tensor 'model.wte' has shape [50, 16]"),
-            std::string::npos)
+  EXPECT_NE(st.status().message().find("tensor 'model.wte' has shape [50, 16]"), std::string::npos)
       << st.status().message();
 }
 

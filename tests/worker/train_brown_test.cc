@@ -21,12 +21,11 @@ std::string DataDir() {
 }
 
 TrainConfig SmallRun(const std::string& out_dir) {
-  auto c = LoadTrainConfig("", {"model.d_model=128", "model.n_layers=2", "model.n_heads=4",
-                                "model.max_seq_len=64", "train.seq_len=64", "train.batch_size=16",
-                                "train.lr=0.006", "train.min_lr=0.0006", "train.warmup_steps=20",
-                                "train.eval_every=0", "train.eval_batches=16",
-                                "train.checkpoint_every=0", "data.dir=" + DataDir(),
-                                "out_dir=" + out_dir});
+  auto c = LoadTrainConfig(
+      "", {"model.d_model=128", "model.n_layers=2", "model.n_heads=4", "model.max_seq_len=64",
+           "train.seq_len=64", "train.batch_size=16", "train.lr=0.006", "train.min_lr=0.0006",
+           "train.warmup_steps=20", "train.eval_every=0", "train.eval_batches=16",
+           "train.checkpoint_every=0", "data.dir=" + DataDir(), "out_dir=" + out_dir});
   EXPECT_TRUE(c.ok()) << c.status().message();
   return c.value();
 }

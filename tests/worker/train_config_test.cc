@@ -1,10 +1,10 @@
 // TrainConfig: overrides, unknown keys and inconsistent settings give errors naming the field.
+#include "worker/train_config.h"
+
 #include <gtest/gtest.h>
 
 #include <filesystem>
 #include <fstream>
-
-#include "worker/train_config.h"
 
 namespace grove {
 namespace {
@@ -15,8 +15,8 @@ std::string error_of(const std::vector<std::string>& overrides, const std::strin
 }
 
 TEST(TrainConfig, OverridesApply) {
-  auto c = LoadTrainConfig("", {"train.lr=0.01", "model.d_model=128", "train.recompute=full",
-                                "out_dir=runs/x"});
+  auto c = LoadTrainConfig(
+      "", {"train.lr=0.01", "model.d_model=128", "train.recompute=full", "out_dir=runs/x"});
   ASSERT_TRUE(c.ok()) << c.status().message();
   EXPECT_FLOAT_EQ(c.value().train.lr, 0.01f);
   EXPECT_EQ(c.value().model.d_model, 128);
@@ -38,8 +38,7 @@ TEST(TrainConfig, SeqLongerThanRopeTable) {
 }
 
 TEST(TrainConfig, BadRecomputeAndHeads) {
-  EXPECT_NE(error_of({"train.recompute=some"}).find("none | selective | full"),
-            std::string::npos);
+  EXPECT_NE(error_of({"train.recompute=some"}).find("none | selective | full"), std::string::npos);
   EXPECT_NE(error_of({"model.n_heads=7"}).find("model.n_heads=7 does not divide"),
             std::string::npos);
 }
