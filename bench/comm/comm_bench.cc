@@ -138,7 +138,7 @@ int main(int argc, char** argv) {
             "\"time_us\":%.2f,\"peer\":\"%s\",\"peer_value\":%.4f,\"peer_time_us\":%.2f,"
             "\"ratio\":%.4f,\"overhead_pct\":%.2f,\"overhead_pct_min\":%.2f}\n",
             c.name, n, static_cast<long long>(c.bytes), iters, opt.rounds, bw, t * 1e6, c.peer, bwp,
-            tp * 1e6, bw / bwp, (t / tp - 1.0) * 100.0);
+            tp * 1e6, bw / bwp, (t / tp - 1.0) * 100.0, overhead_min);
         std::fflush(stdout);
       }
     }
