@@ -68,7 +68,9 @@ std::string Where::str() const {
   return std::string(op_kind_name(kind)) + " on " + group->describe() + " [" + backend + "]";
 }
 
-std::ostream& operator<<(std::ostream& os, const Where& w) { return os << w.str(); }
+std::ostream& operator<<(std::ostream& os, const Where& w) {
+  return os << w.str();
+}
 
 Watchdog::Guard Communicator::arm(OpKind kind) const {
   OpRecord rec;
