@@ -198,13 +198,20 @@ Status Trainer::Run() {
                   m.step, o.steps, m.loss, m.lr, m.grad_norm, m.tokens_per_s, m.ms);
     const bool eval_now = (o.eval_every > 0 && step_ % o.eval_every == 0) || step_ == o.steps;
     if (eval_now) {
-      const float val = Evaluate();
-      Log({{"step", step_}, {"val_loss", val}});
-      if (!run_.quiet) std::printf("eval  %5d | val loss %.4f\n", step_, val);
+      m.val_loss = Evaluate();
+      history_.back().val_loss = m.val_loss;
+      Log({{"step", step_}, {"val_loss", m.val_loss}});
+      if (!run_.quiet) std::printf("eval  %5d | val loss %.4f\n", step_, m.val_loss);
     }
-    const bool ckpt_now =
-        (o.checkpoint_every > 0 && step_ % o.checkpoint_every == 0) || step_ == last;
+    const StepControl control = run_.on_step ? run_.on_step(m) : StepControl::kContinue;
+    const bool stop = control == StepControl::kStop;
+    const bool ckpt_now = (o.checkpoint_every > 0 && step_ % o.checkpoint_every == 0) ||
+                          step_ == last || control != StepControl::kContinue;
     if (ckpt_now) GROVE_RETURN_IF_ERROR(SaveCheckpointNow(loss));
+    if (stop) {
+      if (!run_.quiet) std::printf("stopping at step %d as requested\n", step_);
+      break;
+    }
     std::fflush(stdout);
   }
   return Status::Ok();

@@ -8,7 +8,9 @@
 // data-loader position, so the continued loss curve is bit-identical to an uninterrupted run.
 #pragma once
 
+#include <cmath>
 #include <cstdio>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -23,11 +25,19 @@
 
 namespace grove {
 
+struct StepMetrics;
+
+// What an observer of the training loop (e.g. the coordinator link) asks after a step.
+enum class StepControl { kContinue, kCheckpoint, kStop };
+
 struct RunOptions {
   bool resume = false;      // continue from the latest checkpoint in out_dir (or resume_from)
   std::string resume_from;  // a specific checkpoint directory
   int stop_after = 0;       // stop (with a checkpoint) after this step; 0 = run to the end
   bool quiet = false;       // no progress lines
+  // Called after every optimizer step (and after its evaluation, if any). kCheckpoint saves a
+  // checkpoint now; kStop saves one and ends Run() with OK.
+  std::function<StepControl(const StepMetrics&)> on_step;
 };
 
 struct StepMetrics {
@@ -37,6 +47,7 @@ struct StepMetrics {
   double grad_norm = 0;
   double ms = 0;
   double tokens_per_s = 0;
+  float val_loss = NAN;  // set on steps that ran an evaluation
 };
 
 class Trainer {
