@@ -6,6 +6,7 @@
 #include <cstring>
 #include <vector>
 
+#include "model/memory.h"
 #include "model/transformer.h"
 
 namespace grove {
@@ -46,6 +47,16 @@ TEST(ActivationStash, BytesPerMode) {
   }
   EXPECT_EQ(full.activation_report().transient,
             expected_block_bytes(c, b, s, false) - 4u * b * s * c.d_model);
+  // The memory formula (docs/memory.md) equals what the stash allocates, for every mode.
+  for (Transformer* t : {&none, &sel, &full}) {
+    MemoryLayout m{b, s, 1, false, t->recompute()};
+    const MemoryEstimate e = EstimateMemory(c, m);
+    const ActivationReport r = t->activation_report();
+    EXPECT_EQ(size_t(e.activations_per_layer), r.per_layer[0]) << recompute_name(t->recompute());
+    EXPECT_EQ(size_t(e.activations_transient), r.transient) << recompute_name(t->recompute());
+    EXPECT_EQ(size_t(e.activations_head), r.head) << recompute_name(t->recompute());
+    EXPECT_EQ(size_t(e.activations), r.total()) << recompute_name(t->recompute());
+  }
   EXPECT_LT(full.activation_report().total(), sel.activation_report().total());
   EXPECT_LT(sel.activation_report().total(), none.activation_report().total());
 }

@@ -1,0 +1,69 @@
+#include "model/memory.h"
+
+#include <sstream>
+
+namespace grove {
+
+namespace {
+
+// Rows of the tensors in the "replicated" region (residual stream, norms): split over the TP
+// group with sequence parallelism, replicated without it.
+int64_t replicated_rows(const MemoryLayout& m) {
+  const int64_t N = int64_t(m.seq) * m.batch;
+  return m.sp ? N / m.tp : N;
+}
+
+// Elements of one block's intermediates, excluding its input (the residual stream row block).
+int64_t block_intermediate_elems(const ModelConfig& c, const MemoryLayout& m, bool probs) {
+  const int64_t N = int64_t(m.seq) * m.batch, h = c.d_model, d = c.head_dim(), t = m.tp;
+  const int64_t qd = int64_t(c.n_heads) * d / t, kvd = int64_t(c.kv_heads()) * d / t,
+                f = c.ffn() / t, a = c.n_heads / t;
+  const int64_t R = replicated_rows(m);
+  int64_t e = R * (1 + h + h + 1 + h)          // rstd1, ln1, resid2, rstd2, ln2
+              + N * (qd + 2 * kvd + qd)        // q, k, v, att
+              + N * 3 * f                      // gate, up, act
+              + int64_t(m.batch) * a * m.seq;  // lse
+  if (probs) e += int64_t(m.batch) * a * m.seq * m.seq;
+  return e;
+}
+
+}  // namespace
+
+int64_t ActivationBytesPerLayer(const ModelConfig& c, const MemoryLayout& m) {
+  const int64_t input = replicated_rows(m) * c.d_model;
+  if (m.recompute == Recompute::kFull) return 4 * input;
+  return 4 * (input + block_intermediate_elems(c, m, m.recompute == Recompute::kNone));
+}
+
+MemoryEstimate EstimateMemory(const ModelConfig& c, const MemoryLayout& m) {
+  MemoryEstimate e;
+  const int64_t N = int64_t(m.seq) * m.batch, h = c.d_model, t = m.tp;
+  e.activations_per_layer = ActivationBytesPerLayer(c, m);
+  e.activations_transient =
+      m.recompute == Recompute::kFull ? 4 * block_intermediate_elems(c, m, false) : 0;
+  const int64_t R = replicated_rows(m);
+  // Final residual, rstd, normalised state, vocab-parallel logits, CE lse and losses.
+  e.activations_head = 4 * (R * h + R + R * h + N * (c.vocab_size / t) + N + N);
+  e.activations =
+      c.n_layers * e.activations_per_layer + e.activations_transient + e.activations_head;
+  // Matrices are split over TP; norm weights are replicated.
+  const int64_t norms = int64_t(2 * c.n_layers + 1) * h;
+  const int64_t params = (c.num_parameters() - norms) / t + norms;
+  e.parameters = 4 * params;
+  e.gradients = 4 * params;
+  e.optimizer = 8 * params;
+  e.total = e.activations + e.parameters + e.gradients + e.optimizer;
+  return e;
+}
+
+std::string MemoryEstimate::to_string() const {
+  auto mib = [](int64_t b) { return double(b) / (1024.0 * 1024.0); };
+  std::ostringstream os;
+  os.precision(4);
+  os << "memory per rank: " << mib(total) << " MiB (activations " << mib(activations)
+     << ", parameters " << mib(parameters) << ", gradients " << mib(gradients) << ", AdamW "
+     << mib(optimizer) << ")";
+  return os.str();
+}
+
+}  // namespace grove
