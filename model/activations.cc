@@ -4,21 +4,24 @@
 
 namespace grove {
 
-BlockActivations BlockActivations::Allocate(const ModelConfig& c, int b, int s, bool with_probs) {
-  const int64_t N = int64_t(s) * b, h = c.d_model, qd = int64_t(c.n_heads) * c.head_dim(),
-                kvd = int64_t(c.kv_heads()) * c.head_dim(), f = c.ffn();
+BlockActivations BlockActivations::Allocate(const ModelConfig& c, const MemoryLayout& m,
+                                            bool with_probs) {
+  const int b = m.batch, s = m.seq, t = m.tp, heads = c.n_heads / t;
+  const int64_t N = int64_t(s) * b, R = m.sp ? N / t : N, h = c.d_model,
+                qd = int64_t(heads) * c.head_dim(), kvd = int64_t(c.kv_heads() / t) * c.head_dim(),
+                f = c.ffn() / t;
   BlockActivations a;
-  a.rstd1 = Tensor::empty({N});
-  a.ln1 = Tensor::empty({N, h});
+  a.rstd1 = Tensor::empty({R});
+  a.ln1 = Tensor::empty({R, h});
   a.q = Tensor::empty({N, qd});
   a.k = Tensor::empty({N, kvd});
   a.v = Tensor::empty({N, kvd});
-  if (with_probs) a.probs = Tensor::empty({b, c.n_heads, s, s});
-  a.lse = Tensor::empty({b, c.n_heads, s});
+  if (with_probs) a.probs = Tensor::empty({b, heads, s, s});
+  a.lse = Tensor::empty({b, heads, s});
   a.att = Tensor::empty({N, qd});
-  a.resid2 = Tensor::empty({N, h});
-  a.rstd2 = Tensor::empty({N});
-  a.ln2 = Tensor::empty({N, h});
+  a.resid2 = Tensor::empty({R, h});
+  a.rstd2 = Tensor::empty({R});
+  a.ln2 = Tensor::empty({R, h});
   a.gate = Tensor::empty({N, f});
   a.up = Tensor::empty({N, f});
   a.act = Tensor::empty({N, f});
@@ -33,19 +36,20 @@ size_t BlockActivations::bytes() const {
   return n;
 }
 
-ActivationStash ActivationStash::Allocate(const ModelConfig& c, int b, int s, Recompute mode) {
-  const int64_t N = int64_t(s) * b, h = c.d_model;
+ActivationStash ActivationStash::Allocate(const ModelConfig& c, const MemoryLayout& m) {
+  const int64_t N = int64_t(m.seq) * m.batch, R = m.sp ? N / m.tp : N, h = c.d_model;
   ActivationStash st;
-  for (int l = 0; l <= c.n_layers; ++l) st.resid.push_back(Tensor::empty({N, h}));
-  if (mode == Recompute::kFull) {
-    st.transient = BlockActivations::Allocate(c, b, s, /*with_probs=*/false);
+  for (int l = 0; l <= c.n_layers; ++l) st.resid.push_back(Tensor::empty({R, h}));
+  if (m.recompute == Recompute::kFull) {
+    st.transient = BlockActivations::Allocate(c, m, /*with_probs=*/false);
   } else {
     for (int l = 0; l < c.n_layers; ++l)
-      st.blocks.push_back(BlockActivations::Allocate(c, b, s, mode == Recompute::kNone));
+      st.blocks.push_back(
+          BlockActivations::Allocate(c, m, m.recompute == Recompute::kNone));
   }
-  st.rstdf = Tensor::empty({N});
-  st.lnf = Tensor::empty({N, h});
-  st.logits = Tensor::empty({N, c.vocab_size});
+  st.rstdf = Tensor::empty({R});
+  st.lnf = Tensor::empty({R, h});
+  st.logits = Tensor::empty({N, c.vocab_size / m.tp});
   st.ce_lse = Tensor::empty({N});
   st.losses = Tensor::empty({N});
   return st;

@@ -14,27 +14,31 @@
 
 #include "core/tensor.h"
 #include "model/config.h"
+#include "model/memory.h"
 
 namespace grove {
 
-// Intermediates of one transformer block. N = s*b rows.
+// Intermediates of one transformer block. N = s*b rows; R = N/t rows in the sequence region
+// under sequence parallelism, else R = N; a, k, f are this rank's heads, kv heads and SwiGLU
+// columns (divided by t). Under SP the norm outputs are kept as shards and re-gathered in the
+// backward, as Megatron does.
 struct BlockActivations {
-  Tensor rstd1;   // [N]        1/rms of the block input (attention RMSNorm)
-  Tensor ln1;     // [N, h]     normalised input to the QKV projections
+  Tensor rstd1;   // [R]        1/rms of the block input (attention RMSNorm)
+  Tensor ln1;     // [R, h]     normalised input to the QKV projections
   Tensor q;       // [N, a*d]   queries after RoPE
   Tensor k;       // [N, k*d]   keys after RoPE
   Tensor v;       // [N, k*d]   values
   Tensor probs;   // [b, a, s, s] softmax probabilities (Recompute::kNone only)
   Tensor lse;     // [b, a, s]  attention log-sum-exp per query row
   Tensor att;     // [N, a*d]   attention output before the output projection
-  Tensor resid2;  // [N, h]     residual stream after attention
-  Tensor rstd2;   // [N]        1/rms for the MLP RMSNorm
-  Tensor ln2;     // [N, h]     normalised input to the MLP
+  Tensor resid2;  // [R, h]     residual stream after attention
+  Tensor rstd2;   // [R]        1/rms for the MLP RMSNorm
+  Tensor ln2;     // [R, h]     normalised input to the MLP
   Tensor gate;    // [N, f]     gate projection
   Tensor up;      // [N, f]     up projection
   Tensor act;     // [N, f]     silu(gate) * up
 
-  static BlockActivations Allocate(const ModelConfig& c, int b, int s, bool with_probs);
+  static BlockActivations Allocate(const ModelConfig& c, const MemoryLayout& m, bool with_probs);
   size_t bytes() const;
 };
 
@@ -48,7 +52,7 @@ struct ActivationStash {
   Tensor ce_lse;                         // [N]    cross-entropy log-sum-exp
   Tensor losses;                         // [N]    per-token loss
 
-  static ActivationStash Allocate(const ModelConfig& c, int b, int s, Recompute mode);
+  static ActivationStash Allocate(const ModelConfig& c, const MemoryLayout& m);
 };
 
 // What the stash holds, in bytes.

@@ -1,6 +1,7 @@
 #include "model/transformer.h"
 
 #include <cmath>
+#include <cstring>
 #include <limits>
 
 #include "kernels/cpu/ops.h"
@@ -8,28 +9,69 @@
 namespace grove {
 
 namespace k = cpu;
+namespace par = parallel;
 
-Transformer::Transformer(const ModelConfig& config, int batch, int seq, Recompute mode)
-    : config_(config), b_(batch), s_(seq), mode_(mode) {
+namespace {
+
+comm::Communicator* group_or_null(const par::ParallelGrid* grid, par::Group g) {
+  if (grid == nullptr) return nullptr;
+  comm::Communicator& c = grid->group(g);
+  return c.size() > 1 ? &c : nullptr;
+}
+
+MemoryLayout layout_of(int b, int s, Recompute mode, int t, bool sp) {
+  return MemoryLayout{b, s, t, sp, mode};
+}
+
+}  // namespace
+
+Transformer::Transformer(const ModelConfig& config, int batch, int seq, Recompute mode,
+                         ModelParallel parallel)
+    : config_(config),
+      b_(batch),
+      s_(seq),
+      mode_(mode),
+      par_(parallel),
+      tp_(group_or_null(parallel.grid, par::Group::kTp)),
+      dp_(group_or_null(parallel.grid, par::Group::kDp)),
+      t_(par::tp_size(tp_)),
+      sp_(parallel.sequence_parallel && t_ > 1),
+      col_q_(config.d_model, config.n_heads * config.head_dim(), tp_),
+      col_kv_(config.d_model, config.kv_heads() * config.head_dim(), tp_),
+      col_ffn_(config.d_model, config.ffn(), tp_),
+      col_vocab_(config.d_model, config.vocab_size, tp_),
+      row_o_(config.n_heads * config.head_dim(), config.d_model, tp_),
+      row_down_(config.ffn(), config.d_model, tp_),
+      embed_(config.vocab_size, config.d_model, tp_) {
   Status st = config_.Validate();
   GROVE_CHECK(st.ok()) << st.message();
   GROVE_CHECK(seq > 0 && seq <= config_.max_seq_len)
       << "seq " << seq << " exceeds model.max_seq_len " << config_.max_seq_len;
   GROVE_CHECK(batch > 0) << "batch must be positive";
-  params_ = Weights::Init(config_);
-  grads_ = Weights::Zeros(config_);
-  stash_ = ActivationStash::Allocate(config_, b_, s_, mode_);
+  GROVE_CHECK(config_.n_heads % t_ == 0 && config_.kv_heads() % t_ == 0)
+      << "tp=" << t_ << " must divide model.n_heads=" << config_.n_heads << " and the kv heads ("
+      << config_.kv_heads() << ")";
+  GROVE_CHECK(!sp_ || seq % t_ == 0)
+      << "sequence parallelism splits the sequence: tp=" << t_ << " must divide seq " << seq;
+  const int64_t N = int64_t(b_) * s_, h = config_.d_model;
+  rows_ = sp_ ? N / t_ : N;
+  params_ = Weights::Init(config_, t_, par::tp_rank(tp_));
+  grads_ = Weights::Zeros(config_, t_);
+  stash_ = ActivationStash::Allocate(config_, layout_of(b_, s_, mode_, t_, sp_));
   const int d = config_.head_dim();
   rope_cos_ = Tensor::empty({config_.max_seq_len, d / 2});
   rope_sin_ = Tensor::empty({config_.max_seq_len, d / 2});
   k::rope_table(rope_cos_.data<float>(), rope_sin_.data<float>(), config_.max_seq_len, d,
                 config_.rope_theta);
-  const int64_t N = int64_t(b_) * s_, h = config_.d_model, qd = int64_t(config_.n_heads) * d,
-                kvd = int64_t(config_.kv_heads()) * d, f = config_.ffn();
+  const int64_t qd = col_q_.local_out(), kvd = col_kv_.local_out(), f = col_ffn_.local_out();
   tokens_ = Tensor::empty({N}, DType::kI32);
   targets_ = Tensor::empty({N}, DType::kI32);
-  g_.dresid = Tensor::empty({N, h});
-  g_.dln = Tensor::empty({N, h});
+  if (sp_ || t_ > 1) full_ = Tensor::empty({N, h});
+  ce_scratch_ = Tensor::empty({3 * N});
+  g_.dresid = Tensor::empty({rows_, h});
+  g_.dfull = Tensor::empty({N, h});
+  if (sp_) g_.dout = Tensor::empty({N, h});
+  g_.dln = Tensor::empty({rows_, h});
   g_.datt = Tensor::empty({N, qd});
   g_.dq = Tensor::empty({N, qd});
   g_.dk = Tensor::empty({N, kvd});
@@ -40,166 +82,287 @@ Transformer::Transformer(const ModelConfig& config, int batch, int seq, Recomput
   g_.dlosses = Tensor::empty({N});
 }
 
+// ---- region helpers ----------------------------------------------------------------------------
+
+const float* Transformer::gather_rows(const Tensor& shard) {
+  if (!sp_) return shard.data<float>();
+  par::gather_from_sequence_region_forward(tp_, shard.data<float>(), full_.data<float>(),
+                                           int64_t(b_) * s_, config_.d_model);
+  return full_.data<float>();
+}
+
+void Transformer::reduce_input_grad() {
+  const int64_t N = int64_t(b_) * s_, h = config_.d_model;
+  if (sp_) {
+    par::gather_from_sequence_region_backward(tp_, g_.dfull.data<float>(), g_.dln.data<float>(),
+                                              N, h);
+  } else {
+    par::copy_to_tp_region_backward(tp_, g_.dfull.data<float>(), N * h);
+    std::memcpy(g_.dln.data<float>(), g_.dfull.data<float>(), sizeof(float) * N * h);
+  }
+}
+
+void Transformer::reduce_output(float* out) {
+  const int64_t N = int64_t(b_) * s_, h = config_.d_model;
+  if (sp_)
+    par::scatter_to_sequence_region_forward(tp_, full_.data<float>(), out, N, h);
+  else
+    par::reduce_from_tp_region_forward(tp_, out, N * h);
+}
+
+const float* Transformer::output_grad() {
+  if (!sp_) return g_.dresid.data<float>();  // f̄ backward: identity
+  par::scatter_to_sequence_region_backward(tp_, g_.dresid.data<float>(), g_.dout.data<float>(),
+                                           int64_t(b_) * s_, config_.d_model);
+  return g_.dout.data<float>();
+}
+
 // ---- one block ---------------------------------------------------------------------------------
 
 void Transformer::block_forward(int l, BlockActivations& a) {
   const LayerWeights& w = params_.layers[l];
   const int N = b_ * s_, h = config_.d_model, d = config_.head_dim();
-  const int qd = config_.n_heads * d, kvd = config_.kv_heads() * d, f = config_.ffn();
+  const int R = static_cast<int>(rows_);
+  const int heads = config_.n_heads / t_, kv_heads = config_.kv_heads() / t_;
   const float* x = stash_.resid[l].data<float>();
   float* out = stash_.resid[l + 1].data<float>();
+  // Row-parallel outputs go to scratch under SP (then reduce-scattered), in place otherwise.
+  float* attn_out = sp_ ? full_.data<float>() : a.resid2.data<float>();
+  float* mlp_out = sp_ ? full_.data<float>() : out;
 
-  k::rmsnorm_forward(a.ln1.data<float>(), a.rstd1.data<float>(), x, w.attn_norm.data<float>(), N, h,
-                     config_.norm_eps);
-  k::linear_forward(a.q.data<float>(), a.ln1.data<float>(), w.wq.data<float>(), (float*)nullptr, N,
-                    h, qd);
-  k::linear_forward(a.k.data<float>(), a.ln1.data<float>(), w.wk.data<float>(), (float*)nullptr, N,
-                    h, kvd);
-  k::linear_forward(a.v.data<float>(), a.ln1.data<float>(), w.wv.data<float>(), (float*)nullptr, N,
-                    h, kvd);
+  // Attention: x2 = x + ḡ/f̄(Wo · attention(rope(Wq·g(rms1(x))), ...)).
+  k::rmsnorm_forward(a.ln1.data<float>(), a.rstd1.data<float>(), x, w.attn_norm.data<float>(), R,
+                     h, config_.norm_eps);
+  const float* ln1 = gather_rows(a.ln1);
+  col_q_.forward(a.q.data<float>(), ln1, w.wq.data<float>(), N);
+  col_kv_.forward(a.k.data<float>(), ln1, w.wk.data<float>(), N);
+  col_kv_.forward(a.v.data<float>(), ln1, w.wv.data<float>(), N);
   k::rope_forward(a.q.data<float>(), rope_cos_.data<float>(), rope_sin_.data<float>(), s_, b_,
-                  config_.n_heads, d, 0);
+                  heads, d, 0);
   k::rope_forward(a.k.data<float>(), rope_cos_.data<float>(), rope_sin_.data<float>(), s_, b_,
-                  config_.kv_heads(), d, 0);
-  k::AttentionShape shape{s_, s_, b_, config_.n_heads, config_.kv_heads(), d, /*causal=*/true};
+                  kv_heads, d, 0);
+  k::AttentionShape shape{s_, s_, b_, heads, kv_heads, d, /*causal=*/true};
   k::attention_forward(a.att.data<float>(), a.lse.data<float>(),
                        a.probs.defined() ? a.probs.data<float>() : nullptr, a.q.data<float>(),
                        a.k.data<float>(), a.v.data<float>(), shape);
-  // x2 = x + Wo·att
-  k::linear_forward(a.resid2.data<float>(), a.att.data<float>(), w.wo.data<float>(),
-                    (float*)nullptr, N, qd, h);
-  k::add_inplace(a.resid2.data<float>(), x, int64_t(N) * h);
+  row_o_.forward(attn_out, a.att.data<float>(), w.wo.data<float>(), N);
+  reduce_output(a.resid2.data<float>());
+  k::add_inplace(a.resid2.data<float>(), x, int64_t(R) * h);
 
+  // MLP: out = x2 + ḡ/f̄(Wdown · (silu(Wgate·g(rms2(x2))) * Wup·g(rms2(x2)))).
   k::rmsnorm_forward(a.ln2.data<float>(), a.rstd2.data<float>(), a.resid2.data<float>(),
-                     w.mlp_norm.data<float>(), N, h, config_.norm_eps);
-  k::linear_forward(a.gate.data<float>(), a.ln2.data<float>(), w.w_gate.data<float>(),
-                    (float*)nullptr, N, h, f);
-  k::linear_forward(a.up.data<float>(), a.ln2.data<float>(), w.w_up.data<float>(), (float*)nullptr,
-                    N, h, f);
-  k::swiglu_forward(a.act.data<float>(), a.gate.data<float>(), a.up.data<float>(), int64_t(N) * f);
-  // out = x2 + Wdown·act
-  k::linear_forward(out, a.act.data<float>(), w.w_down.data<float>(), (float*)nullptr, N, f, h);
-  k::add_inplace(out, a.resid2.data<float>(), int64_t(N) * h);
+                     w.mlp_norm.data<float>(), R, h, config_.norm_eps);
+  const float* ln2 = gather_rows(a.ln2);
+  col_ffn_.forward(a.gate.data<float>(), ln2, w.w_gate.data<float>(), N);
+  col_ffn_.forward(a.up.data<float>(), ln2, w.w_up.data<float>(), N);
+  k::swiglu_forward(a.act.data<float>(), a.gate.data<float>(), a.up.data<float>(),
+                    int64_t(N) * col_ffn_.local_out());
+  row_down_.forward(mlp_out, a.act.data<float>(), w.w_down.data<float>(), N);
+  reduce_output(out);
+  k::add_inplace(out, a.resid2.data<float>(), int64_t(R) * h);
 }
 
-// On entry g_.dresid holds d(loss)/d(block output); on exit d(loss)/d(block input).
+// On entry g_.dresid holds d(loss)/d(block output) [R, h]; on exit d(loss)/d(block input).
 void Transformer::block_backward(int l, BlockActivations& a) {
   const LayerWeights& w = params_.layers[l];
   LayerWeights& gw = grads_.layers[l];
   const int N = b_ * s_, h = config_.d_model, d = config_.head_dim();
-  const int qd = config_.n_heads * d, kvd = config_.kv_heads() * d, f = config_.ffn();
+  const int R = static_cast<int>(rows_);
+  const int heads = config_.n_heads / t_, kv_heads = config_.kv_heads() / t_;
   const float* x = stash_.resid[l].data<float>();
   float* dresid = g_.dresid.data<float>();
 
-  // MLP: out = x2 + Wdown·act. The residual passes dresid straight through to x2.
+  // MLP. The residual passes dresid straight through to x2.
+  const float* dmlp_out = output_grad();
   g_.dact.zero();
-  k::linear_backward(g_.dact.data<float>(), gw.w_down.data<float>(), (float*)nullptr, dresid,
-                     a.act.data<float>(), w.w_down.data<float>(), N, f, h);
+  row_down_.backward(g_.dact.data<float>(), gw.w_down.data<float>(), dmlp_out,
+                     a.act.data<float>(), w.w_down.data<float>(), N);
   g_.dgate.zero();
   g_.dup.zero();
   k::swiglu_backward(g_.dgate.data<float>(), g_.dup.data<float>(), g_.dact.data<float>(),
-                     a.gate.data<float>(), a.up.data<float>(), int64_t(N) * f);
-  g_.dln.zero();
-  k::linear_backward(g_.dln.data<float>(), gw.w_gate.data<float>(), (float*)nullptr,
-                     g_.dgate.data<float>(), a.ln2.data<float>(), w.w_gate.data<float>(), N, h, f);
-  k::linear_backward(g_.dln.data<float>(), gw.w_up.data<float>(), (float*)nullptr,
-                     g_.dup.data<float>(), a.ln2.data<float>(), w.w_up.data<float>(), N, h, f);
+                     a.gate.data<float>(), a.up.data<float>(), int64_t(N) * col_ffn_.local_out());
+  const float* ln2 = gather_rows(a.ln2);  // SP keeps only the shard: re-gather it
+  g_.dfull.zero();
+  col_ffn_.backward(g_.dfull.data<float>(), gw.w_gate.data<float>(), g_.dgate.data<float>(), ln2,
+                    w.w_gate.data<float>(), N);
+  col_ffn_.backward(g_.dfull.data<float>(), gw.w_up.data<float>(), g_.dup.data<float>(), ln2,
+                    w.w_up.data<float>(), N);
+  reduce_input_grad();
   k::rmsnorm_backward(dresid, gw.mlp_norm.data<float>(), g_.dln.data<float>(),
-                      a.resid2.data<float>(), w.mlp_norm.data<float>(), a.rstd2.data<float>(), N,
+                      a.resid2.data<float>(), w.mlp_norm.data<float>(), a.rstd2.data<float>(), R,
                       h);
 
-  // Attention: x2 = x + Wo·att.
+  // Attention.
+  const float* dattn_out = output_grad();
   g_.datt.zero();
-  k::linear_backward(g_.datt.data<float>(), gw.wo.data<float>(), (float*)nullptr, dresid,
-                     a.att.data<float>(), w.wo.data<float>(), N, qd, h);
+  row_o_.backward(g_.datt.data<float>(), gw.wo.data<float>(), dattn_out, a.att.data<float>(),
+                  w.wo.data<float>(), N);
   g_.dq.zero();
   g_.dk.zero();
   g_.dv.zero();
-  k::AttentionShape shape{s_, s_, b_, config_.n_heads, config_.kv_heads(), d, /*causal=*/true};
+  k::AttentionShape shape{s_, s_, b_, heads, kv_heads, d, /*causal=*/true};
   k::attention_backward(g_.dq.data<float>(), g_.dk.data<float>(), g_.dv.data<float>(),
                         g_.datt.data<float>(), a.q.data<float>(), a.k.data<float>(),
                         a.v.data<float>(), a.att.data<float>(), a.lse.data<float>(),
                         a.probs.defined() ? a.probs.data<float>() : nullptr, shape);
   k::rope_backward(g_.dq.data<float>(), rope_cos_.data<float>(), rope_sin_.data<float>(), s_, b_,
-                   config_.n_heads, d, 0);
+                   heads, d, 0);
   k::rope_backward(g_.dk.data<float>(), rope_cos_.data<float>(), rope_sin_.data<float>(), s_, b_,
-                   config_.kv_heads(), d, 0);
-  g_.dln.zero();
-  k::linear_backward(g_.dln.data<float>(), gw.wq.data<float>(), (float*)nullptr,
-                     g_.dq.data<float>(), a.ln1.data<float>(), w.wq.data<float>(), N, h, qd);
-  k::linear_backward(g_.dln.data<float>(), gw.wk.data<float>(), (float*)nullptr,
-                     g_.dk.data<float>(), a.ln1.data<float>(), w.wk.data<float>(), N, h, kvd);
-  k::linear_backward(g_.dln.data<float>(), gw.wv.data<float>(), (float*)nullptr,
-                     g_.dv.data<float>(), a.ln1.data<float>(), w.wv.data<float>(), N, h, kvd);
+                   kv_heads, d, 0);
+  const float* ln1 = gather_rows(a.ln1);
+  g_.dfull.zero();
+  col_q_.backward(g_.dfull.data<float>(), gw.wq.data<float>(), g_.dq.data<float>(), ln1,
+                  w.wq.data<float>(), N);
+  col_kv_.backward(g_.dfull.data<float>(), gw.wk.data<float>(), g_.dk.data<float>(), ln1,
+                   w.wk.data<float>(), N);
+  col_kv_.backward(g_.dfull.data<float>(), gw.wv.data<float>(), g_.dv.data<float>(), ln1,
+                   w.wv.data<float>(), N);
+  reduce_input_grad();
   k::rmsnorm_backward(dresid, gw.attn_norm.data<float>(), g_.dln.data<float>(), x,
-                      w.attn_norm.data<float>(), a.rstd1.data<float>(), N, h);
+                      w.attn_norm.data<float>(), a.rstd1.data<float>(), R, h);
 }
 
 // ---- whole model -------------------------------------------------------------------------------
 
 float Transformer::forward(const int32_t* tokens, const int32_t* targets) {
   const int N = b_ * s_, h = config_.d_model, V = config_.vocab_size;
+  const int R = static_cast<int>(rows_);
   int32_t* tok = tokens_.data<int32_t>();
   int32_t* tgt = targets_.data<int32_t>();
-  valid_targets_ = 0;
+  int64_t valid = 0;
   for (int i = 0; i < N; ++i) {
-    GROVE_CHECK(tokens[i] >= 0 && tokens[i] < V) << "token id " << tokens[i] << " at position " << i
-                                                 << " is outside the vocabulary [0, " << V << ")";
+    GROVE_CHECK(tokens[i] >= 0 && tokens[i] < V)
+        << "token id " << tokens[i] << " at position " << i << " is outside the vocabulary [0, "
+        << V << ")";
     GROVE_CHECK(targets[i] < V) << "target id " << targets[i] << " outside the vocabulary";
     tok[i] = tokens[i];
     tgt[i] = targets[i];
-    valid_targets_ += targets[i] >= 0;
+    valid += targets[i] >= 0;
   }
 
-  k::embedding_forward(stash_.resid[0].data<float>(), tok, params_.wte.data<float>(), N, h);
+  // Embedding: vocabulary-parallel partial rows, then f̄ (all-reduce) or ḡ (reduce-scatter).
+  float* emb = sp_ ? full_.data<float>() : stash_.resid[0].data<float>();
+  embed_.forward(emb, tok, params_.wte.data<float>(), N);
+  reduce_output(stash_.resid[0].data<float>());
+
   for (int l = 0; l < config_.n_layers; ++l)
     block_forward(l, mode_ == Recompute::kFull ? stash_.transient : stash_.blocks[l]);
 
+  // Head: final norm, g, vocabulary-parallel LM head and cross-entropy.
   k::rmsnorm_forward(stash_.lnf.data<float>(), stash_.rstdf.data<float>(),
-                     stash_.resid[config_.n_layers].data<float>(), params_.final_norm.data<float>(),
-                     N, h, config_.norm_eps);
-  k::linear_forward(stash_.logits.data<float>(), stash_.lnf.data<float>(),
-                    params_.lm_head.data<float>(), (float*)nullptr, N, h, V);
-  k::cross_entropy_forward(stash_.losses.data<float>(), stash_.ce_lse.data<float>(),
-                           stash_.logits.data<float>(), tgt, N, V);
-  double sum = 0.0;
+                     stash_.resid[config_.n_layers].data<float>(),
+                     params_.final_norm.data<float>(), R, h, config_.norm_eps);
+  col_vocab_.forward(stash_.logits.data<float>(), gather_rows(stash_.lnf),
+                     params_.lm_head.data<float>(), N);
+  if (t_ == 1) {
+    k::cross_entropy_forward(stash_.losses.data<float>(), stash_.ce_lse.data<float>(),
+                             stash_.logits.data<float>(), tgt, N, V);
+  } else {
+    par::vocab_parallel_cross_entropy_forward(
+        tp_, stash_.losses.data<float>(), stash_.ce_lse.data<float>(), stash_.logits.data<float>(),
+        tgt, N, embed_.local_vocab(), embed_.vocab_start(), ce_scratch_.data<float>());
+  }
+  double sums[2] = {0.0, static_cast<double>(valid)};  // loss sum, valid targets
   const float* losses = stash_.losses.data<float>();
-  for (int i = 0; i < N; ++i) sum += losses[i];  // fixed order: bit-reproducible
-  return valid_targets_ > 0 ? static_cast<float>(sum / double(valid_targets_)) : 0.0f;
+  for (int i = 0; i < N; ++i) sums[0] += losses[i];  // fixed order: bit-reproducible
+  if (dp_) dp_->all_reduce(sums, 2, DType::kF64, comm::ReduceOp::kSum);
+  global_valid_ = sums[1];
+  return global_valid_ > 0 ? static_cast<float>(sums[0] / global_valid_) : 0.0f;
 }
 
-void Transformer::backward(float loss_scale) {
+void Transformer::backward(float loss_scale, bool finalize) {
   const int N = b_ * s_, h = config_.d_model, V = config_.vocab_size;
+  const int R = static_cast<int>(rows_);
   const int L = config_.n_layers;
+  const bool reduce_dp = finalize && dp_ != nullptr;
   float* dl = g_.dlosses.data<float>();
-  const float per_token = valid_targets_ > 0 ? loss_scale / float(valid_targets_) : 0.0f;
+  const float per_token = global_valid_ > 0 ? loss_scale / float(global_valid_) : 0.0f;
   for (int i = 0; i < N; ++i) dl[i] = per_token;
 
   // Head: dlogits overwrite the logits in place.
   float* dlogits = stash_.logits.data<float>();
-  k::cross_entropy_backward(dlogits, stash_.logits.data<float>(), stash_.ce_lse.data<float>(),
-                            targets_.data<int32_t>(), dl, N, V);
-  g_.dln.zero();
-  k::linear_backward(g_.dln.data<float>(), grads_.lm_head.data<float>(), (float*)nullptr, dlogits,
-                     stash_.lnf.data<float>(), params_.lm_head.data<float>(), N, h, V);
+  if (t_ == 1) {
+    k::cross_entropy_backward(dlogits, stash_.logits.data<float>(), stash_.ce_lse.data<float>(),
+                              targets_.data<int32_t>(), dl, N, V);
+  } else {
+    par::vocab_parallel_cross_entropy_backward(dlogits, stash_.logits.data<float>(),
+                                               stash_.ce_lse.data<float>(),
+                                               targets_.data<int32_t>(), dl, N,
+                                               embed_.local_vocab(), embed_.vocab_start());
+  }
+  const float* lnf = gather_rows(stash_.lnf);
+  g_.dfull.zero();
+  col_vocab_.backward(g_.dfull.data<float>(), grads_.lm_head.data<float>(), dlogits, lnf,
+                      params_.lm_head.data<float>(), N);
+  reduce_input_grad();
   g_.dresid.zero();
   k::rmsnorm_backward(g_.dresid.data<float>(), grads_.final_norm.data<float>(),
                       g_.dln.data<float>(), stash_.resid[L].data<float>(),
-                      params_.final_norm.data<float>(), stash_.rstdf.data<float>(), N, h);
+                      params_.final_norm.data<float>(), stash_.rstdf.data<float>(), R, h);
+  if (finalize && sp_)  // replicated weight, different tokens per rank: SUM over TP
+    tp_->all_reduce(grads_.final_norm.data<float>(), h, DType::kF32, comm::ReduceOp::kSum);
+  if (reduce_dp) start_bucket(L, {{"final_norm", grads_.final_norm}, {"lm_head", grads_.lm_head}});
 
   for (int l = L - 1; l >= 0; --l) {
     if (mode_ == Recompute::kFull) {
-      // Re-run the block from its saved input; the forward is deterministic, so the recomputed
-      // intermediates are bit-identical to the first pass. resid[l+1] is rewritten with the same
-      // values it already holds.
+      // Re-run the block from its saved input; the forward is deterministic (no dropout), so
+      // the recomputed intermediates are bit-identical to the first pass. resid[l+1] is
+      // rewritten with the values it already holds.
       block_forward(l, stash_.transient);
       block_backward(l, stash_.transient);
     } else {
       block_backward(l, stash_.blocks[l]);
     }
+    LayerWeights& gw = grads_.layers[l];
+    if (finalize && sp_) {
+      tp_->all_reduce(gw.attn_norm.data<float>(), h, DType::kF32, comm::ReduceOp::kSum);
+      tp_->all_reduce(gw.mlp_norm.data<float>(), h, DType::kF32, comm::ReduceOp::kSum);
+    }
+    if (reduce_dp) {
+      start_bucket(l, {{"attn_norm", gw.attn_norm}, {"wq", gw.wq}, {"wk", gw.wk},
+                       {"wv", gw.wv}, {"wo", gw.wo}, {"mlp_norm", gw.mlp_norm},
+                       {"w_gate", gw.w_gate}, {"w_up", gw.w_up}, {"w_down", gw.w_down}});
+    }
   }
-  k::embedding_backward(grads_.wte.data<float>(), g_.dresid.data<float>(), tokens_.data<int32_t>(),
-                        N, h);
+  // Embedding: the residual gradient, gathered back to all N rows under SP (ḡ backward).
+  embed_.backward(grads_.wte.data<float>(), output_grad(), tokens_.data<int32_t>(), N);
+  if (reduce_dp) {
+    start_bucket(L + 1, {{"wte", grads_.wte}});
+    finish_buckets();
+  }
+}
+
+// ---- data-parallel gradient buckets ---------------------------------------------------------
+
+void Transformer::start_bucket(int bucket, const std::vector<NamedTensor>& grads) {
+  if (buckets_.empty()) buckets_.resize(config_.n_layers + 2);
+  Bucket& bk = buckets_[bucket];
+  int64_t n = 0;
+  for (const NamedTensor& g : grads) n += g.tensor.numel();
+  if (!bk.buf.defined()) bk.buf = Tensor::empty({n});
+  float* p = bk.buf.data<float>();
+  for (const NamedTensor& g : grads) {
+    std::memcpy(p, g.tensor.raw(), g.tensor.bytes());
+    p += g.tensor.numel();
+  }
+  bk.grads = grads;
+  bk.work = dp_->all_reduce_async(bk.buf.raw(), n, DType::kF32, comm::ReduceOp::kSum);
+  // MPI progresses non-blocking collectives only inside MPI calls: poke the earlier buckets.
+  for (Bucket& other : buckets_)
+    if (&other != &bk && !other.work.done()) other.work.test();
+}
+
+void Transformer::finish_buckets() {
+  for (Bucket& bk : buckets_) {
+    if (bk.grads.empty()) continue;
+    bk.work.wait();
+    const float* p = bk.buf.data<float>();
+    for (NamedTensor& g : bk.grads) {
+      std::memcpy(g.tensor.raw(), p, g.tensor.bytes());
+      p += g.tensor.numel();
+    }
+    bk.grads.clear();
+  }
 }
 
 ActivationReport Transformer::activation_report() const {
@@ -217,13 +380,14 @@ ActivationReport Transformer::activation_report() const {
 
 double Transformer::flops_per_step() const {
   // 6 FLOPs per parameter per token for the matmuls (2 forward, 4 backward), excluding the
-  // embedding lookup, plus attention: QK^T and PV, 2*2*s*s*d per head per sequence forward
-  // (halved by the causal mask is NOT assumed: we report dense-equivalent work like PaLM's MFU).
+  // embedding lookup, plus attention QK^T and PV: 4·s·s·d per head per sequence forward, counted
+  // dense (not halved for the causal mask) and x3 for forward + backward, as in PaLM's MFU.
+  // Whole-model FLOPs of this rank's micro-batch (divide by t for one TP rank's share).
   const double N = double(b_) * s_;
   const double matmul_params =
       double(config_.num_parameters()) - double(config_.vocab_size) * config_.d_model;
-  const double attn =
-      2.0 * 2.0 * s_ * double(s_) * config_.head_dim() * config_.n_heads * b_ * config_.n_layers;
+  const double attn = 2.0 * 2.0 * s_ * double(s_) * config_.head_dim() * config_.n_heads * b_ *
+                      config_.n_layers;
   return 6.0 * matmul_params * N + 3.0 * attn;
 }
 

@@ -9,22 +9,42 @@
 // All buffers (stash, gradient scratch) are allocated in the constructor for a fixed (b, s), so
 // memory is known before step 0. Gradients ACCUMULATE into grads() across backward calls
 // (gradient accumulation); call zero_grads() at the start of each optimizer step.
+//
+// Parallelism (DESIGN.md §5): with a ParallelGrid the block's projections are column/row
+// parallel over the TP group (heads and SwiGLU columns split), the embedding and LM head are
+// vocabulary-parallel, and with sequence parallelism the residual stream and norms live on
+// [s/t, b, h] (g before each column-parallel input, ḡ after each row-parallel output). Gradients
+// of the replicated norm weights are SUM-all-reduced over TP under SP, and all gradients are
+// SUM-all-reduced over DP in per-layer buckets started as soon as a block's backward is done.
+// The loss is normalised by the number of valid targets of the whole data-parallel batch, so a
+// layout's gradients equal the single-rank model's on the same global batch.
 #pragma once
 
 #include <cstdint>
 #include <vector>
 
 #include "core/tensor.h"
+#include "comm/communicator.h"
 #include "model/activations.h"
 #include "model/config.h"
 #include "model/weights.h"
+#include "parallel/grid.h"
+#include "parallel/tensor_parallel.h"
+#include "parallel/vocab_parallel.h"
 
 namespace grove {
 
+struct ModelParallel {
+  const parallel::ParallelGrid* grid = nullptr;  // null: single process
+  bool sequence_parallel = false;                // SP on top of TP (needs seq % tp == 0)
+};
+
 class Transformer {
  public:
-  // `config` must be valid (ModelConfig::Validate) and seq <= config.max_seq_len.
-  Transformer(const ModelConfig& config, int batch, int seq, Recompute mode);
+  // `config` must be valid (ModelConfig::Validate) and seq <= config.max_seq_len. `batch` is
+  // this data-parallel rank's micro-batch.
+  Transformer(const ModelConfig& config, int batch, int seq, Recompute mode,
+              ModelParallel parallel = {});
 
   const ModelConfig& config() const { return config_; }
   int batch() const { return b_; }
@@ -34,11 +54,14 @@ class Transformer {
   const Weights& params() const { return params_; }
   Weights& grads() { return grads_; }
 
-  // tokens, targets: [s, b] row-major (row = s_idx * b + b_idx). A target < 0 is ignored.
-  // Returns the mean loss over valid targets.
+  // tokens, targets: [s, b] row-major (row = s_idx * b + b_idx), this DP rank's columns of the
+  // global batch (identical on every TP rank). A target < 0 is ignored. Returns the mean loss
+  // over the valid targets of the whole data-parallel batch.
   float forward(const int32_t* tokens, const int32_t* targets);
   // Backward of the last forward; d(loss) is scaled by `loss_scale` (1/accumulation steps).
-  void backward(float loss_scale = 1.0f);
+  // `finalize` (the last micro-batch of a step) also reduces the gradients over TP (norm weights
+  // under SP) and DP, so grads() then hold the gradient of the global loss.
+  void backward(float loss_scale = 1.0f, bool finalize = true);
   void zero_grads() { grads_.zero(); }
 
   // Logits of the last forward, [N, V]; valid until backward() overwrites them.
@@ -50,20 +73,54 @@ class Transformer {
  private:
   void block_forward(int l, BlockActivations& a);
   void block_backward(int l, BlockActivations& a);
+  // The normalised activation [N, h] a column-parallel layer reads: the stash itself, or under
+  // SP the all-gather (g) of its [R, h] shard into scratch.
+  const float* gather_rows(const Tensor& shard);
+  // Reduces d(loss)/d(gathered input) [N, h] into d(loss)/d(shard) [R, h]: reduce-scatter under
+  // SP (g backward), all-reduce otherwise (f backward). Result in g_.dln.
+  void reduce_input_grad();
+  // Row-parallel output [N, h] partial sums -> `out` [R, h]: ḡ (SP) or f̄ (plain TP).
+  void reduce_output(float* out);
+  // The full gradient [N, h] of a row-parallel output from the residual gradient [R, h].
+  const float* output_grad();
+  // DP gradient buckets: start the all-reduce of one layer's (or the head's) gradients.
+  void start_bucket(int bucket, const std::vector<NamedTensor>& grads);
+  void finish_buckets();
 
   ModelConfig config_;
   int b_, s_;
   Recompute mode_;
+  ModelParallel par_;
+  comm::Communicator* tp_ = nullptr;  // null or size 1: no tensor parallelism
+  comm::Communicator* dp_ = nullptr;
+  int t_ = 1;
+  bool sp_ = false;
+  int64_t rows_ = 0;  // R: rows of the residual stream on this rank
+  parallel::ColumnParallelLinear col_q_, col_kv_, col_ffn_, col_vocab_;
+  parallel::RowParallelLinear row_o_, row_down_;
+  parallel::VocabParallelEmbedding embed_;
+  double global_valid_ = 0;
   Weights params_, grads_;
   ActivationStash stash_;
   Tensor rope_cos_, rope_sin_;  // [max_seq_len, d/2]
   Tensor tokens_, targets_;     // [N] int32, copies of the last forward's inputs
-  int64_t valid_targets_ = 0;
+  Tensor full_;        // [N, h] gathered norm output / row-parallel partial sums (TP)
+  Tensor ce_scratch_;  // [3N] vocab-parallel cross-entropy
+
+  // DP gradient buckets: one per layer, one for the head (final norm, lm_head), one for wte.
+  struct Bucket {
+    Tensor buf;
+    std::vector<NamedTensor> grads;
+    comm::Work work;
+  };
+  std::vector<Bucket> buckets_;
 
   // Gradient scratch, reused by every block in the backward.
   struct GradScratch {
-    Tensor dresid;   // [N, h] gradient flowing along the residual stream
-    Tensor dln;      // [N, h] gradient w.r.t. an RMSNorm output
+    Tensor dresid;   // [R, h] gradient flowing along the residual stream
+    Tensor dfull;    // [N, h] gradient w.r.t. a gathered norm output (sum over q/k/v, gate/up)
+    Tensor dout;     // [N, h] SP: all-gathered residual gradient = row-parallel output grad
+    Tensor dln;      // [R, h] gradient w.r.t. an RMSNorm output
     Tensor datt;     // [N, a*d]
     Tensor dq;       // [N, a*d]
     Tensor dk, dv;   // [N, k*d]

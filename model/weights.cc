@@ -7,9 +7,20 @@
 
 namespace grove {
 
-Weights Weights::Zeros(const ModelConfig& c) {
-  const int64_t h = c.d_model, qd = int64_t(c.n_heads) * c.head_dim(),
-                kvd = int64_t(c.kv_heads()) * c.head_dim(), f = c.ffn(), V = c.vocab_size;
+ShardDim shard_dim(const std::string& name) {
+  auto ends = [&](const char* s) { return name.ends_with(s); };
+  if (ends("norm")) return ShardDim::kReplicated;
+  if (ends(".wo") || ends(".w_down")) return ShardDim::kCols;
+  return ShardDim::kRows;  // wte, lm_head, wq, wk, wv, w_gate, w_up
+}
+
+Weights Weights::Zeros(const ModelConfig& c, int tp) {
+  GROVE_CHECK(tp >= 1 && c.n_heads % tp == 0 && c.kv_heads() % tp == 0 && c.ffn() % tp == 0 &&
+              c.vocab_size % tp == 0)
+      << "tp=" << tp << " must divide n_heads, kv heads, ffn and vocab_size";
+  const int64_t h = c.d_model, qd = int64_t(c.n_heads) * c.head_dim() / tp,
+                kvd = int64_t(c.kv_heads()) * c.head_dim() / tp, f = c.ffn() / tp,
+                V = c.vocab_size / tp;
   Weights w;
   w.wte = Tensor::zeros({V, h});
   for (int l = 0; l < c.n_layers; ++l) {
@@ -30,7 +41,8 @@ Weights Weights::Zeros(const ModelConfig& c) {
   return w;
 }
 
-Weights Weights::Init(const ModelConfig& c) {
+Weights Weights::Init(const ModelConfig& c, int tp, int tp_rank) {
+  if (tp > 1) return Shard(Init(c), c, tp, tp_rank);
   Weights w = Zeros(c);
   const double out_std = c.init_std / std::sqrt(2.0 * c.n_layers);
   uint64_t stream = 0;
@@ -45,6 +57,32 @@ Weights Weights::Init(const ModelConfig& c) {
     const bool residual_out = nt.name.ends_with(".wo") || nt.name.ends_with(".w_down");
     const double std = residual_out ? out_std : c.init_std;
     for (int64_t i = 0; i < n; ++i) p[i] = static_cast<float>(std * rng.normal());
+  }
+  return w;
+}
+
+Weights Weights::Shard(const Weights& full, const ModelConfig& c, int tp, int tp_rank) {
+  Weights w = Zeros(c, tp);
+  std::vector<NamedTensor> src = full.named(), dst = w.named();
+  for (size_t i = 0; i < dst.size(); ++i) {
+    const Tensor& a = src[i].tensor;
+    Tensor& b = dst[i].tensor;
+    const float* in = a.data<float>();
+    float* out = b.data<float>();
+    switch (shard_dim(dst[i].name)) {
+      case ShardDim::kReplicated:
+        std::memcpy(out, in, b.bytes());
+        break;
+      case ShardDim::kRows:  // contiguous block of rows
+        std::memcpy(out, in + tp_rank * b.numel(), b.bytes());
+        break;
+      case ShardDim::kCols: {  // a column block of every row
+        const int64_t rows = b.dim(0), cols = b.dim(1), full_cols = a.dim(1);
+        for (int64_t r = 0; r < rows; ++r)
+          std::memcpy(out + r * cols, in + r * full_cols + tp_rank * cols, sizeof(float) * cols);
+        break;
+      }
+    }
   }
   return w;
 }

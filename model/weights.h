@@ -1,5 +1,9 @@
 // Weights: the transformer's parameters (or their gradients) as named tensors.
 //
+// Under tensor parallelism (t ranks) each rank holds its shard of every matrix (shard_dim says
+// which axis is split): attention heads and SwiGLU columns by rows of wq/wk/wv/w_gate/w_up and
+// columns of wo/w_down, the vocabulary by rows of wte/lm_head. Norm weights are replicated.
+//
 // The same struct holds parameters and gradients, so "grads.layers[i].wq" is the gradient of
 // "params.layers[i].wq". Linear weights are [out, in] as in torch.nn.Linear (y = x W^T).
 // named() lists every tensor in one fixed order with stable names ("layers.3.w_gate"); the
@@ -27,17 +31,25 @@ struct LayerWeights {
   Tensor w_down;     // [h, f]
 };
 
+// How a named tensor is split over the TP group.
+enum class ShardDim { kReplicated, kRows, kCols };
+ShardDim shard_dim(const std::string& name);
+
 struct Weights {
   Tensor wte;                        // [V, h] token embedding
   std::vector<LayerWeights> layers;  // L blocks
   Tensor final_norm;                 // [h]
   Tensor lm_head;                    // [V, h]
 
-  // Zero-filled tensors of the right shapes.
-  static Weights Zeros(const ModelConfig& c);
+  // Zero-filled tensors of the right (per-rank, for tp > 1) shapes.
+  static Weights Zeros(const ModelConfig& c, int tp = 1);
   // Deterministic initialisation from c.seed: N(0, init_std) for matrices, with the residual
   // output projections (wo, w_down) scaled by 1/sqrt(2L) as in GPT-2; norm weights = 1.
-  static Weights Init(const ModelConfig& c);
+  // For tp > 1 the full weights are generated and this rank's shard is kept, so every layout
+  // starts from the same model.
+  static Weights Init(const ModelConfig& c, int tp = 1, int tp_rank = 0);
+  // This rank's shard of full (tp = 1) weights.
+  static Weights Shard(const Weights& full, const ModelConfig& c, int tp, int tp_rank);
 
   // Every tensor with its name, sharing storage with this struct.
   std::vector<NamedTensor> named() const;
