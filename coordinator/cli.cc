@@ -1,0 +1,477 @@
+// grove: the command line of the coordinator.
+//   grove submit --config configs/demo.json --world 4 [--set train.steps=50] [--memory-gib 24]
+//   grove jobs | grove status JOB | grove watch JOB | grove logs JOB | grove cancel JOB
+// Human-readable tables by default; --json prints protobuf JSON (one object, or one event per
+// line for watch/logs). Every call has a deadline (--timeout); watch reconnects on its own.
+#include <google/protobuf/util/json_util.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <cstdio>
+#include <ctime>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "proto/client.h"
+#include "worker/train_config.h"
+
+namespace {
+
+namespace v1 = grove::v1;
+using grove::rpc::StateName;
+
+struct Common {
+  grove::rpc::ClientOptions client;
+  std::string token_file;
+  double timeout_s = 10;
+  bool json = false;
+};
+
+int Fail(const std::string& message) {
+  std::fprintf(stderr, "grove: error: %s\n", message.c_str());
+  return 2;
+}
+
+class Client {
+ public:
+  static grove::StatusOr<Client> Create(Common& c) {
+    auto token = grove::rpc::ResolveToken(c.client.token, c.token_file);
+    if (!token.ok()) return token.status();
+    c.client.token = token.value();
+    c.client.deadline = std::chrono::milliseconds(int64_t(c.timeout_s * 1000));
+    auto channel = grove::rpc::MakeChannel(c.client);
+    if (!channel.ok()) return channel.status();
+    return Client(c.client, channel.value());
+  }
+
+  template <typename Req, typename Resp, typename Method>
+  grpc::Status Call(Method method, const Req& req, Resp* resp) {
+    grpc::ClientContext ctx;
+    grove::rpc::PrepareContext(&ctx, options_.token, options_.deadline);
+    return ((*stub_).*method)(&ctx, req, resp);
+  }
+  v1::Coordinator::Stub& stub() { return *stub_; }
+  const grove::rpc::ClientOptions& options() const { return options_; }
+
+ private:
+  Client(grove::rpc::ClientOptions o, std::shared_ptr<grpc::Channel> ch)
+      : options_(std::move(o)), stub_(v1::Coordinator::NewStub(ch)) {}
+  grove::rpc::ClientOptions options_;
+  std::shared_ptr<v1::Coordinator::Stub> stub_;
+};
+
+int RpcFail(const std::string& what, const grpc::Status& st, const Common& c) {
+  std::string hint;
+  if (st.error_code() == grpc::StatusCode::UNAVAILABLE)
+    hint = " (is grove-coordinator running at " + c.client.address + "?)";
+  return Fail(what + ": " + grove::rpc::DescribeStatus(st) + hint);
+}
+
+std::string ToJson(const google::protobuf::Message& m, bool pretty = true) {
+  std::string out;
+  google::protobuf::util::JsonPrintOptions o;
+  o.add_whitespace = pretty;
+  o.preserve_proto_field_names = true;
+  (void)google::protobuf::util::MessageToJsonString(m, &out, o);
+  if (!pretty && !out.empty() && out.back() == '\n') out.pop_back();
+  return out;
+}
+
+std::string FormatTime(int64_t unix_ms) {
+  if (unix_ms == 0) return "-";
+  std::time_t t = unix_ms / 1000;
+  std::tm tm{};
+  localtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%S", &tm);
+  return buf;
+}
+
+std::string FormatAge(int64_t unix_ms) {
+  const int64_t now = std::chrono::duration_cast<std::chrono::milliseconds>(
+                          std::chrono::system_clock::now().time_since_epoch())
+                          .count();
+  int64_t s = std::max<int64_t>(0, (now - unix_ms) / 1000);
+  char buf[32];
+  if (s < 120)
+    std::snprintf(buf, sizeof buf, "%llds", (long long)s);
+  else if (s < 7200)
+    std::snprintf(buf, sizeof buf, "%lldm", (long long)(s / 60));
+  else
+    std::snprintf(buf, sizeof buf, "%lldh", (long long)(s / 3600));
+  return buf;
+}
+
+std::string Fmt(const char* f, double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, f, v);
+  return buf;
+}
+
+// A plain text table: columns padded to their widest cell.
+void PrintTable(const std::vector<std::string>& header,
+                const std::vector<std::vector<std::string>>& rows) {
+  std::vector<size_t> w(header.size());
+  for (size_t i = 0; i < header.size(); ++i) w[i] = header[i].size();
+  for (const auto& r : rows)
+    for (size_t i = 0; i < r.size() && i < w.size(); ++i) w[i] = std::max(w[i], r[i].size());
+  auto line = [&](const std::vector<std::string>& r) {
+    std::string s;
+    for (size_t i = 0; i < r.size(); ++i) {
+      s += r[i];
+      if (i + 1 < r.size()) s += std::string(w[i] - r[i].size() + 2, ' ');
+    }
+    std::printf("%s\n", s.c_str());
+  };
+  line(header);
+  for (const auto& r : rows) line(r);
+}
+
+std::string LayoutText(const v1::Layout& l) {
+  return "tp" + std::to_string(l.tp()) + " cp" + std::to_string(l.cp()) + " ep" +
+         std::to_string(l.ep()) + " dp" + std::to_string(l.dp()) + " " + l.recompute();
+}
+
+std::string EventText(const v1::JobEvent& e) {
+  std::string head = FormatTime(e.time_unix_ms()) + "  #" + std::to_string(e.revision()) + "  ";
+  if (e.has_transition())
+    return head + StateName(e.transition().from()) + " -> " + StateName(e.transition().to()) +
+           ": " + e.transition().reason();
+  if (e.has_metric()) {
+    const auto& m = e.metric();
+    std::string s = head + "step " + std::to_string(m.step()) + "  loss " + Fmt("%.4f", m.loss()) +
+                    "  lr " + Fmt("%.2e", m.lr()) + "  " + Fmt("%.0f", m.tokens_per_s()) +
+                    " tok/s  " + Fmt("%.0f", m.step_ms()) + " ms";
+    if (m.has_val_loss()) s += "  val " + Fmt("%.4f", m.val_loss());
+    return s;
+  }
+  return head + e.message();
+}
+
+// ---- submit ---------------------------------------------------------------------------------
+
+struct SubmitArgs {
+  std::string config_path, name, request_id, recompute;
+  std::vector<std::string> overrides;
+  int world = 1, tp = 0, cp = 0, ep = 0, dp = 0, ranks_per_host = 0, max_restarts = 0;
+  double memory_gib = 0;
+  bool quiet = false;
+};
+
+std::string RandomId() {
+  std::random_device rd;
+  char buf[40];
+  std::snprintf(buf, sizeof buf, "%08x%08x%08x", rd(), rd(), rd());
+  return buf;
+}
+
+int Submit(Common& c, const SubmitArgs& a) {
+  auto config = grove::LoadTrainConfig(a.config_path, a.overrides);
+  if (!config.ok()) return Fail(config.status().message());
+  // A recompute mode the user wrote down is kept; otherwise the planner chooses.
+  std::string recompute = a.recompute;
+  if (recompute.empty()) {
+    bool explicit_mode = false;
+    for (const auto& kv : a.overrides) explicit_mode |= kv.rfind("train.recompute=", 0) == 0;
+    if (!a.config_path.empty()) {
+      std::ifstream in(a.config_path);
+      auto j = nlohmann::json::parse(in, nullptr, false, true);
+      explicit_mode |= j.is_object() && j.contains("train") && j["train"].is_object() &&
+                       j["train"].contains("recompute");
+    }
+    if (explicit_mode) recompute = config.value().train.recompute;
+  }
+  v1::SubmitJobRequest req;
+  req.set_request_id(a.request_id.empty() ? RandomId() : a.request_id);
+  v1::JobSpec* spec = req.mutable_spec();
+  spec->set_name(a.name);
+  spec->set_config_json(config.value().ToJson().dump());
+  spec->set_max_restarts(a.max_restarts);
+  v1::ParallelSpec* p = spec->mutable_parallel();
+  p->set_world_size(a.world);
+  p->set_tp(a.tp);
+  p->set_cp(a.cp);
+  p->set_ep(a.ep);
+  p->set_dp(a.dp);
+  p->set_recompute(recompute);
+  p->set_device_memory_gib(a.memory_gib);
+  p->set_ranks_per_host(a.ranks_per_host);
+
+  auto client = Client::Create(c);
+  if (!client.ok()) return Fail(client.status().message());
+  v1::SubmitJobResponse resp;
+  grpc::Status st;
+  // Retries reuse the request id, so a submit that reached the server is not duplicated.
+  for (int attempt = 0; attempt < 4; ++attempt) {
+    resp.Clear();
+    st = client.value().Call(&v1::Coordinator::Stub::SubmitJob, req, &resp);
+    if (st.error_code() != grpc::StatusCode::UNAVAILABLE &&
+        st.error_code() != grpc::StatusCode::DEADLINE_EXCEEDED)
+      break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(500 << attempt));
+  }
+  if (!st.ok()) return RpcFail("submit", st, c);
+  const v1::Job& job = resp.job();
+  if (c.json) {
+    std::printf("%s\n", ToJson(resp).c_str());
+  } else if (a.quiet) {
+    std::printf("%s\n", job.id().c_str());
+  } else {
+    std::printf("%s %s (%s)\n", resp.existing() ? "existing job" : "submitted", job.id().c_str(),
+                StateName(job.state()).c_str());
+    std::printf("layout: %s\n", job.layout().explanation().c_str());
+    std::printf("launch: mpirun -np %d grove-worker train --coordinator %s --job %s\n",
+                job.layout().world_size(), c.client.address.c_str(), job.id().c_str());
+  }
+  return 0;
+}
+
+// ---- jobs / status --------------------------------------------------------------------------
+
+int Jobs(Common& c, const std::vector<std::string>& states, int limit) {
+  v1::ListJobsRequest req;
+  req.set_limit(limit);
+  for (const auto& s : states) {
+    v1::JobState st;
+    if (!v1::JobState_Parse(s, &st) || st == v1::JOB_STATE_UNSPECIFIED)
+      return Fail("--state " + s +
+                  " is not a job state (PENDING, RUNNING, RESTARTING, SUCCEEDED, FAILED, "
+                  "CANCELLED)");
+    req.add_states(st);
+  }
+  auto client = Client::Create(c);
+  if (!client.ok()) return Fail(client.status().message());
+  v1::ListJobsResponse resp;
+  grpc::Status st = client.value().Call(&v1::Coordinator::Stub::ListJobs, req, &resp);
+  if (!st.ok()) return RpcFail("jobs", st, c);
+  if (c.json) {
+    std::printf("%s\n", ToJson(resp).c_str());
+    return 0;
+  }
+  std::vector<std::vector<std::string>> rows;
+  for (const auto& j : resp.jobs())
+    rows.push_back({j.id(), j.spec().name().empty() ? "-" : j.spec().name(), StateName(j.state()),
+                    std::to_string(j.layout().world_size()), LayoutText(j.layout()),
+                    std::to_string(j.last_step()) + "/" + std::to_string(j.total_steps()),
+                    j.last_step() > 0 ? Fmt("%.4f", j.last_loss()) : "-",
+                    j.last_step() > 0 ? Fmt("%.0f", j.tokens_per_s()) : "-",
+                    FormatAge(j.created_unix_ms())});
+  PrintTable({"ID", "NAME", "STATE", "WORLD", "LAYOUT", "STEP", "LOSS", "TOK/S", "AGE"}, rows);
+  return 0;
+}
+
+int Status(Common& c, const std::string& id) {
+  auto client = Client::Create(c);
+  if (!client.ok()) return Fail(client.status().message());
+  v1::GetJobRequest req;
+  req.set_job_id(id);
+  v1::Job j;
+  grpc::Status st = client.value().Call(&v1::Coordinator::Stub::GetJob, req, &j);
+  if (!st.ok()) return RpcFail("status " + id, st, c);
+  if (c.json) {
+    std::printf("%s\n", ToJson(j).c_str());
+    return 0;
+  }
+  std::printf("job:       %s%s\n", j.id().c_str(),
+              j.spec().name().empty() ? "" : (" (" + j.spec().name() + ")").c_str());
+  std::printf("state:     %s%s\n", StateName(j.state()).c_str(),
+              j.cancel_requested() && !grove::rpc::IsTerminal(j.state()) ? " (cancelling)" : "");
+  std::printf("reason:    %s\n", j.reason().c_str());
+  std::printf("layout:    %s\n", j.layout().explanation().c_str());
+  std::printf("progress:  step %lld of %lld, loss %.4f, %.0f tokens/s\n", (long long)j.last_step(),
+              (long long)j.total_steps(), j.last_loss(), j.tokens_per_s());
+  std::printf("attempt:   %d (max restarts %d)\n", j.attempt(), j.spec().max_restarts());
+  std::printf("created:   %s\n\n", FormatTime(j.created_unix_ms()).c_str());
+  std::vector<std::vector<std::string>> rows;
+  for (const auto& w : j.workers())
+    rows.push_back({std::to_string(w.rank()), w.host(), std::to_string(w.pid()), w.devices(),
+                    std::to_string(w.step()), FormatAge(w.last_heartbeat_unix_ms()) + " ago",
+                    w.exited() ? "exited " + std::to_string(w.exit_code()) : "running"});
+  if (!rows.empty()) {
+    PrintTable({"RANK", "HOST", "PID", "DEVICES", "STEP", "HEARTBEAT", "STATUS"}, rows);
+    std::printf("\n");
+  }
+  rows.clear();
+  for (const auto& t : j.transitions())
+    rows.push_back({FormatTime(t.time_unix_ms()), StateName(t.from()) + " -> " + StateName(t.to()),
+                    t.reason()});
+  PrintTable({"TIME", "TRANSITION", "REASON"}, rows);
+  return 0;
+}
+
+// ---- watch / logs ---------------------------------------------------------------------------
+
+// Streams events until the job is terminal (follow) or the history is exhausted. Reconnects on
+// UNAVAILABLE / DEADLINE_EXCEEDED from the last revision seen. Returns the last state seen.
+int Stream(Common& c, const std::string& id, bool follow, bool metrics, bool quiet_messages,
+           v1::JobState* last_state) {
+  auto client = Client::Create(c);
+  if (!client.ok()) return Fail(client.status().message());
+  int64_t after = 0;
+  int failures = 0;
+  while (true) {
+    grpc::ClientContext ctx;
+    // A rolling deadline: long enough for a quiet job, short enough to notice a lost server.
+    grove::rpc::PrepareContext(&ctx, client.value().options().token, std::chrono::seconds(60));
+    v1::WatchJobRequest req;
+    req.set_job_id(id);
+    req.set_after_revision(after);
+    req.set_follow(follow);
+    req.set_include_metrics(metrics);
+    auto reader = client.value().stub().WatchJob(&ctx, req);
+    v1::JobEvent e;
+    while (reader->Read(&e)) {
+      failures = 0;
+      after = e.revision();
+      *last_state = e.state();
+      if (quiet_messages && e.has_message()) continue;
+      if (c.json)
+        std::printf("%s\n", ToJson(e, false).c_str());
+      else
+        std::printf("%s\n", EventText(e).c_str());
+      std::fflush(stdout);
+    }
+    grpc::Status st = reader->Finish();
+    if (st.ok()) return 0;
+    const bool retry = st.error_code() == grpc::StatusCode::UNAVAILABLE ||
+                       st.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
+    if (!retry || ++failures > 60) return RpcFail("watch " + id, st, c);
+    if (st.error_code() == grpc::StatusCode::UNAVAILABLE) {
+      if (failures == 1) std::fprintf(stderr, "grove: coordinator unavailable; reconnecting...\n");
+      std::this_thread::sleep_for(std::chrono::seconds(1));
+    } else {
+      failures = 0;  // a quiet period, not an error
+    }
+  }
+}
+
+int Watch(Common& c, const std::string& id) {
+  v1::JobState last = v1::JOB_STATE_UNSPECIFIED;
+  if (int rc = Stream(c, id, /*follow=*/true, /*metrics=*/true, /*quiet_messages=*/false, &last);
+      rc != 0)
+    return rc;
+  if (!c.json) std::printf("job %s: %s\n", id.c_str(), StateName(last).c_str());
+  return last == v1::SUCCEEDED ? 0 : 1;
+}
+
+int Cancel(Common& c, const std::string& id, const std::string& reason, bool wait) {
+  auto client = Client::Create(c);
+  if (!client.ok()) return Fail(client.status().message());
+  v1::CancelJobRequest req;
+  req.set_job_id(id);
+  req.set_reason(reason);
+  v1::Job j;
+  grpc::Status st = client.value().Call(&v1::Coordinator::Stub::CancelJob, req, &j);
+  if (!st.ok()) return RpcFail("cancel " + id, st, c);
+  if (wait && !grove::rpc::IsTerminal(j.state())) {
+    v1::JobState last = j.state();
+    if (int rc = Stream(c, id, true, false, true, &last); rc != 0) return rc;
+    v1::GetJobRequest g;
+    g.set_job_id(id);
+    st = client.value().Call(&v1::Coordinator::Stub::GetJob, g, &j);
+    if (!st.ok()) return RpcFail("status " + id, st, c);
+  }
+  if (c.json)
+    std::printf("%s\n", ToJson(j).c_str());
+  else
+    std::printf("%s: %s%s\n", j.id().c_str(), StateName(j.state()).c_str(),
+                grove::rpc::IsTerminal(j.state())
+                    ? (" (" + j.reason() + ")").c_str()
+                    : " (cancel requested; workers checkpoint and exit at their next step)");
+  return 0;
+}
+
+int Checkpoint(Common& c, const std::string& id) {
+  auto client = Client::Create(c);
+  if (!client.ok()) return Fail(client.status().message());
+  v1::CheckpointJobRequest req;
+  req.set_job_id(id);
+  v1::Job j;
+  grpc::Status st = client.value().Call(&v1::Coordinator::Stub::CheckpointJob, req, &j);
+  if (!st.ok()) return RpcFail("checkpoint " + id, st, c);
+  std::printf("%s: checkpoint #%lld requested\n", id.c_str(), (long long)j.checkpoint_seq());
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"grove: submit and track Grove training jobs"};
+  app.require_subcommand(1);
+  app.fallthrough();  // global options may follow the subcommand
+  Common c;
+  if (const char* env = std::getenv("GROVE_COORDINATOR"); env && *env) c.client.address = env;
+  app.add_option("--coordinator", c.client.address,
+                 "coordinator host:port (env GROVE_COORDINATOR; default 127.0.0.1:7070)");
+  app.add_option("--token-file", c.token_file,
+                 "bearer token file (or GROVE_TOKEN / GROVE_TOKEN_FILE)");
+  app.add_option("--tls-ca", c.client.tls_ca_file, "PEM CA of the coordinator's certificate");
+  app.add_option("--tls-server-name", c.client.tls_server_name,
+                 "name to check in the coordinator's certificate");
+  app.add_option("--timeout", c.timeout_s, "deadline of each call in seconds")
+      ->check(CLI::PositiveNumber);
+  app.add_flag("--json", c.json, "machine-readable output");
+
+  SubmitArgs sa;
+  auto* submit = app.add_subcommand("submit", "submit a training job");
+  submit->add_option("--config,-c", sa.config_path, "TrainConfig JSON file")->required();
+  submit->add_option("--set", sa.overrides, "override a config key: section.key=value");
+  submit->add_option("--world,-n", sa.world, "number of MPI ranks")->check(CLI::PositiveNumber);
+  submit->add_option("--tp", sa.tp, "tensor parallel size (default: planned)");
+  submit->add_option("--cp", sa.cp, "context parallel size (default 1)");
+  submit->add_option("--ep", sa.ep, "expert parallel size (default 1)");
+  submit->add_option("--dp", sa.dp, "data parallel size (default: world / (tp*cp))");
+  submit->add_option("--recompute", sa.recompute,
+                     "none | selective | full (default: the config's, else planned)");
+  submit->add_option("--memory-gib", sa.memory_gib, "memory per device in GiB (0 = no limit)");
+  submit->add_option("--ranks-per-host", sa.ranks_per_host, "devices per host (default: world)");
+  submit->add_option("--name", sa.name, "job name");
+  submit->add_option("--max-restarts", sa.max_restarts, "restarts from checkpoint on failure");
+  submit->add_option("--request-id", sa.request_id, "idempotency key (default: random)");
+  submit->add_flag("--quiet,-q", sa.quiet, "print only the job id");
+
+  std::vector<std::string> states;
+  int limit = 0;
+  auto* jobs = app.add_subcommand("jobs", "list jobs, newest first");
+  jobs->add_option("--state", states, "only jobs in these states");
+  jobs->add_option("--limit", limit, "at most this many (default 100)");
+
+  std::string id, reason;
+  bool wait = false, follow = false, no_metrics = false;
+  auto* status = app.add_subcommand("status", "a job's state, layout, workers and transitions");
+  status->add_option("job", id, "job id")->required();
+  auto* watch = app.add_subcommand("watch", "follow a job live (loss, tokens/s, transitions)");
+  watch->add_option("job", id, "job id")->required();
+  auto* logs = app.add_subcommand("logs", "a job's event log (transitions, workers, metrics)");
+  logs->add_option("job", id, "job id")->required();
+  logs->add_flag("--follow,-f", follow, "keep streaming until the job ends");
+  logs->add_flag("--no-metrics", no_metrics, "leave out per-step metrics");
+  auto* cancel = app.add_subcommand("cancel", "stop a job after a final checkpoint");
+  cancel->add_option("job", id, "job id")->required();
+  cancel->add_option("--reason", reason, "recorded with the cancellation");
+  cancel->add_flag("--wait", wait, "wait until the job is CANCELLED");
+  auto* checkpoint = app.add_subcommand("checkpoint", "ask a running job to checkpoint now");
+  checkpoint->add_option("job", id, "job id")->required();
+  CLI11_PARSE(app, argc, argv);
+
+  try {
+    if (submit->parsed()) return Submit(c, sa);
+    if (jobs->parsed()) return Jobs(c, states, limit);
+    if (status->parsed()) return Status(c, id);
+    if (watch->parsed()) return Watch(c, id);
+    if (cancel->parsed()) return Cancel(c, id, reason, wait);
+    if (checkpoint->parsed()) return Checkpoint(c, id);
+    if (logs->parsed()) {
+      v1::JobState last = v1::JOB_STATE_UNSPECIFIED;
+      return Stream(c, id, follow, !no_metrics, false, &last);
+    }
+  } catch (const std::exception& e) {
+    return Fail(e.what());
+  }
+  return 0;
+}

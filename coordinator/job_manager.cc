@@ -1,0 +1,736 @@
+#include "coordinator/job_manager.h"
+
+#include <google/protobuf/util/message_differencer.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "coordinator/planner.h"
+#include "proto/client.h"
+#include "worker/train_config.h"
+
+namespace grove::coordinator {
+
+namespace v1 = grove::v1;
+
+namespace {
+
+int64_t NowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+grpc::Status Invalid(const std::string& m) {
+  return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, m);
+}
+grpc::Status NotFound(const std::string& job_id) {
+  return grpc::Status(grpc::StatusCode::NOT_FOUND,
+                      "no job '" + job_id + "' (list jobs with `grove jobs`)");
+}
+grpc::Status Precondition(const std::string& m) {
+  return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, m);
+}
+
+std::string Seconds(std::chrono::milliseconds ms) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.1f s", ms.count() / 1000.0);
+  return buf;
+}
+
+std::string DescribeWorker(const v1::WorkerInfo& w) {
+  return "rank " + std::to_string(w.rank()) + " (host " + w.host() + ", pid " +
+         std::to_string(w.pid()) + ")";
+}
+
+bool Printable(const std::string& s) {
+  return std::all_of(s.begin(), s.end(), [](char c) { return c >= 0x21 && c <= 0x7e; });
+}
+
+// Validates a spec and plans its layout. Messages name the field.
+grpc::Status PlanJob(const v1::JobSpec& spec, v1::Layout* layout, std::string* resolved,
+                     int64_t* total_steps) {
+  if (spec.name().size() > 128) return Invalid("spec.name is longer than 128 bytes");
+  if (spec.max_restarts() < 0 || spec.max_restarts() > 100)
+    return Invalid("spec.max_restarts must be in [0, 100], got " +
+                   std::to_string(spec.max_restarts()));
+  if (spec.config_json().empty())
+    return Invalid(
+        "spec.config_json is empty (a TrainConfig JSON object: model, train, data, "
+        "out_dir)");
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(spec.config_json(), nullptr, /*allow_exceptions=*/true,
+                              /*ignore_comments=*/true);
+  } catch (const nlohmann::json::parse_error& e) {
+    return Invalid(std::string("spec.config_json is not valid JSON: ") + e.what());
+  }
+  if (!j.is_object()) return Invalid("spec.config_json must be a JSON object");
+  auto config = TrainConfigFromJson(j);
+  if (!config.ok()) return Invalid("spec.config_json: " + config.status().message());
+
+  const v1::ParallelSpec& p = spec.parallel();
+  PlanRequest req;
+  req.world_size = p.world_size();
+  req.tp = p.tp();
+  req.cp = p.cp();
+  req.ep = p.ep();
+  req.dp = p.dp();
+  req.recompute = p.recompute();
+  req.device_memory_gib = p.device_memory_gib();
+  req.ranks_per_host = p.ranks_per_host();
+  auto plan = PlanLayout(config.value(), req);
+  if (!plan.ok()) return Invalid("spec." + plan.status().message());
+  const Plan& pl = plan.value();
+  layout->set_world_size(pl.world);
+  layout->set_tp(pl.tp);
+  layout->set_cp(pl.cp);
+  layout->set_ep(pl.ep);
+  layout->set_dp(pl.dp);
+  layout->set_recompute(recompute_name(pl.recompute));
+  layout->set_sequence_parallel(pl.sp);
+  layout->set_bytes_per_device(pl.memory.total);
+  layout->set_device_memory_bytes(pl.device_memory_bytes);
+  layout->set_explanation(pl.explanation);
+  TrainConfig resolved_config = config.value();
+  resolved_config.train.recompute = recompute_name(pl.recompute);
+  *resolved = resolved_config.ToJson().dump();
+  *total_steps = resolved_config.train.steps;
+  return grpc::Status::OK;
+}
+
+Plan PlanFromLayout(const v1::Layout& l) {
+  Plan p;
+  p.world = l.world_size();
+  p.tp = l.tp();
+  p.cp = l.cp();
+  p.ep = l.ep();
+  p.dp = l.dp();
+  return p;
+}
+
+}  // namespace
+
+JobManager::JobManager(std::unique_ptr<JobStore> store, ManagerOptions options)
+    : store_(std::move(store)), options_(options) {}
+
+StatusOr<std::unique_ptr<JobManager>> JobManager::Create(std::unique_ptr<JobStore> store,
+                                                         ManagerOptions options) {
+  if (options.heartbeat_timeout.count() <= 0)
+    return Status::Error("heartbeat timeout must be positive");
+  std::unique_ptr<JobManager> m(new JobManager(std::move(store), options));
+  try {
+    m->next_number_ = m->store_->MaxJobNumber();
+    std::vector<v1::Job> jobs = m->store_->LoadJobs();
+    for (auto& job : jobs) {
+      Entry& e = m->jobs_[job.id()];
+      e.job = std::move(job);
+      if (!e.job.request_id().empty()) m->by_request_[e.job.request_id()] = e.job.id();
+      const auto now = Clock::now();
+      for (const auto& w : e.job.workers())
+        if (!w.exited()) e.last_seen[w.rank()] = now;  // a fresh timeout to reconnect
+      const v1::JobState s = e.job.state();
+      if ((s == v1::PENDING && e.job.workers_size() > 0) || s == v1::RESTARTING) {
+        e.waiting_for_ranks = true;
+        e.attempt_started = now;
+      }
+      for (auto& ev : m->store_->Events(
+               e.job.id(), std::max<int64_t>(0, e.job.revision() - int64_t(options.event_tail)),
+               true, int(options.event_tail)))
+        e.tail.push_back(std::move(ev));
+      if (!rpc::IsTerminal(s)) {
+        Change c{&e, {}, {}};
+        m->AddMessage(c, "coordinator restarted; waiting " + Seconds(options.heartbeat_timeout) +
+                             " for the workers' heartbeats");
+        std::vector<Waker> wake;
+        grpc::Status st = m->Commit(c, e.job, &wake);
+        if (!st.ok()) return Status::Error(st.error_message());
+      }
+    }
+  } catch (const Error& e) {
+    return Status::Error(e.what());
+  }
+  m->monitor_ = std::thread([p = m.get()] { p->Monitor(); });
+  return m;
+}
+
+JobManager::~JobManager() {
+  {
+    std::lock_guard<std::mutex> l(monitor_mu_);
+    stopping_ = true;
+  }
+  monitor_cv_.notify_all();
+  if (monitor_.joinable()) monitor_.join();
+}
+
+void JobManager::Monitor() {
+  const auto period = std::max(std::chrono::milliseconds(20), options_.heartbeat_timeout / 10);
+  std::unique_lock<std::mutex> l(monitor_mu_);
+  while (!monitor_cv_.wait_for(l, period, [this] { return stopping_; })) {
+    l.unlock();
+    CheckLiveness();
+    l.lock();
+  }
+}
+
+JobManager::Entry* JobManager::Find(const std::string& job_id) {
+  auto it = jobs_.find(job_id);
+  return it == jobs_.end() ? nullptr : &it->second;
+}
+
+v1::WorkerInfo* JobManager::FindWorker(Entry& e, int rank) {
+  for (auto& w : *e.job.mutable_workers())
+    if (w.rank() == rank) return &w;
+  return nullptr;
+}
+
+v1::JobEvent& JobManager::AddEvent(Change& c) {
+  v1::Job& job = c.entry->job;
+  v1::JobEvent& ev = c.events.emplace_back();
+  ev.set_job_id(job.id());
+  ev.set_revision(job.revision() + 1);
+  job.set_revision(job.revision() + 1);
+  ev.set_time_unix_ms(NowMs());
+  ev.set_state(job.state());
+  return ev;
+}
+
+void JobManager::AddMessage(Change& c, const std::string& message) {
+  AddEvent(c).set_message(message);
+}
+
+void JobManager::Transition(Change& c, v1::JobState to, const std::string& reason) {
+  v1::Job& job = c.entry->job;
+  GROVE_CHECK(!rpc::IsTerminal(job.state())) << job.id() << " is terminal";
+  v1::Transition t;
+  t.set_from(job.state());
+  t.set_to(to);
+  t.set_reason(reason);
+  t.set_time_unix_ms(NowMs());
+  job.set_state(to);
+  job.set_reason(reason);
+  v1::JobEvent& ev = AddEvent(c);
+  t.set_revision(ev.revision());
+  *ev.mutable_transition() = t;
+  *job.add_transitions() = t;
+  if (rpc::IsTerminal(to)) c.entry->waiting_for_ranks = false;
+}
+
+void JobManager::FailOrRestart(Change& c, const std::string& reason) {
+  Entry& e = *c.entry;
+  v1::Job& job = e.job;
+  if (job.cancel_requested()) {
+    Transition(c, v1::CANCELLED,
+               "cancelled (" + job.cancel_reason() + "); while stopping: " + reason);
+    return;
+  }
+  if (job.state() == v1::RUNNING && job.attempt() < job.spec().max_restarts()) {
+    Transition(c, v1::RESTARTING,
+               reason + "; restart " + std::to_string(job.attempt() + 1) + " of " +
+                   std::to_string(job.spec().max_restarts()) + " from the last checkpoint");
+    job.set_attempt(job.attempt() + 1);
+    job.clear_workers();
+    e.last_seen.clear();
+    e.waiting_for_ranks = true;
+    e.attempt_started = Clock::now();
+    return;
+  }
+  Transition(c, v1::FAILED, reason);
+}
+
+void JobManager::TouchWorker(Change& c, v1::WorkerInfo* w) {
+  c.entry->last_seen[w->rank()] = Clock::now();
+  w->set_last_heartbeat_unix_ms(NowMs());
+  c.workers.push_back(*w);
+}
+
+grpc::Status JobManager::Commit(Change& c, const v1::Job& before, std::vector<Waker>* wake) {
+  Entry& e = *c.entry;
+  e.job.set_updated_unix_ms(NowMs());
+  try {
+    store_->Commit(e.job, c.events, c.workers);
+  } catch (const Error& err) {
+    e.job = before;
+    return grpc::Status(grpc::StatusCode::INTERNAL,
+                        std::string("job database write failed: ") + err.what());
+  }
+  for (const auto& ev : c.events) {
+    e.tail.push_back(ev);
+    if (e.tail.size() > options_.event_tail) e.tail.pop_front();
+  }
+  if (!c.events.empty()) {
+    auto keep = e.waiters.begin();
+    for (auto it = e.waiters.begin(); it != e.waiters.end(); ++it) {
+      bool ready = false;
+      for (const auto& ev : c.events)
+        if (ev.revision() > it->after && (it->include_metrics || !ev.has_metric())) ready = true;
+      ready |= rpc::IsTerminal(e.job.state());
+      if (ready)
+        wake->push_back(std::move(it->wake));
+      else
+        *keep++ = std::move(*it);
+    }
+    e.waiters.erase(keep, e.waiters.end());
+  }
+  return grpc::Status::OK;
+}
+
+// ---- Jobs ---------------------------------------------------------------------------------------
+
+grpc::Status JobManager::Submit(const v1::SubmitJobRequest& req, v1::SubmitJobResponse* resp) {
+  if (req.request_id().size() > 128 || !Printable(req.request_id()))
+    return Invalid("request_id must be at most 128 printable characters without spaces");
+  if (!req.has_spec()) return Invalid("spec is missing");
+  if (!req.request_id().empty()) {
+    std::lock_guard<std::mutex> l(mu_);
+    if (auto it = by_request_.find(req.request_id()); it != by_request_.end()) {
+      const Entry& e = jobs_.at(it->second);
+      if (!google::protobuf::util::MessageDifferencer::Equals(e.job.spec(), req.spec()))
+        return grpc::Status(grpc::StatusCode::ALREADY_EXISTS,
+                            "request_id '" + req.request_id() + "' was used for " + e.job.id() +
+                                " with a different spec; use a new request_id");
+      *resp->mutable_job() = e.job;
+      resp->set_existing(true);
+      return grpc::Status::OK;
+    }
+  }
+  // Validation and planning run without the lock (they do not touch shared state).
+  v1::Layout layout;
+  std::string resolved;
+  int64_t total_steps = 0;
+  if (grpc::Status st = PlanJob(req.spec(), &layout, &resolved, &total_steps); !st.ok()) return st;
+
+  std::vector<Waker> wake;
+  std::unique_lock<std::mutex> l(mu_);
+  if (auto it = by_request_.find(req.request_id());
+      !req.request_id().empty() && it != by_request_.end()) {  // a concurrent retry won
+    *resp->mutable_job() = jobs_.at(it->second).job;
+    resp->set_existing(true);
+    return grpc::Status::OK;
+  }
+  char id[32];
+  std::snprintf(id, sizeof id, "job-%06lld", static_cast<long long>(next_number_ + 1));
+  Entry& e = jobs_[id];
+  v1::Job& job = e.job;
+  job.set_id(id);
+  job.set_request_id(req.request_id());
+  *job.mutable_spec() = req.spec();
+  *job.mutable_layout() = layout;
+  job.set_resolved_config_json(resolved);
+  job.set_total_steps(total_steps);
+  job.set_created_unix_ms(NowMs());
+  Change c{&e, {}, {}};
+  Transition(c, v1::PENDING,
+             "submitted: " + layout.explanation() + "; waiting for " +
+                 std::to_string(layout.world_size()) + " ranks to register");
+  if (grpc::Status st = Commit(c, v1::Job(), &wake); !st.ok()) {
+    jobs_.erase(id);
+    return st;
+  }
+  ++next_number_;
+  if (!req.request_id().empty()) by_request_[req.request_id()] = id;
+  *resp->mutable_job() = job;
+  resp->set_existing(false);
+  return grpc::Status::OK;
+}
+
+grpc::Status JobManager::Get(const std::string& job_id, v1::Job* job) {
+  if (job_id.empty()) return Invalid("job_id is empty");
+  std::lock_guard<std::mutex> l(mu_);
+  Entry* e = Find(job_id);
+  if (e == nullptr) return NotFound(job_id);
+  *job = e->job;
+  return grpc::Status::OK;
+}
+
+grpc::Status JobManager::List(const v1::ListJobsRequest& req, v1::ListJobsResponse* resp) {
+  if (req.limit() < 0) return Invalid("limit must be >= 0 (0 = 100)");
+  const int limit = req.limit() == 0 ? 100 : req.limit();
+  std::set<int> states(req.states().begin(), req.states().end());
+  std::lock_guard<std::mutex> l(mu_);
+  for (auto it = jobs_.rbegin(); it != jobs_.rend() && resp->jobs_size() < limit; ++it) {
+    if (!states.empty() && !states.count(it->second.job.state())) continue;
+    v1::Job* j = resp->add_jobs();
+    *j = it->second.job;
+    j->clear_transitions();
+    j->clear_resolved_config_json();
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status JobManager::Cancel(const v1::CancelJobRequest& req, v1::Job* out) {
+  if (req.job_id().empty()) return Invalid("job_id is empty");
+  if (req.reason().size() > 1024) return Invalid("reason is longer than 1024 bytes");
+  std::vector<Waker> wake;
+  std::unique_lock<std::mutex> l(mu_);
+  Entry* e = Find(req.job_id());
+  if (e == nullptr) return NotFound(req.job_id());
+  v1::Job& job = e->job;
+  const v1::Job before = job;
+  const std::string reason = req.reason().empty() ? "requested by the user" : req.reason();
+  if (job.state() == v1::CANCELLED || (job.cancel_requested() && !rpc::IsTerminal(job.state()))) {
+    *out = job;  // a retried cancel
+    return grpc::Status::OK;
+  }
+  if (rpc::IsTerminal(job.state()))
+    return Precondition("job " + job.id() + " is already " + rpc::StateName(job.state()) + " (" +
+                        job.reason() + "); it cannot be cancelled");
+  Change c{e, {}, {}};
+  bool live = false;
+  for (const auto& w : job.workers()) live |= !w.exited();
+  if (!live) {
+    Transition(c, v1::CANCELLED, "cancelled before any worker ran: " + reason);
+  } else {
+    job.set_cancel_requested(true);
+    job.set_cancel_reason(reason);
+    AddMessage(c, "cancel requested (" + reason +
+                      "): workers save a checkpoint at their next step and exit");
+  }
+  if (grpc::Status st = Commit(c, before, &wake); !st.ok()) return st;
+  *out = job;
+  l.unlock();
+  for (auto& w : wake) w();
+  return grpc::Status::OK;
+}
+
+grpc::Status JobManager::RequestCheckpoint(const std::string& job_id, v1::Job* out) {
+  if (job_id.empty()) return Invalid("job_id is empty");
+  std::vector<Waker> wake;
+  std::unique_lock<std::mutex> l(mu_);
+  Entry* e = Find(job_id);
+  if (e == nullptr) return NotFound(job_id);
+  if (e->job.state() != v1::RUNNING)
+    return Precondition("job " + job_id + " is " + rpc::StateName(e->job.state()) +
+                        "; only a RUNNING job can checkpoint");
+  const v1::Job before = e->job;
+  Change c{e, {}, {}};
+  e->job.set_checkpoint_seq(e->job.checkpoint_seq() + 1);
+  AddMessage(c, "checkpoint #" + std::to_string(e->job.checkpoint_seq()) + " requested");
+  if (grpc::Status st = Commit(c, before, &wake); !st.ok()) return st;
+  *out = e->job;
+  l.unlock();
+  for (auto& w : wake) w();
+  return grpc::Status::OK;
+}
+
+grpc::Status JobManager::Metrics(const v1::GetMetricsRequest& req, v1::GetMetricsResponse* resp) {
+  if (req.job_id().empty()) return Invalid("job_id is empty");
+  if (req.limit() < 0) return Invalid("limit must be >= 0 (0 = 1000)");
+  std::lock_guard<std::mutex> l(mu_);
+  if (Find(req.job_id()) == nullptr) return NotFound(req.job_id());
+  try {
+    for (auto& m : store_->Metrics(req.job_id(), req.after_step(),
+                                   req.limit() == 0 ? 1000 : std::min(req.limit(), 100000)))
+      *resp->add_metrics() = std::move(m);
+  } catch (const Error& err) {
+    return grpc::Status(grpc::StatusCode::INTERNAL, err.what());
+  }
+  return grpc::Status::OK;
+}
+
+// ---- Workers ------------------------------------------------------------------------------------
+
+grpc::Status JobManager::Register(const v1::RegisterWorkerRequest& req,
+                                  v1::RegisterWorkerResponse* resp) {
+  if (req.job_id().empty()) return Invalid("job_id is empty");
+  if (req.world_size() < 1) return Invalid("world_size must be >= 1");
+  if (req.rank() < 0 || req.rank() >= req.world_size())
+    return Invalid("rank=" + std::to_string(req.rank()) +
+                   " is outside [0, world_size=" + std::to_string(req.world_size()) + ")");
+  if (req.host().empty() || req.host().size() > 255) return Invalid("host must be 1-255 bytes");
+  if (req.devices().size() > 1024) return Invalid("devices is longer than 1024 bytes");
+  std::vector<Waker> wake;
+  std::unique_lock<std::mutex> l(mu_);
+  Entry* e = Find(req.job_id());
+  if (e == nullptr) return NotFound(req.job_id());
+  v1::Job& job = e->job;
+  if (rpc::IsTerminal(job.state()))
+    return Precondition("job " + job.id() + " is " + rpc::StateName(job.state()) + " (" +
+                        job.reason() + "); it takes no more workers");
+  if (job.cancel_requested())
+    return Precondition("job " + job.id() + " is being cancelled; it takes no more workers");
+  if (req.world_size() != job.layout().world_size())
+    return Precondition("job " + job.id() +
+                        " was planned for world_size=" + std::to_string(job.layout().world_size()) +
+                        " but this worker runs in a world of " + std::to_string(req.world_size()) +
+                        " (mpirun -np " + std::to_string(job.layout().world_size()) + ")");
+  if (const v1::WorkerInfo* w = FindWorker(*e, req.rank()))
+    return grpc::Status(grpc::StatusCode::ALREADY_EXISTS,
+                        "rank " + std::to_string(req.rank()) + " of job " + job.id() +
+                            " is already registered (host " + w->host() + ", pid " +
+                            std::to_string(w->pid()) + ", attempt " +
+                            std::to_string(job.attempt()) + "); a rank registers once per attempt");
+
+  const v1::Job before = job;
+  Change c{e, {}, {}};
+  if (job.workers_size() == 0) {
+    e->waiting_for_ranks = true;
+    e->attempt_started = Clock::now();
+  }
+  v1::WorkerInfo* w = job.add_workers();
+  w->set_rank(req.rank());
+  w->set_host(req.host());
+  w->set_pid(req.pid());
+  w->set_devices(req.devices());
+  w->set_attempt(job.attempt());
+  w->set_registered_unix_ms(NowMs());
+  TouchWorker(c, w);
+  std::sort(job.mutable_workers()->begin(), job.mutable_workers()->end(),
+            [](const v1::WorkerInfo& a, const v1::WorkerInfo& b) { return a.rank() < b.rank(); });
+  const int world = job.layout().world_size();
+  AddMessage(c, "rank " + std::to_string(req.rank()) + " registered from " + req.host() + " (pid " +
+                    std::to_string(req.pid()) + ", " + req.devices() + "), " +
+                    std::to_string(job.workers_size()) + " of " + std::to_string(world));
+  if (job.workers_size() == world) {
+    // Ranks on the same host should share a TP group (the planner made tp divide ranks per host).
+    const int tp = job.layout().tp();
+    for (int g = 0; g < world / tp; ++g) {
+      std::set<std::string> hosts;
+      for (int r = g * tp; r < (g + 1) * tp; ++r) hosts.insert(job.workers(r).host());
+      if (hosts.size() > 1)
+        AddMessage(c, "warning: the tp group of ranks " + std::to_string(g * tp) + "-" +
+                          std::to_string((g + 1) * tp - 1) +
+                          " spans several hosts; place ranks by slot so TP stays on one host");
+    }
+    e->waiting_for_ranks = false;
+    Transition(c, v1::RUNNING,
+               "all " + std::to_string(world) + " ranks registered (attempt " +
+                   std::to_string(job.attempt()) + ")");
+  }
+  if (grpc::Status st = Commit(c, before, &wake); !st.ok()) return st;
+
+  resp->set_job_id(job.id());
+  resp->set_attempt(job.attempt());
+  *resp->mutable_layout() = job.layout();
+  const Coords co = RankCoords(PlanFromLayout(job.layout()), req.rank());
+  auto* gc = resp->mutable_coords();
+  gc->set_tp(co.tp);
+  gc->set_cp(co.cp);
+  gc->set_dp(co.dp);
+  gc->set_ep(co.ep);
+  gc->set_edp(co.edp);
+  resp->set_config_json(job.resolved_config_json());
+  resp->set_resume(job.attempt() > 0);
+  resp->set_heartbeat_interval_ms(options_.heartbeat_interval.count());
+  resp->set_heartbeat_timeout_ms(options_.heartbeat_timeout.count());
+  for (const auto& wk : job.workers()) {
+    auto* p = resp->add_peers();
+    p->set_rank(wk.rank());
+    p->set_host(wk.host());
+  }
+  l.unlock();
+  for (auto& fn : wake) fn();
+  return grpc::Status::OK;
+}
+
+grpc::Status JobManager::Heartbeat(const v1::HeartbeatRequest& req, v1::HeartbeatResponse* resp) {
+  if (req.job_id().empty()) return Invalid("job_id is empty");
+  if (req.metrics_size() > 10000) return Invalid("metrics: at most 10000 per heartbeat");
+  std::vector<Waker> wake;
+  std::unique_lock<std::mutex> l(mu_);
+  Entry* e = Find(req.job_id());
+  if (e == nullptr) return NotFound(req.job_id());
+  v1::Job& job = e->job;
+  if (req.attempt() != job.attempt()) {
+    resp->set_action(v1::ACTION_ABORT);
+    resp->set_reason("attempt " + std::to_string(req.attempt()) + " of job " + job.id() +
+                     " is over (" + rpc::StateName(job.state()) + ": " + job.reason() + ")");
+    return grpc::Status::OK;
+  }
+  if (job.state() == v1::FAILED || job.state() == v1::CANCELLED) {
+    resp->set_action(v1::ACTION_ABORT);
+    resp->set_reason("job " + job.id() + " is " + rpc::StateName(job.state()) + ": " +
+                     job.reason());
+    return grpc::Status::OK;
+  }
+  v1::WorkerInfo* w = FindWorker(*e, req.rank());
+  if (w == nullptr)
+    return Precondition("rank " + std::to_string(req.rank()) + " is not registered for job " +
+                        job.id() + " (attempt " + std::to_string(job.attempt()) + ")");
+  if (w->exited())
+    return Precondition("rank " + std::to_string(req.rank()) + " of job " + job.id() +
+                        " already reported its exit");
+  const v1::Job before = job;
+  Change c{e, {}, {}};
+  w->set_step(req.step());
+  w->set_memory_bytes(req.memory_bytes());
+  TouchWorker(c, w);
+  for (const auto& m : req.metrics()) {
+    v1::JobEvent& ev = AddEvent(c);
+    *ev.mutable_metric() = m;
+    ev.mutable_metric()->set_rank(req.rank());
+    if (m.time_unix_ms() == 0) ev.mutable_metric()->set_time_unix_ms(ev.time_unix_ms());
+    if (m.step() >= job.last_step()) {
+      job.set_last_step(m.step());
+      job.set_last_loss(m.loss());
+      job.set_tokens_per_s(m.tokens_per_s());
+    }
+  }
+  if (grpc::Status st = Commit(c, before, &wake); !st.ok()) return st;
+  if (job.cancel_requested()) {
+    resp->set_action(v1::ACTION_STOP);
+    resp->set_reason("job cancelled: " + job.cancel_reason());
+  } else if (job.checkpoint_seq() > 0) {
+    resp->set_action(v1::ACTION_CHECKPOINT);
+    resp->set_reason("checkpoint requested");
+  }
+  resp->set_checkpoint_seq(job.checkpoint_seq());
+  l.unlock();
+  for (auto& fn : wake) fn();
+  return grpc::Status::OK;
+}
+
+grpc::Status JobManager::ReportExit(const v1::ReportExitRequest& req,
+                                    v1::ReportExitResponse* resp) {
+  if (req.job_id().empty()) return Invalid("job_id is empty");
+  if (req.message().size() > 4096) return Invalid("message is longer than 4096 bytes");
+  std::vector<Waker> wake;
+  std::unique_lock<std::mutex> l(mu_);
+  Entry* e = Find(req.job_id());
+  if (e == nullptr) return NotFound(req.job_id());
+  v1::Job& job = e->job;
+  resp->set_state(job.state());
+  if (req.attempt() != job.attempt()) return grpc::Status::OK;  // an attempt that is over
+  v1::WorkerInfo* w = FindWorker(*e, req.rank());
+  if (w == nullptr)
+    return Precondition("rank " + std::to_string(req.rank()) + " is not registered for job " +
+                        job.id() + " (attempt " + std::to_string(job.attempt()) + ")");
+  if (w->exited()) return grpc::Status::OK;  // a retried report
+  const v1::Job before = job;
+  Change c{e, {}, {}};
+  w->set_exited(true);
+  w->set_exit_code(req.exit_code());
+  w->set_exit_message(req.message());
+  w->set_step(req.final_step());
+  TouchWorker(c, w);
+  e->last_seen.erase(req.rank());
+  AddMessage(c, DescribeWorker(*w) + " exited with code " + std::to_string(req.exit_code()) +
+                    " at step " + std::to_string(req.final_step()) +
+                    (req.message().empty() ? "" : ": " + req.message()));
+  if (!rpc::IsTerminal(job.state()) && job.state() != v1::RESTARTING) {
+    if (req.exit_code() != 0 && !job.cancel_requested()) {
+      FailOrRestart(c, DescribeWorker(*w) + " exited with code " + std::to_string(req.exit_code()) +
+                           (req.message().empty() ? "" : ": " + req.message()));
+    } else {
+      bool all = job.workers_size() == job.layout().world_size();
+      int64_t min_step = INT64_MAX;
+      bool clean = true;
+      for (const auto& wk : job.workers()) {
+        all &= wk.exited();
+        min_step = std::min(min_step, wk.step());
+        clean &= wk.exit_code() == 0;
+      }
+      if (all) {
+        if (job.cancel_requested())
+          Transition(c, v1::CANCELLED,
+                     "cancelled (" + job.cancel_reason() + "); workers stopped at step " +
+                         std::to_string(min_step) + " after a final checkpoint");
+        else if (clean && min_step >= job.total_steps())
+          Transition(c, v1::SUCCEEDED,
+                     "all " + std::to_string(job.workers_size()) + " ranks finished step " +
+                         std::to_string(min_step));
+        else
+          Transition(c, v1::FAILED,
+                     "the workers exited at step " + std::to_string(min_step) +
+                         " before train.steps=" + std::to_string(job.total_steps()));
+      }
+    }
+  }
+  if (grpc::Status st = Commit(c, before, &wake); !st.ok()) return st;
+  resp->set_state(job.state());
+  l.unlock();
+  for (auto& fn : wake) fn();
+  return grpc::Status::OK;
+}
+
+// ---- Liveness -----------------------------------------------------------------------------------
+
+void JobManager::CheckLiveness() {
+  std::vector<Waker> wake;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    const auto now = Clock::now();
+    for (auto& [id, e] : jobs_) {
+      v1::Job& job = e.job;
+      if (rpc::IsTerminal(job.state())) continue;
+      const v1::Job before = job;
+      Change c{&e, {}, {}};
+      for (const auto& w : job.workers()) {
+        auto it = e.last_seen.find(w.rank());
+        if (w.exited() || it == e.last_seen.end()) continue;
+        const auto silent = std::chrono::duration_cast<std::chrono::milliseconds>(now - it->second);
+        if (silent > options_.heartbeat_timeout) {
+          FailOrRestart(c, DescribeWorker(w) + " sent no heartbeat for " + Seconds(silent) +
+                               " (timeout " + Seconds(options_.heartbeat_timeout) + ")");
+          break;
+        }
+      }
+      if (c.events.empty() && e.waiting_for_ranks &&
+          now - e.attempt_started > options_.registration_timeout) {
+        Transition(c, v1::FAILED,
+                   "only " + std::to_string(job.workers_size()) + " of " +
+                       std::to_string(job.layout().world_size()) + " ranks registered within " +
+                       Seconds(options_.registration_timeout) +
+                       (job.attempt() > 0 ? " after the restart" : ""));
+      }
+      if (!c.events.empty()) {
+        grpc::Status st = Commit(c, before, &wake);
+        if (!st.ok()) std::fprintf(stderr, "grove-coordinator: %s\n", st.error_message().c_str());
+      }
+    }
+  }
+  for (auto& fn : wake) fn();
+}
+
+// ---- Watch --------------------------------------------------------------------------------------
+
+grpc::Status JobManager::Events(const std::string& job_id, int64_t after, bool include_metrics,
+                                int limit, std::vector<v1::JobEvent>* out, int64_t* next_after,
+                                bool* terminal) {
+  std::lock_guard<std::mutex> l(mu_);
+  Entry* e = Find(job_id);
+  if (e == nullptr) return NotFound(job_id);
+  *terminal = rpc::IsTerminal(e->job.state());
+  *next_after = std::max(after, e->job.revision());
+  if (after >= e->job.revision()) return grpc::Status::OK;
+  if (!e->tail.empty() && e->tail.front().revision() <= after + 1) {
+    for (const auto& ev : e->tail) {
+      if (ev.revision() <= after || (!include_metrics && ev.has_metric())) continue;
+      if (int(out->size()) >= limit) {
+        *next_after = out->back().revision();
+        break;
+      }
+      out->push_back(ev);
+    }
+    return grpc::Status::OK;
+  }
+  try {
+    *out = store_->Events(job_id, after, include_metrics, limit);
+  } catch (const Error& err) {
+    return grpc::Status(grpc::StatusCode::INTERNAL, err.what());
+  }
+  // Every committed event is in the store, so a short page means all were scanned.
+  if (int(out->size()) >= limit) *next_after = out->back().revision();
+  return grpc::Status::OK;
+}
+
+uint64_t JobManager::WaitForEvents(const std::string& job_id, int64_t after, bool include_metrics,
+                                   Waker wake) {
+  std::lock_guard<std::mutex> l(mu_);
+  Entry* e = Find(job_id);
+  if (e == nullptr || rpc::IsTerminal(e->job.state()) || after < e->job.revision()) return 0;
+  const uint64_t id = next_waiter_++;
+  e->waiters.push_back(Waiter{id, after, include_metrics, std::move(wake)});
+  return id;
+}
+
+void JobManager::CancelWait(const std::string& job_id, uint64_t waiter) {
+  std::lock_guard<std::mutex> l(mu_);
+  Entry* e = Find(job_id);
+  if (e == nullptr) return;
+  std::erase_if(e->waiters, [&](const Waiter& w) { return w.id == waiter; });
+}
+
+}  // namespace grove::coordinator

@@ -1,0 +1,111 @@
+// grove-coordinator: plans and tracks training jobs (DESIGN.md §10, docs/coordinator.md).
+//   grove-coordinator --db runs/coordinator/grove.db --token-file runs/coordinator/token
+#include <CLI/CLI.hpp>
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include "coordinator/server.h"
+#include "proto/client.h"
+
+namespace {
+
+int Fail(const std::string& message) {
+  std::fprintf(stderr, "grove-coordinator: error: %s\n", message.c_str());
+  return 2;
+}
+
+bool IsLoopback(const std::string& listen) {
+  return listen.rfind("127.", 0) == 0 || listen.rfind("localhost:", 0) == 0 ||
+         listen.rfind("[::1]:", 0) == 0 || listen.rfind("unix:", 0) == 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"Grove coordinator: jobs, worker registration, liveness (gRPC)"};
+  grove::coordinator::ServerOptions server;
+  std::string db_path = "runs/coordinator/grove.db";
+  std::string token_file, port_file;
+  double heartbeat_timeout_s = 30, registration_timeout_s = 300, heartbeat_interval_s = 0;
+  app.add_option("--listen", server.listen,
+                 "host:port to listen on (default 127.0.0.1:7070, loopback only; port 0 picks "
+                 "a free port)");
+  app.add_option("--db", db_path, "SQLite job database (created if missing)");
+  app.add_option("--token-file", token_file,
+                 "file holding the bearer token clients must send (or GROVE_TOKEN / "
+                 "GROVE_TOKEN_FILE)");
+  app.add_flag("--no-auth", server.allow_no_auth, "accept calls without a token (testing only)");
+  app.add_option("--tls-cert", server.tls_cert_file, "PEM server certificate (enables TLS)");
+  app.add_option("--tls-key", server.tls_key_file, "PEM server private key");
+  app.add_option("--tls-client-ca", server.tls_client_ca_file,
+                 "PEM CA that client certificates must chain to (mutual TLS)");
+  app.add_option("--heartbeat-timeout", heartbeat_timeout_s,
+                 "seconds of worker silence that fail its job")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--heartbeat-interval", heartbeat_interval_s,
+                 "seconds between worker heartbeats (default: min(1, timeout/5))")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--registration-timeout", registration_timeout_s,
+                 "seconds a job waits for its remaining ranks once one registered")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--port-file", port_file, "write the port actually bound to this file");
+  CLI11_PARSE(app, argc, argv);
+
+  auto token = grove::rpc::ResolveToken("", token_file);
+  if (!token.ok()) return Fail(token.status().message());
+  server.token = token.value();
+  if (!IsLoopback(server.listen) && server.tls_cert_file.empty())
+    std::fprintf(stderr,
+                 "grove-coordinator: warning: listening on %s without TLS; the token crosses "
+                 "the network in clear text (pass --tls-cert/--tls-key)\n",
+                 server.listen.c_str());
+
+  // Block the stop signals in every thread; the main thread waits for them below.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+
+  try {
+    const std::filesystem::path db(db_path);
+    if (db.has_parent_path()) std::filesystem::create_directories(db.parent_path());
+    auto store = grove::coordinator::JobStore::Open(db_path);
+    if (!store.ok()) return Fail(store.status().message());
+    grove::coordinator::ManagerOptions mo;
+    mo.heartbeat_timeout = std::chrono::milliseconds(int64_t(heartbeat_timeout_s * 1000));
+    mo.registration_timeout = std::chrono::milliseconds(int64_t(registration_timeout_s * 1000));
+    mo.heartbeat_interval =
+        heartbeat_interval_s > 0
+            ? std::chrono::milliseconds(int64_t(heartbeat_interval_s * 1000))
+            : std::min(std::chrono::milliseconds(1000), mo.heartbeat_timeout / 5);
+    if (mo.heartbeat_interval >= mo.heartbeat_timeout)
+      return Fail("--heartbeat-interval must be shorter than --heartbeat-timeout");
+    auto manager = grove::coordinator::JobManager::Create(std::move(store).value(), mo);
+    if (!manager.ok()) return Fail(manager.status().message());
+    std::shared_ptr<grove::coordinator::JobManager> shared = std::move(manager).value();
+    auto srv = grove::coordinator::CoordinatorServer::Start(shared, server);
+    if (!srv.ok()) return Fail(srv.status().message());
+    const int port = srv.value()->port();
+    if (!port_file.empty()) {
+      const std::string tmp = port_file + ".tmp";
+      std::ofstream(tmp) << port << "\n";
+      std::filesystem::rename(tmp, port_file);
+    }
+    std::printf(
+        "grove-coordinator: listening on %s (port %d), db %s, heartbeat timeout %.1f s%s%s\n",
+        server.listen.c_str(), port, db_path.c_str(), heartbeat_timeout_s,
+        server.tls_cert_file.empty() ? "" : ", TLS", server.allow_no_auth ? ", NO AUTH" : "");
+    std::fflush(stdout);
+    int sig = 0;
+    sigwait(&stop_signals, &sig);
+    std::printf("grove-coordinator: signal %d, shutting down\n", sig);
+    srv.value()->Shutdown();
+  } catch (const std::exception& e) {
+    return Fail(e.what());
+  }
+  return 0;
+}

@@ -1,0 +1,203 @@
+#include "coordinator/planner.h"
+
+#include <cmath>
+#include <cstdio>
+#include <vector>
+
+namespace grove::coordinator {
+
+namespace {
+
+constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
+
+Status Err(const std::string& m) {
+  return Status::Error(m);
+}
+
+// Why `tp` cannot split this model (empty when it can).
+std::string TpModelConflict(const TrainConfig& c, int tp, int cp) {
+  const ModelConfig& m = c.model;
+  auto bad = [&](const std::string& what, int v) {
+    return "tp=" + std::to_string(tp) + " does not divide " + what + "=" + std::to_string(v);
+  };
+  if (m.n_heads % tp != 0) return bad("model.n_heads", m.n_heads);
+  if (m.kv_heads() % tp != 0) return bad("the kv heads (model.n_kv_heads)", m.kv_heads());
+  if (m.ffn() % tp != 0) return bad("the SwiGLU hidden size (model.ffn_hidden)", m.ffn());
+  if (m.vocab_size % tp != 0) return bad("model.vocab_size", m.vocab_size);
+  if ((c.train.seq_len / cp) % tp != 0)
+    return bad("the sequence shard train.seq_len / cp", c.train.seq_len / cp);
+  return "";
+}
+
+MemoryEstimate Estimate(const TrainConfig& c, int tp, int cp, Recompute r) {
+  MemoryLayout l;
+  l.batch = c.train.batch_size;
+  l.seq = c.train.seq_len / cp;
+  l.tp = tp;
+  l.sp = tp > 1;
+  l.recompute = r;
+  return EstimateMemory(c.model, l);
+}
+
+}  // namespace
+
+std::string FormatGiB(int64_t bytes) {
+  char buf[32];
+  const double g = double(bytes) / kGiB;
+  std::snprintf(buf, sizeof buf, g < 10 ? "%.2f GiB" : "%.1f GiB", g);
+  return buf;
+}
+
+StatusOr<Plan> PlanLayout(const TrainConfig& config, const PlanRequest& r) {
+  if (r.world_size < 1)
+    return Err("parallel.world_size must be >= 1 (the number of MPI ranks), got " +
+               std::to_string(r.world_size));
+  if (r.world_size > 65536)
+    return Err("parallel.world_size=" + std::to_string(r.world_size) + " is too large (max 65536)");
+  for (auto [name, v] : {std::pair<const char*, int>{"tp", r.tp},
+                         {"cp", r.cp},
+                         {"ep", r.ep},
+                         {"dp", r.dp},
+                         {"ranks_per_host", r.ranks_per_host}})
+    if (v < 0)
+      return Err(std::string("parallel.") + name + " must be >= 0 (0 = choose), got " +
+                 std::to_string(v));
+  if (!(r.device_memory_gib >= 0) || std::isinf(r.device_memory_gib))
+    return Err("parallel.device_memory_gib must be a finite number >= 0 (0 = no limit)");
+  const int world = r.world_size;
+  const int per_host = r.ranks_per_host > 0 ? r.ranks_per_host : world;
+  if (world % per_host != 0 && per_host < world)
+    return Err("parallel.ranks_per_host=" + std::to_string(per_host) +
+               " does not divide parallel.world_size=" + std::to_string(world));
+  const int cp = r.cp > 0 ? r.cp : 1;
+  if (world % cp != 0)
+    return Err("parallel.cp=" + std::to_string(cp) +
+               " does not divide parallel.world_size=" + std::to_string(world));
+  if (config.train.seq_len % cp != 0)
+    return Err("parallel.cp=" + std::to_string(cp) +
+               " does not divide train.seq_len=" + std::to_string(config.train.seq_len));
+  const int ep = r.ep > 0 ? r.ep : 1;
+  if (world % ep != 0)
+    return Err("parallel.ep=" + std::to_string(ep) +
+               " does not divide parallel.world_size=" + std::to_string(world));
+
+  // Candidate tp values.
+  std::vector<int> tps;
+  if (r.tp > 0) {
+    if (world % (r.tp * cp) != 0)
+      return Err("parallel.tp=" + std::to_string(r.tp) + " x parallel.cp=" + std::to_string(cp) +
+                 " does not divide parallel.world_size=" + std::to_string(world));
+    if (std::string why = TpModelConflict(config, r.tp, cp); !why.empty())
+      return Err("parallel.tp: " + why);
+    if (per_host % r.tp != 0)
+      return Err("parallel.tp=" + std::to_string(r.tp) +
+                 " does not divide parallel.ranks_per_host=" + std::to_string(per_host) +
+                 " (a TP group must lie on one host)");
+    tps.push_back(r.tp);
+  }
+  if (r.dp > 0) {
+    if (world % (r.dp * cp) != 0)
+      return Err("parallel.dp=" + std::to_string(r.dp) + " x parallel.cp=" + std::to_string(cp) +
+                 " does not divide parallel.world_size=" + std::to_string(world));
+    const int tp = world / (r.dp * cp);
+    if (r.tp > 0 && r.tp != tp)
+      return Err("parallel: tp=" + std::to_string(r.tp) + " x cp=" + std::to_string(cp) +
+                 " x dp=" + std::to_string(r.dp) + " != world_size=" + std::to_string(world));
+    if (r.tp == 0) {
+      if (std::string why = TpModelConflict(config, tp, cp); !why.empty())
+        return Err("parallel.dp=" + std::to_string(r.dp) + " implies " + why);
+      if (per_host % tp != 0)
+        return Err("parallel.dp=" + std::to_string(r.dp) + " implies tp=" + std::to_string(tp) +
+                   ", which does not divide parallel.ranks_per_host=" + std::to_string(per_host));
+      tps.push_back(tp);
+    }
+  }
+  if (tps.empty()) {
+    for (int tp = 1; tp <= world / cp; ++tp)
+      if ((world / cp) % tp == 0 && per_host % tp == 0 && TpModelConflict(config, tp, cp).empty())
+        tps.push_back(tp);
+    if (tps.empty())  // tp=1 always splits the model; only cp can make this empty
+      return Err("no tensor-parallel size fits parallel.world_size=" + std::to_string(world) +
+                 " with parallel.cp=" + std::to_string(cp));
+  }
+
+  std::vector<Recompute> light, heavy;
+  if (!r.recompute.empty()) {
+    auto fixed = parse_recompute(r.recompute);
+    if (!fixed.ok()) return Err("parallel.recompute: " + fixed.status().message());
+    light.push_back(fixed.value());
+  } else if (r.device_memory_gib == 0) {
+    // No memory limit given: keep the configured mode (selective by default).
+    auto configured = parse_recompute(config.train.recompute);
+    if (!configured.ok()) return Err("train.recompute: " + configured.status().message());
+    light.push_back(configured.value());
+  } else {
+    light = {Recompute::kNone, Recompute::kSelective};
+    heavy = {Recompute::kFull};
+  }
+
+  const int64_t device_bytes = int64_t(r.device_memory_gib * kGiB);
+  const int64_t usable = int64_t(double(device_bytes) * kUsableMemoryFraction);
+  auto make = [&](int tp, Recompute rc, const MemoryEstimate& m) {
+    Plan p;
+    p.world = world;
+    p.tp = tp;
+    p.cp = cp;
+    p.ep = ep;
+    p.dp = world / (tp * cp);
+    p.recompute = rc;
+    p.sp = tp > 1;
+    p.memory = m;
+    p.device_memory_bytes = device_bytes;
+    p.explanation = "tp=" + std::to_string(tp) + " cp=" + std::to_string(cp) +
+                    " ep=" + std::to_string(ep) + " dp=" + std::to_string(p.dp) + ", " +
+                    recompute_name(rc) + " recompute" + (p.sp ? ", sequence parallel" : "") + ": " +
+                    FormatGiB(m.total) + " per device";
+    if (device_bytes > 0)
+      p.explanation += " of " + FormatGiB(device_bytes) + " (" + FormatGiB(usable) + " usable)";
+    return p;
+  };
+  for (const auto* modes : {&light, &heavy})
+    for (int tp : tps)
+      for (Recompute rc : *modes) {
+        MemoryEstimate m = Estimate(config, tp, cp, rc);
+        if (device_bytes == 0 || m.total <= usable) return make(tp, rc, m);
+      }
+
+  // Nothing fits: say what the smallest candidate needs, and which tp would fit.
+  const Recompute best = heavy.empty() ? light.back() : heavy.back();
+  const int tp0 = tps.front();
+  const MemoryEstimate need = Estimate(config, tp0, cp, best);
+  std::string msg = "parallel: needs " + FormatGiB(need.total) +
+                    " per device at tp=" + std::to_string(tp0) +
+                    (heavy.empty() ? " with " : " even with ") + recompute_name(best) +
+                    " recompute (parallel.device_memory_gib gives " + FormatGiB(device_bytes) +
+                    ", " + FormatGiB(usable) + " usable)";
+  int fit_tp = 0;
+  for (int tp = tp0 + 1; tp <= 1024 && fit_tp == 0; ++tp)
+    if (TpModelConflict(config, tp, cp).empty() && Estimate(config, tp, cp, best).total <= usable)
+      fit_tp = tp;
+  if (fit_tp > 0) {
+    msg += "; try tp=" + std::to_string(fit_tp);
+    if ((world / cp) % fit_tp != 0 || per_host % fit_tp != 0)
+      msg += " (needs parallel.world_size and parallel.ranks_per_host to be multiples of " +
+             std::to_string(fit_tp) + ")";
+  } else {
+    msg +=
+        "; no tensor-parallel size fits: lower train.batch_size or train.seq_len, or use a "
+        "smaller model";
+  }
+  return Err(msg);
+}
+
+Coords RankCoords(const Plan& p, int rank) {
+  Coords c;
+  c.tp = rank % p.tp;
+  c.cp = (rank / p.tp) % p.cp;
+  c.dp = rank / (p.tp * p.cp);
+  c.ep = rank % p.ep;
+  c.edp = rank / p.ep;
+  return c;
+}
+
+}  // namespace grove::coordinator

@@ -1,0 +1,64 @@
+// Layout planner: picks tp / cp / ep / dp and the recompute mode for a job, from the per-rank
+// memory formula (model/memory.h, docs/memory.md), or rejects the job with the reason and the
+// smallest tensor-parallel size that would fit.
+//
+// Rules (DESIGN.md §4, §6, §10):
+//  - tp · cp · dp = world; ep divides the world (expert grid folded over the same ranks).
+//  - tp divides n_heads, the kv heads, the SwiGLU hidden size, the vocabulary and s / cp (the
+//    sequence-parallel shard), and tp divides ranks_per_host: with ranks placed by slot, every TP
+//    group then lies on one host (TP traffic stays on the intra-host links).
+//  - Sequence parallelism is on whenever tp > 1 (Megatron-LM).
+//  - Memory: EstimateMemory at micro-batch train.batch_size, sequence train.seq_len / cp, must
+//    fit in 90% of the device memory (the rest is left to workspaces and fragmentation).
+//  - Search order, first fit wins: tp ascending with no / selective recompute, then tp ascending
+//    with full recompute (full recompute costs a third more compute; a wider TP group within a
+//    host usually costs less). Fields the request fixes are kept as given.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "core/status.h"
+#include "model/config.h"
+#include "model/memory.h"
+#include "worker/train_config.h"
+
+namespace grove::coordinator {
+
+inline constexpr double kUsableMemoryFraction = 0.9;
+
+struct PlanRequest {
+  int world_size = 1;
+  int tp = 0;                    // 0 = plan
+  int cp = 0;                    // 0 = 1
+  int ep = 0;                    // 0 = 1
+  int dp = 0;                    // 0 = world / (tp · cp)
+  std::string recompute;         // "" = plan; else none | selective | full
+  double device_memory_gib = 0;  // 0 = no memory limit
+  int ranks_per_host = 0;        // 0 = world_size
+};
+
+struct Plan {
+  int world = 1, tp = 1, cp = 1, ep = 1, dp = 1;
+  Recompute recompute = Recompute::kSelective;
+  bool sp = false;
+  MemoryEstimate memory;
+  int64_t device_memory_bytes = 0;  // 0 = unlimited
+  std::string explanation;
+};
+
+// Errors name the request field ("parallel.tp=3 does not divide parallel.world_size=4") or
+// say what memory the job needs and what to change.
+StatusOr<Plan> PlanLayout(const TrainConfig& config, const PlanRequest& request);
+
+// A rank's coordinates, the same arithmetic as parallel/grid.h:
+//   rank = tp_rank + tp · (cp_rank + cp · dp_rank);   rank = ep_rank + ep · edp_rank.
+struct Coords {
+  int tp = 0, cp = 0, dp = 0, ep = 0, edp = 0;
+};
+Coords RankCoords(const Plan& plan, int rank);
+
+// "12.3 GiB"
+std::string FormatGiB(int64_t bytes);
+
+}  // namespace grove::coordinator
