@@ -44,8 +44,7 @@ ActivationStash ActivationStash::Allocate(const ModelConfig& c, const MemoryLayo
     st.transient = BlockActivations::Allocate(c, m, /*with_probs=*/false);
   } else {
     for (int l = 0; l < c.n_layers; ++l)
-      st.blocks.push_back(
-          BlockActivations::Allocate(c, m, m.recompute == Recompute::kNone));
+      st.blocks.push_back(BlockActivations::Allocate(c, m, m.recompute == Recompute::kNone));
   }
   st.rstdf = Tensor::empty({R});
   st.lnf = Tensor::empty({R, h});

@@ -94,8 +94,8 @@ const float* Transformer::gather_rows(const Tensor& shard) {
 void Transformer::reduce_input_grad() {
   const int64_t N = int64_t(b_) * s_, h = config_.d_model;
   if (sp_) {
-    par::gather_from_sequence_region_backward(tp_, g_.dfull.data<float>(), g_.dln.data<float>(),
-                                              N, h);
+    par::gather_from_sequence_region_backward(tp_, g_.dfull.data<float>(), g_.dln.data<float>(), N,
+                                              h);
   } else {
     par::copy_to_tp_region_backward(tp_, g_.dfull.data<float>(), N * h);
     std::memcpy(g_.dln.data<float>(), g_.dfull.data<float>(), sizeof(float) * N * h);
@@ -131,8 +131,8 @@ void Transformer::block_forward(int l, BlockActivations& a) {
   float* mlp_out = sp_ ? full_.data<float>() : out;
 
   // Attention: x2 = x + ḡ/f̄(Wo · attention(rope(Wq·g(rms1(x))), ...)).
-  k::rmsnorm_forward(a.ln1.data<float>(), a.rstd1.data<float>(), x, w.attn_norm.data<float>(), R,
-                     h, config_.norm_eps);
+  k::rmsnorm_forward(a.ln1.data<float>(), a.rstd1.data<float>(), x, w.attn_norm.data<float>(), R, h,
+                     config_.norm_eps);
   const float* ln1 = gather_rows(a.ln1);
   col_q_.forward(a.q.data<float>(), ln1, w.wq.data<float>(), N);
   col_kv_.forward(a.k.data<float>(), ln1, w.wk.data<float>(), N);
@@ -175,8 +175,8 @@ void Transformer::block_backward(int l, BlockActivations& a) {
   // MLP. The residual passes dresid straight through to x2.
   const float* dmlp_out = output_grad();
   g_.dact.zero();
-  row_down_.backward(g_.dact.data<float>(), gw.w_down.data<float>(), dmlp_out,
-                     a.act.data<float>(), w.w_down.data<float>(), N);
+  row_down_.backward(g_.dact.data<float>(), gw.w_down.data<float>(), dmlp_out, a.act.data<float>(),
+                     w.w_down.data<float>(), N);
   g_.dgate.zero();
   g_.dup.zero();
   k::swiglu_backward(g_.dgate.data<float>(), g_.dup.data<float>(), g_.dact.data<float>(),
@@ -231,9 +231,8 @@ float Transformer::forward(const int32_t* tokens, const int32_t* targets) {
   int32_t* tgt = targets_.data<int32_t>();
   int64_t valid = 0;
   for (int i = 0; i < N; ++i) {
-    GROVE_CHECK(tokens[i] >= 0 && tokens[i] < V)
-        << "token id " << tokens[i] << " at position " << i << " is outside the vocabulary [0, "
-        << V << ")";
+    GROVE_CHECK(tokens[i] >= 0 && tokens[i] < V) << "token id " << tokens[i] << " at position " << i
+                                                 << " is outside the vocabulary [0, " << V << ")";
     GROVE_CHECK(targets[i] < V) << "target id " << targets[i] << " outside the vocabulary";
     tok[i] = tokens[i];
     tgt[i] = targets[i];
@@ -250,8 +249,8 @@ float Transformer::forward(const int32_t* tokens, const int32_t* targets) {
 
   // Head: final norm, g, vocabulary-parallel LM head and cross-entropy.
   k::rmsnorm_forward(stash_.lnf.data<float>(), stash_.rstdf.data<float>(),
-                     stash_.resid[config_.n_layers].data<float>(),
-                     params_.final_norm.data<float>(), R, h, config_.norm_eps);
+                     stash_.resid[config_.n_layers].data<float>(), params_.final_norm.data<float>(),
+                     R, h, config_.norm_eps);
   col_vocab_.forward(stash_.logits.data<float>(), gather_rows(stash_.lnf),
                      params_.lm_head.data<float>(), N);
   if (t_ == 1) {
@@ -285,10 +284,9 @@ void Transformer::backward(float loss_scale, bool finalize) {
     k::cross_entropy_backward(dlogits, stash_.logits.data<float>(), stash_.ce_lse.data<float>(),
                               targets_.data<int32_t>(), dl, N, V);
   } else {
-    par::vocab_parallel_cross_entropy_backward(dlogits, stash_.logits.data<float>(),
-                                               stash_.ce_lse.data<float>(),
-                                               targets_.data<int32_t>(), dl, N,
-                                               embed_.local_vocab(), embed_.vocab_start());
+    par::vocab_parallel_cross_entropy_backward(
+        dlogits, stash_.logits.data<float>(), stash_.ce_lse.data<float>(), targets_.data<int32_t>(),
+        dl, N, embed_.local_vocab(), embed_.vocab_start());
   }
   const float* lnf = gather_rows(stash_.lnf);
   g_.dfull.zero();
@@ -319,9 +317,15 @@ void Transformer::backward(float loss_scale, bool finalize) {
       tp_->all_reduce(gw.mlp_norm.data<float>(), h, DType::kF32, comm::ReduceOp::kSum);
     }
     if (reduce_dp) {
-      start_bucket(l, {{"attn_norm", gw.attn_norm}, {"wq", gw.wq}, {"wk", gw.wk},
-                       {"wv", gw.wv}, {"wo", gw.wo}, {"mlp_norm", gw.mlp_norm},
-                       {"w_gate", gw.w_gate}, {"w_up", gw.w_up}, {"w_down", gw.w_down}});
+      start_bucket(l, {{"attn_norm", gw.attn_norm},
+                       {"wq", gw.wq},
+                       {"wk", gw.wk},
+                       {"wv", gw.wv},
+                       {"wo", gw.wo},
+                       {"mlp_norm", gw.mlp_norm},
+                       {"w_gate", gw.w_gate},
+                       {"w_up", gw.w_up},
+                       {"w_down", gw.w_down}});
     }
   }
   // Embedding: the residual gradient, gathered back to all N rows under SP (ḡ backward).
@@ -386,8 +390,8 @@ double Transformer::flops_per_step() const {
   const double N = double(b_) * s_;
   const double matmul_params =
       double(config_.num_parameters()) - double(config_.vocab_size) * config_.d_model;
-  const double attn = 2.0 * 2.0 * s_ * double(s_) * config_.head_dim() * config_.n_heads * b_ *
-                      config_.n_layers;
+  const double attn =
+      2.0 * 2.0 * s_ * double(s_) * config_.head_dim() * config_.n_heads * b_ * config_.n_layers;
   return 6.0 * matmul_params * N + 3.0 * attn;
 }
 

@@ -23,8 +23,8 @@
 #include <cstdint>
 #include <vector>
 
-#include "core/tensor.h"
 #include "comm/communicator.h"
+#include "core/tensor.h"
 #include "model/activations.h"
 #include "model/config.h"
 #include "model/weights.h"
@@ -104,8 +104,8 @@ class Transformer {
   ActivationStash stash_;
   Tensor rope_cos_, rope_sin_;  // [max_seq_len, d/2]
   Tensor tokens_, targets_;     // [N] int32, copies of the last forward's inputs
-  Tensor full_;        // [N, h] gathered norm output / row-parallel partial sums (TP)
-  Tensor ce_scratch_;  // [3N] vocab-parallel cross-entropy
+  Tensor full_;                 // [N, h] gathered norm output / row-parallel partial sums (TP)
+  Tensor ce_scratch_;           // [3N] vocab-parallel cross-entropy
 
   // DP gradient buckets: one per layer, one for the head (final norm, lm_head), one for wte.
   struct Bucket {

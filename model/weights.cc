@@ -114,6 +114,18 @@ int64_t Weights::numel() const {
   return n;
 }
 
+Weights Weights::clone() const {
+  Weights w = *this;  // shares storage ...
+  w.wte = wte.clone();
+  w.final_norm = final_norm.clone();
+  w.lm_head = lm_head.clone();
+  for (LayerWeights& lw : w.layers)
+    for (Tensor* t : {&lw.attn_norm, &lw.wq, &lw.wk, &lw.wv, &lw.wo, &lw.mlp_norm, &lw.w_gate,
+                      &lw.w_up, &lw.w_down})
+      *t = t->clone();  // ... then every tensor gets its own copy
+  return w;
+}
+
 void Weights::zero() {
   for (NamedTensor& nt : named()) nt.tensor.zero();
 }

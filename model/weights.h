@@ -55,6 +55,8 @@ struct Weights {
   std::vector<NamedTensor> named() const;
   int64_t numel() const;
   void zero();
+  // Deep copy.
+  Weights clone() const;
   // Copies tensors by name from `src` (shapes must match exactly). Errors name the tensor.
   Status CopyFrom(const std::map<std::string, Tensor>& src, const std::string& origin,
                   const std::string& prefix = "");

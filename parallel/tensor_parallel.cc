@@ -8,11 +8,17 @@
 namespace grove::parallel {
 
 namespace {
-bool active(const comm::Communicator* tp) { return tp != nullptr && tp->size() > 1; }
+bool active(const comm::Communicator* tp) {
+  return tp != nullptr && tp->size() > 1;
+}
 }  // namespace
 
-int tp_size(const comm::Communicator* tp) { return tp ? tp->size() : 1; }
-int tp_rank(const comm::Communicator* tp) { return tp ? tp->rank() : 0; }
+int tp_size(const comm::Communicator* tp) {
+  return tp ? tp->size() : 1;
+}
+int tp_rank(const comm::Communicator* tp) {
+  return tp ? tp->rank() : 0;
+}
 
 void copy_to_tp_region_backward(comm::Communicator* tp, float* grad, int64_t n) {
   if (active(tp)) tp->all_reduce(grad, n, DType::kF32, comm::ReduceOp::kSum);
@@ -34,8 +40,8 @@ void gather_from_sequence_region_forward(comm::Communicator* tp, const float* sh
   tp->all_gather(shard, full, rows / t * cols, DType::kF32);
 }
 
-void gather_from_sequence_region_backward(comm::Communicator* tp, const float* dfull,
-                                          float* dshard, int64_t rows, int64_t cols) {
+void gather_from_sequence_region_backward(comm::Communicator* tp, const float* dfull, float* dshard,
+                                          int64_t rows, int64_t cols) {
   if (!active(tp)) {
     if (dfull != dshard) std::memcpy(dshard, dfull, sizeof(float) * rows * cols);
     return;
@@ -43,13 +49,13 @@ void gather_from_sequence_region_backward(comm::Communicator* tp, const float* d
   tp->reduce_scatter(dfull, dshard, rows / tp->size() * cols, DType::kF32, comm::ReduceOp::kSum);
 }
 
-void scatter_to_sequence_region_forward(comm::Communicator* tp, const float* partial,
-                                        float* shard, int64_t rows, int64_t cols) {
+void scatter_to_sequence_region_forward(comm::Communicator* tp, const float* partial, float* shard,
+                                        int64_t rows, int64_t cols) {
   gather_from_sequence_region_backward(tp, partial, shard, rows, cols);
 }
 
-void scatter_to_sequence_region_backward(comm::Communicator* tp, const float* dshard,
-                                         float* dfull, int64_t rows, int64_t cols) {
+void scatter_to_sequence_region_backward(comm::Communicator* tp, const float* dshard, float* dfull,
+                                         int64_t rows, int64_t cols) {
   gather_from_sequence_region_forward(tp, dshard, dfull, rows, cols);
 }
 
@@ -62,13 +68,12 @@ ColumnParallelLinear::ColumnParallelLinear(int in_features, int out_features,
   out_local_ = out_features / t;
 }
 
-void ColumnParallelLinear::forward(float* out, const float* in, const float* weight,
-                                   int N) const {
+void ColumnParallelLinear::forward(float* out, const float* in, const float* weight, int N) const {
   cpu::linear_forward(out, in, weight, static_cast<const float*>(nullptr), N, in_, out_local_);
 }
 
-void ColumnParallelLinear::backward(float* dinp, float* dweight, const float* dout,
-                                    const float* in, const float* weight, int N) const {
+void ColumnParallelLinear::backward(float* dinp, float* dweight, const float* dout, const float* in,
+                                    const float* weight, int N) const {
   cpu::linear_backward(dinp, dweight, static_cast<float*>(nullptr), dout, in, weight, N, in_,
                        out_local_);
 }
@@ -88,8 +93,8 @@ void RowParallelLinear::forward(float* out, const float* in, const float* weight
 
 void RowParallelLinear::backward(float* dinp, float* dweight, const float* dout, const float* in,
                                  const float* weight, int N) const {
-  cpu::linear_backward(dinp, dweight, static_cast<float*>(nullptr), dout, in, weight, N,
-                       in_local_, out_);
+  cpu::linear_backward(dinp, dweight, static_cast<float*>(nullptr), dout, in, weight, N, in_local_,
+                       out_);
 }
 
 }  // namespace grove::parallel

@@ -30,14 +30,14 @@ void reduce_from_tp_region_forward(comm::Communicator* tp, float* x, int64_t n);
 // reduce-scatters the full gradient back into this rank's row shard (shard = not accumulated).
 void gather_from_sequence_region_forward(comm::Communicator* tp, const float* shard, float* full,
                                          int64_t rows, int64_t cols);
-void gather_from_sequence_region_backward(comm::Communicator* tp, const float* dfull,
-                                          float* dshard, int64_t rows, int64_t cols);
+void gather_from_sequence_region_backward(comm::Communicator* tp, const float* dfull, float* dshard,
+                                          int64_t rows, int64_t cols);
 // ḡ: forward reduce-scatters partial sums [rows, cols] into this rank's summed row shard;
 // backward all-gathers the shard gradient into the full gradient.
-void scatter_to_sequence_region_forward(comm::Communicator* tp, const float* partial,
-                                        float* shard, int64_t rows, int64_t cols);
-void scatter_to_sequence_region_backward(comm::Communicator* tp, const float* dshard,
-                                         float* dfull, int64_t rows, int64_t cols);
+void scatter_to_sequence_region_forward(comm::Communicator* tp, const float* partial, float* shard,
+                                        int64_t rows, int64_t cols);
+void scatter_to_sequence_region_backward(comm::Communicator* tp, const float* dshard, float* dfull,
+                                         int64_t rows, int64_t cols);
 
 int tp_size(const comm::Communicator* tp);
 int tp_rank(const comm::Communicator* tp);

@@ -47,8 +47,8 @@ void VocabParallelEmbedding::backward(float* dtable, const float* dout, const in
 void vocab_parallel_cross_entropy_forward(comm::Communicator* tp, float* losses, float* lse,
                                           const float* logits, const int32_t* targets, int N,
                                           int local_vocab, int vocab_start, float* scratch) {
-  float* row_max = scratch;         // [N]
-  float* packed = scratch + N;      // [2N]: exp-sum | target logit
+  float* row_max = scratch;     // [N]
+  float* packed = scratch + N;  // [2N]: exp-sum | target logit
 #pragma omp parallel for schedule(static)
   for (int n = 0; n < N; ++n) {
     const float* x = logits + int64_t(n) * local_vocab;

@@ -21,12 +21,19 @@ float clip_gradients(Weights& grads, double norm, float max_norm);
 
 class AdamW {
  public:
-  explicit AdamW(const ModelConfig& c) : m_(Weights::Zeros(c)), v_(Weights::Zeros(c)) {}
+  explicit AdamW(const ModelConfig& c, int tp = 1)
+      : m_(Weights::Zeros(c, tp)), v_(Weights::Zeros(c, tp)) {}
 
   // One update with learning rate `lr`; increments the step count first (bias correction uses
   // the 1-based step). Weight decay applies to matrices only, not to norm weights.
   void step(Weights& params, const Weights& grads, float lr, const TrainOptions& t);
 
+  AdamW clone() const {
+    AdamW o = *this;
+    o.m_ = m_.clone();
+    o.v_ = v_.clone();
+    return o;
+  }
   int steps_taken() const { return step_; }
   void set_steps_taken(int s) { step_ = s; }
   Weights& m() { return m_; }

@@ -111,14 +111,61 @@ Status TrainConfig::Validate() const {
   if (t.keep_checkpoints <= 0) return err("train.keep_checkpoints must be >= 1");
   if (t.threads < 0) return err("train.threads must be >= 0 (0 = all cores)");
   if (data.dir.empty()) return err("data.dir must name the prepared dataset directory");
+  const ParallelOptions& p = parallel;
+  if (p.tp < 1 || p.cp < 1 || p.ep < 1 || p.dp < 0)
+    return err("parallel.tp, parallel.cp and parallel.ep must be >= 1 and parallel.dp >= 0");
+  if (model.n_heads % p.tp != 0 || model.kv_heads() % p.tp != 0)
+    return err("parallel.tp=" + std::to_string(p.tp) +
+               " does not divide model.n_heads=" + std::to_string(model.n_heads) +
+               " and the kv heads (" + std::to_string(model.kv_heads()) + ")");
+  if (model.ffn() % p.tp != 0)
+    return err("parallel.tp=" + std::to_string(p.tp) + " does not divide the SwiGLU hidden size " +
+               std::to_string(model.ffn()) + " (model.ffn_hidden)");
+  if (model.vocab_size % p.tp != 0)
+    return err("parallel.tp=" + std::to_string(p.tp) + " does not divide model.vocab_size=" +
+               std::to_string(model.vocab_size) + " (the vocabulary is split over TP)");
+  if (p.tp > 1 && p.sequence_parallel && train.seq_len % p.tp != 0)
+    return err("sequence parallelism splits the sequence: parallel.tp=" + std::to_string(p.tp) +
+               " does not divide train.seq_len=" + std::to_string(train.seq_len));
+  if (p.cp > 1)
+    return err("parallel.cp=" + std::to_string(p.cp) +
+               ": context parallelism is not available in this version; use parallel.cp=1");
+  if (p.ep > 1)
+    return err("parallel.ep=" + std::to_string(p.ep) +
+               ": the model has no MoE layers in this version; use parallel.ep=1");
+  if (p.dp > 0 && train.batch_size % p.dp != 0)
+    return err("train.batch_size=" + std::to_string(train.batch_size) +
+               " (global) is not divisible by parallel.dp=" + std::to_string(p.dp));
   if (out_dir.empty()) return err("out_dir must not be empty");
   return Status::Ok();
+}
+
+Status TrainConfig::ResolveLayout(int world) {
+  ParallelOptions& p = parallel;
+  if (p.dp == 0) {
+    if (world % (p.tp * p.cp) != 0)
+      return Status::Error("parallel.tp=" + std::to_string(p.tp) +
+                           " × parallel.cp=" + std::to_string(p.cp) + " does not divide the " +
+                           std::to_string(world) + " ranks");
+    p.dp = world / (p.tp * p.cp);
+  }
+  if (p.tp * p.cp * p.dp != world)
+    return Status::Error("tp=" + std::to_string(p.tp) + " × cp=" + std::to_string(p.cp) +
+                         " × dp=" + std::to_string(p.dp) + " ≠ world " + std::to_string(world) +
+                         " (the number of MPI ranks)");
+  return Validate();
 }
 
 nlohmann::json TrainConfig::ToJson() const {
   return {{"model", ModelConfigToJson(model)},
           {"train", train_to_json(train)},
           {"data", {{"dir", data.dir}}},
+          {"parallel",
+           {{"tp", parallel.tp},
+            {"cp", parallel.cp},
+            {"ep", parallel.ep},
+            {"dp", parallel.dp},
+            {"sequence_parallel", parallel.sequence_parallel}}},
           {"out_dir", out_dir}};
 }
 
@@ -126,10 +173,11 @@ StatusOr<TrainConfig> TrainConfigFromJson(const nlohmann::json& j) {
   TrainConfig c;
   JsonFields top(j, "config");
   nlohmann::json model = nlohmann::json::object(), train = nlohmann::json::object(),
-                 data = nlohmann::json::object();
+                 data = nlohmann::json::object(), parallel = nlohmann::json::object();
   top.get("model", &model);
   top.get("train", &train);
   top.get("data", &data);
+  top.get("parallel", &parallel);
   top.get("out_dir", &c.out_dir);
   GROVE_RETURN_IF_ERROR(top.finish());
   GROVE_RETURN_IF_ERROR(ModelConfigFromJson(model, &c.model));
@@ -137,6 +185,13 @@ StatusOr<TrainConfig> TrainConfigFromJson(const nlohmann::json& j) {
   JsonFields d(data, "data");
   d.get("dir", &c.data.dir);
   GROVE_RETURN_IF_ERROR(d.finish());
+  JsonFields p(parallel, "parallel");
+  p.get("tp", &c.parallel.tp);
+  p.get("cp", &c.parallel.cp);
+  p.get("ep", &c.parallel.ep);
+  p.get("dp", &c.parallel.dp);
+  p.get("sequence_parallel", &c.parallel.sequence_parallel);
+  GROVE_RETURN_IF_ERROR(p.finish());
   GROVE_RETURN_IF_ERROR(c.Validate());
   return c;
 }

@@ -33,6 +33,15 @@ struct TrainOptions {
   int threads = 0;                      // OpenMP threads; 0 = all cores
 };
 
+// The parallel layout (DESIGN.md §4): tp × cp × dp = world (the number of MPI ranks).
+struct ParallelOptions {
+  int tp = 1;                     // tensor parallel
+  int cp = 1;                     // context parallel
+  int ep = 1;                     // expert parallel (folded over tp·cp·dp)
+  int dp = 0;                     // data parallel; 0 = world / (tp · cp)
+  bool sequence_parallel = true;  // SP on top of TP (ignored at tp = 1)
+};
+
 struct DataOptions {
   std::string dir = "runs/data-brown-8192";  // prepared dataset (tokenizer.model, *.bin)
 };
@@ -41,9 +50,12 @@ struct TrainConfig {
   ModelConfig model;
   TrainOptions train;
   DataOptions data;
+  ParallelOptions parallel;
   std::string out_dir = "runs/demo";  // metrics.jsonl, checkpoints/, config.json
 
   Status Validate() const;
+  // Checks the layout against the number of ranks and the model; resolves parallel.dp = 0.
+  Status ResolveLayout(int world);
   nlohmann::json ToJson() const;
 };
 

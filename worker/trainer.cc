@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "kernels/cpu/ops.h"
 #include "worker/checkpoint.h"
 
 namespace grove {
@@ -31,17 +32,49 @@ std::string checkpoint_root(const TrainConfig& c) {
 
 }  // namespace
 
-Trainer::Trainer(const TrainConfig& config, const RunOptions& run, data::TokenDataset train,
+Trainer::Trainer(const TrainConfig& config, const RunOptions& run,
+                 const parallel::ParallelGrid* grid, data::TokenDataset train,
                  data::TokenDataset val)
     : config_(config),
       run_(run),
+      grid_(grid),
       train_data_(std::move(train)),
       val_data_(std::move(val)),
-      opt_(config.model) {}
+      opt_(config.model, config.parallel.tp) {}
 
-StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainConfig& config,
-                                                   const RunOptions& run) {
-  GROVE_RETURN_IF_ERROR(config.Validate());
+CheckpointRank Trainer::checkpoint_rank() const {
+  if (grid_ == nullptr) return {};
+  const parallel::GridCoord& c = grid_->coord();
+  return CheckpointRank{c.tp, grid_->shape().tp, c.dp == 0 && c.cp == 0, c.rank == 0,
+                        &grid_->world()};
+}
+
+// Global L2 norm over the TP shards: sharded tensors add their squares across the TP group,
+// replicated ones (norm weights, identical on every TP rank) count once. Gradients are already
+// reduced over DP, so every rank gets the same norm.
+double Trainer::GlobalGradNorm() {
+  comm::Communicator* tp = grid_ && grid_->tp().size() > 1 ? &grid_->tp() : nullptr;
+  double sq = 0.0;
+  for (const NamedTensor& g : model_->grads().named()) {
+    if (tp && shard_dim(g.name) == ShardDim::kReplicated && tp->rank() != 0) continue;
+    sq += cpu::sum_squares(g.tensor.data<float>(), g.tensor.numel());
+  }
+  if (tp) tp->all_reduce(&sq, 1, DType::kF64, comm::ReduceOp::kSum);
+  return std::sqrt(sq);
+}
+
+StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainConfig& config_in,
+                                                   const RunOptions& run,
+                                                   const parallel::ParallelGrid* grid) {
+  TrainConfig config = config_in;
+  GROVE_RETURN_IF_ERROR(config.ResolveLayout(grid ? grid->world().size() : 1));
+  if (grid) {
+    const parallel::GridShape& g = grid->shape();
+    if (g.tp != config.parallel.tp || g.cp != config.parallel.cp || g.dp != config.parallel.dp)
+      return Status::Error("the parallel grid (" + g.str() +
+                           ") does not match the config's "
+                           "parallel section");
+  }
   const std::string& dir = config.data.dir;
   if (!fs::is_directory(dir))
     return Status::Error("dataset directory '" + dir +
@@ -69,23 +102,29 @@ StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainConfig& config,
 
   if (config.train.threads > 0) omp_set_num_threads(config.train.threads);
   std::unique_ptr<Trainer> t(
-      new Trainer(config, run, std::move(train).value(), std::move(val).value()));
+      new Trainer(config, run, grid, std::move(train).value(), std::move(val).value()));
   const TrainOptions& o = config.train;
-  auto tl = data::BatchLoader::Create(t->train_data_, {o.seq_len, o.batch_size, o.seed, true});
+  const ParallelOptions& p = config.parallel;
+  const int dp_rank = grid ? grid->coord().dp : 0;
+  const int local_batch = o.batch_size / p.dp;
+  auto tl = data::BatchLoader::Create(
+      t->train_data_, {o.seq_len, local_batch, o.seed, /*shuffle=*/true, dp_rank, p.dp});
   if (!tl.ok()) return Status::Error("training data: " + tl.status().message());
-  auto vl = data::BatchLoader::Create(t->val_data_, {o.seq_len, o.batch_size, o.seed, false});
+  auto vl = data::BatchLoader::Create(
+      t->val_data_, {o.seq_len, local_batch, o.seed, /*shuffle=*/false, dp_rank, p.dp});
   if (!vl.ok()) return Status::Error("validation data: " + vl.status().message());
   t->train_loader_.emplace(std::move(tl).value());
   t->val_loader_.emplace(std::move(vl).value());
-  t->model_ = std::make_unique<Transformer>(config.model, o.batch_size, o.seq_len,
-                                            parse_recompute(o.recompute).value());
-  t->inputs_.resize(size_t(o.batch_size) * o.seq_len);
+  t->model_ = std::make_unique<Transformer>(config.model, local_batch, o.seq_len,
+                                            parse_recompute(o.recompute).value(),
+                                            ModelParallel{grid, p.sequence_parallel});
+  t->inputs_.resize(size_t(local_batch) * o.seq_len);
   t->targets_.resize(t->inputs_.size());
 
   std::string from = run.resume_from;
   if (from.empty() && run.resume) from = latest;
   if (!from.empty()) {
-    auto state = LoadCheckpoint(from, t->model_->params(), t->opt_);
+    auto state = LoadCheckpoint(from, t->model_->params(), t->opt_, t->checkpoint_rank());
     if (!state.ok()) return state.status();
     if (state.value().contains("config") &&
         state.value()["config"]["model"] != ModelConfigToJson(config.model))
@@ -96,21 +135,25 @@ StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainConfig& config,
     if (!ls.ok()) return Status::Error(from + "/state.json: " + ls.status().message());
     t->train_loader_->Restore(ls.value());
     t->step_ = state.value()["step"].get<int>();
-    if (!run.quiet) std::printf("resumed from %s at step %d\n", from.c_str(), t->step_);
+    if (!run.quiet && t->leader())
+      std::printf("resumed from %s at step %d\n", from.c_str(), t->step_);
   }
 
-  std::error_code ec;
-  fs::create_directories(config.out_dir, ec);
-  if (ec) return Status::Error("cannot create out_dir " + config.out_dir + ": " + ec.message());
-  GROVE_RETURN_IF_ERROR(
-      WriteFileAtomic(config.out_dir + "/config.json", config.ToJson().dump(2) + "\n"));
-  FILE* f = std::fopen((config.out_dir + "/metrics.jsonl").c_str(), "a");
-  if (!f) return Status::Error("cannot open " + config.out_dir + "/metrics.jsonl for writing");
-  t->metrics_.reset(f);
+  if (t->leader()) {
+    std::error_code ec;
+    fs::create_directories(config.out_dir, ec);
+    if (ec) return Status::Error("cannot create out_dir " + config.out_dir + ": " + ec.message());
+    GROVE_RETURN_IF_ERROR(
+        WriteFileAtomic(config.out_dir + "/config.json", config.ToJson().dump(2) + "\n"));
+    FILE* f = std::fopen((config.out_dir + "/metrics.jsonl").c_str(), "a");
+    if (!f) return Status::Error("cannot open " + config.out_dir + "/metrics.jsonl for writing");
+    t->metrics_.reset(f);
+  }
   return t;
 }
 
 void Trainer::Log(const nlohmann::json& j) {
+  if (!metrics_) return;  // not the leader
   std::fprintf(metrics_.get(), "%s\n", j.dump().c_str());
   std::fflush(metrics_.get());
 }
@@ -124,13 +167,14 @@ StepMetrics Trainer::TrainStep() {
   for (int micro = 0; micro < o.grad_accum; ++micro) {
     train_loader_->Next(inputs_.data(), targets_.data());
     loss_sum += model_->forward(inputs_.data(), targets_.data());
-    model_->backward(1.0f / static_cast<float>(o.grad_accum));
+    model_->backward(1.0f / static_cast<float>(o.grad_accum),
+                     /*finalize=*/micro + 1 == o.grad_accum);
   }
   ++step_;
   StepMetrics m;
   m.step = step_;
   m.loss = static_cast<float>(loss_sum / o.grad_accum);
-  m.grad_norm = grad_global_norm(model_->grads());
+  m.grad_norm = GlobalGradNorm();
   clip_gradients(model_->grads(), m.grad_norm, o.grad_clip);
   m.lr = learning_rate(o, step_);
   opt_.step(model_->params(), model_->grads(), m.lr, o);
@@ -156,20 +200,24 @@ Status Trainer::SaveCheckpointNow(float loss) {
                           {"config", config_.ToJson()},
                           {"loss", loss}};
   auto dir = SaveCheckpoint(checkpoint_root(config_), step_, model_->params(), opt_, state,
-                            config_.train.keep_checkpoints);
+                            config_.train.keep_checkpoints, checkpoint_rank());
   if (!dir.ok()) return dir.status();
   Log({{"step", step_}, {"checkpoint", dir.value()}});
-  if (!run_.quiet) std::printf("checkpoint saved: %s\n", dir.value().c_str());
+  if (!run_.quiet && leader()) std::printf("checkpoint saved: %s\n", dir.value().c_str());
   return Status::Ok();
 }
 
 Status Trainer::Run() {
   const TrainOptions& o = config_.train;
   const int last = run_.stop_after > 0 ? std::min(run_.stop_after, o.steps) : o.steps;
-  if (!run_.quiet && step_ == 0) {
+  const bool print = !run_.quiet && leader();
+  if (print && step_ == 0) {
+    std::printf("layout: %d rank(s), tp=%d dp=%d%s\n", grid_ ? grid_->world().size() : 1,
+                config_.parallel.tp, config_.parallel.dp,
+                config_.parallel.tp > 1 && config_.parallel.sequence_parallel ? " (with SP)" : "");
     std::printf(
         "model: %lld parameters, %d layers, d_model %d, %d heads, vocab %d; "
-        "batch %d x seq %d x accum %d; recompute %s; %d threads\n",
+        "global batch %d x seq %d x accum %d; recompute %s; %d threads per rank\n",
         static_cast<long long>(config_.model.num_parameters()), config_.model.n_layers,
         config_.model.d_model, config_.model.n_heads, config_.model.vocab_size, o.batch_size,
         o.seq_len, o.grad_accum, o.recompute.c_str(), omp_get_max_threads());
@@ -193,7 +241,7 @@ Status Trainer::Run() {
          {"grad_norm", m.grad_norm},
          {"ms", m.ms},
          {"tokens_per_s", m.tokens_per_s}});
-    if (!run_.quiet)
+    if (print)
       std::printf("step %5d/%d | loss %.4f | lr %.3e | grad norm %.3f | %8.0f tok/s | %7.1f ms\n",
                   m.step, o.steps, m.loss, m.lr, m.grad_norm, m.tokens_per_s, m.ms);
     const bool eval_now = (o.eval_every > 0 && step_ % o.eval_every == 0) || step_ == o.steps;
@@ -201,7 +249,7 @@ Status Trainer::Run() {
       m.val_loss = Evaluate();
       history_.back().val_loss = m.val_loss;
       Log({{"step", step_}, {"val_loss", m.val_loss}});
-      if (!run_.quiet) std::printf("eval  %5d | val loss %.4f\n", step_, m.val_loss);
+      if (print) std::printf("eval  %5d | val loss %.4f\n", step_, m.val_loss);
     }
     const StepControl control = run_.on_step ? run_.on_step(m) : StepControl::kContinue;
     const bool stop = control == StepControl::kStop;
@@ -209,7 +257,7 @@ Status Trainer::Run() {
                           step_ == last || control != StepControl::kContinue;
     if (ckpt_now) GROVE_RETURN_IF_ERROR(SaveCheckpointNow(loss));
     if (stop) {
-      if (!run_.quiet) std::printf("stopping at step %d as requested\n", step_);
+      if (print) std::printf("stopping at step %d as requested\n", step_);
       break;
     }
     std::fflush(stdout);

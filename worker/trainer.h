@@ -20,6 +20,8 @@
 #include "data/batch_loader.h"
 #include "data/token_file.h"
 #include "model/transformer.h"
+#include "parallel/grid.h"
+#include "worker/checkpoint.h"
 #include "worker/optimizer.h"
 #include "worker/train_config.h"
 
@@ -54,8 +56,10 @@ class Trainer {
  public:
   // Opens the dataset, builds the model, and (on resume) loads the checkpoint. Every failure is
   // a Status naming the file or field; nothing in out_dir is modified on failure.
-  static StatusOr<std::unique_ptr<Trainer>> Create(const TrainConfig& config,
-                                                   const RunOptions& run);
+  // With a grid (multi-rank), every rank of grid->world() calls this together; the layout in
+  // config.parallel must match the grid. Only world rank 0 prints and writes metrics.
+  static StatusOr<std::unique_ptr<Trainer>> Create(const TrainConfig& config, const RunOptions& run,
+                                                   const parallel::ParallelGrid* grid = nullptr);
 
   // Runs from the current step to train.steps (or run.stop_after).
   Status Run();
@@ -67,14 +71,18 @@ class Trainer {
   Transformer& model() { return *model_; }
 
  private:
-  Trainer(const TrainConfig& config, const RunOptions& run, data::TokenDataset train,
-          data::TokenDataset val);
+  Trainer(const TrainConfig& config, const RunOptions& run, const parallel::ParallelGrid* grid,
+          data::TokenDataset train, data::TokenDataset val);
+  bool leader() const { return grid_ == nullptr || grid_->world().rank() == 0; }
+  CheckpointRank checkpoint_rank() const;
+  double GlobalGradNorm();
   StepMetrics TrainStep();
   Status SaveCheckpointNow(float loss);
   void Log(const nlohmann::json& j);
 
   TrainConfig config_;
   RunOptions run_;
+  const parallel::ParallelGrid* grid_;
   data::TokenDataset train_data_, val_data_;
   std::optional<data::BatchLoader> train_loader_, val_loader_;
   std::unique_ptr<Transformer> model_;

@@ -64,8 +64,8 @@ void RunLayout(int tp, int dp, bool sp, Recompute mode) {
   comm::Communicator& world = test::world();
   const ModelConfig c = TestConfig();
   const int s = 8, b = 2, B = b * dp;
-  SCOPED_TRACE("tp=" + std::to_string(tp) + " dp=" + std::to_string(dp) + " sp=" +
-               std::to_string(sp) + " recompute=" + recompute_name(mode));
+  SCOPED_TRACE("tp=" + std::to_string(tp) + " dp=" + std::to_string(dp) +
+               " sp=" + std::to_string(sp) + " recompute=" + recompute_name(mode));
   auto grid = parallel::ParallelGrid::create(
       std::shared_ptr<comm::Communicator>(test::mpi_session().world()),
       parallel::GridShape{world.size(), tp, 1, 1, dp});
@@ -93,8 +93,8 @@ void RunLayout(int tp, int dp, bool sp, Recompute mode) {
     const Tensor& gt = got_named[i].tensor;
     const Tensor& wt = want_named[i].tensor;
     ASSERT_EQ(gt.shape(), wt.shape()) << got_named[i].name;
-    EXPECT_TRUE(testing::compare(got_named[i].name, gt.data<float>(), wt.data<float>(),
-                                 gt.numel(), 1e-5));
+    EXPECT_TRUE(
+        testing::compare(got_named[i].name, gt.data<float>(), wt.data<float>(), gt.numel(), 1e-5));
   }
 
   // The stash of this layout equals the memory formula.
