@@ -1,0 +1,164 @@
+// Layout planner: choices follow the memory formula, rejections name the field and the fix, and
+// rank coordinates equal parallel/grid.h's.
+#include "coordinator/planner.h"
+
+#include <gtest/gtest.h>
+
+#include "parallel/grid.h"
+
+namespace grove::coordinator {
+namespace {
+
+TrainConfig Demo() {
+  TrainConfig c;
+  c.model.vocab_size = 8192;
+  c.model.d_model = 256;
+  c.model.n_layers = 4;
+  c.model.n_heads = 8;
+  c.model.max_seq_len = 256;
+  c.train.batch_size = 8;
+  c.train.seq_len = 128;
+  return c;
+}
+
+int64_t Bytes(const TrainConfig& c, int tp, Recompute r) {
+  MemoryLayout l;
+  l.batch = c.train.batch_size;
+  l.seq = c.train.seq_len;
+  l.tp = tp;
+  l.sp = tp > 1;
+  l.recompute = r;
+  return EstimateMemory(c.model, l).total;
+}
+
+double GiBFor(int64_t bytes) {
+  return double(bytes) / kUsableMemoryFraction / (1 << 30) * 1.0001;
+}
+
+TEST(Planner, NoLimitKeepsConfiguredRecomputeAtTp1) {
+  PlanRequest r;
+  r.world_size = 4;
+  auto p = PlanLayout(Demo(), r);
+  ASSERT_TRUE(p.ok()) << p.status().message();
+  EXPECT_EQ(p->tp, 1);
+  EXPECT_EQ(p->dp, 4);
+  EXPECT_EQ(p->recompute, Recompute::kSelective);
+  EXPECT_EQ(p->memory.total, Bytes(Demo(), 1, Recompute::kSelective));
+}
+
+TEST(Planner, PicksLeastRecomputeThatFitsThenWiderTp) {
+  const TrainConfig c = Demo();
+  PlanRequest r;
+  r.world_size = 4;
+  // Exactly enough for no recompute at tp=1.
+  r.device_memory_gib = GiBFor(Bytes(c, 1, Recompute::kNone));
+  auto p = PlanLayout(c, r);
+  ASSERT_TRUE(p.ok()) << p.status().message();
+  EXPECT_EQ(p->tp, 1);
+  EXPECT_EQ(p->recompute, Recompute::kNone);
+  // Enough for selective at tp=1 but not for none.
+  r.device_memory_gib = GiBFor(Bytes(c, 1, Recompute::kSelective));
+  ASSERT_LT(Bytes(c, 1, Recompute::kSelective), Bytes(c, 1, Recompute::kNone));
+  p = PlanLayout(c, r);
+  ASSERT_TRUE(p.ok());
+  EXPECT_EQ(p->tp, 1);
+  EXPECT_EQ(p->recompute, Recompute::kSelective);
+  // Enough only for tp=2 with selective: TP before full recompute.
+  const int64_t tp2 = Bytes(c, 2, Recompute::kSelective);
+  ASSERT_LT(tp2, Bytes(c, 1, Recompute::kFull)) << "test premise: tp=2 beats full recompute";
+  r.device_memory_gib = GiBFor(tp2);
+  p = PlanLayout(c, r);
+  ASSERT_TRUE(p.ok()) << p.status().message();
+  EXPECT_EQ(p->tp, 2);
+  EXPECT_EQ(p->dp, 2);
+  EXPECT_TRUE(p->sp);
+  EXPECT_LE(p->memory.total, int64_t(r.device_memory_gib * (1 << 30) * kUsableMemoryFraction));
+}
+
+TEST(Planner, RejectsWithNeedAndSuggestedTp) {
+  const TrainConfig c = Demo();
+  PlanRequest r;
+  r.world_size = 1;
+  r.recompute = "selective";
+  r.device_memory_gib = GiBFor(Bytes(c, 4, Recompute::kSelective));
+  auto p = PlanLayout(c, r);
+  ASSERT_FALSE(p.ok());
+  const std::string m = p.status().message();
+  EXPECT_NE(
+      m.find("needs " + FormatGiB(Bytes(c, 1, Recompute::kSelective)) + " per device at tp=1"),
+      std::string::npos)
+      << m;
+  EXPECT_NE(m.find("try tp=4"), std::string::npos) << m;
+}
+
+TEST(Planner, RanksPerHostBoundTp) {
+  const TrainConfig c = Demo();
+  PlanRequest r;
+  r.world_size = 8;
+  r.ranks_per_host = 2;
+  r.device_memory_gib = GiBFor(Bytes(c, 4, Recompute::kFull));  // only tp>=4 would fit
+  auto p = PlanLayout(c, r);
+  ASSERT_FALSE(p.ok());
+  EXPECT_NE(p.status().message().find("ranks_per_host"), std::string::npos) << p.status().message();
+}
+
+TEST(Planner, FieldErrors) {
+  const TrainConfig c = Demo();
+  auto msg = [&](PlanRequest r) {
+    auto p = PlanLayout(c, r);
+    return p.ok() ? std::string("ok") : p.status().message();
+  };
+  PlanRequest r;
+  r.world_size = 0;
+  EXPECT_NE(msg(r).find("parallel.world_size"), std::string::npos);
+  r.world_size = 4;
+  r.tp = 3;
+  EXPECT_NE(msg(r).find("parallel.tp=3"), std::string::npos) << msg(r);
+  r.tp = 0;
+  r.cp = 3;
+  EXPECT_NE(msg(r).find("parallel.cp=3"), std::string::npos) << msg(r);
+  r.cp = 0;
+  r.ep = 3;
+  EXPECT_NE(msg(r).find("parallel.ep=3"), std::string::npos) << msg(r);
+  r.ep = 0;
+  r.recompute = "some";
+  EXPECT_NE(msg(r).find("parallel.recompute"), std::string::npos) << msg(r);
+  r.recompute = "";
+  r.tp = 2;
+  r.dp = 4;
+  EXPECT_NE(msg(r).find("!= world_size=4"), std::string::npos) << msg(r);
+  TrainConfig odd = c;
+  odd.model.n_heads = 4;
+  odd.model.d_model = 256;
+  PlanRequest t;
+  t.world_size = 8;
+  t.tp = 8;
+  auto p = PlanLayout(odd, t);
+  ASSERT_FALSE(p.ok());
+  EXPECT_NE(p.status().message().find("model.n_heads"), std::string::npos) << p.status().message();
+}
+
+TEST(Planner, CoordsMatchParallelGrid) {
+  const TrainConfig c = Demo();
+  PlanRequest r;
+  r.world_size = 8;
+  r.tp = 2;
+  r.cp = 2;
+  r.ep = 4;
+  auto p = PlanLayout(c, r);
+  ASSERT_TRUE(p.ok()) << p.status().message();
+  parallel::GridShape shape{8, 2, 2, 4, 2};
+  ASSERT_TRUE(parallel::validate(shape).ok());
+  for (int rank = 0; rank < 8; ++rank) {
+    const Coords got = RankCoords(p.value(), rank);
+    const parallel::GridCoord want = parallel::grid_coord(shape, rank);
+    EXPECT_EQ(got.tp, want.tp) << rank;
+    EXPECT_EQ(got.cp, want.cp) << rank;
+    EXPECT_EQ(got.dp, want.dp) << rank;
+    EXPECT_EQ(got.ep, want.ep) << rank;
+    EXPECT_EQ(got.edp, want.edp) << rank;
+  }
+}
+
+}  // namespace
+}  // namespace grove::coordinator

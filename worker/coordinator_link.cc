@@ -1,0 +1,262 @@
+#include "worker/coordinator_link.h"
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+
+namespace grove {
+
+namespace v1 = grove::v1;
+
+namespace {
+
+uint64_t ResidentBytes() {
+  std::ifstream in("/proc/self/statm");
+  uint64_t size = 0, resident = 0;
+  if (!(in >> size >> resident)) return 0;
+  return resident * uint64_t(sysconf(_SC_PAGESIZE));
+}
+
+bool Transient(const grpc::Status& st) {
+  return st.error_code() == grpc::StatusCode::UNAVAILABLE ||
+         st.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
+}
+
+int64_t NowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+}  // namespace
+
+CoordinatorLink::CoordinatorLink(CoordinatorLinkOptions options) : options_(std::move(options)) {}
+
+StatusOr<std::unique_ptr<CoordinatorLink>> CoordinatorLink::Register(
+    CoordinatorLinkOptions options) {
+  if (options.job_id.empty()) return Status::Error("--job is empty: name the job to join");
+  if (options.host.empty()) {
+    char host[256] = {};
+    gethostname(host, sizeof host - 1);
+    options.host = host;
+  }
+  std::unique_ptr<CoordinatorLink> link(new CoordinatorLink(std::move(options)));
+  const CoordinatorLinkOptions& o = link->options_;
+  auto channel = rpc::MakeChannel(o.client);
+  if (!channel.ok()) return channel.status();
+  link->channel_ = channel.value();
+  link->stub_ = v1::Coordinator::NewStub(link->channel_);
+
+  v1::RegisterWorkerRequest req;
+  req.set_job_id(o.job_id);
+  req.set_rank(o.rank);
+  req.set_world_size(o.world_size);
+  req.set_host(o.host);
+  req.set_pid(int(getpid()));
+  req.set_devices(o.devices);
+  const auto give_up = std::chrono::steady_clock::now() + o.register_timeout;
+  while (true) {
+    grpc::ClientContext ctx;
+    rpc::PrepareContext(&ctx, o.client.token, o.client.deadline);
+    grpc::Status st = link->stub_->RegisterWorker(&ctx, req, &link->assignment_);
+    if (st.ok()) break;
+    if (!Transient(st) || std::chrono::steady_clock::now() > give_up)
+      return Status::Error("coordinator " + o.client.address + " refused rank " +
+                           std::to_string(o.rank) + " of job " + o.job_id + ": " +
+                           rpc::DescribeStatus(st));
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  }
+  return link;
+}
+
+CoordinatorLink::~CoordinatorLink() {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+void CoordinatorLink::Start() {
+  if (thread_.joinable()) return;
+  thread_ = std::thread([this] { HeartbeatLoop(); });
+}
+
+std::string CoordinatorLink::stop_reason() const {
+  std::lock_guard<std::mutex> l(const_cast<std::mutex&>(mu_));
+  return stop_reason_;
+}
+
+void CoordinatorLink::RecordStep(const StepMetrics& m) {
+  last_step_.store(m.step);
+  if (options_.rank != 0) return;
+  v1::StepMetric sm;
+  sm.set_step(m.step);
+  sm.set_loss(m.loss);
+  sm.set_lr(m.lr);
+  sm.set_grad_norm(m.grad_norm);
+  sm.set_step_ms(m.ms);
+  sm.set_tokens_per_s(m.tokens_per_s);
+  if (!std::isnan(m.val_loss)) {
+    sm.set_has_val_loss(true);
+    sm.set_val_loss(m.val_loss);
+  }
+  sm.set_time_unix_ms(NowMs());
+  std::lock_guard<std::mutex> l(mu_);
+  if (pending_.size() >= options_.max_buffered_metrics) pending_.erase(pending_.begin());
+  pending_.push_back(std::move(sm));
+}
+
+StepControl CoordinatorLink::Decide(comm::Communicator* world) {
+  int64_t votes[2] = {stop_level_.load(), checkpoint_seq_.load()};
+  if (world != nullptr && world->size() > 1)
+    world->all_reduce(votes, 2, DType::kI64, comm::ReduceOp::kMax);
+  if (votes[0] > 0) return StepControl::kStop;
+  if (votes[1] > checkpoint_done_) {
+    checkpoint_done_ = votes[1];
+    return StepControl::kCheckpoint;
+  }
+  return StepControl::kContinue;
+}
+
+std::function<StepControl(const StepMetrics&)> CoordinatorLink::StepHook(
+    comm::Communicator* world) {
+  return [this, world](const StepMetrics& m) {
+    RecordStep(m);
+    return Decide(world);
+  };
+}
+
+void CoordinatorLink::Abort(const std::string& reason) {
+  // Called with mu_ held.
+  if (stop_level_.load() < 2) {
+    stop_reason_ = reason;
+    abort_deadline_ = std::chrono::steady_clock::now() + options_.abort_grace;
+    std::fprintf(stderr, "grove-worker: rank %d: coordinator says stop now: %s\n", options_.rank,
+                 reason.c_str());
+  }
+  stop_level_.store(2);
+}
+
+void CoordinatorLink::HandleReply(const v1::HeartbeatResponse& reply) {
+  // Called with mu_ held.
+  switch (reply.action()) {
+    case v1::ACTION_ABORT:
+      Abort(reply.reason());
+      break;
+    case v1::ACTION_STOP:
+      if (stop_level_.load() == 0) {
+        stop_reason_ = reply.reason();
+        stop_level_.store(1);
+      }
+      break;
+    default:
+      break;
+  }
+  int64_t seen = checkpoint_seq_.load();
+  while (reply.checkpoint_seq() > seen &&
+         !checkpoint_seq_.compare_exchange_weak(seen, reply.checkpoint_seq())) {
+  }
+}
+
+bool CoordinatorLink::SendHeartbeat() {
+  v1::HeartbeatRequest req;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    for (auto& m : pending_) *req.add_metrics() = std::move(m);
+    pending_.clear();
+  }
+  req.set_job_id(options_.job_id);
+  req.set_rank(options_.rank);
+  req.set_attempt(assignment_.attempt());
+  req.set_step(last_step_.load());
+  req.set_memory_bytes(ResidentBytes());
+  grpc::ClientContext ctx;
+  rpc::PrepareContext(&ctx, options_.client.token, options_.client.deadline);
+  v1::HeartbeatResponse reply;
+  grpc::Status st = stub_->Heartbeat(&ctx, req, &reply);
+  std::lock_guard<std::mutex> l(mu_);
+  if (st.ok()) {
+    if (unreachable_logged_)
+      std::fprintf(stderr, "grove-worker: rank %d: coordinator reachable again\n", options_.rank);
+    unreachable_logged_ = false;
+    HandleReply(reply);
+    return true;
+  }
+  // Keep the metrics for the next try (oldest first, bounded).
+  std::vector<v1::StepMetric> back(req.metrics().begin(), req.metrics().end());
+  back.insert(back.end(), std::make_move_iterator(pending_.begin()),
+              std::make_move_iterator(pending_.end()));
+  if (back.size() > options_.max_buffered_metrics)
+    back.erase(back.begin(), back.end() - options_.max_buffered_metrics);
+  pending_ = std::move(back);
+  if (Transient(st)) {
+    if (!unreachable_logged_)
+      std::fprintf(stderr,
+                   "grove-worker: rank %d: coordinator %s unreachable (%s); training goes on, "
+                   "retrying\n",
+                   options_.rank, options_.client.address.c_str(), rpc::DescribeStatus(st).c_str());
+    unreachable_logged_ = true;
+    return false;
+  }
+  // The coordinator no longer accepts this worker (job forgotten, rank unknown, bad token).
+  Abort("heartbeat refused: " + rpc::DescribeStatus(st));
+  return true;
+}
+
+void CoordinatorLink::HeartbeatLoop() {
+  const auto interval =
+      std::chrono::milliseconds(std::max<int64_t>(50, assignment_.heartbeat_interval_ms()));
+  std::unique_lock<std::mutex> l(mu_);
+  while (!stopping_) {
+    if (stop_level_.load() > 1 && std::chrono::steady_clock::now() > abort_deadline_) {
+      std::fprintf(stderr,
+                   "grove-worker: rank %d: still running %.1f s after the coordinator's stop "
+                   "(%s); exiting\n",
+                   options_.rank, options_.abort_grace.count() / 1000.0, stop_reason_.c_str());
+      std::fflush(stderr);
+      std::_Exit(kAbortExitCode);
+    }
+    l.unlock();
+    SendHeartbeat();
+    l.lock();
+    cv_.wait_for(l, interval, [this] { return stopping_; });
+  }
+}
+
+StatusOr<v1::JobState> CoordinatorLink::ReportExit(int exit_code, const std::string& message) {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+  const auto give_up = std::chrono::steady_clock::now() + options_.exit_report_timeout;
+  // The metrics not yet sent go first, so the job's record is complete when it ends.
+  if (!abort_requested()) {
+    while (!SendHeartbeat() && std::chrono::steady_clock::now() < give_up)
+      std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  }
+  v1::ReportExitRequest req;
+  req.set_job_id(options_.job_id);
+  req.set_rank(options_.rank);
+  req.set_attempt(assignment_.attempt());
+  req.set_exit_code(exit_code);
+  req.set_message(message.substr(0, 4000));
+  req.set_final_step(last_step_.load());
+  while (true) {
+    grpc::ClientContext ctx;
+    rpc::PrepareContext(&ctx, options_.client.token, options_.client.deadline);
+    v1::ReportExitResponse resp;
+    grpc::Status st = stub_->ReportExit(&ctx, req, &resp);
+    if (st.ok()) return resp.state();
+    if (!Transient(st) || std::chrono::steady_clock::now() > give_up)
+      return Status::Error("cannot report the exit of rank " + std::to_string(options_.rank) +
+                           " to " + options_.client.address + ": " + rpc::DescribeStatus(st));
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  }
+}
+
+}  // namespace grove

@@ -1,0 +1,118 @@
+// CoordinatorLink: a worker's connection to grove-coordinator (proto/grove.proto).
+//
+//   auto link = CoordinatorLink::Register(options);  // rank, world, host -> layout, coords, config
+//   link->Start();                                   // heartbeats on a background thread
+//   run.on_step = link->StepHook(&grid.world());     // stop / checkpoint decisions per step
+//   ... Trainer::Run() ...
+//   link->ReportExit(code, message);
+//
+// Heartbeats run on their own thread every heartbeat_interval (the coordinator's value), so a
+// rank in a long step or collective still counts as alive; rank 0 also sends the per-step
+// metrics it recorded since the previous heartbeat. While the coordinator is unreachable (e.g.
+// restarting) heartbeats are retried and metrics kept (bounded), training goes on.
+//
+// Every rank must take the same stop / checkpoint decision at the same step: StepHook() has every
+// rank vote {stop level, newest checkpoint request} from its own latest heartbeat reply and
+// combines the votes with one all_reduce(MAX) over the world communicator, so all ranks issue
+// the same collective once per step and act on the same result.
+//
+// ABORT (the job failed or is restarting): the hook votes stop, and if the process has not
+// exited abort_grace later (e.g. blocked in a collective with a dead peer) the heartbeat thread
+// ends it with exit code kAbortExitCode.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "comm/communicator.h"
+#include "core/status.h"
+#include "proto/client.h"
+#include "worker/trainer.h"
+
+namespace grove {
+
+struct CoordinatorLinkOptions {
+  rpc::ClientOptions client;  // address, token, TLS, per-call deadline
+  std::string job_id;
+  int rank = 0;
+  int world_size = 1;
+  std::string host;  // default: gethostname()
+  std::string devices = "cpu";
+  // How long Register retries while the coordinator is unreachable.
+  std::chrono::milliseconds register_timeout{60000};
+  // How long ReportExit retries while the coordinator is unreachable.
+  std::chrono::milliseconds exit_report_timeout{30000};
+  std::chrono::milliseconds abort_grace{5000};
+  size_t max_buffered_metrics = 100000;
+};
+
+class CoordinatorLink {
+ public:
+  static constexpr int kAbortExitCode = 75;
+
+  // Registers this rank. Errors: the coordinator's refusal (unknown job, rank already
+  // registered, wrong world size, bad token), or unreachable past register_timeout.
+  static StatusOr<std::unique_ptr<CoordinatorLink>> Register(CoordinatorLinkOptions options);
+  ~CoordinatorLink();  // stops the heartbeat thread
+  CoordinatorLink(const CoordinatorLink&) = delete;
+  CoordinatorLink& operator=(const CoordinatorLink&) = delete;
+
+  const grove::v1::RegisterWorkerResponse& assignment() const { return assignment_; }
+
+  // Starts the heartbeat thread.
+  void Start();
+  // Records a finished step: the step count goes with every heartbeat, the metrics (rank 0
+  // only) with the next one.
+  void RecordStep(const StepMetrics& m);
+  // The decision for the step just finished; collective over `world` (nullptr: one rank).
+  StepControl Decide(comm::Communicator* world);
+  // RecordStep + Decide, as a RunOptions::on_step hook. `world` must outlive the hook.
+  std::function<StepControl(const StepMetrics&)> StepHook(comm::Communicator* world);
+
+  // Stops heartbeats, sends the metrics not yet sent, and reports the exit (retried while the
+  // coordinator is unreachable, up to exit_report_timeout). Returns the job's state after it.
+  StatusOr<grove::v1::JobState> ReportExit(int exit_code, const std::string& message);
+
+  // Set once the coordinator answered STOP or ABORT (with its reason).
+  bool stop_requested() const { return stop_level_.load() > 0; }
+  bool abort_requested() const { return stop_level_.load() > 1; }
+  std::string stop_reason() const;
+  int64_t last_step() const { return last_step_.load(); }
+
+ private:
+  explicit CoordinatorLink(CoordinatorLinkOptions options);
+  void HeartbeatLoop();
+  // One heartbeat with the buffered metrics; false when the coordinator was unreachable.
+  bool SendHeartbeat();
+  void HandleReply(const grove::v1::HeartbeatResponse& reply);
+  void Abort(const std::string& reason);
+
+  CoordinatorLinkOptions options_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<grove::v1::Coordinator::Stub> stub_;
+  grove::v1::RegisterWorkerResponse assignment_;
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stopping_ = false;
+  std::vector<grove::v1::StepMetric> pending_;
+  std::string stop_reason_;
+  std::chrono::steady_clock::time_point abort_deadline_{};
+  bool unreachable_logged_ = false;
+  std::thread thread_;
+
+  std::atomic<int> stop_level_{0};          // 0 continue, 1 stop (cancel), 2 abort
+  std::atomic<int64_t> checkpoint_seq_{0};  // newest checkpoint request seen
+  int64_t checkpoint_done_ = 0;             // newest one acted on (main thread only)
+  std::atomic<int64_t> last_step_{0};
+};
+
+}  // namespace grove
