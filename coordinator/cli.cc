@@ -192,12 +192,14 @@ int Submit(Common& c, const SubmitArgs& a) {
   spec->set_name(a.name);
   spec->set_config_json(config.value().ToJson().dump());
   spec->set_max_restarts(a.max_restarts);
+  // A layout written in the config's parallel section is kept unless a flag overrides it.
+  const grove::ParallelOptions& cp = config.value().parallel;
   v1::ParallelSpec* p = spec->mutable_parallel();
   p->set_world_size(a.world);
-  p->set_tp(a.tp);
-  p->set_cp(a.cp);
-  p->set_ep(a.ep);
-  p->set_dp(a.dp);
+  p->set_tp(a.tp > 0 ? a.tp : (cp.tp != 1 ? cp.tp : 0));
+  p->set_cp(a.cp > 0 ? a.cp : (cp.cp != 1 ? cp.cp : 0));
+  p->set_ep(a.ep > 0 ? a.ep : (cp.ep != 1 ? cp.ep : 0));
+  p->set_dp(a.dp > 0 ? a.dp : cp.dp);
   p->set_recompute(recompute);
   p->set_device_memory_gib(a.memory_gib);
   p->set_ranks_per_host(a.ranks_per_host);

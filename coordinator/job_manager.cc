@@ -81,6 +81,7 @@ grpc::Status PlanJob(const v1::JobSpec& spec, v1::Layout* layout, std::string* r
   req.recompute = p.recompute();
   req.device_memory_gib = p.device_memory_gib();
   req.ranks_per_host = p.ranks_per_host();
+  req.sequence_parallel = config.value().parallel.sequence_parallel;
   auto plan = PlanLayout(config.value(), req);
   if (!plan.ok()) return Invalid("spec." + plan.status().message());
   const Plan& pl = plan.value();
@@ -94,8 +95,15 @@ grpc::Status PlanJob(const v1::JobSpec& spec, v1::Layout* layout, std::string* r
   layout->set_bytes_per_device(pl.memory.total);
   layout->set_device_memory_bytes(pl.device_memory_bytes);
   layout->set_explanation(pl.explanation);
+  // The workers train with exactly the planned layout.
   TrainConfig resolved_config = config.value();
   resolved_config.train.recompute = recompute_name(pl.recompute);
+  resolved_config.parallel.tp = pl.tp;
+  resolved_config.parallel.cp = pl.cp;
+  resolved_config.parallel.ep = pl.ep;
+  resolved_config.parallel.dp = pl.dp;
+  if (Status st = resolved_config.ResolveLayout(pl.world); !st.ok())
+    return Invalid("spec: the planned layout " + pl.explanation + " is not valid: " + st.message());
   *resolved = resolved_config.ToJson().dump();
   *total_steps = resolved_config.train.steps;
   return grpc::Status::OK;

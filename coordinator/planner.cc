@@ -29,12 +29,12 @@ std::string TpModelConflict(const TrainConfig& c, int tp, int cp) {
   return "";
 }
 
-MemoryEstimate Estimate(const TrainConfig& c, int tp, int cp, Recompute r) {
+MemoryEstimate Estimate(const TrainConfig& c, int tp, int cp, Recompute r, bool sp) {
   MemoryLayout l;
   l.batch = c.train.batch_size;
   l.seq = c.train.seq_len / cp;
   l.tp = tp;
-  l.sp = tp > 1;
+  l.sp = sp && tp > 1;
   l.recompute = r;
   return EstimateMemory(c.model, l);
 }
@@ -146,7 +146,7 @@ StatusOr<Plan> PlanLayout(const TrainConfig& config, const PlanRequest& r) {
     p.ep = ep;
     p.dp = world / (tp * cp);
     p.recompute = rc;
-    p.sp = tp > 1;
+    p.sp = r.sequence_parallel && tp > 1;
     p.memory = m;
     p.device_memory_bytes = device_bytes;
     p.explanation = "tp=" + std::to_string(tp) + " cp=" + std::to_string(cp) +
@@ -160,14 +160,14 @@ StatusOr<Plan> PlanLayout(const TrainConfig& config, const PlanRequest& r) {
   for (const auto* modes : {&light, &heavy})
     for (int tp : tps)
       for (Recompute rc : *modes) {
-        MemoryEstimate m = Estimate(config, tp, cp, rc);
+        MemoryEstimate m = Estimate(config, tp, cp, rc, r.sequence_parallel);
         if (device_bytes == 0 || m.total <= usable) return make(tp, rc, m);
       }
 
   // Nothing fits: say what the smallest candidate needs, and which tp would fit.
   const Recompute best = heavy.empty() ? light.back() : heavy.back();
   const int tp0 = tps.front();
-  const MemoryEstimate need = Estimate(config, tp0, cp, best);
+  const MemoryEstimate need = Estimate(config, tp0, cp, best, r.sequence_parallel);
   std::string msg = "parallel: needs " + FormatGiB(need.total) +
                     " per device at tp=" + std::to_string(tp0) +
                     (heavy.empty() ? " with " : " even with ") + recompute_name(best) +
@@ -175,7 +175,8 @@ StatusOr<Plan> PlanLayout(const TrainConfig& config, const PlanRequest& r) {
                     ", " + FormatGiB(usable) + " usable)";
   int fit_tp = 0;
   for (int tp = tp0 + 1; tp <= 1024 && fit_tp == 0; ++tp)
-    if (TpModelConflict(config, tp, cp).empty() && Estimate(config, tp, cp, best).total <= usable)
+    if (TpModelConflict(config, tp, cp).empty() &&
+        Estimate(config, tp, cp, best, r.sequence_parallel).total <= usable)
       fit_tp = tp;
   if (fit_tp > 0) {
     msg += "; try tp=" + std::to_string(fit_tp);

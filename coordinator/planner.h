@@ -7,7 +7,7 @@
 //  - tp divides n_heads, the kv heads, the SwiGLU hidden size, the vocabulary and s / cp (the
 //    sequence-parallel shard), and tp divides ranks_per_host: with ranks placed by slot, every TP
 //    group then lies on one host (TP traffic stays on the intra-host links).
-//  - Sequence parallelism is on whenever tp > 1 (Megatron-LM).
+//  - Sequence parallelism is on whenever tp > 1 (Megatron-LM), unless the request turns it off.
 //  - Memory: EstimateMemory at micro-batch train.batch_size, sequence train.seq_len / cp, must
 //    fit in 90% of the device memory (the rest is left to workspaces and fragmentation).
 //  - Search order, first fit wins: tp ascending with no / selective recompute, then tp ascending
@@ -29,13 +29,14 @@ inline constexpr double kUsableMemoryFraction = 0.9;
 
 struct PlanRequest {
   int world_size = 1;
-  int tp = 0;                    // 0 = plan
-  int cp = 0;                    // 0 = 1
-  int ep = 0;                    // 0 = 1
-  int dp = 0;                    // 0 = world / (tp · cp)
-  std::string recompute;         // "" = plan; else none | selective | full
-  double device_memory_gib = 0;  // 0 = no memory limit
-  int ranks_per_host = 0;        // 0 = world_size
+  int tp = 0;                     // 0 = plan
+  int cp = 0;                     // 0 = 1
+  int ep = 0;                     // 0 = 1
+  int dp = 0;                     // 0 = world / (tp · cp)
+  std::string recompute;          // "" = plan; else none | selective | full
+  double device_memory_gib = 0;   // 0 = no memory limit
+  int ranks_per_host = 0;         // 0 = world_size
+  bool sequence_parallel = true;  // SP whenever tp > 1 (false: plain TP)
 };
 
 struct Plan {

@@ -1,6 +1,9 @@
 // grove-worker: trains a model, on one process or on every rank of an MPI job:
 //   grove-worker train --config configs/demo.json [--set train.lr=1e-3 ...] [--resume]
 //   mpirun -np 4 grove-worker train --config configs/demo.json --tp 2 --dp 2
+//   mpirun -np 4 grove-worker train --coordinator 127.0.0.1:7070 --job job-000001
+// With --coordinator, every rank registers with grove-coordinator, trains with the config and
+// layout it assigns, heartbeats, stops or checkpoints when told, and reports its exit.
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <memory>
@@ -9,6 +12,7 @@
 
 #include "comm/mpi_communicator.h"
 #include "parallel/grid.h"
+#include "worker/coordinator_link.h"
 #include "worker/trainer.h"
 
 namespace {
@@ -43,7 +47,30 @@ int main(int argc, char** argv) {
       "--stop-after", run.stop_after,
       "stop after this step (with a checkpoint); the schedule still uses train.steps");
   train->add_flag("--quiet,-q", run.quiet, "no progress lines");
+  grove::CoordinatorLinkOptions link_options;
+  std::string token_file;
+  train->add_option("--coordinator", link_options.client.address,
+                    "grove-coordinator host:port: take the config and layout of --job from it");
+  train->add_option("--job", link_options.job_id, "the coordinator's job id to join");
+  train->add_option("--token-file", token_file,
+                    "coordinator bearer token file (or GROVE_TOKEN / GROVE_TOKEN_FILE)");
+  train->add_option("--tls-ca", link_options.client.tls_ca_file,
+                    "PEM CA of the coordinator's certificate (enables TLS)");
+  train->add_option("--tls-server-name", link_options.client.tls_server_name,
+                    "name to check in the coordinator's certificate");
   CLI11_PARSE(app, argc, argv);
+  const bool coordinated = train->count("--coordinator") > 0;
+  if (coordinated && (!config_path.empty() || !overrides.empty() || tp > 0 || cp > 0 || ep > 0 ||
+                      dp >= 0 || no_sp)) {
+    std::fprintf(stderr,
+                 "grove-worker: error: with --coordinator the config and layout come from the "
+                 "job; drop --config/--set/--tp/--cp/--ep/--dp/--no-sequence-parallel\n");
+    return 2;
+  }
+  if (coordinated && link_options.job_id.empty()) {
+    std::fprintf(stderr, "grove-worker: error: --coordinator needs --job JOB_ID\n");
+    return 2;
+  }
 
   if (tp > 0) overrides.push_back("parallel.tp=" + std::to_string(tp));
   if (cp > 0) overrides.push_back("parallel.cp=" + std::to_string(cp));
@@ -53,26 +80,78 @@ int main(int argc, char** argv) {
 
   grove::comm::MpiSession mpi(&argc, &argv);
   const int rank = mpi.world_rank();
+  std::unique_ptr<grove::CoordinatorLink> link;
+  // With a coordinator every exit is reported to it (code and message) before returning.
+  auto finish = [&](int code, const std::string& message) {
+    if (code != 0 && (link == nullptr || rank == 0 || code == 3))
+      std::fprintf(stderr, "grove-worker: error%s: %s\n",
+                   code == 3 ? (" on rank " + std::to_string(rank)).c_str() : "", message.c_str());
+    if (link != nullptr) {
+      auto state = link->ReportExit(code, message);
+      if (!state.ok()) std::fprintf(stderr, "grove-worker: %s\n", state.status().message().c_str());
+    }
+    return code;
+  };
+  std::shared_ptr<grove::comm::Communicator> world;
   try {
-    auto config = grove::LoadTrainConfig(config_path, overrides);
+    grove::StatusOr<grove::TrainConfig> config = grove::Status::Error("no config");
+    if (coordinated) {
+      auto token = grove::rpc::ResolveToken("", token_file);
+      if (!token.ok()) return fail(rank, token.status().message());
+      link_options.client.token = token.value();
+      link_options.rank = rank;
+      link_options.world_size = mpi.world_size();
+      auto registered = grove::CoordinatorLink::Register(link_options);
+      // Every rank must have joined before any of them starts collectives.
+      world = std::shared_ptr<grove::comm::Communicator>(mpi.world());
+      int32_t refused = registered.ok() ? 0 : 1;
+      world->all_reduce(&refused, 1, grove::DType::kI32, grove::comm::ReduceOp::kMax);
+      if (!registered.ok()) {
+        std::fprintf(stderr, "grove-worker: error on rank %d: %s\n", rank,
+                     registered.status().message().c_str());
+        return 2;
+      }
+      link = std::move(registered).value();
+      if (refused != 0) return finish(2, "another rank could not register with the coordinator");
+      const auto& a = link->assignment();
+      if (a.resume()) run.resume = true;  // a restart continues from the last checkpoint
+      config = grove::TrainConfigFromJson(nlohmann::json::parse(a.config_json()));
+      if (!config.ok())
+        return finish(2, "config from the coordinator: " + config.status().message());
+      link->Start();
+    } else {
+      config = grove::LoadTrainConfig(config_path, overrides);
+    }
     if (!config.ok()) return fail(rank, config.status().message());
     grove::Status st = config.value().ResolveLayout(mpi.world_size());
-    if (!st.ok()) return fail(rank, st.message());
+    if (!st.ok()) return link ? finish(2, st.message()) : fail(rank, st.message());
     const grove::ParallelOptions& p = config.value().parallel;
 
     std::unique_ptr<grove::parallel::ParallelGrid> grid;
     if (mpi.world_size() > 1) {
       auto g = grove::parallel::ParallelGrid::create(
-          std::shared_ptr<grove::comm::Communicator>(mpi.world()),
+          world ? world : std::shared_ptr<grove::comm::Communicator>(mpi.world()),
           {mpi.world_size(), p.tp, p.cp, p.ep, p.dp});
-      if (!g.ok()) return fail(rank, g.status().message());
+      if (!g.ok()) return link ? finish(2, g.status().message()) : fail(rank, g.status().message());
       grid = std::make_unique<grove::parallel::ParallelGrid>(std::move(g).value());
     }
+    if (link) run.on_step = link->StepHook(grid ? &grid->world() : nullptr);
     auto trainer = grove::Trainer::Create(config.value(), run, grid.get());
-    if (!trainer.ok()) return fail(rank, trainer.status().message());
+    if (!trainer.ok())
+      return link ? finish(2, trainer.status().message()) : fail(rank, trainer.status().message());
     st = trainer.value()->Run();
-    if (!st.ok()) return fail(rank, st.message());
+    if (!st.ok()) return link ? finish(2, st.message()) : fail(rank, st.message());
+    if (link) {
+      const std::string at = "at step " + std::to_string(trainer.value()->step());
+      if (link->abort_requested())
+        return finish(grove::CoordinatorLink::kAbortExitCode,
+                      "stopped " + at + ": " + link->stop_reason());
+      return finish(0, link->stop_requested()
+                           ? "stopped " + at + " after a checkpoint: " + link->stop_reason()
+                           : "finished " + at);
+    }
   } catch (const std::exception& e) {
+    if (link) return finish(3, e.what());
     // Unexpected: may be one rank only, so every rank reports, tagged.
     std::fprintf(stderr, "grove-worker: error on rank %d: %s\n", rank, e.what());
     return 3;
