@@ -1,0 +1,219 @@
+#!/usr/bin/env bash
+# End-to-end runs: a real grove-coordinator on loopback, real `mpirun grove-worker` ranks, the
+# grove CLI. One scenario per invocation (one ctest entry each):
+#   e2e.sh SCENARIO COORDINATOR GROVE WORKER LOAD_CLIENT DATA_DIR
+# Scenarios: success, kill, cancel, restart, refusals, load.
+set -euo pipefail
+SCENARIO=$1 COORD=$2 GROVE=$3 WORKER=$4 LOAD=$5 DATA=$6
+NP=${GROVE_E2E_NP:-2}
+HB_TIMEOUT=3
+if [ ! -f "$DATA/train.bin" ]; then
+  echo "SKIP: no prepared dataset in $DATA (run launch/setup.sh)"
+  exit 0
+fi
+T=$(mktemp -d /tmp/grove-e2e-XXXXXX)
+CPID="" MPID=""
+cleanup() {
+  # Only the processes this script started, by pid.
+  [ -n "$MPID" ] && kill -9 "$MPID" 2>/dev/null || true
+  [ -n "$CPID" ] && kill -9 "$CPID" 2>/dev/null || true
+  wait 2>/dev/null || true
+  if [ "${KEEP:-0}" = 1 ]; then echo "kept $T"; else rm -rf "$T"; fi
+}
+trap cleanup EXIT
+fail() {
+  echo "FAIL ($SCENARIO): $*"
+  echo "--- coordinator log"; tail -n 30 "$T/coord.log" 2>/dev/null || true
+  echo "--- mpirun log"; tail -n 30 "$T/mpirun.log" 2>/dev/null || true
+  exit 1
+}
+export OMPI_MCA_btl_vader_single_copy_mechanism=none OMPI_MCA_rmaps_base_oversubscribe=1
+export OMP_NUM_THREADS=1
+echo "test-token-$RANDOM$RANDOM" > "$T/token"
+export GROVE_TOKEN_FILE=$T/token
+
+PORT=0
+start_coordinator() {
+  rm -f "$T/port"
+  "$COORD" --listen "127.0.0.1:$PORT" --port-file "$T/port" --db "$T/grove.db" \
+    --heartbeat-timeout $HB_TIMEOUT --registration-timeout 60 >> "$T/coord.log" 2>&1 &
+  CPID=$!
+  for _ in $(seq 100); do [ -s "$T/port" ] && break; sleep 0.1; done
+  [ -s "$T/port" ] || fail "coordinator did not start"
+  PORT=$(cat "$T/port")
+  export GROVE_COORDINATOR=127.0.0.1:$PORT
+}
+
+# jq-free JSON access: field PATH of `grove status JOB --json` (a Python expression on d).
+job_field() {
+  "$GROVE" status "$1" --json 2>/dev/null |
+    python3 -c 'import json,sys; d=json.load(sys.stdin); print(eval(sys.argv[1]))' "$2"
+}
+state() { job_field "$1" 'd.get("state", "")'; }
+step() { job_field "$1" 'int(d.get("last_step", 0))'; }
+wait_until() {  # wait_until SECONDS DESCRIPTION COMMAND...
+  local limit=$1 what=$2
+  shift 2
+  local end=$((SECONDS + limit))
+  until "$@"; do
+    [ $SECONDS -lt $end ] || fail "timed out after ${limit}s waiting for $what"
+    sleep 0.2
+  done
+}
+is_state() { [ "$(state "$1")" = "$2" ]; }
+at_step() { [ "$(step "$1")" -ge "$2" ]; }
+
+write_config() {  # write_config STEPS CHECKPOINT_EVERY
+  cat > "$T/job.json" <<JSON
+{"model": {"vocab_size": 8192, "d_model": 32, "n_layers": 1, "n_heads": 2, "max_seq_len": 32},
+ "train": {"batch_size": 2, "seq_len": 32, "steps": $1, "warmup_steps": 2, "eval_every": 0,
+           "eval_batches": 2, "checkpoint_every": $2, "threads": 1},
+ "data": {"dir": "$DATA"}, "out_dir": "$T/out"}
+JSON
+}
+submit() { "$GROVE" submit -c "$T/job.json" --world "$1" -q "${@:2}"; }
+launch() {  # launch JOB NP
+  mpirun --allow-run-as-root --oversubscribe --mca btl self,vader -np "$2" \
+    "$WORKER" train --coordinator "$GROVE_COORDINATOR" --job "$1" -q > "$T/mpirun.log" 2>&1 &
+  MPID=$!
+}
+wait_mpirun() {  # wait_mpirun SECONDS -> sets MRC
+  local end=$((SECONDS + $1))
+  while kill -0 "$MPID" 2>/dev/null; do
+    [ $SECONDS -lt $end ] || fail "mpirun still running after $1 s"
+    sleep 0.2
+  done
+  MRC=0
+  wait "$MPID" || MRC=$?
+  MPID=""
+}
+worker_pids() { job_field "$1" '" ".join(str(w["pid"]) for w in d.get("workers", []))'; }
+metric_steps() {  # distinct steps with a recorded metric
+  "$GROVE" logs "$1" --json | python3 -c '
+import json, sys
+steps = {int(json.loads(l)["metric"]["step"]) for l in sys.stdin if "\"metric\"" in l}
+print(len(steps))'
+}
+
+start_coordinator
+case "$SCENARIO" in
+  success)
+    write_config 40 20
+    JOB=$(submit "$NP")
+    launch "$JOB" "$NP"
+    wait_mpirun 120
+    [ "$MRC" = 0 ] || fail "mpirun exited with $MRC"
+    [ "$(state "$JOB")" = SUCCEEDED ] || fail "state $(state "$JOB"), want SUCCEEDED"
+    [ "$(step "$JOB")" = 40 ] || fail "last_step $(step "$JOB"), want 40"
+    [ "$(metric_steps "$JOB")" = 40 ] || fail "metrics for $(metric_steps "$JOB") steps, want 40"
+    [ -d "$T/out/checkpoints/step_00000040" ] || fail "no final checkpoint"
+    "$GROVE" status "$JOB"
+    ;;
+  kill)
+    write_config 1000000 100000
+    JOB=$(submit "$NP")
+    launch "$JOB" "$NP"
+    wait_until 60 "step 5" at_step "$JOB" 5
+    PIDS=$(worker_pids "$JOB")
+    VICTIM=$(job_field "$JOB" 'd["workers"][1]["pid"]')
+    kill -9 "$VICTIM"
+    KILLED_AT=$SECONDS
+    wait_until $((HB_TIMEOUT + 5)) "FAILED" is_state "$JOB" FAILED
+    echo "FAILED $((SECONDS - KILLED_AT)) s after kill -9 (timeout $HB_TIMEOUT s)"
+    REASON=$(job_field "$JOB" 'd["reason"]')
+    echo "reason: $REASON"
+    case "$REASON" in *"rank "*"no heartbeat"*|*"rank "*"exited with code"*) ;;
+      *) fail "reason does not name the silent rank: $REASON" ;; esac
+    wait_mpirun 30
+    [ "$MRC" != 0 ] || fail "mpirun exited 0 after a rank was killed"
+    for p in $PIDS; do
+      if kill -0 "$p" 2>/dev/null; then fail "worker pid $p still alive"; fi
+    done
+    if ps -eo args | grep -v grep | grep -q -- "--job $JOB"; then fail "orphan worker of $JOB"; fi
+    ;;
+  cancel)
+    write_config 1000000 100000
+    JOB=$(submit "$NP")
+    launch "$JOB" "$NP"
+    wait_until 60 "step 5" at_step "$JOB" 5
+    "$GROVE" cancel "$JOB" --reason "e2e test" --wait --timeout 30
+    wait_mpirun 30
+    [ "$MRC" = 0 ] || fail "mpirun exited with $MRC after a cancel"
+    [ "$(state "$JOB")" = CANCELLED ] || fail "state $(state "$JOB"), want CANCELLED"
+    REASON=$(job_field "$JOB" 'd["reason"]')
+    case "$REASON" in *"final checkpoint"*) ;; *) fail "reason: $REASON" ;; esac
+    FINAL=$(job_field "$JOB" 'min(int(w.get("step", 0)) for w in d["workers"])')
+    CKPT=$(printf '%s/out/checkpoints/step_%08d' "$T" "$FINAL")
+    [ -d "$CKPT" ] || fail "no checkpoint at the final step $FINAL ($(ls "$T/out/checkpoints"))"
+    echo "cancelled at step $FINAL with checkpoint $(basename "$CKPT")"
+    ;;
+  restart)
+    write_config 400 100
+    JOB=$(submit "$NP" --name restart-test)
+    launch "$JOB" "$NP"
+    wait_until 60 "step 10" at_step "$JOB" 10
+    BEFORE=$(job_field "$JOB" '[(t["from"] if "from" in t else "", t["to"], t["reason"]) for t in d["transitions"]]')
+    kill -9 "$CPID"
+    wait "$CPID" 2>/dev/null || true
+    CPID=""
+    sleep 1.5
+    start_coordinator  # same port, same database
+    [ "$(job_field "$JOB" 'd["spec"]["name"]')" = restart-test ] || fail "job lost"
+    AFTER=$(job_field "$JOB" '[(t["from"] if "from" in t else "", t["to"], t["reason"]) for t in d["transitions"]][:2]')
+    [ "$AFTER" = "$BEFORE" ] || fail "history changed: $BEFORE -> $AFTER"
+    wait_mpirun 120
+    [ "$MRC" = 0 ] || fail "mpirun exited with $MRC"
+    [ "$(state "$JOB")" = SUCCEEDED ] || fail "state $(state "$JOB") after the restart"
+    [ "$(metric_steps "$JOB")" = 400 ] || fail "metrics for $(metric_steps "$JOB") steps, want 400"
+    "$GROVE" logs "$JOB" --no-metrics > "$T/events.log"
+    grep -q "coordinator restarted" "$T/events.log" || fail "no restart event"
+    "$GROVE" jobs
+    ;;
+  refusals)
+    write_config 20 0
+    JOB=$(submit 2)
+    # Wrong world size.
+    if mpirun --allow-run-as-root -np 1 "$WORKER" train --coordinator "$GROVE_COORDINATOR" \
+      --job "$JOB" -q > "$T/w1.log" 2>&1; then fail "a world of 1 joined a world-2 job"; fi
+    grep -q "world_size=2" "$T/w1.log" || fail "no world size in: $(cat "$T/w1.log")"
+    # Unknown job.
+    if mpirun --allow-run-as-root -np 1 "$WORKER" train --coordinator "$GROVE_COORDINATOR" \
+      --job job-999999 -q > "$T/w2.log" 2>&1; then fail "joined an unknown job"; fi
+    grep -q "NOT_FOUND" "$T/w2.log" || fail "no NOT_FOUND in: $(cat "$T/w2.log")"
+    # Wrong token: the worker and the CLI are refused, and nothing changed.
+    if GROVE_TOKEN=wrong mpirun --allow-run-as-root -np 2 -x GROVE_TOKEN "$WORKER" train \
+      --coordinator "$GROVE_COORDINATOR" --job "$JOB" -q > "$T/w3.log" 2>&1; then
+      fail "a worker with a wrong token joined"
+    fi
+    grep -q "UNAUTHENTICATED" "$T/w3.log" || fail "no UNAUTHENTICATED in: $(cat "$T/w3.log")"
+    if GROVE_TOKEN=wrong "$GROVE" cancel "$JOB" 2> "$T/c.log"; then fail "cancel with a bad token"; fi
+    grep -q UNAUTHENTICATED "$T/c.log" || fail "no UNAUTHENTICATED in: $(cat "$T/c.log")"
+    [ "$(state "$JOB")" = PENDING ] || fail "state changed to $(state "$JOB")"
+    [ "$(job_field "$JOB" 'len(d.get("workers", []))')" = 0 ] || fail "a refused worker is listed"
+    # Inconsistent specs name the field.
+    if "$GROVE" submit -c "$T/job.json" --world 3 --tp 2 2> "$T/s.log"; then fail "tp=2 on 3 ranks"; fi
+    grep -q "INVALID_ARGUMENT: spec.parallel.tp=2" "$T/s.log" || fail "$(cat "$T/s.log")"
+    if "$GROVE" submit -c "$T/job.json" --world 1 --memory-gib 0.001 2> "$T/m.log"; then
+      fail "accepted a job that does not fit"
+    fi
+    grep -q "per device at tp=1" "$T/m.log" || fail "$(cat "$T/m.log")"
+    [ "$("$GROVE" jobs --json | python3 -c 'import json,sys; print(len(json.load(sys.stdin).get("jobs", [])))')" = 1 ] ||
+      fail "rejected submits created jobs"
+    cat "$T/w1.log" "$T/w2.log" "$T/s.log" "$T/m.log"
+    ;;
+  load)
+    write_config 1000000 100000
+    JOB=$(submit 1)
+    launch "$JOB" 1
+    wait_until 60 "step 3" at_step "$JOB" 3
+    "$LOAD" --coordinator "$GROVE_COORDINATOR" --job "$JOB" --clients "${GROVE_LOAD_CLIENTS:-1000}" \
+      --seconds "${GROVE_LOAD_SECONDS:-8}" | tee "$T/load.json"
+    is_state "$JOB" RUNNING || fail "the job stopped during the load test: $(state "$JOB")"
+    "$GROVE" cancel "$JOB" --wait --timeout 30 > /dev/null
+    wait_mpirun 30
+    ;;
+  *)
+    fail "unknown scenario"
+    ;;
+esac
+echo "PASS ($SCENARIO)"
