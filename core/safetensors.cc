@@ -121,7 +121,7 @@ Status WriteSafetensors(const std::string& path, const std::vector<NamedTensor>&
   return Status::Ok();
 }
 
-StatusOr<SafetensorsFile> ReadSafetensors(const std::string& path) {
+StatusOr<SafetensorsHeader> ReadSafetensorsHeader(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return Status::Error("cannot open " + path + ": " + std::strerror(errno));
   in.seekg(0, std::ios::end);
@@ -140,8 +140,18 @@ StatusOr<SafetensorsFile> ReadSafetensors(const std::string& path) {
   json header = json::parse(h, nullptr, /*allow_exceptions=*/false);
   if (header.is_discarded() || !header.is_object())
     return Status::Error(path + ": header is not valid JSON (corrupt file?)");
-  const uint64_t data_start = 8 + hlen;
+  return SafetensorsHeader{std::move(header), 8 + hlen, file_size};
+}
+
+StatusOr<SafetensorsFile> ReadSafetensors(const std::string& path) {
+  auto hdr = ReadSafetensorsHeader(path);
+  if (!hdr.ok()) return hdr.status();
+  json& header = hdr.value().header;
+  const uint64_t file_size = hdr.value().file_size;
+  const uint64_t data_start = hdr.value().data_start;
   const uint64_t data_size = file_size - data_start;
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return Status::Error("cannot open " + path + ": " + std::strerror(errno));
 
   SafetensorsFile out;
   if (header.contains("__metadata__")) {

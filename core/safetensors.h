@@ -6,6 +6,7 @@
 #pragma once
 
 #include <map>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -35,6 +36,14 @@ struct SafetensorsFile {
 // Reads and validates the whole file: header bounds, offsets, dtypes, sizes and CRCs (when
 // present). Errors name the file and the tensor.
 StatusOr<SafetensorsFile> ReadSafetensors(const std::string& path);
+
+// Only the JSON header of a safetensors file and where its data starts (cheap: no data read).
+struct SafetensorsHeader {
+  nlohmann::json header;   // tensor entries and "__metadata__"
+  uint64_t data_start = 0;  // byte offset of the data section
+  uint64_t file_size = 0;
+};
+StatusOr<SafetensorsHeader> ReadSafetensorsHeader(const std::string& path);
 
 // Writes `contents` to `path` via a temporary file in the same directory, fsync and rename.
 Status WriteFileAtomic(const std::string& path, const std::string& contents);

@@ -1,12 +1,9 @@
-// Checkpoints: a directory step_XXXXXXXX/ holding one safetensors file per tensor-parallel shard
-// (model.safetensors at tp = 1, model-tp{r}-of-{t}.safetensors otherwise: parameters "model.*"
-// and AdamW moments "adam_m.*", "adam_v.*", each with a CRC-32) and state.json (step,
-// data-loader position, config, layout). Data-parallel replicas hold identical shards, so only
-// dp rank 0 of each TP shard writes. Loading needs the same tp as the writer (resharding to
-// another layout belongs to distributed checkpoints). Written to a temporary directory, fsync'ed
-// and renamed, so a crash mid-save leaves the previous checkpoint as the latest; `latest` names the
-// newest one. Loading validates every tensor and the config before anything is copied into the
-// model.
+// Checkpoints of a training run, in the distributed format of checkpoint/sharded_checkpoint.h:
+// parameters ("model.<name>") and AdamW moments ("adam_m.<name>", "adam_v.<name>") are saved as
+// pieces of their global tensors, each rank writing the pieces it alone holds (tensor-parallel
+// shards; replicated norm weights and data-parallel copies once), plus index.json and state.json
+// (step, optimizer step count, data-loader position, config, layout). A checkpoint written at
+// one layout loads at any other: each rank reads the pieces covering its own shards.
 #pragma once
 
 #include <nlohmann/json.hpp>
@@ -22,10 +19,10 @@ namespace grove {
 // This rank's part in a checkpoint. Every rank of `world` calls Save/Load together; a failure on
 // any rank makes the call fail on all of them (no rank waits forever, nothing half-loads).
 struct CheckpointRank {
-  int shard = 0;                        // tensor-parallel rank
-  int shards = 1;                       // tensor-parallel size
-  bool writer = true;                   // writes its shard (data-parallel rank 0)
-  bool leader = true;                   // writes state.json, publishes, prunes (world rank 0)
+  int tp_rank = 0;                      // tensor-parallel rank
+  int tp = 1;                           // tensor-parallel size
+  bool replica_writer = true;           // first data-parallel replica: writes its shards
+  int world_rank = 0;                   // names the shard file; rank 0 leads
   comm::Communicator* world = nullptr;  // null: single process
 };
 

@@ -55,9 +55,9 @@ snapshot() { find "$tmp/run" -type f -print0 | sort -z | xargs -0 md5sum; }
 before=$(snapshot)
 expect_error existing-run "already holds checkpoints" \
   "$worker" train "${tiny[@]}" --set "out_dir=$tmp/run" --set train.steps=4
-truncate -s -64 "$ckpt/model.safetensors"
+truncate -s -64 "$ckpt/shard-00000.safetensors"
 before=$(snapshot)
-expect_error truncated-checkpoint "$ckpt/model.safetensors: truncated" \
+expect_error truncated-checkpoint "$ckpt/shard-00000.safetensors: truncated" \
   "$worker" train "${tiny[@]}" --set "out_dir=$tmp/run" --set train.steps=4 --resume
 [ "$before" = "$(snapshot)" ] || { echo "FAIL: a failed resume modified files"; failures=$((failures + 1)); }
 echo '{ broken' >"$ckpt/state.json"
