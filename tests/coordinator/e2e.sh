@@ -2,10 +2,12 @@
 # End-to-end runs: a real grove-coordinator on loopback, real `mpirun grove-worker` ranks, the
 # grove CLI. One scenario per invocation (one ctest entry each):
 #   e2e.sh SCENARIO COORDINATOR GROVE WORKER LOAD_CLIENT DATA_DIR
-# Scenarios: success, kill, cancel, restart, refusals, load.
+# Scenarios: success, kill, cancel, restart (of the coordinator), relaunch (grove-launch re-runs
+# failed workers from their checkpoint), refusals, load.
 set -euo pipefail
 SCENARIO=$1 COORD=$2 GROVE=$3 WORKER=$4 LOAD=$5 DATA=$6
 NP=${GROVE_E2E_NP:-2}
+LAUNCH=$(cd "$(dirname "$0")/../.." && pwd)/launch/grove-launch
 HB_TIMEOUT=3
 if [ ! -f "$DATA/train.bin" ]; then
   echo "SKIP: no prepared dataset in $DATA (run launch/setup.sh)"
@@ -168,6 +170,26 @@ case "$SCENARIO" in
     "$GROVE" logs "$JOB" --no-metrics > "$T/events.log"
     grep -q "coordinator restarted" "$T/events.log" || fail "no restart event"
     "$GROVE" jobs
+    ;;
+  relaunch)
+    # grove-launch re-runs the workers when a rank dies and the job has restarts left; they
+    # resume from the last checkpoint and the job completes.
+    write_config 300 50
+    JOB=$(submit "$NP" --max-restarts 1)
+    GROVE_BUILD_DIR=$(dirname "$(dirname "$WORKER")") "$LAUNCH" -n "$NP" --job "$JOB" \
+      --mpirun-arg --oversubscribe --mpirun-arg --mca --mpirun-arg btl --mpirun-arg self,vader \
+      > "$T/mpirun.log" 2>&1 &
+    MPID=$!
+    wait_until 60 "step 60" at_step "$JOB" 60
+    kill -9 "$(job_field "$JOB" 'd["workers"][1]["pid"]')"
+    wait_until 30 "RESTARTING" is_state "$JOB" RESTARTING
+    wait_mpirun 150
+    [ "$MRC" = 0 ] || fail "grove-launch exited with $MRC"
+    [ "$(state "$JOB")" = SUCCEEDED ] || fail "state $(state "$JOB")"
+    [ "$(job_field "$JOB" 'd["attempt"]')" = 1 ] || fail "attempt $(job_field "$JOB" 'd["attempt"]')"
+    grep -q "resumed from" "$T/mpirun.log" || fail "the second attempt did not resume"
+    [ "$(metric_steps "$JOB")" = 300 ] || fail "metrics for $(metric_steps "$JOB") steps"
+    "$GROVE" status "$JOB" | tail -n 6
     ;;
   refusals)
     write_config 20 0
