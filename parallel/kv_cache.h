@@ -1,0 +1,100 @@
+// Decoding over the context-parallel (CP) group: a KV cache sharded along the sequence and the
+// attention of each new token against it, with the tree combine or the ring baseline.
+//
+// Legend: B sequences decoded together, NH query heads, NKV key/value heads, HD head dim, L the
+// number of cached tokens (the context), p CP size.
+//
+// ShardedKvCache: token at global position t lives on CP rank t % p, local row t / p
+// (round-robin, so shards stay balanced as the context grows; rank r holds ceil((L - r) / p)
+// rows, possibly none). Per layer each rank stores K and V [capacity / p (rounded up), B, NKV, HD].
+// K is stored after RoPE (at the token's absolute position), so attention needs no positions:
+// a decode query sees every cached token.
+//
+// DecodeAttention::forward: q [B, NH, HD] of the new token, broadcast from CP rank 0 so every rank
+// uses the same bits; out [B, NH, HD] is the attention over all L cached tokens, identical on
+// every rank.
+//   tree: local partial (o, lse) → MAX all-reduce (B·NH floats) → one SUM all-reduce of the packed
+//         [o·w | w] (B·NH·(HD+1) floats): payload O(B·NH·HD), independent of L.
+//   ring: the K/V shards travel the ring (p-1 hops of O(L/p · B · NKV · HD)); every rank merges
+//         the partials in source-rank order (so all ranks agree bit for bit).
+// An empty shard (L < p, or an uneven split) contributes lse = -inf: no NaN.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "comm/communicator.h"
+#include "core/tensor.h"
+#include "parallel/cp_attention.h"
+
+namespace grove::parallel {
+
+class ShardedKvCache {
+ public:
+  ShardedKvCache(int cp_size, int cp_rank, int layers, int B, int NKV, int HD, int capacity);
+
+  int length() const { return len_; }  // L: tokens cached (globally)
+  int capacity() const { return capacity_; }
+  int cp_size() const { return p_; }
+  int cp_rank() const { return rank_; }
+  int B() const { return B_; }
+  int NKV() const { return NKV_; }
+  int HD() const { return HD_; }
+  int owner(int pos) const { return pos % p_; }
+  int local_length() const { return local_length_of(rank_); }
+  int local_length_of(int r) const { return len_ > r ? (len_ - r + p_ - 1) / p_ : 0; }
+  int local_capacity() const { return local_cap_; }
+
+  // Opens the next position (L grows by one) and returns it; every layer then stores its K/V
+  // there before its attention runs. Throws when the capacity is exhausted.
+  int begin_token();
+  // Keeps k, v [B, NKV, HD] of the token at `pos` for `layer` when this rank owns pos.
+  void store(int layer, int pos, const float* k, const float* v);
+  // Declares L = n tokens whose K/V the caller wrote into k(l)/v(l) directly (benchmarks).
+  void resize(int n);
+  void clear() { len_ = 0; }
+
+  float* k(int layer) { return k_[layer].data<float>(); }  // [local_capacity, B, NKV, HD]
+  float* v(int layer) { return v_[layer].data<float>(); }
+  const float* k(int layer) const { return k_[layer].data<float>(); }
+  const float* v(int layer) const { return v_[layer].data<float>(); }
+  int64_t bytes() const;
+
+ private:
+  int p_, rank_, B_, NKV_, HD_, capacity_, local_cap_;
+  int len_ = 0;
+  std::vector<Tensor> k_, v_;
+};
+
+class DecodeAttention {
+ public:
+  DecodeAttention(CpAttention algo, comm::Communicator& cp, const ShardedKvCache& cache, int NH);
+  CpAttention algo() const { return algo_; }
+  // out [B, NH, HD] = attention of q [B, NH, HD] (rank 0's is used) over the cache of `layer`.
+  void forward(float* out, const float* q, const ShardedKvCache& cache, int layer);
+  // The lse [B, NH] of the last forward (natural log; -inf when the cache is empty).
+  const float* lse() const { return lse_; }
+  int64_t workspace_bytes() const { return static_cast<int64_t>(ws_.bytes()); }
+  const CommStats& stats() const { return stats_; }
+  void reset_stats() { stats_ = {}; }
+
+ private:
+  void local_partial(float* o, float* lse, const float* q, const float* k, const float* v,
+                     int rows);
+  void forward_tree(float* out, const ShardedKvCache& cache, int layer);
+  void forward_ring(float* out, const ShardedKvCache& cache, int layer);
+
+  CpAttention algo_;
+  comm::Communicator* cp_;
+  int B_, NH_, NKV_, HD_;
+  Tensor ws_;
+  float* q_ = nullptr;    // [B, NH, HD] broadcast query
+  float* o_ = nullptr;    // [p][B, NH, HD] partial per source rank (tree uses block 0)
+  float* lp_ = nullptr;   // [p][B, NH]     their lse
+  float* lse_ = nullptr;  // [B, NH]        combined lse
+  float* scratch_ = nullptr;
+  float* blocks_ = nullptr;  // ring: two [local_capacity, B, NKV, HD] K/V pairs
+  CommStats stats_;
+};
+
+}  // namespace grove::parallel

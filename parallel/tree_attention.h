@@ -1,0 +1,42 @@
+// Tree attention over the context-parallel group (Zyphra 2024; DESIGN.md §9).
+//
+// The softmax reduction over the sequence is associative, so KV-sharded attention combines with
+// two collectives instead of p-1 serial hops. Each rank computes the attention of the queries
+// against its local keys, a partial (o_i, lse_i) in fp32; the exact combine is
+//     M = AllReduce_MAX(lse_i);   [N | D] = SUM_i [o_i · e^{lse_i − M} | e^{lse_i − M}]
+//     out = N / D,  lse = M + log D
+// A rank whose keys are all masked (or that holds none) has lse_i = -inf, weight 0: no NaN.
+// A row masked everywhere ends with out = 0, lse = -inf.
+//
+// Training (shapes and contract in parallel/cp_attention.h), conjugate collectives:
+//   forward:  all-gather Q (zigzag shards) → partials of all queries against the local K/V
+//             → MAX all-reduce of lse, SUM reduce-scatter of the packed [o·w | w] to the owners
+//   backward: all-gather Q, dO, O, lse → FlashAttention-2 backward with the global lse against
+//             the local K/V (dK, dV stay local) → SUM reduce-scatter of dQ to the owners
+// Decoding: tree_combine below (all-reduce form, payload O(rows · HD), independent of context).
+#pragma once
+
+#include <cstdint>
+
+#include "comm/communicator.h"
+#include "parallel/cp_attention.h"
+
+namespace grove::parallel {
+
+int64_t tree_workspace_elems(const CpAttentionShape& s, int p);
+void tree_attention_forward(comm::Communicator& cp, const CpAttentionShape& s, float* out,
+                            float* lse, const float* q, const float* k, const float* v,
+                            float* workspace, CommStats* stats = nullptr);
+void tree_attention_backward(comm::Communicator& cp, const CpAttentionShape& s, float* dq,
+                             float* dk, float* dv, const float* dout, const float* q,
+                             const float* k, const float* v, const float* out, const float* lse,
+                             float* workspace, CommStats* stats = nullptr);
+
+// The exact combine of per-rank partials in place, all ranks ending with the same result:
+// o [rows, HD] (row i's output) and lse [rows] (row i's lse) — one MAX all-reduce of rows floats
+// and one SUM all-reduce of rows·(HD+1) floats. scratch: tree_combine_scratch_elems floats.
+int64_t tree_combine_scratch_elems(int64_t rows, int HD);
+void tree_combine(comm::Communicator& cp, float* o, float* lse, int64_t rows, int HD,
+                  float* scratch, CommStats* stats = nullptr);
+
+}  // namespace grove::parallel

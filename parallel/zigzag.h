@@ -1,0 +1,56 @@
+// Zigzag layout of a sequence over the context-parallel (CP) group, for causal load balance.
+//
+// With p CP ranks the global sequence of S positions is cut into 2p chunks of c = S/(2p) rows;
+// rank r holds chunk r followed by chunk 2p-1-r, i.e. a shard of S/p rows:
+//     shard row i (0 <= i < c)      global position  r*c + i
+//     shard row c + i               global position  (2p-1-r)*c + i
+// Under a causal mask every rank then sees the same amount of work (an early chunk pairs with a
+// late one). With p = 1 the layout is the identity.
+//
+// Tensors are sequence first, [S, B, ...]: a "row" is one sequence position with all its batch
+// and feature elements (row_elems = B * ...), so a chunk is a contiguous slab of c rows.
+// Invariant: S % (2p) == 0 (checked; the error names S and p).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "comm/communicator.h"
+
+namespace grove::parallel {
+
+struct Zigzag {
+  int S = 0;     // global sequence length
+  int p = 1;     // CP size
+  int rank = 0;  // CP rank
+
+  // Throws grove::Error unless S % (2p) == 0 and 0 <= rank < p.
+  Zigzag(int S, int p, int rank);
+
+  int chunk() const { return S / (2 * p); }  // c
+  int local_rows() const { return S / p; }   // rows of a shard (2c)
+  // Global chunk index of this rank's first (half = 0) or second (half = 1) chunk.
+  int chunk_index(int half) const { return half == 0 ? rank : 2 * p - 1 - rank; }
+  // Global position of the first row of this rank's chunk `half` (the pos0 for RoPE / masks).
+  int chunk_pos0(int half) const { return chunk_index(half) * chunk(); }
+  // Global position of shard row i.
+  int position(int i) const;
+  // Global positions of all local_rows() rows of the shard.
+  std::vector<int32_t> positions() const;
+  // The same layout seen from another rank.
+  Zigzag of_rank(int r) const { return Zigzag(S, p, r); }
+};
+
+// shard [S/p, row_elems] = this rank's two chunks of full [S, row_elems].
+template <typename T>
+void zigzag_shard(T* shard, const T* full, const Zigzag& z, int64_t row_elems);
+// full [S, row_elems] from all shards stacked in rank order, shards [p, S/p, row_elems] (as an
+// all_gather of the shards delivers them).
+template <typename T>
+void zigzag_unshard(T* full, const T* shards, int S, int p, int64_t row_elems);
+// Collective over cp: every rank ends with the full [S, row_elems] tensor (all-gather + unshard).
+// `scratch` holds S * row_elems elements.
+void zigzag_all_gather(comm::Communicator& cp, const float* shard, float* full, float* scratch,
+                       int S, int64_t row_elems);
+
+}  // namespace grove::parallel
