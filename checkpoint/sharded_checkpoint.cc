@@ -63,7 +63,7 @@ void copy_region(const char* src, const Box& sb, char* dst, const Box& db, const
     dstride[d - 1] = dstride[d] * db.shape[d];
   }
   const int64_t run = r.shape[nd - 1];  // contiguous elements along the last dimension
-  std::vector<int64_t> idx(nd, 0);     // position inside r, last dimension fixed at 0
+  std::vector<int64_t> idx(nd, 0);      // position inside r, last dimension fixed at 0
   while (true) {
     int64_t so = 0, dof = 0;
     for (size_t d = 0; d < nd; ++d) {
@@ -103,7 +103,8 @@ Status make_index(const fs::path& dir, json* index) {
       if (!global.is_array() || !offset.is_array())
         return Status::Error(f + ": tensor '" + name + "' has no placement metadata");
       json& t = tensors[name];
-      if (t.is_null()) t = {{"global_shape", global}, {"dtype", info["dtype"]}, {"pieces", json::array()}};
+      if (t.is_null())
+        t = {{"global_shape", global}, {"dtype", info["dtype"]}, {"pieces", json::array()}};
       if (t["global_shape"] != global)
         return Status::Error(f + ": tensor '" + name + "' global shape " + global.dump() +
                              " disagrees with another shard's " + t["global_shape"].dump());
@@ -264,7 +265,8 @@ StatusOr<json> load_local(const std::string& dir, std::vector<Piece>& pieces,
     if (t["global_shape"].get<Shape>() != p.global_shape)
       return Status::Error("checkpoint tensor '" + p.name + "' has global shape " +
                            t["global_shape"].dump() + ", this model expects " +
-                           shape_str(p.global_shape) + " (was it written with another model config?)");
+                           shape_str(p.global_shape) +
+                           " (was it written with another model config?)");
     Tensor out = Tensor::empty(p.local.shape(), p.local.dtype());
     const Box want{p.offset, p.local.shape()};
     int64_t copied = 0;
@@ -274,8 +276,8 @@ StatusOr<json> load_local(const std::string& dir, std::vector<Piece>& pieces,
       if (!intersect(want, have, &r)) continue;
       auto data = read_piece(fs::path(dir), p.name, sp, p.local.dtype(), &cache);
       if (!data.ok()) return data.status();
-      copy_region(static_cast<const char*>(data.value().raw()), have,
-                  static_cast<char*>(out.raw()), want, r, dtype_size(p.local.dtype()));
+      copy_region(static_cast<const char*>(data.value().raw()), have, static_cast<char*>(out.raw()),
+                  want, r, dtype_size(p.local.dtype()));
       copied += shape_numel(r.shape);
     }
     if (copied != out.numel())
@@ -291,9 +293,9 @@ StatusOr<json> load_local(const std::string& dir, std::vector<Piece>& pieces,
 
 StatusOr<json> Load(const std::string& dir, std::vector<Piece>& pieces, const RankInfo& rank) {
   std::vector<Tensor> staged;
-  auto state = fs::exists(dir) ? load_local(dir, pieces, &staged)
-                               : StatusOr<json>(Status::Error("checkpoint " + dir +
-                                                              " does not exist"));
+  auto state = fs::exists(dir)
+                   ? load_local(dir, pieces, &staged)
+                   : StatusOr<json>(Status::Error("checkpoint " + dir + " does not exist"));
   GROVE_RETURN_IF_ERROR(rank.agree(state.ok() ? Status::Ok() : state.status()));
   for (size_t i = 0; i < pieces.size(); ++i)
     std::memcpy(pieces[i].local.raw(), staged[i].raw(), staged[i].bytes());

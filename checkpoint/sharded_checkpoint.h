@@ -42,8 +42,8 @@ struct Piece {
 using Agree = std::function<Status(Status local)>;
 
 struct RankInfo {
-  int rank = 0;            // world rank (names the shard file)
-  bool leader = true;      // writes index.json and state.json, publishes, prunes
+  int rank = 0;        // world rank (names the shard file)
+  bool leader = true;  // writes index.json and state.json, publishes, prunes
   Agree agree = [](Status s) { return s; };
 };
 

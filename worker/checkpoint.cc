@@ -69,7 +69,9 @@ StatusOr<std::string> SaveCheckpoint(const std::string& root, int step, const We
   return ckpt::Save(root, step, pieces_of(params, opt, r), s, keep, rank_info(r));
 }
 
-std::string LatestCheckpoint(const std::string& root) { return ckpt::Latest(root); }
+std::string LatestCheckpoint(const std::string& root) {
+  return ckpt::Latest(root);
+}
 
 StatusOr<nlohmann::json> LoadCheckpoint(const std::string& dir, Weights& params, AdamW& opt,
                                         const CheckpointRank& r) {

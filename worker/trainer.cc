@@ -45,8 +45,7 @@ Trainer::Trainer(const TrainConfig& config, const RunOptions& run,
 CheckpointRank Trainer::checkpoint_rank() const {
   if (grid_ == nullptr) return {};
   const parallel::GridCoord& c = grid_->coord();
-  return CheckpointRank{c.tp, grid_->shape().tp, c.dp == 0 && c.cp == 0, c.rank,
-                        &grid_->world()};
+  return CheckpointRank{c.tp, grid_->shape().tp, c.dp == 0 && c.cp == 0, c.rank, &grid_->world()};
 }
 
 // Global L2 norm over the TP shards: sharded tensors add their squares across the TP group,

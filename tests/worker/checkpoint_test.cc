@@ -3,11 +3,14 @@
 #include "worker/checkpoint.h"
 
 #include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 
+#include "checkpoint/sharded_checkpoint.h"
 #include "core/safetensors.h"
 
 namespace grove {
@@ -96,6 +99,40 @@ TEST_F(CheckpointTest, InterruptedSaveLeavesPreviousLatest) {
   EXPECT_TRUE(SameWeights(p, q));
 }
 
+// A process killed after writing its shard but before the checkpoint is published (the moment a
+// rank dies mid-save) leaves the previous checkpoint as the latest, loadable and intact.
+TEST_F(CheckpointTest, KilledMidSaveLeavesPreviousCheckpoint) {
+  const ModelConfig c = Tiny();
+  Weights p = Weights::Init(c);
+  AdamW opt(c);
+  ASSERT_TRUE(SaveCheckpoint(root_, 10, p, opt, {}, 3).ok());
+  Weights changed = Weights::Init(c);
+  changed.wte.data<float>()[0] += 1.0f;
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {  // child: save step 20 and die right after the shard is on disk
+    ckpt::RankInfo rank;
+    int calls = 0;
+    rank.agree = [&calls](Status s) {
+      if (++calls == 2) _exit(7);  // after "shards written", before publishing
+      return s;
+    };
+    ckpt::Piece piece{"model.wte", changed.wte, changed.wte.shape(), {0, 0}, true};
+    (void)ckpt::Save(root_, 20, {piece}, {}, 3, rank);
+    _exit(0);
+  }
+  int status = 0;
+  waitpid(pid, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status));
+  ASSERT_EQ(WEXITSTATUS(status), 7) << "the child did not die mid-save";
+  EXPECT_TRUE(fs::exists(root_ + "/step_00000020.tmp/shard-00000.safetensors"));
+  EXPECT_EQ(LatestCheckpoint(root_), root_ + "/step_00000010");
+  Weights q = Weights::Zeros(c);
+  AdamW opt2(c);
+  ASSERT_TRUE(LoadCheckpoint(LatestCheckpoint(root_), q, opt2).ok());
+  EXPECT_TRUE(SameWeights(p, q));
+}
+
 TEST_F(CheckpointTest, TruncatedFileIsNamedAndNothingLoads) {
   const ModelConfig c = Tiny();
   Weights p = Weights::Init(c);
@@ -151,7 +188,9 @@ TEST_F(CheckpointTest, ShapeMismatchNamesTensor) {
   AdamW opt2(other);
   auto st = LoadCheckpoint(dir.value(), q, opt2);
   ASSERT_FALSE(st.ok());
-  EXPECT_NE(st.status().message().find("tensor 'model.wte' has global shape [50,16], this model expects [50, 32]"), std::string::npos)
+  EXPECT_NE(st.status().message().find(
+                "tensor 'model.wte' has global shape [50,16], this model expects [50, 32]"),
+            std::string::npos)
       << st.status().message();
 }
 

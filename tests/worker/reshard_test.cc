@@ -84,8 +84,8 @@ TEST(Reshard, EveryLayoutPairIsBitExact) {
     ASSERT_TRUE(dir.ok()) << dir.status().message();
     for (int load_tp : {1, 2, 4}) {
       if (world.size() % load_tp) continue;
-      SCOPED_TRACE("saved at tp=" + std::to_string(save_tp) + ", loaded at tp=" +
-                   std::to_string(load_tp));
+      SCOPED_TRACE("saved at tp=" + std::to_string(save_tp) +
+                   ", loaded at tp=" + std::to_string(load_tp));
       const int lr = world.rank() % load_tp;
       Weights q = Weights::Zeros(c, load_tp);
       AdamW opt2(c, load_tp);
