@@ -54,13 +54,20 @@ int64_t ShardedKvCache::bytes() const {
   return b;
 }
 
-DecodeAttention::DecodeAttention(CpAttention algo, comm::Communicator& cp,
+DecodeAttention::DecodeAttention(CpAttention algo, comm::Communicator* cp,
                                  const ShardedKvCache& cache, int NH)
-    : algo_(algo), cp_(&cp), B_(cache.B()), NH_(NH), NKV_(cache.NKV()), HD_(cache.HD()) {
-  const int p = cp.size();
-  GROVE_CHECK(cache.cp_size() == p && cache.cp_rank() == cp.rank())
+    : algo_(algo),
+      cp_(cp),
+      p_(cp ? cp->size() : 1),
+      rank_(cp ? cp->rank() : 0),
+      B_(cache.B()),
+      NH_(NH),
+      NKV_(cache.NKV()),
+      HD_(cache.HD()) {
+  const int p = p_;
+  GROVE_CHECK(cache.cp_size() == p && cache.cp_rank() == rank_)
       << "decode attention: the cache is laid out for cp rank " << cache.cp_rank() << " of "
-      << cache.cp_size() << ", the group is rank " << cp.rank() << " of " << p;
+      << cache.cp_size() << ", the group is rank " << rank_ << " of " << p;
   GROVE_CHECK(NKV_ > 0 && NH % NKV_ == 0)
       << "decode attention: " << NKV_ << " kv heads do not divide " << NH << " heads";
   const int64_t bh = int64_t(B_) * NH_, bhd = bh * HD_;
@@ -95,8 +102,10 @@ void DecodeAttention::local_partial(float* o, float* lse, const float* q, const 
 void DecodeAttention::forward(float* out, const float* q, const ShardedKvCache& cache, int layer) {
   const int64_t bhd = int64_t(B_) * NH_ * HD_;
   std::memcpy(q_, q, sizeof(float) * bhd);
-  cp_->broadcast(q_, bhd, DType::kF32, 0);
-  stats_.broadcast(cp_->size(), bhd);
+  if (p_ > 1) {
+    cp_->broadcast(q_, bhd, DType::kF32, 0);
+    stats_.broadcast(p_, bhd);
+  }
   if (algo_ == CpAttention::kTree)
     forward_tree(out, cache, layer);
   else
@@ -106,13 +115,13 @@ void DecodeAttention::forward(float* out, const float* q, const ShardedKvCache& 
 void DecodeAttention::forward_tree(float* out, const ShardedKvCache& cache, int layer) {
   const int64_t bh = int64_t(B_) * NH_;
   local_partial(o_, lp_, q_, cache.k(layer), cache.v(layer), cache.local_length());
-  tree_combine(*cp_, o_, lp_, bh, HD_, scratch_, &stats_);
+  if (p_ > 1) tree_combine(*cp_, o_, lp_, bh, HD_, scratch_, &stats_);
   std::memcpy(out, o_, sizeof(float) * bh * HD_);
   std::memcpy(lse_, lp_, sizeof(float) * bh);
 }
 
 void DecodeAttention::forward_ring(float* out, const ShardedKvCache& cache, int layer) {
-  const int p = cp_->size(), r = cp_->rank();
+  const int p = p_, r = rank_;
   const int64_t bh = int64_t(B_) * NH_, bhd = bh * HD_;
   const int64_t row = int64_t(B_) * NKV_ * HD_, block = cache.local_capacity() * row;
   float* kb[2] = {blocks_, blocks_ + 2 * block};

@@ -68,7 +68,8 @@ class ShardedKvCache {
 
 class DecodeAttention {
  public:
-  DecodeAttention(CpAttention algo, comm::Communicator& cp, const ShardedKvCache& cache, int NH);
+  // cp: the context-parallel group; nullptr means a single process (the cache's cp_size is 1).
+  DecodeAttention(CpAttention algo, comm::Communicator* cp, const ShardedKvCache& cache, int NH);
   CpAttention algo() const { return algo_; }
   // out [B, NH, HD] = attention of q [B, NH, HD] (rank 0's is used) over the cache of `layer`.
   void forward(float* out, const float* q, const ShardedKvCache& cache, int layer);
@@ -85,7 +86,8 @@ class DecodeAttention {
   void forward_ring(float* out, const ShardedKvCache& cache, int layer);
 
   CpAttention algo_;
-  comm::Communicator* cp_;
+  comm::Communicator* cp_;  // null: one process
+  int p_, rank_;
   int B_, NH_, NKV_, HD_;
   Tensor ws_;
   float* q_ = nullptr;    // [B, NH, HD] broadcast query

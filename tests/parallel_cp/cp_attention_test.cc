@@ -282,7 +282,7 @@ TEST(Decode, TreeAndRingEqualSingleDevice) {
   const std::vector<float> K = randn(L_max * kv_row, 21), V = randn(L_max * kv_row, 22);
   for (CpAttention algo : {CpAttention::kTree, CpAttention::kRing}) {
     ShardedKvCache cache(p, w.rank(), /*layers=*/2, B, NKV, HD, L_max);
-    DecodeAttention att(algo, w, cache, NH);
+    DecodeAttention att(algo, &w, cache, NH);
     for (int L = 1; L <= L_max; ++L) {  // L < p: empty shards; L % p != 0: uneven ones
       SCOPED_TRACE(::testing::Message() << cp_attention_name(algo) << " L=" << L);
       const int pos = cache.begin_token();

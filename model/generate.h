@@ -1,0 +1,76 @@
+// Generator: greedy decoding of a trained transformer with a context-parallel (CP) KV cache.
+//
+// The same model as model/transformer.h, one token at a time (B = 1):
+//   x = wte[token];  per layer: x += Wo · attn(rope(Wq·rms1(x)), cache ∪ rope(Wk·rms1(x)), Wv·…)
+//                               x += Wdown · (silu(Wgate·rms2(x)) * Wup·rms2(x))
+//   logits = lm_head · rmsf(x)
+// RoPE is applied at the token's absolute position. Every CP rank holds the full (tp = 1)
+// weights and computes the dense parts redundantly; the K/V of position t are kept by CP rank
+// t % p only (parallel/kv_cache.h), and each layer's attention is the tree combine (or the ring
+// baseline) over the group. The query is broadcast from CP rank 0 inside the attention, and the
+// chosen token is broadcast from rank 0, so every rank generates the same text.
+//
+// Buffers are allocated in the constructor (the cache for `capacity` tokens), none per token.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "comm/communicator.h"
+#include "core/tensor.h"
+#include "model/config.h"
+#include "model/weights.h"
+#include "parallel/cp_attention.h"
+#include "parallel/kv_cache.h"
+
+namespace grove {
+
+class Generator {
+ public:
+  // `weights` are the full (tp = 1) parameters of `config`, identical on every CP rank (shared,
+  // not copied: they must outlive the generator). cp: the context-parallel group, nullptr for one
+  // process. capacity: the most tokens (prompt + generated) the context may hold.
+  Generator(const ModelConfig& config, const Weights& weights, comm::Communicator* cp, int capacity,
+            parallel::CpAttention attention = parallel::CpAttention::kTree);
+
+  // Runs `token` at the next position (position() before the call) and returns the logits [V]
+  // of the next token. Every CP rank calls it with the same token.
+  const float* step(int32_t token);
+  // Greedy decoding: feeds the prompt (at least one token), then appends the argmax token until
+  // max_new tokens were generated, eos_id was produced (it is included), or the context is full.
+  // Returns the generated tokens, identical on every rank (rank 0's argmax is broadcast).
+  std::vector<int32_t> generate(std::span<const int32_t> prompt, int max_new, int eos_id = -1);
+
+  int position() const { return cache_.length(); }
+  int capacity() const { return cache_.capacity(); }
+  void reset() { cache_.clear(); }
+  // Communication of the attention so far (bytes per rank, rounds).
+  const parallel::CommStats& attention_stats() const { return attn_.stats(); }
+  const ModelConfig& config() const { return config_; }
+
+ private:
+  ModelConfig config_;
+  const Weights& w_;
+  comm::Communicator* cp_;
+  parallel::ShardedKvCache cache_;
+  parallel::DecodeAttention attn_;
+  Tensor rope_cos_, rope_sin_;  // [capacity, d/2]
+  // One token's activations.
+  Tensor x_;       // [h] residual stream
+  Tensor ln_;      // [h] normalised input of a projection
+  Tensor rstd_;    // [1]
+  Tensor q_;       // [a*d]
+  Tensor k_, v_;   // [k*d]
+  Tensor att_;     // [a*d]
+  Tensor proj_;    // [h] output projection (attention or MLP)
+  Tensor gate_;    // [f]
+  Tensor up_;      // [f]
+  Tensor act_;     // [f]
+  Tensor logits_;  // [V]
+};
+
+// Index of the largest value (the first one on ties).
+int32_t argmax(const float* x, int n);
+
+}  // namespace grove
