@@ -26,8 +26,13 @@
 //     dp × cp group, and tp too when tp ranks hold different (sequence-parallel) tokens) — i.e.
 //     over the stats group. Each rank's router grad is a partial sum over its own tokens.
 //   - din is complete for this rank's tokens (no reduction).
-// If the trainer averages gradients (divides by the data-parallel size) instead of summing, it
-// must divide expert and router grads the same way, and pass a loss_scale consistent with it.
+// If the trainer averages gradients (divides the dense sums by the data-parallel size D, the
+// number of ranks holding distinct tokens), it divides the edp-summed expert grads and the router
+// grads by the SAME D — not by edp — so that EP = N equals EP = 1. Since aux and z are counted
+// once in the sum, a trainer that divides by D and wants aux + z at full weight passes
+// loss_scale = D × its own scale.
+// The stats group and the ep group must hold distinct tokens on each rank (with TP, sequence-
+// parallel shards); replicated tokens would be counted, and sent to the experts, more than once.
 //
 // Memory: the router and token-sized buffers are allocated for max_tokens in the constructor;
 // the per-expert row buffers depend on the routing (dropless: up to ep·max_tokens·k rows on one

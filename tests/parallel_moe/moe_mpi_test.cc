@@ -35,13 +35,17 @@ std::vector<float> Randn(size_t n, uint64_t seed) {
   return v;
 }
 
+ParallelGrid MakeGrid(const GridShape& shape) {
+  std::shared_ptr<comm::Communicator> w(test::mpi_session().world({std::chrono::seconds(20)}));
+  StatusOr<ParallelGrid> g = ParallelGrid::create(w, shape);
+  GROVE_CHECK(g.ok()) << g.status().message();
+  return std::move(g).value();
+}
+
 // Grids of world = dp (tp = cp = 1) with the given ep; stats group = dp = world.
 ParallelGrid MakeGrid(int ep) {
   const int W = test::world().size();
-  std::shared_ptr<comm::Communicator> w(test::mpi_session().world({std::chrono::seconds(20)}));
-  StatusOr<ParallelGrid> g = ParallelGrid::create(w, GridShape{W, 1, 1, ep, W});
-  GROVE_CHECK(g.ok()) << g.status().message();
-  return std::move(g).value();
+  return MakeGrid(GridShape{W, 1, 1, ep, W});
 }
 
 std::vector<int> EpSizes() {
@@ -106,15 +110,24 @@ void ExpectEpEqualsSingle(const Case& s, const std::vector<int>& T_of_rank) {
   const float* xl = x.data() + size_t(off) * s.h;
   const float* dl = dout.data() + size_t(off) * s.h;
   const int64_t n = int64_t(T) * s.h;
-  for (int ep : EpSizes()) {
-    SCOPED_TRACE("ep=" + std::to_string(ep) + " of world " + std::to_string(W));
-    ParallelGrid grid = MakeGrid(ep);
-    Result par = RunLayer(s, &grid.ep(), &grid.dp(), xl, dl, T);
+  // Every ep with dp = world, and with tp = 2 (sequence-parallel tokens: distinct on every rank,
+  // so the stats group and the router reduction are the whole world; the expert grid folds
+  // over tp and dp).
+  std::vector<GridShape> shapes;
+  for (int ep : EpSizes()) shapes.push_back({W, 1, 1, ep, W});
+  if (W % 2 == 0) {
+    for (int ep : EpSizes()) shapes.push_back({W, 2, 1, ep, W / 2});
+  }
+  for (const GridShape& shape : shapes) {
+    SCOPED_TRACE(shape.str());
+    const int ep = shape.ep;
+    ParallelGrid grid = MakeGrid(shape);
+    Result par = RunLayer(s, &grid.ep(), &grid.world(), xl, dl, T);
     EXPECT_TRUE(testing::compare("out", par.out.data(), ref.out.data() + off * s.h, n, kTol));
     EXPECT_TRUE(testing::compare("din", par.din.data(), ref.din.data() + off * s.h, n, kTol));
     EXPECT_TRUE(testing::compare("aux", &par.aux, &ref.aux, 1, kTol));
     EXPECT_TRUE(testing::compare("z", &par.z, &ref.z, 1, kTol));
-    SumOver(grid.dp(), par.grads[0]);
+    SumOver(grid.world(), par.grads[0]);
     EXPECT_TRUE(testing::compare("grad.router", par.grads[0].data<float>(),
                                  ref.grads[0].data<float>(), ref.grads[0].numel(), kTol));
     const char* names[] = {"", "grad.experts.w_gate", "grad.experts.w_up", "grad.experts.w_down"};
