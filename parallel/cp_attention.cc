@@ -172,27 +172,39 @@ void cp_attention_backward(CpAttention a, comm::Communicator& cp, const CpAttent
     ring_attention_backward(cp, s, dq, dk, dv, dout, q, k, v, out, lse, workspace, stats);
 }
 
-ContextAttention::ContextAttention(CpAttention algo, comm::Communicator& cp,
+ContextAttention::ContextAttention(CpAttention algo, comm::Communicator* cp,
                                    const CpAttentionShape& shape)
-    : algo_(algo), cp_(&cp), shape_(shape) {
-  const int p = cp.size();
-  GROVE_CHECK(shape.S > 0 && shape.S % (2 * p) == 0)
+    : algo_(algo), cp_(cp), shape_(shape) {
+  const int p = cp_size();
+  GROVE_CHECK(shape.S > 0 && (!cp_ || shape.S % (2 * p) == 0))
       << "context-parallel attention: sequence " << shape.S
       << " is not a multiple of 2*cp = " << 2 * p;
   GROVE_CHECK(shape.NKV > 0 && shape.NH % shape.NKV == 0)
       << "context-parallel attention: " << shape.NKV << " kv heads do not divide " << shape.NH
       << " heads";
-  ws_ = Tensor::empty({cp_workspace_elems(algo, shape, p)});
+  if (cp_) ws_ = Tensor::empty({cp_workspace_elems(algo, shape, p)});
 }
 
 void ContextAttention::forward(float* out, float* lse, const float* q, const float* k,
                                const float* v) {
+  const CpAttentionShape& s = shape_;
+  if (!cp_) {
+    cpu::attention_forward<float>(out, lse, nullptr, q, k, v,
+                                  {s.S, s.S, s.B, s.NH, s.NKV, s.HD, s.causal});
+    return;
+  }
   cp_attention_forward(algo_, *cp_, shape_, out, lse, q, k, v, ws_.data<float>(), &stats_);
 }
 
 void ContextAttention::backward(float* dq, float* dk, float* dv, const float* dout, const float* q,
                                 const float* k, const float* v, const float* out,
                                 const float* lse) {
+  const CpAttentionShape& s = shape_;
+  if (!cp_) {
+    cpu::attention_backward<float>(dq, dk, dv, dout, q, k, v, out, lse, nullptr,
+                                   {s.S, s.S, s.B, s.NH, s.NKV, s.HD, s.causal});
+    return;
+  }
   cp_attention_backward(algo_, *cp_, shape_, dq, dk, dv, dout, q, k, v, out, lse, ws_.data<float>(),
                         &stats_);
 }

@@ -100,13 +100,15 @@ void cp_attention_backward(CpAttention a, comm::Communicator& cp, const CpAttent
                            const float* k, const float* v, const float* out, const float* lse,
                            float* workspace, CommStats* stats = nullptr);
 
-// The same with an owned workspace, allocated once for a fixed shape.
+// The same with an owned workspace, allocated once for a fixed shape. cp = nullptr means one
+// process: the plain attention kernel over the whole sequence (no workspace, no zigzag).
 class ContextAttention {
  public:
-  ContextAttention(CpAttention algo, comm::Communicator& cp, const CpAttentionShape& shape);
+  ContextAttention(CpAttention algo, comm::Communicator* cp, const CpAttentionShape& shape);
   CpAttention algo() const { return algo_; }
   const CpAttentionShape& shape() const { return shape_; }
-  int local_rows() const { return shape_.S / cp_->size(); }
+  int cp_size() const { return cp_ ? cp_->size() : 1; }
+  int local_rows() const { return shape_.S / cp_size(); }
   void forward(float* out, float* lse, const float* q, const float* k, const float* v);
   void backward(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
                 const float* v, const float* out, const float* lse);
@@ -117,7 +119,7 @@ class ContextAttention {
 
  private:
   CpAttention algo_;
-  comm::Communicator* cp_;
+  comm::Communicator* cp_;  // null: one process
   CpAttentionShape shape_;
   Tensor ws_;
   CommStats stats_;

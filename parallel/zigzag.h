@@ -53,4 +53,11 @@ void zigzag_unshard(T* full, const T* shards, int S, int p, int64_t row_elems);
 void zigzag_all_gather(comm::Communicator& cp, const float* shard, float* full, float* scratch,
                        int S, int64_t row_elems);
 
+// RoPE (kernels/cpu/ops.h) of a zigzag shard x [S/p, B, NHx, HD] in place, each row rotated at its
+// global position (one kernel call per chunk); cos/sin tables cover positions [0, S).
+void zigzag_rope_forward(float* x, const float* cos_table, const float* sin_table, const Zigzag& z,
+                         int B, int NHx, int HD);
+void zigzag_rope_backward(float* dx, const float* cos_table, const float* sin_table,
+                          const Zigzag& z, int B, int NHx, int HD);
+
 }  // namespace grove::parallel

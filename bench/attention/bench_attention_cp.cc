@@ -153,7 +153,7 @@ int main(int argc, char** argv) {
     fill(dout.data(), n, 4 + r);
     Measure fwd[2], tot[2];
     for (int a = 0; a < 2; ++a) {
-      parallel::ContextAttention att(algos[a], w, shape);
+      parallel::ContextAttention att(algos[a], &w, shape);
       std::vector<double> tf, tt;
       for (int rep = 0; rep <= train_reps; ++rep) {
         std::fill(dq.begin(), dq.end(), 0.f);

@@ -80,6 +80,26 @@ TEST(Zigzag, PositionsShardAndGather) {
   EXPECT_THROW(Zigzag(6 * p + 1, p, 0), Error);
 }
 
+// RoPE of a shard at its global positions equals the shard of RoPE over the full sequence.
+TEST(Zigzag, RopeAtGlobalPositions) {
+  comm::Communicator& w = test::world();
+  const int p = w.size(), S = 4 * p, B = 2, NH = 3, HD = 8;
+  const Zigzag z(S, p, w.rank());
+  std::vector<float> cos(S * HD / 2), sin(S * HD / 2);
+  cpu::rope_table(cos.data(), sin.data(), S, HD, 10000.f);
+  std::vector<float> full = randn(int64_t(S) * B * NH * HD, 31);
+  std::vector<float> shard(full.size() / p), want(full.size() / p);
+  zigzag_shard(shard.data(), full.data(), z, int64_t(B) * NH * HD);
+  zigzag_rope_forward(shard.data(), cos.data(), sin.data(), z, B, NH, HD);
+  cpu::rope_forward(full.data(), cos.data(), sin.data(), S, B, NH, HD, 0);
+  zigzag_shard(want.data(), full.data(), z, int64_t(B) * NH * HD);
+  EXPECT_TRUE(compare("rope shard", shard, want, 1e-7));
+  zigzag_rope_backward(shard.data(), cos.data(), sin.data(), z, B, NH, HD);  // the inverse
+  std::vector<float> orig = randn(int64_t(S) * B * NH * HD, 31), orig_shard(shard.size());
+  zigzag_shard(orig_shard.data(), orig.data(), z, int64_t(B) * NH * HD);
+  EXPECT_TRUE(compare("rope inverse", shard, orig_shard, 1e-6));
+}
+
 // ---- Training: tree and ring against single-device attention ---------------------------------
 
 struct Case {
@@ -143,7 +163,7 @@ void check_cp(CpAttention algo, const ParallelGrid& grid, const Case& c) {
   // Gradients accumulate: start from ones and subtract them afterwards.
   std::vector<float> dq(nq, 1.f), dk(nk, 1.f), dv(nk, 1.f);
 
-  ContextAttention att(algo, cp, {c.S, c.B, c.NH, c.NKV, c.HD, c.causal});
+  ContextAttention att(algo, &cp, {c.S, c.B, c.NH, c.NKV, c.HD, c.causal});
   att.forward(out.data(), lse.data(), q.data(), k.data(), v.data());
   att.backward(dq.data(), dk.data(), dv.data(), dout.data(), q.data(), k.data(), v.data(),
                out.data(), lse.data());
@@ -178,14 +198,29 @@ TEST(RingAttention, EqualsSingleDevice) {
     for (const Case& c : kCases) check_cp(CpAttention::kRing, g, c);
 }
 
+// Without a CP group ContextAttention is the plain kernel over the whole sequence.
+TEST(CpAttention, SingleProcessIsTheKernel) {
+  const Case c{10, 2, 4, 2, 8, true};  // any S: no zigzag
+  const Reference ref = reference(c, 5);
+  std::vector<float> out(ref.out.size()), lse(ref.lse.size()), dq(ref.dq.size(), 0.f),
+      dk(ref.dk.size(), 0.f), dv(ref.dv.size(), 0.f);
+  ContextAttention att(CpAttention::kTree, nullptr, {c.S, c.B, c.NH, c.NKV, c.HD, c.causal});
+  att.forward(out.data(), lse.data(), ref.q.data(), ref.k.data(), ref.v.data());
+  att.backward(dq.data(), dk.data(), dv.data(), ref.dout.data(), ref.q.data(), ref.k.data(),
+               ref.v.data(), out.data(), lse.data());
+  EXPECT_TRUE(compare("out", out, ref.out, 0.0));
+  EXPECT_TRUE(compare("dk", dk, ref.dk, 0.0));
+  EXPECT_EQ(att.workspace_bytes(), 0);
+}
+
 TEST(CpAttention, ParseAndShapeErrors) {
   EXPECT_EQ(parse_cp_attention("tree").value(), CpAttention::kTree);
   EXPECT_EQ(parse_cp_attention("ring").value(), CpAttention::kRing);
   EXPECT_FALSE(parse_cp_attention("star").ok());
   const int p = test::world().size();
-  EXPECT_THROW(ContextAttention(CpAttention::kTree, test::world(), {2 * p + 1, 1, 2, 2, 4, true}),
+  EXPECT_THROW(ContextAttention(CpAttention::kTree, &test::world(), {2 * p + 1, 1, 2, 2, 4, true}),
                Error);
-  EXPECT_THROW(ContextAttention(CpAttention::kRing, test::world(), {2 * p, 1, 3, 2, 4, true}),
+  EXPECT_THROW(ContextAttention(CpAttention::kRing, &test::world(), {2 * p, 1, 3, 2, 4, true}),
                Error);
 }
 
