@@ -77,7 +77,10 @@ int main(int argc, char** argv) {
     const double secs =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (rank == 0) {
-      std::printf("%s%s\n", prompt.c_str(), tok.value().Decode(out).c_str());
+      // Decoded together: a continuation decoded alone would lose its leading space.
+      std::vector<int32_t> all = ids;
+      all.insert(all.end(), out.begin(), out.end());
+      std::printf("%s\n", tok.value().Decode(all).c_str());
       const nlohmann::json line = {{"checkpoint", dir.value()},
                                    {"cp", n},
                                    {"attention", grove::parallel::cp_attention_name(algo.value())},
