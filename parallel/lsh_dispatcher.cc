@@ -1,0 +1,322 @@
+// The LSH-compressed all-to-all dispatcher; see lsh_dispatcher.h for the stages and the legend.
+#include "parallel/lsh_dispatcher.h"
+
+#include <chrono>
+#include <cmath>
+#include <cstring>
+
+namespace grove::parallel {
+namespace {
+
+double ms_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
+
+template <typename V>
+void grow(V& v, size_t n) {
+  if (v.size() < n) v.resize(n);
+}
+
+}  // namespace
+
+LshDispatcher::LshDispatcher(int num_experts, int h, comm::Communicator* ep_group,
+                             const LshConfig& cfg)
+    : ep_(ep_group != nullptr && ep_group->size() > 1 ? ep_group : nullptr),
+      ep_size_(ep_ ? ep_->size() : 1),
+      ep_rank_(ep_ ? ep_->rank() : 0),
+      E_(num_experts),
+      E_l_(num_experts / ep_size_),
+      h_(h),
+      lsh_(cfg, h),
+      send_count_(num_experts),
+      token_count_(num_experts),
+      counts_out_(2 * size_t(num_experts)),
+      counts_in_(2 * size_t(num_experts)),
+      recv_count_(num_experts),
+      rows_to_(ep_size_),
+      rows_from_(ep_size_),
+      recv_off_(num_experts),
+      expert_off_(num_experts),
+      offset_(E_l_ + 1) {
+  GROVE_CHECK(num_experts % ep_size_ == 0)
+      << "num_experts=" << num_experts << " is not divisible by ep=" << ep_size_;
+}
+
+// ---- preprocess: hash, bucket per expert, exchange the counts ---------------------------------
+void LshDispatcher::preprocess(const Routing& r, const float* x) {
+  const LshConfig& cfg = lsh_.config();
+  T_ = r.T;
+  k_ = r.k;
+  const int64_t A = int64_t(T_) * k_;
+  metrics_ = LshMetrics{};
+  weight_.assign(r.weight.begin(), r.weight.begin() + A);
+  grow(x_, size_t(T_) * h_);
+  if (T_ > 0) std::memcpy(x_.data(), x, sizeof(float) * size_t(T_) * h_);
+  grow(ids_, size_t(T_));
+  if (cfg.enabled) lsh_.hash(ids_.data(), x_.data(), T_);
+
+  // The kept assignments of each expert, in token order (a counting sort on the expert id).
+  std::fill(token_count_.begin(), token_count_.end(), 0);
+  for (int64_t a = 0; a < A; ++a) {
+    if (r.kept[a]) ++token_count_[r.expert[a]];
+  }
+  std::vector<int64_t> start(E_ + 1, 0), by_expert(A);
+  for (int e = 0; e < E_; ++e) start[e + 1] = start[e] + token_count_[e];
+  {
+    std::vector<int64_t> cursor(start.begin(), start.end() - 1);
+    for (int64_t a = 0; a < A; ++a) {
+      if (r.kept[a]) by_expert[cursor[r.expert[a]]++] = a;
+    }
+  }
+  // Buckets per expert; centroid rows in expert order, hence in destination-rank order.
+  pos_.assign(A, -1);
+  grow(scratch_ids_, size_t(T_));
+  grow(scratch_bucket_, size_t(T_));
+  C_ = 0;
+  for (int e = 0; e < E_; ++e) {
+    const int64_t n = token_count_[e];
+    const int64_t* members = by_expert.data() + start[e];
+    int64_t B = n;
+    if (n > 0) ++metrics_.groups;
+    if (cfg.enabled && n > 0 && n >= cfg.min_tokens) {
+      for (int64_t m = 0; m < n; ++m) scratch_ids_[m] = ids_[members[m] / k_];
+      B = lsh_.bucketize(scratch_bucket_.data(), scratch_ids_.data(), n);
+      for (int64_t m = 0; m < n; ++m) pos_[members[m]] = C_ + scratch_bucket_[m];
+      ++metrics_.compressed_groups;
+    } else {
+      for (int64_t m = 0; m < n; ++m) pos_[members[m]] = C_ + m;
+    }
+    send_count_[e] = B;
+    C_ += B;
+  }
+  // Kept assignments in (t, j) order, bucket sizes, tokens with a non-zero residual.
+  M_ = 0;
+  kept_tok_.resize(A);
+  kept_cen_.resize(A);
+  kept_w_.resize(A);
+  count_.assign(C_, 0);
+  for (int64_t a = 0; a < A; ++a) {
+    if (pos_[a] < 0) continue;
+    kept_tok_[M_] = a / k_;
+    kept_cen_[M_] = pos_[a];
+    kept_w_[M_] = weight_[a];
+    ++count_[pos_[a]];
+    ++M_;
+  }
+  has_residual_.assign(T_, 0);
+  for (int64_t m = 0; m < M_; ++m) {
+    if (count_[kept_cen_[m]] > 1) has_residual_[kept_tok_[m]] = 1;
+  }
+  metrics_.assignments = M_;
+  metrics_.centroids = C_;
+
+  // Counts: (centroids, tokens) per expert; block s holds rank s's experts.
+  for (int e = 0; e < E_; ++e) {
+    counts_out_[2 * e] = send_count_[e];
+    counts_out_[2 * e + 1] = token_count_[e];
+  }
+  if (ep_) {
+    const auto t0 = std::chrono::steady_clock::now();
+    ep_->all_to_all(counts_out_.data(), counts_in_.data(), 2 * E_l_, DType::kI64);
+    stats_.dispatch_a2a_ms += ms_since(t0);
+    const int64_t b = int64_t(sizeof(int64_t)) * 2 * E_l_ * (ep_size_ - 1);
+    stats_.bytes_sent += b;
+    metrics_.bytes_sent += b;
+  } else {
+    counts_in_ = counts_out_;
+  }
+  // Layouts (as the plain dispatcher, over centroid rows); the plain path's bytes for comparison.
+  R_ = 0;
+  int64_t tokens_other = 0;  // token rows the plain path would exchange with other ranks
+  for (int s = 0; s < ep_size_; ++s) {
+    rows_to_[s] = rows_from_[s] = 0;
+    for (int l = 0; l < E_l_; ++l) {
+      const int b = s * E_l_ + l;
+      recv_count_[b] = counts_in_[2 * b];
+      rows_to_[s] += send_count_[b];
+      recv_off_[b] = R_;
+      R_ += recv_count_[b];
+      rows_from_[s] += recv_count_[b];
+      if (s != ep_rank_) tokens_other += token_count_[b] + counts_in_[2 * b + 1];
+    }
+  }
+  int64_t off = 0;
+  for (int l = 0; l < E_l_; ++l) {
+    offset_[l] = off;
+    for (int s = 0; s < ep_size_; ++s) {
+      expert_off_[s * E_l_ + l] = off;
+      off += recv_count_[s * E_l_ + l];
+    }
+  }
+  offset_[E_l_] = off;
+  if (ep_) {
+    // Plain: counts once, then each token row crosses twice forward and twice backward.
+    metrics_.bytes_uncompressed = int64_t(sizeof(int64_t)) * E_l_ * (ep_size_ - 1) +
+                                  int64_t(sizeof(float)) * h_ * 2 * tokens_other;
+  }
+}
+
+void LshDispatcher::exchange(const float* in, const std::vector<int64_t>& send_rows, float* out,
+                             const std::vector<int64_t>& recv_rows, double* ms) {
+  if (!ep_) {
+    if (in != out && send_rows[0] > 0) std::memcpy(out, in, sizeof(float) * send_rows[0] * h_);
+    return;
+  }
+  std::vector<int64_t> sc(ep_size_), rc(ep_size_);
+  for (int r = 0; r < ep_size_; ++r) {
+    sc[r] = send_rows[r] * h_;
+    rc[r] = recv_rows[r] * h_;
+    if (r != ep_rank_) {
+      stats_.bytes_sent += int64_t(sizeof(float)) * sc[r];
+      metrics_.bytes_sent += int64_t(sizeof(float)) * sc[r];
+    }
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  ep_->all_to_all_v(in, sc, out, rc, DType::kF32);
+  *ms += ms_since(t0);
+}
+
+void LshDispatcher::to_expert_layout(float* dst, const float* src) const {
+  for (int b = 0; b < ep_size_ * E_l_; ++b) {
+    const int64_t n = recv_count_[b];
+    if (n > 0)
+      std::memcpy(dst + expert_off_[b] * h_, src + recv_off_[b] * h_, sizeof(float) * n * h_);
+  }
+}
+
+void LshDispatcher::from_expert_layout(float* dst, const float* src) const {
+  for (int b = 0; b < ep_size_ * E_l_; ++b) {
+    const int64_t n = recv_count_[b];
+    if (n > 0)
+      std::memcpy(dst + recv_off_[b] * h_, src + expert_off_[b] * h_, sizeof(float) * n * h_);
+  }
+}
+
+// ---- dispatch (forward) / dispatch_backward
+// ------------------------------------------------------
+ExpertBatch LshDispatcher::dispatch(const float* /*x: the copy taken in preprocess*/) {
+  grow(centroid_, size_t(C_) * h_);
+  grow(acc_, size_t(C_) * h_);
+  grow(recv_, size_t(R_) * h_);
+  grow(expert_in_, size_t(R_) * h_);
+  centroid_forward(centroid_.data(), count_.data(), acc_.data(), x_.data(), kept_tok_.data(),
+                   kept_cen_.data(), M_, C_, h_);
+  // The residuals x_t − c_b stay here; their size is a per-step metric.
+  double res = 0, tok = 0;
+#pragma omp parallel for schedule(static) reduction(+ : res, tok) if (M_ >= 256)
+  for (int64_t m = 0; m < M_; ++m) {
+    const float* xt = x_.data() + kept_tok_[m] * h_;
+    const float* c = centroid_.data() + kept_cen_[m] * h_;
+    double r2 = 0, x2 = 0;
+    for (int j = 0; j < h_; ++j) {
+      const double d = double(xt[j]) - c[j];
+      r2 += d * d;
+      x2 += double(xt[j]) * xt[j];
+    }
+    res += std::sqrt(r2);
+    tok += std::sqrt(x2);
+  }
+  metrics_.residual_norm_sum = res;
+  metrics_.token_norm_sum = tok;
+  exchange(centroid_.data(), rows_to_, recv_.data(), rows_from_, &stats_.dispatch_a2a_ms);
+  to_expert_layout(expert_in_.data(), recv_.data());
+  return ExpertBatch{expert_in_.data(), R_, offset_};
+}
+
+void LshDispatcher::dispatch_backward(float* din, const float* dx) {
+  grow(recv_, size_t(R_) * h_);
+  grow(back_, size_t(C_) * h_);
+  from_expert_layout(recv_.data(), dx);
+  exchange(recv_.data(), rows_from_, back_.data(), rows_to_, &stats_.backward_a2a_ms);
+  // Gradient reaching c_b: dc_b from the experts minus dy_b through the residual's −c_b. For a
+  // bucket of one the residual path is identically zero, so it is left out (exact plain path).
+#pragma omp parallel for schedule(static) if (C_ >= 256)
+  for (int64_t i = 0; i < C_; ++i) {
+    if (count_[i] == 1) continue;
+    float* g = back_.data() + i * h_;
+    const float* s = dsum_.data() + i * h_;
+    for (int j = 0; j < h_; ++j) g[j] -= s[j];
+  }
+  // Through the mean, in (t, j) order (as the plain path sums a token's slots), then the
+  // residual's +x_t path.
+  centroid_backward(din, back_.data(), count_.data(), kept_tok_.data(), kept_cen_.data(), M_, h_);
+#pragma omp parallel for schedule(static) if (T_ >= 256)
+  for (int t = 0; t < T_; ++t) {
+    if (!has_residual_[t]) continue;
+    float* d = din + int64_t(t) * h_;
+    const float* g = rgrad_.data() + int64_t(t) * h_;
+    for (int j = 0; j < h_; ++j) d[j] += g[j];
+  }
+}
+
+// ---- combine (forward) / combine_backward -------------------------------------------------------
+void LshDispatcher::combine(float* out, const float* y) {
+  grow(recv_, size_t(R_) * h_);
+  grow(returned_, size_t(C_) * h_);
+  from_expert_layout(recv_.data(), y);
+  exchange(recv_.data(), rows_from_, returned_.data(), rows_to_, &stats_.combine_a2a_ms);
+  // out_t = Σ_j w_a · (y_b + (x_t − c_b)), slots summed in slot order.
+#pragma omp parallel for schedule(static) if (T_ >= 256)
+  for (int t = 0; t < T_; ++t) {
+    float* o = out + int64_t(t) * h_;
+    const float* xt = x_.data() + int64_t(t) * h_;
+    std::memset(o, 0, sizeof(float) * h_);
+    for (int j = 0; j < k_; ++j) {
+      const int64_t a = int64_t(t) * k_ + j, i = pos_[a];
+      if (i < 0) continue;
+      const float w = weight_[a];
+      const float* yr = returned_.data() + i * h_;
+      const float* c = centroid_.data() + i * h_;
+      for (int q = 0; q < h_; ++q) o[q] += w * (yr[q] + (xt[q] - c[q]));
+    }
+  }
+}
+
+void LshDispatcher::combine_backward(float* dy, float* dweight, const float* dout) {
+  grow(recv_, size_t(R_) * h_);
+  grow(dsum_, size_t(C_) * h_);
+  grow(rgrad_, size_t(T_) * h_);
+  // dweight_a = dout_t · (y_b + x_t − c_b); the residual path's w_a·dout_t per token.
+#pragma omp parallel for schedule(static) if (T_ >= 256)
+  for (int t = 0; t < T_; ++t) {
+    const float* g = dout + int64_t(t) * h_;
+    const float* xt = x_.data() + int64_t(t) * h_;
+    float* rg = rgrad_.data() + int64_t(t) * h_;
+    if (has_residual_[t]) std::memset(rg, 0, sizeof(float) * h_);
+    for (int j = 0; j < k_; ++j) {
+      const int64_t a = int64_t(t) * k_ + j, i = pos_[a];
+      if (i < 0) {
+        dweight[a] = 0;
+        continue;
+      }
+      const float* yr = returned_.data() + i * h_;
+      const float* c = centroid_.data() + i * h_;
+      const float w = weight_[a];
+      double dot = 0;
+      for (int q = 0; q < h_; ++q) dot += double(g[q]) * (yr[q] + (xt[q] - c[q]));
+      dweight[a] = float(dot);
+      if (count_[i] > 1) {
+        for (int q = 0; q < h_; ++q) rg[q] += w * g[q];
+      }
+    }
+  }
+  // dy_b = Σ_{a ∈ b} w_a·dout_t, summed in (t, j) order (a bucket of one: exactly w·dout).
+  if (C_ > 0) std::memset(dsum_.data(), 0, sizeof(float) * size_t(C_) * h_);
+  for (int64_t m = 0; m < M_; ++m) {
+    const int64_t t = kept_tok_[m], i = kept_cen_[m];
+    const float w = kept_w_[m];
+    const float* g = dout + t * h_;
+    float* s = dsum_.data() + i * h_;
+    for (int q = 0; q < h_; ++q) s[q] += w * g[q];
+  }
+  exchange(dsum_.data(), rows_to_, recv_.data(), rows_from_, &stats_.backward_a2a_ms);
+  to_expert_layout(dy, recv_.data());
+}
+
+size_t LshDispatcher::stash_bytes() const {
+  const int64_t A = int64_t(T_) * k_;
+  return sizeof(float) * (size_t(A) + size_t(T_) * h_ + size_t(2 * C_ + R_) * h_) +
+         sizeof(int64_t) * size_t(A + 2 * M_ + C_) + sizeof(float) * size_t(M_) + size_t(T_);
+}
+
+}  // namespace grove::parallel

@@ -1,0 +1,128 @@
+// LshDispatcher: the expert-parallel all-to-all with LSH-compressed rows (DESIGN.md §8), the
+// same stages as AllToAllDispatcher (moe_dispatcher.h; STYLE.md rule 6), so MoeLayer runs it
+// after set_dispatcher and the two are tested against each other on the same tokens.
+//
+// Legend: T local tokens, h model dim, k slots, E experts, ep ranks, E_l = E / ep local experts,
+// a = (t, j) a kept assignment of token t to expert e_a with combine weight w_a, b(a) its
+// centroid (one per bucket per destination expert), n_b the bucket's size, C centroids this rank
+// sends, R centroid rows this rank's experts receive.
+//
+// Forward (per source rank; a "group" is the tokens this rank routes to one expert):
+//   preprocess  hash every token once (LshCompressor); per expert, a group of ≥ min_tokens
+//               tokens is bucketed by id, a smaller one (or any, when disabled) keeps one bucket
+//               per token; all_to_all of (centroids, tokens) per expert
+//   dispatch    c_b = mean of its tokens (x_t − c_b, the residual, stays here); all_to_all_v of
+//               the centroids, sorted by local expert as in the plain dispatcher
+//   experts     y_b = Expert(c_b)  (the caller, on the rows dispatch returned)
+//   combine     all_to_all_v of y back;  out_t = Σ_j w_a · (y_b(a) + (x_t − c_b(a)))
+// "Residual error compensation" as DESIGN §8 states it: the token's bucket result plus its own
+// residual x − c, inside the combine weight so that Σ_j w_a = 1 gives out = x for identity
+// experts. A bucket of one token has residual exactly 0: the result is the plain path's, bit for
+// bit (same rows, same order, same arithmetic).
+//
+// Backward (the exact gradient of that forward; routing and buckets are piecewise constant):
+//   combine_backward   dweight_a = dout_t · (y_b + x_t − c_b);  dy_b = Σ_{a ∈ b} w_a·dout_t
+//                      (summed per bucket: one row per centroid goes back, compressed)
+//   dispatch_backward  all_to_all_v of dc_b = J_b^T dy_b (the experts' input gradient) back;
+//                      din_t += Σ_j [ w_a·dout_t + (dc_b − dy_b) / n_b ]
+//                      (residual path: +w·dout through x_t and −w·dout through −c_b; the mean's
+//                      backward spreads the bucket's gradient over its n_b tokens). For n_b = 1
+//                      the two dy terms cancel and din_t += dc_b exactly, as in the plain path.
+// Collectives per step, always, in this order (as AllToAllDispatcher): forward all_to_all(counts),
+// all_to_all_v(centroids), all_to_all_v(y); backward all_to_all_v(dy), all_to_all_v(dc).
+// Receivers get no per-bucket sizes: the experts' forward and weight gradients need only the
+// centroid rows and their summed gradients; the sizes stay where the mean's backward needs them.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "comm/communicator.h"
+#include "parallel/lsh_compressor.h"
+#include "parallel/moe_dispatcher.h"
+
+namespace grove::parallel {
+
+// The compression of the last step on this rank (forward + backward).
+struct LshMetrics {
+  int64_t groups = 0;              // non-empty (expert) groups this rank sent
+  int64_t compressed_groups = 0;   // of those, bucketed (≥ min_tokens and enabled)
+  int64_t assignments = 0;         // kept (token, slot) rows the plain path would send
+  int64_t centroids = 0;           // rows sent instead (C)
+  int64_t bytes_sent = 0;          // all-to-all bytes to other ranks, counts + rows, fwd + bwd
+  int64_t bytes_uncompressed = 0;  // what AllToAllDispatcher sends for the same routing
+  double residual_norm_sum = 0;    // Σ_a ‖x_t − c_b(a)‖₂ over kept assignments
+  double token_norm_sum = 0;       // Σ_a ‖x_t‖₂ (to make the residual relative)
+  double compression_ratio() const {
+    return centroids > 0 ? double(assignments) / double(centroids) : 1.0;
+  }
+  double bytes_ratio() const {
+    return bytes_sent > 0 ? double(bytes_uncompressed) / double(bytes_sent) : 1.0;
+  }
+  double mean_residual_norm() const {
+    return assignments > 0 ? residual_norm_sum / double(assignments) : 0.0;
+  }
+  double relative_residual() const {
+    return token_norm_sum > 0 ? residual_norm_sum / token_norm_sum : 0.0;
+  }
+};
+
+class LshDispatcher final : public Dispatcher {
+ public:
+  // ep_group: null or size one = all experts local. num_experts % ep == 0; cfg valid for h.
+  LshDispatcher(int num_experts, int h, comm::Communicator* ep_group, const LshConfig& cfg);
+  const char* name() const override { return "lsh_all_to_all"; }
+
+  void preprocess(const Routing& routing, const float* x) override;
+  ExpertBatch dispatch(const float* x) override;
+  void combine(float* out, const float* y) override;
+  void combine_backward(float* dy, float* dweight, const float* dout) override;
+  void dispatch_backward(float* din, const float* dx) override;
+  size_t stash_bytes() const override;
+
+  const LshMetrics& metrics() const { return metrics_; }
+  const LshCompressor& compressor() const { return lsh_; }
+  // [T, k] centroid row of each assignment of the last step (−1: dropped). Two steps with
+  // equal values bucketed identically (tests use it to keep finite differences on one bucketing).
+  const std::vector<int64_t>& assignment_centroid() const { return pos_; }
+
+ private:
+  void exchange(const float* in, const std::vector<int64_t>& send_rows, float* out,
+                const std::vector<int64_t>& recv_rows, double* ms);
+  void to_expert_layout(float* dst, const float* src) const;
+  void from_expert_layout(float* dst, const float* src) const;
+
+  comm::Communicator* ep_;
+  int ep_size_, ep_rank_, E_, E_l_, h_;
+  LshCompressor lsh_;
+  int T_ = 0, k_ = 0;
+  int64_t C_ = 0, R_ = 0, M_ = 0;  // centroids sent, rows received, kept assignments
+  std::vector<float> weight_;      // [T, k] combine weights
+  std::vector<float> x_;           // [T, h] stash: the tokens (residual x − c is formed from it)
+  std::vector<uint64_t> ids_;      // [T] bucket ids
+  std::vector<int64_t> pos_;       // [T, k] assignment → centroid row, −1 if dropped
+  std::vector<int64_t> kept_tok_, kept_cen_;     // [M] kept assignments in (t, j) order: t, b
+  std::vector<float> kept_w_;                    // [M] their combine weights
+  std::vector<int64_t> count_;                   // [C] bucket sizes n_b
+  std::vector<uint8_t> has_residual_;            // [T] some slot of t is in a bucket of > 1
+  std::vector<int64_t> send_count_;              // [E] centroids to each expert
+  std::vector<int64_t> token_count_;             // [E] kept assignments to each expert
+  std::vector<int64_t> counts_out_, counts_in_;  // [ep, E_l, 2] (centroids, tokens) exchanged
+  std::vector<int64_t> recv_count_;              // [ep, E_l] centroids from s for local l
+  std::vector<int64_t> rows_to_, rows_from_;     // [ep]
+  std::vector<int64_t> recv_off_, expert_off_;   // [ep, E_l]
+  std::vector<int64_t> offset_;                  // [E_l + 1]
+  std::vector<int64_t> scratch_bucket_;          // [T] bucketize scratch
+  std::vector<uint64_t> scratch_ids_;            // [T]
+  std::vector<double> acc_;                      // [C, h] scratch: centroid sums
+  std::vector<float> centroid_;                  // [C, h] stash: centroids sent
+  std::vector<float> returned_;                  // [C, h] stash: expert outputs back
+  std::vector<float> recv_;                      // [R, h] scratch
+  std::vector<float> expert_in_;                 // [R, h] stash: the experts' input
+  std::vector<float> dsum_;                      // [C, h] backward: Σ_{a∈b} w_a·dout_t
+  std::vector<float> back_;                      // [C, h] backward scratch
+  std::vector<float> rgrad_;                     // [T, h] backward: residual path Σ w·dout
+  LshMetrics metrics_;
+};
+
+}  // namespace grove::parallel
