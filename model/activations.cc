@@ -5,7 +5,7 @@
 namespace grove {
 
 BlockActivations BlockActivations::Allocate(const ModelConfig& c, const MemoryLayout& m,
-                                            bool with_probs) {
+                                            bool with_probs, bool moe) {
   const int b = m.batch, s = m.seq, t = m.tp, heads = c.n_heads / t;
   const int64_t N = int64_t(s) * b, R = m.sp ? N / t : N, h = c.d_model,
                 qd = int64_t(heads) * c.head_dim(), kvd = int64_t(c.kv_heads() / t) * c.head_dim(),
@@ -22,9 +22,11 @@ BlockActivations BlockActivations::Allocate(const ModelConfig& c, const MemoryLa
   a.resid2 = Tensor::empty({R, h});
   a.rstd2 = Tensor::empty({R});
   a.ln2 = Tensor::empty({R, h});
-  a.gate = Tensor::empty({N, f});
-  a.up = Tensor::empty({N, f});
-  a.act = Tensor::empty({N, f});
+  if (!moe) {
+    a.gate = Tensor::empty({N, f});
+    a.up = Tensor::empty({N, f});
+    a.act = Tensor::empty({N, f});
+  }
   return a;
 }
 
@@ -55,7 +57,7 @@ ActivationStash ActivationStash::Allocate(const ModelConfig& c, const MemoryLayo
 }
 
 size_t ActivationReport::total() const {
-  size_t n = transient + head;
+  size_t n = transient + head + moe;
   for (size_t b : per_layer) n += b;
   return n;
 }

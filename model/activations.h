@@ -38,7 +38,10 @@ struct BlockActivations {
   Tensor up;      // [N, f]     up projection
   Tensor act;     // [N, f]     silu(gate) * up
 
-  static BlockActivations Allocate(const ModelConfig& c, const MemoryLayout& m, bool with_probs);
+  // `moe`: the block's MLP is a mixture of experts, which keeps its own stash (gate, up, act
+  // are not allocated here).
+  static BlockActivations Allocate(const ModelConfig& c, const MemoryLayout& m, bool with_probs,
+                                   bool moe = false);
   size_t bytes() const;
 };
 
@@ -60,6 +63,8 @@ struct ActivationReport {
   std::vector<size_t> per_layer;  // kept across the step by block l (its input + intermediates)
   size_t transient = 0;           // full recompute: the one-block buffer used in the backward
   size_t head = 0;                // final norm, logits and loss buffers
+  size_t moe = 0;                 // MoE layers' expert stash after the last forward (depends on
+                                  // the routing; not part of per_layer)
   size_t total() const;
   std::string to_string() const;
 };

@@ -8,11 +8,27 @@
 
 namespace grove {
 
+namespace {
+int64_t count_parameters(const ModelConfig& c, int experts_per_token) {
+  const int64_t h = c.d_model, hd = c.head_dim(), f = c.ffn(), fe = c.expert_ffn();
+  const int64_t attn = h * c.n_heads * hd + 2 * h * c.kv_heads() * hd + c.n_heads * hd * h;
+  int64_t n = 2 * int64_t(c.vocab_size) * h + h;
+  for (int l = 0; l < c.n_layers; ++l) {
+    n += attn + 2 * h;
+    if (c.is_moe_layer(l))
+      n += int64_t(c.moe.num_experts) * h + experts_per_token * 3 * h * fe;
+    else
+      n += 3 * h * f;
+  }
+  return n;
+}
+}  // namespace
+
 int64_t ModelConfig::num_parameters() const {
-  const int64_t h = d_model, hd = head_dim(), f = ffn();
-  const int64_t attn = h * n_heads * hd + 2 * h * kv_heads() * hd + n_heads * hd * h;
-  const int64_t mlp = 3 * h * f;
-  return 2 * int64_t(vocab_size) * h + n_layers * (attn + mlp + 2 * h) + h;
+  return count_parameters(*this, moe.num_experts);
+}
+int64_t ModelConfig::active_parameters() const {
+  return count_parameters(*this, moe.top_k);
 }
 
 Status ModelConfig::Validate() const {
@@ -36,6 +52,17 @@ Status ModelConfig::Validate() const {
   if (!(rope_theta > 1.0f)) return err("model.rope_theta must be > 1");
   if (!(norm_eps > 0.0f)) return err("model.norm_eps must be > 0");
   if (!(init_std > 0.0f)) return err("model.init_std must be > 0");
+  if (moe.num_experts < 0) return err("model.moe.num_experts must be >= 0 (0: dense model)");
+  if (moe.num_experts > 0) {
+    if (moe.top_k < 1 || moe.top_k > moe.num_experts)
+      return err("model.moe.top_k=" + std::to_string(moe.top_k) + " must be in [1, " +
+                 "model.moe.num_experts=" + std::to_string(moe.num_experts) + "]");
+    if (moe.every < 1) return err("model.moe.every must be >= 1");
+    if (moe.expert_ffn < 0) return err("model.moe.expert_ffn must be >= 0 (0: model ffn)");
+    if (moe.aux_loss_coef < 0 || moe.z_loss_coef < 0)
+      return err("model.moe.aux_loss_coef and model.moe.z_loss_coef must be >= 0");
+    if (moe.capacity_factor < 0) return err("model.moe.capacity_factor must be >= 0 (0: dropless)");
+  }
   return Status::Ok();
 }
 
@@ -71,7 +98,18 @@ Status ModelConfigFromJson(const nlohmann::json& j, ModelConfig* c) {
   f.get("norm_eps", &c->norm_eps);
   f.get("init_std", &c->init_std);
   f.get("seed", &c->seed);
-  return f.finish();
+  nlohmann::json moe = nlohmann::json::object();
+  f.get("moe", &moe);
+  GROVE_RETURN_IF_ERROR(f.finish());
+  JsonFields m(moe, "model.moe");
+  m.get("num_experts", &c->moe.num_experts);
+  m.get("top_k", &c->moe.top_k);
+  m.get("every", &c->moe.every);
+  m.get("expert_ffn", &c->moe.expert_ffn);
+  m.get("aux_loss_coef", &c->moe.aux_loss_coef);
+  m.get("z_loss_coef", &c->moe.z_loss_coef);
+  m.get("capacity_factor", &c->moe.capacity_factor);
+  return m.finish();
 }
 
 nlohmann::json ModelConfigToJson(const ModelConfig& c) {
@@ -85,7 +123,15 @@ nlohmann::json ModelConfigToJson(const ModelConfig& c) {
           {"rope_theta", c.rope_theta},
           {"norm_eps", c.norm_eps},
           {"init_std", c.init_std},
-          {"seed", c.seed}};
+          {"seed", c.seed},
+          {"moe",
+           {{"num_experts", c.moe.num_experts},
+            {"top_k", c.moe.top_k},
+            {"every", c.moe.every},
+            {"expert_ffn", c.moe.expert_ffn},
+            {"aux_loss_coef", c.moe.aux_loss_coef},
+            {"z_loss_coef", c.moe.z_loss_coef},
+            {"capacity_factor", c.moe.capacity_factor}}}};
 }
 
 }  // namespace grove

@@ -11,6 +11,18 @@
 
 namespace grove {
 
+// Mixture of experts (DESIGN.md §7): every `every`-th block's MLP is an MoE layer of
+// `num_experts` SwiGLU experts with a top-k router. num_experts = 0: a dense model.
+struct MoeOptions {
+  int num_experts = 0;
+  int top_k = 2;
+  int every = 1;                 // MoE in blocks every-1, 2·every-1, ... (1: every block)
+  int expert_ffn = 0;            // hidden size of each expert; 0: the model's ffn
+  float aux_loss_coef = 1e-2f;   // Switch load-balancing loss α·E·Σ f_i·P_i
+  float z_loss_coef = 1e-3f;     // router z-loss β·mean(logsumexp²)
+  float capacity_factor = 0.0f;  // 0: dropless; else ceil(cf·T·k/E) assignments per expert
+};
+
 struct ModelConfig {
   int vocab_size = 8192;
   int d_model = 256;
@@ -23,11 +35,16 @@ struct ModelConfig {
   float norm_eps = 1e-5f;
   float init_std = 0.02f;
   uint64_t seed = 1234;  // parameter initialisation
+  MoeOptions moe;
 
   int kv_heads() const { return n_kv_heads > 0 ? n_kv_heads : n_heads; }
   int head_dim() const { return d_model / n_heads; }
   int ffn() const { return ffn_hidden > 0 ? ffn_hidden : (8 * d_model / 3 + 63) / 64 * 64; }
   int64_t num_parameters() const;
+  // Parameters a token passes through (top_k experts of each MoE layer, plus the router).
+  int64_t active_parameters() const;
+  bool is_moe_layer(int l) const { return moe.num_experts > 0 && (l + 1) % moe.every == 0; }
+  int expert_ffn() const { return moe.expert_ffn > 0 ? moe.expert_ffn : ffn(); }
 
   // Every constraint, with a message naming the field and the fix.
   Status Validate() const;

@@ -14,7 +14,8 @@ int64_t replicated_rows(const MemoryLayout& m) {
 }
 
 // Elements of one block's intermediates, excluding its input (the residual stream row block).
-int64_t block_intermediate_elems(const ModelConfig& c, const MemoryLayout& m, bool probs) {
+int64_t block_intermediate_elems(const ModelConfig& c, const MemoryLayout& m, bool probs,
+                                 bool moe) {
   const int64_t N = int64_t(m.seq) * m.batch, h = c.d_model, d = c.head_dim(), t = m.tp;
   const int64_t qd = int64_t(c.n_heads) * d / t, kvd = int64_t(c.kv_heads()) * d / t,
                 f = c.ffn() / t, a = c.n_heads / t;
@@ -29,26 +30,48 @@ int64_t block_intermediate_elems(const ModelConfig& c, const MemoryLayout& m, bo
 
 }  // namespace
 
-int64_t ActivationBytesPerLayer(const ModelConfig& c, const MemoryLayout& m) {
+int64_t ActivationBytesPerLayer(const ModelConfig& c, const MemoryLayout& m, bool moe) {
   const int64_t input = replicated_rows(m) * c.d_model;
   if (m.recompute == Recompute::kFull) return 4 * input;
-  return 4 * (input + block_intermediate_elems(c, m, m.recompute == Recompute::kNone));
+  return 4 * (input + block_intermediate_elems(c, m, m.recompute == Recompute::kNone, moe));
+}
+
+int64_t MoeExpectedStashBytes(const ModelConfig& c, const MemoryLayout& m) {
+  // The layer keeps its input [T, h] and, per received (token, slot) row, the dispatched row
+  // [h] and the expert's gate and up [fe] each; balanced routing receives T·k rows per rank.
+  const int64_t T = replicated_rows(m), k = c.moe.top_k, h = c.d_model, fe = c.expert_ffn();
+  return 4 * (T * h + T * k * (h + 2 * fe));
 }
 
 MemoryEstimate EstimateMemory(const ModelConfig& c, const MemoryLayout& m) {
   MemoryEstimate e;
   const int64_t N = int64_t(m.seq) * m.batch, h = c.d_model, t = m.tp;
-  e.activations_per_layer = ActivationBytesPerLayer(c, m);
+  e.activations_per_layer = ActivationBytesPerLayer(c, m);  // a dense block
+  bool all_moe = c.n_layers > 0;
+  int64_t layers = 0;
+  for (int l = 0; l < c.n_layers; ++l) {
+    const bool moe = c.is_moe_layer(l);
+    all_moe = all_moe && moe;
+    layers += ActivationBytesPerLayer(c, m, moe) + (moe ? MoeExpectedStashBytes(c, m) : 0);
+  }
   e.activations_transient =
-      m.recompute == Recompute::kFull ? 4 * block_intermediate_elems(c, m, false) : 0;
+      m.recompute == Recompute::kFull ? 4 * block_intermediate_elems(c, m, false, all_moe) : 0;
   const int64_t R = replicated_rows(m);
   // Final residual, rstd, normalised state, vocab-parallel logits, CE lse and losses.
   e.activations_head = 4 * (R * h + R + R * h + N * (c.vocab_size / t) + N + N);
   e.activations =
       c.n_layers * e.activations_per_layer + e.activations_transient + e.activations_head;
-  // Matrices are split over TP; norm weights are replicated.
+  // Dense matrices are split over TP; norm weights and routers are replicated; experts are
+  // split over EP (m.ep).
   const int64_t norms = int64_t(2 * c.n_layers + 1) * h;
-  const int64_t params = (c.num_parameters() - norms) / t + norms;
+  int64_t routers = 0, experts = 0;
+  for (int l = 0; l < c.n_layers; ++l)
+    if (c.is_moe_layer(l)) {
+      routers += int64_t(c.moe.num_experts) * h;
+      experts += int64_t(c.moe.num_experts) * 3 * h * c.expert_ffn();
+    }
+  const int64_t params =
+      (c.num_parameters() - norms - routers - experts) / t + norms + routers + experts / m.ep;
   e.parameters = 4 * params;
   e.gradients = 4 * params;
   e.optimizer = 8 * params;

@@ -19,6 +19,7 @@ struct MemoryLayout {
   int tp = 1;       // t
   bool sp = false;  // sequence parallelism (norms/residuals on [s/t, b, h])
   Recompute recompute = Recompute::kSelective;
+  int ep = 1;  // expert parallel (experts split over ep ranks)
 };
 
 struct MemoryEstimate {
@@ -33,8 +34,11 @@ struct MemoryEstimate {
   std::string to_string() const;
 };
 
-// Bytes one transformer block keeps for the backward (docs/memory.md, eq. 1-3).
-int64_t ActivationBytesPerLayer(const ModelConfig& c, const MemoryLayout& m);
+// Bytes one transformer block keeps for the backward (docs/memory.md). For an MoE block this
+// is the attention part and the norms; the experts' own stash depends on the routing and is
+// estimated separately (MoeExpectedStashBytes, balanced routing).
+int64_t ActivationBytesPerLayer(const ModelConfig& c, const MemoryLayout& m, bool moe = false);
+int64_t MoeExpectedStashBytes(const ModelConfig& c, const MemoryLayout& m);
 MemoryEstimate EstimateMemory(const ModelConfig& c, const MemoryLayout& m);
 
 }  // namespace grove

@@ -19,6 +19,24 @@ comm::Communicator* group_or_null(const par::ParallelGrid* grid, par::Group g) {
   return c.size() > 1 ? &c : nullptr;
 }
 
+// One block's gradients with their short names (as in Weights::named()).
+std::vector<NamedTensor> gw_named(const LayerWeights& g) {
+  std::vector<NamedTensor> out = {
+      {"attn_norm", g.attn_norm}, {"wq", g.wq}, {"wk", g.wk}, {"wv", g.wv}, {"wo", g.wo},
+      {"mlp_norm", g.mlp_norm}};
+  if (g.router.defined()) {
+    out.push_back({"router", g.router});
+    out.push_back({".experts.w_gate", g.e_gate});
+    out.push_back({".experts.w_up", g.e_up});
+    out.push_back({".experts.w_down", g.e_down});
+  } else {
+    out.push_back({"w_gate", g.w_gate});
+    out.push_back({"w_up", g.w_up});
+    out.push_back({"w_down", g.w_down});
+  }
+  return out;
+}
+
 MemoryLayout layout_of(int b, int s, Recompute mode, int t, bool sp) {
   return MemoryLayout{b, s, t, sp, mode};
 }
@@ -34,6 +52,7 @@ Transformer::Transformer(const ModelConfig& config, int batch, int seq, Recomput
       par_(parallel),
       tp_(group_or_null(parallel.grid, par::Group::kTp)),
       dp_(group_or_null(parallel.grid, par::Group::kDp)),
+      edp_(group_or_null(parallel.grid, par::Group::kEdp)),
       t_(par::tp_size(tp_)),
       sp_(parallel.sequence_parallel && t_ > 1),
       col_q_(config.d_model, config.n_heads * config.head_dim(), tp_),
@@ -55,9 +74,43 @@ Transformer::Transformer(const ModelConfig& config, int batch, int seq, Recomput
       << "sequence parallelism splits the sequence: tp=" << t_ << " must divide seq " << seq;
   const int64_t N = int64_t(b_) * s_, h = config_.d_model;
   rows_ = sp_ ? N / t_ : N;
-  params_ = Weights::Init(config_, t_, par::tp_rank(tp_));
-  grads_ = Weights::Zeros(config_, t_);
+  const par::ParallelGrid* grid = parallel.grid;
+  const int ep = grid ? grid->shape().ep : 1, ep_rank = grid ? grid->coord().ep : 0;
+  params_ = Weights::Init(config_, t_, par::tp_rank(tp_), ep, ep_rank);
+  grads_ = Weights::Zeros(config_, t_, ep);
   stash_ = ActivationStash::Allocate(config_, layout_of(b_, s_, mode_, t_, sp_));
+  // MoE blocks: the layer owns its parameters and gradients; params_ and grads_ alias them so
+  // the optimizer, clipping and checkpoints see every tensor.
+  moe_.resize(config_.n_layers);
+  if (config_.moe.num_experts > 0) {
+    GROVE_CHECK(t_ == 1 || sp_) << "MoE with tp=" << t_
+                                << " needs sequence parallelism (experts see distinct tokens)";
+    par::MoeConfig mc;
+    mc.num_experts = config_.moe.num_experts;
+    mc.top_k = config_.moe.top_k;
+    mc.expert_ffn = config_.expert_ffn();
+    mc.aux_loss_coef = config_.moe.aux_loss_coef;
+    mc.z_loss_coef = config_.moe.z_loss_coef;
+    mc.capacity_factor = config_.moe.capacity_factor;
+    comm::Communicator* ep_group = group_or_null(grid, par::Group::kEp);
+    comm::Communicator* stats = grid && grid->world().size() > 1 ? &grid->world() : nullptr;
+    for (int l = 0; l < config_.n_layers; ++l) {
+      if (!config_.is_moe_layer(l)) continue;
+      moe_[l] = std::make_unique<par::MoeLayer>(mc, config_.d_model, config_.expert_ffn(),
+                                                static_cast<int>(rows_), ep_group, stats);
+      LayerWeights& p = params_.layers[l];
+      LayerWeights& g = grads_.layers[l];
+      std::vector<NamedTensor> lp = moe_[l]->params(), lg = moe_[l]->grads();
+      Tensor* mine[] = {&p.router, &p.e_gate, &p.e_up, &p.e_down};
+      Tensor* mine_g[] = {&g.router, &g.e_gate, &g.e_up, &g.e_down};
+      for (int i = 0; i < 4; ++i) {
+        GROVE_CHECK(lp[i].tensor.shape() == mine[i]->shape()) << "MoE parameter " << lp[i].name;
+        std::memcpy(lp[i].tensor.raw(), mine[i]->raw(), mine[i]->bytes());
+        *mine[i] = lp[i].tensor;
+        *mine_g[i] = lg[i].tensor;
+      }
+    }
+  }
   const int d = config_.head_dim();
   rope_cos_ = Tensor::empty({config_.max_seq_len, d / 2});
   rope_sin_ = Tensor::empty({config_.max_seq_len, d / 2});
@@ -152,6 +205,13 @@ void Transformer::block_forward(int l, BlockActivations& a) {
   // MLP: out = x2 + ḡ/f̄(Wdown · (silu(Wgate·g(rms2(x2))) * Wup·g(rms2(x2)))).
   k::rmsnorm_forward(a.ln2.data<float>(), a.rstd2.data<float>(), a.resid2.data<float>(),
                      w.mlp_norm.data<float>(), R, h, config_.norm_eps);
+  if (moe_[l]) {
+    // MoE: the experts take this rank's own rows (the sequence shard under SP) directly; no
+    // TP communication, the expert all-to-all happens inside the layer.
+    moe_loss_ += moe_[l]->forward(out, a.ln2.data<float>(), R);
+    k::add_inplace(out, a.resid2.data<float>(), int64_t(R) * h);
+    return;
+  }
   const float* ln2 = gather_rows(a.ln2);
   col_ffn_.forward(a.gate.data<float>(), ln2, w.w_gate.data<float>(), N);
   col_ffn_.forward(a.up.data<float>(), ln2, w.w_up.data<float>(), N);
@@ -173,24 +233,33 @@ void Transformer::block_backward(int l, BlockActivations& a) {
   float* dresid = g_.dresid.data<float>();
 
   // MLP. The residual passes dresid straight through to x2.
-  const float* dmlp_out = output_grad();
-  g_.dact.zero();
-  row_down_.backward(g_.dact.data<float>(), gw.w_down.data<float>(), dmlp_out, a.act.data<float>(),
-                     w.w_down.data<float>(), N);
-  g_.dgate.zero();
-  g_.dup.zero();
-  k::swiglu_backward(g_.dgate.data<float>(), g_.dup.data<float>(), g_.dact.data<float>(),
-                     a.gate.data<float>(), a.up.data<float>(), int64_t(N) * col_ffn_.local_out());
-  const float* ln2 = gather_rows(a.ln2);  // SP keeps only the shard: re-gather it
-  g_.dfull.zero();
-  col_ffn_.backward(g_.dfull.data<float>(), gw.w_gate.data<float>(), g_.dgate.data<float>(), ln2,
-                    w.w_gate.data<float>(), N);
-  col_ffn_.backward(g_.dfull.data<float>(), gw.w_up.data<float>(), g_.dup.data<float>(), ln2,
-                    w.w_up.data<float>(), N);
-  reduce_input_grad();
-  k::rmsnorm_backward(dresid, gw.mlp_norm.data<float>(), g_.dln.data<float>(),
-                      a.resid2.data<float>(), w.mlp_norm.data<float>(), a.rstd2.data<float>(), R,
-                      h);
+  if (moe_[l]) {
+    g_.dln.zero();
+    moe_[l]->backward(g_.dln.data<float>(), dresid, loss_scale_);
+    k::rmsnorm_backward(dresid, gw.mlp_norm.data<float>(), g_.dln.data<float>(),
+                        a.resid2.data<float>(), w.mlp_norm.data<float>(), a.rstd2.data<float>(), R,
+                        h);
+  } else {
+    const float* dmlp_out = output_grad();
+
+    g_.dact.zero();
+    row_down_.backward(g_.dact.data<float>(), gw.w_down.data<float>(), dmlp_out,
+                       a.act.data<float>(), w.w_down.data<float>(), N);
+    g_.dgate.zero();
+    g_.dup.zero();
+    k::swiglu_backward(g_.dgate.data<float>(), g_.dup.data<float>(), g_.dact.data<float>(),
+                       a.gate.data<float>(), a.up.data<float>(), int64_t(N) * col_ffn_.local_out());
+    const float* ln2 = gather_rows(a.ln2);  // SP keeps only the shard: re-gather it
+    g_.dfull.zero();
+    col_ffn_.backward(g_.dfull.data<float>(), gw.w_gate.data<float>(), g_.dgate.data<float>(), ln2,
+                      w.w_gate.data<float>(), N);
+    col_ffn_.backward(g_.dfull.data<float>(), gw.w_up.data<float>(), g_.dup.data<float>(), ln2,
+                      w.w_up.data<float>(), N);
+    reduce_input_grad();
+    k::rmsnorm_backward(dresid, gw.mlp_norm.data<float>(), g_.dln.data<float>(),
+                        a.resid2.data<float>(), w.mlp_norm.data<float>(), a.rstd2.data<float>(), R,
+                        h);
+  }
 
   // Attention.
   const float* dattn_out = output_grad();
@@ -239,6 +308,7 @@ float Transformer::forward(const int32_t* tokens, const int32_t* targets) {
     valid += targets[i] >= 0;
   }
 
+  moe_loss_ = 0;
   // Embedding: vocabulary-parallel partial rows, then f̄ (all-reduce) or ḡ (reduce-scatter).
   float* emb = sp_ ? full_.data<float>() : stash_.resid[0].data<float>();
   embed_.forward(emb, tok, params_.wte.data<float>(), N);
@@ -274,6 +344,7 @@ void Transformer::backward(float loss_scale, bool finalize) {
   const int R = static_cast<int>(rows_);
   const int L = config_.n_layers;
   const bool reduce_dp = finalize && dp_ != nullptr;
+  loss_scale_ = loss_scale;
   float* dl = g_.dlosses.data<float>();
   const float per_token = global_valid_ > 0 ? loss_scale / float(global_valid_) : 0.0f;
   for (int i = 0; i < N; ++i) dl[i] = per_token;
@@ -299,7 +370,8 @@ void Transformer::backward(float loss_scale, bool finalize) {
                       params_.final_norm.data<float>(), stash_.rstdf.data<float>(), R, h);
   if (finalize && sp_)  // replicated weight, different tokens per rank: SUM over TP
     tp_->all_reduce(grads_.final_norm.data<float>(), h, DType::kF32, comm::ReduceOp::kSum);
-  if (reduce_dp) start_bucket(L, {{"final_norm", grads_.final_norm}, {"lm_head", grads_.lm_head}});
+  if (reduce_dp)
+    start_bucket(L, {{"final_norm", grads_.final_norm}, {"lm_head", grads_.lm_head}}, dp_);
 
   for (int l = L - 1; l >= 0; --l) {
     if (mode_ == Recompute::kFull) {
@@ -312,34 +384,29 @@ void Transformer::backward(float loss_scale, bool finalize) {
       block_backward(l, stash_.blocks[l]);
     }
     LayerWeights& gw = grads_.layers[l];
-    if (finalize && sp_) {
-      tp_->all_reduce(gw.attn_norm.data<float>(), h, DType::kF32, comm::ReduceOp::kSum);
-      tp_->all_reduce(gw.mlp_norm.data<float>(), h, DType::kF32, comm::ReduceOp::kSum);
+    if (finalize && sp_) {  // replicated weights that saw different tokens: SUM over TP
+      for (Tensor* t : {&gw.attn_norm, &gw.mlp_norm, &gw.router})
+        if (t->defined())
+          tp_->all_reduce(t->data<float>(), t->numel(), DType::kF32, comm::ReduceOp::kSum);
     }
-    if (reduce_dp) {
-      start_bucket(l, {{"attn_norm", gw.attn_norm},
-                       {"wq", gw.wq},
-                       {"wk", gw.wk},
-                       {"wv", gw.wv},
-                       {"wo", gw.wo},
-                       {"mlp_norm", gw.mlp_norm},
-                       {"w_gate", gw.w_gate},
-                       {"w_up", gw.w_up},
-                       {"w_down", gw.w_down}});
-    }
+    std::vector<NamedTensor> dense, experts;
+    for (const NamedTensor& nt : gw_named(gw))
+      (shard_dim(nt.name) == ShardDim::kExperts ? experts : dense).push_back(nt);
+    if (reduce_dp) start_bucket(l, dense, dp_);
+    // Experts: SUM over the ranks holding the same experts (edp), never over ep.
+    if (finalize && edp_ && !experts.empty()) start_bucket(L + 2 + l, experts, edp_);
   }
   // Embedding: the residual gradient, gathered back to all N rows under SP (ḡ backward).
   embed_.backward(grads_.wte.data<float>(), output_grad(), tokens_.data<int32_t>(), N);
-  if (reduce_dp) {
-    start_bucket(L + 1, {{"wte", grads_.wte}});
-    finish_buckets();
-  }
+  if (reduce_dp) start_bucket(L + 1, {{"wte", grads_.wte}}, dp_);
+  if (finalize) finish_buckets();
 }
 
 // ---- data-parallel gradient buckets ---------------------------------------------------------
 
-void Transformer::start_bucket(int bucket, const std::vector<NamedTensor>& grads) {
-  if (buckets_.empty()) buckets_.resize(config_.n_layers + 2);
+void Transformer::start_bucket(int bucket, const std::vector<NamedTensor>& grads,
+                               comm::Communicator* group) {
+  if (buckets_.empty()) buckets_.resize(2 * config_.n_layers + 2);
   Bucket& bk = buckets_[bucket];
   int64_t n = 0;
   for (const NamedTensor& g : grads) n += g.tensor.numel();
@@ -350,7 +417,7 @@ void Transformer::start_bucket(int bucket, const std::vector<NamedTensor>& grads
     p += g.tensor.numel();
   }
   bk.grads = grads;
-  bk.work = dp_->all_reduce_async(bk.buf.raw(), n, DType::kF32, comm::ReduceOp::kSum);
+  bk.work = group->all_reduce_async(bk.buf.raw(), n, DType::kF32, comm::ReduceOp::kSum);
   // MPI progresses non-blocking collectives only inside MPI calls: poke the earlier buckets.
   for (Bucket& other : buckets_)
     if (&other != &bk && !other.work.done()) other.work.test();
@@ -379,7 +446,16 @@ ActivationReport Transformer::activation_report() const {
   r.transient = mode_ == Recompute::kFull ? stash_.transient.bytes() : 0;
   r.head = stash_.resid[config_.n_layers].bytes() + stash_.rstdf.bytes() + stash_.lnf.bytes() +
            stash_.logits.bytes() + stash_.ce_lse.bytes() + stash_.losses.bytes();
+  for (const auto& m : moe_)
+    if (m) r.moe += m->stash_bytes();
   return r;
+}
+
+std::vector<parallel::MoeMetrics> Transformer::moe_metrics() const {
+  std::vector<parallel::MoeMetrics> out;
+  for (const auto& m : moe_)
+    if (m) out.push_back(m->metrics());
+  return out;
 }
 
 double Transformer::flops_per_step() const {
@@ -389,7 +465,7 @@ double Transformer::flops_per_step() const {
   // Whole-model FLOPs of this rank's micro-batch (divide by t for one TP rank's share).
   const double N = double(b_) * s_;
   const double matmul_params =
-      double(config_.num_parameters()) - double(config_.vocab_size) * config_.d_model;
+      double(config_.active_parameters()) - double(config_.vocab_size) * config_.d_model;
   const double attn =
       2.0 * 2.0 * s_ * double(s_) * config_.head_dim() * config_.n_heads * b_ * config_.n_layers;
   return 6.0 * matmul_params * N + 3.0 * attn;

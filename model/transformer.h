@@ -29,6 +29,7 @@
 #include "model/config.h"
 #include "model/weights.h"
 #include "parallel/grid.h"
+#include "parallel/moe_layer.h"
 #include "parallel/tensor_parallel.h"
 #include "parallel/vocab_parallel.h"
 
@@ -70,6 +71,14 @@ class Transformer {
   // Approximate FLOPs of one forward+backward over b*s tokens (matmuls and attention).
   double flops_per_step() const;
 
+  // Mixture of experts: the sum over MoE layers of aux + z loss (already times their
+  // coefficients) of the last forward — added to the training objective by backward(), not to
+  // the returned cross-entropy — and each MoE layer's metrics (null entries: dense blocks).
+  float moe_loss() const { return moe_loss_; }
+  std::vector<parallel::MoeMetrics> moe_metrics() const;
+  // The MoE layer of block l, or null for a dense block (e.g. to swap its dispatcher).
+  parallel::MoeLayer* moe_layer(int l) { return moe_[l].get(); }
+
  private:
   void block_forward(int l, BlockActivations& a);
   void block_backward(int l, BlockActivations& a);
@@ -83,8 +92,9 @@ class Transformer {
   void reduce_output(float* out);
   // The full gradient [N, h] of a row-parallel output from the residual gradient [R, h].
   const float* output_grad();
-  // DP gradient buckets: start the all-reduce of one layer's (or the head's) gradients.
-  void start_bucket(int bucket, const std::vector<NamedTensor>& grads);
+  // Gradient buckets: start the all-reduce of one layer's (or the head's) gradients over
+  // `group` (dp for dense weights, edp for experts).
+  void start_bucket(int bucket, const std::vector<NamedTensor>& grads, comm::Communicator* group);
   void finish_buckets();
 
   ModelConfig config_;
@@ -93,6 +103,10 @@ class Transformer {
   ModelParallel par_;
   comm::Communicator* tp_ = nullptr;  // null or size 1: no tensor parallelism
   comm::Communicator* dp_ = nullptr;
+  comm::Communicator* edp_ = nullptr;                     // expert gradient reduction
+  std::vector<std::unique_ptr<parallel::MoeLayer>> moe_;  // per block; null for dense blocks
+  float moe_loss_ = 0;
+  float loss_scale_ = 1;  // of the running backward (the MoE aux/z weight)
   int t_ = 1;
   bool sp_ = false;
   int64_t rows_ = 0;  // R: rows of the residual stream on this rank

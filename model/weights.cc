@@ -9,12 +9,13 @@ namespace grove {
 
 ShardDim shard_dim(const std::string& name) {
   auto ends = [&](const char* s) { return name.ends_with(s); };
-  if (ends("norm")) return ShardDim::kReplicated;
+  if (ends("norm") || ends(".router")) return ShardDim::kReplicated;
+  if (name.find(".experts.") != std::string::npos) return ShardDim::kExperts;
   if (ends(".wo") || ends(".w_down")) return ShardDim::kCols;
   return ShardDim::kRows;  // wte, lm_head, wq, wk, wv, w_gate, w_up
 }
 
-Weights Weights::Zeros(const ModelConfig& c, int tp) {
+Weights Weights::Zeros(const ModelConfig& c, int tp, int ep) {
   GROVE_CHECK(tp >= 1 && c.n_heads % tp == 0 && c.kv_heads() % tp == 0 && c.ffn() % tp == 0 &&
               c.vocab_size % tp == 0)
       << "tp=" << tp << " must divide n_heads, kv heads, ffn and vocab_size";
@@ -31,9 +32,19 @@ Weights Weights::Zeros(const ModelConfig& c, int tp) {
     lw.wv = Tensor::zeros({kvd, h});
     lw.wo = Tensor::zeros({h, qd});
     lw.mlp_norm = Tensor::zeros({h});
-    lw.w_gate = Tensor::zeros({f, h});
-    lw.w_up = Tensor::zeros({f, h});
-    lw.w_down = Tensor::zeros({h, f});
+    if (c.is_moe_layer(l)) {
+      GROVE_CHECK(c.moe.num_experts % ep == 0)
+          << "ep=" << ep << " must divide model.moe.num_experts=" << c.moe.num_experts;
+      const int64_t El = c.moe.num_experts / ep, fe = c.expert_ffn();
+      lw.router = Tensor::zeros({c.moe.num_experts, h});
+      lw.e_gate = Tensor::zeros({El, fe, h});
+      lw.e_up = Tensor::zeros({El, fe, h});
+      lw.e_down = Tensor::zeros({El, h, fe});
+    } else {
+      lw.w_gate = Tensor::zeros({f, h});
+      lw.w_up = Tensor::zeros({f, h});
+      lw.w_down = Tensor::zeros({h, f});
+    }
     w.layers.push_back(std::move(lw));
   }
   w.final_norm = Tensor::zeros({h});
@@ -41,8 +52,8 @@ Weights Weights::Zeros(const ModelConfig& c, int tp) {
   return w;
 }
 
-Weights Weights::Init(const ModelConfig& c, int tp, int tp_rank) {
-  if (tp > 1) return Shard(Init(c), c, tp, tp_rank);
+Weights Weights::Init(const ModelConfig& c, int tp, int tp_rank, int ep, int ep_rank) {
+  if (tp > 1 || ep > 1) return Shard(Init(c), c, tp, tp_rank, ep, ep_rank);
   Weights w = Zeros(c);
   const double out_std = c.init_std / std::sqrt(2.0 * c.n_layers);
   uint64_t stream = 0;
@@ -54,15 +65,16 @@ Weights Weights::Init(const ModelConfig& c, int tp, int tp_rank) {
       for (int64_t i = 0; i < n; ++i) p[i] = 1.0f;
       continue;
     }
-    const bool residual_out = nt.name.ends_with(".wo") || nt.name.ends_with(".w_down");
+    const bool residual_out = nt.name.ends_with(".wo") || nt.name.ends_with("w_down");
     const double std = residual_out ? out_std : c.init_std;
     for (int64_t i = 0; i < n; ++i) p[i] = static_cast<float>(std * rng.normal());
   }
   return w;
 }
 
-Weights Weights::Shard(const Weights& full, const ModelConfig& c, int tp, int tp_rank) {
-  Weights w = Zeros(c, tp);
+Weights Weights::Shard(const Weights& full, const ModelConfig& c, int tp, int tp_rank, int ep,
+                       int ep_rank) {
+  Weights w = Zeros(c, tp, ep);
   std::vector<NamedTensor> src = full.named(), dst = w.named();
   for (size_t i = 0; i < dst.size(); ++i) {
     const Tensor& a = src[i].tensor;
@@ -75,6 +87,9 @@ Weights Weights::Shard(const Weights& full, const ModelConfig& c, int tp, int tp
         break;
       case ShardDim::kRows:  // contiguous block of rows
         std::memcpy(out, in + tp_rank * b.numel(), b.bytes());
+        break;
+      case ShardDim::kExperts:  // contiguous block of experts
+        std::memcpy(out, in + ep_rank * b.numel(), b.bytes());
         break;
       case ShardDim::kCols: {  // a column block of every row
         const int64_t rows = b.dim(0), cols = b.dim(1), full_cols = a.dim(1);
@@ -99,9 +114,16 @@ std::vector<NamedTensor> Weights::named() const {
     out.push_back({p + "wv", lw.wv});
     out.push_back({p + "wo", lw.wo});
     out.push_back({p + "mlp_norm", lw.mlp_norm});
-    out.push_back({p + "w_gate", lw.w_gate});
-    out.push_back({p + "w_up", lw.w_up});
-    out.push_back({p + "w_down", lw.w_down});
+    if (lw.router.defined()) {
+      out.push_back({p + "router", lw.router});
+      out.push_back({p + "experts.w_gate", lw.e_gate});
+      out.push_back({p + "experts.w_up", lw.e_up});
+      out.push_back({p + "experts.w_down", lw.e_down});
+    } else {
+      out.push_back({p + "w_gate", lw.w_gate});
+      out.push_back({p + "w_up", lw.w_up});
+      out.push_back({p + "w_down", lw.w_down});
+    }
   }
   out.push_back({"final_norm", final_norm});
   out.push_back({"lm_head", lm_head});
@@ -121,8 +143,8 @@ Weights Weights::clone() const {
   w.lm_head = lm_head.clone();
   for (LayerWeights& lw : w.layers)
     for (Tensor* t : {&lw.attn_norm, &lw.wq, &lw.wk, &lw.wv, &lw.wo, &lw.mlp_norm, &lw.w_gate,
-                      &lw.w_up, &lw.w_down})
-      *t = t->clone();  // ... then every tensor gets its own copy
+                      &lw.w_up, &lw.w_down, &lw.router, &lw.e_gate, &lw.e_up, &lw.e_down})
+      if (t->defined()) *t = t->clone();  // ... then every tensor gets its own copy
   return w;
 }
 

@@ -26,13 +26,18 @@ struct LayerWeights {
   Tensor wv;         // [k*d, h]
   Tensor wo;         // [h, a*d]
   Tensor mlp_norm;   // [h]
-  Tensor w_gate;     // [f, h]
+  Tensor w_gate;     // [f, h]   (dense blocks)
   Tensor w_up;       // [f, h]
   Tensor w_down;     // [h, f]
+  Tensor router;     // [E, h]   (MoE blocks, replicated)
+  Tensor e_gate;     // [E/ep, fe, h]  this rank's experts
+  Tensor e_up;       // [E/ep, fe, h]
+  Tensor e_down;     // [E/ep, h, fe]
 };
 
-// How a named tensor is split over the TP group.
-enum class ShardDim { kReplicated, kRows, kCols };
+// How a named tensor is split: over the TP group by rows or columns, or over the EP group by
+// experts (dim 0), or not at all.
+enum class ShardDim { kReplicated, kRows, kCols, kExperts };
 ShardDim shard_dim(const std::string& name);
 
 struct Weights {
@@ -41,15 +46,17 @@ struct Weights {
   Tensor final_norm;                 // [h]
   Tensor lm_head;                    // [V, h]
 
-  // Zero-filled tensors of the right (per-rank, for tp > 1) shapes.
-  static Weights Zeros(const ModelConfig& c, int tp = 1);
+  // Zero-filled tensors of the right (per-rank, for tp, ep > 1) shapes.
+  static Weights Zeros(const ModelConfig& c, int tp = 1, int ep = 1);
   // Deterministic initialisation from c.seed: N(0, init_std) for matrices, with the residual
   // output projections (wo, w_down) scaled by 1/sqrt(2L) as in GPT-2; norm weights = 1.
   // For tp > 1 the full weights are generated and this rank's shard is kept, so every layout
   // starts from the same model.
-  static Weights Init(const ModelConfig& c, int tp = 1, int tp_rank = 0);
-  // This rank's shard of full (tp = 1) weights.
-  static Weights Shard(const Weights& full, const ModelConfig& c, int tp, int tp_rank);
+  static Weights Init(const ModelConfig& c, int tp = 1, int tp_rank = 0, int ep = 1,
+                      int ep_rank = 0);
+  // This rank's shard of full (tp = ep = 1) weights.
+  static Weights Shard(const Weights& full, const ModelConfig& c, int tp, int tp_rank, int ep = 1,
+                       int ep_rank = 0);
 
   // Every tensor with its name, sharing storage with this struct.
   std::vector<NamedTensor> named() const;

@@ -6,30 +6,11 @@ namespace grove {
 
 namespace {
 
-// Where this rank's shard of each tensor sits in the global tensor (model/weights.h shard_dim).
 void add_pieces(std::vector<ckpt::Piece>* out, const Weights& w, const std::string& prefix,
                 const CheckpointRank& r) {
   for (const NamedTensor& nt : w.named()) {
-    ckpt::Piece p;
-    p.name = prefix + nt.name;
-    p.local = nt.tensor;
-    p.global_shape = nt.tensor.shape();
-    p.offset.assign(nt.tensor.ndim(), 0);
-    p.write = r.replica_writer;
-    switch (shard_dim(nt.name)) {
-      case ShardDim::kReplicated:
-        p.write = p.write && r.tp_rank == 0;
-        break;
-      case ShardDim::kRows:
-        p.global_shape[0] *= r.tp;
-        p.offset[0] = r.tp_rank * nt.tensor.dim(0);
-        break;
-      case ShardDim::kCols:
-        p.global_shape[1] *= r.tp;
-        p.offset[1] = r.tp_rank * nt.tensor.dim(1);
-        break;
-    }
-    out->push_back(std::move(p));
+    PiecePlacement pl = PlacementOf(nt.name, nt.tensor, r);
+    out->push_back({prefix + nt.name, nt.tensor, pl.global_shape, pl.offset, pl.owner});
   }
 }
 
@@ -60,12 +41,37 @@ ckpt::RankInfo rank_info(const CheckpointRank& r) {
 
 }  // namespace
 
+// Where this rank's shard of each tensor sits in the global tensor (model/weights.h shard_dim).
+PiecePlacement PlacementOf(const std::string& name, const Tensor& local, const CheckpointRank& r) {
+  PiecePlacement p{local.shape(), std::vector<int64_t>(local.ndim(), 0), r.replica_writer};
+  switch (shard_dim(name)) {
+    case ShardDim::kReplicated:
+      p.owner = p.owner && r.tp_rank == 0;
+      break;
+    case ShardDim::kRows:
+      p.global_shape[0] *= r.tp;
+      p.offset[0] = r.tp_rank * local.dim(0);
+      break;
+    case ShardDim::kCols:
+      p.global_shape[1] *= r.tp;
+      p.offset[1] = r.tp_rank * local.dim(1);
+      break;
+    case ShardDim::kExperts:
+      p.global_shape[0] *= r.ep;
+      p.offset[0] = r.ep_rank * local.dim(0);
+      p.owner = r.expert_writer;
+      break;
+  }
+  return p;
+}
+
 StatusOr<std::string> SaveCheckpoint(const std::string& root, int step, const Weights& params,
                                      AdamW& opt, const nlohmann::json& state, int keep,
                                      const CheckpointRank& r) {
   nlohmann::json s = state;
   s["adam_steps"] = opt.steps_taken();
   s["layout"]["tp"] = r.tp;
+  s["layout"]["ep"] = r.ep;
   return ckpt::Save(root, step, pieces_of(params, opt, r), s, keep, rank_info(r));
 }
 

@@ -21,10 +21,22 @@ namespace grove {
 struct CheckpointRank {
   int tp_rank = 0;                      // tensor-parallel rank
   int tp = 1;                           // tensor-parallel size
-  bool replica_writer = true;           // first data-parallel replica: writes its shards
+  bool replica_writer = true;           // first data-parallel replica: writes its dense shards
   int world_rank = 0;                   // names the shard file; rank 0 leads
   comm::Communicator* world = nullptr;  // null: single process
+  int ep_rank = 0;                      // expert-parallel rank and size (experts split on dim 0)
+  int ep = 1;
+  bool expert_writer = true;  // first expert replica (edp rank 0): writes its experts
 };
+
+// Which rank holds the one copy of each piece that gets written (and counted once in a global
+// gradient norm): this rank's pieces of `w` with their placement in the global tensors.
+struct PiecePlacement {
+  Shape global_shape;
+  std::vector<int64_t> offset;
+  bool owner;  // this rank writes it / counts it
+};
+PiecePlacement PlacementOf(const std::string& name, const Tensor& local, const CheckpointRank& r);
 
 // Saves under `root` (created if needed) and keeps the newest `keep` checkpoints.
 // Returns the checkpoint directory path.

@@ -21,8 +21,8 @@ float clip_gradients(Weights& grads, double norm, float max_norm);
 
 class AdamW {
  public:
-  explicit AdamW(const ModelConfig& c, int tp = 1)
-      : m_(Weights::Zeros(c, tp)), v_(Weights::Zeros(c, tp)) {}
+  explicit AdamW(const ModelConfig& c, int tp = 1, int ep = 1)
+      : m_(Weights::Zeros(c, tp, ep)), v_(Weights::Zeros(c, tp, ep)) {}
 
   // One update with learning rate `lr`; increments the step count first (bias correction uses
   // the 1-based step). Weight decay applies to matrices only, not to norm weights.

@@ -130,9 +130,15 @@ Status TrainConfig::Validate() const {
   if (p.cp > 1)
     return err("parallel.cp=" + std::to_string(p.cp) +
                ": context parallelism is not available in this version; use parallel.cp=1");
-  if (p.ep > 1)
+  if (p.ep > 1 && model.moe.num_experts == 0)
     return err("parallel.ep=" + std::to_string(p.ep) +
-               ": the model has no MoE layers in this version; use parallel.ep=1");
+               " needs a mixture-of-experts model: set model.moe.num_experts");
+  if (model.moe.num_experts > 0 && model.moe.num_experts % p.ep != 0)
+    return err("model.moe.num_experts=" + std::to_string(model.moe.num_experts) +
+               " is not divisible by parallel.ep=" + std::to_string(p.ep));
+  if (model.moe.num_experts > 0 && p.tp > 1 && !p.sequence_parallel)
+    return err("MoE with parallel.tp=" + std::to_string(p.tp) +
+               " needs parallel.sequence_parallel=true (experts must see distinct tokens)");
   if (p.dp > 0 && train.batch_size % p.dp != 0)
     return err("train.batch_size=" + std::to_string(train.batch_size) +
                " (global) is not divisible by parallel.dp=" + std::to_string(p.dp));
@@ -153,6 +159,9 @@ Status TrainConfig::ResolveLayout(int world) {
     return Status::Error("tp=" + std::to_string(p.tp) + " × cp=" + std::to_string(p.cp) +
                          " × dp=" + std::to_string(p.dp) + " ≠ world " + std::to_string(world) +
                          " (the number of MPI ranks)");
+  if (world % p.ep != 0)
+    return Status::Error("parallel.ep=" + std::to_string(p.ep) +
+                         " does not divide tp × cp × dp = " + std::to_string(world));
   return Validate();
 }
 

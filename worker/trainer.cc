@@ -40,25 +40,32 @@ Trainer::Trainer(const TrainConfig& config, const RunOptions& run,
       grid_(grid),
       train_data_(std::move(train)),
       val_data_(std::move(val)),
-      opt_(config.model, config.parallel.tp) {}
+      opt_(config.model, config.parallel.tp, config.parallel.ep) {}
 
 CheckpointRank Trainer::checkpoint_rank() const {
   if (grid_ == nullptr) return {};
   const parallel::GridCoord& c = grid_->coord();
-  return CheckpointRank{c.tp, grid_->shape().tp, c.dp == 0 && c.cp == 0, c.rank, &grid_->world()};
+  return CheckpointRank{c.tp,
+                        grid_->shape().tp,
+                        c.dp == 0 && c.cp == 0,
+                        c.rank,
+                        &grid_->world(),
+                        c.ep,
+                        grid_->shape().ep,
+                        c.edp == 0};
 }
 
-// Global L2 norm over the TP shards: sharded tensors add their squares across the TP group,
-// replicated ones (norm weights, identical on every TP rank) count once. Gradients are already
-// reduced over DP, so every rank gets the same norm.
+// Global L2 norm over every rank's shards: each distinct element is counted by exactly one rank
+// (the one that would write it to a checkpoint), then one SUM over the world. Gradients are
+// already reduced over their replicas, so every rank gets the same norm.
 double Trainer::GlobalGradNorm() {
-  comm::Communicator* tp = grid_ && grid_->tp().size() > 1 ? &grid_->tp() : nullptr;
+  const CheckpointRank r = checkpoint_rank();
   double sq = 0.0;
-  for (const NamedTensor& g : model_->grads().named()) {
-    if (tp && shard_dim(g.name) == ShardDim::kReplicated && tp->rank() != 0) continue;
-    sq += cpu::sum_squares(g.tensor.data<float>(), g.tensor.numel());
-  }
-  if (tp) tp->all_reduce(&sq, 1, DType::kF64, comm::ReduceOp::kSum);
+  for (const NamedTensor& g : model_->grads().named())
+    if (PlacementOf(g.name, g.tensor, r).owner)
+      sq += cpu::sum_squares(g.tensor.data<float>(), g.tensor.numel());
+  if (grid_ && grid_->world().size() > 1)
+    grid_->world().all_reduce(&sq, 1, DType::kF64, comm::ReduceOp::kSum);
   return std::sqrt(sq);
 }
 
@@ -163,14 +170,25 @@ StepMetrics Trainer::TrainStep() {
   const TrainOptions& o = config_.train;
   model_->zero_grads();
   double loss_sum = 0.0;
+  StepMetrics m;
   for (int micro = 0; micro < o.grad_accum; ++micro) {
     train_loader_->Next(inputs_.data(), targets_.data());
     loss_sum += model_->forward(inputs_.data(), targets_.data());
     model_->backward(1.0f / static_cast<float>(o.grad_accum),
                      /*finalize=*/micro + 1 == o.grad_accum);
+    m.moe_loss += model_->moe_loss() / static_cast<float>(o.grad_accum);
+    const std::vector<parallel::MoeMetrics> moe = model_->moe_metrics();
+    m.expert_load.resize(moe.size());
+    for (size_t i = 0; i < moe.size(); ++i) {
+      m.expert_load[i].resize(moe[i].tokens_per_expert.size());
+      for (size_t e = 0; e < moe[i].tokens_per_expert.size(); ++e)
+        m.expert_load[i][e] += moe[i].tokens_per_expert[e];
+      m.dropped_tokens += moe[i].dropped;
+      m.a2a_bytes += moe[i].a2a_bytes_sent;
+      m.a2a_ms += moe[i].a2a_ms();
+    }
   }
   ++step_;
-  StepMetrics m;
   m.step = step_;
   m.loss = static_cast<float>(loss_sum / o.grad_accum);
   m.grad_norm = GlobalGradNorm();
@@ -234,15 +252,21 @@ Status Trainer::Run() {
                            std::to_string(m.step) +
                            ": training diverged; lower train.lr or raise train.warmup_steps");
     // The float loss widened to double prints exactly, so resume tests can compare bits.
-    Log({{"step", m.step},
-         {"loss", static_cast<double>(m.loss)},
-         {"lr", m.lr},
-         {"grad_norm", m.grad_norm},
-         {"ms", m.ms},
-         {"tokens_per_s", m.tokens_per_s}});
-    if (print)
-      std::printf("step %5d/%d | loss %.4f | lr %.3e | grad norm %.3f | %8.0f tok/s | %7.1f ms\n",
+    nlohmann::json row = {{"step", m.step}, {"loss", static_cast<double>(m.loss)},
+                          {"lr", m.lr},     {"grad_norm", m.grad_norm},
+                          {"ms", m.ms},     {"tokens_per_s", m.tokens_per_s}};
+    if (!m.expert_load.empty())
+      row["moe"] = {{"aux_loss", m.moe_loss},      {"expert_load", m.expert_load},
+                    {"dropped", m.dropped_tokens}, {"a2a_bytes", m.a2a_bytes},
+                    {"a2a_ms", m.a2a_ms},          {"a2a_share", m.a2a_ms / m.ms}};
+    Log(row);
+    if (print) {
+      std::printf("step %5d/%d | loss %.4f | lr %.3e | grad norm %.3f | %8.0f tok/s | %7.1f ms",
                   m.step, o.steps, m.loss, m.lr, m.grad_norm, m.tokens_per_s, m.ms);
+      if (!m.expert_load.empty())
+        std::printf(" | moe aux %.4f, a2a %.0f%%", m.moe_loss, 100.0 * m.a2a_ms / m.ms);
+      std::printf("\n");
+    }
     const bool eval_now = (o.eval_every > 0 && step_ % o.eval_every == 0) || step_ == o.steps;
     if (eval_now) {
       m.val_loss = Evaluate();

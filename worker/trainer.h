@@ -50,6 +50,12 @@ struct StepMetrics {
   double ms = 0;
   double tokens_per_s = 0;
   float val_loss = NAN;  // set on steps that ran an evaluation
+  // Mixture of experts (empty / zero for a dense model), summed over the step's micro-batches:
+  float moe_loss = 0;                             // Σ layers (aux + z), times coefficients
+  std::vector<std::vector<int64_t>> expert_load;  // [MoE layer][expert] routed assignments
+  int64_t dropped_tokens = 0;                     // assignments dropped by capacity
+  int64_t a2a_bytes = 0;                          // this rank, all MoE layers, fwd + bwd
+  double a2a_ms = 0;                              // this rank's time in the expert all-to-alls
 };
 
 class Trainer {

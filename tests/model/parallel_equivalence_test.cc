@@ -60,15 +60,25 @@ std::vector<int32_t> Columns(const std::vector<int32_t>& x, int s, int B, int r,
   return out;
 }
 
-void RunLayout(int tp, int dp, bool sp, Recompute mode) {
+ModelConfig MoeConfig() {
+  ModelConfig c = TestConfig();
+  c.moe.num_experts = 4;
+  c.moe.top_k = 2;
+  c.moe.every = 2;  // block 1 is MoE, block 0 dense
+  c.moe.expert_ffn = 48;
+  return c;
+}
+
+void RunLayout(int tp, int dp, bool sp, Recompute mode, int ep = 1, bool moe = false) {
   comm::Communicator& world = test::world();
-  const ModelConfig c = TestConfig();
+  const ModelConfig c = moe ? MoeConfig() : TestConfig();
   const int s = 8, b = 2, B = b * dp;
   SCOPED_TRACE("tp=" + std::to_string(tp) + " dp=" + std::to_string(dp) +
-               " sp=" + std::to_string(sp) + " recompute=" + recompute_name(mode));
+               " ep=" + std::to_string(ep) + " sp=" + std::to_string(sp) +
+               " recompute=" + recompute_name(mode) + (moe ? " moe" : ""));
   auto grid = parallel::ParallelGrid::create(
       std::shared_ptr<comm::Communicator>(test::mpi_session().world()),
-      parallel::GridShape{world.size(), tp, 1, 1, dp});
+      parallel::GridShape{world.size(), tp, 1, ep, dp});
   ASSERT_TRUE(grid.ok()) << grid.status().message();
   const parallel::GridCoord& at = grid.value().coord();
 
@@ -86,7 +96,11 @@ void RunLayout(int tp, int dp, bool sp, Recompute mode) {
   model.backward();
 
   EXPECT_TRUE(testing::compare("loss", &loss, &ref_loss, 1, 1e-5));
-  const Weights want = Weights::Shard(ref.grads(), c, tp, at.tp);
+  if (moe) {
+    const float ref_moe = ref.moe_loss(), got_moe = model.moe_loss();
+    EXPECT_TRUE(testing::compare("moe aux+z loss", &got_moe, &ref_moe, 1, 1e-5));
+  }
+  const Weights want = Weights::Shard(ref.grads(), c, tp, at.tp, ep, at.ep);
   auto got_named = model.grads().named(), want_named = want.named();
   ASSERT_EQ(got_named.size(), want_named.size());
   for (size_t i = 0; i < got_named.size(); ++i) {
@@ -97,6 +111,7 @@ void RunLayout(int tp, int dp, bool sp, Recompute mode) {
         testing::compare(got_named[i].name, gt.data<float>(), wt.data<float>(), gt.numel(), 1e-5));
   }
 
+  if (moe) return;  // the expert stash depends on the routing: no closed form to compare
   // The stash of this layout equals the memory formula.
   const MemoryEstimate e = EstimateMemory(c, MemoryLayout{b, s, tp, sp && tp > 1, mode});
   const ActivationReport r = model.activation_report();
@@ -115,6 +130,22 @@ TEST(ParallelEquivalence, EveryLayoutEqualsSingleRank) {
       if (sp && tp == 1) continue;
       for (Recompute mode : {Recompute::kNone, Recompute::kSelective, Recompute::kFull})
         RunLayout(tp, dp, sp, mode);
+    }
+  }
+}
+
+// Mixture of experts: expert parallelism folded over the same ranks (ep x edp = tp x dp), with
+// TP+SP where tp = 2. Loss, aux/z loss and every gradient (expert shards against the slice of
+// the reference's experts) equal the single-rank MoE model.
+TEST(ParallelEquivalence, MoeLayoutsEqualSingleRank) {
+  const int world = test::world().size();
+  for (int tp : {1, 2}) {
+    if (world % tp != 0 || world / tp > 2) continue;
+    const int dp = world / tp;
+    for (int ep : {1, 2, 4}) {
+      if (world % ep != 0) continue;
+      RunLayout(tp, dp, /*sp=*/tp > 1, Recompute::kSelective, ep, /*moe=*/true);
+      RunLayout(tp, dp, /*sp=*/tp > 1, Recompute::kFull, ep, /*moe=*/true);
     }
   }
 }
