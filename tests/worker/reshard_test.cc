@@ -43,9 +43,19 @@ FullState MakeFull(const ModelConfig& c) {
   return s;
 }
 
-CheckpointRank RankFor(int tp, comm::Communicator& world) {
-  const int r = world.rank();
-  return CheckpointRank{r % tp, tp, r / tp == 0, r, &world};
+CheckpointRank RankFor(int tp, comm::Communicator& world, int ep = 1) {
+  const parallel::GridShape shape{world.size(), tp, 1, ep, world.size() / tp};
+  const parallel::GridCoord c = parallel::grid_coord(shape, world.rank());
+  return CheckpointRank{c.tp, tp, c.dp == 0, c.rank, &world, c.ep, ep, c.edp == 0};
+}
+
+ModelConfig MoeConfig() {
+  ModelConfig c = Config();
+  c.moe.num_experts = 4;
+  c.moe.top_k = 2;
+  c.moe.every = 2;
+  c.moe.expert_ffn = 16;
+  return c;
 }
 
 bool Equal(const Weights& a, const Weights& b) {
@@ -95,6 +105,41 @@ TEST(Reshard, EveryLayoutPairIsBitExact) {
       EXPECT_TRUE(Equal(q, Weights::Shard(full.params, c, load_tp, lr)));
       EXPECT_TRUE(Equal(opt2.m(), Weights::Shard(full.m, c, load_tp, lr)));
       EXPECT_TRUE(Equal(opt2.v(), Weights::Shard(full.v, c, load_tp, lr)));
+    }
+    world.barrier();
+    if (world.rank() == 0) fs::remove_all(root);
+  }
+}
+
+// MoE: experts placed by ep rank; saved at (tp, ep) and loaded at every other (tp, ep).
+TEST(Reshard, MoeLayoutsAreBitExact) {
+  comm::Communicator& world = test::world();
+  const ModelConfig c = MoeConfig();
+  const FullState full = MakeFull(c);
+  const std::vector<std::pair<int, int>> layouts = {{1, 1}, {2, 2}, {1, 2}, {2, 1}, {4, 1},
+                                                    {1, 4}, {2, 4}};
+  for (auto [stp, sep] : layouts) {
+    if (world.size() % stp || world.size() % sep) continue;
+    const std::string root = Root(world, "moe" + std::to_string(stp) + std::to_string(sep));
+    const CheckpointRank sr = RankFor(stp, world, sep);
+    Weights p = Weights::Shard(full.params, c, stp, sr.tp_rank, sep, sr.ep_rank);
+    AdamW opt(c, stp, sep);
+    opt.m() = Weights::Shard(full.m, c, stp, sr.tp_rank, sep, sr.ep_rank);
+    opt.v() = Weights::Shard(full.v, c, stp, sr.tp_rank, sep, sr.ep_rank);
+    auto dir = SaveCheckpoint(root, 3, p, opt, {}, 1, sr);
+    ASSERT_TRUE(dir.ok()) << dir.status().message();
+    for (auto [ltp, lep] : layouts) {
+      if (world.size() % ltp || world.size() % lep) continue;
+      SCOPED_TRACE("saved at tp=" + std::to_string(stp) + " ep=" + std::to_string(sep) +
+                   ", loaded at tp=" + std::to_string(ltp) + " ep=" + std::to_string(lep));
+      const CheckpointRank lr = RankFor(ltp, world, lep);
+      Weights q = Weights::Zeros(c, ltp, lep);
+      AdamW opt2(c, ltp, lep);
+      auto st = LoadCheckpoint(dir.value(), q, opt2, lr);
+      ASSERT_TRUE(st.ok()) << st.status().message();
+      EXPECT_TRUE(Equal(q, Weights::Shard(full.params, c, ltp, lr.tp_rank, lep, lr.ep_rank)));
+      EXPECT_TRUE(Equal(opt2.m(), Weights::Shard(full.m, c, ltp, lr.tp_rank, lep, lr.ep_rank)));
+      EXPECT_TRUE(Equal(opt2.v(), Weights::Shard(full.v, c, ltp, lr.tp_rank, lep, lr.ep_rank)));
     }
     world.barrier();
     if (world.rank() == 0) fs::remove_all(root);
