@@ -148,6 +148,10 @@ std::string EventText(const v1::JobEvent& e) {
                     "  lr " + Fmt("%.2e", m.lr()) + "  " + Fmt("%.0f", m.tokens_per_s()) +
                     " tok/s  " + Fmt("%.0f", m.step_ms()) + " ms";
     if (m.has_val_loss()) s += "  val " + Fmt("%.4f", m.val_loss());
+    if (m.has_mfu()) s += "  MFU " + Fmt("%.1f", 100 * m.mfu()) + "%";
+    if (m.has_a2a_bytes_sent() && m.has_a2a_bytes_uncompressed() && m.a2a_bytes_uncompressed() > 0)
+      s += "  a2a " + Fmt("%.2f", m.a2a_bytes_sent() / 1048576.0) + "/" +
+           Fmt("%.2f", m.a2a_bytes_uncompressed() / 1048576.0) + " MiB";
     return s;
   }
   return head + e.message();

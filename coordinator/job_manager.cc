@@ -564,7 +564,13 @@ grpc::Status JobManager::Heartbeat(const v1::HeartbeatRequest& req, v1::Heartbea
   Change c{e, {}, {}};
   w->set_step(req.step());
   w->set_memory_bytes(req.memory_bytes());
+  w->set_peak_memory_bytes(std::max(w->peak_memory_bytes(), req.memory_bytes()));
+  if (req.has_device_memory_bytes())
+    w->set_device_memory_bytes(req.device_memory_bytes());
+  else
+    w->clear_device_memory_bytes();
   TouchWorker(c, w);
+  RecordMemory(*e, req, w->last_heartbeat_unix_ms());
   for (const auto& m : req.metrics()) {
     v1::JobEvent& ev = AddEvent(c);
     *ev.mutable_metric() = m;
@@ -574,6 +580,11 @@ grpc::Status JobManager::Heartbeat(const v1::HeartbeatRequest& req, v1::Heartbea
       job.set_last_step(m.step());
       job.set_last_loss(m.loss());
       job.set_tokens_per_s(m.tokens_per_s());
+      if (m.has_val_loss()) job.set_last_val_loss(m.val_loss());
+      if (m.has_a2a_bytes_sent()) job.set_last_a2a_bytes_sent(m.a2a_bytes_sent());
+      if (m.has_a2a_bytes_uncompressed())
+        job.set_last_a2a_bytes_uncompressed(m.a2a_bytes_uncompressed());
+      if (m.has_mfu()) job.set_last_mfu(m.mfu());
     }
   }
   if (grpc::Status st = Commit(c, before, &wake); !st.ok()) return st;
@@ -650,6 +661,30 @@ grpc::Status JobManager::ReportExit(const v1::ReportExitRequest& req,
   resp->set_state(job.state());
   l.unlock();
   for (auto& fn : wake) fn();
+  return grpc::Status::OK;
+}
+
+void JobManager::RecordMemory(Entry& e, const v1::HeartbeatRequest& req, int64_t now_ms) {
+  Entry::MemoryTrack& t = e.memory[req.rank()];
+  if (!t.samples.empty() && now_ms - t.samples.back().time_unix_ms < t.spacing_ms) return;
+  if (t.samples.size() >= kMemorySamples) {
+    size_t keep = 0;
+    for (size_t i = 0; i < t.samples.size(); i += 2) t.samples[keep++] = t.samples[i];
+    t.samples.resize(keep);
+    t.spacing_ms = std::max<int64_t>(2 * t.spacing_ms, options_.heartbeat_interval.count());
+  }
+  t.samples.push_back(MemorySample{
+      now_ms, req.memory_bytes(),
+      req.has_device_memory_bytes() ? int64_t(req.device_memory_bytes()) : int64_t(-1)});
+}
+
+grpc::Status JobManager::MemoryHistory(const std::string& job_id,
+                                       std::map<int, std::vector<MemorySample>>* out) {
+  std::lock_guard<std::mutex> l(mu_);
+  Entry* e = Find(job_id);
+  if (e == nullptr) return NotFound(job_id);
+  out->clear();
+  for (const auto& [rank, track] : e->memory) (*out)[rank] = track.samples;
   return grpc::Status::OK;
 }
 

@@ -78,6 +78,18 @@ class JobManager {
                          Waker wake);
   void CancelWait(const std::string& job_id, uint64_t waiter);
 
+  // Memory reported by each rank over time (not persisted: a restarted coordinator starts
+  // afresh). At most kMemorySamples per rank: when full, every other sample is dropped and the
+  // spacing doubles, so the history spans the whole job at a coarser resolution.
+  struct MemorySample {
+    int64_t time_unix_ms = 0;
+    uint64_t memory_bytes = 0;
+    int64_t device_memory_bytes = -1;  // -1: not reported
+  };
+  static constexpr size_t kMemorySamples = 512;
+  grpc::Status MemoryHistory(const std::string& job_id,
+                             std::map<int, std::vector<MemorySample>>* out);
+
   // One liveness pass (the monitor thread runs it every heartbeat_timeout / 10).
   void CheckLiveness();
 
@@ -98,6 +110,11 @@ class JobManager {
     bool waiting_for_ranks = false;              // registration clock running
     std::deque<grove::v1::JobEvent> tail;
     std::vector<Waiter> waiters;
+    struct MemoryTrack {
+      std::vector<MemorySample> samples;
+      int64_t spacing_ms = 0;  // minimum time between kept samples
+    };
+    std::map<int, MemoryTrack> memory;  // rank -> samples
   };
   // What one call changed, committed in one transaction.
   struct Change {
@@ -115,6 +132,7 @@ class JobManager {
   void Transition(Change& c, grove::v1::JobState to, const std::string& reason);
   void FailOrRestart(Change& c, const std::string& reason);
   void TouchWorker(Change& c, grove::v1::WorkerInfo* w);
+  void RecordMemory(Entry& e, const grove::v1::HeartbeatRequest& req, int64_t now_ms);
   grove::v1::WorkerInfo* FindWorker(Entry& e, int rank);
   // Writes the change; on a database error restores `before` and returns INTERNAL. Moves the
   // wakers of satisfied waiters into *wake (run them after unlocking).

@@ -7,6 +7,7 @@
 #include <fstream>
 #include <string>
 
+#include "coordinator/dashboard.h"
 #include "coordinator/server.h"
 #include "proto/client.h"
 
@@ -22,13 +23,20 @@ bool IsLoopback(const std::string& listen) {
          listen.rfind("[::1]:", 0) == 0 || listen.rfind("unix:", 0) == 0;
 }
 
+void WritePortFile(const std::string& path, int port) {
+  if (path.empty()) return;
+  const std::string tmp = path + ".tmp";
+  std::ofstream(tmp) << port << "\n";
+  std::filesystem::rename(tmp, path);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"Grove coordinator: jobs, worker registration, liveness (gRPC)"};
   grove::coordinator::ServerOptions server;
   std::string db_path = "runs/coordinator/grove.db";
-  std::string token_file, port_file;
+  std::string token_file, port_file, http_listen, http_port_file;
   double heartbeat_timeout_s = 30, registration_timeout_s = 300, heartbeat_interval_s = 0;
   app.add_option("--listen", server.listen,
                  "host:port to listen on (default 127.0.0.1:7070, loopback only; port 0 picks "
@@ -52,6 +60,11 @@ int main(int argc, char** argv) {
                  "seconds a job waits for its remaining ranks once one registered")
       ->check(CLI::PositiveNumber);
   app.add_option("--port-file", port_file, "write the port actually bound to this file");
+  app.add_option("--http", http_listen,
+                 "serve the dashboard and /metrics on PORT (127.0.0.1) or HOST:PORT; 0 picks a "
+                 "free port; off when not given (docs/dashboard.md)");
+  app.add_option("--http-port-file", http_port_file,
+                 "write the dashboard's port actually bound to this file");
   CLI11_PARSE(app, argc, argv);
 
   auto token = grove::rpc::ResolveToken("", token_file);
@@ -62,6 +75,12 @@ int main(int argc, char** argv) {
                  "grove-coordinator: warning: listening on %s without TLS; the token crosses "
                  "the network in clear text (pass --tls-cert/--tls-key)\n",
                  server.listen.c_str());
+  if (http_listen.find(':') != std::string::npos && !IsLoopback(http_listen))
+    std::fprintf(stderr,
+                 "grove-coordinator: warning: the dashboard on %s is plain HTTP; the token "
+                 "crosses the network in clear text (keep it on loopback and tunnel, e.g. "
+                 "ssh -L)\n",
+                 http_listen.c_str());
 
   // Block the stop signals in every thread; the main thread waits for them below.
   sigset_t stop_signals;
@@ -90,11 +109,20 @@ int main(int argc, char** argv) {
     auto srv = grove::coordinator::CoordinatorServer::Start(shared, server);
     if (!srv.ok()) return Fail(srv.status().message());
     const int port = srv.value()->port();
-    if (!port_file.empty()) {
-      const std::string tmp = port_file + ".tmp";
-      std::ofstream(tmp) << port << "\n";
-      std::filesystem::rename(tmp, port_file);
+    std::unique_ptr<grove::coordinator::Dashboard> dashboard;
+    if (!http_listen.empty()) {
+      grove::coordinator::DashboardOptions dopt;
+      dopt.listen = http_listen;
+      dopt.token = server.token;
+      dopt.allow_no_auth = server.allow_no_auth;
+      auto d = grove::coordinator::Dashboard::Start(shared, dopt);
+      if (!d.ok()) return Fail(d.status().message());
+      dashboard = std::move(d).value();
+      WritePortFile(http_port_file, dashboard->port());
+      std::printf("grove-coordinator: dashboard on http://%s:%d/ (open /?token=TOKEN once)\n",
+                  dashboard->host().c_str(), dashboard->port());
     }
+    WritePortFile(port_file, port);
     std::printf(
         "grove-coordinator: listening on %s (port %d), db %s, heartbeat timeout %.1f s%s%s\n",
         server.listen.c_str(), port, db_path.c_str(), heartbeat_timeout_s,
@@ -103,6 +131,7 @@ int main(int argc, char** argv) {
     int sig = 0;
     sigwait(&stop_signals, &sig);
     std::printf("grove-coordinator: signal %d, shutting down\n", sig);
+    if (dashboard) dashboard->Stop();
     srv.value()->Shutdown();
   } catch (const std::exception& e) {
     return Fail(e.what());

@@ -24,6 +24,7 @@ PACKAGES=(
   libopenblas-openmp-dev libsqlite3-dev libsentencepiece-dev
   nlohmann-json3-dev libcli11-dev libgtest-dev libgmock-dev libbenchmark-dev
   python3 python3-torch python3-numpy
+  libcpp-httplib-dev chromium python3-prometheus-client
 )
 command -v npm >/dev/null 2>&1 || PACKAGES+=(npm)
 missing=()
@@ -50,6 +51,14 @@ if [ ! -f "$BUILD_DIR/build.ninja" ]; then
   cmake -G Ninja -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release -DGROVE_CUDA="${GROVE_CUDA:-AUTO}"
 fi
 cmake --build "$BUILD_DIR" -j "${GROVE_JOBS:-$(nproc)}"
+
+# ---- 3b. Dashboard test driver: playwright-core from npm (drives Debian's chromium; no browser
+# download), installed from the committed lock file, again only when the lock file changed.
+WEB_TEST=tests/coordinator/web
+if [ ! "$WEB_TEST/node_modules/.package-lock.json" -nt "$WEB_TEST/package-lock.json" ]; then
+  step "npm ci in $WEB_TEST"
+  PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --prefix "$WEB_TEST" --no-audit --no-fund --ignore-scripts
+fi
 
 # ---- 4. Dataset ----------------------------------------------------------------------------------
 step "dataset -> $DATA_DIR"

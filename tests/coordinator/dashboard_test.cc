@@ -1,0 +1,400 @@
+// The dashboard's HTTP server in process on loopback: auth (header, cookie, refusals), the
+// embedded files, the JSON API following heartbeats with the optional MoE figures, the memory
+// history, and the Prometheus text format.
+#include "coordinator/dashboard.h"
+
+#include <google/protobuf/util/json_util.h>
+#include <gtest/gtest.h>
+#include <httplib.h>
+
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include "tests/coordinator/test_util.h"
+
+namespace grove::coordinator {
+namespace {
+
+namespace v1 = grove::v1;
+using std::chrono::milliseconds;
+using testing::TempDir;
+using testing::TinySpec;
+
+constexpr char kToken[] = "dash;token=\"x\"";  // not a valid cookie value as it is
+
+struct Fixture {
+  explicit Fixture(ManagerOptions mo = {}) {
+    auto store = JobStore::Open(dir.file("db"));
+    EXPECT_TRUE(store.ok());
+    auto m = JobManager::Create(std::move(store).value(), mo);
+    EXPECT_TRUE(m.ok());
+    manager = std::move(m).value();
+    DashboardOptions o;
+    o.token = kToken;
+    auto d = Dashboard::Start(manager, o);
+    EXPECT_TRUE(d.ok()) << d.status().message();
+    dashboard = std::move(d).value();
+    client = std::make_unique<httplib::Client>("127.0.0.1", dashboard->port());
+    client->set_connection_timeout(5);
+    client->set_read_timeout(5);
+  }
+  httplib::Result Get(const std::string& path, const std::string& auth = "") {
+    httplib::Headers h;
+    if (!auth.empty()) h.emplace("Authorization", auth);
+    return client->Get(path, h);
+  }
+  httplib::Result Authed(const std::string& path) {
+    return Get(path, std::string("Bearer ") + kToken);
+  }
+  std::string Submit(v1::JobSpec spec) {
+    v1::SubmitJobRequest req;
+    *req.mutable_spec() = spec;
+    v1::SubmitJobResponse resp;
+    EXPECT_TRUE(manager->Submit(req, &resp).ok());
+    return resp.job().id();
+  }
+  void Register(const std::string& job, int rank, int world) {
+    v1::RegisterWorkerRequest req;
+    req.set_job_id(job);
+    req.set_rank(rank);
+    req.set_world_size(world);
+    req.set_host("node\"1");
+    req.set_pid(100 + rank);
+    v1::RegisterWorkerResponse resp;
+    grpc::Status st = manager->Register(req, &resp);
+    EXPECT_TRUE(st.ok()) << st.error_message();
+  }
+  void Beat(const v1::HeartbeatRequest& req) {
+    v1::HeartbeatResponse resp;
+    grpc::Status st = manager->Heartbeat(req, &resp);
+    EXPECT_TRUE(st.ok()) << st.error_message();
+  }
+
+  TempDir dir;
+  std::shared_ptr<JobManager> manager;
+  std::unique_ptr<Dashboard> dashboard;
+  std::unique_ptr<httplib::Client> client;
+};
+
+v1::StepMetric MoEMetric(int64_t step) {
+  v1::StepMetric m;
+  m.set_step(step);
+  m.set_loss(4.5f - 0.25f * float(step));
+  m.set_tokens_per_s(1234.5 * double(step));
+  m.set_mfu(0.25 + 0.01 * double(step));
+  m.set_a2a_bytes_sent(600 * uint64_t(step));
+  m.set_a2a_bytes_uncompressed(1000 * uint64_t(step));
+  if (step % 2 == 0) {
+    m.set_has_val_loss(true);
+    m.set_val_loss(4.75f - 0.25f * float(step));
+  }
+  for (int layer : {1, 3}) {
+    v1::ExpertLoad* l = m.add_expert_load();
+    l->set_layer(layer);
+    for (int e = 0; e < 4; ++e) l->add_tokens(10 * (e + 1) + step + layer);
+  }
+  return m;
+}
+
+TEST(Dashboard, RefusesWithoutTheTokenAndSignsInWithACookie) {
+  Fixture f;
+  const std::string id = f.Submit(TinySpec(1));
+  const std::vector<std::string> paths = {
+      "/",        "/static/app.js", "/api/jobs", "/api/jobs/" + id, "/api/jobs/" + id + "/metrics",
+      "/metrics", "/no/such/path"};
+  const std::vector<std::string> auths = {"", "Bearer", "Bearer wrong", "Bearer dash;token=\"x\"x",
+                                          "Basic " + std::string(kToken)};
+  for (const std::string& path : paths) {
+    for (const std::string& auth : auths) {
+      auto r = f.Get(path, auth);
+      ASSERT_TRUE(r) << path;
+      EXPECT_EQ(r->status, 401) << path << " with '" << auth << "'";
+      EXPECT_EQ(r->body.find(id), std::string::npos) << "a refusal shows the job";
+      EXPECT_EQ(r->body.find("grove_job"), std::string::npos);
+    }
+  }
+  auto wrong = f.Get("/?token=wrong");
+  ASSERT_TRUE(wrong);
+  EXPECT_EQ(wrong->status, 401);
+  EXPECT_FALSE(wrong->has_header("Set-Cookie"));
+
+  std::string escaped;
+  for (unsigned char c : std::string(kToken)) {
+    char buf[4];
+    std::snprintf(buf, sizeof buf, "%%%02X", c);
+    escaped += std::isalnum(c) ? std::string(1, char(c)) : std::string(buf);
+  }
+  f.client->set_url_encode(false);
+  auto in = f.Get("/?token=" + escaped);
+  ASSERT_TRUE(in);
+  EXPECT_EQ(in->status, 303);
+  EXPECT_EQ(in->get_header_value("Location"), "/");
+  const std::string cookie = in->get_header_value("Set-Cookie");
+  EXPECT_NE(cookie.find("HttpOnly"), std::string::npos);
+  EXPECT_NE(cookie.find("SameSite=Strict"), std::string::npos);
+  const std::string pair = cookie.substr(0, cookie.find(";"));
+  // The token as hex: no ';', quotes or '%' in the cookie.
+  EXPECT_EQ(pair,
+            "grove_token_" + std::to_string(f.dashboard->port()) + "=646173683b746f6b656e3d227822");
+
+  auto page = f.client->Get("/", {{"Cookie", "other=1; " + pair}});
+  ASSERT_TRUE(page);
+  EXPECT_EQ(page->status, 200);
+  EXPECT_NE(page->body.find("<title>Grove jobs</title>"), std::string::npos);
+  EXPECT_NE(page->get_header_value("Content-Security-Policy").find("default-src 'self'"),
+            std::string::npos);
+  auto bad_cookie = f.client->Get("/", {{"Cookie", pair + "x"}});
+  ASSERT_TRUE(bad_cookie);
+  EXPECT_EQ(bad_cookie->status, 401);
+  // A cookie of another port's coordinator does not count.
+  auto other_port =
+      f.client->Get("/", {{"Cookie", "grove_token_1=" + pair.substr(pair.find('=') + 1)}});
+  ASSERT_TRUE(other_port);
+  EXPECT_EQ(other_port->status, 401);
+}
+
+TEST(Dashboard, ServesTheEmbeddedPageScriptAndChartLibrary) {
+  Fixture f;
+  auto js = f.Authed("/static/vendor/uPlot.iife.min.js");
+  ASSERT_TRUE(js);
+  EXPECT_EQ(js->status, 200);
+  EXPECT_GT(js->body.size(), 40000u);
+  EXPECT_NE(js->body.find("uPlot"), std::string::npos);
+  EXPECT_EQ(js->get_header_value("Content-Type"), "text/javascript; charset=utf-8");
+  auto app = f.Authed("/static/app.js");
+  ASSERT_TRUE(app);
+  EXPECT_EQ(app->status, 200);
+  EXPECT_NE(app->body.find("/api/jobs"), std::string::npos);
+  auto css = f.Authed("/static/app.css");
+  ASSERT_TRUE(css);
+  EXPECT_EQ(css->get_header_value("Content-Type"), "text/css; charset=utf-8");
+  auto missing = f.Authed("/static/nope.js");
+  ASSERT_TRUE(missing);
+  EXPECT_EQ(missing->status, 404);
+  auto dot = f.Authed("/static/appXjs");  // paths are literal, not patterns
+  ASSERT_TRUE(dot);
+  EXPECT_EQ(dot->status, 404);
+}
+
+TEST(Dashboard, ApiFollowsHeartbeatsWithTheOptionalMoEFigures) {
+  Fixture f;
+  const std::string id = f.Submit(TinySpec(2, 10));
+  f.Register(id, 0, 2);
+  f.Register(id, 1, 2);
+  for (int64_t step = 1; step <= 4; ++step) {
+    v1::HeartbeatRequest hb;
+    hb.set_job_id(id);
+    hb.set_rank(0);
+    hb.set_step(step);
+    hb.set_memory_bytes(uint64_t(5 - step) << 20);  // shrinking: the peak stays at step 1
+    hb.set_device_memory_bytes(uint64_t(step) << 30);
+    *hb.add_metrics() = MoEMetric(step);
+    f.Beat(hb);
+  }
+  v1::HeartbeatRequest plain;  // rank 1 reports no device memory and no metrics
+  plain.set_job_id(id);
+  plain.set_rank(1);
+  plain.set_step(4);
+  plain.set_memory_bytes(7 << 20);
+  f.Beat(plain);
+
+  auto r = f.Authed("/api/jobs/" + id);
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200) << r->body;
+  auto doc = nlohmann::json::parse(r->body);
+  v1::Job job;
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(doc["job"].dump(), &job).ok());
+  EXPECT_GT(doc["now_unix_ms"].get<int64_t>(), 0);
+  EXPECT_EQ(job.state(), v1::RUNNING);
+  EXPECT_EQ(job.last_step(), 4);
+  EXPECT_FLOAT_EQ(job.last_loss(), 3.5f);
+  EXPECT_FLOAT_EQ(job.last_val_loss(), 3.75f);
+  EXPECT_DOUBLE_EQ(job.last_mfu(), 0.29);
+  EXPECT_EQ(job.last_a2a_bytes_sent(), 2400u);
+  EXPECT_EQ(job.last_a2a_bytes_uncompressed(), 4000u);
+  ASSERT_EQ(job.workers_size(), 2);
+  EXPECT_EQ(job.workers(0).memory_bytes(), 1u << 20);
+  EXPECT_EQ(job.workers(0).peak_memory_bytes(), 4u << 20);
+  EXPECT_EQ(job.workers(0).device_memory_bytes(), 4ull << 30);
+  EXPECT_FALSE(job.workers(1).has_device_memory_bytes());
+
+  auto list = f.Authed("/api/jobs");
+  ASSERT_TRUE(list);
+  auto jobs = nlohmann::json::parse(list->body)["list"]["jobs"];
+  ASSERT_EQ(jobs.size(), 1u);
+  EXPECT_EQ(jobs[0]["id"], id);
+  EXPECT_EQ(jobs[0]["state"], "RUNNING");
+
+  auto m = f.Authed("/api/jobs/" + id + "/metrics?after_step=1&limit=2");
+  ASSERT_TRUE(m);
+  ASSERT_EQ(m->status, 200);
+  v1::GetMetricsResponse metrics;
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(m->body, &metrics).ok());
+  ASSERT_EQ(metrics.metrics_size(), 2);
+  EXPECT_EQ(metrics.metrics(0).step(), 2);
+  EXPECT_EQ(metrics.metrics(1).step(), 3);
+  ASSERT_EQ(metrics.metrics(0).expert_load_size(), 2);
+  EXPECT_EQ(metrics.metrics(0).expert_load(1).layer(), 3);
+  EXPECT_EQ(metrics.metrics(0).expert_load(1).tokens(3), 40 + 2 + 3);
+  EXPECT_EQ(metrics.metrics(1).a2a_bytes_sent(), 1800u);
+  EXPECT_FALSE(metrics.metrics(1).has_val_loss());
+
+  for (const std::string bad : {"?after_step=x", "?limit=0", "?limit=10001", "?limit=2x"}) {
+    auto b = f.Authed("/api/jobs/" + id + "/metrics" + bad);
+    ASSERT_TRUE(b);
+    EXPECT_EQ(b->status, 400) << bad;
+  }
+  auto unknown = f.Authed("/api/jobs/job-999999");
+  ASSERT_TRUE(unknown);
+  EXPECT_EQ(unknown->status, 404);
+  EXPECT_NE(unknown->body.find("job-999999"), std::string::npos);
+
+  auto mem = f.Authed("/api/jobs/" + id + "/memory");
+  ASSERT_TRUE(mem);
+  ASSERT_EQ(mem->status, 200);
+  auto ranks = nlohmann::json::parse(mem->body)["ranks"];
+  ASSERT_TRUE(ranks.contains("0") && ranks.contains("1"));
+  // Heartbeats closer than the spacing are merged only once the history is full.
+  ASSERT_EQ(ranks["0"].size(), 4u);
+  EXPECT_EQ(ranks["0"][3][1].get<uint64_t>(), 1u << 20);
+  EXPECT_EQ(ranks["0"][3][2].get<uint64_t>(), 4ull << 30);
+  EXPECT_TRUE(ranks["1"][0][2].is_null());
+}
+
+TEST(Dashboard, MemoryHistoryStaysBoundedAndSpansTheJob) {
+  ManagerOptions mo;
+  mo.heartbeat_interval = milliseconds(1);
+  Fixture f(mo);
+  const std::string id = f.Submit(TinySpec(1, 10));
+  f.Register(id, 0, 1);
+  std::map<int, std::vector<JobManager::MemorySample>> h;
+  const int beats = int(JobManager::kMemorySamples) * 3;
+  int64_t first = 0;
+  for (int i = 0; i < beats; ++i) {
+    v1::HeartbeatRequest hb;
+    hb.set_job_id(id);
+    hb.set_step(i);
+    hb.set_memory_bytes(uint64_t(i + 1));
+    f.Beat(hb);
+    if (i == 0) {
+      ASSERT_TRUE(f.manager->MemoryHistory(id, &h).ok());
+      first = h[0].at(0).time_unix_ms;
+    }
+    if (i % 64 == 0) std::this_thread::sleep_for(milliseconds(2));
+  }
+  ASSERT_TRUE(f.manager->MemoryHistory(id, &h).ok());
+  const auto& s = h.at(0);
+  EXPECT_LE(s.size(), JobManager::kMemorySamples);
+  EXPECT_GE(s.size(), JobManager::kMemorySamples / 4);
+  EXPECT_EQ(s.front().time_unix_ms, first) << "the history starts with the first heartbeat";
+  EXPECT_EQ(s.front().memory_bytes, 1u);
+  for (size_t i = 1; i < s.size(); ++i) {
+    EXPECT_LE(s[i - 1].time_unix_ms, s[i].time_unix_ms);
+    EXPECT_LT(s[i - 1].memory_bytes, s[i].memory_bytes);
+  }
+  EXPECT_EQ(f.manager->MemoryHistory("job-999999", &h).error_code(), grpc::StatusCode::NOT_FOUND);
+}
+
+TEST(Dashboard, PrometheusTextHasEveryFamilyAndEscapesLabels) {
+  v1::Job running;
+  running.set_id("job-000002");
+  running.mutable_spec()->set_name("a \"quoted\"\\name\nx");
+  running.set_state(v1::RUNNING);
+  running.set_last_step(42);
+  running.set_total_steps(100);
+  running.set_last_loss(2.5f);
+  running.set_tokens_per_s(12345.25);
+  running.set_last_mfu(0.375);
+  running.set_last_a2a_bytes_sent(3000);
+  running.set_last_a2a_bytes_uncompressed(5000);
+  running.set_attempt(1);
+  for (int r = 0; r < 2; ++r) {
+    v1::WorkerInfo* w = running.add_workers();
+    w->set_rank(r);
+    w->set_host("h" + std::to_string(r));
+    w->set_step(41 + r);
+    w->set_memory_bytes(1000 + r);
+    w->set_last_heartbeat_unix_ms(10000 - 500 * r);
+    if (r == 1) w->set_device_memory_bytes(777);
+  }
+  v1::Job done;
+  done.set_id("job-000001");
+  done.set_state(v1::SUCCEEDED);
+  done.set_last_step(10);
+  done.set_total_steps(10);
+  done.set_last_loss(1.0f / 3.0f);
+  done.set_tokens_per_s(99);
+  done.set_last_val_loss(0.5f);
+  done.add_workers()->set_host("old");
+
+  const std::string text = PrometheusText({running, done}, 11000);
+  auto has = [&](const std::string& line) {
+    EXPECT_NE(text.find(line + "\n"), std::string::npos) << "missing: " << line << "\n" << text;
+  };
+  const std::string rl = "job=\"job-000002\",name=\"a \\\"quoted\\\"\\\\name\\nx\"";
+  const std::string dl = "job=\"job-000001\",name=\"\"";
+  has("# TYPE grove_job_state gauge");
+  has("grove_job_state{" + rl + ",state=\"RUNNING\"} 1");
+  has("grove_job_state{" + rl + ",state=\"PENDING\"} 0");
+  has("grove_job_state{" + dl + ",state=\"SUCCEEDED\"} 1");
+  has("grove_job_step{" + rl + "} 42");
+  has("grove_job_total_steps{" + rl + "} 100");
+  has("grove_job_attempt{" + rl + "} 1");
+  has("grove_job_loss{" + rl + "} 2.5");
+  has("grove_job_loss{" + dl + "} 0.3333333432674408");  // the float, exactly
+  has("grove_job_tokens_per_second{" + rl + "} 12345.25");
+  has("grove_job_mfu{" + rl + "} 0.375");
+  has("grove_job_a2a_bytes_sent{" + rl + "} 3000");
+  has("grove_job_a2a_bytes_uncompressed{" + rl + "} 5000");
+  has("grove_job_val_loss{" + dl + "} 0.5");
+  has("grove_worker_heartbeat_age_seconds{job=\"job-000002\",rank=\"0\",host=\"h0\"} 1");
+  has("grove_worker_heartbeat_age_seconds{job=\"job-000002\",rank=\"1\",host=\"h1\"} 1.5");
+  has("grove_worker_step{job=\"job-000002\",rank=\"1\",host=\"h1\"} 42");
+  has("grove_worker_memory_bytes{job=\"job-000002\",rank=\"0\",host=\"h0\"} 1000");
+  has("grove_worker_device_memory_bytes{job=\"job-000002\",rank=\"1\",host=\"h1\"} 777");
+  // Absent figures are not invented; finished jobs have no live workers.
+  EXPECT_EQ(text.find("grove_job_val_loss{" + rl), std::string::npos);
+  EXPECT_EQ(text.find("grove_job_mfu{" + dl), std::string::npos);
+  EXPECT_EQ(text.find("host=\"old\""), std::string::npos);
+  EXPECT_EQ(text.find("device_memory_bytes{job=\"job-000002\",rank=\"0\""), std::string::npos);
+  // Each family is declared once, HELP before TYPE, and every sample line belongs to one.
+  std::set<std::string> declared;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("# TYPE ", 0) == 0) {
+      const std::string name = line.substr(7, line.find(' ', 7) - 7);
+      EXPECT_TRUE(declared.insert(name).second) << name;
+    } else if (line[0] != '#') {
+      const std::string name = line.substr(0, line.find_first_of("{ "));
+      EXPECT_TRUE(declared.count(name)) << line;
+    }
+  }
+}
+
+TEST(Dashboard, ListensOnLoopbackByDefaultAndRejectsBadAddresses) {
+  TempDir dir;
+  auto store = JobStore::Open(dir.file("db"));
+  ASSERT_TRUE(store.ok());
+  std::shared_ptr<JobManager> m = JobManager::Create(std::move(store).value(), {}).value();
+  DashboardOptions o;
+  o.token = "t";
+  o.listen = "0";  // a bare port binds 127.0.0.1
+  auto d = Dashboard::Start(m, o);
+  ASSERT_TRUE(d.ok()) << d.status().message();
+  EXPECT_EQ(d.value()->host(), "127.0.0.1");
+  EXPECT_GT(d.value()->port(), 0);
+  for (const std::string bad : {"", "x", "127.0.0.1:", "127.0.0.1:70000", ":80", "1.2.3.4:-1"}) {
+    o.listen = bad;
+    EXPECT_FALSE(Dashboard::Start(m, o).ok()) << bad;
+  }
+  o.listen = "127.0.0.1:" + std::to_string(d.value()->port());
+  EXPECT_FALSE(Dashboard::Start(m, o).ok()) << "the port is taken";
+  o.listen = "127.0.0.1:0";
+  o.token.clear();
+  EXPECT_FALSE(Dashboard::Start(m, o).ok()) << "no token";
+}
+
+}  // namespace
+}  // namespace grove::coordinator
