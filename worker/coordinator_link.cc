@@ -103,6 +103,15 @@ void CoordinatorLink::RecordStep(const StepMetrics& m) {
     sm.set_has_val_loss(true);
     sm.set_val_loss(m.val_loss);
   }
+  // MoE figures, when the model has MoE layers: tokens per expert (over the router's stats
+  // group) and this rank's all-to-all bytes. StepMetrics does not carry a2a_bytes_uncompressed
+  // or mfu yet (nor the heartbeat's device_memory_bytes): they stay empty until it does.
+  for (size_t layer = 0; layer < m.expert_load.size(); ++layer) {
+    v1::ExpertLoad* load = sm.add_expert_load();
+    load->set_layer(int(layer));
+    load->mutable_tokens()->Add(m.expert_load[layer].begin(), m.expert_load[layer].end());
+  }
+  if (!m.expert_load.empty()) sm.set_a2a_bytes_sent(uint64_t(m.a2a_bytes));
   sm.set_time_unix_ms(NowMs());
   std::lock_guard<std::mutex> l(mu_);
   if (pending_.size() >= options_.max_buffered_metrics) pending_.erase(pending_.begin());

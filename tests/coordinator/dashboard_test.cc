@@ -12,7 +12,9 @@
 #include <sstream>
 #include <thread>
 
+#include "coordinator/server.h"
 #include "tests/coordinator/test_util.h"
+#include "worker/coordinator_link.h"
 
 namespace grove::coordinator {
 namespace {
@@ -261,6 +263,59 @@ TEST(Dashboard, ApiFollowsHeartbeatsWithTheOptionalMoEFigures) {
   EXPECT_EQ(ranks["0"][3][1].get<uint64_t>(), 1u << 20);
   EXPECT_EQ(ranks["0"][3][2].get<uint64_t>(), 4ull << 30);
   EXPECT_TRUE(ranks["1"][0][2].is_null());
+}
+
+TEST(Dashboard, ShowsTheMoEFiguresTheWorkerLinkTakesFromTheTrainer) {
+  Fixture f;
+  ServerOptions so;
+  so.listen = "127.0.0.1:0";
+  so.token = kToken;
+  auto server = CoordinatorServer::Start(f.manager, so);
+  ASSERT_TRUE(server.ok()) << server.status().message();
+  const std::string id = f.Submit(TinySpec(1, 3));
+  CoordinatorLinkOptions lo;
+  lo.client.address = "127.0.0.1:" + std::to_string(server.value()->port());
+  lo.client.token = kToken;
+  lo.client.deadline = milliseconds(5000);
+  lo.job_id = id;
+  auto link = CoordinatorLink::Register(lo);
+  ASSERT_TRUE(link.ok()) << link.status().message();
+  for (int s = 1; s <= 3; ++s) {
+    StepMetrics m;
+    m.step = s;
+    m.loss = 2.0f;
+    if (s > 1) {  // step 1 as a dense model reports it: no MoE figures
+      m.expert_load = {{5, 6, 7, 8 + s}, {1, 2, 3, 4}};
+      m.a2a_bytes = 100 * s;
+    }
+    link.value()->RecordStep(m);
+  }
+  auto state = link.value()->ReportExit(0, "");
+  ASSERT_TRUE(state.ok()) << state.status().message();
+  EXPECT_EQ(state.value(), v1::SUCCEEDED);
+
+  auto r = f.Authed("/api/jobs/" + id + "/metrics");
+  ASSERT_TRUE(r);
+  v1::GetMetricsResponse metrics;
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(r->body, &metrics).ok());
+  ASSERT_EQ(metrics.metrics_size(), 3);
+  EXPECT_EQ(metrics.metrics(0).expert_load_size(), 0);
+  EXPECT_FALSE(metrics.metrics(0).has_a2a_bytes_sent());
+  const v1::StepMetric& last = metrics.metrics(2);
+  ASSERT_EQ(last.expert_load_size(), 2);
+  EXPECT_EQ(last.expert_load(0).layer(), 0);
+  EXPECT_EQ(std::vector<int64_t>(last.expert_load(0).tokens().begin(),
+                                 last.expert_load(0).tokens().end()),
+            (std::vector<int64_t>{5, 6, 7, 11}));
+  EXPECT_EQ(last.expert_load(1).layer(), 1);
+  EXPECT_EQ(last.a2a_bytes_sent(), 300u);
+  EXPECT_FALSE(last.has_a2a_bytes_uncompressed()) << "not in StepMetrics yet";
+  EXPECT_FALSE(last.has_mfu()) << "not in StepMetrics yet";
+  auto prom = f.Authed("/metrics");
+  ASSERT_TRUE(prom);
+  EXPECT_NE(prom->body.find("grove_job_a2a_bytes_sent{job=\"" + id + "\",name=\"tiny\"} 300\n"),
+            std::string::npos)
+      << prom->body;
 }
 
 TEST(Dashboard, MemoryHistoryStaysBoundedAndSpansTheJob) {
