@@ -1,5 +1,6 @@
 #include "model/config.h"
 
+#include <cmath>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
@@ -62,6 +63,14 @@ Status ModelConfig::Validate() const {
     if (moe.aux_loss_coef < 0 || moe.z_loss_coef < 0)
       return err("model.moe.aux_loss_coef and model.moe.z_loss_coef must be >= 0");
     if (moe.capacity_factor < 0) return err("model.moe.capacity_factor must be >= 0 (0: dropless)");
+    const MoeLshOptions& q = moe.lsh;
+    if (q.num_hashes < 1) return err("model.moe.lsh.num_hashes must be >= 1");
+    if (q.rotation_dim < 1 || q.rotation_dim > d_model)
+      return err("model.moe.lsh.rotation_dim=" + std::to_string(q.rotation_dim) +
+                 " must be in [1, model.d_model=" + std::to_string(d_model) + "]");
+    if (q.num_hashes * std::log2(2.0 * q.rotation_dim) > 64.0)
+      return err("model.moe.lsh.num_hashes x log2(2 rotation_dim) must be <= 64 (bucket id bits)");
+    if (q.min_tokens < 0) return err("model.moe.lsh.min_tokens must be >= 0");
   }
   return Status::Ok();
 }
@@ -109,29 +118,46 @@ Status ModelConfigFromJson(const nlohmann::json& j, ModelConfig* c) {
   m.get("aux_loss_coef", &c->moe.aux_loss_coef);
   m.get("z_loss_coef", &c->moe.z_loss_coef);
   m.get("capacity_factor", &c->moe.capacity_factor);
-  return m.finish();
+  nlohmann::json lsh = nlohmann::json::object();
+  m.get("lsh", &lsh);
+  GROVE_RETURN_IF_ERROR(m.finish());
+  JsonFields q(lsh, "model.moe.lsh");
+  q.get("enabled", &c->moe.lsh.enabled);
+  q.get("num_hashes", &c->moe.lsh.num_hashes);
+  q.get("rotation_dim", &c->moe.lsh.rotation_dim);
+  q.get("min_tokens", &c->moe.lsh.min_tokens);
+  q.get("seed", &c->moe.lsh.seed);
+  return q.finish();
 }
 
 nlohmann::json ModelConfigToJson(const ModelConfig& c) {
-  return {{"vocab_size", c.vocab_size},
-          {"d_model", c.d_model},
-          {"n_layers", c.n_layers},
-          {"n_heads", c.n_heads},
-          {"n_kv_heads", c.n_kv_heads},
-          {"ffn_hidden", c.ffn_hidden},
-          {"max_seq_len", c.max_seq_len},
-          {"rope_theta", c.rope_theta},
-          {"norm_eps", c.norm_eps},
-          {"init_std", c.init_std},
-          {"seed", c.seed},
-          {"moe",
-           {{"num_experts", c.moe.num_experts},
-            {"top_k", c.moe.top_k},
-            {"every", c.moe.every},
-            {"expert_ffn", c.moe.expert_ffn},
-            {"aux_loss_coef", c.moe.aux_loss_coef},
-            {"z_loss_coef", c.moe.z_loss_coef},
-            {"capacity_factor", c.moe.capacity_factor}}}};
+  nlohmann::json j = {{"vocab_size", c.vocab_size},
+                      {"d_model", c.d_model},
+                      {"n_layers", c.n_layers},
+                      {"n_heads", c.n_heads},
+                      {"n_kv_heads", c.n_kv_heads},
+                      {"ffn_hidden", c.ffn_hidden},
+                      {"max_seq_len", c.max_seq_len},
+                      {"rope_theta", c.rope_theta},
+                      {"norm_eps", c.norm_eps},
+                      {"init_std", c.init_std},
+                      {"seed", c.seed},
+                      {"moe",
+                       {{"num_experts", c.moe.num_experts},
+                        {"top_k", c.moe.top_k},
+                        {"every", c.moe.every},
+                        {"expert_ffn", c.moe.expert_ffn},
+                        {"aux_loss_coef", c.moe.aux_loss_coef},
+                        {"z_loss_coef", c.moe.z_loss_coef},
+                        {"capacity_factor", c.moe.capacity_factor}}}};
+  // Written only when on, so configs (and checkpoints) of models without it are unchanged.
+  if (c.moe.lsh.enabled)
+    j["moe"]["lsh"] = {{"enabled", c.moe.lsh.enabled},
+                       {"num_hashes", c.moe.lsh.num_hashes},
+                       {"rotation_dim", c.moe.lsh.rotation_dim},
+                       {"min_tokens", c.moe.lsh.min_tokens},
+                       {"seed", c.moe.lsh.seed}};
+  return j;
 }
 
 }  // namespace grove

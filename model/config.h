@@ -13,6 +13,16 @@ namespace grove {
 
 // Mixture of experts (DESIGN.md §7): every `every`-th block's MLP is an MoE layer of
 // `num_experts` SwiGLU experts with a top-k router. num_experts = 0: a dense model.
+// model.moe.lsh: LSH-compressed expert all-to-all (DESIGN.md §8; parallel/lsh_compressor.h has
+// the meaning of each field and the same defaults). Off by default.
+struct MoeLshOptions {
+  bool enabled = false;
+  int num_hashes = 1;    // L hash functions combined into one bucket id
+  int rotation_dim = 8;  // r ≤ d_model: 2r buckets per hash function
+  int min_tokens = 8;    // (rank, expert) groups with fewer tokens are sent uncompressed
+  uint64_t seed = 0x15AC0DEull;
+};
+
 struct MoeOptions {
   int num_experts = 0;
   int top_k = 2;
@@ -21,6 +31,7 @@ struct MoeOptions {
   float aux_loss_coef = 1e-2f;   // Switch load-balancing loss α·E·Σ f_i·P_i
   float z_loss_coef = 1e-3f;     // router z-loss β·mean(logsumexp²)
   float capacity_factor = 0.0f;  // 0: dropless; else ceil(cf·T·k/E) assignments per expert
+  MoeLshOptions lsh;
 };
 
 struct ModelConfig {

@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "kernels/cpu/ops.h"
+#include "parallel/lsh_dispatcher.h"
 
 namespace grove {
 
@@ -98,6 +99,12 @@ Transformer::Transformer(const ModelConfig& config, int batch, int seq, Recomput
       if (!config_.is_moe_layer(l)) continue;
       moe_[l] = std::make_unique<par::MoeLayer>(mc, config_.d_model, config_.expert_ffn(),
                                                 static_cast<int>(rows_), ep_group, stats);
+      if (config_.moe.lsh.enabled) {
+        const MoeLshOptions& q = config_.moe.lsh;
+        par::LshConfig lc{q.enabled, q.num_hashes, q.rotation_dim, q.min_tokens, q.seed};
+        moe_[l]->set_dispatcher(
+            std::make_unique<par::LshDispatcher>(mc.num_experts, config_.d_model, ep_group, lc));
+      }
       LayerWeights& p = params_.layers[l];
       LayerWeights& g = grads_.layers[l];
       std::vector<NamedTensor> lp = moe_[l]->params(), lg = moe_[l]->grads();

@@ -8,6 +8,7 @@
 #include <fstream>
 
 #include "kernels/cpu/ops.h"
+#include "parallel/lsh_dispatcher.h"
 #include "worker/checkpoint.h"
 
 namespace grove {
@@ -187,6 +188,18 @@ StepMetrics Trainer::TrainStep() {
       m.a2a_bytes += moe[i].a2a_bytes_sent;
       m.a2a_ms += moe[i].a2a_ms();
     }
+    for (int l = 0; l < model_->config().n_layers; ++l) {
+      parallel::MoeLayer* layer = model_->moe_layer(l);
+      const auto* lsh =
+          layer ? dynamic_cast<const parallel::LshDispatcher*>(&layer->dispatcher()) : nullptr;
+      if (!lsh) continue;
+      const parallel::LshMetrics& q = lsh->metrics();
+      m.a2a_bytes_uncompressed += q.bytes_uncompressed;
+      m.lsh_rows += q.assignments;
+      m.lsh_centroids += q.centroids;
+      m.lsh_residual += q.residual_norm_sum;
+      m.lsh_token_norm += q.token_norm_sum;
+    }
   }
   ++step_;
   m.step = step_;
@@ -259,6 +272,12 @@ Status Trainer::Run() {
       row["moe"] = {{"aux_loss", m.moe_loss},      {"expert_load", m.expert_load},
                     {"dropped", m.dropped_tokens}, {"a2a_bytes", m.a2a_bytes},
                     {"a2a_ms", m.a2a_ms},          {"a2a_share", m.a2a_ms / m.ms}};
+    if (m.lsh_rows > 0 || m.lsh_centroids > 0)
+      row["moe"]["lsh"] = {
+          {"compression_ratio", m.lsh_centroids > 0 ? double(m.lsh_rows) / m.lsh_centroids : 1.0},
+          {"a2a_bytes_uncompressed", m.a2a_bytes_uncompressed},
+          {"mean_residual_norm", m.lsh_rows > 0 ? m.lsh_residual / double(m.lsh_rows) : 0.0},
+          {"relative_residual", m.lsh_token_norm > 0 ? m.lsh_residual / m.lsh_token_norm : 0.0}};
     Log(row);
     if (print) {
       std::printf("step %5d/%d | loss %.4f | lr %.3e | grad norm %.3f | %8.0f tok/s | %7.1f ms",

@@ -56,6 +56,10 @@ struct StepMetrics {
   int64_t dropped_tokens = 0;                     // assignments dropped by capacity
   int64_t a2a_bytes = 0;                          // this rank, all MoE layers, fwd + bwd
   double a2a_ms = 0;                              // this rank's time in the expert all-to-alls
+  // LSH-compressed all-to-all (model.moe.lsh.enabled), this rank, same sums:
+  int64_t a2a_bytes_uncompressed = 0;           // what the plain all-to-all would have sent
+  int64_t lsh_rows = 0, lsh_centroids = 0;      // token rows, and the centroid rows sent instead
+  double lsh_residual = 0, lsh_token_norm = 0;  // Σ‖x − c‖, Σ‖x‖ over those token rows
 };
 
 class Trainer {
