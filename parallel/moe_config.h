@@ -8,7 +8,7 @@ namespace grove::parallel {
 
 struct MoeConfig {
   int num_experts = 8;          // E
-  int top_k = 2;                // k experts per token; their probabilities are renormalised
+  int top_k = 2;                // k experts per token; probabilities renormalised when k > 1
   int expert_ffn = 0;           // f, hidden size of each SwiGLU expert; 0: the model's ffn
   float aux_loss_coef = 1e-2f;  // α of the Switch load-balancing loss α·E·Σ f_i·P_i
   float z_loss_coef = 1e-3f;    // β of the router z-loss β·mean(logsumexp(logits)²)

@@ -56,8 +56,11 @@ void Router::forward(Routing* r, const float* x, const float* w, int T, comm::Co
     const double lse = mx + std::log(sum);
     lse_[t] = float(lse);
     for (int e = 0; e < E_; ++e) row[e] = float(std::exp(double(row[e]) - lse));
+    // k > 1: renormalise over the chosen experts (Mixtral); k = 1: the raw probability (Switch),
+    // else the weight would always be 1 and the router would learn only from the aux loss.
     float norm = 0;
     for (int j = 0; j < k_; ++j) norm += row[ex[j]];
+    if (k_ == 1) norm = 1.0f;
     for (int j = 0; j < k_; ++j) r->weight[size_t(t) * k_ + j] = row[ex[j]] / norm;
     for (int j = 0; j < k_; ++j) st[ex[j]] += 1;
     for (int e = 0; e < E_; ++e) st[2 * E_ + e] += row[e];
@@ -118,13 +121,16 @@ void Router::backward(float* din, float* dw, const float* dweight, const Routing
       const float* wt = r.weight.data() + size_t(t) * k_;
       const float* dwt = dweight + size_t(t) * k_;
       for (int e = 0; e < E_; ++e) d[e] = daux[e];
-      // w_j = p_{e_j} / S:  dp_{e_j} += (dw_j − Σ_j' dw_j'·w_j') / S.
-      double S = 0, dot = 0;
-      for (int j = 0; j < k_; ++j) {
-        S += p[ex[j]];
-        dot += double(dwt[j]) * wt[j];
+      if (k_ == 1) {  // w = p_{e}: dp_e += dw
+        d[ex[0]] += dwt[0];
+      } else {  // w_j = p_{e_j} / S:  dp_{e_j} += (dw_j − Σ_j' dw_j'·w_j') / S.
+        double S = 0, dot = 0;
+        for (int j = 0; j < k_; ++j) {
+          S += p[ex[j]];
+          dot += double(dwt[j]) * wt[j];
+        }
+        for (int j = 0; j < k_; ++j) d[ex[j]] += (dwt[j] - dot) / S;
       }
-      for (int j = 0; j < k_; ++j) d[ex[j]] += (dwt[j] - dot) / S;
       double s = 0;
       for (int e = 0; e < E_; ++e) s += d[e] * p[e];
       float* g = dlogits_.data() + size_t(t) * E_;

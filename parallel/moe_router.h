@@ -29,7 +29,7 @@ namespace grove::parallel {
 struct Routing {
   int T = 0, k = 0;
   std::vector<int32_t> expert;  // [T, k] chosen expert ids, distinct within a token
-  std::vector<float> weight;    // [T, k] combine weights (renormalised over the k)
+  std::vector<float> weight;    // [T, k] combine weights (renormalised over the k when k > 1)
   std::vector<uint8_t> kept;    // [T, k] 1 = sent to its expert, 0 = dropped by capacity
 };
 

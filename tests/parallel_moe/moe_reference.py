@@ -8,7 +8,7 @@ and z losses, the routing, and the gradient of
     L = sum(out * dout) + loss_scale * (aux + z)
 with respect to x, the router weight and every expert weight. Semantics (single rank, dropless
 unless capacity_factor > 0): logits = x W_r^T, p = softmax, top-k by logit (ties: lower id),
-combine weights renormalised over the k; aux = alpha*E*sum_i f_i P_i with f_i the fraction of
+combine weights renormalised over the k when k > 1 (k = 1: the raw probability, as Switch); aux = alpha*E*sum_i f_i P_i with f_i the fraction of
 (token, slot) assignments routed to i before dropping, P_i the mean probability; z = beta*mean(lse^2);
 capacity ceil(cf*T*k/E) per expert, first slots before second slots, then token order.
 """
@@ -53,7 +53,7 @@ def main():
         # fp32 logits differ from these by ~1e-6: a smaller gap could flip Grove's choice.
         assert gap > 1e-4, f"top-k margin {gap} too small for an fp32 comparison; change the seed"
     sel = probs.gather(1, idx)
-    w = sel / sel.sum(dim=1, keepdim=True)
+    w = sel / sel.sum(dim=1, keepdim=True) if sel.shape[1] > 1 else sel  # Switch for k = 1
 
     kept = torch.ones(T, k, dtype=torch.bool)
     if cf > 0:

@@ -123,6 +123,7 @@ INSTANTIATE_TEST_SUITE_P(
     Cases, MoeVsTorch,
     ::testing::Values(Case{"dropless_k2", 48, 32, 48, 8, 2, 0.1f, 0.05f, 0.0f, 2.0f, 1, false},
                       Case{"capacity_k2", 48, 32, 48, 8, 2, 0.1f, 0.05f, 1.0f, 1.5f, 3, false},
+                      Case{"switch_k1", 40, 16, 24, 4, 1, 0.1f, 0.05f, 0.0f, 2.0f, 7, false},
                       Case{"aux_z_only_k1", 40, 16, 24, 4, 1, 0.1f, 0.05f, 0.0f, 3.0f, 5, true}),
     [](const ::testing::TestParamInfo<Case>& i) { return i.param.name; });
 
