@@ -64,13 +64,15 @@ Status ModelConfig::Validate() const {
       return err("model.moe.aux_loss_coef and model.moe.z_loss_coef must be >= 0");
     if (moe.capacity_factor < 0) return err("model.moe.capacity_factor must be >= 0 (0: dropless)");
     const MoeLshOptions& q = moe.lsh;
-    if (q.num_hashes < 1) return err("model.moe.lsh.num_hashes must be >= 1");
-    if (q.rotation_dim < 1 || q.rotation_dim > d_model)
-      return err("model.moe.lsh.rotation_dim=" + std::to_string(q.rotation_dim) +
-                 " must be in [1, model.d_model=" + std::to_string(d_model) + "]");
-    if (q.num_hashes * std::log2(2.0 * q.rotation_dim) > 64.0)
-      return err("model.moe.lsh.num_hashes x log2(2 rotation_dim) must be <= 64 (bucket id bits)");
-    if (q.min_tokens < 0) return err("model.moe.lsh.min_tokens must be >= 0");
+    if (q.enabled) {
+      if (q.num_hashes < 1) return err("model.moe.lsh.num_hashes must be >= 1");
+      if (q.rotation_dim < 1 || q.rotation_dim > d_model)
+        return err("model.moe.lsh.rotation_dim=" + std::to_string(q.rotation_dim) +
+                   " must be in [1, model.d_model=" + std::to_string(d_model) + "]");
+      if (q.num_hashes * std::log2(2.0 * q.rotation_dim) > 64.0)
+        return err("model.moe.lsh.num_hashes x log2(2 rotation_dim) must be <= 64 (id bits)");
+      if (q.min_tokens < 0) return err("model.moe.lsh.min_tokens must be >= 0");
+    }
   }
   return Status::Ok();
 }

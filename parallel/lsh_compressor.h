@@ -35,6 +35,8 @@
 
 namespace grove::parallel {
 
+// Defaults from the num_hashes sweep on Brown (bench/lsh/README.md): one hash function keeps
+// convergence, more make the MoE inputs collapse into few buckets.
 struct LshConfig {
   bool enabled = false;  // false: every row is its own bucket (the plain path's rows)
   int num_hashes = 1;    // L hash functions combined into one bucket id

@@ -47,6 +47,9 @@ TEST(LshModelConfig, JsonKeysRoundTripAndValidate) {
   d.moe.lsh.rotation_dim = 33;
   EXPECT_EQ(d.Validate().message(),
             "model config: model.moe.lsh.rotation_dim=33 must be in [1, model.d_model=32]");
+  d.moe.lsh.enabled = false;  // checked only when on: a small model with the defaults is fine
+  EXPECT_TRUE(d.Validate().ok());
+  d.moe.lsh.enabled = true;
   d.moe.lsh.rotation_dim = 16;
   d.moe.lsh.num_hashes = 0;
   EXPECT_EQ(d.Validate().message(), "model config: model.moe.lsh.num_hashes must be >= 1");
