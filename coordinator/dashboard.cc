@@ -264,7 +264,8 @@ StatusOr<std::unique_ptr<Dashboard>> Dashboard::Start(std::shared_ptr<JobManager
   server->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   server->set_read_timeout(5);
   server->set_write_timeout(5);
-  server->set_keep_alive_timeout(5);
+  server->set_keep_alive_timeout(2);
+  server->set_keep_alive_max_count(100);
   server->set_payload_max_length(64 << 10);
   // SO_REUSEADDR only: httplib's default adds SO_REUSEPORT, which would let a second server
   // bind the same port and take a share of the connections.

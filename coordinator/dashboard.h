@@ -35,7 +35,7 @@ struct DashboardOptions {
   std::string listen = "127.0.0.1:0";  // host:port, or a bare port (then 127.0.0.1); 0 = free
   std::string token;                   // empty only with allow_no_auth
   bool allow_no_auth = false;
-  int threads = 4;
+  int threads = 16;      // a browser keeps up to 6 connections open (keep-alive holds a thread)
   int list_limit = 100;  // newest jobs shown and exported to /metrics
 };
 

@@ -104,14 +104,19 @@ void CoordinatorLink::RecordStep(const StepMetrics& m) {
     sm.set_val_loss(m.val_loss);
   }
   // MoE figures, when the model has MoE layers: tokens per expert (over the router's stats
-  // group) and this rank's all-to-all bytes. StepMetrics does not carry a2a_bytes_uncompressed
-  // or mfu yet (nor the heartbeat's device_memory_bytes): they stay empty until it does.
+  // group) and this rank's all-to-all bytes, sent and without LSH compression (the trainer
+  // leaves the latter 0 when no layer compresses: then the plain all-to-all sent them all).
+  // StepMetrics does not carry mfu yet (nor the heartbeat device_memory_bytes): left empty.
   for (size_t layer = 0; layer < m.expert_load.size(); ++layer) {
     v1::ExpertLoad* load = sm.add_expert_load();
     load->set_layer(int(layer));
     load->mutable_tokens()->Add(m.expert_load[layer].begin(), m.expert_load[layer].end());
   }
-  if (!m.expert_load.empty()) sm.set_a2a_bytes_sent(uint64_t(m.a2a_bytes));
+  if (!m.expert_load.empty()) {
+    sm.set_a2a_bytes_sent(uint64_t(m.a2a_bytes));
+    sm.set_a2a_bytes_uncompressed(
+        uint64_t(m.a2a_bytes_uncompressed > 0 ? m.a2a_bytes_uncompressed : m.a2a_bytes));
+  }
   sm.set_time_unix_ms(NowMs());
   std::lock_guard<std::mutex> l(mu_);
   if (pending_.size() >= options_.max_buffered_metrics) pending_.erase(pending_.begin());

@@ -287,6 +287,7 @@ TEST(Dashboard, ShowsTheMoEFiguresTheWorkerLinkTakesFromTheTrainer) {
     if (s > 1) {  // step 1 as a dense model reports it: no MoE figures
       m.expert_load = {{5, 6, 7, 8 + s}, {1, 2, 3, 4}};
       m.a2a_bytes = 100 * s;
+      if (s == 3) m.a2a_bytes_uncompressed = 1000;  // step 2: no layer compressed
     }
     link.value()->RecordStep(m);
   }
@@ -309,7 +310,10 @@ TEST(Dashboard, ShowsTheMoEFiguresTheWorkerLinkTakesFromTheTrainer) {
             (std::vector<int64_t>{5, 6, 7, 11}));
   EXPECT_EQ(last.expert_load(1).layer(), 1);
   EXPECT_EQ(last.a2a_bytes_sent(), 300u);
-  EXPECT_FALSE(last.has_a2a_bytes_uncompressed()) << "not in StepMetrics yet";
+  EXPECT_EQ(last.a2a_bytes_uncompressed(), 1000u);
+  EXPECT_EQ(metrics.metrics(1).a2a_bytes_sent(), 200u);
+  EXPECT_EQ(metrics.metrics(1).a2a_bytes_uncompressed(), 200u) << "plain: all sent";
+  EXPECT_FALSE(metrics.metrics(0).has_a2a_bytes_uncompressed());
   EXPECT_FALSE(last.has_mfu()) << "not in StepMetrics yet";
   auto prom = f.Authed("/metrics");
   ASSERT_TRUE(prom);
