@@ -48,12 +48,15 @@ Transformer::Transformer(const ModelConfig& config, int batch, int seq, Recomput
                          ModelParallel parallel)
     : config_(config),
       b_(batch),
-      s_(seq),
+      s_(seq),  // made local below once the CP size is known
       mode_(mode),
       par_(parallel),
       tp_(group_or_null(parallel.grid, par::Group::kTp)),
       dp_(group_or_null(parallel.grid, par::Group::kDp)),
       edp_(group_or_null(parallel.grid, par::Group::kEdp)),
+      cp_(group_or_null(parallel.grid, par::Group::kCp)),
+      dpcp_(group_or_null(parallel.grid, par::Group::kDpCp)),
+      cp_size_(cp_ ? cp_->size() : 1),
       t_(par::tp_size(tp_)),
       sp_(parallel.sequence_parallel && t_ > 1),
       col_q_(config.d_model, config.n_heads * config.head_dim(), tp_),
@@ -67,19 +70,35 @@ Transformer::Transformer(const ModelConfig& config, int batch, int seq, Recomput
   GROVE_CHECK(st.ok()) << st.message();
   GROVE_CHECK(seq > 0 && seq <= config_.max_seq_len)
       << "seq " << seq << " exceeds model.max_seq_len " << config_.max_seq_len;
+  GROVE_CHECK(seq % (2 * cp_size_) == 0 || cp_size_ == 1)
+      << "context parallelism cuts the sequence into 2·cp chunks: cp=" << cp_size_ << " needs seq ("
+      << seq << ") divisible by " << 2 * cp_size_;
+  s_ = seq / cp_size_;
+  if (cp_size_ > 1) {
+    zigzag_ = std::make_unique<par::Zigzag>(seq, cp_size_, cp_->rank());
+    cp_attn_ = std::make_unique<par::ContextAttention>(
+        parallel.cp_attention, cp_,
+        par::CpAttentionShape{seq, batch, config_.n_heads / par::tp_size(tp_),
+                              config_.kv_heads() / par::tp_size(tp_), config_.head_dim(), true});
+  }
   GROVE_CHECK(batch > 0) << "batch must be positive";
   GROVE_CHECK(config_.n_heads % t_ == 0 && config_.kv_heads() % t_ == 0)
       << "tp=" << t_ << " must divide model.n_heads=" << config_.n_heads << " and the kv heads ("
       << config_.kv_heads() << ")";
-  GROVE_CHECK(!sp_ || seq % t_ == 0)
-      << "sequence parallelism splits the sequence: tp=" << t_ << " must divide seq " << seq;
+  GROVE_CHECK(!sp_ || s_ % t_ == 0)
+      << "sequence parallelism splits the sequence: tp=" << t_ << " must divide seq/cp " << s_;
   const int64_t N = int64_t(b_) * s_, h = config_.d_model;
   rows_ = sp_ ? N / t_ : N;
   const par::ParallelGrid* grid = parallel.grid;
   const int ep = grid ? grid->shape().ep : 1, ep_rank = grid ? grid->coord().ep : 0;
   params_ = Weights::Init(config_, t_, par::tp_rank(tp_), ep, ep_rank);
   grads_ = Weights::Zeros(config_, t_, ep);
-  stash_ = ActivationStash::Allocate(config_, layout_of(b_, s_, mode_, t_, sp_));
+  // Under CP the attention probabilities are never kept (the CP kernels recompute them), so
+  // recompute=none stores what selective stores for attention.
+  stash_ = ActivationStash::Allocate(
+      config_,
+      layout_of(b_, s_, cp_size_ > 1 && mode_ == Recompute::kNone ? Recompute::kSelective : mode_,
+                t_, sp_));
   // MoE blocks: the layer owns its parameters and gradients; params_ and grads_ alias them so
   // the optimizer, clipping and checkpoints see every tensor.
   moe_.resize(config_.n_layers);
@@ -144,6 +163,22 @@ Transformer::Transformer(const ModelConfig& config, int batch, int seq, Recomput
 
 // ---- region helpers ----------------------------------------------------------------------------
 
+void Transformer::rope(float* x, int heads, bool backward) {
+  const int d = config_.head_dim();
+  const float* c = rope_cos_.data<float>();
+  const float* sn = rope_sin_.data<float>();
+  if (zigzag_) {
+    if (backward)
+      par::zigzag_rope_backward(x, c, sn, *zigzag_, b_, heads, d);
+    else
+      par::zigzag_rope_forward(x, c, sn, *zigzag_, b_, heads, d);
+  } else if (backward) {
+    k::rope_backward(x, c, sn, s_, b_, heads, d, 0);
+  } else {
+    k::rope_forward(x, c, sn, s_, b_, heads, d, 0);
+  }
+}
+
 const float* Transformer::gather_rows(const Tensor& shard) {
   if (!sp_) return shard.data<float>();
   par::gather_from_sequence_region_forward(tp_, shard.data<float>(), full_.data<float>(),
@@ -197,14 +232,17 @@ void Transformer::block_forward(int l, BlockActivations& a) {
   col_q_.forward(a.q.data<float>(), ln1, w.wq.data<float>(), N);
   col_kv_.forward(a.k.data<float>(), ln1, w.wk.data<float>(), N);
   col_kv_.forward(a.v.data<float>(), ln1, w.wv.data<float>(), N);
-  k::rope_forward(a.q.data<float>(), rope_cos_.data<float>(), rope_sin_.data<float>(), s_, b_,
-                  heads, d, 0);
-  k::rope_forward(a.k.data<float>(), rope_cos_.data<float>(), rope_sin_.data<float>(), s_, b_,
-                  kv_heads, d, 0);
-  k::AttentionShape shape{s_, s_, b_, heads, kv_heads, d, /*causal=*/true};
-  k::attention_forward(a.att.data<float>(), a.lse.data<float>(),
-                       a.probs.defined() ? a.probs.data<float>() : nullptr, a.q.data<float>(),
-                       a.k.data<float>(), a.v.data<float>(), shape);
+  rope(a.q.data<float>(), heads, /*backward=*/false);
+  rope(a.k.data<float>(), kv_heads, /*backward=*/false);
+  if (cp_attn_) {  // tree or ring attention over the CP group, global lse
+    cp_attn_->forward(a.att.data<float>(), a.lse.data<float>(), a.q.data<float>(),
+                      a.k.data<float>(), a.v.data<float>());
+  } else {
+    k::AttentionShape shape{s_, s_, b_, heads, kv_heads, d, /*causal=*/true};
+    k::attention_forward(a.att.data<float>(), a.lse.data<float>(),
+                         a.probs.defined() ? a.probs.data<float>() : nullptr, a.q.data<float>(),
+                         a.k.data<float>(), a.v.data<float>(), shape);
+  }
   row_o_.forward(attn_out, a.att.data<float>(), w.wo.data<float>(), N);
   reduce_output(a.resid2.data<float>());
   k::add_inplace(a.resid2.data<float>(), x, int64_t(R) * h);
@@ -276,15 +314,19 @@ void Transformer::block_backward(int l, BlockActivations& a) {
   g_.dq.zero();
   g_.dk.zero();
   g_.dv.zero();
-  k::AttentionShape shape{s_, s_, b_, heads, kv_heads, d, /*causal=*/true};
-  k::attention_backward(g_.dq.data<float>(), g_.dk.data<float>(), g_.dv.data<float>(),
-                        g_.datt.data<float>(), a.q.data<float>(), a.k.data<float>(),
-                        a.v.data<float>(), a.att.data<float>(), a.lse.data<float>(),
-                        a.probs.defined() ? a.probs.data<float>() : nullptr, shape);
-  k::rope_backward(g_.dq.data<float>(), rope_cos_.data<float>(), rope_sin_.data<float>(), s_, b_,
-                   heads, d, 0);
-  k::rope_backward(g_.dk.data<float>(), rope_cos_.data<float>(), rope_sin_.data<float>(), s_, b_,
-                   kv_heads, d, 0);
+  if (cp_attn_) {
+    cp_attn_->backward(g_.dq.data<float>(), g_.dk.data<float>(), g_.dv.data<float>(),
+                       g_.datt.data<float>(), a.q.data<float>(), a.k.data<float>(),
+                       a.v.data<float>(), a.att.data<float>(), a.lse.data<float>());
+  } else {
+    k::AttentionShape shape{s_, s_, b_, heads, kv_heads, d, /*causal=*/true};
+    k::attention_backward(g_.dq.data<float>(), g_.dk.data<float>(), g_.dv.data<float>(),
+                          g_.datt.data<float>(), a.q.data<float>(), a.k.data<float>(),
+                          a.v.data<float>(), a.att.data<float>(), a.lse.data<float>(),
+                          a.probs.defined() ? a.probs.data<float>() : nullptr, shape);
+  }
+  rope(g_.dq.data<float>(), heads, /*backward=*/true);
+  rope(g_.dk.data<float>(), kv_heads, /*backward=*/true);
   const float* ln1 = gather_rows(a.ln1);
   g_.dfull.zero();
   col_q_.backward(g_.dfull.data<float>(), gw.wq.data<float>(), g_.dq.data<float>(), ln1,
@@ -305,14 +347,19 @@ float Transformer::forward(const int32_t* tokens, const int32_t* targets) {
   const int R = static_cast<int>(rows_);
   int32_t* tok = tokens_.data<int32_t>();
   int32_t* tgt = targets_.data<int32_t>();
+  if (zigzag_) {  // this CP rank's rows of the full [seq, b] batch
+    par::zigzag_shard(tok, tokens, *zigzag_, b_);
+    par::zigzag_shard(tgt, targets, *zigzag_, b_);
+  } else {
+    std::memcpy(tok, tokens, sizeof(int32_t) * N);
+    std::memcpy(tgt, targets, sizeof(int32_t) * N);
+  }
   int64_t valid = 0;
   for (int i = 0; i < N; ++i) {
-    GROVE_CHECK(tokens[i] >= 0 && tokens[i] < V) << "token id " << tokens[i] << " at position " << i
-                                                 << " is outside the vocabulary [0, " << V << ")";
-    GROVE_CHECK(targets[i] < V) << "target id " << targets[i] << " outside the vocabulary";
-    tok[i] = tokens[i];
-    tgt[i] = targets[i];
-    valid += targets[i] >= 0;
+    GROVE_CHECK(tok[i] >= 0 && tok[i] < V) << "token id " << tok[i] << " at row " << i
+                                           << " is outside the vocabulary [0, " << V << ")";
+    GROVE_CHECK(tgt[i] < V) << "target id " << tgt[i] << " outside the vocabulary";
+    valid += tgt[i] >= 0;
   }
 
   moe_loss_ = 0;
@@ -341,7 +388,7 @@ float Transformer::forward(const int32_t* tokens, const int32_t* targets) {
   double sums[2] = {0.0, static_cast<double>(valid)};  // loss sum, valid targets
   const float* losses = stash_.losses.data<float>();
   for (int i = 0; i < N; ++i) sums[0] += losses[i];  // fixed order: bit-reproducible
-  if (dp_) dp_->all_reduce(sums, 2, DType::kF64, comm::ReduceOp::kSum);
+  if (dpcp_) dpcp_->all_reduce(sums, 2, DType::kF64, comm::ReduceOp::kSum);
   global_valid_ = sums[1];
   return global_valid_ > 0 ? static_cast<float>(sums[0] / global_valid_) : 0.0f;
 }
@@ -350,7 +397,9 @@ void Transformer::backward(float loss_scale, bool finalize) {
   const int N = b_ * s_, h = config_.d_model, V = config_.vocab_size;
   const int R = static_cast<int>(rows_);
   const int L = config_.n_layers;
-  const bool reduce_dp = finalize && dp_ != nullptr;
+  // Dense gradients are summed over every rank holding distinct tokens of the same shard: the
+  // data-parallel and context-parallel ranks together (dp_cp).
+  const bool reduce_dp = finalize && dpcp_ != nullptr;
   loss_scale_ = loss_scale;
   float* dl = g_.dlosses.data<float>();
   const float per_token = global_valid_ > 0 ? loss_scale / float(global_valid_) : 0.0f;
@@ -378,7 +427,7 @@ void Transformer::backward(float loss_scale, bool finalize) {
   if (finalize && sp_)  // replicated weight, different tokens per rank: SUM over TP
     tp_->all_reduce(grads_.final_norm.data<float>(), h, DType::kF32, comm::ReduceOp::kSum);
   if (reduce_dp)
-    start_bucket(L, {{"final_norm", grads_.final_norm}, {"lm_head", grads_.lm_head}}, dp_);
+    start_bucket(L, {{"final_norm", grads_.final_norm}, {"lm_head", grads_.lm_head}}, dpcp_);
 
   for (int l = L - 1; l >= 0; --l) {
     if (mode_ == Recompute::kFull) {
@@ -399,13 +448,13 @@ void Transformer::backward(float loss_scale, bool finalize) {
     std::vector<NamedTensor> dense, experts;
     for (const NamedTensor& nt : gw_named(gw))
       (shard_dim(nt.name) == ShardDim::kExperts ? experts : dense).push_back(nt);
-    if (reduce_dp) start_bucket(l, dense, dp_);
+    if (reduce_dp) start_bucket(l, dense, dpcp_);
     // Experts: SUM over the ranks holding the same experts (edp), never over ep.
     if (finalize && edp_ && !experts.empty()) start_bucket(L + 2 + l, experts, edp_);
   }
   // Embedding: the residual gradient, gathered back to all N rows under SP (ḡ backward).
   embed_.backward(grads_.wte.data<float>(), output_grad(), tokens_.data<int32_t>(), N);
-  if (reduce_dp) start_bucket(L + 1, {{"wte", grads_.wte}}, dp_);
+  if (reduce_dp) start_bucket(L + 1, {{"wte", grads_.wte}}, dpcp_);
   if (finalize) finish_buckets();
 }
 
@@ -470,7 +519,8 @@ double Transformer::flops_per_step() const {
   // embedding lookup, plus attention QK^T and PV: 4·s·s·d per head per sequence forward, counted
   // dense (not halved for the causal mask) and x3 for forward + backward, as in PaLM's MFU.
   // Whole-model FLOPs of this rank's micro-batch (divide by t for one TP rank's share).
-  const double N = double(b_) * s_;
+  const double S = double(s_) * cp_size_;  // full sequence
+  const double N = double(b_) * S;
   const double matmul_params =
       double(config_.active_parameters()) - double(config_.vocab_size) * config_.d_model;
   const double attn =

@@ -28,36 +28,42 @@
 #include "model/activations.h"
 #include "model/config.h"
 #include "model/weights.h"
+#include "parallel/cp_attention.h"
 #include "parallel/grid.h"
 #include "parallel/moe_layer.h"
 #include "parallel/tensor_parallel.h"
 #include "parallel/vocab_parallel.h"
+#include "parallel/zigzag.h"
 
 namespace grove {
 
 struct ModelParallel {
   const parallel::ParallelGrid* grid = nullptr;  // null: single process
   bool sequence_parallel = false;                // SP on top of TP (needs seq % tp == 0)
+  parallel::CpAttention cp_attention = parallel::CpAttention::kTree;  // with cp > 1
 };
 
 class Transformer {
  public:
   // `config` must be valid (ModelConfig::Validate) and seq <= config.max_seq_len. `batch` is
-  // this data-parallel rank's micro-batch.
+  // this data-parallel rank's micro-batch, `seq` the full sequence length; with context
+  // parallelism (cp > 1) this rank holds the zigzag shard of seq/cp positions (chunks r and
+  // 2cp−1−r of 2cp, for causal load balance) and attention runs across the CP group
+  // (tree or ring attention); everything else is local to the shard.
   Transformer(const ModelConfig& config, int batch, int seq, Recompute mode,
               ModelParallel parallel = {});
 
   const ModelConfig& config() const { return config_; }
   int batch() const { return b_; }
-  int seq() const { return s_; }
+  int seq() const { return s_ * cp_size_; }
   Recompute recompute() const { return mode_; }
   Weights& params() { return params_; }
   const Weights& params() const { return params_; }
   Weights& grads() { return grads_; }
 
-  // tokens, targets: [s, b] row-major (row = s_idx * b + b_idx), this DP rank's columns of the
-  // global batch (identical on every TP rank). A target < 0 is ignored. Returns the mean loss
-  // over the valid targets of the whole data-parallel batch.
+  // tokens, targets: [seq, b] row-major (row = s_idx * b + b_idx), this DP rank's columns of the
+  // global batch (identical on every TP and CP rank; each CP rank takes its zigzag shard). A target
+  // < 0 is ignored. Returns the mean loss over the valid targets of the whole data-parallel batch.
   float forward(const int32_t* tokens, const int32_t* targets);
   // Backward of the last forward; d(loss) is scaled by `loss_scale` (1/accumulation steps).
   // `finalize` (the last micro-batch of a step) also reduces the gradients over TP (norm weights
@@ -103,7 +109,14 @@ class Transformer {
   ModelParallel par_;
   comm::Communicator* tp_ = nullptr;  // null or size 1: no tensor parallelism
   comm::Communicator* dp_ = nullptr;
-  comm::Communicator* edp_ = nullptr;                     // expert gradient reduction
+  comm::Communicator* edp_ = nullptr;   // expert gradient reduction
+  comm::Communicator* cp_ = nullptr;    // context parallel (attention across sequence shards)
+  comm::Communicator* dpcp_ = nullptr;  // ranks holding distinct tokens of the dense model
+  int cp_size_ = 1;
+  std::unique_ptr<parallel::ContextAttention> cp_attn_;
+  std::unique_ptr<parallel::Zigzag> zigzag_;
+  // Position-aware RoPE: plain (positions 0..s-1) or at the zigzag shard's global positions.
+  void rope(float* x, int heads, bool backward);
   std::vector<std::unique_ptr<parallel::MoeLayer>> moe_;  // per block; null for dense blocks
   float moe_loss_ = 0;
   float loss_scale_ = 1;  // of the running backward (the MoE aux/z weight)

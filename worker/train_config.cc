@@ -124,12 +124,16 @@ Status TrainConfig::Validate() const {
   if (model.vocab_size % p.tp != 0)
     return err("parallel.tp=" + std::to_string(p.tp) + " does not divide model.vocab_size=" +
                std::to_string(model.vocab_size) + " (the vocabulary is split over TP)");
-  if (p.tp > 1 && p.sequence_parallel && train.seq_len % p.tp != 0)
-    return err("sequence parallelism splits the sequence: parallel.tp=" + std::to_string(p.tp) +
-               " does not divide train.seq_len=" + std::to_string(train.seq_len));
-  if (p.cp > 1)
-    return err("parallel.cp=" + std::to_string(p.cp) +
-               ": context parallelism is not available in this version; use parallel.cp=1");
+  if (p.cp > 1 && train.seq_len % (2 * p.cp) != 0)
+    return err("context parallelism cuts the sequence into 2·cp chunks: train.seq_len=" +
+               std::to_string(train.seq_len) +
+               " is not divisible by 2 × parallel.cp=" + std::to_string(2 * p.cp));
+  if (p.tp > 1 && p.sequence_parallel && (train.seq_len / p.cp) % p.tp != 0)
+    return err(
+        "sequence parallelism splits the sequence: parallel.tp=" + std::to_string(p.tp) +
+        " does not divide train.seq_len / parallel.cp = " + std::to_string(train.seq_len / p.cp));
+  if (p.cp_attention != "tree" && p.cp_attention != "ring")
+    return err("parallel.cp_attention must be tree or ring (got '" + p.cp_attention + "')");
   if (p.ep > 1 && model.moe.num_experts == 0)
     return err("parallel.ep=" + std::to_string(p.ep) +
                " needs a mixture-of-experts model: set model.moe.num_experts");
@@ -174,7 +178,8 @@ nlohmann::json TrainConfig::ToJson() const {
             {"cp", parallel.cp},
             {"ep", parallel.ep},
             {"dp", parallel.dp},
-            {"sequence_parallel", parallel.sequence_parallel}}},
+            {"sequence_parallel", parallel.sequence_parallel},
+            {"cp_attention", parallel.cp_attention}}},
           {"out_dir", out_dir}};
 }
 
@@ -200,6 +205,7 @@ StatusOr<TrainConfig> TrainConfigFromJson(const nlohmann::json& j) {
   p.get("ep", &c.parallel.ep);
   p.get("dp", &c.parallel.dp);
   p.get("sequence_parallel", &c.parallel.sequence_parallel);
+  p.get("cp_attention", &c.parallel.cp_attention);
   GROVE_RETURN_IF_ERROR(p.finish());
   GROVE_RETURN_IF_ERROR(c.Validate());
   return c;

@@ -35,11 +35,12 @@ struct TrainOptions {
 
 // The parallel layout (DESIGN.md §4): tp × cp × dp = world (the number of MPI ranks).
 struct ParallelOptions {
-  int tp = 1;                     // tensor parallel
-  int cp = 1;                     // context parallel
-  int ep = 1;                     // expert parallel (folded over tp·cp·dp)
-  int dp = 0;                     // data parallel; 0 = world / (tp · cp)
-  bool sequence_parallel = true;  // SP on top of TP (ignored at tp = 1)
+  int tp = 1;                         // tensor parallel
+  int cp = 1;                         // context parallel
+  int ep = 1;                         // expert parallel (folded over tp·cp·dp)
+  int dp = 0;                         // data parallel; 0 = world / (tp · cp)
+  bool sequence_parallel = true;      // SP on top of TP (ignored at tp = 1)
+  std::string cp_attention = "tree";  // attention across the CP group: tree | ring
 };
 
 struct DataOptions {

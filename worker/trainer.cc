@@ -122,9 +122,10 @@ StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainConfig& config_in,
   if (!vl.ok()) return Status::Error("validation data: " + vl.status().message());
   t->train_loader_.emplace(std::move(tl).value());
   t->val_loader_.emplace(std::move(vl).value());
-  t->model_ = std::make_unique<Transformer>(config.model, local_batch, o.seq_len,
-                                            parse_recompute(o.recompute).value(),
-                                            ModelParallel{grid, p.sequence_parallel});
+  t->model_ = std::make_unique<Transformer>(
+      config.model, local_batch, o.seq_len, parse_recompute(o.recompute).value(),
+      ModelParallel{grid, p.sequence_parallel,
+                    parallel::parse_cp_attention(p.cp_attention).value()});
   t->inputs_.resize(size_t(local_batch) * o.seq_len);
   t->targets_.resize(t->inputs_.size());
 
@@ -242,9 +243,11 @@ Status Trainer::Run() {
   const int last = run_.stop_after > 0 ? std::min(run_.stop_after, o.steps) : o.steps;
   const bool print = !run_.quiet && leader();
   if (print && step_ == 0) {
-    std::printf("layout: %d rank(s), tp=%d dp=%d%s\n", grid_ ? grid_->world().size() : 1,
-                config_.parallel.tp, config_.parallel.dp,
-                config_.parallel.tp > 1 && config_.parallel.sequence_parallel ? " (with SP)" : "");
+    const ParallelOptions& par = config_.parallel;
+    std::printf("layout: %d rank(s), tp=%d cp=%d ep=%d dp=%d%s%s\n",
+                grid_ ? grid_->world().size() : 1, par.tp, par.cp, par.ep, par.dp,
+                par.tp > 1 && par.sequence_parallel ? ", sequence parallel" : "",
+                par.cp > 1 ? (std::string(", ") + par.cp_attention + " attention").c_str() : "");
     std::printf(
         "model: %lld parameters, %d layers, d_model %d, %d heads, vocab %d; "
         "global batch %d x seq %d x accum %d; recompute %s; %d threads per rank\n",

@@ -69,16 +69,18 @@ ModelConfig MoeConfig() {
   return c;
 }
 
-void RunLayout(int tp, int dp, bool sp, Recompute mode, int ep = 1, bool moe = false) {
+void RunLayout(int tp, int dp, bool sp, Recompute mode, int ep = 1, bool moe = false, int cp = 1,
+               parallel::CpAttention algo = parallel::CpAttention::kTree) {
   comm::Communicator& world = test::world();
   const ModelConfig c = moe ? MoeConfig() : TestConfig();
   const int s = 8, b = 2, B = b * dp;
-  SCOPED_TRACE("tp=" + std::to_string(tp) + " dp=" + std::to_string(dp) +
-               " ep=" + std::to_string(ep) + " sp=" + std::to_string(sp) +
-               " recompute=" + recompute_name(mode) + (moe ? " moe" : ""));
+  SCOPED_TRACE("tp=" + std::to_string(tp) + " cp=" + std::to_string(cp) + " dp=" +
+               std::to_string(dp) + " ep=" + std::to_string(ep) + " sp=" + std::to_string(sp) +
+               " recompute=" + recompute_name(mode) + (moe ? " moe" : "") +
+               (cp > 1 ? std::string(" ") + parallel::cp_attention_name(algo) : ""));
   auto grid = parallel::ParallelGrid::create(
       std::shared_ptr<comm::Communicator>(test::mpi_session().world()),
-      parallel::GridShape{world.size(), tp, 1, ep, dp});
+      parallel::GridShape{world.size(), tp, cp, ep, dp});
   ASSERT_TRUE(grid.ok()) << grid.status().message();
   const parallel::GridCoord& at = grid.value().coord();
 
@@ -88,7 +90,7 @@ void RunLayout(int tp, int dp, bool sp, Recompute mode, int ep = 1, bool moe = f
   ref.zero_grads();
   ref.backward();
 
-  Transformer model(c, b, s, mode, {&grid.value(), sp});
+  Transformer model(c, b, s, mode, {&grid.value(), sp, algo});
   const auto tokens = Columns(g.tokens, s, B, at.dp, b);
   const auto targets = Columns(g.targets, s, B, at.dp, b);
   const float loss = model.forward(tokens.data(), targets.data());
@@ -111,7 +113,7 @@ void RunLayout(int tp, int dp, bool sp, Recompute mode, int ep = 1, bool moe = f
         testing::compare(got_named[i].name, gt.data<float>(), wt.data<float>(), gt.numel(), 1e-5));
   }
 
-  if (moe) return;  // the expert stash depends on the routing: no closed form to compare
+  if (moe || cp > 1) return;  // expert stash: routing-dependent; CP: shards of the sequence
   // The stash of this layout equals the memory formula.
   const MemoryEstimate e = EstimateMemory(c, MemoryLayout{b, s, tp, sp && tp > 1, mode});
   const ActivationReport r = model.activation_report();
@@ -130,6 +132,24 @@ TEST(ParallelEquivalence, EveryLayoutEqualsSingleRank) {
       if (sp && tp == 1) continue;
       for (Recompute mode : {Recompute::kNone, Recompute::kSelective, Recompute::kFull})
         RunLayout(tp, dp, sp, mode);
+    }
+  }
+}
+
+// Context parallelism (zigzag shards, tree and ring attention), alone and with TP+SP and DP, and
+// with MoE: every layout equals the single-rank model.
+TEST(ParallelEquivalence, ContextParallelLayoutsEqualSingleRank) {
+  const int world = test::world().size();
+  for (int cp : {2, 4}) {
+    for (int tp : {1, 2}) {
+      if (world % (cp * tp) != 0) continue;
+      const int dp = world / (cp * tp);
+      if (dp > 2) continue;
+      for (auto algo : {parallel::CpAttention::kTree, parallel::CpAttention::kRing}) {
+        RunLayout(tp, dp, tp > 1, Recompute::kSelective, 1, false, cp, algo);
+        RunLayout(tp, dp, tp > 1, Recompute::kFull, 1, false, cp, algo);
+      }
+      RunLayout(tp, dp, tp > 1, Recompute::kSelective, world % 2 == 0 ? 2 : 1, true, cp);
     }
   }
 }
