@@ -2,6 +2,7 @@
 # The dashboard against a real coordinator on loopback with a real training job (mpirun -np 2
 # grove-worker, tiny model) and a second job fed synthetic MoE figures by dashboard_feeder:
 #   dashboard.sh SCENARIO COORDINATOR GROVE WORKER FEEDER DATA_DIR OUT_DIR
+# The synthetic job covers what the trainer does not report yet (MFU, device memory).
 # Scenarios:
 #   browser  headless chromium (playwright-core): refused without the token, shows the job, the
 #            loss curve grows while it runs, MoE panels; screenshots in OUT_DIR
@@ -77,16 +78,18 @@ wait_pid() {  # wait_pid PID SECONDS
   wait "$1" || true
 }
 
-# A real job: long enough to run while it is watched, cancelled at the end. Evaluations every 5
-# steps give validation points.
+# A real job: a tiny MoE model (block 2 of 2 has 4 experts, top-2, LSH-compressed all-to-all)
+# with expert parallelism over the 2 ranks; long enough to run while it is watched, cancelled at
+# the end. Evaluations every 5 steps give validation points.
 cat > "$T/job.json" <<JSON
-{"model": {"vocab_size": 8192, "d_model": 32, "n_layers": 1, "n_heads": 2, "max_seq_len": 32},
+{"model": {"vocab_size": 8192, "d_model": 32, "n_layers": 2, "n_heads": 2, "max_seq_len": 32,
+           "moe": {"num_experts": 4, "top_k": 2, "every": 2, "lsh": {"enabled": true}}},
  "train": {"batch_size": 2, "seq_len": 32, "steps": 100000, "warmup_steps": 2, "eval_every": 5,
            "eval_batches": 1, "checkpoint_every": 0, "threads": 1},
  "data": {"dir": "$DATA"}, "out_dir": "$T/out"}
 JSON
 sed 's/"steps": 100000/"steps": 60/' "$T/job.json" > "$T/moe.json"
-JOB=$("$GROVE" submit -c "$T/job.json" --world 2 --name dashboard-live -q)
+JOB=$("$GROVE" submit -c "$T/job.json" --world 2 --ep 2 --name dashboard-live -q)
 MOE_JOB=$("$GROVE" submit -c "$T/moe.json" --world 1 --name synthetic-moe -q)
 mpirun --allow-run-as-root --oversubscribe --mca btl self,vader -np 2 \
   "$WORKER" train --coordinator "$GROVE_COORDINATOR" --job "$JOB" -q > "$T/mpirun.log" 2>&1 &

@@ -1,10 +1,12 @@
 // Drives Debian's chromium (headless, via playwright-core) against a running coordinator's
 // dashboard. Loopback only; every wait is bounded.
 //   node dashboard_test.mjs URL TOKEN JOB MOE_JOB OUT_DIR
-// JOB is a real training job that is RUNNING; MOE_JOB was fed synthetic MoE figures. Checks:
+// JOB is a real training job (MoE, ep=2) that is RUNNING; MOE_JOB was fed synthetic figures
+// (also MFU and device memory, which the trainer does not report yet). Checks:
 //   1. without the token (or with a wrong one) the page, its files and its API are refused (401);
 //   2. /?token=TOKEN signs in, drops the token from the address bar, and shows JOB in the list;
-//   3. JOB's loss curve gains points while it runs (the page polls, no reload);
+//   3. JOB's loss curve gains points while it runs (the page polls, no reload), and its expert
+//      load and all-to-all bytes are drawn;
 //   4. MOE_JOB shows the expert-load heat map, all-to-all bytes with and without LSH, and MFU.
 // Screenshots: OUT_DIR/dashboard.png (JOB) and OUT_DIR/dashboard-moe.png (MOE_JOB).
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -102,6 +104,14 @@ try {
   }, job);
   check(Number(apiLast.last_step) >= second, 'the API (with the cookie) agrees on the progress');
   await page.waitForFunction(() => Number(document.querySelector('#memory-chart').dataset.points) > 0);
+  // The job's own MoE figures (one MoE layer, ep=2, LSH on).
+  await page.waitForFunction(() => Number(document.querySelector('#expert-heatmap').dataset.steps) > 0);
+  const realLayers = await page.$$eval('#moe-layer option', (o) => o.length);
+  check(realLayers === 1, `the job's expert load is drawn for its 1 MoE layer (got ${realLayers})`);
+  await page.waitForFunction(() => Number(document.querySelector('#a2a-chart').dataset.points) > 0);
+  const realA2a = await page.textContent('#a2a-summary');
+  check(/sent of .* uncompressed \(LSH saved/.test(realA2a), `the job's all-to-all bytes: "${realA2a}"`);
+  result.a2a = realA2a;
   const workers = await page.$$eval('#workers tbody tr', (rows) => rows.length);
   check(workers === 2, `the workers table lists 2 ranks (got ${workers})`);
   const layoutText = await page.textContent('#layout');
