@@ -17,6 +17,7 @@
 #include <thread>
 #include <vector>
 
+#include "checkpoint/sharded_checkpoint.h"
 #include "proto/client.h"
 #include "worker/train_config.h"
 
@@ -307,6 +308,22 @@ int Status(Common& c, const std::string& id) {
     rows.push_back({FormatTime(t.time_unix_ms()), StateName(t.from()) + " -> " + StateName(t.to()),
                     t.reason()});
   PrintTable({"TIME", "TRANSITION", "REASON"}, rows);
+  rows.clear();
+  for (const auto& ck : j.checkpoints())
+    rows.push_back({FormatTime(ck.time_unix_ms()), std::to_string(ck.step()), ck.path()});
+  if (!rows.empty()) {
+    std::printf("\n");
+    PrintTable({"TIME", "CHECKPOINT STEP", "PATH"}, rows);
+  }
+  return 0;
+}
+
+// `grove checkpoint inspect PATH`: the index of a distributed checkpoint, read from disk (no
+// coordinator needed).
+int InspectCheckpoint(const std::string& path) {
+  auto table = grove::ckpt::Inspect(path);
+  if (!table.ok()) return Fail(table.status().message());
+  std::printf("%s", table.value().c_str());
   return 0;
 }
 
@@ -461,8 +478,12 @@ int main(int argc, char** argv) {
   cancel->add_option("job", id, "job id")->required();
   cancel->add_option("--reason", reason, "recorded with the cancellation");
   cancel->add_flag("--wait", wait, "wait until the job is CANCELLED");
-  auto* checkpoint = app.add_subcommand("checkpoint", "ask a running job to checkpoint now");
-  checkpoint->add_option("job", id, "job id")->required();
+  auto* checkpoint = app.add_subcommand(
+      "checkpoint", "ask a running job to checkpoint now (grove checkpoint JOB), or inspect one");
+  checkpoint->add_option("job", id, "job id");
+  std::string ckpt_path;
+  auto* inspect = checkpoint->add_subcommand("inspect", "print a checkpoint's index as a table");
+  inspect->add_option("path", ckpt_path, "checkpoint directory (step_XXXXXXXX)")->required();
   CLI11_PARSE(app, argc, argv);
 
   try {
@@ -471,7 +492,11 @@ int main(int argc, char** argv) {
     if (status->parsed()) return Status(c, id);
     if (watch->parsed()) return Watch(c, id);
     if (cancel->parsed()) return Cancel(c, id, reason, wait);
-    if (checkpoint->parsed()) return Checkpoint(c, id);
+    if (inspect->parsed()) return InspectCheckpoint(ckpt_path);
+    if (checkpoint->parsed()) {
+      if (id.empty()) return Fail("grove checkpoint: give a job id, or `inspect PATH`");
+      return Checkpoint(c, id);
+    }
     if (logs->parsed()) {
       v1::JobState last = v1::JOB_STATE_UNSPECIFIED;
       return Stream(c, id, follow, !no_metrics, false, &last);

@@ -587,6 +587,16 @@ grpc::Status JobManager::Heartbeat(const v1::HeartbeatRequest& req, v1::Heartbea
       if (m.has_mfu()) job.set_last_mfu(m.mfu());
     }
   }
+  for (const auto& ck : req.checkpoints()) {
+    bool known = false;
+    for (const auto& have : job.checkpoints())
+      known = known || (have.step() == ck.step() && have.path() == ck.path());
+    if (known) continue;
+    v1::CheckpointRecord* rec = job.add_checkpoints();
+    *rec = ck;
+    if (rec->time_unix_ms() == 0) rec->set_time_unix_ms(NowMs());
+    AddMessage(c, "checkpoint at step " + std::to_string(ck.step()) + ": " + ck.path());
+  }
   if (grpc::Status st = Commit(c, before, &wake); !st.ok()) return st;
   if (job.cancel_requested()) {
     resp->set_action(v1::ACTION_STOP);

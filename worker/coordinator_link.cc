@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 
 namespace grove {
@@ -123,6 +124,19 @@ void CoordinatorLink::RecordStep(const StepMetrics& m) {
   pending_.push_back(std::move(sm));
 }
 
+void CoordinatorLink::RecordCheckpoint(int step, const std::string& path) {
+  if (options_.rank != 0) return;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    v1::CheckpointRecord rec;
+    rec.set_step(step);
+    rec.set_path(std::filesystem::absolute(path).string());
+    rec.set_time_unix_ms(NowMs());
+    pending_checkpoints_.push_back(std::move(rec));
+  }
+  SendHeartbeat();  // report it now; on failure it stays pending for the heartbeat thread
+}
+
 StepControl CoordinatorLink::Decide(comm::Communicator* world) {
   int64_t votes[2] = {stop_level_.load(), checkpoint_seq_.load()};
   if (world != nullptr && world->size() > 1)
@@ -181,6 +195,8 @@ bool CoordinatorLink::SendHeartbeat() {
     std::lock_guard<std::mutex> l(mu_);
     for (auto& m : pending_) *req.add_metrics() = std::move(m);
     pending_.clear();
+    for (auto& ck : pending_checkpoints_) *req.add_checkpoints() = std::move(ck);
+    pending_checkpoints_.clear();
   }
   req.set_job_id(options_.job_id);
   req.set_rank(options_.rank);
@@ -199,7 +215,9 @@ bool CoordinatorLink::SendHeartbeat() {
     HandleReply(reply);
     return true;
   }
-  // Keep the metrics for the next try (oldest first, bounded).
+  // Keep the metrics and checkpoint records for the next try (oldest first, bounded).
+  pending_checkpoints_.insert(pending_checkpoints_.begin(), req.checkpoints().begin(),
+                              req.checkpoints().end());
   std::vector<v1::StepMetric> back(req.metrics().begin(), req.metrics().end());
   back.insert(back.end(), std::make_move_iterator(pending_.begin()),
               std::make_move_iterator(pending_.end()));

@@ -72,6 +72,9 @@ class CoordinatorLink {
   // Records a finished step: the step count goes with every heartbeat, the metrics (rank 0
   // only) with the next one.
   void RecordStep(const StepMetrics& m);
+  // A checkpoint was saved: rank 0 reports it to the coordinator right away (and again with the
+  // next heartbeat if that fails). A RunOptions::on_checkpoint hook.
+  void RecordCheckpoint(int step, const std::string& path);
   // The decision for the step just finished; collective over `world` (nullptr: one rank).
   StepControl Decide(comm::Communicator* world);
   // RecordStep + Decide, as a RunOptions::on_step hook. `world` must outlive the hook.
@@ -104,6 +107,7 @@ class CoordinatorLink {
   std::condition_variable cv_;
   bool stopping_ = false;
   std::vector<grove::v1::StepMetric> pending_;
+  std::vector<grove::v1::CheckpointRecord> pending_checkpoints_;
   std::string stop_reason_;
   std::chrono::steady_clock::time_point abort_deadline_{};
   bool unreachable_logged_ = false;

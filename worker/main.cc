@@ -135,7 +135,12 @@ int main(int argc, char** argv) {
       if (!g.ok()) return link ? finish(2, g.status().message()) : fail(rank, g.status().message());
       grid = std::make_unique<grove::parallel::ParallelGrid>(std::move(g).value());
     }
-    if (link) run.on_step = link->StepHook(grid ? &grid->world() : nullptr);
+    if (link) {
+      run.on_step = link->StepHook(grid ? &grid->world() : nullptr);
+      run.on_checkpoint = [l = link.get()](int step, const std::string& path) {
+        l->RecordCheckpoint(step, path);
+      };
+    }
     auto trainer = grove::Trainer::Create(config.value(), run, grid.get());
     if (!trainer.ok())
       return link ? finish(2, trainer.status().message()) : fail(rank, trainer.status().message());

@@ -234,6 +234,7 @@ Status Trainer::SaveCheckpointNow(float loss) {
                             config_.train.keep_checkpoints, checkpoint_rank());
   if (!dir.ok()) return dir.status();
   Log({{"step", step_}, {"checkpoint", dir.value()}});
+  if (run_.on_checkpoint) run_.on_checkpoint(step_, dir.value());
   if (!run_.quiet && leader()) std::printf("checkpoint saved: %s\n", dir.value().c_str());
   return Status::Ok();
 }

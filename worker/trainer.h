@@ -40,6 +40,8 @@ struct RunOptions {
   // Called after every optimizer step (and after its evaluation, if any). kCheckpoint saves a
   // checkpoint now; kStop saves one and ends Run() with OK.
   std::function<StepControl(const StepMetrics&)> on_step;
+  // Called on every rank after a checkpoint was saved (step, directory).
+  std::function<void(int, const std::string&)> on_checkpoint;
 };
 
 struct StepMetrics {

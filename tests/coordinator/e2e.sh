@@ -109,7 +109,14 @@ case "$SCENARIO" in
     [ "$(step "$JOB")" = 40 ] || fail "last_step $(step "$JOB"), want 40"
     [ "$(metric_steps "$JOB")" = 40 ] || fail "metrics for $(metric_steps "$JOB") steps, want 40"
     [ -d "$T/out/checkpoints/step_00000040" ] || fail "no final checkpoint"
+    # The coordinator recorded every checkpoint the workers wrote (step, path, time).
+    CKPTS=$(job_field "$JOB" '",".join(str(c["step"]) for c in d.get("checkpoints", []))')
+    [ "$CKPTS" = "20,40" ] || fail "checkpoints recorded: '$CKPTS', want 20,40"
+    LAST=$(job_field "$JOB" 'd["checkpoints"][-1]["path"]')
+    [ -d "$LAST" ] || fail "recorded checkpoint path $LAST does not exist"
+    "$GROVE" checkpoint inspect "$LAST" | grep -q "lm_head" || fail "grove checkpoint inspect"
     "$GROVE" status "$JOB"
+    "$GROVE" checkpoint inspect "$LAST" | head -8
     ;;
   kill)
     write_config 1000000 100000
