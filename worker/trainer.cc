@@ -230,12 +230,16 @@ Status Trainer::SaveCheckpointNow(float loss) {
   nlohmann::json state = {{"loader", data::LoaderStateToJson(train_loader_->State())},
                           {"config", config_.ToJson()},
                           {"loss", loss}};
+  const auto t0 = std::chrono::steady_clock::now();
   auto dir = SaveCheckpoint(checkpoint_root(config_), step_, model_->params(), opt_, state,
                             config_.train.keep_checkpoints, checkpoint_rank());
   if (!dir.ok()) return dir.status();
-  Log({{"step", step_}, {"checkpoint", dir.value()}});
+  const double ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  Log({{"step", step_}, {"checkpoint", dir.value()}, {"save_ms", ms}});
   if (run_.on_checkpoint) run_.on_checkpoint(step_, dir.value());
-  if (!run_.quiet && leader()) std::printf("checkpoint saved: %s\n", dir.value().c_str());
+  if (!run_.quiet && leader())
+    std::printf("checkpoint saved: %s (%.0f ms)\n", dir.value().c_str(), ms);
   return Status::Ok();
 }
 
