@@ -1,6 +1,7 @@
 #include "model/generate.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "core/status.h"
 #include "kernels/cpu/ops.h"
@@ -38,9 +39,10 @@ Generator::Generator(const ModelConfig& config, const Weights& weights, comm::Co
   v_ = Tensor::empty({kvd});
   att_ = Tensor::empty({qd});
   proj_ = Tensor::empty({h});
-  gate_ = Tensor::empty({f});
-  up_ = Tensor::empty({f});
-  act_ = Tensor::empty({f});
+  const int fmax = std::max(f, config.expert_ffn());
+  gate_ = Tensor::empty({fmax});
+  up_ = Tensor::empty({fmax});
+  act_ = Tensor::empty({fmax});
   logits_ = Tensor::empty({config.vocab_size});
 }
 
@@ -71,8 +73,12 @@ const float* Generator::step(int32_t token) {
     k::linear_forward<float>(proj_.data<float>(), att_.data<float>(), w.wo.data<float>(), nullptr,
                              1, a * d, h);
     k::add_inplace(x, proj_.data<float>(), h);
-    // SwiGLU MLP.
+    // SwiGLU MLP, or a mixture of SwiGLU experts.
     k::rmsnorm_forward(ln, rstd_.data<float>(), x, w.mlp_norm.data<float>(), 1, h, c.norm_eps);
+    if (w.router.defined()) {
+      moe_forward(w, ln, x);
+      continue;
+    }
     k::linear_forward<float>(gate_.data<float>(), ln, w.w_gate.data<float>(), nullptr, 1, h, f);
     k::linear_forward<float>(up_.data<float>(), ln, w.w_up.data<float>(), nullptr, 1, h, f);
     k::swiglu_forward(act_.data<float>(), gate_.data<float>(), up_.data<float>(), int64_t(f));
@@ -84,6 +90,47 @@ const float* Generator::step(int32_t token) {
   k::linear_forward<float>(logits_.data<float>(), ln, w_.lm_head.data<float>(), nullptr, 1, h,
                            c.vocab_size);
   return logits_.data<float>();
+}
+
+// The MoE layer for one token, as in training (parallel/moe_router.cc): top-k of the router
+// logits (ties to the lower expert id), softmax probabilities as weights, renormalised over the
+// k chosen when k > 1; x += Σ_j w_j · Expert_{e_j}(ln). Every expert is local (tp = ep = 1).
+void Generator::moe_forward(const LayerWeights& w, const float* ln, float* x) {
+  const ModelConfig& c = config_;
+  const int h = c.d_model, E = c.moe.num_experts, K = c.moe.top_k, fe = c.expert_ffn();
+  std::vector<float> logits(E);
+  k::linear_forward<float>(logits.data(), ln, w.router.data<float>(), nullptr, 1, h, E);
+  std::vector<int> chosen;
+  for (int j = 0; j < K; ++j) {
+    int best = -1;
+    for (int e = 0; e < E; ++e) {
+      if (std::find(chosen.begin(), chosen.end(), e) != chosen.end()) continue;
+      if (best < 0 || logits[e] > logits[best]) best = e;
+    }
+    chosen.push_back(best);
+  }
+  const float mx = *std::max_element(logits.begin(), logits.end());
+  double sum = 0;
+  for (float l : logits) sum += std::exp(double(l) - mx);
+  std::vector<float> weight(K);
+  float norm = 0;
+  for (int j = 0; j < K; ++j) {
+    weight[j] = float(std::exp(double(logits[chosen[j]]) - mx) / sum);
+    norm += weight[j];
+  }
+  if (K == 1) norm = 1.0f;
+  for (int j = 0; j < K; ++j) {
+    const int64_t e = chosen[j];
+    k::linear_forward<float>(gate_.data<float>(), ln, w.e_gate.data<float>() + e * fe * h, nullptr,
+                             1, h, fe);
+    k::linear_forward<float>(up_.data<float>(), ln, w.e_up.data<float>() + e * fe * h, nullptr, 1,
+                             h, fe);
+    k::swiglu_forward(act_.data<float>(), gate_.data<float>(), up_.data<float>(), int64_t(fe));
+    k::linear_forward<float>(proj_.data<float>(), act_.data<float>(),
+                             w.e_down.data<float>() + e * h * fe, nullptr, 1, fe, h);
+    const float wj = weight[j] / norm;
+    for (int i = 0; i < h; ++i) x[i] += wj * proj_.data<float>()[i];
+  }
 }
 
 std::vector<int32_t> Generator::generate(std::span<const int32_t> prompt, int max_new, int eos_id) {

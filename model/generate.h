@@ -57,13 +57,14 @@ class Generator {
   parallel::DecodeAttention attn_;
   Tensor rope_cos_, rope_sin_;  // [capacity, d/2]
   // One token's activations.
-  Tensor x_;       // [h] residual stream
-  Tensor ln_;      // [h] normalised input of a projection
-  Tensor rstd_;    // [1]
-  Tensor q_;       // [a*d]
-  Tensor k_, v_;   // [k*d]
-  Tensor att_;     // [a*d]
-  Tensor proj_;    // [h] output projection (attention or MLP)
+  Tensor x_;      // [h] residual stream
+  Tensor ln_;     // [h] normalised input of a projection
+  Tensor rstd_;   // [1]
+  Tensor q_;      // [a*d]
+  Tensor k_, v_;  // [k*d]
+  Tensor att_;    // [a*d]
+  Tensor proj_;   // [h] output projection (attention or MLP)
+  void moe_forward(const LayerWeights& w, const float* ln, float* x);
   Tensor gate_;    // [f]
   Tensor up_;      // [f]
   Tensor act_;     // [f]

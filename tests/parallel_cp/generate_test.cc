@@ -87,10 +87,21 @@ std::vector<int32_t> random_tokens(int n, int vocab, uint64_t seed) {
 }
 
 TEST(Generate, LogitsEqualTransformerForward) {
-  for (int kv_heads : {4, 2}) {  // multi-head and GQA
-    const SavedModel m = save_and_load(tiny_config(kv_heads));
+  // Multi-head, GQA, and MoE (top-2 in every block; top-1 in every other block).
+  std::vector<ModelConfig> configs = {tiny_config(4), tiny_config(2), tiny_config(4),
+                                      tiny_config(2)};
+  configs[2].moe.num_experts = 4;
+  configs[2].moe.top_k = 2;
+  configs[3].moe.num_experts = 4;
+  configs[3].moe.top_k = 1;
+  configs[3].moe.every = 2;
+  configs[3].moe.expert_ffn = 96;
+  for (const ModelConfig& config : configs) {
+    const int kv_heads = config.kv_heads();
+    const SavedModel m = save_and_load(config);
     const ModelConfig& c = m.config;
     ASSERT_EQ(c.kv_heads(), kv_heads);
+    ASSERT_EQ(c.moe.num_experts, config.moe.num_experts);
     const int T = 21;
     const std::vector<int32_t> tokens = random_tokens(T, c.vocab_size, 5);
     const std::vector<int32_t> targets(T, -1);
@@ -104,7 +115,8 @@ TEST(Generate, LogitsEqualTransformerForward) {
 
     for (auto algo : {parallel::CpAttention::kTree, parallel::CpAttention::kRing}) {
       SCOPED_TRACE(::testing::Message()
-                   << parallel::cp_attention_name(algo) << " kv_heads=" << kv_heads);
+                   << parallel::cp_attention_name(algo) << " kv_heads=" << kv_heads
+                   << " experts=" << c.moe.num_experts << " top_k=" << c.moe.top_k);
       Generator gen(c, m.weights, &test::world(), T, algo);
       for (int t = 0; t < T; ++t) {
         const float* got = gen.step(tokens[t]);
