@@ -1,16 +1,11 @@
 // The LSH-compressed all-to-all dispatcher; see lsh_dispatcher.h for the stages and the legend.
 #include "parallel/lsh_dispatcher.h"
 
-#include <chrono>
 #include <cmath>
 #include <cstring>
 
 namespace grove::parallel {
 namespace {
-
-double ms_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-}
 
 template <typename V>
 void grow(V& v, size_t n) {
@@ -21,26 +16,18 @@ void grow(V& v, size_t n) {
 
 LshDispatcher::LshDispatcher(int num_experts, int h, comm::Communicator* ep_group,
                              const LshConfig& cfg)
-    : ep_(ep_group != nullptr && ep_group->size() > 1 ? ep_group : nullptr),
-      ep_size_(ep_ ? ep_->size() : 1),
-      ep_rank_(ep_ ? ep_->rank() : 0),
+    : xch_(num_experts, h, ep_group),
+      ep_size_(xch_.ep_size()),
+      ep_rank_(xch_.ep_rank()),
       E_(num_experts),
-      E_l_(num_experts / ep_size_),
+      E_l_(xch_.local_experts()),
       h_(h),
       lsh_(cfg, h),
       send_count_(num_experts),
       token_count_(num_experts),
       counts_out_(2 * size_t(num_experts)),
       counts_in_(2 * size_t(num_experts)),
-      recv_count_(num_experts),
-      rows_to_(ep_size_),
-      rows_from_(ep_size_),
-      recv_off_(num_experts),
-      expert_off_(num_experts),
-      offset_(E_l_ + 1) {
-  GROVE_CHECK(num_experts % ep_size_ == 0)
-      << "num_experts=" << num_experts << " is not divisible by ep=" << ep_size_;
-}
+      recv_count_(num_experts) {}
 
 // ---- preprocess: hash, bucket per expert, exchange the counts ---------------------------------
 void LshDispatcher::preprocess(const Routing& r, const float* x) {
@@ -115,81 +102,29 @@ void LshDispatcher::preprocess(const Routing& r, const float* x) {
     counts_out_[2 * e] = send_count_[e];
     counts_out_[2 * e + 1] = token_count_[e];
   }
-  if (ep_) {
-    const auto t0 = std::chrono::steady_clock::now();
-    ep_->all_to_all(counts_out_.data(), counts_in_.data(), 2 * E_l_, DType::kI64);
-    stats_.dispatch_a2a_ms += ms_since(t0);
-    const int64_t b = int64_t(sizeof(int64_t)) * 2 * E_l_ * (ep_size_ - 1);
-    stats_.bytes_sent += b;
-    metrics_.bytes_sent += b;
-  } else {
-    counts_in_ = counts_out_;
-  }
+  const int64_t count_bytes =
+      xch_.exchange_counts(counts_out_.data(), counts_in_.data(), 2, &stats_.dispatch_a2a_ms);
+  stats_.bytes_sent += count_bytes;
+  metrics_.bytes_sent += count_bytes;
   // Layouts (as the plain dispatcher, over centroid rows); the plain path's bytes for comparison.
-  R_ = 0;
   int64_t tokens_other = 0;  // token rows the plain path would exchange with other ranks
-  for (int s = 0; s < ep_size_; ++s) {
-    rows_to_[s] = rows_from_[s] = 0;
-    for (int l = 0; l < E_l_; ++l) {
-      const int b = s * E_l_ + l;
-      recv_count_[b] = counts_in_[2 * b];
-      rows_to_[s] += send_count_[b];
-      recv_off_[b] = R_;
-      R_ += recv_count_[b];
-      rows_from_[s] += recv_count_[b];
-      if (s != ep_rank_) tokens_other += token_count_[b] + counts_in_[2 * b + 1];
-    }
+  for (int b = 0; b < ep_size_ * E_l_; ++b) {
+    recv_count_[b] = counts_in_[2 * b];
+    if (b / E_l_ != ep_rank_) tokens_other += token_count_[b] + counts_in_[2 * b + 1];
   }
-  int64_t off = 0;
-  for (int l = 0; l < E_l_; ++l) {
-    offset_[l] = off;
-    for (int s = 0; s < ep_size_; ++s) {
-      expert_off_[s * E_l_ + l] = off;
-      off += recv_count_[s * E_l_ + l];
-    }
-  }
-  offset_[E_l_] = off;
-  if (ep_) {
+  xch_.set_layout(send_count_.data(), recv_count_.data());
+  R_ = xch_.received_rows();
+  if (xch_.group()) {
     // Plain: counts once, then each token row crosses twice forward and twice backward.
     metrics_.bytes_uncompressed = int64_t(sizeof(int64_t)) * E_l_ * (ep_size_ - 1) +
                                   int64_t(sizeof(float)) * h_ * 2 * tokens_other;
   }
 }
 
-void LshDispatcher::exchange(const float* in, const std::vector<int64_t>& send_rows, float* out,
-                             const std::vector<int64_t>& recv_rows, double* ms) {
-  if (!ep_) {
-    if (in != out && send_rows[0] > 0) std::memcpy(out, in, sizeof(float) * send_rows[0] * h_);
-    return;
-  }
-  std::vector<int64_t> sc(ep_size_), rc(ep_size_);
-  for (int r = 0; r < ep_size_; ++r) {
-    sc[r] = send_rows[r] * h_;
-    rc[r] = recv_rows[r] * h_;
-    if (r != ep_rank_) {
-      stats_.bytes_sent += int64_t(sizeof(float)) * sc[r];
-      metrics_.bytes_sent += int64_t(sizeof(float)) * sc[r];
-    }
-  }
-  const auto t0 = std::chrono::steady_clock::now();
-  ep_->all_to_all_v(in, sc, out, rc, DType::kF32);
-  *ms += ms_since(t0);
-}
-
-void LshDispatcher::to_expert_layout(float* dst, const float* src) const {
-  for (int b = 0; b < ep_size_ * E_l_; ++b) {
-    const int64_t n = recv_count_[b];
-    if (n > 0)
-      std::memcpy(dst + expert_off_[b] * h_, src + recv_off_[b] * h_, sizeof(float) * n * h_);
-  }
-}
-
-void LshDispatcher::from_expert_layout(float* dst, const float* src) const {
-  for (int b = 0; b < ep_size_ * E_l_; ++b) {
-    const int64_t n = recv_count_[b];
-    if (n > 0)
-      std::memcpy(dst + recv_off_[b] * h_, src + expert_off_[b] * h_, sizeof(float) * n * h_);
-  }
+int64_t LshDispatcher::count_bytes(int64_t bytes) {
+  stats_.bytes_sent += bytes;
+  metrics_.bytes_sent += bytes;
+  return bytes;
 }
 
 // ---- dispatch (forward) / dispatch_backward
@@ -218,16 +153,16 @@ ExpertBatch LshDispatcher::dispatch(const float* /*x: the copy taken in preproce
   }
   metrics_.residual_norm_sum = res;
   metrics_.token_norm_sum = tok;
-  exchange(centroid_.data(), rows_to_, recv_.data(), rows_from_, &stats_.dispatch_a2a_ms);
-  to_expert_layout(expert_in_.data(), recv_.data());
-  return ExpertBatch{expert_in_.data(), R_, offset_};
+  count_bytes(xch_.send(centroid_.data(), recv_.data(), &stats_.dispatch_a2a_ms));
+  xch_.to_expert_layout(expert_in_.data(), recv_.data());
+  return ExpertBatch{expert_in_.data(), R_, xch_.expert_offsets()};
 }
 
 void LshDispatcher::dispatch_backward(float* din, const float* dx) {
   grow(recv_, size_t(R_) * h_);
   grow(back_, size_t(C_) * h_);
-  from_expert_layout(recv_.data(), dx);
-  exchange(recv_.data(), rows_from_, back_.data(), rows_to_, &stats_.backward_a2a_ms);
+  xch_.from_expert_layout(recv_.data(), dx);
+  count_bytes(xch_.send_back(recv_.data(), back_.data(), &stats_.backward_a2a_ms));
   // Gradient reaching c_b: dc_b from the experts minus dy_b through the residual's −c_b. For a
   // bucket of one the residual path is identically zero, so it is left out (exact plain path).
 #pragma omp parallel for schedule(static) if (C_ >= 256)
@@ -253,8 +188,8 @@ void LshDispatcher::dispatch_backward(float* din, const float* dx) {
 void LshDispatcher::combine(float* out, const float* y) {
   grow(recv_, size_t(R_) * h_);
   grow(returned_, size_t(C_) * h_);
-  from_expert_layout(recv_.data(), y);
-  exchange(recv_.data(), rows_from_, returned_.data(), rows_to_, &stats_.combine_a2a_ms);
+  xch_.from_expert_layout(recv_.data(), y);
+  count_bytes(xch_.send_back(recv_.data(), returned_.data(), &stats_.combine_a2a_ms));
   // out_t = Σ_j w_a · (y_b + (x_t − c_b)), slots summed in slot order.
 #pragma omp parallel for schedule(static) if (T_ >= 256)
   for (int t = 0; t < T_; ++t) {
@@ -309,8 +244,8 @@ void LshDispatcher::combine_backward(float* dy, float* dweight, const float* dou
     float* s = dsum_.data() + i * h_;
     for (int q = 0; q < h_; ++q) s[q] += w * g[q];
   }
-  exchange(dsum_.data(), rows_to_, recv_.data(), rows_from_, &stats_.backward_a2a_ms);
-  to_expert_layout(dy, recv_.data());
+  count_bytes(xch_.send(dsum_.data(), recv_.data(), &stats_.backward_a2a_ms));
+  xch_.to_expert_layout(dy, recv_.data());
 }
 
 size_t LshDispatcher::stash_bytes() const {

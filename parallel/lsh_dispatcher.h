@@ -40,6 +40,7 @@
 #include "comm/communicator.h"
 #include "parallel/lsh_compressor.h"
 #include "parallel/moe_dispatcher.h"
+#include "parallel/moe_exchange.h"
 
 namespace grove::parallel {
 
@@ -87,12 +88,10 @@ class LshDispatcher final : public Dispatcher {
   const std::vector<int64_t>& assignment_centroid() const { return pos_; }
 
  private:
-  void exchange(const float* in, const std::vector<int64_t>& send_rows, float* out,
-                const std::vector<int64_t>& recv_rows, double* ms);
-  void to_expert_layout(float* dst, const float* src) const;
-  void from_expert_layout(float* dst, const float* src) const;
+  // Adds row bytes sent to other ranks to both stats_ and metrics_.
+  int64_t count_bytes(int64_t bytes);
 
-  comm::Communicator* ep_;
+  ExpertExchange xch_;  // counts, layouts and row all-to-alls over the ep group
   int ep_size_, ep_rank_, E_, E_l_, h_;
   LshCompressor lsh_;
   int T_ = 0, k_ = 0;
@@ -109,9 +108,6 @@ class LshDispatcher final : public Dispatcher {
   std::vector<int64_t> token_count_;             // [E] kept assignments to each expert
   std::vector<int64_t> counts_out_, counts_in_;  // [ep, E_l, 2] (centroids, tokens) exchanged
   std::vector<int64_t> recv_count_;              // [ep, E_l] centroids from s for local l
-  std::vector<int64_t> rows_to_, rows_from_;     // [ep]
-  std::vector<int64_t> recv_off_, expert_off_;   // [ep, E_l]
-  std::vector<int64_t> offset_;                  // [E_l + 1]
   std::vector<int64_t> scratch_bucket_;          // [T] bucketize scratch
   std::vector<uint64_t> scratch_ids_;            // [T]
   std::vector<double> acc_;                      // [C, h] scratch: centroid sums

@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "comm/communicator.h"
+#include "parallel/moe_exchange.h"
 #include "parallel/moe_router.h"
 
 namespace grove::parallel {
@@ -97,29 +98,19 @@ class AllToAllDispatcher final : public Dispatcher {
   size_t stash_bytes() const override;
 
  private:
-  // Rows exchanged with each rank (in) / rank order (rows_to_, rows_from_) → all_to_all_v.
-  void exchange(const float* in, const std::vector<int64_t>& send_rows, float* out,
-                const std::vector<int64_t>& recv_rows, double* ms);
-  // Received layout (source rank, local expert) ↔ expert layout (local expert, source rank).
-  void to_expert_layout(float* dst, const float* src) const;
-  void from_expert_layout(float* dst, const float* src) const;
-
-  comm::Communicator* ep_;
-  int ep_size_, ep_rank_, E_, E_l_, h_;
+  ExpertExchange xch_;  // counts, layouts and row all-to-alls over the ep group
+  int E_, h_;
   int T_ = 0, k_ = 0;
-  int64_t S_ = 0, R_ = 0;
-  std::vector<float> weight_;                 // [T, k] combine weights
-  std::vector<int64_t> perm_;                 // [S] permuted row → assignment t·k + j
-  std::vector<int64_t> pos_;                  // [T, k] assignment → permuted row, −1 if dropped
-  std::vector<int64_t> send_count_;           // [E] assignments to each expert
-  std::vector<int64_t> recv_count_;           // [ep, E_l] rows from source s for local expert l
-  std::vector<int64_t> rows_to_, rows_from_;  // [ep]
-  std::vector<int64_t> recv_off_, expert_off_;  // [ep, E_l]: block starts in both layouts
-  std::vector<int64_t> offset_;                 // [E_l + 1] expert blocks
-  std::vector<float> send_;                     // [S, h] scratch: permuted rows
-  std::vector<float> recv_;                     // [R, h] scratch: received layout
-  std::vector<float> expert_in_;                // [R, h] stash: the experts' input
-  std::vector<float> returned_;                 // [S, h] stash: expert outputs back, permuted order
+  int64_t S_ = 0;
+  std::vector<float> weight_;        // [T, k] combine weights
+  std::vector<int64_t> perm_;        // [S] permuted row → assignment t·k + j
+  std::vector<int64_t> pos_;         // [T, k] assignment → permuted row, −1 if dropped
+  std::vector<int64_t> send_count_;  // [E] assignments to each expert
+  std::vector<int64_t> recv_count_;  // [ep, E_l] rows from source s for local expert l
+  std::vector<float> send_;          // [S, h] scratch: permuted rows
+  std::vector<float> recv_;          // [R, h] scratch: received layout
+  std::vector<float> expert_in_;     // [R, h] stash: the experts' input
+  std::vector<float> returned_;      // [S, h] stash: expert outputs back, permuted order
 };
 
 }  // namespace grove::parallel
