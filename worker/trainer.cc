@@ -147,16 +147,26 @@ StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainConfig& config_in,
       std::printf("resumed from %s at step %d\n", from.c_str(), t->step_);
   }
 
+  // Only rank 0 writes out_dir; every rank learns whether that worked, so a failure there ends
+  // all ranks here instead of leaving the others waiting in the first collective.
+  Status out_ok;
   if (t->leader()) {
     std::error_code ec;
     fs::create_directories(config.out_dir, ec);
-    if (ec) return Status::Error("cannot create out_dir " + config.out_dir + ": " + ec.message());
-    GROVE_RETURN_IF_ERROR(
-        WriteFileAtomic(config.out_dir + "/config.json", config.ToJson().dump(2) + "\n"));
-    FILE* f = std::fopen((config.out_dir + "/metrics.jsonl").c_str(), "a");
-    if (!f) return Status::Error("cannot open " + config.out_dir + "/metrics.jsonl for writing");
+    if (ec) out_ok = Status::Error("cannot create out_dir " + config.out_dir + ": " + ec.message());
+    if (out_ok.ok())
+      out_ok = WriteFileAtomic(config.out_dir + "/config.json", config.ToJson().dump(2) + "\n");
+    FILE* f = out_ok.ok() ? std::fopen((config.out_dir + "/metrics.jsonl").c_str(), "a") : nullptr;
+    if (out_ok.ok() && !f)
+      out_ok = Status::Error("cannot open " + config.out_dir + "/metrics.jsonl for writing");
     t->metrics_.reset(f);
   }
+  if (grid && grid->world().size() > 1) {
+    int32_t failed = out_ok.ok() ? 0 : 1;
+    grid->world().all_reduce(&failed, 1, DType::kI32, comm::ReduceOp::kMax);
+    if (failed && out_ok.ok()) out_ok = Status::Error("rank 0 could not write out_dir");
+  }
+  if (!out_ok.ok()) return out_ok;
   return t;
 }
 

@@ -45,6 +45,10 @@ expect_error vocab-mismatch "model.vocab_size=1000 but the dataset" \
 expect_error missing-checkpoint "checkpoint /nonexistent/ckpt does not exist" \
   "$worker" train "${tiny[@]}" --set "out_dir=$tmp/run0" --resume-from /nonexistent/ckpt
 
+touch "$tmp/a-file"
+expect_error out-dir-not-creatable "cannot create out_dir $tmp/a-file/run" \
+  "$worker" train "${tiny[@]}" --set "out_dir=$tmp/a-file/run"
+
 # A real run with a checkpoint, then damage and misuse it.
 if ! "$worker" train "${tiny[@]}" --set "out_dir=$tmp/run" --set train.steps=2 -q; then
   echo "FAIL: the tiny training run did not complete"
