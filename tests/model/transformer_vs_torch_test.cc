@@ -16,6 +16,7 @@
 #include "core/safetensors.h"
 #include "model/transformer.h"
 #include "tests/common/tensor_compare.h"
+#include "tests/common/torch_oracle.h"
 
 namespace grove {
 namespace {
@@ -32,25 +33,10 @@ void PrintTo(const Case& c, std::ostream* os) {
 }
 
 SafetensorsFile RunOracle(const Case& c) {
-  const char* py = std::getenv("GROVE_TORCH_PYTHON");
-  const char* src = std::getenv("GROVE_SOURCE_DIR");
-  if (!py || !src) {
-    ADD_FAILURE() << "GROVE_TORCH_PYTHON / GROVE_SOURCE_DIR not set (run through ctest)";
-    return {};
-  }
-  const std::string out =
-      (std::filesystem::temp_directory_path() / ("grove_oracle_" + c.name + ".safetensors"))
-          .string();
-  const std::string cmd = std::string(py) + " " + src + "/tests/oracle/transformer_reference.py " +
-                          out + " '" + c.cfg.dump() + "' " + std::to_string(c.batch) + " " +
-                          std::to_string(c.seq) + " 7";
-  const int rc = std::system(cmd.c_str());
-  EXPECT_EQ(rc, 0) << "oracle failed: " << cmd
-                   << " (is python3-torch installed? launch/setup.sh installs it)";
-  auto f = ReadSafetensors(out);
-  EXPECT_TRUE(f.ok()) << f.status().message();
-  std::filesystem::remove(out);
-  return f.ok() ? std::move(f).value() : SafetensorsFile{};
+  std::string args = "'";
+  args += c.cfg.dump();
+  args += "' " + std::to_string(c.batch) + " " + std::to_string(c.seq) + " 7";
+  return testing::RunTorchOracle("tests/oracle/transformer_reference.py", c.name, args);
 }
 
 class TransformerVsTorch : public ::testing::TestWithParam<Case> {};

@@ -18,6 +18,7 @@
 #include "core/safetensors.h"
 #include "parallel/moe_layer.h"
 #include "tests/common/tensor_compare.h"
+#include "tests/common/torch_oracle.h"
 
 namespace grove::parallel {
 namespace {
@@ -43,23 +44,10 @@ void PrintTo(const Case& c, std::ostream* os) {
 }
 
 SafetensorsFile RunOracle(const Case& c) {
-  const char* py = std::getenv("GROVE_TORCH_PYTHON");
-  const char* src = std::getenv("GROVE_SOURCE_DIR");
-  if (!py || !src) {
-    ADD_FAILURE() << "GROVE_TORCH_PYTHON / GROVE_SOURCE_DIR not set (run through ctest)";
-    return {};
-  }
-  const std::string out =
-      (std::filesystem::temp_directory_path() / ("grove_moe_oracle_" + c.name + ".safetensors"))
-          .string();
-  const std::string cmd = std::string(py) + " " + src + "/tests/parallel_moe/moe_reference.py " +
-                          out + " '" + c.json() + "'";
-  const int rc = std::system(cmd.c_str());
-  EXPECT_EQ(rc, 0) << "oracle failed: " << cmd;
-  auto f = ReadSafetensors(out);
-  EXPECT_TRUE(f.ok()) << f.status().message();
-  std::filesystem::remove(out);
-  return f.ok() ? std::move(f).value() : SafetensorsFile{};
+  std::string args = "'";
+  args += c.json();
+  args += "'";
+  return testing::RunTorchOracle("tests/parallel_moe/moe_reference.py", "moe_" + c.name, args);
 }
 
 class MoeVsTorch : public ::testing::TestWithParam<Case> {};
