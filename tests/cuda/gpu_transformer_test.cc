@@ -1,0 +1,249 @@
+// GpuTransformer against the float64 PyTorch re-implementation of the model
+// (tests/oracle/transformer_reference.py, the oracle the CPU model is checked against): loss and
+// the gradient of every parameter, in fp32 (tight) and bf16 (mixed precision, looser); recompute
+// modes against each other; GpuAdamW against a scalar AdamW; and, without a device, the flat
+// parameter layout against Weights::named().
+//
+// Links only the GPU model, the CUDA kernels and GoogleTest, so it runs on a GPU machine without
+// OpenBLAS or MPI. Every device test skips with one line when no CUDA device is present.
+#include "model/cuda/gpu_transformer.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "tests/common/tensor_compare.h"
+#include "tests/common/torch_oracle.h"
+#include "tests/cuda/test_util.h"
+
+namespace grove {
+namespace {
+
+class GpuTransformerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (cuda_device_available()) return;
+    if (cuda::testing::gpu_required())
+      FAIL() << "GROVE_REQUIRE_GPU=1: " << cuda::testing::no_device_reason();
+    GTEST_SKIP() << cuda::testing::kNoDevice;
+  }
+};
+
+nlohmann::json SmallConfig() {
+  return {{"vocab_size", 96}, {"d_model", 64},    {"n_layers", 2},     {"n_heads", 4},
+          {"n_kv_heads", 2},  {"ffn_hidden", 96}, {"max_seq_len", 32}, {"seed", 11}};
+}
+
+ModelConfig Parse(const nlohmann::json& j) {
+  ModelConfig c;
+  Status st = ModelConfigFromJson(j, &c);
+  GROVE_CHECK(st.ok()) << st.message();
+  return c;
+}
+
+// ||a - b|| / ||b|| over n elements: a norm-wise error for bf16, where single elements near zero
+// carry large relative errors that mean nothing.
+double norm_rel(const float* a, const double* b, int64_t n) {
+  double num = 0, den = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    num += (a[i] - b[i]) * (a[i] - b[i]);
+    den += b[i] * b[i];
+  }
+  return std::sqrt(num) / std::max(std::sqrt(den), 1e-30);
+}
+
+struct OracleCase {
+  const char* name;
+  GpuPrecision precision;
+  Recompute mode;
+};
+
+void CheckAgainstOracle(const OracleCase& c) {
+  const int batch = 3, seq = 16;
+  nlohmann::json cfg_json = SmallConfig();
+  std::string args = "'";  // built piecewise: GCC 12 misreports -Wrestrict on "'" + string
+  args += cfg_json.dump();
+  args += "' " + std::to_string(batch) + " " + std::to_string(seq) + " 7";
+  SafetensorsFile ref = testing::RunTorchOracle("tests/oracle/transformer_reference.py",
+                                                std::string("gpu_") + c.name, args);
+  ASSERT_FALSE(ref.tensors.empty());
+  const ModelConfig cfg = Parse(cfg_json);
+  auto model = GpuTransformer::Create(cfg, batch, seq, c.mode, c.precision);
+  ASSERT_TRUE(model.ok()) << model.status().message();
+  GpuTransformer& m = *model.value();
+  Weights w = Weights::Zeros(cfg);
+  ASSERT_TRUE(w.CopyFrom(ref.tensors, "oracle", "model.").ok());
+  ASSERT_TRUE(m.load_params(w).ok());
+
+  const float loss =
+      m.forward(ref.tensors["tokens"].data<int32_t>(), ref.tensors["targets"].data<int32_t>());
+  m.zero_grads();
+  m.backward();
+  Weights g = Weights::Zeros(cfg);
+  m.store_grads(&g);
+
+  const double want = ref.tensors["loss"].data<double>()[0];
+  const bool fp32 = c.precision == GpuPrecision::kFp32;
+  // fp32: the CPU model's tolerance (no TF32; the only differences are summation orders).
+  // bf16: ~8 significant bits per stored activation; the loss to 1%, each gradient to 5% in norm.
+  EXPECT_NEAR(loss, want, fp32 ? 1e-4 * std::abs(want) : 1e-2 * std::abs(want));
+  double worst = 0;
+  std::string worst_name;
+  for (const NamedTensor& nt : g.named()) {
+    const Tensor& r = ref.tensors.at("grad." + nt.name);
+    ASSERT_EQ(r.numel(), nt.tensor.numel()) << nt.name;
+    if (fp32) {
+      EXPECT_TRUE(testing::compare(nt.name, nt.tensor.data<float>(), r.data<double>(),
+                                   nt.tensor.numel(), 1e-4));
+      const double rel =
+          testing::compare_stats(nt.tensor.data<float>(), r.data<double>(), nt.tensor.numel())
+              .rel();
+      if (rel > worst) worst = rel, worst_name = nt.name;
+    } else {
+      const double rel = norm_rel(nt.tensor.data<float>(), r.data<double>(), nt.tensor.numel());
+      EXPECT_LT(rel, 5e-2) << nt.name;
+      if (rel > worst) worst = rel, worst_name = nt.name;
+    }
+  }
+  std::printf("[%s] loss %.7f (torch %.7f), worst gradient error %.3g in %s\n", c.name, loss, want,
+              worst, worst_name.c_str());
+}
+
+TEST_F(GpuTransformerTest, Fp32MatchesTorch) {
+  CheckAgainstOracle({"fp32", GpuPrecision::kFp32, Recompute::kSelective});
+}
+TEST_F(GpuTransformerTest, Fp32FullRecomputeMatchesTorch) {
+  CheckAgainstOracle({"fp32_full", GpuPrecision::kFp32, Recompute::kFull});
+}
+TEST_F(GpuTransformerTest, Bf16MatchesTorch) {
+  CheckAgainstOracle({"bf16", GpuPrecision::kBf16, Recompute::kSelective});
+}
+
+// Gradient accumulation: two backward passes with loss_scale 1/2 over the same batch give the
+// gradients of one pass (up to the order of the fp32 sums).
+TEST_F(GpuTransformerTest, AccumulationAddsScaledGradients) {
+  const ModelConfig cfg = Parse(SmallConfig());
+  const int batch = 2, seq = 8, n = batch * seq;
+  std::vector<int32_t> tokens(n), targets(n);
+  for (int i = 0; i < n; ++i) tokens[i] = (i * 37 + 5) % cfg.vocab_size;
+  for (int i = 0; i < n; ++i) targets[i] = i % 5 == 0 ? -1 : (i * 11 + 3) % cfg.vocab_size;
+  auto made = GpuTransformer::Create(cfg, batch, seq, Recompute::kNone, GpuPrecision::kFp32);
+  ASSERT_TRUE(made.ok()) << made.status().message();
+  GpuTransformer& m = *made.value();
+  m.zero_grads();
+  m.forward(tokens.data(), targets.data());
+  m.backward(1.0f);
+  Weights once = Weights::Zeros(cfg);
+  m.store_grads(&once);
+  m.zero_grads();
+  for (int r = 0; r < 2; ++r) {
+    m.forward(tokens.data(), targets.data());
+    m.backward(0.5f, r == 1);
+  }
+  Weights twice = Weights::Zeros(cfg);
+  m.store_grads(&twice);
+  std::vector<NamedTensor> a = twice.named(), b = once.named();
+  for (size_t i = 0; i < a.size(); ++i)
+    EXPECT_TRUE(testing::compare(a[i].name, a[i].tensor.data<float>(), b[i].tensor.data<float>(),
+                                 a[i].tensor.numel(), 1e-5));
+}
+
+TEST_F(GpuTransformerTest, ParamsRoundTripAndBadWeightsAreRejected) {
+  const ModelConfig cfg = Parse(SmallConfig());
+  auto made = GpuTransformer::Create(cfg, 1, 8, Recompute::kSelective, GpuPrecision::kBf16);
+  ASSERT_TRUE(made.ok()) << made.status().message();
+  Weights init = Weights::Init(cfg), back = Weights::Zeros(cfg);
+  made.value()->store_params(&back);
+  std::vector<NamedTensor> a = back.named(), b = init.named();
+  for (size_t i = 0; i < a.size(); ++i)
+    ASSERT_EQ(0, std::memcmp(a[i].tensor.raw(), b[i].tensor.raw(), a[i].tensor.bytes()))
+        << a[i].name;
+  ModelConfig other = cfg;
+  other.d_model = 32;
+  Status st = made.value()->load_params(Weights::Zeros(other));
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("wte"), std::string::npos) << st.message();
+}
+
+// GpuAdamW equals a scalar AdamW (worker/optimizer.cc's update) over three steps, including the
+// clipping scale and the decay that skips norm weights.
+TEST_F(GpuTransformerTest, AdamWMatchesScalarUpdate) {
+  const ModelConfig cfg = Parse(SmallConfig());
+  const std::vector<FlatEntry> layout = FlatLayout(cfg);
+  const int64_t n = layout.back().offset + layout.back().numel;
+  std::vector<float> p(n), g(n);
+  for (int64_t i = 0; i < n; ++i) {
+    p[i] = 0.01f * std::sin(0.37f * i);
+    g[i] = 0.02f * std::cos(0.11f * i);
+  }
+  Tensor dp = Tensor::empty({n}, DType::kF32, Device::kCUDA);
+  Tensor dg = Tensor::empty({n}, DType::kF32, Device::kCUDA);
+  ASSERT_EQ(cudaSuccess, cudaMemcpy(dp.raw(), p.data(), 4 * n, cudaMemcpyHostToDevice));
+  GpuAdamW opt(layout);
+  std::vector<double> rp(p.begin(), p.end()), m(n, 0.0), v(n, 0.0);
+  const float lr = 1e-2f, b1 = 0.9f, b2 = 0.95f, eps = 1e-8f, wd = 0.1f, scale = 0.5f;
+  for (int step = 1; step <= 3; ++step) {
+    ASSERT_EQ(cudaSuccess, cudaMemcpy(dg.raw(), g.data(), 4 * n, cudaMemcpyHostToDevice));
+    opt.step(dp.data<float>(), dg.data<float>(), scale, lr, b1, b2, eps, wd);
+    for (const FlatEntry& e : layout) {
+      for (int64_t i = e.offset; i < e.offset + e.numel; ++i) {
+        const double gi = double(g[i]) * scale;
+        m[i] = b1 * m[i] + (1 - b1) * gi;
+        v[i] = b2 * v[i] + (1 - b2) * gi * gi;
+        const double mh = m[i] / (1 - std::pow(b1, step)), vh = v[i] / (1 - std::pow(b2, step));
+        rp[i] -= lr * (mh / (std::sqrt(vh) + eps) + (e.decay ? wd : 0.0) * rp[i]);
+      }
+    }
+  }
+  std::vector<float> got(n);
+  ASSERT_EQ(cudaSuccess, cudaMemcpy(got.data(), dp.raw(), 4 * n, cudaMemcpyDeviceToHost));
+  EXPECT_TRUE(testing::compare("params", got.data(), rp.data(), n, 1e-5));
+  std::vector<double> want_g(n);
+  for (int64_t i = 0; i < n; ++i) want_g[i] = double(g[i]) * scale;
+  ASSERT_EQ(cudaSuccess, cudaMemcpy(got.data(), dg.raw(), 4 * n, cudaMemcpyDeviceToHost));
+  EXPECT_TRUE(testing::compare("clipped grads", got.data(), want_g.data(), n, 1e-7));
+}
+
+// ---- host only: runs without a device
+// ------------------------------------------------------------
+
+TEST(GpuTransformerLayout, FlatLayoutFollowsWeightsNamed) {
+  for (int experts : {0, 4}) {
+    nlohmann::json j = SmallConfig();
+    if (experts) j["moe"] = {{"num_experts", experts}, {"top_k", 2}, {"every", 2}};
+    const ModelConfig cfg = Parse(j);
+    const std::vector<FlatEntry> layout = FlatLayout(cfg);
+    const std::vector<NamedTensor> named = Weights::Zeros(cfg).named();
+    ASSERT_EQ(layout.size(), named.size());
+    int64_t end = 0, total = 0;
+    for (size_t i = 0; i < named.size(); ++i) {
+      EXPECT_EQ(layout[i].name, named[i].name);
+      EXPECT_EQ(layout[i].shape, named[i].tensor.shape()) << named[i].name;
+      EXPECT_EQ(layout[i].numel, named[i].tensor.numel()) << named[i].name;
+      EXPECT_EQ(layout[i].decay, named[i].tensor.ndim() >= 2) << named[i].name;
+      EXPECT_GE(layout[i].offset, end) << "overlap at " << named[i].name;
+      EXPECT_EQ(layout[i].offset % 8, 0) << "alignment of " << named[i].name;
+      end = layout[i].offset + layout[i].numel;
+      total += layout[i].numel;
+    }
+    EXPECT_EQ(total, cfg.num_parameters());
+  }
+}
+
+TEST(GpuTransformerLayout, UnsupportedConfigsAreNamed) {
+  nlohmann::json j = SmallConfig();
+  j["moe"] = {{"num_experts", 4}, {"top_k", 2}};
+  auto m = GpuTransformer::Create(Parse(j), 1, 8, Recompute::kNone, GpuPrecision::kBf16);
+  ASSERT_FALSE(m.ok());
+  EXPECT_NE(m.status().message().find("model.moe.num_experts"), std::string::npos)
+      << m.status().message();
+  auto p = parse_gpu_precision("fp16");
+  ASSERT_FALSE(p.ok());
+  EXPECT_NE(p.status().message().find("fp32, bf16"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace grove
