@@ -3,7 +3,12 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <cstring>
 #include <nlohmann/json.hpp>
+
+#include "core/rng.h"
+#include "model/weights.h"
 
 namespace grove {
 namespace {
@@ -63,6 +68,32 @@ TEST(ModelConfig, JsonRoundTrip) {
   ModelConfig d;
   ASSERT_TRUE(ModelConfigFromJson(ModelConfigToJson(c), &d).ok());
   EXPECT_EQ(ModelConfigToJson(c), ModelConfigToJson(d));
+}
+
+// Weights::Init fills large models on several threads; every tensor must still hold exactly the
+// draws of its own stream derive_seed(seed, index), whatever thread filled it.
+TEST(WeightsInit, EveryTensorDrawsItsOwnStream) {
+  ModelConfig c;  // 8192 x 256 embeddings alone exceed the threaded-fill threshold
+  c.seed = 99;
+  Weights w = Weights::Init(c);
+  const std::vector<NamedTensor> named = w.named();
+  const double out_std = c.init_std / std::sqrt(2.0 * c.n_layers);
+  for (size_t i = 0; i < named.size(); ++i) {
+    const float* p = named[i].tensor.data<float>();
+    if (named[i].tensor.ndim() == 1) {
+      EXPECT_EQ(p[0], 1.0f) << named[i].name;
+      continue;
+    }
+    const bool out = named[i].name.ends_with(".wo") || named[i].name.ends_with("w_down");
+    Rng rng(derive_seed(c.seed, i));
+    for (int j = 0; j < 16; ++j)
+      ASSERT_EQ(p[j], static_cast<float>((out ? out_std : c.init_std) * rng.normal()))
+          << named[i].name << "[" << j << "]";
+  }
+  Weights again = Weights::Init(c);
+  const std::vector<NamedTensor> b = again.named();
+  for (size_t i = 0; i < named.size(); ++i)
+    ASSERT_EQ(0, std::memcmp(named[i].tensor.raw(), b[i].tensor.raw(), b[i].tensor.bytes()));
 }
 
 }  // namespace
