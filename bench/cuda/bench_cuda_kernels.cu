@@ -285,6 +285,45 @@ void bench_memory_bound(const Peers& peers) {
   }
 }
 
+// Attention, bf16, causal: the tensor-core kernels (attention_tc.cu) as TFLOP/s against the cuBLAS
+// bf16 GEMM peak, and against the scalar kernels (attention_*_reference) on the same shape, in the
+// same run ("_vs_scalar" lines: peer = the scalar kernel's TFLOP/s, ratio = speedup). FLOPs: see
+// the "flops" config field (FlashAttention-2's convention; the backward's separate dq kernel
+// recomputes S and dP, work that is not counted).
+void bench_attention_tc(const Peers& peers) {
+  const int B = 4, NH = 16, NKV = 16, HD = 128;  // B * NH = 64 heads
+  const bool causal = true;
+  for (int S : {1024, 2048, 4096}) {
+    AttentionShape s{S, S, B, NH, NKV, HD, causal, 0, 0};
+    const int64_t nq = int64_t{S} * B * NH * HD, nk = int64_t{S} * B * NKV * HD;
+    Buf<bf16> q(nq), k(nk), v(nk), out(nq), dout(nq), dq(nq), dk(nk), dv(nk);
+    Buf<float> lse(int64_t{B} * NH * S);
+    const double flops = 4.0 * B * NH * double(S) * S * HD * (causal ? 0.5 : 1.0);
+    const std::string c =
+        cfg({{"S", S}, {"B", B}, {"NH", NH}, {"NKV", NKV}, {"HD", HD}, {"causal", causal}}) +
+        ",\"flops\":\"fwd 4*S^2*HD per head (/2 causal); bwd 2.5x fwd\"";
+    double fwd = time_ms(
+        [&] { attention_tc_forward(out.p, lse.p, q.p, k.p, v.p, s); });  // out, lse: consistent
+    double fwd_ref = time_ms(
+        [&] { attention_forward_reference<bf16>(out.p, lse.p, nullptr, q.p, k.p, v.p, s); });
+    double bwd = time_ms(
+        [&] { attention_tc_backward(dq.p, dk.p, dv.p, dout.p, q.p, k.p, v.p, out.p, lse.p, s); });
+    double bwd_ref = time_ms([&] {
+      attention_backward_reference<bf16>(dq.p, dk.p, dv.p, dout.p, q.p, k.p, v.p, out.p, lse.p,
+                                         nullptr, s);
+    });
+    const double tf = flops / fwd / 1e9, tf_ref = flops / fwd_ref / 1e9;
+    const double tb = 2.5 * flops / bwd / 1e9, tb_ref = 2.5 * flops / bwd_ref / 1e9;
+    emit("attention_tc_forward_bf16", c, tf, "TFLOP/s", "cublas_gemm_bf16", peers.bf16_tflops, fwd);
+    emit("attention_tc_forward_bf16_vs_scalar", c, tf, "TFLOP/s", "attention_scalar_forward_bf16",
+         tf_ref, fwd);
+    emit("attention_tc_backward_bf16", c, tb, "TFLOP/s", "cublas_gemm_bf16", peers.bf16_tflops,
+         bwd);
+    emit("attention_tc_backward_bf16_vs_scalar", c, tb, "TFLOP/s", "attention_scalar_backward_bf16",
+         tb_ref, bwd);
+  }
+}
+
 }  // namespace
 }  // namespace grove::cuda
 
@@ -308,6 +347,7 @@ int main() {
     g_device = prop.name;
     Peers peers = measure_peers();
     bench_gemm_like<bf16>(peers);
+    bench_attention_tc(peers);
     bench_gemm_like<float>(peers);
     bench_memory_bound<bf16>(peers);
     bench_memory_bound<float>(peers);

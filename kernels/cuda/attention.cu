@@ -2,6 +2,11 @@
 // is never stored; the forward keeps a running max / sum per query row and returns lse, the
 // backward recomputes probabilities from q, k and lse.
 //
+// These scalar fp32-FMA kernels serve every T and 1 <= HD <= 256 (and the optional probs), and are
+// the reference (attention_forward_reference / attention_backward_reference) for the bf16
+// tensor-core kernels of attention_tc.cu, which attention_forward / attention_backward<bf16>
+// take instead whenever attention_tc_supported() holds (HD 64 or 128, no probs; see the bottom).
+//
 // Tiles: Br = 32 query rows and Bc = 32 keys per step, 4 warps; a warp owns 8 query rows (forward,
 // dq) or 8 keys (dk, dv accumulation); lane j of a warp handles key j of the tile when scores are
 // formed. All arithmetic is fp32 whatever T is. Scores are kept in the log2 domain
@@ -16,6 +21,9 @@
 // Masking: query i (position q_pos0 + i) sees key j (position k_pos0 + j) iff not causal or
 // k_pos0 + j <= q_pos0 + i. A row that sees no key gets lse = -inf and a zero output, and
 // contributes zero gradient (no NaN anywhere).
+#include <type_traits>
+
+#include "kernels/cuda/attention_common.cuh"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/ops.h"
 
@@ -25,34 +33,24 @@ namespace {
 using detail::from_f32;
 using detail::to_f32;
 
+using attn::Dims;
+using attn::k_index;
+using attn::kLn2;
+using attn::kLog2e;
+using attn::q_index;
+using attn::visible;
+
 constexpr int kBr = 32;              // query rows per tile
 constexpr int kBc = 32;              // keys per tile
 constexpr int kWarps = 4;            // warps per block
 constexpr int kRows = kBr / kWarps;  // query rows (or keys) per warp
 constexpr int kMaxT = 8;             // head-dim slots per lane: HD <= 32 * kMaxT
 constexpr int kThreads = kWarps * 32;
-constexpr float kLog2e = 1.4426950408889634f;
-constexpr float kLn2 = 0.6931471805599453f;
 static_assert(kBc == 32, "lane j handles key j of a tile");
 
-struct Dims {
-  int SQ, SK, B, NH, NKV, HD, causal, q_pos0, k_pos0;
-};
-
-__device__ __forceinline__ int64_t q_index(const Dims& s, int i, int b, int h) {
-  return ((int64_t{i} * s.B + b) * s.NH + h) * s.HD;
-}
-__device__ __forceinline__ int64_t k_index(const Dims& s, int j, int b, int hk) {
-  return ((int64_t{j} * s.B + b) * s.NKV + hk) * s.HD;
-}
-__device__ __forceinline__ bool visible(const Dims& s, int i, int j) {
-  return i < s.SQ && j < s.SK && (!s.causal || s.k_pos0 + j <= s.q_pos0 + i);
-}
 // One past the last key any of the query rows [i0, i0 + kBr) can see.
 __device__ __forceinline__ int key_end(const Dims& s, int i0) {
-  if (!s.causal) return s.SK;
-  int last_q = s.q_pos0 + min(i0 + kBr, s.SQ) - 1;
-  return max(0, min(s.SK, last_q - s.k_pos0 + 1));
+  return attn::key_end(s, i0, kBr);
 }
 
 // rows x HD tile of a [S, B, heads, HD] tensor into shared memory (stride ld), zero past
@@ -265,7 +263,7 @@ __global__ void __launch_bounds__(kThreads)
   for (int idx = threadIdx.x; idx < kBc * ld; idx += blockDim.x) dKs[idx] = dVs[idx] = 0.f;
 
   // Causal: query rows before the first key's position see none of this tile.
-  int i_first = s.causal ? max(0, s.k_pos0 + j0 - s.q_pos0) : 0;
+  int i_first = attn::first_query(s, j0);
   int i_begin = (i_first / kBr) * kBr;
   for (int g = 0; g < group; ++g) {
     const int h = hk * group + g;
@@ -382,31 +380,18 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 Dims make_dims(const AttentionShape& a) {
-  GROVE_CHECK(a.NKV > 0 && a.NH % a.NKV == 0)
-      << "attention: NH=" << a.NH << " must be a multiple of NKV=" << a.NKV;
-  GROVE_CHECK(a.HD > 0 && a.HD <= 32 * kMaxT)
-      << "attention: the CUDA kernel supports 1 <= HD <= " << 32 * kMaxT << ", got " << a.HD;
-  GROVE_CHECK(a.SQ >= 0 && a.SK >= 0 && a.B >= 0) << "attention: negative size";
-  return Dims{a.SQ, a.SK, a.B, a.NH, a.NKV, a.HD, a.causal ? 1 : 0, a.q_pos0, a.k_pos0};
+  Dims s = attn::make_dims(a);
+  GROVE_CHECK(a.HD <= 32 * kMaxT) << "attention: the CUDA kernel supports 1 <= HD <= " << 32 * kMaxT
+                                  << ", got " << a.HD;
+  return s;
 }
-
-template <typename Kernel>
-void set_smem(Kernel kernel, size_t bytes) {
-  int device = 0, max_optin = 0;
-  GROVE_CUDA_CHECK(cudaGetDevice(&device));
-  GROVE_CUDA_CHECK(
-      cudaDeviceGetAttribute(&max_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  GROVE_CHECK(bytes <= static_cast<size_t>(max_optin))
-      << "attention needs " << bytes << " bytes of shared memory, the device allows " << max_optin;
-  GROVE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        static_cast<int>(bytes)));
-}
+using attn::set_smem;
 
 }  // namespace
 
 template <typename T>
-void attention_forward(T* out, float* lse, T* probs, const T* q, const T* k, const T* v,
-                       const AttentionShape& shape, cudaStream_t stream) {
+void attention_forward_reference(T* out, float* lse, T* probs, const T* q, const T* k, const T* v,
+                                 const AttentionShape& shape, cudaStream_t stream) {
   Dims s = make_dims(shape);
   if (s.SQ == 0 || s.B == 0 || s.NH == 0) return;
   const float scale = 1.f / sqrtf(static_cast<float>(s.HD));
@@ -426,9 +411,9 @@ void attention_forward(T* out, float* lse, T* probs, const T* q, const T* k, con
 }
 
 template <typename T>
-void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T* k, const T* v,
-                        const T* out, const float* lse, const T* probs, const AttentionShape& shape,
-                        cudaStream_t stream) {
+void attention_backward_reference(T* dq, T* dk, T* dv, const T* dout, const T* q, const T* k,
+                                  const T* v, const T* out, const float* lse, const T* probs,
+                                  const AttentionShape& shape, cudaStream_t stream) {
   (void)probs;  // recomputed from q, k and lse (see ops.h)
   Dims s = make_dims(shape);
   if (s.SQ == 0 || s.SK == 0 || s.B == 0 || s.NH == 0) return;
@@ -450,12 +435,45 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T*
   GROVE_CUDA_CHECK_LAUNCH();
 }
 
+// bf16 takes the tensor-core kernels (attention_tc.cu) where they apply; everything else, and
+// fp32 always, the scalar kernels above.
+template <typename T>
+void attention_forward(T* out, float* lse, T* probs, const T* q, const T* k, const T* v,
+                       const AttentionShape& shape, cudaStream_t stream) {
+  if constexpr (std::is_same_v<T, bf16>) {
+    if (attention_tc_supported(shape, probs, {out, q, k, v})) {
+      attention_tc_forward(out, lse, q, k, v, shape, stream);
+      return;
+    }
+  }
+  attention_forward_reference<T>(out, lse, probs, q, k, v, shape, stream);
+}
+
+template <typename T>
+void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T* k, const T* v,
+                        const T* out, const float* lse, const T* probs, const AttentionShape& shape,
+                        cudaStream_t stream) {
+  if constexpr (std::is_same_v<T, bf16>) {
+    // probs is not read by either backward: it does not decide the path.
+    if (attention_tc_supported(shape, nullptr, {dq, dk, dv, dout, q, k, v, out})) {
+      attention_tc_backward(dq, dk, dv, dout, q, k, v, out, lse, shape, stream);
+      return;
+    }
+  }
+  attention_backward_reference<T>(dq, dk, dv, dout, q, k, v, out, lse, probs, shape, stream);
+}
+
 #define GROVE_INSTANTIATE(T)                                                                   \
   template void attention_forward<T>(T*, float*, T*, const T*, const T*, const T*,             \
                                      const AttentionShape&, cudaStream_t);                     \
   template void attention_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*,      \
                                       const T*, const float*, const T*, const AttentionShape&, \
-                                      cudaStream_t);
+                                      cudaStream_t);                                           \
+  template void attention_forward_reference<T>(T*, float*, T*, const T*, const T*, const T*,   \
+                                               const AttentionShape&, cudaStream_t);           \
+  template void attention_backward_reference<T>(T*, T*, T*, const T*, const T*, const T*,      \
+                                                const T*, const T*, const float*, const T*,    \
+                                                const AttentionShape&, cudaStream_t);
 GROVE_INSTANTIATE(float)
 GROVE_INSTANTIATE(bf16)
 #undef GROVE_INSTANTIATE

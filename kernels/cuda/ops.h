@@ -7,7 +7,8 @@
 //
 // Conventions (as on the CPU):
 //  - Raw device pointers with explicit sizes; kernels never allocate (sum_squares, which returns a
-//    host value, uses one 8-byte stream-ordered allocation).
+//    host value, uses one 8-byte stream-ordered allocation; the bf16 tensor-core attention
+//    backward one B*NH*SQ fp32 scratch, see below).
 //  - Backward kernels ACCUMULATE into gradient buffers with +=.
 //  - Every op runs on `stream` and does not synchronise it (except sum_squares, which returns a
 //    host double). Errors throw grove::Error naming the failed call (kernels/cuda/check.h).
@@ -25,6 +26,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <initializer_list>
 
 #include "kernels/cpu/ops.h"  // AttentionShape: one shape type for both back ends
 
@@ -90,6 +92,32 @@ template <typename T>
 void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T* k, const T* v,
                         const T* out, const float* lse, const T* probs, const AttentionShape& shape,
                         cudaStream_t stream = 0);
+
+// Two implementations behind attention_forward / attention_backward:
+//  - bf16 with HD in {64, 128}, no probs requested and 16-byte aligned tensors: tensor-core
+//    kernels (attention_tc.cu; bf16 operands, fp32 accumulation and softmax statistics, P and dS
+//    rounded to bf16 before their matrix products, as FlashAttention-2 does). Deterministic. The
+//    backward takes one stream-ordered fp32 scratch of B*NH*SQ floats (cudaMallocAsync), for
+//    D_i = rowsum(dout_i * out_i).
+//  - everything else (fp32, other HD, probs): the scalar fp32-FMA kernels (attention.cu), kept
+//    callable as *_reference so that tests and benchmarks compare both on the same device.
+template <typename T>
+void attention_forward_reference(T* out, float* lse, T* probs, const T* q, const T* k, const T* v,
+                                 const AttentionShape& shape, cudaStream_t stream = 0);
+template <typename T>
+void attention_backward_reference(T* dq, T* dk, T* dv, const T* dout, const T* q, const T* k,
+                                  const T* v, const T* out, const float* lse, const T* probs,
+                                  const AttentionShape& shape, cudaStream_t stream = 0);
+// Whether the bf16 entry points take the tensor-core path: HD in {64, 128}, a valid head layout
+// (NKV > 0, NH % NKV == 0), probs == nullptr, and every pointer in `tensors` 16-byte aligned.
+bool attention_tc_supported(const AttentionShape& shape, const void* probs,
+                            std::initializer_list<const void*> tensors);
+// The tensor-core kernels themselves (throw unless attention_tc_supported).
+void attention_tc_forward(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v,
+                          const AttentionShape& shape, cudaStream_t stream = 0);
+void attention_tc_backward(bf16* dq, bf16* dk, bf16* dv, const bf16* dout, const bf16* q,
+                           const bf16* k, const bf16* v, const bf16* out, const float* lse,
+                           const AttentionShape& shape, cudaStream_t stream = 0);
 
 // ---- SwiGLU: out = silu(gate) * up
 // ---------------------------------------------------------------

@@ -234,8 +234,11 @@ TYPED_TEST(CudaKernels, Attention) {
     ref::attention_forward(out, lse, q, k, v, s);
     DeviceBuffer<T> d_q(q), d_k(k), d_v(v), d_out(nq), d_probs(nl * s.SK);
     DeviceBuffer<float> d_lse(nl);
-    cuda::attention_forward<T>(d_out.get(), d_lse.get(), s.SK > 0 ? d_probs.get() : nullptr,
-                               d_q.get(), d_k.get(), d_v.get(), s);
+    // The scalar kernels, whose error these tolerances describe. For bf16 with HD 64 / 128 the
+    // dispatching entry points take the tensor-core kernels instead, which round P and dS to bf16
+    // and are tested with their own tolerances in test_cuda_attention.cc.
+    attention_forward_reference<T>(d_out.get(), d_lse.get(), s.SK > 0 ? d_probs.get() : nullptr,
+                                   d_q.get(), d_k.get(), d_v.get(), s);
     EXPECT_TRUE(close("attention out" + tag, d_out.download(), stored<T>(out), Tol<T>::kAttnFwd));
     EXPECT_TRUE(close("attention lse" + tag, d_lse.download(), lse, kF32Reduce));
     if (s.SK > 0) {
@@ -261,8 +264,8 @@ TYPED_TEST(CudaKernels, Attention) {
     DeviceBuffer<T> d_outt(out_t), d_dout(dout), d_dq(dq), d_dk(dk), d_dv(dv);
     DeviceBuffer<float> d_lse32(lse32);
     ref::attention_backward(dq, dk, dv, dout, q, k, v, out_t, lse32, s);
-    cuda::attention_backward<T>(d_dq.get(), d_dk.get(), d_dv.get(), d_dout.get(), d_q.get(),
-                                d_k.get(), d_v.get(), d_outt.get(), d_lse32.get(), nullptr, s);
+    attention_backward_reference<T>(d_dq.get(), d_dk.get(), d_dv.get(), d_dout.get(), d_q.get(),
+                                    d_k.get(), d_v.get(), d_outt.get(), d_lse32.get(), nullptr, s);
     EXPECT_TRUE(close("attention dq" + tag, d_dq.download(), stored<T>(dq), Tol<T>::kAttnBwd));
     EXPECT_TRUE(close("attention dk" + tag, d_dk.download(), stored<T>(dk), Tol<T>::kAttnBwd));
     EXPECT_TRUE(close("attention dv" + tag, d_dv.download(), stored<T>(dv), Tol<T>::kAttnBwd));
