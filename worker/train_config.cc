@@ -27,7 +27,9 @@ nlohmann::json train_to_json(const TrainOptions& t) {
           {"eval_batches", t.eval_batches},
           {"checkpoint_every", t.checkpoint_every},
           {"keep_checkpoints", t.keep_checkpoints},
-          {"threads", t.threads}};
+          {"threads", t.threads},
+          {"device", t.device},
+          {"precision", t.precision}};
 }
 
 Status train_from_json(const nlohmann::json& j, TrainOptions* t) {
@@ -51,6 +53,8 @@ Status train_from_json(const nlohmann::json& j, TrainOptions* t) {
   f.get("checkpoint_every", &t->checkpoint_every);
   f.get("keep_checkpoints", &t->keep_checkpoints);
   f.get("threads", &t->threads);
+  f.get("device", &t->device);
+  f.get("precision", &t->precision);
   return f.finish();
 }
 
@@ -110,6 +114,27 @@ Status TrainConfig::Validate() const {
   if (t.checkpoint_every < 0) return err("train.checkpoint_every must be >= 0");
   if (t.keep_checkpoints <= 0) return err("train.keep_checkpoints must be >= 1");
   if (t.threads < 0) return err("train.threads must be >= 0 (0 = all cores)");
+  if (t.device != "cpu" && t.device != "cuda")
+    return err("train.device must be cpu or cuda (got '" + t.device + "')");
+  if (t.precision != "auto" && t.precision != "bf16" && t.precision != "fp32")
+    return err("train.precision must be auto, bf16 or fp32 (got '" + t.precision + "')");
+  if (t.device == "cpu" && t.precision == "bf16")
+    return err("train.precision=bf16 needs train.device=cuda (the CPU path computes in fp32)");
+  if (t.device == "cuda") {
+#ifndef GROVE_HAVE_CUDA
+    return err(
+        "train.device=cuda but this build has no CUDA support: rebuild with "
+        "-DGROVE_CUDA=ON on a machine with the CUDA toolkit, or set train.device=cpu");
+#endif
+    if (parallel.tp != 1 || parallel.cp != 1 || parallel.ep != 1)
+      return err(
+          "train.device=cuda runs data parallelism only so far: set parallel.tp, "
+          "parallel.cp and parallel.ep to 1 (or train.device=cpu for those layouts)");
+    if (model.moe.num_experts > 0)
+      return err(
+          "train.device=cuda runs dense models only so far: set model.moe.num_experts=0 "
+          "or train.device=cpu");
+  }
   if (data.dir.empty()) return err("data.dir must name the prepared dataset directory");
   const ParallelOptions& p = parallel;
   if (p.tp < 1 || p.cp < 1 || p.ep < 1 || p.dp < 0)

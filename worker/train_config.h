@@ -31,6 +31,12 @@ struct TrainOptions {
   int checkpoint_every = 100;           // steps between checkpoints (0: only at the end)
   int keep_checkpoints = 2;             // how many recent checkpoints to keep
   int threads = 0;                      // OpenMP threads; 0 = all cores
+  // Where the model computes: cpu (OpenBLAS + own kernels, every parallel layout) or cuda (one
+  // GPU per rank, kernels/cuda, NCCL data parallelism; tp = cp = ep = 1 and dense models so far).
+  std::string device = "cpu";
+  // cuda only: bf16 (bf16 compute, fp32 master weights and gradients) or fp32. "auto": bf16 on
+  // cuda, fp32 on cpu (the CPU path computes in fp32 only).
+  std::string precision = "auto";
 };
 
 // The parallel layout (DESIGN.md §4): tp × cp × dp = world (the number of MPI ranks).

@@ -10,6 +10,7 @@
 #include "kernels/cpu/ops.h"
 #include "parallel/lsh_dispatcher.h"
 #include "worker/checkpoint.h"
+#include "worker/gpu_training.h"
 
 namespace grove {
 
@@ -43,6 +44,8 @@ Trainer::Trainer(const TrainConfig& config, const RunOptions& run,
       val_data_(std::move(val)),
       opt_(config.model, config.parallel.tp, config.parallel.ep) {}
 
+Trainer::~Trainer() = default;
+
 CheckpointRank Trainer::checkpoint_rank() const {
   if (grid_ == nullptr) return {};
   const parallel::GridCoord& c = grid_->coord();
@@ -60,6 +63,7 @@ CheckpointRank Trainer::checkpoint_rank() const {
 // (the one that would write it to a checkpoint), then one SUM over the world. Gradients are
 // already reduced over their replicas, so every rank gets the same norm.
 double Trainer::GlobalGradNorm() {
+  if (gpu_) return gpu_->grad_norm();  // data parallel only: every rank has the same gradients
   const CheckpointRank r = checkpoint_rank();
   double sq = 0.0;
   for (const NamedTensor& g : model_->grads().named())
@@ -122,18 +126,26 @@ StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainConfig& config_in,
   if (!vl.ok()) return Status::Error("validation data: " + vl.status().message());
   t->train_loader_.emplace(std::move(tl).value());
   t->val_loader_.emplace(std::move(vl).value());
-  t->model_ = std::make_unique<Transformer>(
-      config.model, local_batch, o.seq_len, parse_recompute(o.recompute).value(),
-      ModelParallel{grid, p.sequence_parallel,
-                    parallel::parse_cp_attention(p.cp_attention).value()});
+  if (o.device == "cuda") {
+    auto gpu = GpuTraining::Create(config, local_batch, grid);
+    if (!gpu.ok()) return gpu.status();
+    t->gpu_ = std::move(gpu).value();
+    t->host_params_ = Weights::Zeros(config.model);
+  } else {
+    t->model_ = std::make_unique<Transformer>(
+        config.model, local_batch, o.seq_len, parse_recompute(o.recompute).value(),
+        ModelParallel{grid, p.sequence_parallel,
+                      parallel::parse_cp_attention(p.cp_attention).value()});
+  }
   t->inputs_.resize(size_t(local_batch) * o.seq_len);
   t->targets_.resize(t->inputs_.size());
 
   std::string from = run.resume_from;
   if (from.empty() && run.resume) from = latest;
   if (!from.empty()) {
-    auto state = LoadCheckpoint(from, t->model_->params(), t->opt_, t->checkpoint_rank());
+    auto state = LoadCheckpoint(from, t->params(), t->opt_, t->checkpoint_rank());
     if (!state.ok()) return state.status();
+    if (t->gpu_) GROVE_RETURN_IF_ERROR(t->gpu_->load(t->host_params_, t->opt_));
     if (state.value().contains("config") &&
         state.value()["config"]["model"] != ModelConfigToJson(config.model))
       return Status::Error("checkpoint " + from +
@@ -180,9 +192,30 @@ StepMetrics Trainer::TrainStep() {
   using clock = std::chrono::steady_clock;
   const auto t0 = clock::now();
   const TrainOptions& o = config_.train;
-  model_->zero_grads();
   double loss_sum = 0.0;
   StepMetrics m;
+  if (gpu_) {
+    gpu_->zero_grads();
+    for (int micro = 0; micro < o.grad_accum; ++micro) {
+      train_loader_->Next(inputs_.data(), targets_.data());
+      loss_sum += gpu_->forward(inputs_.data(), targets_.data());
+      gpu_->backward(1.0f / static_cast<float>(o.grad_accum),
+                     /*finalize=*/micro + 1 == o.grad_accum);
+    }
+    ++step_;
+    m.step = step_;
+    m.loss = static_cast<float>(loss_sum / o.grad_accum);
+    m.grad_norm = gpu_->grad_norm();
+    m.lr = learning_rate(o, step_);
+    gpu_->step(m.grad_norm, m.lr, o);
+    m.ms = std::chrono::duration<double, std::milli>(clock::now() - t0).count();
+    m.tokens_per_s = double(o.batch_size) * o.seq_len * o.grad_accum / (m.ms / 1000.0);
+    m.tflops = gpu_->flops_per_micro_batch() * o.grad_accum / (m.ms / 1000.0) / 1e12;
+    const double peak = gpu_->peak_flops();
+    m.mfu = peak > 0 ? m.tflops * 1e12 / peak : 0.0;
+    return m;
+  }
+  model_->zero_grads();
   for (int micro = 0; micro < o.grad_accum; ++micro) {
     train_loader_->Next(inputs_.data(), targets_.data());
     loss_sum += model_->forward(inputs_.data(), targets_.data());
@@ -231,7 +264,8 @@ float Trainer::Evaluate() {
       std::min<int64_t>(config_.train.eval_batches, val_loader_->batches_per_epoch()));
   for (int i = 0; i < n; ++i) {
     val_loader_->Next(inputs_.data(), targets_.data());
-    sum += model_->forward(inputs_.data(), targets_.data());
+    sum += gpu_ ? gpu_->forward(inputs_.data(), targets_.data())
+                : model_->forward(inputs_.data(), targets_.data());
   }
   return static_cast<float>(sum / std::max(n, 1));
 }
@@ -241,7 +275,8 @@ Status Trainer::SaveCheckpointNow(float loss) {
                           {"config", config_.ToJson()},
                           {"loss", loss}};
   const auto t0 = std::chrono::steady_clock::now();
-  auto dir = SaveCheckpoint(checkpoint_root(config_), step_, model_->params(), opt_, state,
+  if (gpu_) gpu_->store(&host_params_, &opt_);  // device -> the host copies the writer reads
+  auto dir = SaveCheckpoint(checkpoint_root(config_), step_, params(), opt_, state,
                             config_.train.keep_checkpoints, checkpoint_rank());
   if (!dir.ok()) return dir.status();
   const double ms =
@@ -269,7 +304,10 @@ Status Trainer::Run() {
         static_cast<long long>(config_.model.num_parameters()), config_.model.n_layers,
         config_.model.d_model, config_.model.n_heads, config_.model.vocab_size, o.batch_size,
         o.seq_len, o.grad_accum, o.recompute.c_str(), omp_get_max_threads());
-    std::printf("%s\n", model_->activation_report().to_string().c_str());
+    if (gpu_)
+      std::printf("%s\n", gpu_->describe().c_str());
+    else
+      std::printf("%s\n", model_->activation_report().to_string().c_str());
     std::printf("metrics: %s/metrics.jsonl, checkpoints: %s/checkpoints\n", config_.out_dir.c_str(),
                 config_.out_dir.c_str());
   }
@@ -286,6 +324,10 @@ Status Trainer::Run() {
     nlohmann::json row = {{"step", m.step}, {"loss", static_cast<double>(m.loss)},
                           {"lr", m.lr},     {"grad_norm", m.grad_norm},
                           {"ms", m.ms},     {"tokens_per_s", m.tokens_per_s}};
+    if (gpu_) {
+      row["tflops"] = m.tflops;
+      if (m.mfu > 0) row["mfu"] = m.mfu;
+    }
     if (!m.expert_load.empty())
       row["moe"] = {{"aux_loss", m.moe_loss},      {"expert_load", m.expert_load},
                     {"dropped", m.dropped_tokens}, {"a2a_bytes", m.a2a_bytes},
@@ -302,6 +344,7 @@ Status Trainer::Run() {
                   m.step, o.steps, m.loss, m.lr, m.grad_norm, m.tokens_per_s, m.ms);
       if (!m.expert_load.empty())
         std::printf(" | moe aux %.4f, a2a %.0f%%", m.moe_loss, 100.0 * m.a2a_ms / m.ms);
+      if (m.mfu > 0) std::printf(" | MFU %.1f%%", 100.0 * m.mfu);
       std::printf("\n");
     }
     const bool eval_now = (o.eval_every > 0 && step_ % o.eval_every == 0) || step_ == o.steps;

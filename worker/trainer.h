@@ -28,6 +28,7 @@
 namespace grove {
 
 struct StepMetrics;
+class GpuTraining;
 
 // What an observer of the training loop (e.g. the coordinator link) asks after a step.
 enum class StepControl { kContinue, kCheckpoint, kStop };
@@ -51,6 +52,8 @@ struct StepMetrics {
   double grad_norm = 0;
   double ms = 0;
   double tokens_per_s = 0;
+  double tflops = 0;     // train.device=cuda: model FLOP/s of this rank's GPU (0 on the CPU path)
+  double mfu = 0;        // tflops / the device's dense peak (0 when the peak is not known)
   float val_loss = NAN;  // set on steps that ran an evaluation
   // Mixture of experts (empty / zero for a dense model), summed over the step's micro-batches:
   float moe_loss = 0;                             // Σ layers (aux + z), times coefficients
@@ -80,7 +83,11 @@ class Trainer {
 
   int step() const { return step_; }
   const std::vector<StepMetrics>& history() const { return history_; }
+  // The CPU model (train.device=cpu). With train.device=cuda, params() is the host copy of the
+  // device parameters as of the last checkpoint.
   Transformer& model() { return *model_; }
+  Weights& params() { return gpu_ ? host_params_ : model_->params(); }
+  ~Trainer();
 
  private:
   Trainer(const TrainConfig& config, const RunOptions& run, const parallel::ParallelGrid* grid,
@@ -97,8 +104,10 @@ class Trainer {
   const parallel::ParallelGrid* grid_;
   data::TokenDataset train_data_, val_data_;
   std::optional<data::BatchLoader> train_loader_, val_loader_;
-  std::unique_ptr<Transformer> model_;
-  AdamW opt_;
+  std::unique_ptr<Transformer> model_;  // train.device=cpu
+  std::unique_ptr<GpuTraining> gpu_;    // train.device=cuda
+  Weights host_params_;                 // cuda: host copy for checkpoints
+  AdamW opt_;                           // cuda: host copy of the moments for checkpoints
   std::vector<int32_t> inputs_, targets_;
   int step_ = 0;
   std::vector<StepMetrics> history_;

@@ -2,6 +2,7 @@
 //   GEMM-like kernels (gemm, linear, attention): TFLOP/s vs cuBLAS GEMM of the same precision
 //   (cublasGemmEx / cublasSgemm on a large square problem) -> "ratio" = value / peer.
 //   Memory-bound kernels: GB/s of the bytes they must move vs a device-to-device cudaMemcpy.
+//   Grouped expert GEMMs (MoE): TFLOP/s vs one dense linear of the same total FLOPs.
 // No absolute number is a pass/fail criterion. Without a device: one "skipped" line, exit 0.
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -50,6 +51,8 @@ struct Buf {
     GROVE_CUDA_CHECK(cudaMalloc(&p, sizeof(T) * n));
     if constexpr (std::is_same_v<T, int32_t>) {
       fill_int_kernel<<<1024, 256>>>(p, n, seed, static_cast<int32_t>(scale));
+    } else if constexpr (std::is_same_v<T, double>) {  // statistics outputs: zeros
+      GROVE_CUDA_CHECK(cudaMemset(p, 0, sizeof(T) * n));
     } else if constexpr (std::is_same_v<T, float>) {
       fill_kernel<<<1024, 256>>>(p, n, seed, scale);
     } else {
@@ -285,6 +288,77 @@ void bench_memory_bound(const Peers& peers) {
   }
 }
 
+// Mixture of experts, one process: the router (fp32 whatever T is, so run once) and the permute /
+// unpermute stages as GB/s vs the device copy; the grouped expert GEMMs (one linear call per
+// expert) as TFLOP/s vs one dense linear of the same total FLOPs, measured in the same run.
+template <typename T>
+void bench_moe(const Peers& peers) {
+  const std::string t = tname<T>();
+  const double sz = sizeof(T);
+  const int N = 16384, E = 8, k = 2, C = 4096, OC = 2048;
+  const int A = N * k;
+  Buf<float> logits(int64_t{N} * E, 3.f, 7), probs(int64_t{N} * E), lse(N), weight(A);
+  Buf<float> dweight(A), dlogits(int64_t{N} * E);
+  Buf<int32_t> expert(A), counts(E), offsets(E + 1), row_of(A);
+  Buf<double> prob_sum(E), lse_sq(1);
+  auto route = [&] {
+    moe_router_forward(probs.p, lse.p, expert.p, weight.p, counts.p, prob_sum.p, lse_sq.p, logits.p,
+                       N, E, k);
+  };
+  const std::string rc = cfg({{"N", N}, {"E", E}, {"k", k}});
+  if constexpr (std::is_same_v<T, float>) {
+    double ms = time_ms(route);
+    emit("moe_router_forward", rc, 2.0 * N * E * 4 / ms / 1e6, "GB/s", "memcpy_d2d", peers.copy_gbs,
+         ms);
+    ms = time_ms([&] {
+      moe_router_backward(dlogits.p, dweight.p, probs.p, lse.p, expert.p, weight.p, counts.p, N,
+                          1e-2f, 1e-3f, 1.f, N, E, k);
+    });
+    emit("moe_router_backward", rc, 2.0 * N * E * 4 / ms / 1e6, "GB/s", "memcpy_d2d",
+         peers.copy_gbs, ms);
+  }
+  route();
+
+  const std::string pc = cfg({{"N", N}, {"E", E}, {"k", k}, {"C", C}});
+  auto report = [&](const std::string& name, double bytes, double ms) {
+    emit(name + "_" + t, pc, bytes / ms / 1e6, "GB/s", "memcpy_d2d", peers.copy_gbs, ms);
+  };
+  const double row_bytes = double(C) * sz;
+  Buf<T> x(int64_t{N} * C), xp(int64_t{A} * C), y(int64_t{N} * C), dy(int64_t{N} * C);
+  Buf<T> dxp(int64_t{A} * C);
+  // Layout + gather: each assignment's row read once and written once.
+  double ms = time_ms(
+      [&] { moe_permute<T>(xp.p, offsets.p, row_of.p, x.p, expert.p, counts.p, N, k, E, C); });
+  report("moe_permute", 2.0 * A * row_bytes, ms);
+  ms = time_ms([&] { moe_permute_backward<T>(y.p, dxp.p, row_of.p, N, k, C); });
+  report("moe_permute_backward", (double(A) + 2.0 * N) * row_bytes, ms);
+  ms = time_ms([&] { moe_unpermute<T>(y.p, xp.p, weight.p, row_of.p, N, k, C); });
+  report("moe_unpermute", (double(A) + N) * row_bytes, ms);
+  ms = time_ms([&] {
+    moe_unpermute_backward<T>(dxp.p, dweight.p, dy.p, xp.p, weight.p, row_of.p, N, k, C);
+  });
+  report("moe_unpermute_backward", (2.0 * A + N) * row_bytes, ms);
+
+  // Grouped expert GEMMs on the permuted rows, with the routing's (host-copied) offsets.
+  std::vector<int32_t> off(E + 1);
+  GROVE_CUDA_CHECK(
+      cudaMemcpy(off.data(), offsets.p, sizeof(int32_t) * (E + 1), cudaMemcpyDeviceToHost));
+  Buf<T> w(int64_t{E} * OC * C), out(int64_t{A} * OC), dout(int64_t{A} * OC);
+  Buf<float> dw(int64_t{E} * OC * C);
+  const double flops = 2.0 * A * C * OC;
+  const std::string gc = cfg({{"rows", A}, {"E", E}, {"C", C}, {"OC", OC}});
+  double dense_ms = time_ms([&] { linear_forward<T>(out.p, xp.p, w.p, nullptr, A, C, OC); });
+  ms = time_ms([&] { grouped_linear_forward<T>(out.p, xp.p, w.p, off.data(), E, C, OC); });
+  emit("grouped_linear_forward_" + t, gc, flops / ms / 1e9, "TFLOP/s", "dense_linear_forward_" + t,
+       flops / dense_ms / 1e9, ms);
+  dense_ms =
+      time_ms([&] { linear_backward<T>(dxp.p, dw.p, nullptr, dout.p, xp.p, w.p, A, C, OC); });
+  ms = time_ms(
+      [&] { grouped_linear_backward<T>(dxp.p, dw.p, dout.p, xp.p, w.p, off.data(), E, C, OC); });
+  emit("grouped_linear_backward_" + t, gc, 2 * flops / ms / 1e9, "TFLOP/s",
+       "dense_linear_backward_" + t, 2 * flops / dense_ms / 1e9, ms);
+}
+
 // Attention, bf16, causal: the tensor-core kernels (attention_tc.cu) as TFLOP/s against the cuBLAS
 // bf16 GEMM peak, and against the scalar kernels (attention_*_reference) on the same shape, in the
 // same run ("_vs_scalar" lines: peer = the scalar kernel's TFLOP/s, ratio = speedup). FLOPs: see
@@ -351,6 +425,8 @@ int main() {
     bench_gemm_like<float>(peers);
     bench_memory_bound<bf16>(peers);
     bench_memory_bound<float>(peers);
+    bench_moe<bf16>(peers);
+    bench_moe<float>(peers);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_cuda_kernels: %s\n", e.what());
     return 1;

@@ -39,16 +39,6 @@ struct Options {
   double peak_tflops = 0;  // 0: from the device name
 };
 
-double spec_peak_tflops(const std::string& device, GpuPrecision p) {
-  // Dense (no sparsity) tensor-core peaks from NVIDIA's data sheets, SXM parts.
-  const bool hopper = device.find("H100") != std::string::npos ||
-                      device.find("H200") != std::string::npos ||
-                      device.find("GH200") != std::string::npos;
-  if (hopper) return p == GpuPrecision::kBf16 ? 989.4 : 66.9;  // fp32 without TF32
-  if (device.find("A100") != std::string::npos) return p == GpuPrecision::kBf16 ? 312.0 : 19.5;
-  return 0;
-}
-
 double cublas_bf16_tflops() {
   const int n = 8192;
   void *a, *b, *c;
@@ -183,7 +173,7 @@ int Main(const Options& o) {
   const double tokens_per_s = N / step_s;
   const double tflops = model.flops_per_step() / step_s / 1e12;
   const double peak =
-      o.peak_tflops > 0 ? o.peak_tflops : spec_peak_tflops(device, precision.value());
+      o.peak_tflops > 0 ? o.peak_tflops : dense_peak_tflops(device, precision.value());
   nlohmann::json cfg = {{"params", model.num_params()},
                         {"d_model", o.d_model},
                         {"layers", o.layers},

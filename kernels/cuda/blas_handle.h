@@ -37,9 +37,10 @@ class BlasHandle {
   void* workspace(cudaStream_t stream);
   size_t workspace_bytes() const { return workspace_bytes_; }
 
-  // Key of a cached Lt algorithm: trans_a, trans_b, m, n, k, lda, ldb, ldc, C type, alignment.
-  // nullopt: cuBLASLt offered none (e.g. odd leading dimensions); cublasGemmEx is used instead.
-  using AlgoKey = std::tuple<int, int, int, int, int, int, int, int, int, int>;
+  // Key of a cached Lt algorithm: trans_a, trans_b, m, n, k, lda, ldb, ldc, C type, alignment,
+  // bias epilogue. nullopt: cuBLASLt offered none (e.g. odd leading dimensions); cublasGemmEx is
+  // used instead.
+  using AlgoKey = std::tuple<int, int, int, int, int, int, int, int, int, int, int>;
   using AlgoCache = std::map<AlgoKey, std::optional<cublasLtMatmulAlgo_t>>;
   AlgoCache& algo_cache() { return algo_cache_; }
 

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <numeric>
 #include <optional>
+#include <type_traits>
 
 #include "kernels/cuda/blas_handle.h"
 #include "kernels/cuda/common.cuh"
@@ -43,12 +44,27 @@ struct LtPref {
   }
 };
 
-// Row-major C[M,N] = alpha op(A) op(B) + beta C with A, B bf16 and C of type c_type (bf16 / fp32).
+// out[n, oc] = bias[oc]
+template <typename T>
+__global__ void broadcast_bias_kernel(T* out, const T* bias, int64_t N, int OC) {
+  int64_t total = N * OC;
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total;
+       i += int64_t{gridDim.x} * blockDim.x)
+    out[i] = bias[i % OC];
+}
+
+// Row-major C[M,N] = alpha op(A) op(B) + beta C (+ bias[N] broadcast over rows) with A, B bf16
+// and C of type c_type (bf16 / fp32). A bias (bf16 C only) goes through the cuBLASLt
+// CUBLASLT_EPILOGUE_BIAS epilogue, added in fp32 before the single rounding of C; its type is then
+// the output type (bf16, cuBLASLt's default). Where cuBLASLt has no algorithm, C is first filled
+// with the bias and the classic GEMM accumulates onto it (beta must then be 0).
 void lt_matmul(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const bf16* A, int lda,
                const bf16* B, int ldb, float beta, void* C, cudaDataType_t c_type, int ldc,
-               cudaStream_t stream) {
+               cudaStream_t stream, const bf16* bias = nullptr) {
   if (M == 0 || N == 0) return;
   GROVE_CHECK(K > 0) << "bf16 gemm needs K > 0 (got " << K << ")";
+  GROVE_CHECK(bias == nullptr || (c_type == CUDA_R_16BF && ldc == N))
+      << "bf16 gemm: a bias needs a packed bf16 C";
   BlasHandle& h = default_blas_handle();
   // Column-major problem: m = N, n = M; "A" is row-major B, "B" is row-major A.
   cublasOperation_t op_a = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
@@ -59,6 +75,13 @@ void lt_matmul(bool trans_a, bool trans_b, int M, int N, int K, float alpha, con
       cublasLtMatmulDescSetAttribute(desc.d, CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof(op_a)));
   GROVE_CUBLAS_CHECK(
       cublasLtMatmulDescSetAttribute(desc.d, CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof(op_b)));
+  if (bias != nullptr) {  // column-major D has N rows: one bias value per row
+    cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
+    GROVE_CUBLAS_CHECK(
+        cublasLtMatmulDescSetAttribute(desc.d, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
+    GROVE_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc.d, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                                                      &bias, sizeof(bias)));
+  }
   LtLayout la, lb, lc;
   // Stored (column-major) shapes before op: rows x cols.
   GROVE_CUBLAS_CHECK(
@@ -68,8 +91,11 @@ void lt_matmul(bool trans_a, bool trans_b, int M, int N, int K, float alpha, con
   GROVE_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lc.l, c_type, N, M, ldc));
 
   int align = std::min({pointer_alignment(A), pointer_alignment(B), pointer_alignment(C)});
-  BlasHandle::AlgoKey key{trans_a, trans_b, M, N, K, lda, ldb, ldc, static_cast<int>(c_type),
-                          align};
+  // The heuristic also depends on the bias pointer's alignment: fold it into the key's.
+  if (bias != nullptr) align = std::min(align, pointer_alignment(bias));
+  const int epilogue = bias != nullptr ? 1 : 0;
+  const BlasHandle::AlgoKey key(trans_a, trans_b, M, N, K, lda, ldb, ldc, static_cast<int>(c_type),
+                                align, epilogue);
   auto& cache = h.algo_cache();
   auto it = cache.find(key);
   if (it == cache.end()) {
@@ -97,19 +123,17 @@ void lt_matmul(bool trans_a, bool trans_b, int M, int N, int K, float alpha, con
                                       lc.l, &*it->second, h.workspace(stream), h.workspace_bytes(),
                                       stream));
   } else {  // no Lt algorithm for this layout: the classic API, same types and fp32 accumulation
+    if (bias != nullptr) {
+      GROVE_CHECK(beta == 0.f) << "bf16 gemm: a bias with beta != 0 needs cuBLASLt";
+      broadcast_bias_kernel<bf16><<<detail::grid_for(int64_t{M} * N, 256), 256, 0, stream>>>(
+          static_cast<bf16*>(C), bias, M, N);
+      GROVE_CUDA_CHECK_LAUNCH();
+      beta = 1.f;
+    }
     GROVE_CUBLAS_CHECK(cublasGemmEx(h.cublas(stream), op_a, op_b, N, M, K, &alpha, B, CUDA_R_16BF,
                                     ldb, A, CUDA_R_16BF, lda, &beta, C, c_type, ldc,
                                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   }
-}
-
-// out[n, oc] = bias[oc]
-template <typename T>
-__global__ void broadcast_bias_kernel(T* out, const T* bias, int64_t N, int OC) {
-  int64_t total = N * OC;
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total;
-       i += int64_t{gridDim.x} * blockDim.x)
-    out[i] = bias[i % OC];
 }
 
 // dbias[oc] += sum_n dout[n, oc]. Block (32, 8): 32 columns, 8 row strides; deterministic.
@@ -157,8 +181,15 @@ void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const bf
 template <typename T>
 void linear_forward(T* out, const T* inp, const T* weight, const T* bias, int N, int C, int OC,
                     cudaStream_t stream) {
-  // With a bias, out is first filled with it and the GEMM accumulates onto it (beta = 1): the
-  // bias is added in fp32 inside the GEMM epilogue and a bf16 out is rounded only once.
+  if constexpr (std::is_same_v<T, bf16>) {
+    if (bias != nullptr) {  // fused: cuBLASLt's bias epilogue, one pass over out
+      lt_matmul(false, true, N, OC, C, 1.f, inp, C, weight, C, 0.f, out, CUDA_R_16BF, OC, stream,
+                bias);
+      return;
+    }
+  }
+  // fp32 (and bf16 without a bias): with a bias, out is first filled with it and the GEMM
+  // accumulates onto it (beta = 1), so the bias is added in fp32 before out is rounded.
   float beta = 0.f;
   if (bias != nullptr && N > 0 && OC > 0) {
     broadcast_bias_kernel<T>

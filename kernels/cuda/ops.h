@@ -46,7 +46,8 @@ void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const bf
           const bf16* B, int ldb, float beta, float* C, int ldc, cudaStream_t stream = 0);
 
 // ---- Linear (weight [OC, C] as in PyTorch nn.Linear) -----------------------------------------
-// out[N,OC] = inp[N,C] @ weight[OC,C]^T (+ bias[OC] when bias != nullptr)
+// out[N,OC] = inp[N,C] @ weight[OC,C]^T (+ bias[OC] when bias != nullptr). The bias is added in
+// fp32 before out is rounded; for bf16 inside cuBLASLt's bias epilogue (one pass over out).
 template <typename T>
 void linear_forward(T* out, const T* inp, const T* weight, const T* bias, int N, int C, int OC,
                     cudaStream_t stream = 0);
@@ -169,5 +170,92 @@ void convert(float* dst, const bf16* src, int64_t n, cudaStream_t stream = 0);
 void adamw_update(float* param, const float* grad, float* m, float* v, int64_t n, float lr,
                   float beta1, float beta2, float eps, float weight_decay, int step,
                   cudaStream_t stream = 0);
+
+// ---- Mixture of experts (DESIGN §7) ------------------------------------------------------------
+// The GPU counterpart, for one process (no expert parallelism, stats group of one), of
+// parallel/moe_router.h (route), moe_dispatcher.cc (permute, combine) and moe_experts.h (grouped
+// expert GEMMs). Legend: N tokens, C model dim, E experts, k experts per token
+// (1 <= k <= min(E, kMoeMaxTopK)), A = N·k assignments, assignment a = n·k + j.
+//  - The router is fp32 whatever T is (its logits come from a GEMM with an fp32 C), and computes
+//    the softmax in double as the CPU router does, so ids, probs and weights match it.
+//  - DROPLESS ONLY: capacity_factor > 0 (capacity dropping) is not implemented on the GPU; every
+//    assignment gets a row of the permuted buffer.
+//  - Index buffers (expert ids, counts, offsets, row_of) are int32 on the device: A < 2^31.
+//  - Everything is deterministic: no atomics, fixed-order fp32 / double sums.
+constexpr int kMoeMaxTopK = 16;
+
+// Route: from logits[N,E] writes probs[N,E] = softmax(logits), lse[N] = logsumexp(logits),
+// expert[N,k] = top-k ids by logit (largest first, a tie goes to the lower id), and
+// weight[N,k] = p_e / Σ_j p_{e_j} when k > 1, p_e when k == 1 (Switch; see moe_router.cc).
+// Statistics of these N tokens (written; zeros when N == 0): counts[E] (assignments routed to
+// each expert), prob_sum[E] = Σ_n p_{n,e} and lse_sq_sum[0] = Σ_n lse_n² (double). With
+// T_all = N, f_i = counts_i / (T_all·k) and P_i = prob_sum_i / T_all: aux = α·E·Σ_i f_i·P_i,
+// z = β·lse_sq_sum / T_all (moe_router_losses below, on host copies).
+void moe_router_forward(float* probs, float* lse, int32_t* expert, float* weight, int32_t* counts,
+                        double* prob_sum, double* lse_sq_sum, const float* logits, int N, int E,
+                        int k, cudaStream_t stream = 0);
+// dlogits[N,E] (WRITTEN) = d/dlogits of Σ_{n,j} dweight_{n,j}·w_{n,j} + loss_scale·(aux + z),
+// from the forward's probs, lse, expert and weight; f_i (from counts) carries no gradient. counts
+// and tokens_all are those of the stats group: for one process the forward's counts and N. The
+// GEMMs for dW_r and dx (linear_backward on dlogits) are the caller's.
+void moe_router_backward(float* dlogits, const float* dweight, const float* probs, const float* lse,
+                         const int32_t* expert, const float* weight, const int32_t* counts,
+                         int64_t tokens_all, float aux_coef, float z_coef, float loss_scale, int N,
+                         int E, int k, cudaStream_t stream = 0);
+
+// The aux and z losses (already multiplied by α and β) from host copies of the forward's
+// statistics, with the CPU router's formula and order of operations.
+struct MoeRouterLosses {
+  float aux = 0, z = 0;
+};
+inline MoeRouterLosses moe_router_losses(const int32_t* counts, const double* prob_sum,
+                                         double lse_sq_sum, int64_t tokens_all, int E, int k,
+                                         float aux_coef, float z_coef) {
+  MoeRouterLosses l;
+  const double T_all = double(tokens_all);
+  if (T_all <= 0) return l;
+  double aux = 0;
+  for (int e = 0; e < E; ++e) aux += double(counts[e]) / (T_all * k) * prob_sum[e] / T_all;
+  l.aux = float(double(aux_coef) * E * aux);
+  l.z = float(double(z_coef) * lse_sq_sum / T_all);
+  return l;
+}
+
+// Permute (dispatch, one process): a stable counting sort of the A assignments by expert, in
+// (expert, token, slot) order, the single-rank order of AllToAllDispatcher. Writes offsets[E+1]
+// (exclusive prefix sum of counts; expert e owns rows [offsets[e], offsets[e+1]), offsets[E] = A),
+// row_of[A] (assignment → row) and xp[A,C] (xp[row_of[n·k + j]] = x[n]). counts must be the
+// routing's own counts (as moe_router_forward writes them), not counts summed over a group.
+template <typename T>
+void moe_permute(T* xp, int32_t* offsets, int32_t* row_of, const T* x, const int32_t* expert,
+                 const int32_t* counts, int N, int k, int E, int C, cudaStream_t stream = 0);
+// dx[N,C] += Σ_j dxp[row_of[n·k + j]], summed in slot order j = 0..k-1 in fp32.
+template <typename T>
+void moe_permute_backward(T* dx, const T* dxp, const int32_t* row_of, int N, int k, int C,
+                          cudaStream_t stream = 0);
+// Unpermute (combine): y[N,C] = Σ_j weight[n,j]·yp[row_of[n·k + j]] (WRITTEN; fp32, slot order).
+template <typename T>
+void moe_unpermute(T* y, const T* yp, const float* weight, const int32_t* row_of, int N, int k,
+                   int C, cudaStream_t stream = 0);
+// dyp[row_of[n·k + j]] = weight[n,j]·dy[n] (WRITTEN) and dweight[n,j] = <dy[n], yp[row_of[..]]>
+// (WRITTEN, fp32).
+template <typename T>
+void moe_unpermute_backward(T* dyp, float* dweight, const T* dy, const T* yp, const float* weight,
+                            const int32_t* row_of, int N, int k, int C, cudaStream_t stream = 0);
+
+// Grouped linear (the experts' GEMMs): rows [offsets[e], offsets[e+1]) of inp belong to expert e,
+// whose weight is the slab weight[e] of weight[E,OC,C]; one linear_forward / linear_backward per
+// non-empty expert. offsets_host is a HOST copy of moe_permute's offsets (E+1 entries). Rows
+// outside [offsets[0], offsets[E]) are not touched.
+// out[R,OC] rows written.
+template <typename T>
+void grouped_linear_forward(T* out, const T* inp, const T* weight, const int32_t* offsets_host,
+                            int E, int C, int OC, cudaStream_t stream = 0);
+// dinp[R,C] += dout @ weight[e]; dweight[E,OC,C] += dout^T @ inp (fp32), per expert. dinp may be
+// null.
+template <typename T>
+void grouped_linear_backward(T* dinp, float* dweight, const T* dout, const T* inp, const T* weight,
+                             const int32_t* offsets_host, int E, int C, int OC,
+                             cudaStream_t stream = 0);
 
 }  // namespace grove::cuda

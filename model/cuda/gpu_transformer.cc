@@ -24,6 +24,22 @@ StatusOr<GpuPrecision> parse_gpu_precision(const std::string& s) {
   return Status::Error("precision '" + s + "' is not one of fp32, bf16");
 }
 
+std::string current_device_name() {
+  int dev = 0;
+  GROVE_CUDA_CHECK(cudaGetDevice(&dev));
+  cudaDeviceProp prop{};
+  GROVE_CUDA_CHECK(cudaGetDeviceProperties(&prop, dev));
+  return prop.name;
+}
+
+double dense_peak_tflops(const std::string& name, GpuPrecision p) {
+  // NVIDIA data sheets, SXM parts, dense (no 2:4 sparsity); fp32 without TF32.
+  auto has = [&](const char* s) { return name.find(s) != std::string::npos; };
+  if (has("H100") || has("H200") || has("GH200")) return p == GpuPrecision::kBf16 ? 989.4 : 66.9;
+  if (has("A100")) return p == GpuPrecision::kBf16 ? 312.0 : 19.5;
+  return 0;
+}
+
 std::vector<FlatEntry> FlatLayout(const ModelConfig& c) {
   const int64_t h = c.d_model, V = c.vocab_size, f = c.ffn(), fe = c.expert_ffn();
   const int64_t qd = int64_t(c.n_heads) * c.head_dim(), kvd = int64_t(c.kv_heads()) * c.head_dim();

@@ -48,6 +48,12 @@ enum class GpuPrecision { kFp32, kBf16 };
 const char* gpu_precision_name(GpuPrecision p);
 StatusOr<GpuPrecision> parse_gpu_precision(const std::string& s);
 
+// The name of the current CUDA device ("NVIDIA H100 80GB HBM3"), and the data sheet's dense
+// tensor-core peak for a device of that name in TFLOP/s (0 when the name is not known), the
+// denominator of MFU.
+std::string current_device_name();
+double dense_peak_tflops(const std::string& device_name, GpuPrecision p);
+
 // Where one named parameter lives in the flat buffers.
 struct FlatEntry {
   std::string name;  // as in Weights::named(): "wte", "layers.3.wq", ...

@@ -3,6 +3,7 @@
 // Same contracts as kernels/cpu/ops.h; backward references accumulate (+=).
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -211,6 +212,170 @@ inline void adamw(Vec& p, const Vec& g, Vec& m, Vec& v, double lr, double b1, do
     double mh = m[i] / (1 - std::pow(b1, step)), vh = v[i] / (1 - std::pow(b2, step));
     p[i] -= lr * (mh / (std::sqrt(vh) + eps) + wd * p[i]);
   }
+}
+
+// ---- Mixture of experts (one process): parallel/moe_router.cc and the single-rank
+// AllToAllDispatcher / grouped experts, in double. Legend as in ops.h: N tokens, E experts, k
+// slots, a = n·k + j.
+struct MoeRoute {
+  Vec probs, lse;               // [N,E], [N]
+  std::vector<int32_t> expert;  // [N,k] top-k by logit, a tie to the lower id
+  Vec weight;                   // [N,k] renormalised over the k when k > 1, p_e when k == 1
+  std::vector<int32_t> counts;  // [E] assignments per expert
+  Vec prob_sum;                 // [E] Σ_n p_{n,e}
+  double lse_sq_sum = 0;        // Σ_n lse_n²
+};
+inline MoeRoute moe_router_forward(const Vec& logits, int N, int E, int k) {
+  MoeRoute r;
+  r.probs.assign(size_t(N) * E, 0.0);
+  r.lse.assign(N, 0.0);
+  r.expert.assign(size_t(N) * k, -1);
+  r.weight.assign(size_t(N) * k, 0.0);
+  r.counts.assign(E, 0);
+  r.prob_sum.assign(E, 0.0);
+  for (int n = 0; n < N; ++n) {
+    const double* x = logits.data() + size_t(n) * E;
+    int32_t* ex = r.expert.data() + size_t(n) * k;
+    for (int j = 0; j < k; ++j) {  // the CPU router's scan: strict >, so a tie keeps the lower id
+      int best = -1;
+      for (int e = 0; e < E; ++e) {
+        bool taken = false;
+        for (int i = 0; i < j; ++i) taken = taken || ex[i] == e;
+        if (!taken && (best < 0 || x[e] > x[best])) best = e;
+      }
+      ex[j] = best;
+    }
+    double m = -kInf, s = 0;
+    for (int e = 0; e < E; ++e) m = std::max(m, x[e]);
+    for (int e = 0; e < E; ++e) s += std::exp(x[e] - m);
+    const double l = m + std::log(s);
+    r.lse[n] = l;
+    r.lse_sq_sum += l * l;
+    double* p = r.probs.data() + size_t(n) * E;
+    for (int e = 0; e < E; ++e) {
+      p[e] = std::exp(x[e] - l);
+      r.prob_sum[e] += p[e];
+    }
+    double S = 0;
+    for (int j = 0; j < k; ++j) S += p[ex[j]];
+    for (int j = 0; j < k; ++j) {
+      r.weight[size_t(n) * k + j] = k == 1 ? p[ex[j]] : p[ex[j]] / S;
+      ++r.counts[ex[j]];
+    }
+  }
+  return r;
+}
+// aux + z of a routing over N = T_all tokens: α·E·Σ_i f_i·P_i + β·Σ lse² / T_all.
+inline double moe_router_aux_z(const MoeRoute& r, int N, int E, int k, double aux_coef,
+                               double z_coef) {
+  if (N == 0) return 0.0;
+  double aux = 0;
+  for (int e = 0; e < E; ++e) aux += double(r.counts[e]) / (double(N) * k) * r.prob_sum[e] / N;
+  return aux_coef * E * aux + z_coef * r.lse_sq_sum / N;
+}
+// dlogits (WRITTEN) of Σ dweight·w + loss_scale·(aux + z), f_i (from counts) held constant.
+inline void moe_router_backward(Vec& dlogits, const Vec& dweight, const Vec& probs, const Vec& lse,
+                                const std::vector<int32_t>& expert, const Vec& weight,
+                                const std::vector<int32_t>& counts, double tokens_all,
+                                double aux_coef, double z_coef, double loss_scale, int N, int E,
+                                int k) {
+  Vec d(E);
+  for (int n = 0; n < N; ++n) {
+    const double* p = probs.data() + size_t(n) * E;
+    const int32_t* ex = expert.data() + size_t(n) * k;
+    const double* w = weight.data() + size_t(n) * k;
+    const double* dw = dweight.data() + size_t(n) * k;
+    // dL/dp_e: the aux term, then the combine weights (w_j = p_{e_j} / S, or p_{e_0} for k = 1).
+    for (int e = 0; e < E; ++e)
+      d[e] = loss_scale * aux_coef * E * (counts[e] / (tokens_all * k)) / tokens_all;
+    if (k == 1) {
+      d[ex[0]] += dw[0];
+    } else {
+      double S = 0, dot = 0;
+      for (int j = 0; j < k; ++j) {
+        S += p[ex[j]];
+        dot += dw[j] * w[j];
+      }
+      for (int j = 0; j < k; ++j) d[ex[j]] += (dw[j] - dot) / S;
+    }
+    double s = 0;
+    for (int e = 0; e < E; ++e) s += d[e] * p[e];
+    const double dz = loss_scale * z_coef * 2.0 / tokens_all;  // d(lse²)/dlogit_e = 2·lse·p_e
+    for (int e = 0; e < E; ++e) dlogits[size_t(n) * E + e] = p[e] * (d[e] - s) + dz * lse[n] * p[e];
+  }
+}
+
+// The counting sort of moe_permute: offsets[E+1], row_of[N·k] in (expert, token, slot) order.
+inline void moe_permute_layout(std::vector<int32_t>& offsets, std::vector<int32_t>& row_of,
+                               const std::vector<int32_t>& expert, int N, int k, int E) {
+  offsets.assign(E + 1, 0);
+  row_of.assign(size_t(N) * k, -1);
+  for (size_t a = 0; a < size_t(N) * k; ++a) ++offsets[expert[a] + 1];
+  for (int e = 0; e < E; ++e) offsets[e + 1] += offsets[e];
+  std::vector<int32_t> cursor(offsets.begin(), offsets.end() - 1);
+  for (size_t a = 0; a < size_t(N) * k; ++a) row_of[a] = cursor[expert[a]]++;
+}
+// xp[row_of[a]] = x[a / k] (xp sized N·k·C).
+inline void moe_permute(Vec& xp, const Vec& x, const std::vector<int32_t>& row_of, int N, int k,
+                        int C) {
+  for (size_t a = 0; a < size_t(N) * k; ++a)
+    for (int c = 0; c < C; ++c) xp[size_t(row_of[a]) * C + c] = x[(a / k) * C + c];
+}
+// dx[n] += Σ_j dxp[row_of[n·k + j]].
+inline void moe_permute_backward(Vec& dx, const Vec& dxp, const std::vector<int32_t>& row_of, int N,
+                                 int k, int C) {
+  for (size_t a = 0; a < size_t(N) * k; ++a)
+    for (int c = 0; c < C; ++c) dx[(a / k) * C + c] += dxp[size_t(row_of[a]) * C + c];
+}
+// y[n] = Σ_j w[n,j]·yp[row_of[n·k + j]] (WRITTEN).
+inline void moe_unpermute(Vec& y, const Vec& yp, const Vec& w, const std::vector<int32_t>& row_of,
+                          int N, int k, int C) {
+  for (int n = 0; n < N; ++n)
+    for (int c = 0; c < C; ++c) {
+      double acc = 0;
+      for (int j = 0; j < k; ++j)
+        acc += w[size_t(n) * k + j] * yp[size_t(row_of[size_t(n) * k + j]) * C + c];
+      y[size_t(n) * C + c] = acc;
+    }
+}
+// dyp[row_of[a]] = w[a]·dy[n], dw[a] = <dy[n], yp[row_of[a]]> (both WRITTEN).
+inline void moe_unpermute_backward(Vec& dyp, Vec& dw, const Vec& dy, const Vec& yp, const Vec& w,
+                                   const std::vector<int32_t>& row_of, int N, int k, int C) {
+  for (size_t a = 0; a < size_t(N) * k; ++a) {
+    const size_t n = a / k, row = size_t(row_of[a]);
+    double dot = 0;
+    for (int c = 0; c < C; ++c) {
+      dot += dy[n * C + c] * yp[row * C + c];
+      dyp[row * C + c] = w[a] * dy[n * C + c];
+    }
+    dw[a] = dot;
+  }
+}
+// Expert e's rows [offsets[e], offsets[e+1]) times its slab of weight[E,OC,C].
+inline void grouped_linear_forward(Vec& out, const Vec& inp, const Vec& w,
+                                   const std::vector<int32_t>& offsets, int E, int C, int OC) {
+  for (int e = 0; e < E; ++e)
+    for (int r = offsets[e]; r < offsets[e + 1]; ++r)
+      for (int o = 0; o < OC; ++o) {
+        double acc = 0;
+        for (int c = 0; c < C; ++c) acc += inp[size_t(r) * C + c] * w[(size_t(e) * OC + o) * C + c];
+        out[size_t(r) * OC + o] = acc;
+      }
+}
+// dinp += ..., dw += ... (dinp may be null).
+inline void grouped_linear_backward(Vec* dinp, Vec& dw, const Vec& dout, const Vec& inp,
+                                    const Vec& w, const std::vector<int32_t>& offsets, int E, int C,
+                                    int OC) {
+  for (int e = 0; e < E; ++e)
+    for (int r = offsets[e]; r < offsets[e + 1]; ++r)
+      for (int o = 0; o < OC; ++o) {
+        const double g = dout[size_t(r) * OC + o];
+        for (int c = 0; c < C; ++c) {
+          const size_t wi = (size_t(e) * OC + o) * C + c;
+          if (dinp) (*dinp)[size_t(r) * C + c] += g * w[wi];
+          dw[wi] += g * inp[size_t(r) * C + c];
+        }
+      }
 }
 
 }  // namespace grove::cuda::ref

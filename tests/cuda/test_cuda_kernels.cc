@@ -144,6 +144,30 @@ TYPED_TEST(CudaKernels, Linear) {
   EXPECT_TRUE(close("linear dbias untouched", d_db.download(), db, 0.0));
 }
 
+// The bias path over shapes that take cuBLASLt's bias epilogue (bf16) and its fallbacks: one
+// row, an odd OC (no Lt algorithm for odd leading dimensions: bias broadcast, then GEMM), and a
+// bias pointer aligned to 2 bytes only.
+TYPED_TEST(CudaKernels, LinearBiasShapes) {
+  using T = TypeParam;
+  struct Shape {
+    int N, C, OC, bias_offset;
+  };
+  for (Shape s : {Shape{1, 64, 48, 0}, Shape{33, 40, 33, 0}, Shape{128, 256, 200, 1}}) {
+    std::string tag = " N=" + std::to_string(s.N) + " C=" + std::to_string(s.C) +
+                      " OC=" + std::to_string(s.OC) + " bias+" + std::to_string(s.bias_offset);
+    Vec inp = stored<T>(random_vec(size_t(s.N) * s.C, 18)),
+        w = stored<T>(random_vec(size_t(s.OC) * s.C, 19));
+    Vec bias_buf = stored<T>(random_vec(s.OC + 1, 20));
+    Vec bias(bias_buf.begin() + s.bias_offset, bias_buf.begin() + s.bias_offset + s.OC);
+    Vec want(size_t(s.N) * s.OC);
+    ref::linear_forward(want, inp, w, &bias, s.N, s.C, s.OC);
+    DeviceBuffer<T> d_inp(inp), d_w(w), d_bias(bias_buf), d_out(Vec(size_t(s.N) * s.OC, 7.0));
+    linear_forward<T>(d_out.get(), d_inp.get(), d_w.get(), d_bias.get() + s.bias_offset, s.N, s.C,
+                      s.OC);
+    EXPECT_TRUE(close("linear out (bias)" + tag, d_out.download(), stored<T>(want), Tol<T>::kGemm));
+  }
+}
+
 // ---- RMSNorm -------------------------------------------------------------------------------
 TYPED_TEST(CudaKernels, RmsNorm) {
   using T = TypeParam;

@@ -3,7 +3,10 @@
 // otherwise pass a wrong kernel.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <functional>
+#include <string>
+#include <vector>
 
 #include "tests/cuda/reference.h"
 #include "tests/cuda/test_util.h"
@@ -136,6 +139,100 @@ TEST(CudaReference, SwigluCrossEntropyRopeLinear) {
   ref::linear_forward(out_l, inp, w, nullptr, M, C, OC);
   ref::gemm(false, true, M, OC, C, 1.0, inp, C, w, C, 0.0, out_g, OC);
   EXPECT_TRUE(close("ref gemm", out_g, out_l, 1e-15));
+}
+
+// ---- Mixture of experts ----------------------------------------------------------------------
+
+// Two tokens, three experts, top-2, computed by hand:
+//   token 0, logits (0, ln 2, ln 3): p = (1, 2, 3)/6, lse = ln 6, experts (2, 1), w = (0.6, 0.4)
+//   token 1, logits (1, 1, 0): p = (e, e, 1)/(2e + 1), a tie between 0 and 1 goes to 0:
+//   experts (0, 1), w = (0.5, 0.5).
+TEST(CudaReference, MoeRouterHandExample) {
+  const double e1 = std::exp(1.0), Z = 2 * e1 + 1;
+  Vec logits{0.0, std::log(2.0), std::log(3.0), 1.0, 1.0, 0.0};
+  ref::MoeRoute r = ref::moe_router_forward(logits, 2, 3, 2);
+  EXPECT_EQ(r.expert, (std::vector<int32_t>{2, 1, 0, 1}));
+  EXPECT_TRUE(
+      close("hand probs", r.probs, Vec{1 / 6.0, 2 / 6.0, 3 / 6.0, e1 / Z, e1 / Z, 1 / Z}, 1e-15));
+  EXPECT_TRUE(close("hand lse", r.lse, Vec{std::log(6.0), std::log(Z)}, 1e-15));
+  EXPECT_TRUE(close("hand weight", r.weight, Vec{0.6, 0.4, 0.5, 0.5}, 1e-15));
+  EXPECT_EQ(r.counts, (std::vector<int32_t>{1, 2, 1}));
+  Vec P{1 / 6.0 + e1 / Z, 2 / 6.0 + e1 / Z, 3 / 6.0 + 1 / Z};
+  EXPECT_TRUE(close("hand prob_sum", r.prob_sum, P, 1e-15));
+  // f = counts / (T·k) = (1/4, 1/2, 1/4), P_i = prob_sum_i / T; aux = α·E·Σ f_i P_i.
+  const double aux = 3 * (0.25 * P[0] + 0.5 * P[1] + 0.25 * P[2]) / 2;
+  const double z = (std::pow(std::log(6.0), 2) + std::pow(std::log(Z), 2)) / 2;
+  EXPECT_NEAR(ref::moe_router_aux_z(r, 2, 3, 2, 0.1, 0.0), 0.1 * aux, 1e-15);
+  EXPECT_NEAR(ref::moe_router_aux_z(r, 2, 3, 2, 0.0, 0.01), 0.01 * z, 1e-15);
+  // ops.h's host formula for the GPU statistics gives the same losses.
+  MoeRouterLosses l =
+      moe_router_losses(r.counts.data(), r.prob_sum.data(), r.lse_sq_sum, 2, 3, 2, 0.1f, 0.01f);
+  EXPECT_NEAR(l.aux, double{0.1f} * aux, 1e-7);
+  EXPECT_NEAR(l.z, double{0.01f} * z, 1e-8);
+  // k = 1: the raw probability (Switch), not renormalised to 1.
+  ref::MoeRoute r1 = ref::moe_router_forward(logits, 2, 3, 1);
+  EXPECT_EQ(r1.expert, (std::vector<int32_t>{2, 0}));
+  EXPECT_TRUE(close("hand weight k=1", r1.weight, Vec{0.5, e1 / Z}, 1e-15));
+
+  // Permute layout of the k = 2 routing: assignments (e) = (2, 1, 0, 1) sorted by expert, then
+  // token, then slot: rows 0: a2, 1: a1, 2: a3, 3: a0.
+  std::vector<int32_t> offsets, row_of;
+  ref::moe_permute_layout(offsets, row_of, r.expert, 2, 2, 3);
+  EXPECT_EQ(offsets, (std::vector<int32_t>{0, 1, 3, 4}));
+  EXPECT_EQ(row_of, (std::vector<int32_t>{3, 1, 0, 2}));
+}
+
+TEST(CudaReference, MoeRouterBackwardMatchesFiniteDifferences) {
+  const int N = 4, E = 6;
+  const double aux_coef = 0.3, z_coef = 0.2, loss_scale = 1.7;
+  for (int k : {1, 2, 3}) {
+    Vec logits = random_vec(N * E, 41 + k, -2, 2), dweight = random_vec(N * k, 51 + k);
+    ref::MoeRoute r = ref::moe_router_forward(logits, N, E, k);
+    // The ids (hence f_i) stay fixed under the small perturbations: random logits have no ties.
+    auto loss = [&](const Vec& x) {
+      ref::MoeRoute q = ref::moe_router_forward(x, N, E, k);
+      EXPECT_EQ(q.expert, r.expert);
+      return dot(dweight, q.weight) +
+             loss_scale * ref::moe_router_aux_z(q, N, E, k, aux_coef, z_coef);
+    };
+    Vec dlogits(N * E);
+    ref::moe_router_backward(dlogits, dweight, r.probs, r.lse, r.expert, r.weight, r.counts, N,
+                             aux_coef, z_coef, loss_scale, N, E, k);
+    EXPECT_TRUE(close("ref router dlogits k=" + std::to_string(k), dlogits,
+                      numeric_grad(loss, logits), kFd));
+  }
+}
+
+// Permute and unpermute against their backward: <P x, g> = <x, P^T g>, and the combine's
+// gradients are those of <unpermute(yp, w), dy>.
+TEST(CudaReference, MoePermuteUnpermuteAdjoints) {
+  const int N = 5, k = 2, E = 4, C = 3;
+  std::vector<int32_t> expert{3, 0, 0, 2, 3, 2, 1, 0, 3, 1};  // expert 0..3, distinct per token
+  std::vector<int32_t> offsets, row_of;
+  ref::moe_permute_layout(offsets, row_of, expert, N, k, E);
+  EXPECT_EQ(offsets, (std::vector<int32_t>{0, 3, 5, 7, 10}));
+  Vec x = random_vec(N * C, 61), g = random_vec(N * k * C, 62), xp(N * k * C), dx(N * C, 0.0);
+  ref::moe_permute(xp, x, row_of, N, k, C);
+  ref::moe_permute_backward(dx, g, row_of, N, k, C);
+  EXPECT_NEAR(dot(xp, g), dot(x, dx), 1e-12);
+
+  Vec yp = random_vec(N * k * C, 63), w = random_vec(N * k, 64), dy = random_vec(N * C, 65);
+  auto comb = [&](const Vec& a, const Vec& b) {
+    Vec y(N * C);
+    ref::moe_unpermute(y, a, b, row_of, N, k, C);
+    return dot(y, dy);
+  };
+  Vec dyp(N * k * C), dw(N * k);
+  ref::moe_unpermute_backward(dyp, dw, dy, yp, w, row_of, N, k, C);
+  EXPECT_TRUE(close("ref unpermute dyp", dyp,
+                    numeric_grad([&](const Vec& a) { return comb(a, w); }, yp), kFd));
+  EXPECT_TRUE(close("ref unpermute dw", dw,
+                    numeric_grad([&](const Vec& b) { return comb(yp, b); }, w), kFd));
+  // Unpermute with weights (1, 0) after permute: token n's first slot, i.e. x itself.
+  Vec w10(N * k, 0.0), y(N * C);
+  for (int n = 0; n < N; ++n) w10[n * k] = 1.0;
+  ref::moe_unpermute(y, xp, w10, row_of, N, k, C);
+  EXPECT_TRUE(close("ref permute round trip", y, x, 0.0));
 }
 
 }  // namespace

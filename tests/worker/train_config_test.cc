@@ -52,6 +52,25 @@ TEST(TrainConfig, MissingAndInvalidFiles) {
   std::filesystem::remove(p);
 }
 
+TEST(TrainConfig, DeviceAndPrecision) {
+  EXPECT_NE(error_of({"train.device=tpu"}).find("train.device must be cpu or cuda"),
+            std::string::npos);
+  EXPECT_NE(error_of({"train.precision=fp16"}).find("train.precision must be auto, bf16 or fp32"),
+            std::string::npos);
+  EXPECT_NE(error_of({"train.precision=bf16"}).find("needs train.device=cuda"), std::string::npos);
+#ifdef GROVE_HAVE_CUDA
+  EXPECT_EQ(error_of({"train.device=cuda"}), "OK");
+  EXPECT_NE(error_of({"train.device=cuda", "parallel.tp=2"}).find("set parallel.tp"),
+            std::string::npos);
+  EXPECT_NE(error_of({"train.device=cuda", "model.moe.num_experts=4"})
+                .find("set model.moe.num_experts=0"),
+            std::string::npos);
+#else
+  EXPECT_NE(error_of({"train.device=cuda"}).find("this build has no CUDA support"),
+            std::string::npos);
+#endif
+}
+
 TEST(TrainConfig, RoundTrip) {
   auto c = LoadTrainConfig("", {"train.steps=7", "model.n_kv_heads=4"});
   ASSERT_TRUE(c.ok());
