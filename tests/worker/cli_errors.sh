@@ -45,6 +45,14 @@ expect_error vocab-mismatch "model.vocab_size=1000 but the dataset" \
 expect_error missing-checkpoint "checkpoint /nonexistent/ckpt does not exist" \
   "$worker" train "${tiny[@]}" --set "out_dir=$tmp/run0" --resume-from /nonexistent/ckpt
 
+# train.device=cuda on a machine without a GPU (or a build without CUDA): one line saying so.
+if ! nvidia-smi -L >/dev/null 2>&1; then
+  expect_error cuda-without-device "train.device=cuda but this" \
+    "$worker" train "${tiny[@]}" --set train.device=cuda --set "out_dir=$tmp/cuda"
+fi
+expect_error bf16-on-cpu "train.precision=bf16 needs train.device=cuda" \
+  "$worker" train "${tiny[@]}" --set train.precision=bf16
+
 touch "$tmp/a-file"
 expect_error out-dir-not-creatable "cannot create out_dir $tmp/a-file/run" \
   "$worker" train "${tiny[@]}" --set "out_dir=$tmp/a-file/run"
