@@ -1,15 +1,17 @@
 // bench_gpu_train: training throughput and MFU of the GPU model (model/cuda) on one device, next to
 // PyTorch training the same model in the same run (bench/cuda/torch_train_peer.py), DESIGN.md §11.
 //
-// One step = zero grads, forward, backward, global-norm clip, AdamW, refresh of the bf16 weights:
-// everything the trainer does per optimizer step except reading data (synthetic tokens, fixed
-// seed). MFU = model FLOPs per step (6·matmul params·tokens + attention, as the CPU model's
-// flops_per_step counts them) / step time / the device's dense bf16 peak. The peak is the data
-// sheet's (989.4 TFLOP/s for H100/H200 SXM) unless --peak-tflops says otherwise; the achieved
+// One step = zero grads, `accum` x (forward, backward), global-norm clip, AdamW, refresh of the
+// bf16 weights: everything the trainer does per optimizer step except reading data (synthetic
+// tokens, fixed seed). MFU = model FLOPs per step (6·matmul params·tokens + attention, as the CPU
+// model's flops_per_step counts them) / step time / the device's dense bf16 peak. The peak is the
+// data sheet's (989.4 TFLOP/s for H100/H200 SXM) unless --peak-tflops says otherwise; the achieved
 // TFLOP/s are also given as a fraction of a large cuBLAS bf16 GEMM measured in the same run.
 //
 // Output: JSON lines. Default model: ~1B parameters (d 2048, 16 layers, 16 heads, vocab 32000,
-// seq 1024, batch 8). Links only the CUDA libraries (no MPI, no OpenBLAS).
+// seq 1024, micro-batch 8, 4 micro-batches per step: 32k tokens per optimizer step, so the
+// optimizer's pass over the 16 bytes of state per parameter is amortised as in real training).
+// Links only the CUDA libraries (no MPI, no OpenBLAS).
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 
@@ -31,7 +33,7 @@ namespace {
 
 struct Options {
   int vocab = 32000, d_model = 2048, layers = 16, heads = 16, kv_heads = 0, ffn = 0;
-  int seq = 1024, batch = 8, warmup = 3, steps = 10;
+  int seq = 1024, batch = 8, accum = 4, warmup = 2, steps = 6;
   std::string precision = "bf16", recompute = "selective";
   std::string peer = "bench/cuda/torch_train_peer.py";  // "" or "none": no PyTorch peer
   std::string python = "python3";
@@ -75,9 +77,9 @@ nlohmann::json run_peer(const Options& o) {
   char cmd[1024];
   std::snprintf(cmd, sizeof(cmd),
                 "%s %s --vocab %d --d-model %d --layers %d --heads %d --kv-heads %d --ffn %d "
-                "--seq %d --batch %d --warmup %d --steps %d --precision %s%s",
+                "--seq %d --batch %d --accum %d --warmup %d --steps %d --precision %s%s",
                 o.python.c_str(), o.peer.c_str(), o.vocab, o.d_model, o.layers, o.heads, o.kv_heads,
-                o.ffn, o.seq, o.batch, o.warmup, o.steps, o.precision.c_str(),
+                o.ffn, o.seq, o.batch, o.accum, o.warmup, o.steps, o.precision.c_str(),
                 o.peer_compile ? " --compile" : "");
   std::fprintf(stderr, "peer: %s\n", cmd);
   FILE* f = popen(cmd, "r");
@@ -150,8 +152,10 @@ int Main(const Options& o) {
   float loss = 0, first_loss = 0;
   auto step = [&] {
     model.zero_grads();
-    loss = model.forward(inputs, targets);
-    model.backward();
+    for (int a = 0; a < o.accum; ++a) {
+      loss = model.forward(inputs, targets);
+      model.backward(1.0f / static_cast<float>(o.accum), /*finalize=*/a + 1 == o.accum);
+    }
     const double norm = GpuAdamW::grad_norm(model.grads(), model.num_params());
     const float scale = norm > 1.0 ? static_cast<float>(1.0 / (norm + 1e-6)) : 1.0f;
     opt.step(model.params(), model.grads(), scale, 3e-4f, 0.9f, 0.95f, 1e-8f, 0.1f);
@@ -170,8 +174,8 @@ int Main(const Options& o) {
   size_t free_b = 0, total_b = 0;
   cudaMemGetInfo(&free_b, &total_b);
 
-  const double tokens_per_s = N / step_s;
-  const double tflops = model.flops_per_step() / step_s / 1e12;
+  const double tokens_per_s = double(N) * o.accum / step_s;
+  const double tflops = model.flops_per_step() * o.accum / step_s / 1e12;
   const double peak =
       o.peak_tflops > 0 ? o.peak_tflops : dense_peak_tflops(device, precision.value());
   nlohmann::json cfg = {{"params", model.num_params()},
@@ -183,6 +187,7 @@ int Main(const Options& o) {
                         {"vocab", o.vocab},
                         {"seq", o.seq},
                         {"batch", o.batch},
+                        {"grad_accum", o.accum},
                         {"precision", o.precision},
                         {"recompute", o.recompute},
                         {"steps", o.steps}};
@@ -202,7 +207,8 @@ int Main(const Options& o) {
   const double peer_tps = peer.is_object() ? peer.value("tokens_per_s", 0.0) : 0.0;
   emit("gpu_train_tokens_per_s", tokens_per_s, "tokens/s", peer_name, peer_tps);
   if (peak > 0) {
-    const double peer_mfu = peer_tps > 0 ? peer_tps / N * model.flops_per_step() / 1e12 / peak : 0;
+    // Same model, same FLOPs per token: the peer's MFU scales with its tokens/s.
+    const double peer_mfu = tflops / peak * (tokens_per_s > 0 ? peer_tps / tokens_per_s : 0);
     emit("gpu_train_mfu", tflops / peak, "fraction of peak", peer.is_object() ? peer_name : "",
          peer_mfu);
   }
@@ -236,7 +242,8 @@ int main(int argc, char** argv) {
   app.add_option("--kv-heads", o.kv_heads, "0: as --heads");
   app.add_option("--ffn", o.ffn, "0: 8/3 d_model rounded to 64");
   app.add_option("--seq", o.seq);
-  app.add_option("--batch", o.batch);
+  app.add_option("--batch", o.batch, "sequences per micro-batch");
+  app.add_option("--accum", o.accum, "micro-batches per optimizer step");
   app.add_option("--warmup", o.warmup);
   app.add_option("--steps", o.steps);
   app.add_option("--precision", o.precision, "bf16 or fp32");

@@ -81,7 +81,7 @@ def main():
     p = argparse.ArgumentParser()
     for name, default in [("vocab", 32000), ("d-model", 2048), ("layers", 16), ("heads", 16),
                           ("kv-heads", 0), ("ffn", 0), ("seq", 1024), ("batch", 8),
-                          ("warmup", 3), ("steps", 10)]:
+                          ("accum", 4), ("warmup", 2), ("steps", 6)]:
         p.add_argument("--" + name, type=int, default=default)
     p.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
     p.add_argument("--compile", action="store_true")
@@ -100,9 +100,10 @@ def main():
 
     def step():
         opt.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-            loss = fwd(inputs, targets)
-        loss.backward()
+        for _ in range(a.accum):
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+                loss = fwd(inputs, targets)
+            (loss / a.accum).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         return loss
@@ -118,7 +119,7 @@ def main():
     mode = "compile" if a.compile else "eager"
     print(json.dumps({"name": "torch_train_peer",
                       "peer": f"pytorch-{torch.__version__.split('+')[0]}-{mode}",
-                      "tokens_per_s": a.batch * a.seq / dt, "step_ms": dt * 1e3,
+                      "tokens_per_s": a.batch * a.seq * a.accum / dt, "step_ms": dt * 1e3,
                       "loss": float(loss), "params": sum(p.numel() for p in model.parameters()),
                       "max_memory_bytes": torch.cuda.max_memory_allocated()}), flush=True)
 
