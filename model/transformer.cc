@@ -433,8 +433,11 @@ void Transformer::backward(float loss_scale, bool finalize) {
     if (mode_ == Recompute::kFull) {
       // Re-run the block from its saved input; the forward is deterministic (no dropout), so
       // the recomputed intermediates are bit-identical to the first pass. resid[l+1] is
-      // rewritten with the values it already holds.
+      // rewritten with the values it already holds. The re-run must not count the block's MoE
+      // aux + z loss a second time.
+      const float moe_loss = moe_loss_;
       block_forward(l, stash_.transient);
+      moe_loss_ = moe_loss;
       block_backward(l, stash_.transient);
     } else {
       block_backward(l, stash_.blocks[l]);

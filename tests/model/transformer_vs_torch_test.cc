@@ -1,6 +1,7 @@
 // The whole model against a PyTorch re-implementation (tests/oracle/transformer_reference.py):
 // same weights and batch, loss and EVERY parameter gradient within 1e-4 relative (DESIGN.md §11),
-// for each recompute mode and with grouped-query attention.
+// for each recompute mode, with grouped-query attention, and with a mixture-of-experts block (also
+// its aux + z loss, which a full-recompute backward must not count twice).
 //
 // Why 1e-4: the reference runs in float64 from the same fp32 weights, so the difference is Grove's
 // fp32 rounding alone; through 2 blocks, a vocabulary softmax and sums over up to N*V terms it
@@ -70,13 +71,26 @@ TEST_P(TransformerVsTorch, LossAndEveryGradient) {
     if (rel > worst) worst = rel, worst_name = g.name;
     ++checked;
   }
-  EXPECT_EQ(checked, 1 + 9 * cfg.n_layers + 2);  // wte, 9 per block, final_norm, lm_head
+  EXPECT_EQ(checked, static_cast<int>(ref.tensors.size() - 5) / 2);  // every model.* has a grad.*
+  if (cfg.moe.num_experts > 0) {
+    // fp32 logits sit ~1e-6 from the float64 ones: a smaller top-k margin could flip a choice.
+    ASSERT_GT(ref.tensors["topk_margin"].data<double>()[0], 1e-4) << "change the oracle seed";
+    const double want_moe = ref.tensors["moe_loss"].data<double>()[0];
+    const float got_moe = model.moe_loss();
+    EXPECT_TRUE(testing::compare("moe_loss", &got_moe, &want_moe, 1, 1e-4));
+  }
   std::printf("  %s: loss %.8f vs torch %.8f; worst gradient rel error %.2e (%s)\n", c.name.c_str(),
               loss, want, worst, worst_name.c_str());
 }
 
 const nlohmann::json kBase = {
     {"vocab_size", 97}, {"d_model", 32}, {"n_layers", 2}, {"n_heads", 4}, {"max_seq_len", 16}};
+// Block 1 of 2 is a dropless top-2 mixture of 4 experts (expert_ffn 24).
+const nlohmann::json kMoe = [] {
+  nlohmann::json j = kBase;
+  j["moe"] = {{"num_experts", 4}, {"top_k", 2}, {"every", 2}, {"expert_ffn", 24}};
+  return j;
+}();
 nlohmann::json with(nlohmann::json j, const char* k, int v) {
   j[k] = v;
   return j;
@@ -88,7 +102,9 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{"selective", kBase, 3, 8, Recompute::kSelective},
                       Case{"full", kBase, 3, 8, Recompute::kFull},
                       Case{"gqa", with(with(kBase, "n_kv_heads", 2), "ffn_hidden", 48), 2, 12,
-                           Recompute::kSelective}),
+                           Recompute::kSelective},
+                      Case{"moe", kMoe, 3, 8, Recompute::kSelective},
+                      Case{"moe_full", kMoe, 3, 8, Recompute::kFull}),
     [](const ::testing::TestParamInfo<Case>& i) { return i.param.name; });
 
 }  // namespace

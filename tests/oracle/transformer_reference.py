@@ -5,6 +5,14 @@ Writes a safetensors file with the model config (metadata "config"), random weig
 gradient of the loss w.r.t. every weight ("grad.<name>"). Computed in float64 so the reference
 itself carries no fp32 rounding; the C++ test runs the same weights in fp32.
 
+With "moe": {"num_experts": E, "top_k": k, "every": n, ...} in the config, every n-th block's MLP
+is a dropless mixture of experts with the semantics of parallel/moe_layer.h (single rank): top-k
+by logit, combine weights renormalised over the k (k > 1), Switch aux loss and router z-loss over
+all N tokens. "loss" stays the cross-entropy (what Transformer::forward returns), "moe_loss" is
+the sum of aux + z over the MoE layers, and the gradients are those of loss + moe_loss (what
+Transformer::backward computes). The smallest top-k logit margin is written as "topk_margin" so a
+test can tell whether fp32 or bf16 routing must agree with this one.
+
 usage: transformer_reference.py OUT.safetensors '{"d_model": 64, ...}' BATCH SEQ SEED
 """
 import json
@@ -54,6 +62,8 @@ def forward(w, cfg, tokens, targets):
     eps, theta = cfg["norm_eps"], cfg["rope_theta"]
     s, b = tokens.shape
     x = w["wte"][tokens.long()]  # [s, b, h]
+    moe_loss = torch.zeros((), dtype=F64)
+    margins = []
     for l in range(L):
         p = f"layers.{l}."
         ln1 = rmsnorm(x, w[p + "attn_norm"], eps)
@@ -62,11 +72,54 @@ def forward(w, cfg, tokens, targets):
         v = (ln1 @ w[p + "wv"].T).reshape(s, b, kv, d)
         x = x + attention(q, k, v) @ w[p + "wo"].T
         ln2 = rmsnorm(x, w[p + "mlp_norm"], eps)
+        if is_moe_layer(cfg, l):
+            y, aux_z, margin = moe(w, p, cfg, ln2.reshape(s * b, h))
+            x = x + y.reshape(s, b, h)
+            moe_loss = moe_loss + aux_z
+            margins.append(margin)
+            continue
         act = torch.nn.functional.silu(ln2 @ w[p + "w_gate"].T) * (ln2 @ w[p + "w_up"].T)
         x = x + act @ w[p + "w_down"].T
     logits = rmsnorm(x, w["final_norm"], eps) @ w["lm_head"].T
-    return torch.nn.functional.cross_entropy(
+    ce = torch.nn.functional.cross_entropy(
         logits.reshape(s * b, -1), targets.reshape(-1).long(), ignore_index=-1)
+    return ce, moe_loss, min(margins) if margins else float("inf")
+
+
+def is_moe_layer(cfg, l):
+    m = cfg.get("moe", {})
+    return m.get("num_experts", 0) > 0 and (l + 1) % m.get("every", 1) == 0
+
+
+def moe(w, p, cfg, x):
+    """Dropless top-k MoE over the rows of x [T, h]; returns (out, aux + z, top-k logit margin)."""
+    m = cfg["moe"]
+    E, k = m["num_experts"], m.get("top_k", 2)
+    alpha, beta = m.get("aux_loss_coef", 1e-2), m.get("z_loss_coef", 1e-3)
+    T = x.shape[0]
+    logits = x @ w[p + "router"].T
+    probs = torch.softmax(logits, dim=-1)
+    lse = torch.logsumexp(logits, dim=-1)
+    idx = torch.sort(-logits.detach(), dim=-1, stable=True).indices[:, :k]  # ties: lower id
+    margin = float("inf")
+    if k < E:
+        srt = torch.sort(logits.detach(), dim=-1, descending=True).values
+        margin = (srt[:, k - 1] - srt[:, k]).min().item()
+    sel = probs.gather(1, idx)
+    wts = sel / sel.sum(dim=1, keepdim=True) if k > 1 else sel
+    out = torch.zeros_like(x)
+    wg, wu, wd = w[p + "experts.w_gate"], w[p + "experts.w_up"], w[p + "experts.w_down"]
+    for e in range(E):
+        tt, jj = torch.nonzero(idx == e, as_tuple=True)
+        if len(tt) == 0:
+            continue
+        xe = x[tt]
+        y = (torch.nn.functional.silu(xe @ wg[e].T) * (xe @ wu[e].T)) @ wd[e].T
+        out = out.index_add(0, tt, wts[tt, jj].unsqueeze(1) * y)
+    counts = torch.stack([(idx == e).sum() for e in range(E)]).double()
+    aux = alpha * E * (counts / (T * k) * probs.mean(dim=0)).sum()
+    z = beta * (lse ** 2).mean()
+    return out, aux + z, margin
 
 
 def param_shapes(cfg):
@@ -78,8 +131,14 @@ def param_shapes(cfg):
     for l in range(L):
         p = f"layers.{l}."
         shapes.update({p + "attn_norm": (h,), p + "wq": (a * d, h), p + "wk": (kv * d, h),
-                       p + "wv": (kv * d, h), p + "wo": (h, a * d), p + "mlp_norm": (h,),
-                       p + "w_gate": (f, h), p + "w_up": (f, h), p + "w_down": (h, f)})
+                       p + "wv": (kv * d, h), p + "wo": (h, a * d), p + "mlp_norm": (h,)})
+        if is_moe_layer(cfg, l):
+            E = cfg["moe"]["num_experts"]
+            fe = cfg["moe"].get("expert_ffn", 0) or f
+            shapes.update({p + "router": (E, h), p + "experts.w_gate": (E, fe, h),
+                           p + "experts.w_up": (E, fe, h), p + "experts.w_down": (E, h, fe)})
+        else:
+            shapes.update({p + "w_gate": (f, h), p + "w_up": (f, h), p + "w_down": (h, f)})
     shapes.update({"final_norm": (h,), "lm_head": (V, h)})
     return shapes
 
@@ -95,15 +154,17 @@ def main():
         if len(shape) == 1:  # norm weights around 1, not exactly 1, so their grads matter
             t = 1.0 + 0.1 * torch.randn(shape, generator=g, dtype=F64)
         else:  # larger than training init so attention is far from uniform
-            t = torch.randn(shape, generator=g, dtype=F64) / math.sqrt(shape[1])
+            t = torch.randn(shape, generator=g, dtype=F64) / math.sqrt(shape[-1])
         # Round to fp32 so both sides start from the exact same weights.
         w[name] = t.float().double().requires_grad_(True)
     tokens = torch.randint(0, cfg["vocab_size"], (seq, batch), generator=g, dtype=torch.int32)
     targets = torch.randint(0, cfg["vocab_size"], (seq, batch), generator=g, dtype=torch.int32)
     targets[0, 0] = -1  # one ignored target
-    loss = forward(w, cfg, tokens, targets)
-    loss.backward()
-    tensors = {"tokens": tokens, "targets": targets, "loss": loss.detach().reshape(1)}
+    loss, moe_loss, margin = forward(w, cfg, tokens, targets)
+    (loss + moe_loss).backward()
+    tensors = {"tokens": tokens, "targets": targets, "loss": loss.detach().reshape(1),
+               "moe_loss": moe_loss.detach().reshape(1),
+               "topk_margin": torch.tensor([min(margin, 1e30)], dtype=F64)}
     for name, t in w.items():
         tensors["model." + name] = t.detach().float()
         tensors["grad." + name] = t.grad.detach()
