@@ -93,29 +93,24 @@ __global__ void router_forward_kernel(float* probs, float* lse, int32_t* expert,
   }
 }
 
-// counts[e] and prob_sum[e] for 32 experts per block: block (32, 32), thread (x, y) sums rows
-// y, y + 32, ... of column e; the 32 partials are then added in y order. Deterministic.
+// counts[e] and prob_sum[e], one block per expert: each thread sums rows tid, tid + blockDim, ...;
+// then a fixed-shape block reduction. Deterministic; many blocks even when N is large and E small.
 __global__ void router_stats_kernel(int32_t* counts, double* prob_sum, const float* probs,
                                     const int32_t* expert, int N, int E, int k) {
-  __shared__ double ps[32][33];
-  __shared__ int cs[32][33];
-  const int e = blockIdx.x * 32 + threadIdx.x;
+  __shared__ double dscratch[32];
+  __shared__ int iscratch[32];
+  const int e = blockIdx.x;
   double acc = 0;
   int cnt = 0;
-  if (e < E)
-    for (int n = threadIdx.y; n < N; n += 32) {
-      acc += probs[int64_t{n} * E + e];
-      for (int j = 0; j < k; ++j) cnt += expert[int64_t{n} * k + j] == e;
-    }
-  ps[threadIdx.y][threadIdx.x] = acc;
-  cs[threadIdx.y][threadIdx.x] = cnt;
-  __syncthreads();
-  if (threadIdx.y == 0 && e < E) {
-    double s = 0;
-    int c = 0;
-    for (int r = 0; r < 32; ++r) s += ps[r][threadIdx.x], c += cs[r][threadIdx.x];
-    prob_sum[e] = s;
-    counts[e] = c;
+  for (int n = threadIdx.x; n < N; n += blockDim.x) {
+    acc += probs[int64_t{n} * E + e];
+    for (int j = 0; j < k; ++j) cnt += expert[int64_t{n} * k + j] == e;
+  }
+  acc = detail::block_reduce(acc, dscratch, 0.0, detail::SumOp{});
+  cnt = detail::block_reduce(cnt, iscratch, 0, detail::SumOp{});
+  if (threadIdx.x == 0) {
+    prob_sum[e] = acc;
+    counts[e] = cnt;
   }
 }
 
@@ -309,8 +304,7 @@ void moe_router_forward(float* probs, float* lse, int32_t* expert, float* weight
     GROVE_CUDA_CHECK_LAUNCH();
   }
   // Also for N == 0: the statistics are written (zeros).
-  router_stats_kernel<<<(E + 31) / 32, dim3(32, 32), 0, stream>>>(counts, prob_sum, probs, expert,
-                                                                  N, E, k);
+  router_stats_kernel<<<E, 256, 0, stream>>>(counts, prob_sum, probs, expert, N, E, k);
   GROVE_CUDA_CHECK_LAUNCH();
   lse_sq_sum_kernel<<<1, 1024, 0, stream>>>(lse_sq_sum, lse, N);
   GROVE_CUDA_CHECK_LAUNCH();
