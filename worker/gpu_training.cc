@@ -98,6 +98,13 @@ void GpuTraining::step(double norm, float lr, const TrainOptions& o) {
   impl_->model->sync_compute_weights();
 }
 
+float GpuTraining::moe_loss() const {
+  return impl_->model->moe_loss();
+}
+std::vector<std::vector<int64_t>> GpuTraining::expert_load() const {
+  return impl_->model->expert_load();
+}
+
 void GpuTraining::store(Weights* params, AdamW* opt) const {
   impl_->model->store_params(params);
   impl_->opt->store(&opt->m(), &opt->v());
@@ -160,6 +167,12 @@ double GpuTraining::grad_norm() {
   no_cuda();
 }
 void GpuTraining::step(double, float, const TrainOptions&) {
+  no_cuda();
+}
+float GpuTraining::moe_loss() const {
+  no_cuda();
+}
+std::vector<std::vector<int64_t>> GpuTraining::expert_load() const {
   no_cuda();
 }
 void GpuTraining::store(Weights*, AdamW*) const {

@@ -12,6 +12,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "core/status.h"
 #include "model/weights.h"
@@ -36,6 +37,10 @@ class GpuTraining {
   double grad_norm();
   // Clip to max_norm (as clip_gradients), then one AdamW step with learning rate lr.
   void step(double grad_norm, float lr, const TrainOptions& o);
+
+  // Mixture of experts, as Transformer::moe_loss / the expert load of its metrics.
+  float moe_loss() const;
+  std::vector<std::vector<int64_t>> expert_load() const;
 
   void store(Weights* params, AdamW* opt) const;
   Status load(const Weights& params, AdamW& opt);

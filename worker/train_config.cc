@@ -130,10 +130,14 @@ Status TrainConfig::Validate() const {
       return err(
           "train.device=cuda runs data parallelism only so far: set parallel.tp, "
           "parallel.cp and parallel.ep to 1 (or train.device=cpu for those layouts)");
-    if (model.moe.num_experts > 0)
+    if (model.moe.num_experts > 0 && model.moe.capacity_factor > 0)
       return err(
-          "train.device=cuda runs dense models only so far: set model.moe.num_experts=0 "
+          "train.device=cuda runs dropless experts only: set model.moe.capacity_factor=0 "
           "or train.device=cpu");
+    if (model.moe.num_experts > 0 && model.moe.lsh.enabled)
+      return err(
+          "train.device=cuda keeps every expert local (no all-to-all to compress): set "
+          "model.moe.lsh.enabled=false or train.device=cpu");
   }
   if (data.dir.empty()) return err("data.dir must name the prepared dataset directory");
   const ParallelOptions& p = parallel;

@@ -201,6 +201,13 @@ StepMetrics Trainer::TrainStep() {
       loss_sum += gpu_->forward(inputs_.data(), targets_.data());
       gpu_->backward(1.0f / static_cast<float>(o.grad_accum),
                      /*finalize=*/micro + 1 == o.grad_accum);
+      m.moe_loss += gpu_->moe_loss() / static_cast<float>(o.grad_accum);
+      const std::vector<std::vector<int64_t>> load = gpu_->expert_load();
+      m.expert_load.resize(load.size());
+      for (size_t i = 0; i < load.size(); ++i) {
+        m.expert_load[i].resize(load[i].size());
+        for (size_t e = 0; e < load[i].size(); ++e) m.expert_load[i][e] += load[i][e];
+      }
     }
     ++step_;
     m.step = step_;

@@ -178,12 +178,24 @@ class GpuModel final : public GpuTransformer {
   // One block's named activations (what the backward reads).
   struct Block {
     Tensor ln1, rstd1, q, k, v, att, lse, resid2, ln2, rstd2, gate, up, act;
+    // Mixture of experts (A = N·k assignment rows, dropless): router outputs, the permuted
+    // layout and the experts' activations.
+    Tensor logits, probs, lse_r, expert, weight, counts, prob_sum, lse_sq, offsets, row_of;
+    Tensor xp, egate, eup, eact, yp;
+    std::vector<int32_t> offsets_host;  // [E+1], for the per-expert GEMMs
   };
+  void moe_forward(int l, Block& a, T* out);
+  void moe_backward(int l, Block& a);
+  // Router statistics of this rank's tokens -> those of the data-parallel batch (host copies in
+  // moe_counts_, the device copy in counts_global_), returning aux + z of layer l.
+  float reduce_router_stats(int l, Block& a);
   Tensor dev(Shape shape, DType dtype, bool activation);
   Tensor act(int64_t rows, int64_t cols) { return dev({rows, cols}, dtype_of_t(), true); }
   static DType dtype_of_t() { return std::is_same_v<T, float> ? DType::kF32 : DType::kBF16; }
   static T* p(Tensor& t) { return static_cast<T*>(t.raw()); }
   static float* f(Tensor& t) { return t.data<float>(); }
+  static int32_t* i32(Tensor& t) { return t.data<int32_t>(); }
+  static double* f64(Tensor& t) { return t.data<double>(); }
   // The compute copy of a matrix: the fp32 master (T = float) or its bf16 copy.
   const T* w(const std::string& name) {
     if constexpr (std::is_same_v<T, float>) {
@@ -194,8 +206,20 @@ class GpuModel final : public GpuTransformer {
   }
   void block_forward(int l, Block& a);
   void block_backward(int l, Block& a);
+  void mlp_backward(int l, Block& a);
+  void attention_backward(int l, Block& a);
   void all_reduce_dp(void* buf, int64_t count, DType dtype);
 
+ public:
+  float moe_loss() const override { return moe_loss_; }
+  std::vector<std::vector<int64_t>> expert_load() const override {
+    std::vector<std::vector<int64_t>> out;
+    for (int l = 0; l < config_.n_layers; ++l)
+      if (config_.is_moe_layer(l)) out.push_back(moe_counts_[l]);
+    return out;
+  }
+
+ private:
   int N_, h_, qd_, kvd_, f_, V_, heads_, kv_heads_, d_;
   int64_t activation_bytes_ = 0;
   Tensor wc_;  // bf16 compute copy of the flat parameters (T = bf16 only)
@@ -209,6 +233,16 @@ class GpuModel final : public GpuTransformer {
   } g_;
   std::vector<float> host_losses_, host_dlosses_;
   double global_valid_ = 0;
+  // Mixture of experts.
+  int E_ = 0, topk_ = 0, fe_ = 0;
+  int64_t A_ = 0;  // assignment rows per MoE layer: N·k
+  float moe_loss_ = 0, loss_scale_ = 1;
+  std::vector<std::vector<int64_t>> moe_counts_;  // [layer][E] routed assignments, global
+  Tensor counts_global_, moe_stats_;              // [E] int32; [2E+2] f64 for the DP reduction
+  int64_t tokens_all_ = 0;                        // tokens of the data-parallel batch
+  struct {
+    Tensor dyp, deact, degate, deup, dxp, dweight, dlogits, dlogits_t;
+  } gm_;
 };
 
 template <typename T>
@@ -236,7 +270,49 @@ GpuModel<T>::GpuModel(const ModelConfig& c, int b, int s, Recompute mode, GpuPre
   if constexpr (!std::is_same_v<T, float>) wc_ = dev({num_params_}, DType::kBF16, false);
   for (int l = 0; l <= L; ++l) resid_.push_back(act(N_, h_));
   blocks_.resize(mode == Recompute::kFull ? 1 : L);
-  for (Block& a : blocks_) {
+  E_ = c.moe.num_experts;
+  topk_ = c.moe.top_k;
+  fe_ = c.expert_ffn();
+  A_ = E_ > 0 ? int64_t(N_) * topk_ : 0;
+  moe_counts_.assign(L, std::vector<int64_t>(E_, 0));
+  for (size_t i = 0; i < blocks_.size(); ++i) {
+    // Under full recompute the one transient block serves every layer, MoE or not.
+    const bool moe = E_ > 0 && (mode == Recompute::kFull || c.is_moe_layer(int(i)));
+    if (!moe) continue;
+    Block& a = blocks_[i];
+    a.logits = dev({N_, E_}, DType::kF32, true);
+    a.probs = dev({N_, E_}, DType::kF32, true);
+    a.lse_r = dev({N_}, DType::kF32, true);
+    a.expert = dev({N_, topk_}, DType::kI32, true);
+    a.weight = dev({N_, topk_}, DType::kF32, true);
+    a.counts = dev({E_}, DType::kI32, true);
+    a.prob_sum = dev({E_}, DType::kF64, true);
+    a.lse_sq = dev({1}, DType::kF64, true);
+    a.offsets = dev({E_ + 1}, DType::kI32, true);
+    a.row_of = dev({A_}, DType::kI32, true);
+    a.xp = act(A_, h_);
+    a.egate = act(A_, fe_);
+    a.eup = act(A_, fe_);
+    a.eact = act(A_, fe_);
+    a.yp = act(A_, h_);
+    a.offsets_host.assign(E_ + 1, 0);
+  }
+  if (E_ > 0) {
+    const DType dt = dtype_of_t();
+    counts_global_ = dev({E_}, DType::kI32, false);
+    moe_stats_ = dev({2 * E_ + 2}, DType::kF64, false);
+    gm_.dyp = dev({A_, h_}, dt, false);
+    gm_.deact = dev({A_, fe_}, dt, false);
+    gm_.degate = dev({A_, fe_}, dt, false);
+    gm_.deup = dev({A_, fe_}, dt, false);
+    gm_.dxp = dev({A_, h_}, dt, false);
+    gm_.dweight = dev({N_, topk_}, DType::kF32, false);
+    gm_.dlogits = dev({N_, E_}, DType::kF32, false);
+    if constexpr (!std::is_same_v<T, float>) gm_.dlogits_t = dev({N_, E_}, dt, false);
+  }
+  for (size_t i = 0; i < blocks_.size(); ++i) {
+    Block& a = blocks_[i];
+    const bool dense = E_ == 0 || mode == Recompute::kFull || !c.is_moe_layer(int(i));
     a.ln1 = act(N_, h_);
     a.rstd1 = dev({N_}, DType::kF32, true);
     a.q = act(N_, qd_);
@@ -247,6 +323,7 @@ GpuModel<T>::GpuModel(const ModelConfig& c, int b, int s, Recompute mode, GpuPre
     a.resid2 = act(N_, h_);
     a.ln2 = act(N_, h_);
     a.rstd2 = dev({N_}, DType::kF32, true);
+    if (!dense) continue;  // an MoE block keeps its experts' activations instead
     a.gate = act(N_, f_);
     a.up = act(N_, f_);
     a.act = act(N_, f_);
@@ -319,6 +396,11 @@ void GpuModel<T>::block_forward(int l, Block& a) {
   k::add_inplace<T>(p(a.resid2), x, int64_t(N_) * h_);
   // MLP: out = x2 + Wdown · (silu(Wgate·rms2(x2)) * Wup·rms2(x2)).
   k::rmsnorm_forward<T>(p(a.ln2), f(a.rstd2), p(a.resid2), param(pre + "mlp_norm"), N_, h_, eps);
+  if (config_.is_moe_layer(l)) {
+    moe_forward(l, a, out);
+    k::add_inplace<T>(out, p(a.resid2), int64_t(N_) * h_);
+    return;
+  }
   k::linear_forward<T>(p(a.gate), p(a.ln2), w(pre + "w_gate"), nullptr, N_, h_, f_);
   k::linear_forward<T>(p(a.up), p(a.ln2), w(pre + "w_up"), nullptr, N_, h_, f_);
   k::swiglu_forward<T>(p(a.act), p(a.gate), p(a.up), int64_t(N_) * f_);
@@ -330,10 +412,24 @@ void GpuModel<T>::block_forward(int l, Block& a) {
 template <typename T>
 void GpuModel<T>::block_backward(int l, Block& a) {
   const std::string pre = "layers." + std::to_string(l) + ".";
-  const T* x = p(resid_[l]);
+  T* dresid = p(g_.dresid);
+  // MLP; the residual passes dresid straight through to x2.
+  if (config_.is_moe_layer(l)) {
+    moe_backward(l, a);  // d(loss)/d(ln2) into g_.dln
+  } else {
+    mlp_backward(l, a);
+  }
+  k::rmsnorm_backward<T>(dresid, grad(pre + "mlp_norm"), p(g_.dln), p(a.resid2),
+                         param(pre + "mlp_norm"), f(a.rstd2), N_, h_);
+  attention_backward(l, a);
+}
+
+// Dense MLP backward: g_.dln = d(loss)/d(ln2) from dresid = d(loss)/d(block output).
+template <typename T>
+void GpuModel<T>::mlp_backward(int l, Block& a) {
+  const std::string pre = "layers." + std::to_string(l) + ".";
   T* dresid = p(g_.dresid);
   const size_t es = sizeof(T);
-  // MLP; the residual passes dresid straight through to x2.
   GROVE_CUDA_CHECK(cudaMemsetAsync(g_.dact.raw(), 0, es * N_ * f_));
   k::linear_backward<T>(p(g_.dact), grad(pre + "w_down"), nullptr, dresid, p(a.act),
                         w(pre + "w_down"), N_, f_, h_);
@@ -345,9 +441,15 @@ void GpuModel<T>::block_backward(int l, Block& a) {
                         w(pre + "w_gate"), N_, h_, f_);
   k::linear_backward<T>(p(g_.dln), grad(pre + "w_up"), nullptr, p(g_.dup), p(a.ln2),
                         w(pre + "w_up"), N_, h_, f_);
-  k::rmsnorm_backward<T>(dresid, grad(pre + "mlp_norm"), p(g_.dln), p(a.resid2),
-                         param(pre + "mlp_norm"), f(a.rstd2), N_, h_);
-  // Attention.
+}
+
+// Attention backward: dresid = d(loss)/d(x2) on entry, d(loss)/d(block input) on exit.
+template <typename T>
+void GpuModel<T>::attention_backward(int l, Block& a) {
+  const std::string pre = "layers." + std::to_string(l) + ".";
+  const T* x = p(resid_[l]);
+  T* dresid = p(g_.dresid);
+  const size_t es = sizeof(T);
   GROVE_CUDA_CHECK(cudaMemsetAsync(g_.datt.raw(), 0, es * N_ * qd_));
   k::linear_backward<T>(p(g_.datt), grad(pre + "wo"), nullptr, dresid, p(a.att), w(pre + "wo"), N_,
                         qd_, h_);
@@ -370,6 +472,104 @@ void GpuModel<T>::block_backward(int l, Block& a) {
                          f(a.rstd1), N_, h_);
 }
 
+// ---- mixture of experts (dropless, experts local: expert parallelism runs on the CPU path) ----
+
+template <typename T>
+float GpuModel<T>::reduce_router_stats(int l, Block& a) {
+  std::vector<int32_t> counts(E_);
+  std::vector<double> stats(2 * E_ + 2);  // prob_sum[E], counts[E], lse², tokens
+  GROVE_CUDA_CHECK(
+      cudaMemcpy(counts.data(), a.counts.raw(), sizeof(int32_t) * E_, cudaMemcpyDeviceToHost));
+  GROVE_CUDA_CHECK(
+      cudaMemcpy(stats.data(), a.prob_sum.raw(), sizeof(double) * E_, cudaMemcpyDeviceToHost));
+  GROVE_CUDA_CHECK(
+      cudaMemcpy(&stats[2 * E_], a.lse_sq.raw(), sizeof(double), cudaMemcpyDeviceToHost));
+  for (int e = 0; e < E_; ++e) stats[E_ + e] = counts[e];
+  stats[2 * E_ + 1] = N_;
+  if (dp_ != nullptr && dp_->size() > 1) {  // the stats group is the data-parallel batch
+    GROVE_CUDA_CHECK(cudaMemcpy(moe_stats_.raw(), stats.data(), sizeof(double) * stats.size(),
+                                cudaMemcpyHostToDevice));
+    all_reduce_dp(moe_stats_.raw(), int64_t(stats.size()), DType::kF64);
+    GROVE_CUDA_CHECK(cudaMemcpy(stats.data(), moe_stats_.raw(), sizeof(double) * stats.size(),
+                                cudaMemcpyDeviceToHost));
+  }
+  for (int e = 0; e < E_; ++e) {
+    counts[e] = static_cast<int32_t>(stats[E_ + e]);
+    moe_counts_[l][e] = counts[e];
+  }
+  tokens_all_ = static_cast<int64_t>(stats[2 * E_ + 1]);
+  GROVE_CUDA_CHECK(cudaMemcpy(counts_global_.raw(), counts.data(), sizeof(int32_t) * E_,
+                              cudaMemcpyHostToDevice));
+  const k::MoeRouterLosses losses =
+      k::moe_router_losses(counts.data(), stats.data(), stats[2 * E_], tokens_all_, E_, topk_,
+                           config_.moe.aux_loss_coef, config_.moe.z_loss_coef);
+  return losses.aux + losses.z;
+}
+
+// out[N,h] = Σ_j w_j · expert_{e_j}(ln2), experts SwiGLU; route -> permute -> grouped GEMMs ->
+// unpermute, as parallel/moe_layer.cc on one rank.
+template <typename T>
+void GpuModel<T>::moe_forward(int l, Block& a, T* out) {
+  const std::string pre = "layers." + std::to_string(l) + ".";
+  const T* x = p(a.ln2);
+  // Router logits in fp32 (the CPU router's precision), from bf16 or fp32 inputs.
+  if constexpr (std::is_same_v<T, float>) {
+    k::linear_forward<float>(f(a.logits), x, w(pre + "router"), nullptr, N_, h_, E_);
+  } else {
+    k::gemm(false, true, N_, E_, h_, 1.0f, x, h_, w(pre + "router"), h_, 0.0f, f(a.logits), E_);
+  }
+  k::moe_router_forward(f(a.probs), f(a.lse_r), i32(a.expert), f(a.weight), i32(a.counts),
+                        f64(a.prob_sum), f64(a.lse_sq), f(a.logits), N_, E_, topk_);
+  moe_loss_ += reduce_router_stats(l, a);
+  k::moe_permute<T>(p(a.xp), i32(a.offsets), i32(a.row_of), x, i32(a.expert), i32(a.counts), N_,
+                    topk_, E_, h_);
+  GROVE_CUDA_CHECK(cudaMemcpy(a.offsets_host.data(), a.offsets.raw(), sizeof(int32_t) * (E_ + 1),
+                              cudaMemcpyDeviceToHost));
+  const int32_t* off = a.offsets_host.data();
+  k::grouped_linear_forward<T>(p(a.egate), p(a.xp), w(pre + "experts.w_gate"), off, E_, h_, fe_);
+  k::grouped_linear_forward<T>(p(a.eup), p(a.xp), w(pre + "experts.w_up"), off, E_, h_, fe_);
+  k::swiglu_forward<T>(p(a.eact), p(a.egate), p(a.eup), A_ * fe_);
+  k::grouped_linear_forward<T>(p(a.yp), p(a.eact), w(pre + "experts.w_down"), off, E_, fe_, h_);
+  k::moe_unpermute<T>(out, p(a.yp), f(a.weight), i32(a.row_of), N_, topk_, h_);
+}
+
+// g_.dln = d(loss)/d(ln2) from dresid = d(loss)/d(MoE output), plus the aux + z gradient
+// (times loss_scale_) through the router.
+template <typename T>
+void GpuModel<T>::moe_backward(int l, Block& a) {
+  const std::string pre = "layers." + std::to_string(l) + ".";
+  const size_t es = sizeof(T);
+  const int32_t* off = a.offsets_host.data();
+  const int32_t* row_of = i32(a.row_of);
+  k::moe_unpermute_backward<T>(p(gm_.dyp), f(gm_.dweight), p(g_.dresid), p(a.yp), f(a.weight),
+                               row_of, N_, topk_, h_);
+  GROVE_CUDA_CHECK(cudaMemsetAsync(gm_.deact.raw(), 0, es * A_ * fe_));
+  k::grouped_linear_backward<T>(p(gm_.deact), grad(pre + "experts.w_down"), p(gm_.dyp), p(a.eact),
+                                w(pre + "experts.w_down"), off, E_, fe_, h_);
+  GROVE_CUDA_CHECK(cudaMemsetAsync(gm_.degate.raw(), 0, es * A_ * fe_));
+  GROVE_CUDA_CHECK(cudaMemsetAsync(gm_.deup.raw(), 0, es * A_ * fe_));
+  k::swiglu_backward<T>(p(gm_.degate), p(gm_.deup), p(gm_.deact), p(a.egate), p(a.eup), A_ * fe_);
+  GROVE_CUDA_CHECK(cudaMemsetAsync(gm_.dxp.raw(), 0, es * A_ * h_));
+  k::grouped_linear_backward<T>(p(gm_.dxp), grad(pre + "experts.w_gate"), p(gm_.degate), p(a.xp),
+                                w(pre + "experts.w_gate"), off, E_, h_, fe_);
+  k::grouped_linear_backward<T>(p(gm_.dxp), grad(pre + "experts.w_up"), p(gm_.deup), p(a.xp),
+                                w(pre + "experts.w_up"), off, E_, h_, fe_);
+  GROVE_CUDA_CHECK(cudaMemsetAsync(g_.dln.raw(), 0, es * N_ * h_));
+  k::moe_permute_backward<T>(p(g_.dln), p(gm_.dxp), row_of, N_, topk_, h_);
+  k::moe_router_backward(f(gm_.dlogits), f(gm_.dweight), f(a.probs), f(a.lse_r), i32(a.expert),
+                         f(a.weight), i32(counts_global_), tokens_all_, config_.moe.aux_loss_coef,
+                         config_.moe.z_loss_coef, loss_scale_, N_, E_, topk_);
+  if constexpr (std::is_same_v<T, float>) {
+    k::linear_backward<float>(p(g_.dln), grad(pre + "router"), nullptr, f(gm_.dlogits), p(a.ln2),
+                              w(pre + "router"), N_, h_, E_);
+  } else {
+    // The router's GEMMs take bf16 operands; dW_r still accumulates in fp32.
+    k::convert(p(gm_.dlogits_t), f(gm_.dlogits), int64_t(N_) * E_);
+    k::linear_backward<T>(p(g_.dln), grad(pre + "router"), nullptr, p(gm_.dlogits_t), p(a.ln2),
+                          w(pre + "router"), N_, h_, E_);
+  }
+}
+
 // ---- whole model -------------------------------------------------------------------------------
 
 template <typename T>
@@ -384,14 +584,15 @@ float GpuModel<T>::forward(const int32_t* tokens, const int32_t* targets) {
   GROVE_CUDA_CHECK(cudaMemcpy(tokens_.raw(), tokens, sizeof(int32_t) * N_, cudaMemcpyHostToDevice));
   GROVE_CUDA_CHECK(
       cudaMemcpy(targets_.raw(), targets, sizeof(int32_t) * N_, cudaMemcpyHostToDevice));
-  k::embedding_forward<T>(p(resid_[0]), tokens_.data<int32_t>(), w("wte"), N_, h_);
+  moe_loss_ = 0;
+  k::embedding_forward<T>(p(resid_[0]), i32(tokens_), w("wte"), N_, h_);
   for (int l = 0; l < config_.n_layers; ++l)
     block_forward(l, mode_ == Recompute::kFull ? blocks_[0] : blocks_[l]);
   const int L = config_.n_layers;
   k::rmsnorm_forward<T>(p(lnf_), f(rstdf_), p(resid_[L]), param("final_norm"), N_, h_,
                         config_.norm_eps);
   k::linear_forward<T>(p(logits_), p(lnf_), w("lm_head"), nullptr, N_, h_, V_);
-  k::cross_entropy_forward<T>(f(losses_), f(ce_lse_), p(logits_), targets_.data<int32_t>(), N_, V_);
+  k::cross_entropy_forward<T>(f(losses_), f(ce_lse_), p(logits_), i32(targets_), N_, V_);
   GROVE_CUDA_CHECK(
       cudaMemcpy(host_losses_.data(), losses_.raw(), sizeof(float) * N_, cudaMemcpyDeviceToHost));
   double sums[2] = {0.0, static_cast<double>(valid)};       // loss sum, valid targets
@@ -413,14 +614,15 @@ float GpuModel<T>::forward(const int32_t* tokens, const int32_t* targets) {
 template <typename T>
 void GpuModel<T>::backward(float loss_scale, bool finalize) {
   const int L = config_.n_layers;
+  loss_scale_ = loss_scale;
   const float per_token = global_valid_ > 0 ? loss_scale / float(global_valid_) : 0.0f;
   for (int i = 0; i < N_; ++i) host_dlosses_[i] = per_token;
   GROVE_CUDA_CHECK(cudaMemcpy(g_.dlosses.raw(), host_dlosses_.data(), sizeof(float) * N_,
                               cudaMemcpyHostToDevice));
   // Head: dlogits overwrite the logits in place.
   T* dlogits = p(logits_);
-  k::cross_entropy_backward<T>(dlogits, p(logits_), f(ce_lse_), targets_.data<int32_t>(),
-                               f(g_.dlosses), N_, V_);
+  k::cross_entropy_backward<T>(dlogits, p(logits_), f(ce_lse_), i32(targets_), f(g_.dlosses), N_,
+                               V_);
   GROVE_CUDA_CHECK(cudaMemsetAsync(g_.dln.raw(), 0, sizeof(T) * N_ * h_));
   k::linear_backward<T>(p(g_.dln), grad("lm_head"), nullptr, dlogits, p(lnf_), w("lm_head"), N_, h_,
                         V_);
@@ -430,14 +632,16 @@ void GpuModel<T>::backward(float loss_scale, bool finalize) {
   for (int l = L - 1; l >= 0; --l) {
     if (mode_ == Recompute::kFull) {
       // Re-run the block from its saved input (deterministic forward: resid[l+1] is rewritten
-      // with the values it already holds).
+      // with the values it already holds; its MoE aux + z loss is not counted again).
+      const float moe_loss = moe_loss_;
       block_forward(l, blocks_[0]);
+      moe_loss_ = moe_loss;
       block_backward(l, blocks_[0]);
     } else {
       block_backward(l, blocks_[l]);
     }
   }
-  k::embedding_backward<T>(grad("wte"), p(g_.dresid), tokens_.data<int32_t>(), N_, h_);
+  k::embedding_backward<T>(grad("wte"), p(g_.dresid), i32(tokens_), N_, h_);
   if (finalize) all_reduce_dp(grads(), num_params_, DType::kF32);
 }
 
@@ -448,10 +652,17 @@ StatusOr<std::unique_ptr<GpuTransformer>> GpuTransformer::Create(const ModelConf
                                                                  GpuPrecision precision,
                                                                  comm::Communicator* dp) {
   if (Status st = config.Validate(); !st.ok()) return st;
-  if (config.moe.num_experts > 0)
+  if (config.moe.num_experts > 0 && config.moe.capacity_factor > 0)
+    return Status::Error("model.moe.capacity_factor=" + std::to_string(config.moe.capacity_factor) +
+                         ": the GPU experts are dropless; set model.moe.capacity_factor=0 or "
+                         "train.device=cpu");
+  if (config.moe.num_experts > 0 && config.moe.lsh.enabled)
     return Status::Error(
-        "model.moe.num_experts=" + std::to_string(config.moe.num_experts) +
-        ": mixture-of-experts layers run on the CPU path only so far; set train.device=cpu");
+        "model.moe.lsh.enabled: the LSH-compressed all-to-all runs on the CPU path only so far; "
+        "set model.moe.lsh.enabled=false or train.device=cpu");
+  if (config.moe.num_experts > 0 && config.moe.top_k > cuda::kMoeMaxTopK)
+    return Status::Error("model.moe.top_k=" + std::to_string(config.moe.top_k) +
+                         " exceeds the GPU router's limit of " + std::to_string(cuda::kMoeMaxTopK));
   if (config.head_dim() > 256 || config.head_dim() % 2 != 0)
     return Status::Error(
         "the GPU attention kernel needs an even head dim <= 256; "

@@ -27,7 +27,12 @@
 // the loss is normalised by the valid targets of the whole data-parallel batch and backward()
 // all-reduces the flat gradient buffer, so every rank's gradients equal the one-process model's
 // on the global batch. Tensor, sequence, context and expert parallelism run on the CPU path only
-// for now; mixture-of-experts layers are not built on the GPU yet (the constructor says so).
+// for now.
+//
+// Mixture of experts (DESIGN.md §7): every MoE block routes, permutes, runs its experts as one
+// GEMM per expert on contiguous rows, and combines, all on the device (kernels/cuda moe_*), with
+// every expert local (ep = 1) and no capacity dropping; the router's aux and z losses are taken
+// over the data-parallel batch, as the CPU model takes them over its stats group.
 #pragma once
 
 #include <cstdint>
@@ -102,6 +107,12 @@ class GpuTransformer {
   // Backward of the last forward; gradients ACCUMULATE into grads() scaled by loss_scale (1 /
   // accumulation steps). `finalize` (last micro-batch) all-reduces grads() over data parallelism.
   virtual void backward(float loss_scale = 1.0f, bool finalize = true) = 0;
+
+  // Mixture of experts: Σ over MoE layers of aux + z (times their coefficients) of the last
+  // forward, added to the objective by backward() but not to forward()'s return value; and each
+  // MoE layer's routed assignments per expert over the data-parallel batch.
+  virtual float moe_loss() const = 0;
+  virtual std::vector<std::vector<int64_t>> expert_load() const = 0;
 
   // Bytes of activations kept across the step, and of everything this model allocated.
   virtual int64_t activation_bytes() const = 0;

@@ -1,6 +1,7 @@
 // GpuTransformer against the float64 PyTorch re-implementation of the model
 // (tests/oracle/transformer_reference.py, the oracle the CPU model is checked against): loss and
-// the gradient of every parameter, in fp32 (tight) and bf16 (mixed precision, looser); recompute
+// the gradient of every parameter, in fp32 (tight) and bf16 (mixed precision, looser), dense and
+// with a mixture-of-experts block (its aux + z loss too); recompute
 // modes against each other; GpuAdamW against a scalar AdamW; and, without a device, the flat
 // parameter layout against Weights::named().
 //
@@ -59,14 +60,28 @@ struct OracleCase {
   const char* name;
   GpuPrecision precision;
   Recompute mode;
+  bool moe = false;
 };
+// The oracle's seed (weights and batch). The MoE cases use one whose smallest top-k logit margin
+// (0.087) is well above bf16's logit error, so that bf16 routing agrees with float64 routing.
+int OracleSeed(const OracleCase& c) {
+  return c.moe ? 28 : 7;
+}
+
+// Block 1 of 2 a dropless top-2 mixture of 4 experts.
+nlohmann::json MoeConfig() {
+  nlohmann::json j = SmallConfig();
+  j["moe"] = {{"num_experts", 4}, {"top_k", 2}, {"every", 2}, {"expert_ffn", 48}};
+  return j;
+}
 
 void CheckAgainstOracle(const OracleCase& c) {
   const int batch = 3, seq = 16;
-  nlohmann::json cfg_json = SmallConfig();
+  nlohmann::json cfg_json = c.moe ? MoeConfig() : SmallConfig();
   std::string args = "'";  // built piecewise: GCC 12 misreports -Wrestrict on "'" + string
   args += cfg_json.dump();
-  args += "' " + std::to_string(batch) + " " + std::to_string(seq) + " 7";
+  args += "' " + std::to_string(batch) + " " + std::to_string(seq) + " " +
+          std::to_string(OracleSeed(c));
   SafetensorsFile ref = testing::RunTorchOracle("tests/oracle/transformer_reference.py",
                                                 std::string("gpu_") + c.name, args);
   ASSERT_FALSE(ref.tensors.empty());
@@ -87,6 +102,14 @@ void CheckAgainstOracle(const OracleCase& c) {
 
   const double want = ref.tensors["loss"].data<double>()[0];
   const bool fp32 = c.precision == GpuPrecision::kFp32;
+  if (c.moe) {
+    // fp32 logits sit ~1e-6 from the float64 ones, bf16 ones ~1e-2: a smaller top-k margin
+    // could flip a routing choice and the comparison would mean nothing.
+    const double margin = ref.tensors["topk_margin"].data<double>()[0];
+    ASSERT_GT(margin, fp32 ? 1e-4 : 5e-2) << "change the oracle seed";
+    const double want_moe = ref.tensors["moe_loss"].data<double>()[0];
+    EXPECT_NEAR(m.moe_loss(), want_moe, (fp32 ? 1e-4 : 2e-2) * want_moe);
+  }
   // fp32: the CPU model's tolerance (no TF32; the only differences are summation orders).
   // bf16: ~8 significant bits per stored activation; the loss to 1%, each gradient to 5% in norm.
   EXPECT_NEAR(loss, want, fp32 ? 1e-4 * std::abs(want) : 1e-2 * std::abs(want));
@@ -120,6 +143,15 @@ TEST_F(GpuTransformerTest, Fp32FullRecomputeMatchesTorch) {
 }
 TEST_F(GpuTransformerTest, Bf16MatchesTorch) {
   CheckAgainstOracle({"bf16", GpuPrecision::kBf16, Recompute::kSelective});
+}
+TEST_F(GpuTransformerTest, MoeFp32MatchesTorch) {
+  CheckAgainstOracle({"moe_fp32", GpuPrecision::kFp32, Recompute::kSelective, true});
+}
+TEST_F(GpuTransformerTest, MoeFp32FullRecomputeMatchesTorch) {
+  CheckAgainstOracle({"moe_fp32_full", GpuPrecision::kFp32, Recompute::kFull, true});
+}
+TEST_F(GpuTransformerTest, MoeBf16MatchesTorch) {
+  CheckAgainstOracle({"moe_bf16", GpuPrecision::kBf16, Recompute::kSelective, true});
 }
 
 // Gradient accumulation: two backward passes with loss_scale 1/2 over the same batch give the
@@ -235,10 +267,10 @@ TEST(GpuTransformerLayout, FlatLayoutFollowsWeightsNamed) {
 
 TEST(GpuTransformerLayout, UnsupportedConfigsAreNamed) {
   nlohmann::json j = SmallConfig();
-  j["moe"] = {{"num_experts", 4}, {"top_k", 2}};
+  j["moe"] = {{"num_experts", 4}, {"top_k", 2}, {"capacity_factor", 1.25}};
   auto m = GpuTransformer::Create(Parse(j), 1, 8, Recompute::kNone, GpuPrecision::kBf16);
   ASSERT_FALSE(m.ok());
-  EXPECT_NE(m.status().message().find("model.moe.num_experts"), std::string::npos)
+  EXPECT_NE(m.status().message().find("model.moe.capacity_factor"), std::string::npos)
       << m.status().message();
   auto p = parse_gpu_precision("fp16");
   ASSERT_FALSE(p.ok());

@@ -62,9 +62,11 @@ TEST(TrainConfig, DeviceAndPrecision) {
   EXPECT_EQ(error_of({"train.device=cuda"}), "OK");
   EXPECT_NE(error_of({"train.device=cuda", "parallel.tp=2"}).find("set parallel.tp"),
             std::string::npos);
-  EXPECT_NE(error_of({"train.device=cuda", "model.moe.num_experts=4"})
-                .find("set model.moe.num_experts=0"),
-            std::string::npos);
+  EXPECT_EQ(error_of({"train.device=cuda", "model.moe.num_experts=4"}), "OK");
+  EXPECT_NE(
+      error_of({"train.device=cuda", "model.moe.num_experts=4", "model.moe.capacity_factor=1"})
+          .find("set model.moe.capacity_factor=0"),
+      std::string::npos);
 #else
   EXPECT_NE(error_of({"train.device=cuda"}).find("this build has no CUDA support"),
             std::string::npos);
