@@ -1,0 +1,318 @@
+// CPU emulation of the CUDA features that kernels/cuda/attention_tc.cu uses, so that
+// test_cuda_emu can run that file's kernels and host side on a machine without a GPU. The file is
+// compiled as it is, apart from a mechanical rewrite done at build time (rewrite_kernel.cmake):
+// `extern __shared__` arrays become emu::smem() and `kernel<<<grid, block, smem, stream>>>(args)`
+// becomes `::emu::Launch(kernel, grid, block, smem, stream)(args)`.
+//
+// Emulated:
+//  - Threads and blocks. Every CUDA thread of a block is a fiber (ucontext) with its own stack, all
+//    on the calling OS thread; blocks run one after another. threadIdx, blockIdx, blockDim and
+//    gridDim are globals set for the fiber that runs. (Fibers rather than one OS thread per CUDA
+//    thread: a barrier is a function call instead of futex wake-ups of up to 256 threads on two
+//    cores, ~10x faster; runs are reproducible; a deadlock is reported instead of hanging.)
+//  - __syncthreads, __syncwarp and __shfl_xor_sync (full mask only, checked). A fiber that reaches
+//    a barrier that is not yet complete yields; the last to arrive opens it and runs on. A barrier
+//    that can never open (__syncthreads in divergent code, a thread that returned while the others
+//    wait) is reported as a deadlock and aborts, where a GPU would hang or misbehave. Lanes of a
+//    warp that reach different warp-synchronous calls together abort too.
+//  - Scheduling, chosen to expose missing barriers. Between two openings of __syncthreads (an
+//    epoch) the scheduler either runs whole warps one after another, in a random order, each up to
+//    the next __syncthreads, or runs a random runnable fiber at each step; which of the two is
+//    drawn per epoch. Inside a warp the lanes run in a random order between warp barriers. So a
+//    missing
+//    __syncthreads (a warp reads a tile another warp has not written yet, or overwrites one another
+//    warp still reads) or a missing __syncwarp makes some thread see stale data or NaN (below),
+//    which the comparison with the reference reports. Seeded (set_schedule_seed): reproducible.
+//  - Dynamic shared memory: exactly the bytes given at launch, fresh for each block and filled with
+//    0xff bytes (NaN as bf16 and as fp32), so reading what was never written yields NaN, and
+//    AddressSanitizer reports any access past the end. A launch needing more than the 48 KiB
+//    default fails unless cudaFuncSetAttribute raised the kernel's limit (at most sm_90's 227 KiB),
+//    as on the device.
+//  - nvcuda::wmma, 16x16x16 bf16 fragments with fp32 accumulators: load / store / mma / fill with
+//    the API's contract. Fragments hold 8 elements per lane like the hardware's, but each kind
+//    (matrix_a and matrix_b in either layout, accumulator) maps (lane, element) to (row, col)
+//    through its own scrambled bijection. load / store check the 256-bit pointer alignment and that
+//    ldm is a multiple of 16 bytes. load_matrix_sync / store_matrix_sync do not synchronize the
+//    warp here: their ".sync" is convergence, not memory ordering (PTX), so a kernel that needs
+//    another lane's shared-memory writes must __syncwarp first, and the emulator checks that it
+//    does. mma_sync gathers all lanes' fragments, so it does act as a warp barrier.
+//  - The CUDA runtime calls of the host side (emu_runtime.cc): launches, with the limits above and
+//    the block / grid size limits; cudaFuncSetAttribute / cudaDeviceGetAttribute for the
+//    shared-memory opt-in; cudaMallocAsync / cudaFreeAsync (host memory: device pointers are host
+//    pointers, so AddressSanitizer covers "global memory" too); cudaGetLastError. Streams are
+//    ignored and everything is synchronous.
+//
+// Not emulated (only a GPU run checks these: tests/cuda/test_cuda_attention.cc):
+//  - Real timing, occupancy, register limits (__launch_bounds__ is ignored), bank conflicts.
+//  - The memory model. Memory is sequentially consistent and a fiber runs uninterrupted from one
+//    barrier to the next, so barriers (and mma_sync, __shfl_xor_sync, which need every lane's
+//    values) act as full fences, and races inside one barrier interval are not reproduced: two
+//    lanes doing a read-modify-write of one address never lose an update, a missing __threadfence
+//    or volatile is never noticed. Only the order of accesses relative to barriers is explored.
+//  - Warp divergence beyond what these kernels use: no partial masks, no __activemask / ballot /
+//    vote, no exited lanes taking part in warp operations (those abort or deadlock).
+//  - Tensor-core and SFU arithmetic: mma sums the exact bf16 products in fp32 in order k = 0..15
+//    (the hardware's order and rounding differ), exp2f / log2f are the host's libm, no flushing of
+//    denormals. The tests' tolerances hold for any fp32 order.
+//  - Device limits other than the ones checked above, and anything about other kernels.
+//
+// Why the scrambled layout: WMMA fragment layouts are unspecified and differ between GPU
+// generations. With the natural layout (lane l holding row l / 2, say) code that assumes a layout
+// (indexes x[e] as a given (row, col), or copies an accumulator into a matrix_a fragment) would
+// pass here and compute garbage on an H100. With a scrambled layout such code fails here too, while
+// code that only relies on the API's guarantees (two accumulator fragments of one type hold the
+// same (row, col) in the same slot, which the attention kernels use for their per-row factors)
+// passes.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+// Device code calls min / max unqualified (CUDA declares them for device code only).
+using std::max;
+using std::min;
+
+// The CUDA headers define __launch_bounds__, and the C++ overload of cudaFuncSetAttribute that
+// takes a kernel, only for nvcc.
+#define __launch_bounds__(...)
+template <typename T>
+inline cudaError_t cudaFuncSetAttribute(T* kernel, cudaFuncAttribute attr, int value) {
+  return ::cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel), attr, value);
+}
+
+#define EMU_CHECK(cond)                                                   \
+  do {                                                                    \
+    if (!(cond)) ::emu::fail(__FILE__, __LINE__, "check failed: " #cond); \
+  } while (0)
+
+// The thread and block of the fiber that runs (set by the scheduler at every switch).
+inline uint3 threadIdx, blockIdx;
+inline dim3 blockDim, gridDim;
+
+namespace emu {
+
+[[noreturn]] void fail(const char* file, int line, const char* what);
+
+// Selects the scheduling order of the launches that follow (reproducible per seed; the environment
+// variable GROVE_EMU_SEED=n shifts every seed, to explore other schedules).
+void set_schedule_seed(uint64_t seed);
+
+// A barrier for `expected` fibers. `generation` counts how often it has opened.
+struct Barrier {
+  int expected = 0;
+  int arrived = 0;
+  uint64_t generation = 0;
+  std::vector<int> waiters;  // fibers blocked here
+};
+// Blocks the calling fiber until `expected` fibers have arrived (the last one runs on).
+void arrive_and_wait(Barrier& b);
+
+// Per-warp state. Warp-collective calls exchange data through buffers indexed by the parity of
+// the warp barrier's generation: a lane reads slot p after barrier instance g (p = g % 2) opened
+// and before it arrives at instance g + 1, and no lane can write slot p again before instance
+// g + 1 has opened, so one barrier per collective call is enough.
+enum class Op : int { kSyncwarp, kShfl, kMma };
+struct Warp {
+  Barrier bar;
+  Op op[2][32];
+  double shfl[2][32];
+  float a[2][256], b[2][256], c[2][256];  // gathered mma operands, [row * 16 + col]
+};
+struct Block {
+  Barrier bar;
+  std::vector<Warp> warps;
+  unsigned char* smem = nullptr;
+};
+inline Block* current_block = nullptr;
+
+inline Warp& warp() {
+  return current_block->warps[threadIdx.x / 32];
+}
+inline int lane() {
+  return static_cast<int>(threadIdx.x % 32);
+}
+inline unsigned char* smem() {
+  return current_block->smem;
+}
+
+// One warp-synchronous step: records the operation, waits for the warp, and (lane 0) checks that
+// every lane made the same one. Returns the parity of the exchange buffers to use.
+inline int warp_collective(Op op) {
+  Warp& w = warp();
+  const int p = static_cast<int>(w.bar.generation & 1);
+  w.op[p][lane()] = op;
+  arrive_and_wait(w.bar);
+  if (lane() == 0)
+    for (int l = 1; l < 32; ++l)
+      if (w.op[p][l] != op)
+        fail(__FILE__, __LINE__, "lanes of one warp made different warp-synchronous calls");
+  return p;
+}
+
+// Runs kernel(args...) on the grid (emu_runtime.cc). Written by the rewrite in place of
+// `kernel<<<grid, block, smem, stream>>>(args...)`; invalid configurations set cudaGetLastError.
+void run_grid(const void* kernel, dim3 grid, dim3 block, size_t smem_bytes,
+              const std::function<void()>& body);
+
+template <typename... Params>
+class Launch {
+ public:
+  Launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem_bytes = 0,
+         cudaStream_t = nullptr)
+      : kernel_(kernel), grid_(grid), block_(block), smem_bytes_(smem_bytes) {}
+  template <typename... Args>
+  void operator()(Args&&... args) const {
+    static_assert(sizeof...(Args) == sizeof...(Params), "kernel argument count");
+    // Converted to the parameter types once, like kernel arguments; each thread gets a copy.
+    const std::tuple<Params...> params(std::forward<Args>(args)...);
+    run_grid(reinterpret_cast<const void*>(kernel_), grid_, block_, smem_bytes_,
+             [&] { std::apply(kernel_, params); });
+  }
+
+ private:
+  void (*kernel_)(Params...);
+  dim3 grid_, block_;
+  size_t smem_bytes_;
+};
+
+}  // namespace emu
+
+inline void __syncthreads() {
+  emu::arrive_and_wait(emu::current_block->bar);
+}
+inline void __syncwarp(unsigned mask = 0xffffffffu) {
+  EMU_CHECK(mask == 0xffffffffu);
+  emu::warp_collective(emu::Op::kSyncwarp);
+}
+template <typename T>
+inline T __shfl_xor_sync(unsigned mask, T value, int lane_mask, int width = 32) {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double> || std::is_same_v<T, int>,
+                "emu: __shfl_xor_sync of float, double or int");
+  EMU_CHECK(mask == 0xffffffffu && width == 32 && lane_mask >= 0 && lane_mask < 32);
+  emu::Warp& w = emu::warp();
+  w.shfl[w.bar.generation & 1][emu::lane()] = value;  // exact for all three types
+  const int p = emu::warp_collective(emu::Op::kShfl);
+  return static_cast<T>(w.shfl[p][emu::lane() ^ lane_mask]);
+}
+
+namespace nvcuda::wmma {
+
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+struct row_major {};
+struct col_major {};
+enum layout_t { mem_row_major, mem_col_major };
+
+template <typename Use, int M, int N, int K, typename T, typename Layout = void>
+struct fragment {
+  static_assert(M == 16 && N == 16 && K == 16, "emu: 16x16x16 fragments only");
+  static_assert(std::is_same_v<Use, accumulator> ? std::is_same_v<T, float>
+                                                 : std::is_same_v<T, __nv_bfloat16>,
+                "emu: bf16 operands and fp32 accumulators only");
+  static constexpr int num_elements = 8;
+  T x[num_elements];
+};
+
+namespace detail {
+// (lane, element) -> row * 16 + col: an odd multiplier and an offset make a bijection of 0..255,
+// a different one for each fragment kind.
+template <typename Use, typename Layout>
+struct Scramble;
+template <>
+struct Scramble<matrix_a, row_major> {
+  static constexpr int kMul = 101, kAdd = 17;
+};
+template <>
+struct Scramble<matrix_a, col_major> {
+  static constexpr int kMul = 59, kAdd = 200;
+};
+template <>
+struct Scramble<matrix_b, row_major> {
+  static constexpr int kMul = 83, kAdd = 99;
+};
+template <>
+struct Scramble<matrix_b, col_major> {
+  static constexpr int kMul = 141, kAdd = 5;
+};
+template <>
+struct Scramble<accumulator, void> {
+  static constexpr int kMul = 37, kAdd = 0;
+};
+template <typename Use, typename Layout>
+inline int slot(int lane, int e) {
+  using S = Scramble<Use, Layout>;
+  return ((lane * 8 + e) * S::kMul + S::kAdd) & 255;
+}
+inline void check_pointer(const void* p, unsigned ldm, size_t element_bytes) {
+  EMU_CHECK(reinterpret_cast<uintptr_t>(p) % 32 == 0);  // 256-bit aligned
+  EMU_CHECK(ldm * element_bytes % 16 == 0);
+}
+}  // namespace detail
+
+template <typename Use, typename Layout>
+inline void load_matrix_sync(fragment<Use, 16, 16, 16, __nv_bfloat16, Layout>& f,
+                             const __nv_bfloat16* p, unsigned ldm) {
+  static_assert(std::is_same_v<Layout, row_major> || std::is_same_v<Layout, col_major>);
+  constexpr bool row = std::is_same_v<Layout, row_major>;
+  detail::check_pointer(p, ldm, sizeof(*p));
+  for (int e = 0; e < 8; ++e) {
+    const int idx = detail::slot<Use, Layout>(emu::lane(), e), r = idx / 16, c = idx % 16;
+    f.x[e] = row ? p[r * ldm + c] : p[c * ldm + r];
+  }
+}
+inline void load_matrix_sync(fragment<accumulator, 16, 16, 16, float>& f, const float* p,
+                             unsigned ldm, layout_t layout) {
+  detail::check_pointer(p, ldm, sizeof(*p));
+  for (int e = 0; e < 8; ++e) {
+    const int idx = detail::slot<accumulator, void>(emu::lane(), e), r = idx / 16, c = idx % 16;
+    f.x[e] = layout == mem_row_major ? p[r * ldm + c] : p[c * ldm + r];
+  }
+}
+inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 16, float>& f,
+                              unsigned ldm, layout_t layout) {
+  detail::check_pointer(p, ldm, sizeof(*p));
+  for (int e = 0; e < 8; ++e) {
+    const int idx = detail::slot<accumulator, void>(emu::lane(), e), r = idx / 16, c = idx % 16;
+    (layout == mem_row_major ? p[r * ldm + c] : p[c * ldm + r]) = f.x[e];
+  }
+}
+template <typename Use, typename T, typename Layout, typename V>
+inline void fill_fragment(fragment<Use, 16, 16, 16, T, Layout>& f, const V& v) {
+  for (T& x : f.x) x = static_cast<T>(v);
+}
+// d = a b + c. The lanes' elements are gathered into the warp's buffers, then each lane computes
+// its own elements of d (d may be c).
+template <typename LA, typename LB>
+inline void mma_sync(fragment<accumulator, 16, 16, 16, float>& d,
+                     const fragment<matrix_a, 16, 16, 16, __nv_bfloat16, LA>& a,
+                     const fragment<matrix_b, 16, 16, 16, __nv_bfloat16, LB>& b,
+                     const fragment<accumulator, 16, 16, 16, float>& c) {
+  emu::Warp& w = emu::warp();
+  const int q = static_cast<int>(w.bar.generation & 1), l = emu::lane();
+  for (int e = 0; e < 8; ++e) {
+    w.a[q][detail::slot<matrix_a, LA>(l, e)] = __bfloat162float(a.x[e]);
+    w.b[q][detail::slot<matrix_b, LB>(l, e)] = __bfloat162float(b.x[e]);
+    w.c[q][detail::slot<accumulator, void>(l, e)] = c.x[e];
+  }
+  const int p = emu::warp_collective(emu::Op::kMma);
+  for (int e = 0; e < 8; ++e) {
+    const int idx = detail::slot<accumulator, void>(l, e), r = idx / 16, col = idx % 16;
+    float s = w.c[p][idx];
+    for (int k = 0; k < 16; ++k) s += w.a[p][r * 16 + k] * w.b[p][k * 16 + col];
+    d.x[e] = s;
+  }
+}
+
+}  // namespace nvcuda::wmma

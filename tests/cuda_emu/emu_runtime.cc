@@ -1,0 +1,331 @@
+// The fiber scheduler behind emu.h and the few CUDA runtime calls attention_tc.cu's host side
+// makes, defined here in place of libcudart (the test does not link it).
+#include <sys/mman.h>
+#include <ucontext.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <map>
+#include <new>
+#include <random>
+
+#include "tests/cuda_emu/emu.h"
+
+#if defined(__SANITIZE_ADDRESS__)
+#define EMU_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define EMU_ASAN 1
+#endif
+#endif
+#ifdef EMU_ASAN
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#endif
+
+namespace emu {
+
+void fail(const char* file, int line, const char* what) {
+  std::fprintf(stderr, "emu: %s:%d: %s (thread %u of block (%u, %u, %u))\n", file, line, what,
+               threadIdx.x, blockIdx.x, blockIdx.y, blockIdx.z);
+  std::fflush(stderr);
+  std::abort();
+}
+
+namespace {
+
+// AddressSanitizer must be told about every switch between stacks.
+void start_switch(void** fake_stack_save, const void* bottom, size_t size) {
+#ifdef EMU_ASAN
+  __sanitizer_start_switch_fiber(fake_stack_save, bottom, size);
+#else
+  (void)fake_stack_save, (void)bottom, (void)size;
+#endif
+}
+void finish_switch(void* fake_stack_save, const void** bottom_old, size_t* size_old) {
+#ifdef EMU_ASAN
+  __sanitizer_finish_switch_fiber(fake_stack_save, bottom_old, size_old);
+#else
+  (void)fake_stack_save, (void)bottom_old, (void)size_old;
+#endif
+}
+
+// Kernel frames are small (fragments and a few scalars); the guard page below each stack turns an
+// overflow into a crash.
+constexpr size_t kStackBytes = size_t{256} << 10;
+
+struct Fiber {
+  ucontext_t ctx;
+  char* stack = nullptr;  // kStackBytes, above a guard page
+  uint3 tid{};
+  bool done = false;
+  void* fake_stack = nullptr;  // AddressSanitizer's, while switched out
+};
+
+struct Scheduler {
+  std::vector<Fiber> fibers;  // grows to the largest block seen; stacks are reused
+  // Fibers that can run, per warp, and how the next one is picked: in a warp-sequential epoch the
+  // first warp in `order` with a runnable lane runs (so whole warps run one after another up to
+  // the next __syncthreads), otherwise any runnable fiber. Redrawn whenever __syncthreads opens.
+  std::vector<std::vector<int>> runnable;
+  int n_runnable = 0;
+  bool warp_sequential = false;
+  std::vector<int> order;
+  int current = -1;  // running fiber, -1 on the scheduler's own stack
+  int finished = 0;
+  ucontext_t main;
+  const void* main_bottom = nullptr;
+  size_t main_size = 0;
+  const std::function<void()>* body = nullptr;
+  std::mt19937_64 rng{1};
+  uint64_t seed = 1, launches = 0;
+};
+Scheduler S;
+
+// From a fiber to the scheduler; returns when the scheduler resumes this fiber.
+void switch_to_scheduler() {
+  Fiber& f = S.fibers[S.current];
+  start_switch(&f.fake_stack, S.main_bottom, S.main_size);
+  swapcontext(&f.ctx, &S.main);
+  finish_switch(f.fake_stack, &S.main_bottom, &S.main_size);
+}
+
+void fiber_main() {
+  Fiber& f = S.fibers[S.current];
+  finish_switch(nullptr, &S.main_bottom, &S.main_size);
+  (*S.body)();
+  f.done = true;
+  ++S.finished;
+  start_switch(nullptr, S.main_bottom, S.main_size);  // the fiber's fake stack ends here
+  swapcontext(&f.ctx, &S.main);
+  fail(__FILE__, __LINE__, "a finished fiber was resumed");
+}
+
+void resume(int i) {
+  Fiber& f = S.fibers[i];
+  S.current = i;
+  threadIdx = f.tid;
+  void* fake_stack = nullptr;
+  start_switch(&fake_stack, f.stack, kStackBytes);
+  swapcontext(&S.main, &f.ctx);
+  finish_switch(fake_stack, nullptr, nullptr);
+  S.current = -1;
+}
+
+void deadlock(const Block& blk, int n) {
+  std::fprintf(stderr,
+               "emu: deadlock in block (%u, %u, %u): %d of %d threads finished, %d waiting at "
+               "__syncthreads",
+               blockIdx.x, blockIdx.y, blockIdx.z, S.finished, n, blk.bar.arrived);
+  for (size_t w = 0; w < blk.warps.size(); ++w)
+    if (blk.warps[w].bar.arrived > 0)
+      std::fprintf(stderr, ", %d of warp %zu at a warp barrier", blk.warps[w].bar.arrived, w);
+  std::fprintf(stderr,
+               " (a barrier in divergent code, or threads that returned while others wait)\n");
+  std::fflush(stderr);
+  std::abort();
+}
+
+// Sets fiber f up to run the kernel body from the start (getcontext returns twice, hence a
+// function of its own).
+__attribute__((noinline)) void prepare(Fiber& f, unsigned t) {
+#ifdef EMU_ASAN
+  ASAN_UNPOISON_MEMORY_REGION(f.stack, kStackBytes);  // left over from the previous block
+#endif
+  getcontext(&f.ctx);
+  f.ctx.uc_stack.ss_sp = f.stack;
+  f.ctx.uc_stack.ss_size = kStackBytes;
+  f.ctx.uc_link = nullptr;
+  makecontext(&f.ctx, fiber_main, 0);
+  // swapcontext does not read uc_stack, but AddressSanitizer's interceptor clears the shadow of
+  // the whole stack it names at every switch (slow, and it would erase live redzones).
+  f.ctx.uc_stack.ss_sp = nullptr;
+  f.ctx.uc_stack.ss_size = 0;
+  f.tid = uint3{t, 0, 0};
+  f.done = false;
+  f.fake_stack = nullptr;
+}
+
+void make_runnable(int fiber) {
+  S.runnable[fiber / 32].push_back(fiber);
+  ++S.n_runnable;
+}
+
+void new_epoch() {
+  S.warp_sequential = S.rng() % 2 == 0;
+  std::shuffle(S.order.begin(), S.order.end(), S.rng);
+}
+
+int pick() {
+  size_t w = 0;
+  if (S.warp_sequential) {
+    for (int o : S.order)
+      if (!S.runnable[o].empty()) {
+        w = o;
+        break;
+      }
+  } else {
+    size_t k = S.rng() % S.n_runnable;
+    while (k >= S.runnable[w].size()) k -= S.runnable[w++].size();
+  }
+  std::vector<int>& r = S.runnable[w];
+  const size_t k = S.rng() % r.size();
+  const int fiber = r[k];
+  r[k] = r.back();
+  r.pop_back();
+  --S.n_runnable;
+  return fiber;
+}
+
+void run_block(Block& blk, int n) {
+  const int warps = n / 32;
+  S.runnable.assign(warps, {});
+  S.n_runnable = 0;
+  S.order.resize(warps);
+  for (int w = 0; w < warps; ++w) S.order[w] = w;
+  for (int t = 0; t < n; ++t) {
+    prepare(S.fibers[t], static_cast<unsigned>(t));
+    make_runnable(t);
+  }
+  S.finished = 0;
+  new_epoch();
+  while (S.n_runnable > 0) resume(pick());
+  if (S.finished != n) deadlock(blk, n);
+}
+
+// cudaFuncSetAttribute's MaxDynamicSharedMemorySize per kernel, and the sticky launch error.
+std::map<const void*, int>& smem_limits() {
+  static std::map<const void*, int> m;
+  return m;
+}
+cudaError_t last_error = cudaSuccess;
+constexpr int kDefaultSmem = 48 << 10, kOptinSmem = 227 << 10;  // sm_90
+
+}  // namespace
+
+void set_schedule_seed(uint64_t seed) {
+  // GROVE_EMU_SEED=n explores other schedules (0 or unset: the tests' own).
+  const char* extra = std::getenv("GROVE_EMU_SEED");
+  S.seed = seed + (extra != nullptr ? std::strtoull(extra, nullptr, 10) * 7919 : 0);
+  S.launches = 0;
+}
+
+void arrive_and_wait(Barrier& b) {
+  if (S.current < 0) fail(__FILE__, __LINE__, "a barrier outside a kernel");
+  if (++b.arrived == b.expected) {
+    b.arrived = 0;
+    ++b.generation;
+    for (int w : b.waiters) make_runnable(w);
+    b.waiters.clear();
+    if (&b == &current_block->bar) new_epoch();
+    return;
+  }
+  b.waiters.push_back(S.current);
+  switch_to_scheduler();
+}
+
+void run_grid(const void* kernel, dim3 grid, dim3 block, size_t smem_bytes,
+              const std::function<void()>& body) {
+  if (S.current >= 0) fail(__FILE__, __LINE__, "a launch from inside a kernel");
+  auto it = smem_limits().find(kernel);
+  const size_t smem_limit = it == smem_limits().end() ? kDefaultSmem : it->second;
+  if (grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.x > 0x7fffffffu || grid.y > 65535 ||
+      grid.z > 65535 || block.x == 0 || block.x > 1024 || block.y != 1 || block.z != 1) {
+    last_error = cudaErrorInvalidConfiguration;
+    return;
+  }
+  if (smem_bytes > smem_limit) {
+    last_error = cudaErrorInvalidValue;
+    return;
+  }
+  // The emulation's own limits (not the device's): whole warps, 1-D blocks (checked above).
+  EMU_CHECK(block.x % 32 == 0);
+
+  const int n = static_cast<int>(block.x);
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  while (S.fibers.size() < static_cast<size_t>(n)) {
+    void* mem = mmap(nullptr, kStackBytes + page, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    EMU_CHECK(mem != MAP_FAILED);
+    EMU_CHECK(mprotect(mem, page, PROT_NONE) == 0);
+    S.fibers.emplace_back();
+    S.fibers.back().stack = static_cast<char*>(mem) + page;
+  }
+  S.rng.seed(S.seed * 1000003 + S.launches++);
+  S.body = &body;
+  gridDim = grid;
+  blockDim = block;
+  for (unsigned bz = 0; bz < grid.z; ++bz)
+    for (unsigned by = 0; by < grid.y; ++by)
+      for (unsigned bx = 0; bx < grid.x; ++bx) {
+        blockIdx = uint3{bx, by, bz};
+        Block blk;
+        blk.bar.expected = n;
+        blk.warps.resize(n / 32);
+        for (Warp& w : blk.warps) w.bar.expected = 32;
+        // At least one byte, so that the pointer is distinct and any access to it is reported.
+        const size_t bytes = std::max<size_t>(smem_bytes, 1);
+        blk.smem = static_cast<unsigned char*>(::operator new (bytes, std::align_val_t{128}));
+        std::memset(blk.smem, 0xff, bytes);
+        current_block = &blk;
+        run_block(blk, n);
+        current_block = nullptr;
+        ::operator delete (blk.smem, std::align_val_t{128});
+      }
+  S.body = nullptr;
+}
+
+}  // namespace emu
+
+// ---- CUDA runtime -----------------------------------------------------------------------------
+// Only what the host side of attention_tc.cu calls; anything else fails to link.
+
+cudaError_t cudaGetLastError() {
+  const cudaError_t e = emu::last_error;
+  emu::last_error = cudaSuccess;
+  return e;
+}
+const char* cudaGetErrorName(cudaError_t error) {
+  switch (error) {
+    case cudaSuccess:
+      return "cudaSuccess";
+    case cudaErrorInvalidValue:
+      return "cudaErrorInvalidValue";
+    case cudaErrorInvalidConfiguration:
+      return "cudaErrorInvalidConfiguration";
+    case cudaErrorMemoryAllocation:
+      return "cudaErrorMemoryAllocation";
+    default:
+      return "cudaError (emulated runtime)";
+  }
+}
+const char* cudaGetErrorString(cudaError_t error) {
+  return cudaGetErrorName(error);
+}
+cudaError_t cudaGetDevice(int* device) {
+  *device = 0;
+  return cudaSuccess;
+}
+cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) {
+  if (device != 0 || attr != cudaDevAttrMaxSharedMemoryPerBlockOptin) return cudaErrorInvalidValue;
+  *value = emu::kOptinSmem;
+  return cudaSuccess;
+}
+cudaError_t cudaFuncSetAttribute(const void* func, cudaFuncAttribute attr, int value) {
+  if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize || value < 0 || value > emu::kOptinSmem)
+    return cudaErrorInvalidValue;
+  emu::smem_limits()[func] = value;
+  return cudaSuccess;
+}
+// Device memory is host memory, filled with 0xff bytes (NaN) like shared memory.
+cudaError_t cudaMallocAsync(void** ptr, size_t size, cudaStream_t) {
+  *ptr = ::operator new (std::max<size_t>(size, 1), std::align_val_t{256}, std::nothrow);
+  if (*ptr == nullptr) return cudaErrorMemoryAllocation;
+  std::memset(*ptr, 0xff, size);
+  return cudaSuccess;
+}
+cudaError_t cudaFreeAsync(void* ptr, cudaStream_t) {
+  ::operator delete (ptr, std::align_val_t{256});
+  return cudaSuccess;
+}
