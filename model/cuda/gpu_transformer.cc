@@ -629,6 +629,22 @@ void GpuModel<T>::backward(float loss_scale, bool finalize) {
   GROVE_CUDA_CHECK(cudaMemsetAsync(g_.dresid.raw(), 0, sizeof(T) * N_ * h_));
   k::rmsnorm_backward<T>(p(g_.dresid), grad("final_norm"), p(g_.dln), p(resid_[L]),
                          param("final_norm"), f(rstdf_), N_, h_);
+  // Data parallelism over NCCL: each finished part of the flat gradient (the head, each block,
+  // then the embedding: contiguous ranges in layout order) starts its all-reduce on the
+  // communicator's stream while the backward goes on with the blocks below it.
+  const bool overlap =
+      finalize && dp_ != nullptr && dp_->size() > 1 && dp_->device() == Device::kCUDA;
+  std::vector<comm::Work> pending;
+  auto reduce_range = [&](int64_t begin, int64_t end) {
+    if (overlap && end > begin)
+      pending.push_back(
+          dp_->all_reduce_async(grads() + begin, end - begin, DType::kF32, comm::ReduceOp::kSum));
+  };
+  auto block_begin = [&](int l) {
+    return l < L ? offset_of("layers." + std::to_string(l) + ".attn_norm")
+                 : offset_of("final_norm");
+  };
+  reduce_range(block_begin(L), num_params_);
   for (int l = L - 1; l >= 0; --l) {
     if (mode_ == Recompute::kFull) {
       // Re-run the block from its saved input (deterministic forward: resid[l+1] is rewritten
@@ -640,9 +656,15 @@ void GpuModel<T>::backward(float loss_scale, bool finalize) {
     } else {
       block_backward(l, blocks_[l]);
     }
+    reduce_range(block_begin(l), block_begin(l + 1));
   }
   k::embedding_backward<T>(grad("wte"), p(g_.dresid), i32(tokens_), N_, h_);
-  if (finalize) all_reduce_dp(grads(), num_params_, DType::kF32);
+  reduce_range(0, block_begin(0));
+  if (overlap) {
+    for (comm::Work& w : pending) w.wait();
+  } else if (finalize) {
+    all_reduce_dp(grads(), num_params_, DType::kF32);  // one rank, or host staging (MPI)
+  }
 }
 
 }  // namespace

@@ -25,8 +25,9 @@
 //
 // Parallelism: one device per process. With a data-parallel communicator (NCCL, device buffers)
 // the loss is normalised by the valid targets of the whole data-parallel batch and backward()
-// all-reduces the flat gradient buffer, so every rank's gradients equal the one-process model's
-// on the global batch. Tensor, sequence, context and expert parallelism run on the CPU path only
+// all-reduces the flat gradient buffer (over NCCL in per-block ranges started as each block's
+// backward finishes, overlapping the rest of the backward), so every rank's gradients equal the
+// one-process model's on the global batch. Tensor, sequence, context and expert parallelism run on the CPU path only
 // for now.
 //
 // Mixture of experts (DESIGN.md §7): every MoE block routes, permutes, runs its experts as one
