@@ -1,5 +1,6 @@
 #include "coordinator/planner.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <vector>
@@ -119,6 +120,20 @@ StatusOr<Plan> PlanLayout(const TrainConfig& config, const PlanRequest& r) {
     if (tps.empty())  // tp=1 always splits the model; only cp can make this empty
       return Err("no tensor-parallel size fits parallel.world_size=" + std::to_string(world) +
                  " with parallel.cp=" + std::to_string(cp));
+  }
+
+  // The GPU path runs data parallelism only (docs/gpu.md): every GPU holds the whole model.
+  if (config.train.device == "cuda") {
+    if (cp != 1 || ep != 1)
+      return Err(
+          "train.device=cuda runs data parallelism only: parallel.cp and parallel.ep must "
+          "be 1 (or use train.device=cpu for those layouts)");
+    if (std::find(tps.begin(), tps.end(), 1) == tps.end())
+      return Err(
+          "train.device=cuda runs data parallelism only: parallel.tp (or parallel.dp) "
+          "implies tp=" +
+          std::to_string(tps.front()) + "; leave parallel.tp at 0 or 1");
+    tps = {1};
   }
 
   std::vector<Recompute> light, heavy;

@@ -91,6 +91,31 @@ TEST(Planner, RejectsWithNeedAndSuggestedTp) {
   EXPECT_NE(m.find("try tp=4"), std::string::npos) << m;
 }
 
+// train.device=cuda: every GPU holds the whole model, so the planner keeps tp = cp = ep = 1 and
+// rejects (rather than widens TP) when the model does not fit.
+TEST(Planner, GpuDeviceKeepsDataParallelism) {
+  TrainConfig c = Demo();
+  c.train.device = "cuda";
+  PlanRequest r;
+  r.world_size = 4;
+  auto p = PlanLayout(c, r);
+  ASSERT_TRUE(p.ok()) << p.status().message();
+  EXPECT_EQ(p->tp, 1);
+  EXPECT_EQ(p->dp, 4);
+  r.recompute = "selective";
+  r.device_memory_gib = GiBFor(Bytes(c, 4, Recompute::kSelective));  // fits only at tp=4
+  auto q = PlanLayout(c, r);
+  ASSERT_FALSE(q.ok());
+  EXPECT_NE(q.status().message().find("at tp=1"), std::string::npos) << q.status().message();
+  r.device_memory_gib = 0;
+  r.tp = 2;
+  auto t = PlanLayout(c, r);
+  ASSERT_FALSE(t.ok());
+  EXPECT_NE(t.status().message().find("train.device=cuda runs data parallelism only"),
+            std::string::npos)
+      << t.status().message();
+}
+
 TEST(Planner, RanksPerHostBoundTp) {
   const TrainConfig c = Demo();
   PlanRequest r;
