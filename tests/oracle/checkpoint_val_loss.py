@@ -56,7 +56,7 @@ def main():
     cfg = dict(state["config"]["model"])
     w = {k[len("model."):]: v.double() for k, v in full.items() if k.startswith("model.")}
     with torch.no_grad():
-        losses = [ref.forward(w, cfg, x, y).item() for x, y in val_batches(val, seq, batch, n)]
+        losses = [ref.forward(w, cfg, x, y)[0].item() for x, y in val_batches(val, seq, batch, n)]
     print(json.dumps({"val_loss": sum(losses) / len(losses), "batches": len(losses)}))
 
 

@@ -46,8 +46,9 @@ def main():
         for g in opt.param_groups:
             g["lr"] = learning_rate(t, step)
         opt.zero_grad()
-        loss = ref.forward(w, cfg, tensors[f"tokens.{step}"], tensors[f"targets.{step}"])
-        loss.backward()
+        loss, moe_loss, _ = ref.forward(w, cfg, tensors[f"tokens.{step}"],
+                                        tensors[f"targets.{step}"])
+        (loss + moe_loss).backward()  # the objective; the logged loss is the cross-entropy
         norm = torch.nn.utils.clip_grad_norm_(list(w.values()), t["grad_clip"])
         opt.step()
         losses.append(loss.item())
