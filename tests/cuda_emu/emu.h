@@ -69,10 +69,12 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <tuple>
 #include <type_traits>
@@ -108,6 +110,24 @@ namespace emu {
 // variable GROVE_EMU_SEED=n shifts every seed, to explore other schedules).
 void set_schedule_seed(uint64_t seed);
 
+// Device memory is host memory; the runtime keeps a registry of what cudaMalloc / cudaMallocAsync
+// returned, so that a host pointer handed to a kernel, a cuBLAS call or cudaMemcpy (as the device
+// side) is reported. True for a pointer into a live allocation or one past its end.
+bool is_device_pointer(const void* p);
+// Every byte of [p, p + bytes) inside one live allocation.
+bool is_device_range(const void* p, size_t bytes);
+// Marks [p, p + bytes) as device memory while it lives (tests that give host arrays to Launch).
+class AsDevice {
+ public:
+  AsDevice(const void* p, size_t bytes);
+  ~AsDevice();
+  AsDevice(const AsDevice&) = delete;
+  AsDevice& operator=(const AsDevice&) = delete;
+
+ private:
+  const void* p_;
+};
+
 // A barrier for `expected` fibers. `generation` counts how often it has opened.
 struct Barrier {
   int expected = 0;
@@ -126,7 +146,7 @@ enum class Op : int { kSyncwarp, kShfl, kMma };
 struct Warp {
   Barrier bar;
   Op op[2][32];
-  double shfl[2][32];
+  uint64_t shfl[2][32];                   // the lanes' values, as bytes
   float a[2][256], b[2][256], c[2][256];  // gathered mma operands, [row * 16 + col]
 };
 struct Block {
@@ -135,16 +155,29 @@ struct Block {
   unsigned char* smem = nullptr;
 };
 inline Block* current_block = nullptr;
+// Linear index of the running thread in its block (x fastest, then y, then z), as on the device:
+// it decides the warp and the lane.
+inline int current_tid = 0;
 
 inline Warp& warp() {
-  return current_block->warps[threadIdx.x / 32];
+  return current_block->warps[current_tid / 32];
 }
 inline int lane() {
-  return static_cast<int>(threadIdx.x % 32);
+  return current_tid % 32;
 }
 inline unsigned char* smem() {
   return current_block->smem;
 }
+
+// Static __shared__ variables: the rewrite (rewrite_kernel.cmake) makes them function-local
+// statics, one per kernel (template instance), shared by the block's fibers as the block's
+// shared memory is by its threads (blocks run one at a time). The first thread to pass the
+// declaration registers it; it is filled with 0xff bytes then and whenever a block starts, like
+// dynamic shared memory.
+bool register_shared(void* p, size_t bytes);
+#define EMU_SHARED(name)                                 \
+  [[maybe_unused]] static const bool emu_shared_##name = \
+      ::emu::register_shared(&(name), sizeof(name))
 
 // One warp-synchronous step: records the operation, waits for the warp, and (lane 0) checks that
 // every lane made the same one. Returns the parity of the exchange buffers to use.
@@ -160,10 +193,42 @@ inline int warp_collective(Op op) {
   return p;
 }
 
+// The value `src(lane)` of every lane's `value`: all 32 lanes take part (full mask, checked).
+template <typename T, typename Src>
+inline T shuffle(unsigned mask, T value, Src src) {
+  static_assert(std::is_trivially_copyable_v<T> && sizeof(T) <= 8, "emu: shuffle of <= 8 bytes");
+  EMU_CHECK(mask == 0xffffffffu);
+  Warp& w = warp();
+  uint64_t bits = 0;
+  std::memcpy(&bits, &value, sizeof(T));
+  w.shfl[w.bar.generation & 1][lane()] = bits;
+  const int p = warp_collective(Op::kShfl);
+  const int from = src(lane());
+  EMU_CHECK(from >= 0 && from < 32);
+  T out;
+  std::memcpy(&out, &w.shfl[p][from], sizeof(T));
+  return out;
+}
+inline void check_width(int width) {
+  EMU_CHECK(width > 0 && width <= 32 && (width & (width - 1)) == 0);
+}
+
 // Runs kernel(args...) on the grid (emu_runtime.cc). Written by the rewrite in place of
 // `kernel<<<grid, block, smem, stream>>>(args...)`; invalid configurations set cudaGetLastError.
 void run_grid(const void* kernel, dim3 grid, dim3 block, size_t smem_bytes,
               const std::function<void()>& body);
+
+// A pointer argument of a kernel must be null or point into device memory.
+template <typename P>
+inline void check_argument(const P& p, size_t index) {
+  if constexpr (std::is_pointer_v<P>) {
+    if (p != nullptr && !is_device_pointer(p)) {
+      std::fprintf(stderr, "emu: kernel argument %zu (%p) is not device memory\n", index,
+                   static_cast<const void*>(p));
+      fail(__FILE__, __LINE__, "a host pointer passed to a kernel");
+    }
+  }
+}
 
 template <typename... Params>
 class Launch {
@@ -175,7 +240,13 @@ class Launch {
   void operator()(Args&&... args) const {
     static_assert(sizeof...(Args) == sizeof...(Params), "kernel argument count");
     // Converted to the parameter types once, like kernel arguments; each thread gets a copy.
-    const std::tuple<Params...> params(std::forward<Args>(args)...);
+    const std::tuple<std::decay_t<Params>...> params(std::forward<Args>(args)...);
+    std::apply(
+        [](const auto&... p) {
+          size_t i = 0;
+          (check_argument(p, i++), ...);
+        },
+        params);
     run_grid(reinterpret_cast<const void*>(kernel_), grid_, block_, smem_bytes_,
              [&] { std::apply(kernel_, params); });
   }
@@ -195,15 +266,93 @@ inline void __syncwarp(unsigned mask = 0xffffffffu) {
   EMU_CHECK(mask == 0xffffffffu);
   emu::warp_collective(emu::Op::kSyncwarp);
 }
+// Shuffles (full mask only). With width < 32 the warp is cut into segments of `width` lanes; a
+// source lane outside the caller's segment yields the caller's own value, as on the device.
+template <typename T>
+inline T __shfl_sync(unsigned mask, T value, int src_lane, int width = 32) {
+  emu::check_width(width);
+  return emu::shuffle(mask, value,
+                      [&](int l) { return (l & ~(width - 1)) + (src_lane & (width - 1)); });
+}
 template <typename T>
 inline T __shfl_xor_sync(unsigned mask, T value, int lane_mask, int width = 32) {
-  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double> || std::is_same_v<T, int>,
-                "emu: __shfl_xor_sync of float, double or int");
-  EMU_CHECK(mask == 0xffffffffu && width == 32 && lane_mask >= 0 && lane_mask < 32);
-  emu::Warp& w = emu::warp();
-  w.shfl[w.bar.generation & 1][emu::lane()] = value;  // exact for all three types
-  const int p = emu::warp_collective(emu::Op::kShfl);
-  return static_cast<T>(w.shfl[p][emu::lane() ^ lane_mask]);
+  emu::check_width(width);
+  EMU_CHECK(lane_mask >= 0 && lane_mask < 32);
+  return emu::shuffle(mask, value, [&](int l) {
+    const int s = l ^ lane_mask;
+    return s >= ((l & ~(width - 1)) + width) ? l : s;
+  });
+}
+template <typename T>
+inline T __shfl_up_sync(unsigned mask, T value, unsigned delta, int width = 32) {
+  emu::check_width(width);
+  return emu::shuffle(mask, value, [&](int l) {
+    return (l & (width - 1)) >= static_cast<int>(delta) ? l - static_cast<int>(delta) : l;
+  });
+}
+template <typename T>
+inline T __shfl_down_sync(unsigned mask, T value, unsigned delta, int width = 32) {
+  emu::check_width(width);
+  return emu::shuffle(mask, value, [&](int l) {
+    return (l & (width - 1)) + static_cast<int64_t>(delta) < width ? l + static_cast<int>(delta)
+                                                                   : l;
+  });
+}
+
+// Atomics. Fibers share one OS thread and a fiber runs uninterrupted between barriers, so a plain
+// read-modify-write is atomic here (the memory model is not emulated, see above).
+template <typename T>
+inline T atomicAdd(T* address, T value) {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double> || std::is_same_v<T, int> ||
+                    std::is_same_v<T, unsigned> || std::is_same_v<T, unsigned long long>,
+                "emu: atomicAdd of float, double, int, unsigned or unsigned long long");
+  const T old = *address;
+  *address = old + value;
+  return old;
+}
+template <typename T>
+inline T atomicMax(T* address, T value) {
+  static_assert(std::is_integral_v<T>, "emu: atomicMax of integers");
+  const T old = *address;
+  *address = std::max(old, value);
+  return old;
+}
+template <typename T>
+inline T __ldg(const T* p) {
+  return *p;
+}
+
+// Device intrinsics and math functions CUDA has and the host's libm does not: the accurate
+// functions stand in for the fast ones (the tests' tolerances hold for either).
+inline float rsqrtf(float x) {
+  return 1.f / std::sqrt(x);
+}
+inline double rsqrt(double x) {
+  return 1.0 / std::sqrt(x);
+}
+inline float __expf(float x) {
+  return std::exp(x);
+}
+inline float __logf(float x) {
+  return std::log(x);
+}
+inline float __powf(float x, float y) {
+  return std::pow(x, y);
+}
+inline float __sinf(float x) {
+  return std::sin(x);
+}
+inline float __cosf(float x) {
+  return std::cos(x);
+}
+inline float __fdividef(float x, float y) {
+  return x / y;
+}
+inline float __frcp_rn(float x) {
+  return 1.f / x;
+}
+inline float __saturatef(float x) {
+  return std::clamp(x, 0.f, 1.f);
 }
 
 namespace nvcuda::wmma {

@@ -59,6 +59,7 @@ struct Fiber {
   ucontext_t ctx;
   char* stack = nullptr;  // kStackBytes, above a guard page
   uint3 tid{};
+  int linear = 0;  // tid as a linear index
   bool done = false;
   void* fake_stack = nullptr;  // AddressSanitizer's, while switched out
 };
@@ -106,6 +107,7 @@ void resume(int i) {
   Fiber& f = S.fibers[i];
   S.current = i;
   threadIdx = f.tid;
+  current_tid = f.linear;
   void* fake_stack = nullptr;
   start_switch(&fake_stack, f.stack, kStackBytes);
   swapcontext(&S.main, &f.ctx);
@@ -129,7 +131,7 @@ void deadlock(const Block& blk, int n) {
 
 // Sets fiber f up to run the kernel body from the start (getcontext returns twice, hence a
 // function of its own).
-__attribute__((noinline)) void prepare(Fiber& f, unsigned t) {
+__attribute__((noinline)) void prepare(Fiber& f, unsigned t, dim3 block) {
 #ifdef EMU_ASAN
   ASAN_UNPOISON_MEMORY_REGION(f.stack, kStackBytes);  // left over from the previous block
 #endif
@@ -142,7 +144,8 @@ __attribute__((noinline)) void prepare(Fiber& f, unsigned t) {
   // the whole stack it names at every switch (slow, and it would erase live redzones).
   f.ctx.uc_stack.ss_sp = nullptr;
   f.ctx.uc_stack.ss_size = 0;
-  f.tid = uint3{t, 0, 0};
+  f.tid = uint3{t % block.x, t / block.x % block.y, t / (block.x * block.y)};
+  f.linear = static_cast<int>(t);
   f.done = false;
   f.fake_stack = nullptr;
 }
@@ -178,14 +181,14 @@ int pick() {
   return fiber;
 }
 
-void run_block(Block& blk, int n) {
+void run_block(Block& blk, int n, dim3 block) {
   const int warps = n / 32;
   S.runnable.assign(warps, {});
   S.n_runnable = 0;
   S.order.resize(warps);
   for (int w = 0; w < warps; ++w) S.order[w] = w;
   for (int t = 0; t < n; ++t) {
-    prepare(S.fibers[t], static_cast<unsigned>(t));
+    prepare(S.fibers[t], static_cast<unsigned>(t), block);
     make_runnable(t);
   }
   S.finished = 0;
@@ -200,9 +203,50 @@ std::map<const void*, int>& smem_limits() {
   return m;
 }
 cudaError_t last_error = cudaSuccess;
+// Static __shared__ variables seen so far (register_shared).
+std::vector<std::pair<void*, size_t>>& shared_statics() {
+  static std::vector<std::pair<void*, size_t>> v;
+  return v;
+}
+// Live device allocations: start -> bytes.
+std::map<uintptr_t, size_t>& device_memory() {
+  static std::map<uintptr_t, size_t> m;
+  return m;
+}
 constexpr int kDefaultSmem = 48 << 10, kOptinSmem = 227 << 10;  // sm_90
 
 }  // namespace
+
+bool register_shared(void* p, size_t bytes) {
+  std::memset(p, 0xff, bytes);
+  shared_statics().emplace_back(p, bytes);
+  return true;
+}
+
+bool is_device_pointer(const void* p) {
+  const auto a = reinterpret_cast<uintptr_t>(p);
+  const auto& m = device_memory();
+  auto it = m.upper_bound(a);
+  if (it == m.begin()) return false;
+  --it;
+  return a <= it->first + it->second;
+}
+
+bool is_device_range(const void* p, size_t bytes) {
+  const auto a = reinterpret_cast<uintptr_t>(p);
+  const auto& m = device_memory();
+  auto it = m.upper_bound(a);
+  if (it == m.begin()) return false;
+  --it;
+  return a + bytes <= it->first + it->second;
+}
+
+AsDevice::AsDevice(const void* p, size_t bytes) : p_(p) {
+  device_memory()[reinterpret_cast<uintptr_t>(p)] = bytes;
+}
+AsDevice::~AsDevice() {
+  device_memory().erase(reinterpret_cast<uintptr_t>(p_));
+}
 
 void set_schedule_seed(uint64_t seed) {
   // GROVE_EMU_SEED=n explores other schedules (0 or unset: the tests' own).
@@ -230,8 +274,10 @@ void run_grid(const void* kernel, dim3 grid, dim3 block, size_t smem_bytes,
   if (S.current >= 0) fail(__FILE__, __LINE__, "a launch from inside a kernel");
   auto it = smem_limits().find(kernel);
   const size_t smem_limit = it == smem_limits().end() ? kDefaultSmem : it->second;
+  const uint64_t threads = uint64_t{block.x} * block.y * block.z;
   if (grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.x > 0x7fffffffu || grid.y > 65535 ||
-      grid.z > 65535 || block.x == 0 || block.x > 1024 || block.y != 1 || block.z != 1) {
+      grid.z > 65535 || block.x == 0 || block.y == 0 || block.z == 0 || block.x > 1024 ||
+      block.y > 1024 || block.z > 64 || threads > 1024) {
     last_error = cudaErrorInvalidConfiguration;
     return;
   }
@@ -239,10 +285,10 @@ void run_grid(const void* kernel, dim3 grid, dim3 block, size_t smem_bytes,
     last_error = cudaErrorInvalidValue;
     return;
   }
-  // The emulation's own limits (not the device's): whole warps, 1-D blocks (checked above).
-  EMU_CHECK(block.x % 32 == 0);
+  // The emulation's own limit (not the device's): whole warps.
+  EMU_CHECK(threads % 32 == 0);
 
-  const int n = static_cast<int>(block.x);
+  const int n = static_cast<int>(threads);
   const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
   while (S.fibers.size() < static_cast<size_t>(n)) {
     void* mem = mmap(nullptr, kStackBytes + page, PROT_READ | PROT_WRITE,
@@ -269,7 +315,8 @@ void run_grid(const void* kernel, dim3 grid, dim3 block, size_t smem_bytes,
         blk.smem = static_cast<unsigned char*>(::operator new (bytes, std::align_val_t{128}));
         std::memset(blk.smem, 0xff, bytes);
         current_block = &blk;
-        run_block(blk, n);
+        for (const auto& [p, bytes] : shared_statics()) std::memset(p, 0xff, bytes);
+        run_block(blk, n, block);
         current_block = nullptr;
         ::operator delete (blk.smem, std::align_val_t{128});
       }
@@ -279,12 +326,36 @@ void run_grid(const void* kernel, dim3 grid, dim3 block, size_t smem_bytes,
 }  // namespace emu
 
 // ---- CUDA runtime -----------------------------------------------------------------------------
-// Only what the host side of attention_tc.cu calls; anything else fails to link.
+// What kernels/cuda, core/tensor.cc, model/cuda and the GPU tests call; anything else fails to
+// link. One device (0); streams and events are accepted and ignored, everything is synchronous.
+// Errors are returned as the runtime would; misuse the runtime might not catch (a host pointer
+// given as the device side of a copy) is reported on stderr and returned as cudaErrorInvalidValue.
+
+namespace {
+
+cudaError_t set_error(cudaError_t e) {
+  if (e != cudaSuccess) emu::last_error = e;
+  return e;
+}
+
+cudaError_t not_device(const char* call, const char* what, const void* p) {
+  std::fprintf(stderr, "emu: %s: %s %p is not device memory\n", call, what, p);
+  return set_error(cudaErrorInvalidValue);
+}
+cudaError_t is_device(const char* call, const char* what, const void* p) {
+  std::fprintf(stderr, "emu: %s: %s %p is device memory, host memory expected\n", call, what, p);
+  return set_error(cudaErrorInvalidValue);
+}
+
+}  // namespace
 
 cudaError_t cudaGetLastError() {
   const cudaError_t e = emu::last_error;
   emu::last_error = cudaSuccess;
   return e;
+}
+cudaError_t cudaPeekAtLastError() {
+  return emu::last_error;
 }
 const char* cudaGetErrorName(cudaError_t error) {
   switch (error) {
@@ -296,6 +367,10 @@ const char* cudaGetErrorName(cudaError_t error) {
       return "cudaErrorInvalidConfiguration";
     case cudaErrorMemoryAllocation:
       return "cudaErrorMemoryAllocation";
+    case cudaErrorInvalidDevice:
+      return "cudaErrorInvalidDevice";
+    case cudaErrorInvalidDevicePointer:
+      return "cudaErrorInvalidDevicePointer";
     default:
       return "cudaError (emulated runtime)";
   }
@@ -303,29 +378,173 @@ const char* cudaGetErrorName(cudaError_t error) {
 const char* cudaGetErrorString(cudaError_t error) {
   return cudaGetErrorName(error);
 }
+
+// ---- Device -----------------------------------------------------------------------------------
+cudaError_t cudaGetDeviceCount(int* count) {
+  *count = 1;
+  return cudaSuccess;
+}
 cudaError_t cudaGetDevice(int* device) {
   *device = 0;
   return cudaSuccess;
 }
-cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) {
-  if (device != 0 || attr != cudaDevAttrMaxSharedMemoryPerBlockOptin) return cudaErrorInvalidValue;
-  *value = emu::kOptinSmem;
+cudaError_t cudaSetDevice(int device) {
+  return device == 0 ? cudaSuccess : set_error(cudaErrorInvalidDevice);
+}
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
+  if (device != 0) return set_error(cudaErrorInvalidDevice);
+  *prop = cudaDeviceProp{};
+  std::snprintf(prop->name, sizeof(prop->name), "CUDA emulator (CPU, tests/cuda_emu)");
+  prop->major = 9;  // the sm_90 limits the launches enforce
+  prop->minor = 0;
+  prop->totalGlobalMem = size_t{80} << 30;
+  prop->sharedMemPerBlock = emu::kDefaultSmem;
+  prop->sharedMemPerBlockOptin = emu::kOptinSmem;
+  prop->warpSize = 32;
+  prop->maxThreadsPerBlock = 1024;
+  prop->maxThreadsDim[0] = prop->maxThreadsDim[1] = 1024;
+  prop->maxThreadsDim[2] = 64;
+  prop->maxGridSize[0] = 0x7fffffff;
+  prop->maxGridSize[1] = prop->maxGridSize[2] = 65535;
+  prop->multiProcessorCount = 132;
   return cudaSuccess;
+}
+cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) {
+  if (device != 0) return set_error(cudaErrorInvalidDevice);
+  switch (attr) {
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin:
+      *value = emu::kOptinSmem;
+      return cudaSuccess;
+    case cudaDevAttrMultiProcessorCount:
+      *value = 132;
+      return cudaSuccess;
+    default:
+      return set_error(cudaErrorInvalidValue);
+  }
 }
 cudaError_t cudaFuncSetAttribute(const void* func, cudaFuncAttribute attr, int value) {
   if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize || value < 0 || value > emu::kOptinSmem)
-    return cudaErrorInvalidValue;
+    return set_error(cudaErrorInvalidValue);
   emu::smem_limits()[func] = value;
   return cudaSuccess;
 }
-// Device memory is host memory, filled with 0xff bytes (NaN) like shared memory.
-cudaError_t cudaMallocAsync(void** ptr, size_t size, cudaStream_t) {
-  *ptr = ::operator new (std::max<size_t>(size, 1), std::align_val_t{256}, std::nothrow);
-  if (*ptr == nullptr) return cudaErrorMemoryAllocation;
-  std::memset(*ptr, 0xff, size);
+cudaError_t cudaDeviceSynchronize() {
   return cudaSuccess;
 }
-cudaError_t cudaFreeAsync(void* ptr, cudaStream_t) {
+
+// ---- Streams and events (work is done when it is issued) ----------------------------------------
+// Distinct non-null handles; never dereferenced.
+cudaError_t cudaStreamCreate(cudaStream_t* stream) {
+  *stream = reinterpret_cast<cudaStream_t>(new char);
+  return cudaSuccess;
+}
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned) {
+  return cudaStreamCreate(stream);
+}
+cudaError_t cudaStreamDestroy(cudaStream_t stream) {
+  delete reinterpret_cast<char*>(stream);
+  return cudaSuccess;
+}
+cudaError_t cudaStreamSynchronize(cudaStream_t) {
+  return cudaSuccess;
+}
+cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t, unsigned) {
+  return cudaSuccess;
+}
+cudaError_t cudaEventCreate(cudaEvent_t* event) {
+  *event = reinterpret_cast<cudaEvent_t>(new char);
+  return cudaSuccess;
+}
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned) {
+  return cudaEventCreate(event);
+}
+cudaError_t cudaEventDestroy(cudaEvent_t event) {
+  delete reinterpret_cast<char*>(event);
+  return cudaSuccess;
+}
+cudaError_t cudaEventRecord(cudaEvent_t, cudaStream_t) {
+  return cudaSuccess;
+}
+cudaError_t cudaEventSynchronize(cudaEvent_t) {
+  return cudaSuccess;
+}
+cudaError_t cudaEventQuery(cudaEvent_t) {
+  return cudaSuccess;
+}
+cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t, cudaEvent_t) {
+  *ms = 0.f;  // no timing under emulation
+  return cudaSuccess;
+}
+
+// ---- Memory -----------------------------------------------------------------------------------
+// Device memory is host memory, 256-byte aligned like cudaMalloc's, filled with 0xff bytes (NaN as
+// fp32 and bf16) so that reading what was never written shows; registered for the pointer checks.
+cudaError_t cudaMalloc(void** ptr, size_t size) {
+  *ptr = ::operator new (std::max<size_t>(size, 1), std::align_val_t{256}, std::nothrow);
+  if (*ptr == nullptr) return set_error(cudaErrorMemoryAllocation);
+  std::memset(*ptr, 0xff, size);
+  emu::device_memory()[reinterpret_cast<uintptr_t>(*ptr)] = size;
+  return cudaSuccess;
+}
+cudaError_t cudaFree(void* ptr) {
+  if (ptr == nullptr) return cudaSuccess;
+  auto& m = emu::device_memory();
+  auto it = m.find(reinterpret_cast<uintptr_t>(ptr));
+  if (it == m.end()) return not_device("cudaFree", "pointer", ptr);
+  m.erase(it);
   ::operator delete (ptr, std::align_val_t{256});
   return cudaSuccess;
+}
+cudaError_t cudaMallocAsync(void** ptr, size_t size, cudaStream_t) {
+  return cudaMalloc(ptr, size);
+}
+cudaError_t cudaFreeAsync(void* ptr, cudaStream_t) {
+  return cudaFree(ptr);
+}
+cudaError_t cudaMemset(void* ptr, int value, size_t count) {
+  if (count == 0) return cudaSuccess;
+  if (!emu::is_device_range(ptr, count)) return not_device("cudaMemset", "range at", ptr);
+  std::memset(ptr, value, count);
+  return cudaSuccess;
+}
+cudaError_t cudaMemsetAsync(void* ptr, int value, size_t count, cudaStream_t) {
+  return cudaMemset(ptr, value, count);
+}
+// The kind is checked against the registry: the device side of a copy must be device memory, and
+// the host side must not be (a swapped kind or a device pointer used as host memory would work
+// here, where both are host memory, and fail on the device).
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t count, cudaMemcpyKind kind) {
+  if (count == 0) return cudaSuccess;
+  const bool dst_dev = emu::is_device_range(dst, count), src_dev = emu::is_device_range(src, count);
+  const bool dst_any = emu::is_device_pointer(dst), src_any = emu::is_device_pointer(src);
+  switch (kind) {
+    case cudaMemcpyHostToDevice:
+      if (!dst_dev) return not_device("cudaMemcpy HostToDevice", "destination range at", dst);
+      if (src_any) return is_device("cudaMemcpy HostToDevice", "source", src);
+      break;
+    case cudaMemcpyDeviceToHost:
+      if (!src_dev) return not_device("cudaMemcpy DeviceToHost", "source range at", src);
+      if (dst_any) return is_device("cudaMemcpy DeviceToHost", "destination", dst);
+      break;
+    case cudaMemcpyDeviceToDevice:
+      if (!dst_dev) return not_device("cudaMemcpy DeviceToDevice", "destination range at", dst);
+      if (!src_dev) return not_device("cudaMemcpy DeviceToDevice", "source range at", src);
+      break;
+    case cudaMemcpyHostToHost:
+      if (dst_any || src_any)
+        return is_device("cudaMemcpy HostToHost", "an operand at", src_any ? src : dst);
+      break;
+    case cudaMemcpyDefault:
+      if ((dst_any && !dst_dev) || (src_any && !src_dev))
+        return not_device("cudaMemcpy Default", "range past an allocation at", dst_any ? dst : src);
+      break;
+    default:
+      return set_error(cudaErrorInvalidMemcpyDirection);
+  }
+  std::memmove(dst, src, count);
+  return cudaSuccess;
+}
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count, cudaMemcpyKind kind,
+                            cudaStream_t) {
+  return cudaMemcpy(dst, src, count, kind);
 }

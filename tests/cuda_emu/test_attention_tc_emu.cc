@@ -58,15 +58,12 @@ constexpr double kLse = 1e-5;
 // before their products (random sign: ~1.1e-3 of a typical entry, ~4 sigma under 2^-8).
 constexpr double kGrad = 2 * kRound;
 
-// What cudaMalloc returns, as far as the kernels can tell: 256-byte aligned, exactly n elements
-// (AddressSanitizer reports any access past the end).
+// Device memory from the emulated cudaMalloc: 256-byte aligned, exactly n elements
+// (AddressSanitizer reports any access past the end), registered as device memory.
 template <typename T>
 class Buffer {
  public:
-  explicit Buffer(const Vec& values)
-      : n_(values.size()),
-        p_(static_cast<T*>(
-            ::operator new (std::max<size_t>(n_, 1) * sizeof(T), std::align_val_t{256}))) {
+  explicit Buffer(const Vec& values) : n_(values.size()), p_(allocate(n_)) {
     for (size_t i = 0; i < n_; ++i) p_.get()[i] = from_double(values[i]);
   }
   T* get() { return p_.get(); }
@@ -89,8 +86,13 @@ class Buffer {
     else
       return static_cast<double>(x);
   }
+  static T* allocate(size_t n) {
+    void* p = nullptr;
+    if (cudaMalloc(&p, n * sizeof(T)) != cudaSuccess) std::abort();
+    return static_cast<T*>(p);
+  }
   struct Free {
-    void operator()(T* p) const { ::operator delete (p, std::align_val_t{256}); }
+    void operator()(T* p) const { cudaFree(p); }
   };
   size_t n_;
   std::unique_ptr<T, Free> p_;

@@ -42,6 +42,8 @@ void check_mma() {
       b[b_row ? r * 16 + k : k * 16 + r] = __float2bfloat16_rn(static_cast<float>(B[r][k]));
       c[r * 16 + k] = static_cast<float>(r - k);
     }
+  const emu::AsDevice dev_a(a, sizeof a), dev_b(b, sizeof b), dev_c(c, sizeof c),
+      dev_d(d, sizeof d);
   emu::Launch(mma_kernel<LA, LB>, 1, 32)(d, a, b, c);
   ASSERT_EQ(cudaGetLastError(), cudaSuccess);
   for (int r = 0; r < 16; ++r)
@@ -82,6 +84,7 @@ void tile_loop_kernel(float* out, bool sync_before_load) {
 std::vector<float> run_tile_loop(bool sync_before_load, uint64_t seed) {
   std::vector<float> out(kIters * kThreads);
   emu::set_schedule_seed(seed);
+  const emu::AsDevice dev_out(out.data(), out.size() * sizeof(float));
   emu::Launch(tile_loop_kernel, 1, kThreads, kThreads * sizeof(float))(out.data(),
                                                                        sync_before_load);
   EXPECT_EQ(cudaGetLastError(), cudaSuccess);
