@@ -51,17 +51,100 @@ void finish_switch(void* fake_stack_save, const void** bottom_old, size_t* size_
 #endif
 }
 
+// Switching between fibers. On x86-64 a hand-written switch saves and restores the callee-saved
+// registers and the SSE / x87 control words on the stack: no system call, where swapcontext makes
+// two (the signal mask) and costs ~10x more; the GPU tests start millions of fibers. Elsewhere,
+// ucontext.
+#if defined(__x86_64__)
+extern "C" void emu_switch_context(void** save_sp, void* load_sp);
+asm(R"(
+  .text
+  .globl emu_switch_context
+  .type emu_switch_context, @function
+emu_switch_context:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  subq $8, %rsp
+  stmxcsr (%rsp)
+  fnstcw 4(%rsp)
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  ldmxcsr (%rsp)
+  fldcw 4(%rsp)
+  addq $8, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size emu_switch_context, .-emu_switch_context
+  .section .note.GNU-stack, "", @progbits
+  .text
+)");
+struct Context {
+  void* sp = nullptr;
+};
+void switch_context(Context& from, Context& to) {
+  emu_switch_context(&from.sp, to.sp);
+}
+// A context that starts entry() on [stack, stack + bytes) when switched to (entry never returns).
+void init_context(Context& c, char* stack, size_t bytes, void (*entry)()) {
+  // What emu_switch_context pops: control words, six registers, then entry as the return address.
+  // At entry the stack pointer is 8 mod 16, as after a call; a null return address above it.
+  auto* top =
+      reinterpret_cast<uint64_t*>(reinterpret_cast<uintptr_t>(stack + bytes) & ~uintptr_t{15});
+  uint64_t* sp = top - 2;  // sp[1]: null return address of entry
+  sp[1] = 0;
+  sp[0] = reinterpret_cast<uint64_t>(entry);
+  sp -= 7;
+  std::memset(sp, 0, 7 * sizeof(uint64_t));
+  const uint32_t mxcsr = 0x1f80;  // defaults: all exceptions masked, round to nearest
+  const uint16_t fpucw = 0x37f;
+  std::memcpy(sp, &mxcsr, 4);
+  std::memcpy(reinterpret_cast<char*>(sp) + 4, &fpucw, 2);
+  c.sp = sp;
+}
+#else
+struct Context {
+  ucontext_t uc;
+};
+void switch_context(Context& from, Context& to) {
+  swapcontext(&from.uc, &to.uc);
+}
+__attribute__((noinline)) void init_context(Context& c, char* stack, size_t bytes,
+                                            void (*entry)()) {
+  getcontext(&c.uc);
+  c.uc.uc_stack.ss_sp = stack;
+  c.uc.uc_stack.ss_size = bytes;
+  c.uc.uc_link = nullptr;
+  makecontext(&c.uc, entry, 0);
+  // swapcontext does not read uc_stack, but AddressSanitizer's interceptor clears the shadow of
+  // the whole stack it names at every switch (slow, and it would erase live redzones).
+  c.uc.uc_stack.ss_sp = nullptr;
+  c.uc.uc_stack.ss_size = 0;
+}
+#endif
+
 // Kernel frames are small (fragments and a few scalars); the guard page below each stack turns an
 // overflow into a crash.
 constexpr size_t kStackBytes = size_t{256} << 10;
 
 struct Fiber {
-  ucontext_t ctx;
+  Context ctx;
   char* stack = nullptr;  // kStackBytes, above a guard page
   uint3 tid{};
   int linear = 0;  // tid as a linear index
   bool done = false;
   void* fake_stack = nullptr;  // AddressSanitizer's, while switched out
+  // Where the last run left AddressSanitizer poison: the frames of a finished fiber have returned
+  // (and cleared their redzones) except fiber_main's and the final switch's, near the top.
+  char* poisoned_from = nullptr;
 };
 
 struct Scheduler {
@@ -75,7 +158,7 @@ struct Scheduler {
   std::vector<int> order;
   int current = -1;  // running fiber, -1 on the scheduler's own stack
   int finished = 0;
-  ucontext_t main;
+  Context main;
   const void* main_bottom = nullptr;
   size_t main_size = 0;
   const std::function<void()>* body = nullptr;
@@ -88,7 +171,7 @@ Scheduler S;
 void switch_to_scheduler() {
   Fiber& f = S.fibers[S.current];
   start_switch(&f.fake_stack, S.main_bottom, S.main_size);
-  swapcontext(&f.ctx, &S.main);
+  switch_context(f.ctx, S.main);
   finish_switch(f.fake_stack, &S.main_bottom, &S.main_size);
 }
 
@@ -98,8 +181,9 @@ void fiber_main() {
   (*S.body)();
   f.done = true;
   ++S.finished;
+  f.poisoned_from = static_cast<char*>(__builtin_frame_address(0)) - (size_t{16} << 10);
   start_switch(nullptr, S.main_bottom, S.main_size);  // the fiber's fake stack ends here
-  swapcontext(&f.ctx, &S.main);
+  switch_context(f.ctx, S.main);
   fail(__FILE__, __LINE__, "a finished fiber was resumed");
 }
 
@@ -110,7 +194,7 @@ void resume(int i) {
   current_tid = f.linear;
   void* fake_stack = nullptr;
   start_switch(&fake_stack, f.stack, kStackBytes);
-  swapcontext(&S.main, &f.ctx);
+  switch_context(S.main, f.ctx);
   finish_switch(fake_stack, nullptr, nullptr);
   S.current = -1;
 }
@@ -129,25 +213,25 @@ void deadlock(const Block& blk, int n) {
   std::abort();
 }
 
-// Sets fiber f up to run the kernel body from the start (getcontext returns twice, hence a
-// function of its own).
-__attribute__((noinline)) void prepare(Fiber& f, unsigned t, dim3 block) {
+// Sets fiber f up to run the kernel body from the start.
+void prepare(Fiber& f, unsigned t, dim3 block) {
 #ifdef EMU_ASAN
-  ASAN_UNPOISON_MEMORY_REGION(f.stack, kStackBytes);  // left over from the previous block
+  // Left over from the previous run (the whole stack if it did not finish).
+  char* from = f.poisoned_from != nullptr ? std::max(f.poisoned_from, f.stack) : f.stack;
+  ASAN_UNPOISON_MEMORY_REGION(from, f.stack + kStackBytes - from);
+  f.poisoned_from = f.stack;
 #endif
-  getcontext(&f.ctx);
-  f.ctx.uc_stack.ss_sp = f.stack;
-  f.ctx.uc_stack.ss_size = kStackBytes;
-  f.ctx.uc_link = nullptr;
-  makecontext(&f.ctx, fiber_main, 0);
-  // swapcontext does not read uc_stack, but AddressSanitizer's interceptor clears the shadow of
-  // the whole stack it names at every switch (slow, and it would erase live redzones).
-  f.ctx.uc_stack.ss_sp = nullptr;
-  f.ctx.uc_stack.ss_size = 0;
+  init_context(f.ctx, f.stack, kStackBytes, fiber_main);
   f.tid = uint3{t % block.x, t / block.x % block.y, t / (block.x * block.y)};
   f.linear = static_cast<int>(t);
   f.done = false;
   f.fake_stack = nullptr;
+}
+
+void reset(Barrier& b, int expected) {
+  b.expected = expected;
+  b.arrived = 0;
+  b.waiters.clear();
 }
 
 void make_runnable(int fiber) {
@@ -300,16 +384,18 @@ void run_grid(const void* kernel, dim3 grid, dim3 block, size_t smem_bytes,
   }
   S.rng.seed(S.seed * 1000003 + S.launches++);
   S.body = &body;
+  Block blk;
+  blk.warps.resize(n / 32);
   gridDim = grid;
   blockDim = block;
   for (unsigned bz = 0; bz < grid.z; ++bz)
     for (unsigned by = 0; by < grid.y; ++by)
       for (unsigned bx = 0; bx < grid.x; ++bx) {
         blockIdx = uint3{bx, by, bz};
-        Block blk;
-        blk.bar.expected = n;
-        blk.warps.resize(n / 32);
-        for (Warp& w : blk.warps) w.bar.expected = 32;
+        // One Block reused for the launch (its warps' exchange buffers are ~7 KiB each); every
+        // barrier starts empty.
+        reset(blk.bar, n);
+        for (Warp& w : blk.warps) reset(w.bar, 32);
         // At least one byte, so that the pointer is distinct and any access to it is reported.
         const size_t bytes = std::max<size_t>(smem_bytes, 1);
         blk.smem = static_cast<unsigned char*>(::operator new (bytes, std::align_val_t{128}));
