@@ -1,33 +1,41 @@
-// CPU emulation of the CUDA features that kernels/cuda/attention_tc.cu uses, so that
-// test_cuda_emu can run that file's kernels and host side on a machine without a GPU. The file is
-// compiled as it is, apart from a mechanical rewrite done at build time (rewrite_kernel.cmake):
-// `extern __shared__` arrays become emu::smem() and `kernel<<<grid, block, smem, stream>>>(args)`
-// becomes `::emu::Launch(kernel, grid, block, smem, stream)(args)`.
+// CPU emulation of the CUDA features that kernels/cuda/*.cu use, so that the GPU tests (tests/cuda,
+// built again as test_cuda_*_emu and test_gpu_transformer_emu) run every kernel, the cuBLAS /
+// cuBLASLt GEMMs and the GPU model on a machine without a GPU. The .cu files are compiled as they
+// are, apart from a mechanical rewrite done at build time (rewrite_kernel.cmake): `extern
+// __shared__` arrays become emu::smem(), static `__shared__` variables become function-local
+// statics (EMU_SHARED), and `kernel<<<grid, block, smem, stream>>>(args)` becomes
+// `::emu::Launch(kernel, grid, block, smem, stream)(args)`.
 //
 // Emulated:
-//  - Threads and blocks. Every CUDA thread of a block is a fiber (ucontext) with its own stack, all
-//    on the calling OS thread; blocks run one after another. threadIdx, blockIdx, blockDim and
-//    gridDim are globals set for the fiber that runs. (Fibers rather than one OS thread per CUDA
-//    thread: a barrier is a function call instead of futex wake-ups of up to 256 threads on two
-//    cores, ~10x faster; runs are reproducible; a deadlock is reported instead of hanging.)
-//  - __syncthreads, __syncwarp and __shfl_xor_sync (full mask only, checked). A fiber that reaches
-//    a barrier that is not yet complete yields; the last to arrive opens it and runs on. A barrier
-//    that can never open (__syncthreads in divergent code, a thread that returned while the others
-//    wait) is reported as a deadlock and aborts, where a GPU would hang or misbehave. Lanes of a
-//    warp that reach different warp-synchronous calls together abort too.
+//  - Threads and blocks. Every CUDA thread of a block is a fiber with its own stack (a
+//  register-only
+//    switch on x86-64, ucontext elsewhere), all on the calling OS thread; blocks run one after
+//    another. threadIdx, blockIdx, blockDim and gridDim (1-3 dimensions; warps are formed from the
+//    linear thread index, x fastest) are globals set for the fiber that runs. (Fibers rather than
+//    one OS thread per CUDA thread: a barrier is a function call instead of futex wake-ups of up to
+//    1024 threads on two cores; runs are reproducible; a deadlock is reported instead of hanging.)
+//  - __syncthreads, __syncwarp and the shuffles __shfl_sync / _xor / _up / _down of any type of
+//    up to 8 bytes, with width (full mask only, checked). A fiber that reaches a barrier that is
+//    not yet complete yields; the last to arrive opens it and runs on. A barrier that can never
+//    open (__syncthreads in divergent code, a thread that returned while the others wait) is
+//    reported as a deadlock and aborts, where a GPU would hang or misbehave. Lanes of a warp that
+//    reach different warp-synchronous calls together abort too.
 //  - Scheduling, chosen to expose missing barriers. Between two openings of __syncthreads (an
 //    epoch) the scheduler either runs whole warps one after another, in a random order, each up to
 //    the next __syncthreads, or runs a random runnable fiber at each step; which of the two is
 //    drawn per epoch. Inside a warp the lanes run in a random order between warp barriers. So a
-//    missing
-//    __syncthreads (a warp reads a tile another warp has not written yet, or overwrites one another
-//    warp still reads) or a missing __syncwarp makes some thread see stale data or NaN (below),
-//    which the comparison with the reference reports. Seeded (set_schedule_seed): reproducible.
-//  - Dynamic shared memory: exactly the bytes given at launch, fresh for each block and filled with
-//    0xff bytes (NaN as bf16 and as fp32), so reading what was never written yields NaN, and
-//    AddressSanitizer reports any access past the end. A launch needing more than the 48 KiB
-//    default fails unless cudaFuncSetAttribute raised the kernel's limit (at most sm_90's 227 KiB),
-//    as on the device.
+//    missing __syncthreads (a warp reads a tile another warp has not written yet, or overwrites one
+//    another warp still reads) or a missing __syncwarp makes some thread see stale data or NaN
+//    (below), which the comparison with the reference reports. Seeded (set_schedule_seed, default
+//    1; GROVE_EMU_SEED=n shifts it): reproducible.
+//  - Shared memory. Dynamic: exactly the bytes given at launch, fresh for each block; static: one
+//    variable per kernel. Both are filled with 0xff bytes (NaN as bf16 and as fp32, -1 as int)
+//    whenever a block starts, so reading what was never written shows, and AddressSanitizer
+//    reports any access past the end. A launch needing more than the 48 KiB default fails unless
+//    cudaFuncSetAttribute raised the kernel's limit (at most sm_90's 227 KiB), as on the device.
+//  - atomicAdd (float, double, int, unsigned, unsigned long long), atomicMax, __ldg, and the device
+//    math functions the host lacks (rsqrtf, __expf, __fdividef, ...; the accurate function stands
+//    in for the fast one).
 //  - nvcuda::wmma, 16x16x16 bf16 fragments with fp32 accumulators: load / store / mma / fill with
 //    the API's contract. Fragments hold 8 elements per lane like the hardware's, but each kind
 //    (matrix_a and matrix_b in either layout, accumulator) maps (lane, element) to (row, col)
@@ -36,25 +44,30 @@
 //    warp here: their ".sync" is convergence, not memory ordering (PTX), so a kernel that needs
 //    another lane's shared-memory writes must __syncwarp first, and the emulator checks that it
 //    does. mma_sync gathers all lanes' fragments, so it does act as a warp barrier.
-//  - The CUDA runtime calls of the host side (emu_runtime.cc): launches, with the limits above and
-//    the block / grid size limits; cudaFuncSetAttribute / cudaDeviceGetAttribute for the
-//    shared-memory opt-in; cudaMallocAsync / cudaFreeAsync (host memory: device pointers are host
-//    pointers, so AddressSanitizer covers "global memory" too); cudaGetLastError. Streams are
-//    ignored and everything is synchronous.
+//  - The CUDA runtime (emu_runtime.cc): launches, with the limits above and the block / grid size
+//    limits; one device (cudaGetDeviceCount reports 1, so cuda_device_available() is true);
+//    cudaMalloc / cudaFree / memcpy / memset, sync and async (host memory filled with NaN bytes and
+//    kept in a registry: a host pointer passed to a kernel, a copy's device side or a GEMM is
+//    reported; AddressSanitizer covers "global memory" too); the shared-memory opt-in; errors.
+//    Streams and events are accepted and ignored: everything is synchronous.
+//  - cuBLAS / cuBLASLt (emu_blas.cc): the GEMM calls kernels/cuda makes, as a plain column-major
+//    GEMM with double sums, one rounding to the output type, the Lt bias epilogue.
 //
-// Not emulated (only a GPU run checks these: tests/cuda/test_cuda_attention.cc):
+// Not emulated (only a GPU run checks these: the gpu label):
 //  - Real timing, occupancy, register limits (__launch_bounds__ is ignored), bank conflicts.
 //  - The memory model. Memory is sequentially consistent and a fiber runs uninterrupted from one
-//    barrier to the next, so barriers (and mma_sync, __shfl_xor_sync, which need every lane's
-//    values) act as full fences, and races inside one barrier interval are not reproduced: two
-//    lanes doing a read-modify-write of one address never lose an update, a missing __threadfence
-//    or volatile is never noticed. Only the order of accesses relative to barriers is explored.
+//    barrier to the next, so barriers (and mma_sync, the shuffles, which need every lane's values)
+//    act as full fences, and races inside one barrier interval are not reproduced: two lanes doing
+//    a read-modify-write of one address never lose an update (so a missing atomic goes unnoticed),
+//    a missing __threadfence or volatile is never noticed. Only the order of accesses relative to
+//    barriers is explored. Concurrency between streams is not either.
 //  - Warp divergence beyond what these kernels use: no partial masks, no __activemask / ballot /
-//    vote, no exited lanes taking part in warp operations (those abort or deadlock).
-//  - Tensor-core and SFU arithmetic: mma sums the exact bf16 products in fp32 in order k = 0..15
-//    (the hardware's order and rounding differ), exp2f / log2f are the host's libm, no flushing of
-//    denormals. The tests' tolerances hold for any fp32 order.
-//  - Device limits other than the ones checked above, and anything about other kernels.
+//    vote, no exited lanes taking part in warp operations (those abort or deadlock); blocks of
+//    whole warps only.
+//  - Tensor-core, SFU and cuBLAS arithmetic: mma sums the exact bf16 products in fp32 in order
+//    k = 0..15, cuBLAS in double (the hardware's order and rounding differ), exp2f / log2f are the
+//    host's libm, no flushing of denormals. The tests' tolerances hold for any fp32 order.
+//  - Device limits other than the ones checked above.
 //
 // Why the scrambled layout: WMMA fragment layouts are unspecified and differ between GPU
 // generations. With the natural layout (lane l holding row l / 2, say) code that assumes a layout

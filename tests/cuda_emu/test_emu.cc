@@ -1,6 +1,7 @@
 // The CUDA emulator itself (emu.h): WMMA against a plain matrix product in every operand layout,
-// a missing __syncthreads shows up, a divergent one is reported, and launches enforce the
-// shared-memory limits.
+// a missing __syncthreads shows up, a divergent one is reported, launches enforce the
+// shared-memory limits, static shared memory is per block and starts as NaN, shuffles follow
+// their definitions, and host pointers given as device memory are reported.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -137,6 +138,77 @@ TEST(CudaEmu, SharedMemoryAboveTheDefaultNeedsTheOptIn) {
       cudaErrorInvalidValue);
   emu::Launch(noop_kernel, 1, 2048)(0);
   EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidConfiguration);
+}
+
+// Static __shared__ as the rewrite leaves it: one variable for the block, NaN until written in
+// every block; 2-D blocks form warps from the linear index.
+void static_shared_kernel(float* out) {
+  static float tile[2][32];
+  EMU_SHARED(tile);
+  const unsigned t = threadIdx.y * 32 + threadIdx.x;  // blockDim (32, 2)
+  if (threadIdx.y == 0) tile[0][threadIdx.x] = static_cast<float>(blockIdx.x);
+  __syncthreads();
+  out[blockIdx.x * 64 + t] = tile[threadIdx.y][threadIdx.x] + static_cast<float>(emu::lane());
+}
+TEST(CudaEmu, StaticSharedMemoryIsPerBlockAndStartsAsNaN) {
+  std::vector<float> out(3 * 64);
+  const emu::AsDevice dev(out.data(), out.size() * sizeof(float));
+  emu::Launch(static_shared_kernel, 3, dim3(32, 2))(out.data());
+  ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+  for (int b = 0; b < 3; ++b)
+    for (int t = 0; t < 64; ++t) {
+      if (t < 32)
+        EXPECT_EQ(out[b * 64 + t], b + t) << "block " << b << " thread " << t;
+      else
+        EXPECT_TRUE(std::isnan(out[b * 64 + t])) << "block " << b << " thread " << t;
+    }
+}
+
+// Every shuffle, with a segment width of 16: the source lane, or the caller's own value where the
+// source is outside its segment.
+void shuffle_kernel(int* out) {
+  const int l = emu::lane(), v = 100 + l;
+  out[0 * 32 + l] = __shfl_sync(0xffffffffu, v, 3, 16);
+  out[1 * 32 + l] = __shfl_up_sync(0xffffffffu, v, 2, 16);
+  out[2 * 32 + l] = __shfl_down_sync(0xffffffffu, v, 2, 16);
+  out[3 * 32 + l] = __shfl_xor_sync(0xffffffffu, v, 5);
+  const double d = __shfl_down_sync(0xffffffffu, 0.5 + l, 1);
+  out[4 * 32 + l] = static_cast<int>(d * 2);
+}
+TEST(CudaEmu, ShufflesFollowTheirDefinitions) {
+  std::vector<int> out(5 * 32);
+  const emu::AsDevice dev(out.data(), out.size() * sizeof(int));
+  emu::Launch(shuffle_kernel, 1, 32)(out.data());
+  for (int l = 0; l < 32; ++l) {
+    const int seg = l & ~15, in = l & 15;
+    EXPECT_EQ(out[l], 100 + seg + 3) << l;
+    EXPECT_EQ(out[32 + l], 100 + (in >= 2 ? l - 2 : l)) << l;
+    EXPECT_EQ(out[64 + l], 100 + (in + 2 < 16 ? l + 2 : l)) << l;
+    EXPECT_EQ(out[96 + l], 100 + (l ^ 5)) << l;
+    EXPECT_EQ(out[128 + l], 2 * (l < 31 ? l + 1 : l) + 1) << l;
+  }
+}
+
+void write_kernel(float* out) {
+  out[threadIdx.x] = 1.f;
+}
+TEST(CudaEmuDeathTest, HostPointerToAKernelIsReported) {
+  std::vector<float> host(32);
+  EXPECT_DEATH(emu::Launch(write_kernel, 1, 32)(host.data()), "not device memory");
+}
+
+TEST(CudaEmu, CopiesCheckWhichSideIsDeviceMemory) {
+  float* dev = nullptr;
+  ASSERT_EQ(cudaMalloc(&dev, 4 * sizeof(float)), cudaSuccess);
+  float host[4] = {1, 2, 3, 4};
+  EXPECT_EQ(cudaMemcpy(dev, host, sizeof host, cudaMemcpyHostToDevice), cudaSuccess);
+  EXPECT_EQ(cudaMemcpy(host, dev, sizeof host, cudaMemcpyHostToDevice), cudaErrorInvalidValue);
+  EXPECT_EQ(cudaMemcpy(dev, host, 5 * sizeof(float), cudaMemcpyHostToDevice),
+            cudaErrorInvalidValue);  // past the allocation
+  cudaGetLastError();
+  EXPECT_EQ(cudaFree(dev), cudaSuccess);
+  EXPECT_EQ(cudaFree(dev), cudaErrorInvalidValue);  // freed twice
+  cudaGetLastError();
 }
 
 }  // namespace
