@@ -23,15 +23,7 @@
 namespace grove {
 namespace {
 
-class GpuTransformerTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    if (cuda_device_available()) return;
-    if (cuda::testing::gpu_required())
-      FAIL() << "GROVE_REQUIRE_GPU=1: " << cuda::testing::no_device_reason();
-    GTEST_SKIP() << cuda::testing::kNoDevice;
-  }
-};
+class GpuTransformerTest : public cuda::testing::GpuTest {};
 
 nlohmann::json SmallConfig() {
   return {{"vocab_size", 96}, {"d_model", 64},    {"n_layers", 2},     {"n_heads", 4},

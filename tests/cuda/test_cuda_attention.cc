@@ -48,14 +48,7 @@ constexpr double kOutVsScalar = kOut + kRound;
 constexpr double kGradVsScalar = kGrad + kRound;
 constexpr double kLseVsScalar = 2 * kLse;
 
-class CudaAttentionTc : public ::testing::Test {
- protected:
-  void SetUp() override {
-    if (cuda_device_available()) return;
-    if (testing::gpu_required()) FAIL() << "GROVE_REQUIRE_GPU=1: " << testing::no_device_reason();
-    GTEST_SKIP() << testing::kNoDevice;
-  }
-};
+class CudaAttentionTc : public testing::GpuTest {};
 
 std::string describe(const AttentionShape& s) {
   return " [SQ=" + std::to_string(s.SQ) + " SK=" + std::to_string(s.SK) +

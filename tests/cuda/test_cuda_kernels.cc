@@ -64,23 +64,8 @@ struct Tol<bf16> {
 constexpr double kF32Reduce = 1e-5;
 
 template <typename T>
-class CudaKernels : public ::testing::Test {
- protected:
-  void SetUp() override {
-    if (cuda_device_available()) return;
-    if (testing::gpu_required()) FAIL() << "GROVE_REQUIRE_GPU=1: " << testing::no_device_reason();
-    GTEST_SKIP() << testing::kNoDevice;
-  }
-};
-using Types = ::testing::Types<float, bf16>;
-class TypeNames {
- public:
-  template <typename T>
-  static std::string GetName(int) {
-    return std::is_same_v<T, float> ? "f32" : "bf16";
-  }
-};
-TYPED_TEST_SUITE(CudaKernels, Types, TypeNames);
+class CudaKernels : public testing::GpuTest {};
+TYPED_TEST_SUITE(CudaKernels, testing::ComputeTypes, testing::ComputeTypeNames);
 
 // ---- GEMM ----------------------------------------------------------------------------------
 TYPED_TEST(CudaKernels, Gemm) {

@@ -49,25 +49,10 @@ constexpr double kMasterGemm = std::is_same_v<T, float> ? 1e-5 : 1e-4;
 // fp32 dot products over C <= 100 terms (combine dweight).
 constexpr double kF32Reduce = 1e-5;
 
-class CudaMoe : public ::testing::Test {
- protected:
-  void SetUp() override {
-    if (cuda_device_available()) return;
-    if (testing::gpu_required()) FAIL() << "GROVE_REQUIRE_GPU=1: " << testing::no_device_reason();
-    GTEST_SKIP() << testing::kNoDevice;
-  }
-};
+class CudaMoe : public testing::GpuTest {};
 template <typename T>
 class CudaMoeTyped : public CudaMoe {};
-using Types = ::testing::Types<float, bf16>;
-class TypeNames {
- public:
-  template <typename T>
-  static std::string GetName(int) {
-    return std::is_same_v<T, float> ? "f32" : "bf16";
-  }
-};
-TYPED_TEST_SUITE(CudaMoeTyped, Types, TypeNames);
+TYPED_TEST_SUITE(CudaMoeTyped, testing::ComputeTypes, testing::ComputeTypeNames);
 
 Vec to_vec(const std::vector<int32_t>& v) {
   return Vec(v.begin(), v.end());

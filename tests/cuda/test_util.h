@@ -40,6 +40,27 @@ inline bool gpu_required() {
   return v != nullptr && std::string(v) == "1";
 }
 
+// The base of every GPU test fixture: skips with kNoDevice when there is no usable device, and
+// fails instead under GROVE_REQUIRE_GPU=1 (a GPU machine whose GPU cannot be used).
+class GpuTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (cuda_device_available()) return;
+    if (gpu_required()) FAIL() << "GROVE_REQUIRE_GPU=1: " << no_device_reason();
+    GTEST_SKIP() << kNoDevice;
+  }
+};
+
+// Typed tests over both compute types, named f32 / bf16.
+using ComputeTypes = ::testing::Types<float, bf16>;
+class ComputeTypeNames {
+ public:
+  template <typename T>
+  static std::string GetName(int) {
+    return std::is_same_v<T, float> ? "f32" : "bf16";
+  }
+};
+
 // Host bf16 <-> float, round to nearest even (same as __float2bfloat16_rn for finite values).
 inline uint16_t bf16_bits(float f) {
   uint32_t u;
