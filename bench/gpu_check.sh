@@ -7,7 +7,8 @@
 #
 # Runs: the CUDA kernel tests, the tensor-core attention tests, the GPU model against the PyTorch
 # oracle (python3 with torch must be on that machine), the trainer's GPU test when its libraries
-# load there, the kernel benchmark, and the ~1B-model training benchmark next to PyTorch.
+# load there, the kernel benchmark, and the training benchmark (a ~1B dense model and an MoE
+# model) next to PyTorch.
 # With $OUT set, the log goes to $OUT/gpu_check.log and each benchmark's JSON lines to
 # $OUT/<bench>.jsonl. Exit status: non-zero when a test or a benchmark fails.
 set -uo pipefail
@@ -67,9 +68,15 @@ if [ -x "$DIR/bench/bench_cuda_kernels" ]; then
   run bench_cuda_kernels 300 bash -c "set -o pipefail; '$DIR/bench/bench_cuda_kernels' | tee '$J'"
 fi
 if [ -x "$DIR/bench/bench_gpu_train" ]; then
+  # The ~1B dense model, then an MoE model (8 experts, top-2, every other block), each next to
+  # PyTorch training the same model in the same run.
   J=${OUT:-/tmp}/bench_gpu_train.jsonl
   run bench_gpu_train 420 bash -c "set -o pipefail; '$DIR/bench/bench_gpu_train' --python '$GROVE_TORCH_PYTHON' \
       --peer '$ROOT/bench/cuda/torch_train_peer.py' ${GROVE_GPU_TRAIN_ARGS:-} | tee '$J'"
+  J=${OUT:-/tmp}/bench_gpu_train_moe.jsonl
+  MOE_ARGS=${GROVE_GPU_TRAIN_MOE_ARGS:---d-model 1024 --heads 8 --experts 8 --top-k 2 --moe-every 2}
+  run bench_gpu_train_moe 420 bash -c "set -o pipefail; '$DIR/bench/bench_gpu_train' --python '$GROVE_TORCH_PYTHON' \
+      --peer '$ROOT/bench/cuda/torch_train_peer.py' $MOE_ARGS | tee '$J'"
 fi
 echo "== gpu_check done (status $status)"
 exit $status

@@ -8,6 +8,7 @@
 // data sheet's (989.4 TFLOP/s for H100/H200 SXM) unless --peak-tflops says otherwise; the achieved
 // TFLOP/s are also given as a fraction of a large cuBLAS bf16 GEMM measured in the same run.
 //
+// MoE models with --experts (FLOPs count the active parameters: top_k experts per token).
 // Output: JSON lines. Default model: ~1B parameters (d 2048, 16 layers, 16 heads, vocab 32000,
 // seq 1024, micro-batch 8, 4 micro-batches per step: 32k tokens per optimizer step, so the
 // optimizer's pass over the 16 bytes of state per parameter is amortised as in real training).
@@ -33,6 +34,7 @@ namespace {
 
 struct Options {
   int vocab = 32000, d_model = 2048, layers = 16, heads = 16, kv_heads = 0, ffn = 0;
+  int experts = 0, top_k = 2, moe_every = 1, expert_ffn = 0;  // experts > 0: an MoE model
   int seq = 1024, batch = 8, accum = 4, warmup = 2, steps = 6;
   std::string precision = "bf16", recompute = "selective";
   std::string peer = "bench/cuda/torch_train_peer.py";  // "" or "none": no PyTorch peer
@@ -77,10 +79,11 @@ nlohmann::json run_peer(const Options& o) {
   char cmd[1024];
   std::snprintf(cmd, sizeof(cmd),
                 "%s %s --vocab %d --d-model %d --layers %d --heads %d --kv-heads %d --ffn %d "
-                "--seq %d --batch %d --accum %d --warmup %d --steps %d --precision %s%s",
+                "--seq %d --batch %d --accum %d --warmup %d --steps %d --precision %s "
+                "--experts %d --top-k %d --moe-every %d --expert-ffn %d%s",
                 o.python.c_str(), o.peer.c_str(), o.vocab, o.d_model, o.layers, o.heads, o.kv_heads,
-                o.ffn, o.seq, o.batch, o.accum, o.warmup, o.steps, o.precision.c_str(),
-                o.peer_compile ? " --compile" : "");
+                o.ffn, o.seq, o.batch, o.accum, o.warmup, o.steps, o.precision.c_str(), o.experts,
+                o.top_k, o.moe_every, o.expert_ffn, o.peer_compile ? " --compile" : "");
   std::fprintf(stderr, "peer: %s\n", cmd);
   FILE* f = popen(cmd, "r");
   if (!f) return nullptr;
@@ -119,6 +122,10 @@ int Main(const Options& o) {
   c.n_heads = o.heads;
   c.n_kv_heads = o.kv_heads;
   c.ffn_hidden = o.ffn;
+  c.moe.num_experts = o.experts;
+  c.moe.top_k = o.top_k;
+  c.moe.every = o.moe_every;
+  c.moe.expert_ffn = o.expert_ffn;
   c.max_seq_len = o.seq;
   auto precision = parse_gpu_precision(o.precision);
   auto recompute = parse_recompute(o.recompute);
@@ -183,6 +190,9 @@ int Main(const Options& o) {
                         {"layers", o.layers},
                         {"heads", o.heads},
                         {"kv_heads", c.kv_heads()},
+                        {"experts", o.experts},
+                        {"top_k", o.experts > 0 ? o.top_k : 0},
+                        {"active_params", c.active_parameters()},
                         {"ffn", c.ffn()},
                         {"vocab", o.vocab},
                         {"seq", o.seq},
@@ -241,6 +251,10 @@ int main(int argc, char** argv) {
   app.add_option("--heads", o.heads);
   app.add_option("--kv-heads", o.kv_heads, "0: as --heads");
   app.add_option("--ffn", o.ffn, "0: 8/3 d_model rounded to 64");
+  app.add_option("--experts", o.experts, "experts per MoE layer; 0: a dense model");
+  app.add_option("--top-k", o.top_k, "experts per token");
+  app.add_option("--moe-every", o.moe_every, "every n-th block is an MoE block");
+  app.add_option("--expert-ffn", o.expert_ffn, "hidden size of each expert; 0: --ffn");
   app.add_option("--seq", o.seq);
   app.add_option("--batch", o.batch, "sequences per micro-batch");
   app.add_option("--accum", o.accum, "micro-batches per optimizer step");

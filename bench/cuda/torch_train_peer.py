@@ -15,8 +15,43 @@ import torch
 import torch.nn.functional as F
 
 
+class Moe(torch.nn.Module):
+    """Dropless top-k MoE as a PyTorch user writes it: router, softmax, top-k renormalised, a loop
+    over the experts gathering their tokens (index_add to combine), Switch aux + z loss."""
+
+    def __init__(self, h, ffn, experts, top_k):
+        super().__init__()
+        self.k = top_k
+        self.router = torch.nn.Linear(h, experts, bias=False)
+        self.w_gate = torch.nn.Parameter(torch.empty(experts, ffn, h))
+        self.w_up = torch.nn.Parameter(torch.empty(experts, ffn, h))
+        self.w_down = torch.nn.Parameter(torch.empty(experts, h, ffn))
+        self.aux = None
+
+    def forward(self, x):
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])
+        logits = self.router(x).float()
+        probs = logits.softmax(-1)
+        top, idx = probs.topk(self.k, dim=-1)
+        w = top / top.sum(-1, keepdim=True) if self.k > 1 else top
+        out = torch.zeros_like(x)
+        for e in range(self.w_gate.shape[0]):
+            tok, slot = torch.nonzero(idx == e, as_tuple=True)
+            if tok.numel() == 0:
+                continue
+            xe = x[tok]
+            y = (F.silu(xe @ self.w_gate[e].T) * (xe @ self.w_up[e].T)) @ self.w_down[e].T
+            out.index_add_(0, tok, (w[tok, slot, None] * y).to(out.dtype))
+        E = probs.shape[-1]
+        frac = torch.bincount(idx.reshape(-1), minlength=E).float() / idx.numel()
+        self.aux = 1e-2 * E * (frac * probs.mean(0)).sum() + \
+            1e-3 * (torch.logsumexp(logits, -1) ** 2).mean()
+        return out.reshape(shape)
+
+
 class Block(torch.nn.Module):
-    def __init__(self, h, heads, kv_heads, ffn, eps):
+    def __init__(self, h, heads, kv_heads, ffn, eps, moe=None):
         super().__init__()
         self.heads, self.kv_heads, self.d, self.eps = heads, kv_heads, h // heads, eps
         self.attn_norm = torch.nn.Parameter(torch.ones(h))
@@ -25,9 +60,11 @@ class Block(torch.nn.Module):
         self.wv = torch.nn.Linear(h, kv_heads * self.d, bias=False)
         self.wo = torch.nn.Linear(heads * self.d, h, bias=False)
         self.mlp_norm = torch.nn.Parameter(torch.ones(h))
-        self.w_gate = torch.nn.Linear(h, ffn, bias=False)
-        self.w_up = torch.nn.Linear(h, ffn, bias=False)
-        self.w_down = torch.nn.Linear(ffn, h, bias=False)
+        self.moe = moe
+        if moe is None:
+            self.w_gate = torch.nn.Linear(h, ffn, bias=False)
+            self.w_up = torch.nn.Linear(h, ffn, bias=False)
+            self.w_down = torch.nn.Linear(ffn, h, bias=False)
 
     def forward(self, x, cos, sin):
         b, s, h = x.shape
@@ -40,6 +77,8 @@ class Block(torch.nn.Module):
                                              enable_gqa=self.kv_heads != self.heads)
         x = x + self.wo(att.transpose(1, 2).reshape(b, s, h))
         y = F.rms_norm(x, (h,), self.mlp_norm, self.eps)
+        if self.moe is not None:
+            return x + self.moe(y)
         return x + self.w_down(F.silu(self.w_gate(y)) * self.w_up(y))
 
 
@@ -55,7 +94,15 @@ class Model(torch.nn.Module):
         h, kv = a.d_model, a.kv_heads or a.heads
         ffn = a.ffn or (8 * h // 3 + 63) // 64 * 64
         self.wte = torch.nn.Embedding(a.vocab, h)
-        self.blocks = torch.nn.ModuleList(Block(h, a.heads, kv, ffn, 1e-5) for _ in range(a.layers))
+        fe = a.expert_ffn or ffn
+
+        def moe(l):
+            if a.experts == 0 or (l + 1) % a.moe_every != 0:
+                return None
+            return Moe(h, fe, a.experts, a.top_k)
+
+        self.blocks = torch.nn.ModuleList(
+            Block(h, a.heads, kv, ffn, 1e-5, moe(l)) for l in range(a.layers))
         self.final_norm = torch.nn.Parameter(torch.ones(h))
         self.lm_head = torch.nn.Linear(h, a.vocab, bias=False)
         d = h // a.heads
@@ -65,7 +112,8 @@ class Model(torch.nn.Module):
         self.register_buffer("sin", ang.sin().float(), persistent=False)
         for n, p in self.named_parameters():
             if p.dim() >= 2:
-                std = 0.02 / math.sqrt(2 * a.layers) if n.endswith(("wo.weight", "w_down.weight")) else 0.02
+                out = n.endswith(("wo.weight", "w_down.weight", "moe.w_down"))
+                std = 0.02 / math.sqrt(2 * a.layers) if out else 0.02
                 torch.nn.init.normal_(p, std=std)
 
     def forward(self, tokens, targets):
@@ -74,24 +122,32 @@ class Model(torch.nn.Module):
             x = blk(x, self.cos, self.sin)
         x = F.rms_norm(x, (x.shape[-1],), self.final_norm, 1e-5)
         logits = self.lm_head(x)
-        return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.view(-1))
+        loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.view(-1))
+        for blk in self.blocks:
+            if blk.moe is not None:
+                loss = loss + blk.moe.aux
+        return loss
 
 
 def main():
     p = argparse.ArgumentParser()
     for name, default in [("vocab", 32000), ("d-model", 2048), ("layers", 16), ("heads", 16),
                           ("kv-heads", 0), ("ffn", 0), ("seq", 1024), ("batch", 8),
-                          ("accum", 4), ("warmup", 2), ("steps", 6)]:
+                          ("accum", 4), ("warmup", 2), ("steps", 6), ("experts", 0),
+                          ("top-k", 2), ("moe-every", 1), ("expert-ffn", 0)]:
         p.add_argument("--" + name, type=int, default=default)
     p.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--device", default="cuda", help="cuda (the benchmark) or cpu (a smoke test)")
     a = p.parse_args()
     torch.manual_seed(0)
     torch.backends.cuda.matmul.allow_tf32 = False  # as Grove's fp32 path
-    dev = torch.device("cuda")
+    dev = torch.device(a.device)
+    cuda = dev.type == "cuda"
     model = Model(a).to(dev)
+    fused = {"fused": True} if cuda else {}  # the fused CUDA kernel; the default on a CPU
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), eps=1e-8,
-                            weight_decay=0.1, fused=True)
+                            weight_decay=0.1, **fused)
     fwd = torch.compile(model) if a.compile else model
     g = torch.Generator(device="cpu").manual_seed(7)
     tokens = torch.randint(0, a.vocab, (a.batch, a.seq + 1), generator=g).to(dev)
@@ -101,27 +157,28 @@ def main():
     def step():
         opt.zero_grad(set_to_none=True)
         for _ in range(a.accum):
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
                 loss = fwd(inputs, targets)
             (loss / a.accum).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         return loss
 
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     for _ in range(a.warmup):
         loss = step()
-    torch.cuda.synchronize()
+    sync()
     t0 = time.perf_counter()
     for _ in range(a.steps):
         loss = step()
-    torch.cuda.synchronize()
+    sync()
     dt = (time.perf_counter() - t0) / a.steps
     mode = "compile" if a.compile else "eager"
     print(json.dumps({"name": "torch_train_peer",
                       "peer": f"pytorch-{torch.__version__.split('+')[0]}-{mode}",
                       "tokens_per_s": a.batch * a.seq * a.accum / dt, "step_ms": dt * 1e3,
                       "loss": float(loss), "params": sum(p.numel() for p in model.parameters()),
-                      "max_memory_bytes": torch.cuda.max_memory_allocated()}), flush=True)
+                      "max_memory_bytes": torch.cuda.max_memory_allocated() if cuda else 0}), flush=True)
 
 
 if __name__ == "__main__":
