@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <vector>
 
 #include "tests/cuda_emu/emu.h"
 
@@ -105,19 +106,45 @@ bool valid(const char* call, const char* name, const void* p, cudaDataType_t t, 
   return true;
 }
 
-// D[m, n] = alpha op(A) op(B) + beta C (+ bias[i]); op(A) is m x k, op(B) is k x n.
+// Sums a[l] * b_c[l] over l = 0..k-1, in that order, for the four columns b_0..b_3 (b_c = b +
+// c * k): four independent chains, so the CPU overlaps them. Reads only the gemm's own buffers,
+// whose bounds hold by construction; unchecked, as it is the emulator's hot loop.
+__attribute__((no_sanitize("address", "undefined"))) void dot4(const double* a, const double* b,
+                                                               int64_t k, double acc[4]) {
+  const double *b0 = b, *b1 = b + k, *b2 = b + 2 * k, *b3 = b + 3 * k;
+  double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  for (int64_t l = 0; l < k; ++l) {
+    s0 += a[l] * b0[l];
+    s1 += a[l] * b1[l];
+    s2 += a[l] * b2[l];
+    s3 += a[l] * b3[l];
+  }
+  acc[0] = s0, acc[1] = s1, acc[2] = s2, acc[3] = s3;
+}
+
+// D[m, n] = alpha op(A) op(B) + beta C (+ bias[i]); op(A) is m x k, op(B) is k x n. The rows of
+// op(A) and the columns of op(B) are first read (through the checked device pointers) into
+// contiguous doubles; each element of D is then the sum over l = 0..k-1 in order, exactly the plain
+// triple loop's sum. C is read just before D is written at the same index (D may be C).
 void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, double alpha, Matrix A, Matrix B,
           double beta, Matrix C, void* D, cudaDataType_t d_type, int64_t ldd, const void* bias) {
+  std::vector<double> a(m * k), b(((n + 3) / 4 * 4) * k, 0.0);  // b: columns padded to 4
+  for (int64_t l = 0; l < k; ++l)
+    for (int64_t i = 0; i < m; ++i)
+      a[i * k + l] = load(A.p, A.type, ta ? l + i * A.ld : i + l * A.ld);
   for (int64_t j = 0; j < n; ++j)
+    for (int64_t l = 0; l < k; ++l)
+      b[j * k + l] = load(B.p, B.type, tb ? j + l * B.ld : l + j * B.ld);
+  for (int64_t j0 = 0; j0 < n; j0 += 4)
     for (int64_t i = 0; i < m; ++i) {
-      double acc = 0;
-      for (int64_t l = 0; l < k; ++l)
-        acc += load(A.p, A.type, ta ? l + i * A.ld : i + l * A.ld) *
-               load(B.p, B.type, tb ? j + l * B.ld : l + j * B.ld);
-      double v = alpha * acc;
-      if (beta != 0) v += beta * load(C.p, C.type, i + j * C.ld);
-      if (bias != nullptr) v += load(bias, d_type, i);
-      store(D, d_type, i + j * ldd, v);
+      double acc[4];
+      dot4(a.data() + i * k, b.data() + j0 * k, k, acc);
+      for (int64_t j = j0; j < std::min(n, j0 + 4); ++j) {
+        double v = alpha * acc[j - j0];
+        if (beta != 0) v += beta * load(C.p, C.type, i + j * C.ld);
+        if (bias != nullptr) v += load(bias, d_type, i);
+        store(D, d_type, i + j * ldd, v);
+      }
     }
 }
 
