@@ -1,7 +1,9 @@
 // CPU emulation of the CUDA features that kernels/cuda/*.cu use, so that the GPU tests (tests/cuda,
 // built again as test_cuda_*_emu and test_gpu_transformer_emu) run every kernel, the cuBLAS /
-// cuBLASLt GEMMs and the GPU model on a machine without a GPU. The .cu files are compiled as they
-// are, apart from a mechanical rewrite done at build time (rewrite_kernel.cmake): `extern
+// cuBLASLt GEMMs and the GPU model on a machine without a GPU, and the trainer's GPU path
+// (train.device=cuda: test_gpu_train_emu, and test_gpu_multirank_train_emu for data parallelism
+// over MPI with the gradients staged through host memory) runs too. The .cu files are compiled as
+// they are, apart from a mechanical rewrite done at build time (rewrite_kernel.cmake): `extern
 // __shared__` arrays become emu::smem(), static `__shared__` variables become function-local
 // statics (EMU_SHARED), and `kernel<<<grid, block, smem, stream>>>(args)` becomes
 // `::emu::Launch(kernel, grid, block, smem, stream)(args)`.
@@ -68,6 +70,9 @@
 //    k = 0..15, cuBLAS in double (the hardware's order and rounding differ), exp2f / log2f are the
 //    host's libm, no flushing of denormals. The tests' tolerances hold for any fp32 order.
 //  - Device limits other than the ones checked above.
+//  - NCCL. The emulated worker is built without GROVE_HAVE_NCCL, so data parallelism takes the
+//    host (MPI) group and the model's host-staged all-reduce; the device-buffer all-reduce over
+//    NCCL and its overlap with the backward (per-block ranges) run only on GPU machines.
 //
 // Why the scrambled layout: WMMA fragment layouts are unspecified and differ between GPU
 // generations. With the natural layout (lane l holding row l / 2, say) code that assumes a layout
