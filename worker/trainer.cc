@@ -194,38 +194,59 @@ StepMetrics Trainer::TrainStep() {
   const TrainOptions& o = config_.train;
   double loss_sum = 0.0;
   StepMetrics m;
+  if (gpu_)
+    GpuMicroBatches(&m, &loss_sum);
+  else
+    CpuMicroBatches(&m, &loss_sum);
+  ++step_;
+  m.step = step_;
+  m.loss = static_cast<float>(loss_sum / o.grad_accum);
+  m.grad_norm = GlobalGradNorm();
+  m.lr = learning_rate(o, step_);
   if (gpu_) {
-    gpu_->zero_grads();
-    for (int micro = 0; micro < o.grad_accum; ++micro) {
-      train_loader_->Next(inputs_.data(), targets_.data());
-      loss_sum += gpu_->forward(inputs_.data(), targets_.data());
-      gpu_->backward(1.0f / static_cast<float>(o.grad_accum),
-                     /*finalize=*/micro + 1 == o.grad_accum);
-      m.moe_loss += gpu_->moe_loss() / static_cast<float>(o.grad_accum);
-      const std::vector<std::vector<int64_t>> load = gpu_->expert_load();
-      m.expert_load.resize(load.size());
-      for (size_t i = 0; i < load.size(); ++i) {
-        m.expert_load[i].resize(load[i].size());
-        for (size_t e = 0; e < load[i].size(); ++e) m.expert_load[i][e] += load[i][e];
-      }
-    }
-    ++step_;
-    m.step = step_;
-    m.loss = static_cast<float>(loss_sum / o.grad_accum);
-    m.grad_norm = gpu_->grad_norm();
-    m.lr = learning_rate(o, step_);
-    gpu_->step(m.grad_norm, m.lr, o);
-    m.ms = std::chrono::duration<double, std::milli>(clock::now() - t0).count();
-    m.tokens_per_s = double(o.batch_size) * o.seq_len * o.grad_accum / (m.ms / 1000.0);
+    gpu_->step(m.grad_norm, m.lr, o);  // clips, updates, refreshes the bf16 weights
+  } else {
+    clip_gradients(model_->grads(), m.grad_norm, o.grad_clip);
+    opt_.step(model_->params(), model_->grads(), m.lr, o);
+  }
+  m.ms = std::chrono::duration<double, std::milli>(clock::now() - t0).count();
+  m.tokens_per_s = double(o.batch_size) * o.seq_len * o.grad_accum / (m.ms / 1000.0);
+  if (gpu_) {
     m.tflops = gpu_->flops_per_micro_batch() * o.grad_accum / (m.ms / 1000.0) / 1e12;
     const double peak = gpu_->peak_flops();
     m.mfu = peak > 0 ? m.tflops * 1e12 / peak : 0.0;
-    return m;
   }
+  return m;
+}
+
+// The GPU model's micro-batches of one step (train.device=cuda).
+void Trainer::GpuMicroBatches(StepMetrics* out, double* loss_sum) {
+  const TrainOptions& o = config_.train;
+  StepMetrics& m = *out;
+  gpu_->zero_grads();
+  for (int micro = 0; micro < o.grad_accum; ++micro) {
+    train_loader_->Next(inputs_.data(), targets_.data());
+    *loss_sum += gpu_->forward(inputs_.data(), targets_.data());
+    gpu_->backward(1.0f / static_cast<float>(o.grad_accum),
+                   /*finalize=*/micro + 1 == o.grad_accum);
+    m.moe_loss += gpu_->moe_loss() / static_cast<float>(o.grad_accum);
+    const std::vector<std::vector<int64_t>> load = gpu_->expert_load();
+    m.expert_load.resize(load.size());
+    for (size_t i = 0; i < load.size(); ++i) {
+      m.expert_load[i].resize(load[i].size());
+      for (size_t e = 0; e < load[i].size(); ++e) m.expert_load[i][e] += load[i][e];
+    }
+  }
+}
+
+// The CPU model's micro-batches of one step, with the MoE and LSH metrics they report.
+void Trainer::CpuMicroBatches(StepMetrics* out, double* loss_sum) {
+  const TrainOptions& o = config_.train;
+  StepMetrics& m = *out;
   model_->zero_grads();
   for (int micro = 0; micro < o.grad_accum; ++micro) {
     train_loader_->Next(inputs_.data(), targets_.data());
-    loss_sum += model_->forward(inputs_.data(), targets_.data());
+    *loss_sum += model_->forward(inputs_.data(), targets_.data());
     model_->backward(1.0f / static_cast<float>(o.grad_accum),
                      /*finalize=*/micro + 1 == o.grad_accum);
     m.moe_loss += model_->moe_loss() / static_cast<float>(o.grad_accum);
@@ -252,16 +273,6 @@ StepMetrics Trainer::TrainStep() {
       m.lsh_token_norm += q.token_norm_sum;
     }
   }
-  ++step_;
-  m.step = step_;
-  m.loss = static_cast<float>(loss_sum / o.grad_accum);
-  m.grad_norm = GlobalGradNorm();
-  clip_gradients(model_->grads(), m.grad_norm, o.grad_clip);
-  m.lr = learning_rate(o, step_);
-  opt_.step(model_->params(), model_->grads(), m.lr, o);
-  m.ms = std::chrono::duration<double, std::milli>(clock::now() - t0).count();
-  m.tokens_per_s = double(o.batch_size) * o.seq_len * o.grad_accum / (m.ms / 1000.0);
-  return m;
 }
 
 float Trainer::Evaluate() {

@@ -96,6 +96,9 @@ class Trainer {
   CheckpointRank checkpoint_rank() const;
   double GlobalGradNorm();
   StepMetrics TrainStep();
+  // One step's forward/backward passes on either model; metrics and the loss sum into *m, *sum.
+  void CpuMicroBatches(StepMetrics* m, double* loss_sum);
+  void GpuMicroBatches(StepMetrics* m, double* loss_sum);
   Status SaveCheckpointNow(float loss);
   void Log(const nlohmann::json& j);
 
