@@ -45,16 +45,29 @@ StatusOr<std::unique_ptr<GpuTraining>> GpuTraining::Create(const TrainConfig& co
   auto impl = std::make_unique<Impl>();
   const TrainOptions& o = config.train;
   impl->precision = o.precision == "fp32" ? GpuPrecision::kFp32 : GpuPrecision::kBf16;
+  Status device_ok;
   int count = 0;
   if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
     cudaGetLastError();
-    return Status::Error(
+    device_ok = Status::Error(
         "train.device=cuda but this process sees no CUDA device; check nvidia-smi and "
         "CUDA_VISIBLE_DEVICES, or set train.device=cpu");
+  } else {
+    impl->device = local_rank() % count;
+    if (cudaSetDevice(impl->device) != cudaSuccess)
+      device_ok = Status::Error("cannot use CUDA device " + std::to_string(impl->device));
   }
-  impl->device = local_rank() % count;
-  if (cudaSetDevice(impl->device) != cudaSuccess)
-    return Status::Error("cannot use CUDA device " + std::to_string(impl->device));
+  // Every rank learns whether every rank has its device before any of them joins NCCL, so one
+  // rank without a GPU ends the job with this error instead of leaving the others waiting.
+  if (grid != nullptr && grid->world().size() > 1) {
+    int32_t failed = device_ok.ok() ? 0 : 1;
+    grid->world().all_reduce(&failed, 1, DType::kI32, comm::ReduceOp::kMax);
+    if (failed && device_ok.ok())
+      device_ok = Status::Error(
+          "another rank has no usable CUDA device (train.device=cuda): check nvidia-smi and "
+          "CUDA_VISIBLE_DEVICES on every node");
+  }
+  if (!device_ok.ok()) return device_ok;
   impl->device_name = current_device_name();
   if (grid != nullptr && grid->world().size() > 1) {
     comm::Communicator& dp = grid->group(parallel::Group::kDp);
