@@ -32,6 +32,12 @@ int64_t ModelConfig::active_parameters() const {
   return count_parameters(*this, moe.top_k);
 }
 
+double ModelConfig::training_flops(double batch, double seq) const {
+  const double matmul_params = double(active_parameters()) - double(vocab_size) * d_model;
+  const double attn = 2.0 * 2.0 * seq * seq * head_dim() * n_heads * batch * n_layers;
+  return 6.0 * matmul_params * batch * seq + 3.0 * attn;
+}
+
 Status ModelConfig::Validate() const {
   auto err = [](const std::string& m) { return Status::Error("model config: " + m); };
   if (vocab_size < 2)

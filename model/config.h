@@ -54,6 +54,12 @@ struct ModelConfig {
   int64_t num_parameters() const;
   // Parameters a token passes through (top_k experts of each MoE layer, plus the router).
   int64_t active_parameters() const;
+  // Model FLOPs of one forward + backward over `batch` sequences of `seq` tokens, the MFU
+  // numerator: 6 per matmul parameter per token (2 forward, 4 backward; the embedding lookup
+  // excluded, top_k experts per token) plus attention QK^T and PV, 4·seq²·d per head per sequence
+  // forward, counted dense (not halved for the causal mask) and x3 for forward + backward, as in
+  // PaLM's MFU.
+  double training_flops(double batch, double seq) const;
   bool is_moe_layer(int l) const { return moe.num_experts > 0 && (l + 1) % moe.every == 0; }
   int expert_ffn() const { return moe.expert_ffn > 0 ? moe.expert_ffn : ffn(); }
 

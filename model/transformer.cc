@@ -518,17 +518,9 @@ std::vector<parallel::MoeMetrics> Transformer::moe_metrics() const {
 }
 
 double Transformer::flops_per_step() const {
-  // 6 FLOPs per parameter per token for the matmuls (2 forward, 4 backward), excluding the
-  // embedding lookup, plus attention QK^T and PV: 4·s·s·d per head per sequence forward, counted
-  // dense (not halved for the causal mask) and x3 for forward + backward, as in PaLM's MFU.
-  // Whole-model FLOPs of this rank's micro-batch (divide by t for one TP rank's share).
-  const double S = double(s_) * cp_size_;  // full sequence
-  const double N = double(b_) * S;
-  const double matmul_params =
-      double(config_.active_parameters()) - double(config_.vocab_size) * config_.d_model;
-  const double attn =
-      2.0 * 2.0 * s_ * double(s_) * config_.head_dim() * config_.n_heads * b_ * config_.n_layers;
-  return 6.0 * matmul_params * N + 3.0 * attn;
+  // Whole-model FLOPs of this rank's micro-batch over the full sequence (divide by t for one TP
+  // rank's share).
+  return config_.training_flops(b_, double(s_) * cp_size_);
 }
 
 }  // namespace grove

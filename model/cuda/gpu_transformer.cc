@@ -149,14 +149,7 @@ int64_t GpuTransformer::device_bytes() const {
 }
 
 double GpuTransformer::flops_per_step() const {
-  // As Transformer::flops_per_step: 6 FLOPs per matmul parameter per token, plus attention
-  // QK^T and PV counted dense (4·s·s·d per head per sequence forward, x3 for fwd + bwd).
-  const double N = double(b_) * s_;
-  const double matmul_params =
-      double(config_.active_parameters()) - double(config_.vocab_size) * config_.d_model;
-  const double attn =
-      2.0 * 2.0 * s_ * double(s_) * config_.head_dim() * config_.n_heads * b_ * config_.n_layers;
-  return 6.0 * matmul_params * N + 3.0 * attn;
+  return config_.training_flops(b_, s_);
 }
 
 // ---- the model, for one compute type ------------------------------------------------------------

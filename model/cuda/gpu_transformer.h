@@ -27,8 +27,8 @@
 // the loss is normalised by the valid targets of the whole data-parallel batch and backward()
 // all-reduces the flat gradient buffer (over NCCL in per-block ranges started as each block's
 // backward finishes, overlapping the rest of the backward), so every rank's gradients equal the
-// one-process model's on the global batch. Tensor, sequence, context and expert parallelism run on the CPU path only
-// for now.
+// one-process model's on the global batch. Tensor, sequence, context and expert parallelism run on
+// the CPU path only for now.
 //
 // Mixture of experts (DESIGN.md §7): every MoE block routes, permutes, runs its experts as one
 // GEMM per expert on contiguous rows, and combines, all on the device (kernels/cuda moe_*), with
@@ -118,7 +118,7 @@ class GpuTransformer {
   // Bytes of activations kept across the step, and of everything this model allocated.
   virtual int64_t activation_bytes() const = 0;
   int64_t device_bytes() const;
-  // FLOPs of one forward+backward over this rank's b*s tokens (as Transformer::flops_per_step).
+  // FLOPs of one forward+backward over this rank's b*s tokens (ModelConfig::training_flops).
   double flops_per_step() const;
 
  protected:

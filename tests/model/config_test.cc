@@ -70,6 +70,18 @@ TEST(ModelConfig, JsonRoundTrip) {
   EXPECT_EQ(ModelConfigToJson(c), ModelConfigToJson(d));
 }
 
+// MFU's numerator, counted by hand for the default model: per token 6 FLOPs per matmul weight
+// (q, k, v, o: 4·h², SwiGLU: 3·h·f per layer, and the LM head V·h; norms are not matmuls but are
+// parameters, and count as in PaLM's 6N), plus attention 4·s²·d per head per sequence, x3.
+TEST(ModelConfig, TrainingFlopsCountedByHand) {
+  ModelConfig c;  // V 8192, h 256, L 4, 8 heads, f 704
+  ASSERT_EQ(c.ffn(), 704);
+  const double h = 256, f = 704, V = 8192, L = 4, batch = 2, seq = 16;
+  const double params = L * (4 * h * h + 3 * h * f + 2 * h) + h + V * h;  // + wte: not a matmul
+  const double attn = 4.0 * seq * seq * (h / 8) * 8 * batch * L;
+  EXPECT_DOUBLE_EQ(c.training_flops(batch, seq), 6.0 * params * batch * seq + 3.0 * attn);
+}
+
 // Weights::Init fills large models on several threads; every tensor must still hold exactly the
 // draws of its own stream derive_seed(seed, index), whatever thread filled it.
 TEST(WeightsInit, EveryTensorDrawsItsOwnStream) {
