@@ -1,5 +1,11 @@
 // CPU compute kernels: forward and backward of every op the transformer uses.
 //
+// One interface with kernels/cuda/ops.h: the same kernels with the same names, argument lists and
+// shapes (host pointers here; the CUDA ones take device pointers and a trailing stream). Shared
+// types (AttentionShape, kMoeMaxTopK, MoeRouterLosses) and the acc_t<T> type rule are in
+// kernels/kernel_types.h; on the CPU, T is float (training) or double (finite-difference tests) and
+// acc_t<T> = T, so weight gradients, norm weights, rstd, lse and losses are T.
+//
 // Legend: N rows (tokens = s*b), C channels (h), OC output channels, V vocabulary,
 // S sequence, B batch, NH query heads, NKV key/value heads (NH % NKV == 0), HD head dim.
 // Activations are row-major [s, b, ...]: row r = s_idx * B + b_idx.
@@ -7,16 +13,25 @@
 // Conventions (llm.c style):
 //  - Raw pointers with explicit sizes; kernels never allocate (except documented scratch).
 //  - Backward kernels ACCUMULATE into gradient buffers with += (callers zero them once per step),
-//    so a tensor used twice sums its gradients naturally.
+//    so a tensor used twice sums its gradients naturally (the MoE kernels say where they write).
 //  - Every kernel is templated on T and instantiated for float (training) and double (the
 //    finite-difference gradient tests). GEMMs go through OpenBLAS (sgemm/dgemm); other loops
 //    are parallelised with OpenMP.
-//  - Each fast kernel has a plain scalar reference in ops_reference.h that the tests compare with.
+//  - Each fast kernel has a plain scalar reference in kernels/reference/ops_reference.h that the
+//    tests of both back ends compare with.
 #pragma once
 
 #include <cstdint>
 
+#include "kernels/kernel_types.h"
+
 namespace grove::cpu {
+
+using kernels::acc_t;
+using kernels::AttentionShape;
+using kernels::kMoeMaxTopK;
+using kernels::moe_router_losses;
+using kernels::MoeRouterLosses;
 
 // ---- GEMM ---------------------------------------------------------------------------------
 // C[M,N] = alpha * op(A) * op(B) + beta * C, row-major, with leading dimensions.
@@ -54,19 +69,9 @@ void rope_backward(T* dx, const float* cos_table, const float* sin_table, int S,
                    int HD, int pos0);
 
 // ---- Attention --------------------------------------------------------------------------------
-// q: [SQ, B, NH, HD]; k, v: [SK, B, NKV, HD]; out: [SQ, B, NH, HD]; lse: [B, NH, SQ] (natural log
-// of the softmax denominator of the scaled scores, fp32-accurate; -inf for a fully masked row,
-// whose output is 0). Scale = 1/sqrt(HD). With causal, query i (global position q_pos0 + i) sees
-// key j (global position k_pos0 + j) iff k_pos0 + j <= q_pos0 + i. The offsets let a shard of
-// queries attend to a shard of keys (tree / ring attention combine the partials by lse).
+// Shapes and masking: AttentionShape (kernels/kernel_types.h). lse is fp32-accurate.
 // probs: optional [B, NH, SQ, SK] softmax probabilities kept for the backward ("none" recompute
 // mode); nullptr means they are recomputed from q, k and lse in the backward.
-struct AttentionShape {
-  int SQ, SK, B, NH, NKV, HD;
-  bool causal;
-  int q_pos0 = 0;
-  int k_pos0 = 0;
-};
 template <typename T>
 void attention_forward(T* out, T* lse, T* probs, const T* q, const T* k, const T* v,
                        const AttentionShape& shape);
@@ -117,6 +122,64 @@ double sum_squares(const T* x, int64_t n);  // in double, for gradient norms
 // param -= lr * (m_hat / (sqrt(v_hat) + eps) + weight_decay * param)
 void adamw_update(float* param, const float* grad, float* m, float* v, int64_t n, float lr,
                   float beta1, float beta2, float eps, float weight_decay, int step);
+
+// ---- Mixture of experts (one process) -----------------------------------------------------------
+// The same kernels as in kernels/cuda/ops.h (semantics and expressions of kernels/cuda/moe.cu;
+// parallel/moe_router.cc and parallel/moe_dispatcher.cc use them). Legend: N tokens, C model dim,
+// E experts, k experts per token (1 <= k <= min(E, kMoeMaxTopK)), A = N·k assignments,
+// assignment a = n·k + j. A is the router's type, float for training (double for the
+// finite-difference tests); the statistics prob_sum and lse_sq_sum are double. Dropless: capacity
+// dropping is the router's (parallel/moe_router.cc), not these kernels'. Deterministic: fixed-order
+// sums, whatever the thread count. Index buffers are int32: A < 2^31.
+//
+// Route: from logits[N,E] writes probs[N,E] = softmax(logits) (exp and sums in double), lse[N],
+// expert[N,k] = top-k ids by logit (largest first, a tie goes to the lower id), and
+// weight[N,k] = p_e / Σ_j p_{e_j} when k > 1, p_e when k == 1 (Switch). Statistics of these N
+// tokens (written; zeros when N == 0): counts[E] (assignments routed to each expert),
+// prob_sum[E] = Σ_n p_{n,e} and lse_sq_sum[0] = Σ_n lse_n² (lse_n in double, before rounding),
+// summed in token order. Losses: moe_router_losses (kernels/kernel_types.h).
+template <typename A>
+void moe_router_forward(A* probs, A* lse, int32_t* expert, A* weight, int32_t* counts,
+                        double* prob_sum, double* lse_sq_sum, const A* logits, int N, int E, int k);
+// dlogits[N,E] (WRITTEN) = d/dlogits of Σ_{n,j} dweight_{n,j}·w_{n,j} + loss_scale·(aux + z),
+// from the forward's probs, lse, expert and weight; f_i (from counts) carries no gradient. counts
+// and tokens_all are those of the stats group (for one process the forward's counts and N). The
+// GEMMs for dW_r and dx (linear_backward on dlogits) are the caller's.
+template <typename A>
+void moe_router_backward(A* dlogits, const A* dweight, const A* probs, const A* lse,
+                         const int32_t* expert, const A* weight, const int32_t* counts,
+                         int64_t tokens_all, float aux_coef, float z_coef, float loss_scale, int N,
+                         int E, int k);
+// Permute (dispatch): a stable counting sort of the A assignments by expert, in (expert, token,
+// slot) order. Writes offsets[E+1] (exclusive prefix sum of counts; expert e owns rows
+// [offsets[e], offsets[e+1]), offsets[E] = A), row_of[A] (assignment → row) and xp[A,C]
+// (xp[row_of[n·k + j]] = x[n]). counts must be the routing's own counts (they must sum to A).
+template <typename T>
+void moe_permute(T* xp, int32_t* offsets, int32_t* row_of, const T* x, const int32_t* expert,
+                 const int32_t* counts, int N, int k, int E, int C);
+// dx[N,C] += Σ_j dxp[row_of[n·k + j]], in slot order j = 0..k-1.
+template <typename T>
+void moe_permute_backward(T* dx, const T* dxp, const int32_t* row_of, int N, int k, int C);
+// Unpermute (combine): y[N,C] = Σ_j weight[n,j]·yp[row_of[n·k + j]] (WRITTEN; slot order).
+template <typename T>
+void moe_unpermute(T* y, const T* yp, const acc_t<T>* weight, const int32_t* row_of, int N, int k,
+                   int C);
+// dyp[row_of[n·k + j]] = weight[n,j]·dy[n] (WRITTEN) and dweight[n,j] = <dy[n], yp[row_of[..]]>
+// (WRITTEN; summed in double).
+template <typename T>
+void moe_unpermute_backward(T* dyp, acc_t<T>* dweight, const T* dy, const T* yp,
+                            const acc_t<T>* weight, const int32_t* row_of, int N, int k, int C);
+// Grouped linear (the experts' GEMMs): rows [offsets[e], offsets[e+1]) of inp belong to expert e,
+// whose weight is the slab weight[e] of weight[E,OC,C]; one linear_forward / linear_backward per
+// non-empty expert. offsets_host: moe_permute's offsets (E+1 entries). Rows outside
+// [offsets[0], offsets[E]) are not touched. out[R,OC] rows written.
+template <typename T>
+void grouped_linear_forward(T* out, const T* inp, const T* weight, const int32_t* offsets_host,
+                            int E, int C, int OC);
+// dinp[R,C] += dout @ weight[e]; dweight[E,OC,C] += dout^T @ inp, per expert. dinp may be null.
+template <typename T>
+void grouped_linear_backward(T* dinp, acc_t<T>* dweight, const T* dout, const T* inp,
+                             const T* weight, const int32_t* offsets_host, int E, int C, int OC);
 
 // OpenMP threads used by the kernels (and OpenBLAS when it is the OpenMP build).
 int num_threads();

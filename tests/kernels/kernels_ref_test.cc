@@ -1,5 +1,5 @@
-// Fast kernels vs the scalar reference (ops_reference.h), in float at realistic sizes (all above
-// detail::kMinParallelWork, so the OpenMP paths run).
+// Fast kernels vs the scalar reference (kernels/reference/ops_reference.h), in float at realistic
+// sizes (all above detail::kMinParallelWork, so the OpenMP paths run).
 //
 // Tolerance kRefTol = 1e-5 relative (DESIGN.md §11 metric). The reference sums in double and
 // rounds once; the fast kernels sum in float in a different order (BLAS blocking, SIMD lanes)
@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "kernels/cpu/ops.h"
-#include "kernels/cpu/ops_reference.h"
+#include "kernels/reference/ops_reference.h"
 #include "tests/common/tensor_compare.h"
 #include "tests/kernels/kernel_test_util.h"
 

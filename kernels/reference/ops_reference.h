@@ -1,6 +1,10 @@
-// Plain scalar reference implementations of every kernel in ops.h (same signatures, namespace
-// grove::cpu::ref). Single-threaded, no BLAS, straightforward loops that follow the math; sums
-// are accumulated in double. Tests compare the fast kernels against these. Never deleted.
+// Plain scalar reference implementations of every kernel of kernels/cpu/ops.h and
+// kernels/cuda/ops.h (same names and argument lists, host pointers, no stream; namespace
+// grove::ref). Single-threaded, no BLAS, straightforward loops that follow the math; sums are
+// accumulated in double and rounded once. The tests of both back ends compare the kernels with
+// these (the GPU tests at T = double from fp32 or bf16 inputs), and the references themselves are
+// checked against finite differences (tests/kernels). Dependency free (the standard library and
+// kernels/kernel_types.h only), so the GPU tests link it without OpenBLAS, MPI or grove_core.
 //
 // Attention here materialises the full score row per query (O(SK) memory per row) and uses the
 // same backward contract as the fast kernel (P = exp(S*scale - lse), D from the given out/dout).
@@ -8,9 +12,12 @@
 
 #include <cstdint>
 
-#include "kernels/cpu/ops.h"
+#include "kernels/kernel_types.h"
 
-namespace grove::cpu::ref {
+namespace grove::ref {
+
+using kernels::acc_t;
+using kernels::AttentionShape;
 
 template <typename T>
 void gemm(bool trans_a, bool trans_b, int M, int N, int K, T alpha, const T* A, int lda, const T* B,
@@ -70,4 +77,35 @@ double sum_squares(const T* x, int64_t n);
 void adamw_update(float* param, const float* grad, float* m, float* v, int64_t n, float lr,
                   float beta1, float beta2, float eps, float weight_decay, int step);
 
-}  // namespace grove::cpu::ref
+// ---- Mixture of experts (one process; contracts in kernels/cpu/ops.h) ---------------------------
+// Route: top-k by a strict-> scan (a tie to the lower id), softmax and lse in double.
+template <typename A>
+void moe_router_forward(A* probs, A* lse, int32_t* expert, A* weight, int32_t* counts,
+                        double* prob_sum, double* lse_sq_sum, const A* logits, int N, int E, int k);
+template <typename A>
+void moe_router_backward(A* dlogits, const A* dweight, const A* probs, const A* lse,
+                         const int32_t* expert, const A* weight, const int32_t* counts,
+                         int64_t tokens_all, double aux_coef, double z_coef, double loss_scale,
+                         int N, int E, int k);
+// aux + z of a routing over tokens_all tokens, in double: α·E·Σ_i f_i·P_i + β·lse_sq_sum / T_all.
+double moe_router_aux_z(const int32_t* counts, const double* prob_sum, double lse_sq_sum,
+                        int64_t tokens_all, int E, int k, double aux_coef, double z_coef);
+template <typename T>
+void moe_permute(T* xp, int32_t* offsets, int32_t* row_of, const T* x, const int32_t* expert,
+                 const int32_t* counts, int N, int k, int E, int C);
+template <typename T>
+void moe_permute_backward(T* dx, const T* dxp, const int32_t* row_of, int N, int k, int C);
+template <typename T>
+void moe_unpermute(T* y, const T* yp, const acc_t<T>* weight, const int32_t* row_of, int N, int k,
+                   int C);
+template <typename T>
+void moe_unpermute_backward(T* dyp, acc_t<T>* dweight, const T* dy, const T* yp,
+                            const acc_t<T>* weight, const int32_t* row_of, int N, int k, int C);
+template <typename T>
+void grouped_linear_forward(T* out, const T* inp, const T* weight, const int32_t* offsets, int E,
+                            int C, int OC);
+template <typename T>
+void grouped_linear_backward(T* dinp, acc_t<T>* dweight, const T* dout, const T* inp,
+                             const T* weight, const int32_t* offsets, int E, int C, int OC);
+
+}  // namespace grove::ref

@@ -1,10 +1,11 @@
-// Scalar reference kernels (see ops_reference.h). Legend as in ops.h.
-#include "kernels/cpu/ops_reference.h"
+// Scalar reference kernels (see ops_reference.h). Legend as in kernels/cpu/ops.h.
+#include "kernels/reference/ops_reference.h"
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
-namespace grove::cpu::ref {
+namespace grove::ref {
 
 namespace {
 using Acc = double;  // accumulator type of every sum in the reference
@@ -340,4 +341,196 @@ GROVE_INSTANTIATE(float)
 GROVE_INSTANTIATE(double)
 #undef GROVE_INSTANTIATE
 
-}  // namespace grove::cpu::ref
+// ---- Mixture of experts -----------------------------------------------------------------------
+
+template <typename A>
+void moe_router_forward(A* probs, A* lse, int32_t* expert, A* weight, int32_t* counts,
+                        double* prob_sum, double* lse_sq_sum, const A* logits, int N, int E,
+                        int k) {
+  std::fill(counts, counts + E, 0);
+  std::fill(prob_sum, prob_sum + E, 0.0);
+  *lse_sq_sum = 0;
+  std::vector<double> p(E);
+  for (int n = 0; n < N; ++n) {
+    const A* x = logits + static_cast<int64_t>(n) * E;
+    int32_t* ex = expert + static_cast<int64_t>(n) * k;
+    for (int j = 0; j < k; ++j) {  // strict >: a tie keeps the lower id
+      int best = -1;
+      for (int e = 0; e < E; ++e) {
+        bool taken = false;
+        for (int i = 0; i < j; ++i) taken = taken || ex[i] == e;
+        if (!taken && (best < 0 || x[e] > x[best])) best = e;
+      }
+      ex[j] = best;
+    }
+    Acc m = -INFINITY, s = 0;
+    for (int e = 0; e < E; ++e) m = std::max<Acc>(m, x[e]);
+    for (int e = 0; e < E; ++e) s += std::exp(static_cast<Acc>(x[e]) - m);
+    const Acc l = m + std::log(s);
+    lse[n] = static_cast<A>(l);
+    *lse_sq_sum += l * l;
+    for (int e = 0; e < E; ++e) {
+      p[e] = std::exp(static_cast<Acc>(x[e]) - l);
+      probs[static_cast<int64_t>(n) * E + e] = static_cast<A>(p[e]);
+      prob_sum[e] += p[e];
+    }
+    Acc S = 0;
+    for (int j = 0; j < k; ++j) S += p[ex[j]];
+    for (int j = 0; j < k; ++j) {
+      weight[static_cast<int64_t>(n) * k + j] = static_cast<A>(k == 1 ? p[ex[j]] : p[ex[j]] / S);
+      ++counts[ex[j]];
+    }
+  }
+}
+
+template <typename A>
+void moe_router_backward(A* dlogits, const A* dweight, const A* probs, const A* lse,
+                         const int32_t* expert, const A* weight, const int32_t* counts,
+                         int64_t tokens_all, double aux_coef, double z_coef, double loss_scale,
+                         int N, int E, int k) {
+  const Acc T_all = static_cast<Acc>(tokens_all);
+  std::vector<Acc> d(E);
+  for (int n = 0; n < N; ++n) {
+    const A* p = probs + static_cast<int64_t>(n) * E;
+    const int32_t* ex = expert + static_cast<int64_t>(n) * k;
+    const A* w = weight + static_cast<int64_t>(n) * k;
+    const A* dw = dweight + static_cast<int64_t>(n) * k;
+    // dL/dp_e: the aux term, then the combine weights (w_j = p_{e_j} / S, or p_{e_0} for k = 1).
+    for (int e = 0; e < E; ++e) d[e] = loss_scale * aux_coef * E * (counts[e] / (T_all * k)) / T_all;
+    if (k == 1) {
+      d[ex[0]] += dw[0];
+    } else {
+      Acc S = 0, dot = 0;
+      for (int j = 0; j < k; ++j) {
+        S += p[ex[j]];
+        dot += static_cast<Acc>(dw[j]) * w[j];
+      }
+      for (int j = 0; j < k; ++j) d[ex[j]] += (dw[j] - dot) / S;
+    }
+    Acc s = 0;
+    for (int e = 0; e < E; ++e) s += d[e] * p[e];
+    const Acc dz = loss_scale * z_coef * 2.0 / T_all;  // d(lse²)/dlogit_e = 2·lse·p_e
+    for (int e = 0; e < E; ++e)
+      dlogits[static_cast<int64_t>(n) * E + e] =
+          static_cast<A>(p[e] * (d[e] - s) + dz * static_cast<Acc>(lse[n]) * p[e]);
+  }
+}
+
+double moe_router_aux_z(const int32_t* counts, const double* prob_sum, double lse_sq_sum,
+                        int64_t tokens_all, int E, int k, double aux_coef, double z_coef) {
+  if (tokens_all <= 0) return 0.0;
+  const double T_all = static_cast<double>(tokens_all);
+  double aux = 0;
+  for (int e = 0; e < E; ++e) aux += counts[e] / (T_all * k) * prob_sum[e] / T_all;
+  return aux_coef * E * aux + z_coef * lse_sq_sum / T_all;
+}
+
+template <typename T>
+void moe_permute(T* xp, int32_t* offsets, int32_t* row_of, const T* x, const int32_t* expert,
+                 const int32_t* counts, int N, int k, int E, int C) {
+  offsets[0] = 0;
+  for (int e = 0; e < E; ++e) offsets[e + 1] = offsets[e] + counts[e];
+  std::vector<int32_t> cursor(offsets, offsets + E);
+  const int64_t A = static_cast<int64_t>(N) * k;
+  for (int64_t a = 0; a < A; ++a) row_of[a] = cursor[expert[a]]++;
+  for (int64_t a = 0; a < A; ++a)
+    for (int c = 0; c < C; ++c) xp[static_cast<int64_t>(row_of[a]) * C + c] = x[(a / k) * C + c];
+}
+
+template <typename T>
+void moe_permute_backward(T* dx, const T* dxp, const int32_t* row_of, int N, int k, int C) {
+  for (int n = 0; n < N; ++n)
+    for (int c = 0; c < C; ++c) {
+      Acc acc = dx[static_cast<int64_t>(n) * C + c];
+      for (int j = 0; j < k; ++j)
+        acc += dxp[static_cast<int64_t>(row_of[static_cast<int64_t>(n) * k + j]) * C + c];
+      dx[static_cast<int64_t>(n) * C + c] = static_cast<T>(acc);
+    }
+}
+
+template <typename T>
+void moe_unpermute(T* y, const T* yp, const acc_t<T>* weight, const int32_t* row_of, int N, int k,
+                   int C) {
+  for (int n = 0; n < N; ++n)
+    for (int c = 0; c < C; ++c) {
+      Acc acc = 0;
+      for (int j = 0; j < k; ++j) {
+        const int64_t a = static_cast<int64_t>(n) * k + j;
+        acc += static_cast<Acc>(weight[a]) * yp[static_cast<int64_t>(row_of[a]) * C + c];
+      }
+      y[static_cast<int64_t>(n) * C + c] = static_cast<T>(acc);
+    }
+}
+
+template <typename T>
+void moe_unpermute_backward(T* dyp, acc_t<T>* dweight, const T* dy, const T* yp,
+                            const acc_t<T>* weight, const int32_t* row_of, int N, int k, int C) {
+  for (int64_t a = 0; a < static_cast<int64_t>(N) * k; ++a) {
+    const int64_t n = a / k, row = row_of[a];
+    Acc dot = 0;
+    for (int c = 0; c < C; ++c) {
+      dot += static_cast<Acc>(dy[n * C + c]) * yp[row * C + c];
+      dyp[row * C + c] = static_cast<T>(static_cast<Acc>(weight[a]) * dy[n * C + c]);
+    }
+    dweight[a] = static_cast<acc_t<T>>(dot);
+  }
+}
+
+template <typename T>
+void grouped_linear_forward(T* out, const T* inp, const T* weight, const int32_t* offsets, int E,
+                            int C, int OC) {
+  for (int e = 0; e < E; ++e)
+    for (int64_t r = offsets[e]; r < offsets[e + 1]; ++r)
+      for (int o = 0; o < OC; ++o) {
+        Acc acc = 0;
+        for (int c = 0; c < C; ++c)
+          acc += static_cast<Acc>(inp[r * C + c]) * weight[(static_cast<int64_t>(e) * OC + o) * C + c];
+        out[r * OC + o] = static_cast<T>(acc);
+      }
+}
+
+template <typename T>
+void grouped_linear_backward(T* dinp, acc_t<T>* dweight, const T* dout, const T* inp,
+                             const T* weight, const int32_t* offsets, int E, int C, int OC) {
+  for (int e = 0; e < E; ++e) {
+    const int64_t slab = static_cast<int64_t>(e) * OC * C;
+    if (dinp) {
+      for (int64_t r = offsets[e]; r < offsets[e + 1]; ++r)
+        for (int c = 0; c < C; ++c) {
+          Acc acc = 0;
+          for (int o = 0; o < OC; ++o)
+            acc += static_cast<Acc>(dout[r * OC + o]) * weight[slab + static_cast<int64_t>(o) * C + c];
+          dinp[r * C + c] = static_cast<T>(dinp[r * C + c] + acc);
+        }
+    }
+    for (int o = 0; o < OC; ++o)
+      for (int c = 0; c < C; ++c) {
+        Acc acc = 0;
+        for (int64_t r = offsets[e]; r < offsets[e + 1]; ++r)
+          acc += static_cast<Acc>(dout[r * OC + o]) * inp[r * C + c];
+        acc_t<T>& dw = dweight[slab + static_cast<int64_t>(o) * C + c];
+        dw = static_cast<acc_t<T>>(dw + acc);
+      }
+  }
+}
+
+#define GROVE_INSTANTIATE_MOE(T)                                                                 \
+  template void moe_router_forward<T>(T*, T*, int32_t*, T*, int32_t*, double*, double*, const T*, \
+                                      int, int, int);                                            \
+  template void moe_router_backward<T>(T*, const T*, const T*, const T*, const int32_t*,         \
+                                       const T*, const int32_t*, int64_t, double, double, double, \
+                                       int, int, int);                                           \
+  template void moe_permute<T>(T*, int32_t*, int32_t*, const T*, const int32_t*, const int32_t*, \
+                               int, int, int, int);                                              \
+  template void moe_permute_backward<T>(T*, const T*, const int32_t*, int, int, int);            \
+  template void moe_unpermute<T>(T*, const T*, const acc_t<T>*, const int32_t*, int, int, int);  \
+  template void moe_unpermute_backward<T>(T*, acc_t<T>*, const T*, const T*, const acc_t<T>*,    \
+                                          const int32_t*, int, int, int);                        \
+  template void grouped_linear_forward<T>(T*, const T*, const T*, const int32_t*, int, int, int); \
+  template void grouped_linear_backward<T>(T*, acc_t<T>*, const T*, const T*, const T*,          \
+                                           const int32_t*, int, int, int);
+GROVE_INSTANTIATE_MOE(float)
+GROVE_INSTANTIATE_MOE(double)
+#undef GROVE_INSTANTIATE_MOE
+
+}  // namespace grove::ref
