@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU check: on a machine with a GPU, run every GPU test and the GPU benchmarks, once, and print
-# their output (DESIGN.md §12: device time is short, so nothing heavy is built there).
+# their output (device time is short, so nothing heavy is built there; docs/gpu.md).
 #
 #   bench/gpu_pack.sh                      (here: build and collect the binaries in .gpu-carry)
 #   bash bench/gpu_check.sh [.gpu-carry]   (there, from the repository root)

@@ -1,4 +1,4 @@
-// grove-coordinator: plans and tracks training jobs (DESIGN.md §10, docs/coordinator.md).
+// grove-coordinator: plans and tracks training jobs (docs/coordinator.md).
 //   grove-coordinator --db runs/coordinator/grove.db --token-file runs/coordinator/token
 #include <CLI/CLI.hpp>
 #include <csignal>

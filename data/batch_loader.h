@@ -9,7 +9,7 @@
 // Global batch p of an epoch takes permuted windows [(p*D + r)*B, (p*D + r + 1)*B) on rank r;
 // the windows left over at the end of an epoch (fewer than B*D) are skipped. The permutation
 // uses grove::Rng and its own Fisher-Yates, so batches are bit-identical on every machine.
-// Layout (DESIGN.md section 3, sequence first): inputs and targets are [S, B] row-major,
+// Layout (docs/model.md#layout, sequence first): inputs and targets are [S, B] row-major,
 // element (s, b) at s*B + b; inputs(s, b) = window_b[s], targets(s, b) = window_b[s + 1].
 // State: (epoch, position = batches already taken in this epoch, seed). Restore(State()) makes
 // the following batches bit-identical to those of an uninterrupted run.

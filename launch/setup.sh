@@ -16,7 +16,7 @@ DATA_DIR=runs/data-brown-8192
 
 step() { printf '\n==> %s\n' "$*"; }
 
-# ---- 1. Debian packages (DESIGN.md §2) ---------------------------------------------------------
+# ---- 1. Debian packages (docs/architecture.md#dependencies) -------------------------------------
 PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config git
   libopenmpi-dev openmpi-bin

@@ -1,4 +1,5 @@
-// Context-parallel (CP) attention: the common interface of tree and ring attention (DESIGN.md §9).
+// Context-parallel (CP) attention: the common interface of tree and ring attention
+// (docs/attention.md).
 //
 // Legend: S global sequence, p CP size, Sl = S/p local rows, B batch, NH query heads, NKV
 // key/value heads (NH % NKV == 0), HD head dim.

@@ -1,5 +1,5 @@
 // LshCompressor: cross-polytope locality-sensitive hashing of token rows, and the centroid
-// compression built on it (DESIGN.md §8, LSH-MoE, NeurIPS'24). The LshDispatcher
+// compression built on it (docs/lsh.md; LSH-MoE, NeurIPS'24). The LshDispatcher
 // (lsh_dispatcher.h) uses it per destination expert.
 //
 // Legend: h model dim, r rotation dim (r ≤ h), L hash functions, n rows of one group (the tokens

@@ -1,4 +1,4 @@
-// LshDispatcher: the expert-parallel all-to-all with LSH-compressed rows (DESIGN.md §8), the
+// LshDispatcher: the expert-parallel all-to-all with LSH-compressed rows (docs/lsh.md), the
 // same stages as AllToAllDispatcher (moe_dispatcher.h; STYLE.md rule 6), so MoeLayer runs it
 // after set_dispatcher and the two are tested against each other on the same tokens.
 //
@@ -15,7 +15,7 @@
 //               the centroids, sorted by local expert as in the plain dispatcher
 //   experts     y_b = Expert(c_b)  (the caller, on the rows dispatch returned)
 //   combine     all_to_all_v of y back;  out_t = Σ_j w_a · (y_b(a) + (x_t − c_b(a)))
-// "Residual error compensation" as DESIGN §8 states it: the token's bucket result plus its own
+// "Residual error compensation" (docs/lsh.md#forward): the token's bucket result plus its own
 // residual x − c, inside the combine weight so that Σ_j w_a = 1 gives out = x for identity
 // experts. A bucket of one token has residual exactly 0: the result is the plain path's, bit for
 // bit (same rows, same order, same arithmetic).

@@ -1,4 +1,4 @@
-// MoeLayer: a mixture-of-experts SwiGLU layer with expert parallelism (DESIGN.md §7).
+// MoeLayer: a mixture-of-experts SwiGLU layer with expert parallelism (docs/moe.md).
 //
 // Legend: T local tokens (≤ max_tokens), h model dim, f expert hidden, E experts, k slots per
 // token, ep expert-parallel ranks, E_l = E / ep experts held here (rank r of the ep group holds

@@ -1,4 +1,4 @@
-// The MoE router (DESIGN.md §7): the "route" stage that precedes every dispatcher.
+// The MoE router (docs/moe.md#router): the "route" stage that precedes every dispatcher.
 //
 // Legend: T local tokens, h model dim, E experts, k experts per token.
 // Forward, in fp32 (sums of exponentials in double):

@@ -1,5 +1,6 @@
 // Ring attention over the context-parallel group: the baseline tree attention is measured against
-// (DESIGN.md §9). Same shapes, zigzag layout and contract as parallel/cp_attention.h.
+// (docs/attention.md#ring-attention). Same shapes, zigzag layout and contract as
+// parallel/cp_attention.h.
 //
 //   forward:  the local K/V block travels the ring: p-1 hops to rank r+1 (the next block is
 //             received while the current one is computed); each rank merges its queries'

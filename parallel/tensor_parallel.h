@@ -1,5 +1,5 @@
-// Tensor + sequence parallelism (Megatron-LM, DESIGN.md §5): the four conjugate region ops and the
-// column/row-parallel linear layers, over the TP group of a ParallelGrid.
+// Tensor + sequence parallelism (Megatron-LM; docs/tensor_parallel.md): the four conjugate
+// region ops and the column/row-parallel linear layers, over the TP group of a ParallelGrid.
 //
 // Regions of an activation [s, b, h] (rows ordered (s, b), so a sequence shard is a contiguous
 // row block; rank r of the TP group holds rows [r*N/t, (r+1)*N/t)):

@@ -1,4 +1,4 @@
-// Tree attention over the context-parallel group (Zyphra 2024; DESIGN.md §9).
+// Tree attention over the context-parallel group (Zyphra 2024; docs/attention.md#tree-attention).
 //
 // The softmax reduction over the sequence is associative, so KV-sharded attention combines with
 // two collectives instead of p-1 serial hops. Each rank computes the attention of the queries

@@ -1,5 +1,6 @@
 // bench_gpu_train: training throughput and MFU of the GPU model (model/cuda) on one device, next to
-// PyTorch training the same model in the same run (bench/cuda/torch_train_peer.py), DESIGN.md §11.
+// PyTorch training the same model in the same run (bench/cuda/torch_train_peer.py;
+// docs/testing.md#benchmarks).
 //
 // One step = zero grads, `accum` x (forward, backward), global-norm clip, AdamW, refresh of the
 // bf16 weights: everything the trainer does per optimizer step except reading data (synthetic

@@ -1,4 +1,5 @@
-// LSH-compressed expert all-to-all vs the plain one (DESIGN.md §8, §11), layer level, ep = world.
+// LSH-compressed expert all-to-all vs the plain one (docs/lsh.md; docs/testing.md#benchmarks),
+// layer level, ep = world.
 // The same MoE layer (same weights, same tokens per rank) runs with the AllToAllDispatcher and
 // with the LshDispatcher, steps interleaved so both see the same machine load; for each token
 // distribution and each num_hashes:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# LSH-compressed vs plain expert all-to-all on the MoE model trained on Brown (DESIGN.md §8, §11):
+# LSH-compressed vs plain expert all-to-all on the MoE model trained on Brown (docs/lsh.md):
 # grove-worker under mpirun with ep = ranks (one expert group per rank, dp = ranks), the same
 # config, seed and batches, once with the plain dispatcher and once per num_hashes with
 # model.moe.lsh.enabled, back to back in this one invocation. Prints JSON lines comparing each

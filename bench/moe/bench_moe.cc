@@ -1,4 +1,4 @@
-// MoE layer step-time breakdown under expert parallelism (DESIGN.md §7, §11), one config:
+// MoE layer step-time breakdown under expert parallelism (docs/moe.md), one config:
 //   router, dispatch all-to-all, experts, combine all-to-all, backward (and its all-to-all),
 //   and the all-to-all share of the layer's forward + backward time, for ep = world.
 // Peer, measured in the same run: the same layer with ep = 1 (every rank holds all experts and

@@ -1,4 +1,4 @@
-// Selective activation recomputation and sequence parallelism (DESIGN.md §6), measured:
+// Selective activation recomputation and sequence parallelism (docs/memory.md), measured:
 //   1. activation bytes per layer for none / selective / full, TP-only vs TP+SP, at t = 4 on a
 //      long-sequence config (from model/memory.h, which tests/model proves equal to the stash);
 //   2. step time (forward + backward) for none / selective / full on this machine, same run;

@@ -1,5 +1,5 @@
 // Training-step benchmark (forward + backward + clip + AdamW) on a fixed model, with its peers
-// measured in the same run (DESIGN.md §11):
+// measured in the same run (docs/testing.md#benchmarks):
 //   - PyTorch 1.13 CPU running the same model with the same thread count (torch_train_step.py);
 //   - OpenBLAS sgemm throughput, the ceiling for a GEMM-bound step.
 // Prints one JSON line per measurement.

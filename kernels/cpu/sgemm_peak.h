@@ -1,5 +1,6 @@
 // OpenBLAS sgemm throughput on this machine, measured in the calling process, so that a
-// benchmark can report its own GFLOP/s next to the peak measured in the same run (DESIGN §11).
+// benchmark can report its own GFLOP/s next to the peak measured in the same run
+// (docs/testing.md#benchmarks).
 #pragma once
 
 namespace grove::cpu {

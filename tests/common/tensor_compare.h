@@ -1,4 +1,4 @@
-// Tensor comparison for tests, with the tolerance rule of DESIGN.md §11:
+// Tensor comparison for tests, with the tolerance rule of docs/testing.md#tolerances:
 //   err = max_i |a_i - b_i| / max(max_i |b_i|, tiny)   must be <= rel_tol,
 // where b is the reference. On failure the message names the tensor, the worst index, both
 // values there, the error, the first values of each side, and any NaN/Inf mismatch.
@@ -47,7 +47,7 @@ CompareStats compare_stats(const A* a, const B* b, int64_t n) {
   return st;
 }
 
-// a: the tensor under test, b: the reference. rel_tol per DESIGN.md §11.
+// a: the tensor under test, b: the reference. rel_tol per docs/testing.md#tolerances.
 template <typename A, typename B>
 ::testing::AssertionResult compare(const std::string& name, const A* a, const B* b, int64_t n,
                                    double rel_tol) {

@@ -23,7 +23,7 @@ using testing::random_vec;
 using testing::stored;
 using testing::Vec;
 
-// Tolerances (DESIGN §11: max|a - b| / max|b| per tensor).
+// Tolerances (docs/testing.md#tolerances: max|a - b| / max|b| per tensor).
 // One rounding of an fp32 value to bf16 moves it by at most half an ulp, <= 2^-8 of its magnitude,
 // hence <= 2^-8 of max|b|.
 constexpr double kRound = 1.0 / 256;

@@ -24,7 +24,7 @@ using testing::random_vec;
 using testing::stored;
 using testing::Vec;
 
-// Tolerances (DESIGN §11: max|a - b| / max|b| per tensor).
+// Tolerances (docs/testing.md#tolerances: max|a - b| / max|b| per tensor).
 template <typename T>
 struct Tol;
 template <>

@@ -28,7 +28,7 @@ using testing::random_vec;
 using testing::stored;
 using testing::Vec;
 
-// Tolerances (DESIGN §11: max|a - b| / max|b| per tensor).
+// Tolerances (docs/testing.md#tolerances: max|a - b| / max|b| per tensor).
 // Router outputs are computed in double and rounded once to fp32 (weights: an fp32 sum of <= k
 // probabilities and one division): a few fp32 ulps, 2^-24 = 6e-8 each; 1e-6 leaves a margin.
 constexpr double kRouterFwd = 1e-6;

@@ -1,5 +1,6 @@
 // Helpers for the CUDA kernel tests: device buffers, host-side bf16 rounding, random data and the
-// DESIGN §11 tolerance check (max|a - b| / max(max|b|, tiny), with the worst index on failure).
+// tolerance check of docs/testing.md (max|a - b| / max(max|b|, tiny), with the worst index on
+// failure).
 #pragma once
 
 #include <cuda_runtime_api.h>

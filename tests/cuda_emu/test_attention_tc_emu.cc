@@ -45,8 +45,9 @@ using testing::stored;
 using testing::Vec;
 
 // Tolerances: those of tests/cuda/test_cuda_attention.cc (keep them in step), with its reasoning
-// (DESIGN §11: max|a - b| / max|b| per tensor). They hold for any fp32 summation order, so the
-// emulated tensor cores (a sequential fp32 sum) are held to the GPU's bounds.
+// (docs/testing.md#tolerances: max|a - b| / max|b| per tensor). They hold for any fp32
+// summation order, so the emulated tensor cores (a sequential fp32 sum) are held to the GPU's
+// bounds.
 // One rounding of an fp32 value to bf16 moves it by at most half an ulp, <= 2^-8 of its magnitude.
 constexpr double kRound = 1.0 / 256;
 // Forward out: its final rounding, plus the rounding of P to bf16 before P V (each p_j moves by

@@ -3,7 +3,7 @@
 // Each test builds a scalar loss L = sum(out * R) with a random R, runs the backward with
 // dout = R, and compares every input's gradient with (L(x+eps) - L(x-eps)) / (2 eps).
 //
-// Tolerance kFdTol = 1e-6 relative (DESIGN.md §11 metric): in double with eps = 1e-5 the central
+// Tolerance kFdTol = 1e-6 relative (docs/testing.md): in double with eps = 1e-5 the central
 // difference has truncation error ~eps^2 * |L'''| / 6 ~ 1e-11 and rounding error
 // ~1e-16 * |L| / eps ~ 1e-10 for |L| ~ 10; gradients here are O(0.1..1), so the expected error is
 // <= 1e-9 relative, three orders below the tolerance, while a wrong term gives >= 1e-3.

@@ -1,7 +1,7 @@
 // Fast kernels vs the scalar reference (kernels/reference/ops_reference.h), in float at realistic
 // sizes (all above detail::kMinParallelWork, so the OpenMP paths run).
 //
-// Tolerance kRefTol = 1e-5 relative (DESIGN.md §11 metric). The reference sums in double and
+// Tolerance kRefTol = 1e-5 relative (docs/testing.md#tolerances). The reference sums in double and
 // rounds once; the fast kernels sum in float in a different order (BLAS blocking, SIMD lanes)
 // and use a polynomial exp (< 1 ulp). A float sum of K terms has a typical relative error of
 // ~sqrt(K) * 6e-8, i.e. ~1e-6 for the K <= 512 used here: 1e-5 leaves ~10x headroom while any

@@ -2,7 +2,7 @@
 // outputs and every input gradient (float64 autograd) to a versioned binary file; each op is run
 // here in double and in float and compared tensor by tensor.
 //
-// Tolerances (DESIGN.md §11 metric):
+// Tolerances (docs/testing.md#tolerances):
 //  - double: 1e-10. Same math in float64 on both sides, only the summation order differs
 //    (~1e-15 relative; rmsnorm ~1e-13 because eps reaches the kernel as a float); any formula
 //    difference (mask, scale, convention) is >= 1e-4.

@@ -1,4 +1,4 @@
-// Tensor + sequence + data parallelism against the single-rank model (DESIGN.md §5).
+// Tensor + sequence + data parallelism against the single-rank model (docs/tensor_parallel.md).
 //
 // Every rank builds the tp=1, dp=1 reference model on the global batch and the sharded model of
 // its layout from the same seed (full weights initialised once, then sliced). Loss and every

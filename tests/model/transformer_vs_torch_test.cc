@@ -1,5 +1,5 @@
 // The whole model against a PyTorch re-implementation (tests/oracle/transformer_reference.py):
-// same weights and batch, loss and EVERY parameter gradient within 1e-4 relative (DESIGN.md §11),
+// same weights and batch, loss and EVERY parameter gradient within 1e-4 relative (docs/testing.md),
 // for each recompute mode, with grouped-query attention, and with a mixture-of-experts block (also
 // its aux + z loss, which a full-recompute backward must not count twice).
 //

@@ -3,8 +3,9 @@
 // Every rank builds the same full q, k, v, dout [S, B, H, D] from a fixed seed, computes the
 // single-device reference with the attention kernel, takes its zigzag shard and checks the
 // context-parallel result (out, lse, dq, dk, dv) on its shard. Tolerance 1e-5 relative
-// (DESIGN.md §11): the CP result is the same fp32 arithmetic merged in another order (partials
-// combined by lse), so the difference is a few ulps of the largest value, far below 1e-5.
+// (docs/testing.md#tolerances): the CP result is the same fp32 arithmetic merged in another
+// order (partials combined by lse), so the difference is a few ulps of the largest value, far
+// below 1e-5.
 #include "parallel/cp_attention.h"
 
 #include <gtest/gtest.h>

@@ -1,6 +1,6 @@
 // The MoE layer against a PyTorch re-implementation (moe_reference.py): forward output, aux and z
 // losses, the routing, and the gradients of the input, the router and every expert weight, within
-// 1e-4 relative (DESIGN.md §11), dropless and with capacity dropping, and with only the aux/z
+// 1e-4 relative (docs/testing.md), dropless and with capacity dropping, and with only the aux/z
 // losses driving the router (k = 1, dout = 0).
 //
 // Why 1e-4: the reference runs in float64 on the same fp32 inputs and weights, so the difference is
