@@ -1,4 +1,4 @@
-// Mixture of experts for one process (DESIGN §7), forward next to backward: route, permute,
+// Mixture of experts for one process (docs/moe.md), forward next to backward: route, permute,
 // unpermute (combine) and the grouped expert GEMMs. Contracts and legend in ops.h; the semantics
 // are those of parallel/moe_router.cc and the single-rank AllToAllDispatcher.
 //   route    : p = softmax(logits) (exp and sums in double), lse, top-k by logit, weights
