@@ -1,5 +1,5 @@
 // LshDispatcher: the expert-parallel all-to-all with LSH-compressed rows (docs/lsh.md), the
-// same stages as AllToAllDispatcher (moe_dispatcher.h; STYLE.md rule 6), so MoeLayer runs it
+// same stages as AllToAllDispatcher (moe_dispatcher.h), so MoeLayer runs it
 // after set_dispatcher and the two are tested against each other on the same tokens.
 //
 // Legend: T local tokens, h model dim, k slots, E experts, ep ranks, E_l = E / ep local experts,

@@ -1,5 +1,5 @@
 // Expert-parallel dispatch (docs/moe.md#expert-parallel-dispatch), as one staged interface
-// (STYLE.md rule 6) so that the plain all-to-all dispatcher here and a compressed one can be
+// so that the plain all-to-all dispatcher here and a compressed one can be
 // swapped and tested on the same tokens. The stages of one MoE layer, forward then backward:
 //
 //   route       Router::forward                   (moe_router.h; not a dispatcher stage)

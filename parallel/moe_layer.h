@@ -8,7 +8,7 @@
 //   aux_loss(), z_loss(): Switch load-balancing and router z-loss, times their coefficients,
 //   computed over every token of the stats group (identical on all its ranks).
 //
-// Stages (STYLE.md rule 6): route (Router) → preprocess → dispatch → experts → combine (a
+// Stages: route (Router) → preprocess → dispatch → experts → combine (a
 // Dispatcher, swappable via set_dispatcher) and backward in reverse; see moe_dispatcher.h.
 //
 // Collectives: forward issues all_reduce(stats group) then the dispatcher's exchanges (ep group);

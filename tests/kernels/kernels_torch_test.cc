@@ -1,4 +1,4 @@
-// CPU kernels vs PyTorch (STYLE.md rule 8): torch_oracle.py writes inputs, output gradients R,
+// CPU kernels vs PyTorch: torch_oracle.py writes inputs, output gradients R,
 // outputs and every input gradient (float64 autograd) to a versioned binary file; each op is run
 // here in double and in float and compared tensor by tensor.
 //

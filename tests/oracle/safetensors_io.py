@@ -1,5 +1,5 @@
 """Minimal safetensors reader/writer in plain Python + torch (no extra package), used by the
-oracle scripts that produce reference tensors for the C++ tests (STYLE.md rule 8)."""
+oracle scripts that produce reference tensors for the C++ tests."""
 import json
 import struct
 
