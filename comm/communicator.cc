@@ -419,4 +419,18 @@ std::unique_ptr<Communicator> Communicator::split(int color, int key, std::strin
   return out;
 }
 
+void all_reduce_host_f64(Communicator* group, double* values, int64_t n) {
+  if (group == nullptr || group->size() == 1 || n == 0) return;
+  if (group->device() == Device::kCPU) {
+    group->all_reduce(values, n, DType::kF64, ReduceOp::kSum);
+    return;
+  }
+  Tensor host = Tensor::empty({n}, DType::kF64);
+  std::memcpy(host.raw(), values, sizeof(double) * n);
+  Tensor dev = host.to(group->device());
+  group->all_reduce(dev.raw(), n, DType::kF64, ReduceOp::kSum);
+  host.copy_from(dev);
+  std::memcpy(values, host.raw(), sizeof(double) * n);
+}
+
 }  // namespace grove::comm

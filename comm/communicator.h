@@ -207,4 +207,9 @@ class Communicator {
   std::shared_ptr<Watchdog> watchdog_;
 };
 
+// Sums n host doubles over `group` (no-op when null or of size 1), staging them through the
+// group's device memory when its collectives run there (NCCL): e.g. loss sums and router
+// statistics of a model whose buffers live on a GPU.
+void all_reduce_host_f64(Communicator* group, double* values, int64_t n);
+
 }  // namespace grove::comm

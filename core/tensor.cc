@@ -122,12 +122,13 @@ Tensor Tensor::zeros(Shape shape, DType dtype, Device device) {
 }
 
 void Tensor::zero() {
-  if (!storage_ || storage_->bytes == 0) return;
+  if (!storage_ || bytes() == 0) return;
   if (device_ == Device::kCPU) {
-    std::memset(storage_->ptr, 0, storage_->bytes);
+    std::memset(raw(), 0, bytes());
   } else {
 #ifdef GROVE_HAVE_CUDA
-    cudaMemset(storage_->ptr, 0, storage_->bytes);
+    cudaError_t err = cudaMemset(raw(), 0, bytes());
+    GROVE_CHECK(err == cudaSuccess) << "cudaMemset: " << cudaGetErrorString(err);
 #endif
   }
 }
@@ -138,19 +139,40 @@ Tensor Tensor::clone() const {
 
 Tensor Tensor::to(Device device) const {
   Tensor out = empty(shape_, dtype_, device);
-  if (bytes() == 0) return out;
-  if (device_ == Device::kCPU && device == Device::kCPU) {
-    std::memcpy(out.raw(), raw(), bytes());
-    return out;
+  out.copy_from(*this);
+  return out;
+}
+
+void Tensor::copy_from(const Tensor& src) {
+  GROVE_CHECK(src.dtype_ == dtype_ && src.numel() == numel())
+      << "copy_from: " << dtype_name(src.dtype_) << " " << shape_str(src.shape_) << " into "
+      << dtype_name(dtype_) << " " << shape_str(shape_);
+  if (bytes() == 0) return;
+  if (src.device_ == Device::kCPU && device_ == Device::kCPU) {
+    std::memcpy(raw(), src.raw(), bytes());
+    return;
   }
 #ifdef GROVE_HAVE_CUDA
-  cudaMemcpyKind kind = device_ == Device::kCPU  ? cudaMemcpyHostToDevice
-                        : device == Device::kCPU ? cudaMemcpyDeviceToHost
-                                                 : cudaMemcpyDeviceToDevice;
-  cudaError_t err = cudaMemcpy(out.raw(), raw(), bytes(), kind);
+  cudaMemcpyKind kind = src.device_ == Device::kCPU ? cudaMemcpyHostToDevice
+                        : device_ == Device::kCPU   ? cudaMemcpyDeviceToHost
+                                                    : cudaMemcpyDeviceToDevice;
+  cudaError_t err = cudaMemcpy(raw(), src.raw(), bytes(), kind);
   GROVE_CHECK(err == cudaSuccess) << "cudaMemcpy: " << cudaGetErrorString(err);
+#else
+  GROVE_CHECK(false) << "this build has no CUDA support (configure with GROVE_CUDA=ON)";
 #endif
-  return out;
+}
+
+Tensor Tensor::view(int64_t offset, Shape shape) const {
+  GROVE_CHECK(storage_ != nullptr) << "view of an undefined tensor";
+  const size_t es = dtype_size(dtype_);
+  const int64_t n = shape_numel(shape);
+  GROVE_CHECK(offset >= 0 && n >= 0 && offset + n <= numel())
+      << "view of " << n << " elements at " << offset << " outside " << shape_str(shape_);
+  Tensor t = *this;
+  t.shape_ = std::move(shape);
+  t.offset_ = offset_ + size_t(offset) * es;
+  return t;
 }
 
 Tensor Tensor::reshape(Shape shape) const {

@@ -72,8 +72,10 @@ class Tensor {
   Device device() const { return device_; }
   bool defined() const { return storage_ != nullptr; }
 
-  void* raw() { return storage_ ? storage_->ptr : nullptr; }
-  const void* raw() const { return storage_ ? storage_->ptr : nullptr; }
+  void* raw() { return storage_ ? static_cast<char*>(storage_->ptr) + offset_ : nullptr; }
+  const void* raw() const {
+    return storage_ ? static_cast<const char*>(storage_->ptr) + offset_ : nullptr;
+  }
   template <typename T>
   T* data() {
     check_type(dtype_of<T>());
@@ -92,6 +94,11 @@ class Tensor {
   Tensor to(Device device) const;
   // Same storage, new shape with the same numel.
   Tensor reshape(Shape shape) const;
+  // A view of `shape` starting `offset` elements into this tensor's storage (same dtype, same
+  // device); it keeps the storage alive. The view must lie inside this tensor.
+  Tensor view(int64_t offset, Shape shape) const;
+  // Copies src's bytes into this tensor (same dtype and numel; any two devices).
+  void copy_from(const Tensor& src);
 
  private:
   struct Storage {
@@ -106,6 +113,7 @@ class Tensor {
   DType dtype_ = DType::kF32;
   Device device_ = Device::kCPU;
   std::shared_ptr<Storage> storage_;
+  size_t offset_ = 0;  // bytes into storage_ (views)
 };
 
 }  // namespace grove

@@ -5,27 +5,27 @@
 namespace grove {
 
 BlockActivations BlockActivations::Allocate(const ModelConfig& c, const MemoryLayout& m,
-                                            bool with_probs, bool moe) {
+                                            bool with_probs, bool moe, Device device, DType act) {
   const int b = m.batch, s = m.seq, t = m.tp, heads = c.n_heads / t;
   const int64_t N = int64_t(s) * b, R = m.sp ? N / t : N, h = c.d_model,
                 qd = int64_t(heads) * c.head_dim(), kvd = int64_t(c.kv_heads() / t) * c.head_dim(),
                 f = c.ffn() / t;
   BlockActivations a;
-  a.rstd1 = Tensor::empty({R});
-  a.ln1 = Tensor::empty({R, h});
-  a.q = Tensor::empty({N, qd});
-  a.k = Tensor::empty({N, kvd});
-  a.v = Tensor::empty({N, kvd});
-  if (with_probs) a.probs = Tensor::empty({b, heads, s, s});
-  a.lse = Tensor::empty({b, heads, s});
-  a.att = Tensor::empty({N, qd});
-  a.resid2 = Tensor::empty({R, h});
-  a.rstd2 = Tensor::empty({R});
-  a.ln2 = Tensor::empty({R, h});
+  a.rstd1 = Tensor::empty({R}, DType::kF32, device);
+  a.ln1 = Tensor::empty({R, h}, act, device);
+  a.q = Tensor::empty({N, qd}, act, device);
+  a.k = Tensor::empty({N, kvd}, act, device);
+  a.v = Tensor::empty({N, kvd}, act, device);
+  if (with_probs) a.probs = Tensor::empty({b, heads, s, s}, act, device);
+  a.lse = Tensor::empty({b, heads, s}, DType::kF32, device);
+  a.att = Tensor::empty({N, qd}, act, device);
+  a.resid2 = Tensor::empty({R, h}, act, device);
+  a.rstd2 = Tensor::empty({R}, DType::kF32, device);
+  a.ln2 = Tensor::empty({R, h}, act, device);
   if (!moe) {
-    a.gate = Tensor::empty({N, f});
-    a.up = Tensor::empty({N, f});
-    a.act = Tensor::empty({N, f});
+    a.gate = Tensor::empty({N, f}, act, device);
+    a.up = Tensor::empty({N, f}, act, device);
+    a.act = Tensor::empty({N, f}, act, device);
   }
   return a;
 }
@@ -38,21 +38,24 @@ size_t BlockActivations::bytes() const {
   return n;
 }
 
-ActivationStash ActivationStash::Allocate(const ModelConfig& c, const MemoryLayout& m) {
+ActivationStash ActivationStash::Allocate(const ModelConfig& c, const MemoryLayout& m,
+                                          bool with_probs, Device device, DType act) {
   const int64_t N = int64_t(m.seq) * m.batch, R = m.sp ? N / m.tp : N, h = c.d_model;
   ActivationStash st;
-  for (int l = 0; l <= c.n_layers; ++l) st.resid.push_back(Tensor::empty({R, h}));
+  const DType f32 = DType::kF32;
+  for (int l = 0; l <= c.n_layers; ++l) st.resid.push_back(Tensor::empty({R, h}, act, device));
   if (m.recompute == Recompute::kFull) {
-    st.transient = BlockActivations::Allocate(c, m, /*with_probs=*/false);
+    st.transient = BlockActivations::Allocate(c, m, /*with_probs=*/false, false, device, act);
   } else {
     for (int l = 0; l < c.n_layers; ++l)
-      st.blocks.push_back(BlockActivations::Allocate(c, m, m.recompute == Recompute::kNone));
+      st.blocks.push_back(BlockActivations::Allocate(
+          c, m, with_probs && m.recompute == Recompute::kNone, false, device, act));
   }
-  st.rstdf = Tensor::empty({R});
-  st.lnf = Tensor::empty({R, h});
-  st.logits = Tensor::empty({N, c.vocab_size / m.tp});
-  st.ce_lse = Tensor::empty({N});
-  st.losses = Tensor::empty({N});
+  st.rstdf = Tensor::empty({R}, f32, device);
+  st.lnf = Tensor::empty({R, h}, act, device);
+  st.logits = Tensor::empty({N, c.vocab_size / m.tp}, act, device);
+  st.ce_lse = Tensor::empty({N}, f32, device);
+  st.losses = Tensor::empty({N}, f32, device);
   return st;
 }
 

@@ -13,8 +13,8 @@
 #include <vector>
 
 #include "core/tensor.h"
-#include "model/config.h"
-#include "model/memory.h"
+#include "spec/model_config.h"
+#include "spec/memory.h"
 
 namespace grove {
 
@@ -40,8 +40,11 @@ struct BlockActivations {
 
   // `moe`: the block's MLP is a mixture of experts, which keeps its own stash (gate, up, act
   // are not allocated here).
+  // Tensors live on `device`; the activations are of type `act` (fp32, or bf16 for mixed
+  // precision), while rstd and lse stay fp32.
   static BlockActivations Allocate(const ModelConfig& c, const MemoryLayout& m, bool with_probs,
-                                   bool moe = false);
+                                   bool moe = false, Device device = Device::kCPU,
+                                   DType act = DType::kF32);
   size_t bytes() const;
 };
 
@@ -55,7 +58,11 @@ struct ActivationStash {
   Tensor ce_lse;                         // [N]    cross-entropy log-sum-exp
   Tensor losses;                         // [N]    per-token loss
 
-  static ActivationStash Allocate(const ModelConfig& c, const MemoryLayout& m);
+  // with_probs: Recompute::kNone keeps the attention probabilities (the CPU kernels' fast path;
+  // the fused GPU attention and context parallelism recompute them, so they pass false).
+  // Activations of type `act` on `device`; rstdf, ce_lse and losses stay fp32.
+  static ActivationStash Allocate(const ModelConfig& c, const MemoryLayout& m, bool with_probs,
+                                  Device device = Device::kCPU, DType act = DType::kF32);
 };
 
 // What the stash holds, in bytes.

@@ -18,41 +18,96 @@ ShardDim shard_dim(const std::string& name) {
   return ShardDim::kRows;  // wte, lm_head, wq, wk, wv, w_gate, w_up
 }
 
-Weights Weights::Zeros(const ModelConfig& c, int tp, int ep) {
+ParamLayout ParamLayout::Of(const ModelConfig& c, int tp, int ep) {
   GROVE_CHECK(tp >= 1 && c.n_heads % tp == 0 && c.kv_heads() % tp == 0 && c.ffn() % tp == 0 &&
               c.vocab_size % tp == 0)
       << "tp=" << tp << " must divide n_heads, kv heads, ffn and vocab_size";
   const int64_t h = c.d_model, qd = int64_t(c.n_heads) * c.head_dim() / tp,
                 kvd = int64_t(c.kv_heads()) * c.head_dim() / tp, f = c.ffn() / tp,
                 V = c.vocab_size / tp;
-  Weights w;
-  w.wte = Tensor::zeros({V, h});
+  ParamLayout out;
+  auto add = [&](std::string name, Shape shape) {
+    ParamEntry e{std::move(name), std::move(shape), out.size, 0, false};
+    e.numel = shape_numel(e.shape);
+    e.decay = e.shape.size() >= 2;
+    out.size += (e.numel + 7) / 8 * 8;
+    out.entries.push_back(std::move(e));
+  };
+  add("wte", {V, h});
   for (int l = 0; l < c.n_layers; ++l) {
-    LayerWeights lw;
-    lw.attn_norm = Tensor::zeros({h});
-    lw.wq = Tensor::zeros({qd, h});
-    lw.wk = Tensor::zeros({kvd, h});
-    lw.wv = Tensor::zeros({kvd, h});
-    lw.wo = Tensor::zeros({h, qd});
-    lw.mlp_norm = Tensor::zeros({h});
+    const std::string p = "layers." + std::to_string(l) + ".";
+    add(p + "attn_norm", {h});
+    add(p + "wq", {qd, h});
+    add(p + "wk", {kvd, h});
+    add(p + "wv", {kvd, h});
+    add(p + "wo", {h, qd});
+    add(p + "mlp_norm", {h});
     if (c.is_moe_layer(l)) {
-      GROVE_CHECK(c.moe.num_experts % ep == 0)
+      GROVE_CHECK(ep >= 1 && c.moe.num_experts % ep == 0)
           << "ep=" << ep << " must divide model.moe.num_experts=" << c.moe.num_experts;
-      const int64_t El = c.moe.num_experts / ep, fe = c.expert_ffn();
-      lw.router = Tensor::zeros({c.moe.num_experts, h});
-      lw.e_gate = Tensor::zeros({El, fe, h});
-      lw.e_up = Tensor::zeros({El, fe, h});
-      lw.e_down = Tensor::zeros({El, h, fe});
+      const int64_t E = c.moe.num_experts, El = E / ep, fe = c.expert_ffn();
+      add(p + "router", {E, h});
+      add(p + "experts.w_gate", {El, fe, h});
+      add(p + "experts.w_up", {El, fe, h});
+      add(p + "experts.w_down", {El, h, fe});
     } else {
-      lw.w_gate = Tensor::zeros({f, h});
-      lw.w_up = Tensor::zeros({f, h});
-      lw.w_down = Tensor::zeros({h, f});
+      add(p + "w_gate", {f, h});
+      add(p + "w_up", {f, h});
+      add(p + "w_down", {h, f});
+    }
+  }
+  add("final_norm", {h});
+  add("lm_head", {V, h});
+  return out;
+}
+
+const ParamEntry& ParamLayout::at(const std::string& name) const {
+  for (const ParamEntry& e : entries)
+    if (e.name == name) return e;
+  GROVE_CHECK(false) << "no parameter named '" << name << "'";
+  return entries.front();
+}
+
+Weights Weights::View(const Tensor& flat, const ParamLayout& layout) {
+  GROVE_CHECK(flat.numel() >= layout.size)
+      << "flat buffer of " << flat.numel() << " elements for a layout of " << layout.size;
+  Weights w;
+  size_t i = 0;
+  auto next = [&](const std::string& suffix) {
+    GROVE_CHECK(i < layout.entries.size() && layout.entries[i].name.ends_with(suffix))
+        << "parameter layout out of order at '" << suffix << "'";
+    const ParamEntry& e = layout.entries[i++];
+    return flat.view(e.offset, e.shape);
+  };
+  w.wte = next("wte");
+  while (i < layout.entries.size() && layout.entries[i].name.starts_with("layers.")) {
+    LayerWeights lw;
+    lw.attn_norm = next("attn_norm");
+    lw.wq = next("wq");
+    lw.wk = next("wk");
+    lw.wv = next("wv");
+    lw.wo = next("wo");
+    lw.mlp_norm = next("mlp_norm");
+    if (layout.entries[i].name.ends_with("router")) {
+      lw.router = next("router");
+      lw.e_gate = next("experts.w_gate");
+      lw.e_up = next("experts.w_up");
+      lw.e_down = next("experts.w_down");
+    } else {
+      lw.w_gate = next("w_gate");
+      lw.w_up = next("w_up");
+      lw.w_down = next("w_down");
     }
     w.layers.push_back(std::move(lw));
   }
-  w.final_norm = Tensor::zeros({h});
-  w.lm_head = Tensor::zeros({V, h});
+  w.final_norm = next("final_norm");
+  w.lm_head = next("lm_head");
   return w;
+}
+
+Weights Weights::Zeros(const ModelConfig& c, int tp, int ep) {
+  const ParamLayout layout = ParamLayout::Of(c, tp, ep);
+  return View(Tensor::zeros({layout.size}), layout);
 }
 
 Weights Weights::Init(const ModelConfig& c, int tp, int tp_rank, int ep, int ep_rank) {
@@ -185,8 +240,7 @@ Status Weights::CopyFrom(const std::map<std::string, Tensor>& src, const std::st
                            ", the model expects " + shape_str(nt.tensor.shape()) + " " +
                            dtype_name(nt.tensor.dtype()) + " (does the model config match?)");
   }
-  for (NamedTensor& nt : dst)
-    std::memcpy(nt.tensor.raw(), src.at(prefix + nt.name).raw(), nt.tensor.bytes());
+  for (NamedTensor& nt : dst) nt.tensor.copy_from(src.at(prefix + nt.name));
   return Status::Ok();
 }
 

@@ -10,12 +10,13 @@
 // optimizer, the checkpoint and the PyTorch oracle test all go through it.
 #pragma once
 
+#include <map>
 #include <string>
 #include <vector>
 
 #include "core/safetensors.h"
 #include "core/tensor.h"
-#include "model/config.h"
+#include "spec/model_config.h"
 
 namespace grove {
 
@@ -40,14 +41,37 @@ struct LayerWeights {
 enum class ShardDim { kReplicated, kRows, kCols, kExperts };
 ShardDim shard_dim(const std::string& name);
 
+// Where each parameter lives in ONE flat buffer: the tensors of Weights::named(), in that order,
+// each starting at a multiple of 8 elements (16-byte aligned in fp32 and in a bf16 copy, for
+// vector loads). Shapes are this rank's shards (tp, ep), known before anything is allocated.
+struct ParamEntry {
+  std::string name;  // as in Weights::named(): "wte", "layers.3.wq", "layers.1.experts.w_up"
+  Shape shape;
+  int64_t offset = 0;  // in elements
+  int64_t numel = 0;
+  bool decay = false;  // matrices take weight decay; norm weights do not
+};
+struct ParamLayout {
+  std::vector<ParamEntry> entries;
+  int64_t size = 0;  // elements of the flat buffer (with the alignment padding)
+
+  static ParamLayout Of(const ModelConfig& c, int tp = 1, int ep = 1);
+  // The entry of `name` (GROVE_CHECK-fails naming it when absent).
+  const ParamEntry& at(const std::string& name) const;
+};
+
 struct Weights {
   Tensor wte;                        // [V, h] token embedding
   std::vector<LayerWeights> layers;  // L blocks
   Tensor final_norm;                 // [h]
   Tensor lm_head;                    // [V, h]
 
-  // Zero-filled tensors of the right (per-rank, for tp, ep > 1) shapes.
+  // Zero-filled tensors of the right (per-rank, for tp, ep > 1) shapes, as views of one
+  // host buffer laid out as ParamLayout::Of(c, tp, ep).
   static Weights Zeros(const ModelConfig& c, int tp = 1, int ep = 1);
+  // Tensors that are views of `flat` (any device and dtype, at least layout.size elements) at
+  // the layout's offsets: writing a tensor writes the flat buffer and back.
+  static Weights View(const Tensor& flat, const ParamLayout& layout);
   // Deterministic initialisation from c.seed: N(0, init_std) for matrices, with the residual
   // output projections (wo, w_down) scaled by 1/sqrt(2L) as in GPT-2; norm weights = 1.
   // For tp > 1 the full weights are generated and this rank's shard is kept, so every layout
@@ -64,7 +88,8 @@ struct Weights {
   void zero();
   // Deep copy.
   Weights clone() const;
-  // Copies tensors by name from `src` (shapes must match exactly). Errors name the tensor.
+  // Copies tensors by name from `src` (shapes must match exactly; any devices). Errors name the
+  // tensor.
   Status CopyFrom(const std::map<std::string, Tensor>& src, const std::string& origin,
                   const std::string& prefix = "");
 };

@@ -27,29 +27,7 @@ int group_size(const comm::Communicator* c) {
 
 }  // namespace
 
-Status MoeConfig::Validate(int ep) const {
-  std::ostringstream os;
-  if (num_experts < 1) {
-    os << "moe.num_experts=" << num_experts << " must be >= 1";
-  } else if (top_k < 1 || top_k > num_experts) {
-    os << "moe.top_k=" << top_k << " must be in [1, moe.num_experts=" << num_experts << "]";
-  } else if (ep < 1 || num_experts % ep != 0) {
-    os << "moe.num_experts=" << num_experts << " is not divisible by parallel.ep=" << ep;
-  } else if (expert_ffn < 0) {
-    os << "moe.expert_ffn=" << expert_ffn << " must be >= 0 (0: the model's ffn)";
-  } else if (!(aux_loss_coef >= 0)) {
-    os << "moe.aux_loss_coef=" << aux_loss_coef << " must be >= 0";
-  } else if (!(z_loss_coef >= 0)) {
-    os << "moe.z_loss_coef=" << z_loss_coef << " must be >= 0";
-  } else if (!(capacity_factor >= 0)) {
-    os << "moe.capacity_factor=" << capacity_factor << " must be >= 0 (0: dropless)";
-  } else {
-    return Status::Ok();
-  }
-  return Status::Error(os.str());
-}
-
-MoeLayer::MoeLayer(const MoeConfig& cfg, int h, int f, int max_tokens, comm::Communicator* ep_group,
+MoeLayer::MoeLayer(const MoeOptions& cfg, int h, int f, int max_tokens, comm::Communicator* ep_group,
                    comm::Communicator* stats_group)
     : cfg_(cfg),
       h_(h),
@@ -182,11 +160,28 @@ std::vector<NamedTensor> MoeLayer::grads() const {
           {"experts.w_down", dw_down_}};
 }
 
+void MoeLayer::bind(const std::vector<NamedTensor>& params,
+                    const std::vector<NamedTensor>& grads) {
+  Tensor* mine[] = {&router_w_, &w_gate_, &w_up_, &w_down_};
+  Tensor* mine_g[] = {&d_router_w_, &dw_gate_, &dw_up_, &dw_down_};
+  const std::vector<NamedTensor> names = this->params();
+  GROVE_CHECK(params.size() == 4 && grads.size() == 4) << "MoeLayer::bind: 4 tensors each";
+  for (int i = 0; i < 4; ++i) {
+    GROVE_CHECK(params[i].name == names[i].name && grads[i].name == names[i].name &&
+                params[i].tensor.shape() == mine[i]->shape() &&
+                grads[i].tensor.shape() == mine[i]->shape())
+        << "MoeLayer::bind: '" << params[i].name << "' " << shape_str(params[i].tensor.shape())
+        << ", want '" << names[i].name << "' " << shape_str(mine[i]->shape());
+    *mine[i] = params[i].tensor;
+    *mine_g[i] = grads[i].tensor;
+  }
+}
+
 void MoeLayer::zero_grads() {
   for (NamedTensor& g : grads()) g.tensor.zero();
 }
 
-std::vector<NamedTensor> MoeLayer::init_full(const MoeConfig& cfg, int h, int f, uint64_t seed,
+std::vector<NamedTensor> MoeLayer::init_full(const MoeOptions& cfg, int h, int f, uint64_t seed,
                                              double std, double out_std) {
   const int64_t E = cfg.num_experts;
   std::vector<NamedTensor> full = {{"router", Tensor::empty({E, h})},

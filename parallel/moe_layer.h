@@ -48,7 +48,7 @@
 #include "comm/communicator.h"
 #include "core/safetensors.h"
 #include "core/tensor.h"
-#include "parallel/moe_config.h"
+#include "spec/moe_options.h"
 #include "parallel/moe_dispatcher.h"
 #include "parallel/moe_experts.h"
 #include "parallel/moe_router.h"
@@ -79,7 +79,7 @@ class MoeLayer {
   // cfg must be valid for the ep group's size (cfg.Validate). f: the experts' hidden size (the
   // caller resolves cfg.expert_hidden(model_ffn)). Parameters start at zero: call init() or
   // load_full(), or write params() directly.
-  MoeLayer(const MoeConfig& cfg, int h, int f, int max_tokens, comm::Communicator* ep_group,
+  MoeLayer(const MoeOptions& cfg, int h, int f, int max_tokens, comm::Communicator* ep_group,
            comm::Communicator* stats_group);
 
   // out[T,h] (written) for in[T,h]. Returns aux_loss() + z_loss().
@@ -98,11 +98,15 @@ class MoeLayer {
   std::vector<NamedTensor> params() const;
   std::vector<NamedTensor> grads() const;
   void zero_grads();
+  // Replaces the layer's parameter and gradient tensors by views owned elsewhere (e.g. the
+  // model's flat buffers), same names and shapes as params() / grads(); the layer then reads and
+  // accumulates into them.
+  void bind(const std::vector<NamedTensor>& params, const std::vector<NamedTensor>& grads);
 
   // The full parameters of all E experts from `seed` (same names, expert tensors with E rows):
   // normal(0, std), w_down normal(0, out_std); one Rng stream per tensor, so every ep layout
   // draws the same numbers.
-  static std::vector<NamedTensor> init_full(const MoeConfig& cfg, int h, int f, uint64_t seed,
+  static std::vector<NamedTensor> init_full(const MoeOptions& cfg, int h, int f, uint64_t seed,
                                             double std, double out_std);
   // init_full(...) and keep this rank's experts: EP = N equals EP = 1 from the same seed.
   void init(uint64_t seed, double std, double out_std);
@@ -113,13 +117,13 @@ class MoeLayer {
 
   void set_dispatcher(std::unique_ptr<Dispatcher> d) { dispatcher_ = std::move(d); }
   Dispatcher& dispatcher() { return *dispatcher_; }
-  const MoeConfig& config() const { return cfg_; }
+  const MoeOptions& config() const { return cfg_; }
   int ep_size() const { return ep_size_; }
   int ep_rank() const { return ep_rank_; }
   int local_experts() const { return E_l_; }
 
  private:
-  MoeConfig cfg_;
+  MoeOptions cfg_;
   int h_, f_, max_tokens_, ep_size_, ep_rank_, E_l_;
   comm::Communicator* stats_;
   Router router_;

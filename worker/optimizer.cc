@@ -32,6 +32,29 @@ float clip_gradients(Weights& grads, double norm, float max_norm) {
   return scale;
 }
 
+AdamW::AdamW(const ModelConfig& c, int tp, int ep, Device device)
+    : layout_(ParamLayout::Of(c, tp, ep)),
+      m_flat_(Tensor::zeros({layout_.size}, DType::kF32, device)),
+      v_flat_(Tensor::zeros({layout_.size}, DType::kF32, device)),
+      m_(Weights::View(m_flat_, layout_)),
+      v_(Weights::View(v_flat_, layout_)) {}
+
+AdamW AdamW::clone() const {
+  AdamW o = *this;
+  o.m_flat_ = m_flat_.clone();
+  o.v_flat_ = v_flat_.clone();
+  o.m_ = Weights::View(o.m_flat_, layout_);
+  o.v_ = Weights::View(o.v_flat_, layout_);
+  return o;
+}
+
+void AdamW::copy_from(const AdamW& other) {
+  GROVE_CHECK(other.layout_.size == layout_.size) << "AdamW::copy_from: another layout";
+  m_flat_.copy_from(other.m_flat_);
+  v_flat_.copy_from(other.v_flat_);
+  step_ = other.step_;
+}
+
 void AdamW::step(Weights& params, const Weights& grads, float lr, const TrainOptions& t) {
   ++step_;
   std::vector<NamedTensor> p = params.named(), g = grads.named(), m = m_.named(), v = v_.named();

@@ -6,7 +6,7 @@
 #pragma once
 
 #include "model/weights.h"
-#include "worker/train_config.h"
+#include "spec/train_config.h"
 
 namespace grove {
 
@@ -19,27 +19,31 @@ double grad_global_norm(const Weights& grads);
 // Scales gradients so their global norm is at most max_norm; returns the scale applied.
 float clip_gradients(Weights& grads, double norm, float max_norm);
 
+// The AdamW state: moments m and v as ONE flat fp32 buffer each (ParamLayout), on the model's
+// device, with named views for the checkpoints. The update itself runs on the flat buffers
+// (adamw_step in worker/training_model_impl.h); step() below is the per-tensor host form.
 class AdamW {
  public:
-  explicit AdamW(const ModelConfig& c, int tp = 1, int ep = 1)
-      : m_(Weights::Zeros(c, tp, ep)), v_(Weights::Zeros(c, tp, ep)) {}
+  explicit AdamW(const ModelConfig& c, int tp = 1, int ep = 1, Device device = Device::kCPU);
 
-  // One update with learning rate `lr`; increments the step count first (bias correction uses
-  // the 1-based step). Weight decay applies to matrices only, not to norm weights.
+  // One update with learning rate `lr` (host tensors); increments the step count first (bias
+  // correction uses the 1-based step). Weight decay applies to matrices only, not to norm weights.
   void step(Weights& params, const Weights& grads, float lr, const TrainOptions& t);
 
-  AdamW clone() const {
-    AdamW o = *this;
-    o.m_ = m_.clone();
-    o.v_ = v_.clone();
-    return o;
-  }
+  AdamW clone() const;
   int steps_taken() const { return step_; }
   void set_steps_taken(int s) { step_ = s; }
   Weights& m() { return m_; }
   Weights& v() { return v_; }
+  const ParamLayout& layout() const { return layout_; }
+  float* m_flat() { return m_flat_.data<float>(); }
+  float* v_flat() { return v_flat_.data<float>(); }
+  // Copies the moments and the step count from another AdamW of the same layout (any devices).
+  void copy_from(const AdamW& other);
 
  private:
+  ParamLayout layout_;
+  Tensor m_flat_, v_flat_;
   Weights m_, v_;
   int step_ = 0;
 };

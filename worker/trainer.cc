@@ -10,7 +10,6 @@
 #include "kernels/cpu/ops.h"
 #include "parallel/lsh_dispatcher.h"
 #include "worker/checkpoint.h"
-#include "worker/gpu_training.h"
 
 namespace grove {
 
@@ -41,8 +40,7 @@ Trainer::Trainer(const TrainConfig& config, const RunOptions& run,
       run_(run),
       grid_(grid),
       train_data_(std::move(train)),
-      val_data_(std::move(val)),
-      opt_(config.model, config.parallel.tp, config.parallel.ep) {}
+      val_data_(std::move(val)) {}
 
 Trainer::~Trainer() = default;
 
@@ -59,19 +57,9 @@ CheckpointRank Trainer::checkpoint_rank() const {
                         c.edp == 0};
 }
 
-// Global L2 norm over every rank's shards: each distinct element is counted by exactly one rank
-// (the one that would write it to a checkpoint), then one SUM over the world. Gradients are
-// already reduced over their replicas, so every rank gets the same norm.
-double Trainer::GlobalGradNorm() {
-  if (gpu_) return gpu_->grad_norm();  // data parallel only: every rank has the same gradients
-  const CheckpointRank r = checkpoint_rank();
-  double sq = 0.0;
-  for (const NamedTensor& g : model_->grads().named())
-    if (PlacementOf(g.name, g.tensor, r).owner)
-      sq += cpu::sum_squares(g.tensor.data<float>(), g.tensor.numel());
-  if (grid_ && grid_->world().size() > 1)
-    grid_->world().all_reduce(&sq, 1, DType::kF64, comm::ReduceOp::kSum);
-  return std::sqrt(sq);
+Weights& Trainer::params() {
+  model_->sync_to_host();
+  return model_->host_params();
 }
 
 StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainConfig& config_in,
@@ -104,12 +92,10 @@ StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainConfig& config_in,
   auto val = data::TokenDataset::Open(dir + "/val.bin");
   if (!val.ok()) return val.status();
 
-  // Refuse to write over an existing run unless asked to continue it.
-  const std::string ckpt_root = checkpoint_root(config);
-  const std::string latest = LatestCheckpoint(ckpt_root);
-  if (!run.resume && run.resume_from.empty() && !latest.empty())
-    return Status::Error("out_dir '" + config.out_dir + "' already holds checkpoints (latest " +
-                         latest + "); pass --resume to continue it or choose another out_dir");
+  // Refuse to write over an existing run unless asked to continue it, and to start over when the
+  // checkpoint to continue from is missing or damaged (worker/checkpoint.h).
+  auto start = ResolveStart(config.out_dir, run.resume, run.resume_from);
+  if (!start.ok()) return start.status();
 
   if (config.train.threads > 0) omp_set_num_threads(config.train.threads);
   std::unique_ptr<Trainer> t(
@@ -126,26 +112,18 @@ StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainConfig& config_in,
   if (!vl.ok()) return Status::Error("validation data: " + vl.status().message());
   t->train_loader_.emplace(std::move(tl).value());
   t->val_loader_.emplace(std::move(vl).value());
-  if (o.device == "cuda") {
-    auto gpu = GpuTraining::Create(config, local_batch, grid);
-    if (!gpu.ok()) return gpu.status();
-    t->gpu_ = std::move(gpu).value();
-    t->host_params_ = Weights::Zeros(config.model);
-  } else {
-    t->model_ = std::make_unique<Transformer>(
-        config.model, local_batch, o.seq_len, parse_recompute(o.recompute).value(),
-        ModelParallel{grid, p.sequence_parallel,
-                      parallel::parse_cp_attention(p.cp_attention).value()});
-  }
+  auto model = CreateTrainingModel(config, local_batch, grid, t->checkpoint_rank());
+  if (!model.ok()) return model.status();
+  t->model_ = std::move(model).value();
   t->inputs_.resize(size_t(local_batch) * o.seq_len);
   t->targets_.resize(t->inputs_.size());
 
-  std::string from = run.resume_from;
-  if (from.empty() && run.resume) from = latest;
+  const std::string from = start.value();
   if (!from.empty()) {
-    auto state = LoadCheckpoint(from, t->params(), t->opt_, t->checkpoint_rank());
+    auto state = LoadCheckpoint(from, t->model_->host_params(), t->model_->host_opt(),
+                                t->checkpoint_rank());
     if (!state.ok()) return state.status();
-    if (t->gpu_) GROVE_RETURN_IF_ERROR(t->gpu_->load(t->host_params_, t->opt_));
+    GROVE_RETURN_IF_ERROR(t->model_->sync_from_host());
     if (state.value().contains("config") &&
         state.value()["config"]["model"] != ModelConfigToJson(config.model))
       return Status::Error("checkpoint " + from +
@@ -194,85 +172,26 @@ StepMetrics Trainer::TrainStep() {
   const TrainOptions& o = config_.train;
   double loss_sum = 0.0;
   StepMetrics m;
-  if (gpu_)
-    GpuMicroBatches(&m, &loss_sum);
-  else
-    CpuMicroBatches(&m, &loss_sum);
-  ++step_;
-  m.step = step_;
-  m.loss = static_cast<float>(loss_sum / o.grad_accum);
-  m.grad_norm = GlobalGradNorm();
-  m.lr = learning_rate(o, step_);
-  if (gpu_) {
-    gpu_->step(m.grad_norm, m.lr, o);  // clips, updates, refreshes the bf16 weights
-  } else {
-    clip_gradients(model_->grads(), m.grad_norm, o.grad_clip);
-    opt_.step(model_->params(), model_->grads(), m.lr, o);
-  }
-  m.ms = std::chrono::duration<double, std::milli>(clock::now() - t0).count();
-  m.tokens_per_s = double(o.batch_size) * o.seq_len * o.grad_accum / (m.ms / 1000.0);
-  if (gpu_) {
-    m.tflops = gpu_->flops_per_micro_batch() * o.grad_accum / (m.ms / 1000.0) / 1e12;
-    const double peak = gpu_->peak_flops();
-    m.mfu = peak > 0 ? m.tflops * 1e12 / peak : 0.0;
-  }
-  return m;
-}
-
-// The GPU model's micro-batches of one step (train.device=cuda).
-void Trainer::GpuMicroBatches(StepMetrics* out, double* loss_sum) {
-  const TrainOptions& o = config_.train;
-  StepMetrics& m = *out;
-  gpu_->zero_grads();
-  for (int micro = 0; micro < o.grad_accum; ++micro) {
-    train_loader_->Next(inputs_.data(), targets_.data());
-    *loss_sum += gpu_->forward(inputs_.data(), targets_.data());
-    gpu_->backward(1.0f / static_cast<float>(o.grad_accum),
-                   /*finalize=*/micro + 1 == o.grad_accum);
-    m.moe_loss += gpu_->moe_loss() / static_cast<float>(o.grad_accum);
-    const std::vector<std::vector<int64_t>> load = gpu_->expert_load();
-    m.expert_load.resize(load.size());
-    for (size_t i = 0; i < load.size(); ++i) {
-      m.expert_load[i].resize(load[i].size());
-      for (size_t e = 0; e < load[i].size(); ++e) m.expert_load[i][e] += load[i][e];
-    }
-  }
-}
-
-// The CPU model's micro-batches of one step, with the MoE and LSH metrics they report.
-void Trainer::CpuMicroBatches(StepMetrics* out, double* loss_sum) {
-  const TrainOptions& o = config_.train;
-  StepMetrics& m = *out;
   model_->zero_grads();
   for (int micro = 0; micro < o.grad_accum; ++micro) {
     train_loader_->Next(inputs_.data(), targets_.data());
-    *loss_sum += model_->forward(inputs_.data(), targets_.data());
+    loss_sum += model_->forward(inputs_.data(), targets_.data());
     model_->backward(1.0f / static_cast<float>(o.grad_accum),
                      /*finalize=*/micro + 1 == o.grad_accum);
-    m.moe_loss += model_->moe_loss() / static_cast<float>(o.grad_accum);
-    const std::vector<parallel::MoeMetrics> moe = model_->moe_metrics();
-    m.expert_load.resize(moe.size());
-    for (size_t i = 0; i < moe.size(); ++i) {
-      m.expert_load[i].resize(moe[i].tokens_per_expert.size());
-      for (size_t e = 0; e < moe[i].tokens_per_expert.size(); ++e)
-        m.expert_load[i][e] += moe[i].tokens_per_expert[e];
-      m.dropped_tokens += moe[i].dropped;
-      m.a2a_bytes += moe[i].a2a_bytes_sent;
-      m.a2a_ms += moe[i].a2a_ms();
-    }
-    for (int l = 0; l < model_->config().n_layers; ++l) {
-      parallel::MoeLayer* layer = model_->moe_layer(l);
-      const auto* lsh =
-          layer ? dynamic_cast<const parallel::LshDispatcher*>(&layer->dispatcher()) : nullptr;
-      if (!lsh) continue;
-      const parallel::LshMetrics& q = lsh->metrics();
-      m.a2a_bytes_uncompressed += q.bytes_uncompressed;
-      m.lsh_rows += q.assignments;
-      m.lsh_centroids += q.centroids;
-      m.lsh_residual += q.residual_norm_sum;
-      m.lsh_token_norm += q.token_norm_sum;
-    }
+    model_->add_moe_metrics(&m, o.grad_accum);
   }
+  ++step_;
+  m.step = step_;
+  m.loss = static_cast<float>(loss_sum / o.grad_accum);
+  m.grad_norm = model_->grad_norm();
+  m.lr = learning_rate(o, step_);
+  model_->step(m.grad_norm, m.lr, o);  // clips, updates, refreshes the compute weights
+  m.ms = std::chrono::duration<double, std::milli>(clock::now() - t0).count();
+  m.tokens_per_s = double(o.batch_size) * o.seq_len * o.grad_accum / (m.ms / 1000.0);
+  m.tflops = model_->flops_per_micro_batch() * o.grad_accum / (m.ms / 1000.0) / 1e12;
+  const double peak = model_->peak_flops();
+  m.mfu = peak > 0 ? m.tflops * 1e12 / peak : 0.0;
+  return m;
 }
 
 float Trainer::Evaluate() {
@@ -282,8 +201,7 @@ float Trainer::Evaluate() {
       std::min<int64_t>(config_.train.eval_batches, val_loader_->batches_per_epoch()));
   for (int i = 0; i < n; ++i) {
     val_loader_->Next(inputs_.data(), targets_.data());
-    sum += gpu_ ? gpu_->forward(inputs_.data(), targets_.data())
-                : model_->forward(inputs_.data(), targets_.data());
+    sum += model_->forward(inputs_.data(), targets_.data());
   }
   return static_cast<float>(sum / std::max(n, 1));
 }
@@ -293,8 +211,9 @@ Status Trainer::SaveCheckpointNow(float loss) {
                           {"config", config_.ToJson()},
                           {"loss", loss}};
   const auto t0 = std::chrono::steady_clock::now();
-  if (gpu_) gpu_->store(&host_params_, &opt_);  // device -> the host copies the writer reads
-  auto dir = SaveCheckpoint(checkpoint_root(config_), step_, params(), opt_, state,
+  model_->sync_to_host();  // a device's state -> the host copies the writer reads
+  auto dir = SaveCheckpoint(checkpoint_root(config_), step_, model_->host_params(),
+                            model_->host_opt(), state,
                             config_.train.keep_checkpoints, checkpoint_rank());
   if (!dir.ok()) return dir.status();
   const double ms =
@@ -315,17 +234,16 @@ Status Trainer::Run() {
     std::printf("layout: %d rank(s), tp=%d cp=%d ep=%d dp=%d%s%s\n",
                 grid_ ? grid_->world().size() : 1, par.tp, par.cp, par.ep, par.dp,
                 par.tp > 1 && par.sequence_parallel ? ", sequence parallel" : "",
-                par.cp > 1 ? (std::string(", ") + par.cp_attention + " attention").c_str() : "");
+                par.cp > 1
+                    ? (std::string(", ") + cp_attention_name(par.cp_attention) + " attention").c_str()
+                    : "");
     std::printf(
         "model: %lld parameters, %d layers, d_model %d, %d heads, vocab %d; "
         "global batch %d x seq %d x accum %d; recompute %s; %d threads per rank\n",
         static_cast<long long>(config_.model.num_parameters()), config_.model.n_layers,
         config_.model.d_model, config_.model.n_heads, config_.model.vocab_size, o.batch_size,
-        o.seq_len, o.grad_accum, o.recompute.c_str(), omp_get_max_threads());
-    if (gpu_)
-      std::printf("%s\n", gpu_->describe().c_str());
-    else
-      std::printf("%s\n", model_->activation_report().to_string().c_str());
+        o.seq_len, o.grad_accum, recompute_name(o.recompute), omp_get_max_threads());
+    std::printf("%s\n", model_->describe().c_str());
     std::printf("metrics: %s/metrics.jsonl, checkpoints: %s/checkpoints\n", config_.out_dir.c_str(),
                 config_.out_dir.c_str());
   }
@@ -342,10 +260,8 @@ Status Trainer::Run() {
     nlohmann::json row = {{"step", m.step}, {"loss", static_cast<double>(m.loss)},
                           {"lr", m.lr},     {"grad_norm", m.grad_norm},
                           {"ms", m.ms},     {"tokens_per_s", m.tokens_per_s}};
-    if (gpu_) {
-      row["tflops"] = m.tflops;
-      if (m.mfu > 0) row["mfu"] = m.mfu;
-    }
+    row["tflops"] = m.tflops;
+    if (m.mfu > 0) row["mfu"] = m.mfu;
     if (!m.expert_load.empty())
       row["moe"] = {{"aux_loss", m.moe_loss},      {"expert_load", m.expert_load},
                     {"dropped", m.dropped_tokens}, {"a2a_bytes", m.a2a_bytes},

@@ -19,16 +19,15 @@
 #include "core/status.h"
 #include "data/batch_loader.h"
 #include "data/token_file.h"
-#include "model/transformer.h"
 #include "parallel/grid.h"
 #include "worker/checkpoint.h"
 #include "worker/optimizer.h"
-#include "worker/train_config.h"
+#include "worker/training_model.h"
+#include "spec/train_config.h"
 
 namespace grove {
 
 struct StepMetrics;
-class GpuTraining;
 
 // What an observer of the training loop (e.g. the coordinator link) asks after a step.
 enum class StepControl { kContinue, kCheckpoint, kStop };
@@ -52,7 +51,7 @@ struct StepMetrics {
   double grad_norm = 0;
   double ms = 0;
   double tokens_per_s = 0;
-  double tflops = 0;     // train.device=cuda: model FLOP/s of this rank's GPU (0 on the CPU path)
+  double tflops = 0;     // model FLOP/s of this rank's micro-batches (whole model, full sequence)
   double mfu = 0;        // tflops / the device's dense peak (0 when the peak is not known)
   float val_loss = NAN;  // set on steps that ran an evaluation
   // Mixture of experts (empty / zero for a dense model), summed over the step's micro-batches:
@@ -83,10 +82,8 @@ class Trainer {
 
   int step() const { return step_; }
   const std::vector<StepMetrics>& history() const { return history_; }
-  // The CPU model (train.device=cpu). With train.device=cuda, params() is the host copy of the
-  // device parameters as of the last checkpoint.
-  Transformer& model() { return *model_; }
-  Weights& params() { return gpu_ ? host_params_ : model_->params(); }
+  // The parameters in host memory (a copy of the device's on a GPU), as of now.
+  Weights& params();
   ~Trainer();
 
  private:
@@ -94,11 +91,7 @@ class Trainer {
           data::TokenDataset train, data::TokenDataset val);
   bool leader() const { return grid_ == nullptr || grid_->world().rank() == 0; }
   CheckpointRank checkpoint_rank() const;
-  double GlobalGradNorm();
   StepMetrics TrainStep();
-  // One step's forward/backward passes on either model; metrics and the loss sum into *m, *sum.
-  void CpuMicroBatches(StepMetrics* m, double* loss_sum);
-  void GpuMicroBatches(StepMetrics* m, double* loss_sum);
   Status SaveCheckpointNow(float loss);
   void Log(const nlohmann::json& j);
 
@@ -107,10 +100,7 @@ class Trainer {
   const parallel::ParallelGrid* grid_;
   data::TokenDataset train_data_, val_data_;
   std::optional<data::BatchLoader> train_loader_, val_loader_;
-  std::unique_ptr<Transformer> model_;  // train.device=cpu
-  std::unique_ptr<GpuTraining> gpu_;    // train.device=cuda
-  Weights host_params_;                 // cuda: host copy for checkpoints
-  AdamW opt_;                           // cuda: host copy of the moments for checkpoints
+  std::unique_ptr<TrainingModel> model_;  // the model on train.device, with its optimizer
   std::vector<int32_t> inputs_, targets_;
   int step_ = 0;
   std::vector<StepMetrics> history_;

@@ -109,8 +109,8 @@ TEST_F(TrainBrown, ResumeIsBitIdentical) {
     EXPECT_EQ(0, std::memcmp(&hr[i].loss, &hs[5 + i].loss, sizeof(float)))
         << "step " << hr[i].step << ": resumed loss " << hr[i].loss << " vs " << hs[5 + i].loss;
   }
-  auto ps = straight.value()->model().params().named();
-  auto pr = resumed.value()->model().params().named();
+  auto ps = straight.value()->params().named();
+  auto pr = resumed.value()->params().named();
   for (size_t i = 0; i < ps.size(); ++i)
     EXPECT_EQ(0, std::memcmp(ps[i].tensor.raw(), pr[i].tensor.raw(), ps[i].tensor.bytes()))
         << ps[i].name;

@@ -1,0 +1,38 @@
+// The kernel backend: how the model picks its compute kernels at compile time.
+//
+// A backend B is a struct with
+//   using T;                           the compute type of activations and matrix operands
+//                                      (float, or bf16 for mixed precision on GPUs)
+//   static constexpr Device kDevice;   where every buffer the model allocates lives
+//   static constexpr DType kDType;     dtype_of<T>
+//   static constexpr const char* kName;
+// and the kernels of the one kernel interface as static functions with identical names and
+// argument lists on every backend (kernels/cpu/ops.h and kernels/cuda/ops.h document them; the
+// CUDA functions take a trailing stream, which the backend leaves at the default stream):
+//   linear_forward / linear_backward, router_logits (linear with an fp32 output),
+//   rmsnorm_forward / rmsnorm_backward, rope_table / rope_forward / rope_backward,
+//   attention_forward / attention_backward, swiglu_forward / swiglu_backward,
+//   embedding_forward / embedding_backward, cross_entropy_forward / cross_entropy_backward,
+//   add_inplace, scale_inplace, sum_squares, adamw_update, convert (fp32 -> T),
+//   the MoE kernels (moe_router_forward / backward, moe_permute / backward,
+//   moe_unpermute / backward, grouped_linear_forward / backward),
+//   and memory movement: upload (host -> B), download (B -> host), zero.
+// Types follow one rule: weight gradients, norm weights, rstd, lse, router tensors and losses
+// are fp32 whatever T is (double only in the CPU kernels' double instantiation used by the
+// finite-difference tests).
+//
+// Backends: CpuBackend (kernels/cpu/backend.h: OpenBLAS + OpenMP, fp32) and CudaBackend<T>
+// (kernels/cuda/backend.h: cuBLAS / cuBLASLt + own CUDA kernels, T = float or bf16). The model
+// (model/transformer.h) is one template over B; docs/kernels.md describes both backends.
+#pragma once
+
+#include "core/tensor.h"
+
+namespace grove::kernels {
+
+// Whether a backend's buffers live in host memory (the CPU backend), i.e. whether host-side
+// parallel code (parallel/) can read them directly.
+template <class B>
+inline constexpr bool kHostBackend = B::kDevice == Device::kCPU;
+
+}  // namespace grove::kernels

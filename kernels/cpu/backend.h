@@ -1,0 +1,106 @@
+// CpuBackend: the kernel backend (kernels/backend.h) of kernels/cpu/ops.h: host memory, fp32,
+// OpenBLAS GEMMs and OpenMP loops.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "core/tensor.h"
+#include "kernels/backend.h"
+#include "kernels/cpu/ops.h"
+
+namespace grove {
+
+struct CpuBackend {
+  using T = float;
+  static constexpr Device kDevice = Device::kCPU;
+  static constexpr DType kDType = DType::kF32;
+  static constexpr const char* kName = "cpu";
+
+  // ---- memory ----
+  static void upload(void* dst, const void* host, size_t bytes) {
+    if (bytes && dst != host) std::memcpy(dst, host, bytes);
+  }
+  static void download(void* host, const void* src, size_t bytes) {
+    if (bytes && host != src) std::memcpy(host, src, bytes);
+  }
+  static void zero(void* p, size_t bytes) {
+    if (bytes) std::memset(p, 0, bytes);
+  }
+  static void convert(T* dst, const float* src, int64_t n) {
+    if (dst != src && n) std::memcpy(dst, src, sizeof(float) * n);
+  }
+
+  // ---- dense ----
+  static void linear_forward(T* out, const T* in, const T* w, const T* bias, int N, int C, int OC) {
+    cpu::linear_forward<T>(out, in, w, bias, N, C, OC);
+  }
+  static void linear_backward(T* din, float* dw, float* db, const T* dout, const T* in, const T* w,
+                              int N, int C, int OC) {
+    cpu::linear_backward<T>(din, dw, db, dout, in, w, N, C, OC);
+  }
+  static void router_logits(float* logits, const T* in, const T* w, int N, int C, int OC) {
+    cpu::linear_forward<T>(logits, in, w, nullptr, N, C, OC);
+  }
+  static void rmsnorm_forward(T* out, float* rstd, const T* in, const float* w, int N, int C,
+                              float eps) {
+    cpu::rmsnorm_forward<T>(out, rstd, in, w, N, C, eps);
+  }
+  static void rmsnorm_backward(T* din, float* dw, const T* dout, const T* in, const float* w,
+                               const float* rstd, int N, int C) {
+    cpu::rmsnorm_backward<T>(din, dw, dout, in, w, rstd, N, C);
+  }
+  static void rope_table(float* cos_t, float* sin_t, int max_pos, int HD, float theta) {
+    cpu::rope_table(cos_t, sin_t, max_pos, HD, theta);
+  }
+  static void rope_forward(T* x, const float* c, const float* s, int S, int B, int NH, int HD,
+                           int pos0) {
+    cpu::rope_forward<T>(x, c, s, S, B, NH, HD, pos0);
+  }
+  static void rope_backward(T* x, const float* c, const float* s, int S, int B, int NH, int HD,
+                            int pos0) {
+    cpu::rope_backward<T>(x, c, s, S, B, NH, HD, pos0);
+  }
+  static void attention_forward(T* out, float* lse, T* probs, const T* q, const T* k, const T* v,
+                                const cpu::AttentionShape& shape) {
+    cpu::attention_forward<T>(out, lse, probs, q, k, v, shape);
+  }
+  static void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T* k,
+                                 const T* v, const T* out, const float* lse, const T* probs,
+                                 const cpu::AttentionShape& shape) {
+    cpu::attention_backward<T>(dq, dk, dv, dout, q, k, v, out, lse, probs, shape);
+  }
+  static void swiglu_forward(T* out, const T* gate, const T* up, int64_t n) {
+    cpu::swiglu_forward<T>(out, gate, up, n);
+  }
+  static void swiglu_backward(T* dgate, T* dup, const T* dout, const T* gate, const T* up,
+                              int64_t n) {
+    cpu::swiglu_backward<T>(dgate, dup, dout, gate, up, n);
+  }
+  static void embedding_forward(T* out, const int32_t* tokens, const T* table, int N, int C) {
+    cpu::embedding_forward<T>(out, tokens, table, N, C);
+  }
+  static void embedding_backward(float* dtable, const T* dout, const int32_t* tokens, int N,
+                                 int C) {
+    cpu::embedding_backward<T>(dtable, dout, tokens, N, C);
+  }
+  static void cross_entropy_forward(float* losses, float* lse, const T* logits,
+                                    const int32_t* targets, int N, int V) {
+    cpu::cross_entropy_forward<T>(losses, lse, logits, targets, N, V);
+  }
+  static void cross_entropy_backward(T* dlogits, const T* logits, const float* lse,
+                                     const int32_t* targets, const float* dloss, int N, int V) {
+    cpu::cross_entropy_backward<T>(dlogits, logits, lse, targets, dloss, N, V);
+  }
+  static void add_inplace(T* y, const T* x, int64_t n) { cpu::add_inplace<T>(y, x, n); }
+  static void scale_inplace(float* y, float alpha, int64_t n) {
+    cpu::scale_inplace<float>(y, alpha, n);
+  }
+  static double sum_squares(const float* x, int64_t n) { return cpu::sum_squares<float>(x, n); }
+  static void adamw_update(float* p, const float* g, float* m, float* v, int64_t n, float lr,
+                           float b1, float b2, float eps, float wd, int step) {
+    cpu::adamw_update(p, g, m, v, n, lr, b1, b2, eps, wd, step);
+  }
+};
+
+}  // namespace grove

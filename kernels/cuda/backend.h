@@ -1,0 +1,177 @@
+// CudaBackend<T>: the kernel backend (kernels/backend.h) of kernels/cuda/ops.h on the current
+// CUDA device and its default stream; T = float (fp32, no TF32: follows the CPU backend to fp32
+// rounding) or bf16 (bf16 operands, fp32 accumulation).
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "core/tensor.h"
+#include "kernels/backend.h"
+#include "kernels/cuda/check.h"
+#include "kernels/cuda/ops.h"
+
+namespace grove {
+
+template <>
+constexpr DType dtype_of<cuda::bf16>() {
+  return DType::kBF16;
+}
+
+template <typename TT>
+struct CudaBackend {
+  using T = TT;
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, cuda::bf16>);
+  static constexpr Device kDevice = Device::kCUDA;
+  static constexpr DType kDType = dtype_of<T>();
+  static constexpr const char* kName = std::is_same_v<T, float> ? "cuda-fp32" : "cuda-bf16";
+
+  // ---- memory ----
+  static void upload(void* dst, const void* host, size_t bytes) {
+    if (bytes) GROVE_CUDA_CHECK(cudaMemcpy(dst, host, bytes, cudaMemcpyHostToDevice));
+  }
+  static void download(void* host, const void* src, size_t bytes) {
+    if (bytes) GROVE_CUDA_CHECK(cudaMemcpy(host, src, bytes, cudaMemcpyDeviceToHost));
+  }
+  static void zero(void* p, size_t bytes) {
+    if (bytes) GROVE_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes));
+  }
+  static void convert(T* dst, const float* src, int64_t n) {
+    if constexpr (std::is_same_v<T, float>) {
+      if (dst != src && n) GROVE_CUDA_CHECK(cudaMemcpyAsync(dst, src, sizeof(float) * n,
+                                                             cudaMemcpyDeviceToDevice));
+    } else {
+      cuda::convert(dst, src, n);
+    }
+  }
+
+  // ---- dense ----
+  static void linear_forward(T* out, const T* in, const T* w, const T* bias, int N, int C, int OC) {
+    cuda::linear_forward<T>(out, in, w, bias, N, C, OC);
+  }
+  static void linear_backward(T* din, float* dw, float* db, const T* dout, const T* in, const T* w,
+                              int N, int C, int OC) {
+    cuda::linear_backward<T>(din, dw, db, dout, in, w, N, C, OC);
+  }
+  // logits[N, OC] (fp32) = in[N, C] @ w[OC, C]^T: the MoE router's GEMM, fp32 output for any T.
+  static void router_logits(float* logits, const T* in, const T* w, int N, int C, int OC) {
+    if constexpr (std::is_same_v<T, float>)
+      cuda::linear_forward<float>(logits, in, w, nullptr, N, C, OC);
+    else
+      cuda::gemm(false, true, N, OC, C, 1.0f, in, C, w, C, 0.0f, logits, OC);
+  }
+  static void rmsnorm_forward(T* out, float* rstd, const T* in, const float* w, int N, int C,
+                              float eps) {
+    cuda::rmsnorm_forward<T>(out, rstd, in, w, N, C, eps);
+  }
+  static void rmsnorm_backward(T* din, float* dw, const T* dout, const T* in, const float* w,
+                               const float* rstd, int N, int C) {
+    cuda::rmsnorm_backward<T>(din, dw, dout, in, w, rstd, N, C);
+  }
+  static void rope_table(float* cos_t, float* sin_t, int max_pos, int HD, float theta) {
+    cuda::rope_table(cos_t, sin_t, max_pos, HD, theta);
+  }
+  static void rope_forward(T* x, const float* c, const float* s, int S, int B, int NH, int HD,
+                           int pos0) {
+    cuda::rope_forward<T>(x, c, s, S, B, NH, HD, pos0);
+  }
+  static void rope_backward(T* x, const float* c, const float* s, int S, int B, int NH, int HD,
+                            int pos0) {
+    cuda::rope_backward<T>(x, c, s, S, B, NH, HD, pos0);
+  }
+  static void attention_forward(T* out, float* lse, T* probs, const T* q, const T* k, const T* v,
+                                const cuda::AttentionShape& shape) {
+    cuda::attention_forward<T>(out, lse, probs, q, k, v, shape);
+  }
+  static void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T* k,
+                                 const T* v, const T* out, const float* lse, const T* probs,
+                                 const cuda::AttentionShape& shape) {
+    cuda::attention_backward<T>(dq, dk, dv, dout, q, k, v, out, lse, probs, shape);
+  }
+  static void swiglu_forward(T* out, const T* gate, const T* up, int64_t n) {
+    cuda::swiglu_forward<T>(out, gate, up, n);
+  }
+  static void swiglu_backward(T* dgate, T* dup, const T* dout, const T* gate, const T* up,
+                              int64_t n) {
+    cuda::swiglu_backward<T>(dgate, dup, dout, gate, up, n);
+  }
+  static void embedding_forward(T* out, const int32_t* tokens, const T* table, int N, int C) {
+    cuda::embedding_forward<T>(out, tokens, table, N, C);
+  }
+  static void embedding_backward(float* dtable, const T* dout, const int32_t* tokens, int N,
+                                 int C) {
+    cuda::embedding_backward<T>(dtable, dout, tokens, N, C);
+  }
+  static void cross_entropy_forward(float* losses, float* lse, const T* logits,
+                                    const int32_t* targets, int N, int V) {
+    cuda::cross_entropy_forward<T>(losses, lse, logits, targets, N, V);
+  }
+  static void cross_entropy_backward(T* dlogits, const T* logits, const float* lse,
+                                     const int32_t* targets, const float* dloss, int N, int V) {
+    cuda::cross_entropy_backward<T>(dlogits, logits, lse, targets, dloss, N, V);
+  }
+  static void add_inplace(T* y, const T* x, int64_t n) { cuda::add_inplace<T>(y, x, n); }
+  static void scale_inplace(float* y, float alpha, int64_t n) {
+    cuda::scale_inplace<float>(y, alpha, n);
+  }
+  static double sum_squares(const float* x, int64_t n) { return cuda::sum_squares<float>(x, n); }
+  static void adamw_update(float* p, const float* g, float* m, float* v, int64_t n, float lr,
+                           float b1, float b2, float eps, float wd, int step) {
+    cuda::adamw_update(p, g, m, v, n, lr, b1, b2, eps, wd, step);
+  }
+
+  // ---- mixture of experts ----
+  static constexpr int kMoeMaxTopK = cuda::kMoeMaxTopK;
+  static void moe_router_forward(float* probs, float* lse, int32_t* expert, float* weight,
+                                 int32_t* counts, double* prob_sum, double* lse_sq_sum,
+                                 const float* logits, int N, int E, int k) {
+    cuda::moe_router_forward(probs, lse, expert, weight, counts, prob_sum, lse_sq_sum, logits, N, E,
+                             k);
+  }
+  static void moe_router_backward(float* dlogits, const float* dweight, const float* probs,
+                                  const float* lse, const int32_t* expert, const float* weight,
+                                  const int32_t* counts, int64_t tokens_all, float aux_coef,
+                                  float z_coef, float loss_scale, int N, int E, int k) {
+    cuda::moe_router_backward(dlogits, dweight, probs, lse, expert, weight, counts, tokens_all,
+                              aux_coef, z_coef, loss_scale, N, E, k);
+  }
+  static void moe_permute(T* xp, int32_t* offsets, int32_t* row_of, const T* x,
+                          const int32_t* expert, const int32_t* counts, int N, int k, int E,
+                          int C) {
+    cuda::moe_permute<T>(xp, offsets, row_of, x, expert, counts, N, k, E, C);
+  }
+  static void moe_permute_backward(T* dx, const T* dxp, const int32_t* row_of, int N, int k,
+                                   int C) {
+    cuda::moe_permute_backward<T>(dx, dxp, row_of, N, k, C);
+  }
+  static void moe_unpermute(T* y, const T* yp, const float* weight, const int32_t* row_of, int N,
+                            int k, int C) {
+    cuda::moe_unpermute<T>(y, yp, weight, row_of, N, k, C);
+  }
+  static void moe_unpermute_backward(T* dyp, float* dweight, const T* dy, const T* yp,
+                                     const float* weight, const int32_t* row_of, int N, int k,
+                                     int C) {
+    cuda::moe_unpermute_backward<T>(dyp, dweight, dy, yp, weight, row_of, N, k, C);
+  }
+  static void grouped_linear_forward(T* out, const T* in, const T* w, const int32_t* offsets_host,
+                                     int E, int C, int OC) {
+    cuda::grouped_linear_forward<T>(out, in, w, offsets_host, E, C, OC);
+  }
+  static void grouped_linear_backward(T* din, float* dw, const T* dout, const T* in, const T* w,
+                                      const int32_t* offsets_host, int E, int C, int OC) {
+    cuda::grouped_linear_backward<T>(din, dw, dout, in, w, offsets_host, E, C, OC);
+  }
+  // (dlogits fp32 -> T for the router's input-gradient GEMM)
+  static const T* router_grad_operand(T* scratch, const float* dlogits, int64_t n) {
+    if constexpr (std::is_same_v<T, float>) {
+      return dlogits;
+    } else {
+      cuda::convert(scratch, dlogits, n);
+      return scratch;
+    }
+  }
+};
+
+}  // namespace grove

@@ -1,0 +1,205 @@
+// LocalMoe<B>: a mixture-of-experts MLP with every expert on this device, dropless, made of the
+// backend's MoE kernels (kernels/backend.h):
+//
+//   logits = x · Wr^T (fp32)           route:   probs, lse, top-k ids, combine weights, counts
+//   xp     = permute(x)                rows grouped by expert: expert e owns rows
+//                                      [offsets[e], offsets[e+1]) of xp [A = N·k, h]
+//   yp     = Wdown_e · (silu(Wgate_e·xp) * Wup_e·xp)   one GEMM per expert on its rows
+//   out[n] = Σ_j weight[n,j] · yp[row_of[n·k + j]]
+//
+// The aux (Switch load balancing) and z losses are taken over the statistics group (the
+// data-parallel batch), as parallel::MoeLayer takes them (docs/moe.md). This is the MoE of the
+// CUDA backend today (expert parallelism, capacity dropping and the LSH-compressed all-to-all are
+// parallel::MoeLayer's, on the CPU backend); its interface is MoeLayer's so that the transformer
+// drives either one.
+//
+// Parameters are views bound by the owner (bind): the router and experts of one block, in the
+// compute type for the GEMMs, their fp32 gradients. Per layer it keeps the routing and the
+// experts' activations of the last forward (for the backward); the backward's scratch is shared
+// by every layer (MoeScratch).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "comm/communicator.h"
+#include "core/tensor.h"
+#include "model/weights.h"
+#include "kernels/kernel_types.h"
+#include "parallel/moe_layer.h"  // MoeMetrics
+#include "spec/model_config.h"
+
+namespace grove {
+
+template <class B>
+class LocalMoe {
+ public:
+  using T = typename B::T;
+
+  // Shared backward scratch of every LocalMoe of one model (sized for N tokens).
+  struct Scratch {
+    Tensor dyp, deact, degate, deup, dxp;  // [A, h], [A, fe] x3, [A, h]   (T)
+    Tensor dweight;                        // [N, k] fp32
+    Tensor dlogits, dlogits_t;             // [N, E] fp32, and in T for the bf16 router GEMM
+  };
+  static Scratch AllocateScratch(const MoeOptions& m, int h, int fe, int N) {
+    const int64_t A = int64_t(N) * m.top_k;
+    Scratch s;
+    s.dyp = Tensor::empty({A, h}, B::kDType, B::kDevice);
+    s.deact = Tensor::empty({A, fe}, B::kDType, B::kDevice);
+    s.degate = Tensor::empty({A, fe}, B::kDType, B::kDevice);
+    s.deup = Tensor::empty({A, fe}, B::kDType, B::kDevice);
+    s.dxp = Tensor::empty({A, h}, B::kDType, B::kDevice);
+    s.dweight = Tensor::empty({N, m.top_k}, DType::kF32, B::kDevice);
+    s.dlogits = Tensor::empty({N, m.num_experts}, DType::kF32, B::kDevice);
+    s.dlogits_t = Tensor::empty({N, m.num_experts}, B::kDType, B::kDevice);
+    return s;
+  }
+
+  LocalMoe(const MoeOptions& m, int h, int fe, int max_tokens, comm::Communicator* stats,
+           Scratch* scratch)
+      : m_(m), E_(m.num_experts), k_(m.top_k), h_(h), fe_(fe), N_(max_tokens), stats_(stats),
+        s_(scratch) {
+    GROVE_CHECK(k_ >= 1 && k_ <= B::kMoeMaxTopK && k_ <= E_)
+        << "model.moe.top_k=" << k_ << " must lie in [1, min(num_experts, " << B::kMoeMaxTopK
+        << ")]";
+    const int64_t A = int64_t(N_) * k_;
+    auto dev = [](Shape s, DType d) { return Tensor::empty(std::move(s), d, B::kDevice); };
+    logits_ = dev({N_, E_}, DType::kF32);
+    probs_ = dev({N_, E_}, DType::kF32);
+    lse_ = dev({N_}, DType::kF32);
+    expert_ = dev({N_, k_}, DType::kI32);
+    weight_ = dev({N_, k_}, DType::kF32);
+    counts_ = dev({E_}, DType::kI32);
+    counts_all_ = dev({E_}, DType::kI32);
+    prob_sum_ = dev({E_}, DType::kF64);
+    lse_sq_ = dev({1}, DType::kF64);
+    offsets_ = dev({E_ + 1}, DType::kI32);
+    row_of_ = dev({A}, DType::kI32);
+    xp_ = dev({A, h_}, B::kDType);
+    egate_ = dev({A, fe_}, B::kDType);
+    eup_ = dev({A, fe_}, B::kDType);
+    eact_ = dev({A, fe_}, B::kDType);
+    yp_ = dev({A, h_}, B::kDType);
+    offsets_host_.assign(E_ + 1, 0);
+    metrics_.tokens_per_expert.assign(E_, 0);
+    metrics_.dropped_per_expert.assign(E_, 0);
+  }
+
+  // The block's router [E, h] and experts ([E, fe, h], [E, fe, h], [E, h, fe]) in the compute
+  // type (w) and their fp32 gradients (g): views that must outlive the layer.
+  void bind(const Tensor& router, const Tensor& w_gate, const Tensor& w_up, const Tensor& w_down,
+            Tensor d_router, Tensor dw_gate, Tensor dw_up, Tensor dw_down) {
+    w_router_ = router;
+    w_gate_ = w_gate;
+    w_up_ = w_up;
+    w_down_ = w_down;
+    g_router_ = d_router;
+    g_gate_ = dw_gate;
+    g_up_ = dw_up;
+    g_down_ = dw_down;
+  }
+
+  // out[N,h] (written) for in[N,h]; `in` must stay unchanged until backward(). Returns aux + z.
+  float forward(T* out, const T* in, int N) {
+    GROVE_CHECK(N == N_) << "LocalMoe: " << N << " tokens, built for " << N_;
+    in_ = in;
+    B::router_logits(f(logits_), in, cw(w_router_), N_, h_, E_);
+    B::moe_router_forward(f(probs_), f(lse_), i32(expert_), f(weight_), i32(counts_),
+                          prob_sum_.data<double>(), lse_sq_.data<double>(), f(logits_), N_, E_, k_);
+    const float loss = reduce_router_stats();
+    B::moe_permute(p(xp_), i32(offsets_), i32(row_of_), in, i32(expert_), i32(counts_), N_, k_, E_,
+                   h_);
+    B::download(offsets_host_.data(), offsets_.raw(), sizeof(int32_t) * (E_ + 1));
+    const int32_t* off = offsets_host_.data();
+    B::grouped_linear_forward(p(egate_), p(xp_), cw(w_gate_), off, E_, h_, fe_);
+    B::grouped_linear_forward(p(eup_), p(xp_), cw(w_up_), off, E_, h_, fe_);
+    B::swiglu_forward(p(eact_), p(egate_), p(eup_), int64_t(N_) * k_ * fe_);
+    B::grouped_linear_forward(p(yp_), p(eact_), cw(w_down_), off, E_, fe_, h_);
+    B::moe_unpermute(out, p(yp_), f(weight_), i32(row_of_), N_, k_, h_);
+    return loss;
+  }
+
+  // din[N,h] += d/d(in) of (Σ out·dout + loss_scale·(aux + z)); the gradients +=.
+  void backward(T* din, const T* dout, float loss_scale) {
+    const int64_t A = int64_t(N_) * k_;
+    const int32_t* off = offsets_host_.data();
+    const size_t es = sizeof(T);
+    B::moe_unpermute_backward(p(s_->dyp), f(s_->dweight), dout, p(yp_), f(weight_), i32(row_of_),
+                              N_, k_, h_);
+    B::zero(s_->deact.raw(), es * A * fe_);
+    B::grouped_linear_backward(p(s_->deact), f(g_down_), p(s_->dyp), p(eact_), cw(w_down_), off,
+                               E_, fe_, h_);
+    B::zero(s_->degate.raw(), es * A * fe_);
+    B::zero(s_->deup.raw(), es * A * fe_);
+    B::swiglu_backward(p(s_->degate), p(s_->deup), p(s_->deact), p(egate_), p(eup_), A * fe_);
+    B::zero(s_->dxp.raw(), es * A * h_);
+    B::grouped_linear_backward(p(s_->dxp), f(g_gate_), p(s_->degate), p(xp_), cw(w_gate_), off, E_,
+                               h_, fe_);
+    B::grouped_linear_backward(p(s_->dxp), f(g_up_), p(s_->deup), p(xp_), cw(w_up_), off, E_, h_,
+                               fe_);
+    B::moe_permute_backward(din, p(s_->dxp), i32(row_of_), N_, k_, h_);
+    B::moe_router_backward(f(s_->dlogits), f(s_->dweight), f(probs_), f(lse_), i32(expert_),
+                           f(weight_), i32(counts_all_), metrics_.tokens, m_.aux_loss_coef,
+                           m_.z_loss_coef, loss_scale, N_, E_, k_);
+    const T* dlogits =
+        B::router_grad_operand(p(s_->dlogits_t), f(s_->dlogits), int64_t(N_) * E_);
+    B::linear_backward(din, f(g_router_), nullptr, dlogits, in_, cw(w_router_), N_, h_, E_);
+  }
+
+  float aux_loss() const { return metrics_.aux_loss; }
+  float z_loss() const { return metrics_.z_loss; }
+  parallel::MoeMetrics metrics() const { return metrics_; }
+  // Routing and expert activations kept from the forward for the backward.
+  size_t stash_bytes() const {
+    size_t n = 0;
+    for (const Tensor* t : {&logits_, &probs_, &lse_, &expert_, &weight_, &counts_, &counts_all_,
+                            &prob_sum_, &lse_sq_, &offsets_, &row_of_, &xp_, &egate_, &eup_,
+                            &eact_, &yp_})
+      n += t->bytes();
+    return n;
+  }
+
+ private:
+  // This device's router statistics -> those of the statistics group; aux + z of this layer.
+  float reduce_router_stats() {
+    std::vector<int32_t> counts(E_);
+    std::vector<double> stats(2 * E_ + 2);  // prob_sum[E], counts[E], Σ lse², tokens
+    B::download(counts.data(), counts_.raw(), sizeof(int32_t) * E_);
+    B::download(stats.data(), prob_sum_.raw(), sizeof(double) * E_);
+    B::download(&stats[2 * E_], lse_sq_.raw(), sizeof(double));
+    for (int e = 0; e < E_; ++e) stats[E_ + e] = counts[e];
+    stats[2 * E_ + 1] = N_;
+    comm::all_reduce_host_f64(stats_, stats.data(), int64_t(stats.size()));
+    for (int e = 0; e < E_; ++e) {
+      counts[e] = static_cast<int32_t>(stats[E_ + e]);
+      metrics_.tokens_per_expert[e] = counts[e];
+    }
+    metrics_.tokens = static_cast<int64_t>(stats[2 * E_ + 1]);
+    B::upload(counts_all_.raw(), counts.data(), sizeof(int32_t) * E_);
+    const kernels::MoeRouterLosses l =
+        kernels::moe_router_losses(counts.data(), stats.data(), stats[2 * E_], metrics_.tokens,
+                                   E_, k_, m_.aux_loss_coef, m_.z_loss_coef);
+    metrics_.aux_loss = l.aux;
+    metrics_.z_loss = l.z;
+    return l.aux + l.z;
+  }
+  static T* p(Tensor& t) { return static_cast<T*>(t.raw()); }
+  static float* f(Tensor& t) { return t.data<float>(); }
+  static int32_t* i32(Tensor& t) { return t.data<int32_t>(); }
+  static const T* cw(const Tensor& t) { return static_cast<const T*>(t.raw()); }
+
+  MoeOptions m_;
+  int E_, k_, h_, fe_, N_;
+  comm::Communicator* stats_;
+  Scratch* s_;
+  const T* in_ = nullptr;
+  Tensor w_router_, w_gate_, w_up_, w_down_, g_router_, g_gate_, g_up_, g_down_;
+  Tensor logits_, probs_, lse_, expert_, weight_, counts_, counts_all_, prob_sum_, lse_sq_,
+      offsets_, row_of_, xp_, egate_, eup_, eact_, yp_;
+  std::vector<int32_t> offsets_host_;
+  parallel::MoeMetrics metrics_;
+};
+
+}  // namespace grove

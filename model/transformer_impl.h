@@ -1,0 +1,663 @@
+// TransformerT<B>'s definitions (model/transformer.h), included by the translation units that
+// instantiate a backend: model/transformer.cc (CpuBackend) and model/cuda/cuda_transformer.cc
+// (CudaBackend<float>, CudaBackend<bf16>). The code reached only with tensor, sequence, context or
+// expert parallelism sits under `if constexpr (kHost)`: those layouts run on the host backend.
+#pragma once
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <string>
+
+#include "model/transformer.h"
+#include "parallel/lsh_dispatcher.h"
+#include "parallel/tensor_parallel.h"
+
+namespace grove {
+
+namespace transformer_detail {
+
+inline comm::Communicator* group_or_null(const parallel::ParallelGrid* grid, parallel::Group g) {
+  if (grid == nullptr) return nullptr;
+  comm::Communicator& c = grid->group(g);
+  return c.size() > 1 ? &c : nullptr;
+}
+
+inline int tp_size(const comm::Communicator* tp) {
+  return tp ? tp->size() : 1;
+}
+inline int tp_rank(const comm::Communicator* tp) {
+  return tp ? tp->rank() : 0;
+}
+
+}  // namespace transformer_detail
+
+template <class B>
+Status TransformerT<B>::Supports(const ModelConfig& c, int batch, int seq,
+                                 const ModelParallel& par) {
+  if (Status st = c.Validate(); !st.ok()) return st;
+  if (batch <= 0) return Status::Error("batch must be positive");
+  if (seq <= 0 || seq > c.max_seq_len)
+    return Status::Error("seq " + std::to_string(seq) + " must lie in [1, model.max_seq_len=" +
+                         std::to_string(c.max_seq_len) + "]");
+  if constexpr (!kHost) {
+    const std::string dev = std::string(" on train.device=cuda");
+    if (par.grid != nullptr) {
+      const parallel::GridShape& g = par.grid->shape();
+      if (g.tp > 1 || g.cp > 1 || g.ep > 1)
+        return Status::Error("parallel.tp=" + std::to_string(g.tp) + ", parallel.cp=" +
+                             std::to_string(g.cp) + ", parallel.ep=" + std::to_string(g.ep) +
+                             ": tensor, context and expert parallelism run on train.device=cpu "
+                             "only so far; set them to 1" +
+                             dev);
+    }
+    if (c.moe.num_experts > 0 && c.moe.capacity_factor > 0)
+      return Status::Error("model.moe.capacity_factor=" + std::to_string(c.moe.capacity_factor) +
+                           ": the experts are dropless" + dev +
+                           "; set model.moe.capacity_factor=0 or train.device=cpu");
+    if (c.moe.num_experts > 0 && c.moe.lsh.enabled)
+      return Status::Error(
+          "model.moe.lsh.enabled: the LSH-compressed all-to-all runs on train.device=cpu only so "
+          "far; set model.moe.lsh.enabled=false or train.device=cpu");
+    if (c.moe.num_experts > 0 && c.moe.top_k > B::kMoeMaxTopK)
+      return Status::Error("model.moe.top_k=" + std::to_string(c.moe.top_k) +
+                           " exceeds the GPU router's limit of " +
+                           std::to_string(B::kMoeMaxTopK));
+    if (c.head_dim() > 256 || c.head_dim() % 2 != 0)
+      return Status::Error(
+          "the GPU attention kernel needs an even head dim <= 256; model.d_model / model.n_heads "
+          "= " +
+          std::to_string(c.head_dim()));
+    if (!cuda_device_available())
+      return Status::Error(
+          "no CUDA device is available to this process (train.device=cuda); check nvidia-smi and "
+          "CUDA_VISIBLE_DEVICES, or set train.device=cpu");
+  }
+  return Status::Ok();
+}
+
+template <class B>
+Tensor TransformerT<B>::alloc(Shape shape, DType dtype) {
+  Tensor t = Tensor::zeros(std::move(shape), dtype, B::kDevice);
+  allocated_ += int64_t(t.bytes());
+  return t;
+}
+
+template <class B>
+TransformerT<B>::TransformerT(const ModelConfig& config, int batch, int seq, Recompute mode,
+                              ModelParallel parallel)
+    : config_(config), b_(batch), s_(seq), mode_(mode), par_(parallel) {
+  namespace par = parallel;
+  using transformer_detail::group_or_null;
+  const Status st = Supports(config, batch, seq, parallel);
+  GROVE_CHECK(st.ok()) << st.message();
+  const par::ParallelGrid* grid = parallel.grid;
+  tp_ = group_or_null(grid, par::Group::kTp);
+  edp_ = group_or_null(grid, par::Group::kEdp);
+  cp_ = group_or_null(grid, par::Group::kCp);
+  dpcp_ = group_or_null(grid, par::Group::kDpCp);
+  if (grid == nullptr && parallel.data_parallel != nullptr && parallel.data_parallel->size() > 1)
+    dpcp_ = parallel.data_parallel;
+  cp_size_ = cp_ ? cp_->size() : 1;
+  t_ = transformer_detail::tp_size(tp_);
+  sp_ = parallel.sequence_parallel && t_ > 1;
+  GROVE_CHECK(seq % (2 * cp_size_) == 0 || cp_size_ == 1)
+      << "context parallelism cuts the sequence into 2·cp chunks: cp=" << cp_size_ << " needs seq ("
+      << seq << ") divisible by " << 2 * cp_size_;
+  s_ = seq / cp_size_;
+  GROVE_CHECK(config_.n_heads % t_ == 0 && config_.kv_heads() % t_ == 0)
+      << "tp=" << t_ << " must divide model.n_heads=" << config_.n_heads << " and the kv heads ("
+      << config_.kv_heads() << ")";
+  GROVE_CHECK(!sp_ || s_ % t_ == 0)
+      << "sequence parallelism splits the sequence: tp=" << t_ << " must divide seq/cp " << s_;
+  N_ = b_ * s_;
+  h_ = config_.d_model;
+  d_ = config_.head_dim();
+  heads_ = config_.n_heads / t_;
+  kv_heads_ = config_.kv_heads() / t_;
+  qd_ = heads_ * d_;
+  kvd_ = kv_heads_ * d_;
+  f_ = config_.ffn() / t_;
+  Vl_ = config_.vocab_size / t_;
+  rows_ = sp_ ? N_ / t_ : N_;
+  const int64_t N = N_, h = h_, R = rows_;
+  const int ep = grid ? grid->shape().ep : 1, ep_rank = grid ? grid->coord().ep : 0;
+
+  // Parameters: one flat fp32 buffer (and its gradient) with named views; a compute copy in T.
+  layout_ = ParamLayout::Of(config_, t_, ep);
+  params_flat_ = alloc({layout_.size}, DType::kF32);
+  grads_flat_ = alloc({layout_.size}, DType::kF32);
+  params_ = Weights::View(params_flat_, layout_);
+  grads_ = Weights::View(grads_flat_, layout_);
+  if constexpr (std::is_same_v<T, float>) {
+    compute_ = params_;
+  } else {
+    compute_flat_ = alloc({layout_.size}, B::kDType);
+    compute_ = Weights::View(compute_flat_, layout_);
+  }
+  {
+    const Weights init =
+        Weights::Init(config_, t_, transformer_detail::tp_rank(tp_), ep, ep_rank);
+    std::vector<NamedTensor> src = init.named(), dst = params_.named();
+    for (size_t i = 0; i < dst.size(); ++i) dst[i].tensor.copy_from(src[i].tensor);
+  }
+  sync_compute_weights();
+
+  // Under CP and on device backends the attention probabilities are never kept (the CP and the
+  // fused GPU kernels recompute them), so recompute=none stores what selective stores.
+  const bool with_probs = kHost && cp_size_ == 1;
+  stash_ = ActivationStash::Allocate(config_, MemoryLayout{b_, s_, t_, sp_, mode_}, with_probs,
+                                     B::kDevice, B::kDType);
+  allocated_ += int64_t(activation_report().total());  // the stash (no MoE layer yet)
+
+  if constexpr (kHost) {
+    if (cp_size_ > 1) {
+      hp_.zigzag = std::make_unique<par::Zigzag>(seq, cp_size_, cp_->rank());
+      hp_.cp_attn = std::make_unique<par::ContextAttention>(
+          parallel.cp_attention, cp_,
+          par::CpAttentionShape{seq, batch, heads_, kv_heads_, d_, true});
+    }
+    if (t_ > 1) {
+      hp_.embed = std::make_unique<par::VocabParallelEmbedding>(config_.vocab_size, h_, tp_);
+      hp_.ce_scratch = alloc({3 * N}, DType::kF32);
+    }
+  }
+
+  // MoE blocks: their router and experts are views of the flat buffers.
+  moe_.resize(config_.n_layers);
+  if (config_.moe.num_experts > 0) {
+    GROVE_CHECK(t_ == 1 || sp_) << "MoE with tp=" << t_
+                                << " needs sequence parallelism (experts see distinct tokens)";
+    const MoeOptions& mc = config_.moe;
+    const int fe = config_.expert_ffn();
+    comm::Communicator* ep_group = group_or_null(grid, par::Group::kEp);
+    comm::Communicator* stats = grid && grid->world().size() > 1 ? &grid->world() : dpcp_;
+    if constexpr (!kHost)
+      moe_scratch_ = std::make_unique<typename LocalMoe<B>::Scratch>(
+          LocalMoe<B>::AllocateScratch(mc, h_, fe, N_));
+    for (int l = 0; l < config_.n_layers; ++l) {
+      if (!config_.is_moe_layer(l)) continue;
+      const LayerWeights& w = compute_.layers[l];
+      LayerWeights& g = grads_.layers[l];
+      if constexpr (kHost) {
+        moe_[l] = std::make_unique<par::MoeLayer>(mc, h_, fe, static_cast<int>(rows_), ep_group,
+                                                  stats);
+        if (mc.lsh.enabled)
+          moe_[l]->set_dispatcher(
+              std::make_unique<par::LshDispatcher>(mc.num_experts, h_, ep_group, mc.lsh));
+        moe_[l]->bind({{"router", params_.layers[l].router},
+                       {"experts.w_gate", w.e_gate},
+                       {"experts.w_up", w.e_up},
+                       {"experts.w_down", w.e_down}},
+                      {{"router", g.router},
+                       {"experts.w_gate", g.e_gate},
+                       {"experts.w_up", g.e_up},
+                       {"experts.w_down", g.e_down}});
+      } else {
+        moe_[l] = std::make_unique<LocalMoe<B>>(mc, h_, fe, N_, stats, moe_scratch_.get());
+        moe_[l]->bind(w.router, w.e_gate, w.e_up, w.e_down, g.router, g.e_gate, g.e_up, g.e_down);
+        allocated_ += int64_t(moe_[l]->stash_bytes());
+      }
+    }
+  }
+
+  rope_cos_ = alloc({config_.max_seq_len, d_ / 2}, DType::kF32);
+  rope_sin_ = alloc({config_.max_seq_len, d_ / 2}, DType::kF32);
+  B::rope_table(f(rope_cos_), f(rope_sin_), config_.max_seq_len, d_, config_.rope_theta);
+  tokens_ = alloc({N}, DType::kI32);
+  targets_ = alloc({N}, DType::kI32);
+  host_tokens_.resize(N);
+  host_targets_.resize(N);
+  if (!kHost) host_losses_.resize(N);
+  if (sp_ || t_ > 1) full_ = act({N, h});
+  g_.dresid = act({R, h});
+  g_.dfull = act({N, h});
+  if (sp_) g_.dout = act({N, h});
+  g_.dln = act({R, h});
+  g_.datt = act({N, qd_});
+  g_.dq = act({N, qd_});
+  g_.dk = act({N, kvd_});
+  g_.dv = act({N, kvd_});
+  g_.dact = act({N, f_});
+  g_.dgate = act({N, f_});
+  g_.dup = act({N, f_});
+  g_.dlosses = alloc({N}, DType::kF32);
+}
+
+// ---- parameters --------------------------------------------------------------------------------
+
+template <class B>
+void TransformerT<B>::sync_compute_weights() {
+  if constexpr (!std::is_same_v<T, float>) B::convert(p(compute_flat_), f(params_flat_), layout_.size);
+}
+
+template <class B>
+Status TransformerT<B>::load_params(const Weights& w) {
+  std::vector<NamedTensor> src = w.named(), dst = params_.named();
+  if (src.size() != dst.size())
+    return Status::Error("weights have " + std::to_string(src.size()) + " tensors, the model " +
+                         std::to_string(dst.size()));
+  for (size_t i = 0; i < dst.size(); ++i)
+    if (src[i].name != dst[i].name || src[i].tensor.shape() != dst[i].tensor.shape())
+      return Status::Error("weight '" + src[i].name + "' " + shape_str(src[i].tensor.shape()) +
+                           " does not match the model's '" + dst[i].name + "' " +
+                           shape_str(dst[i].tensor.shape()));
+  for (size_t i = 0; i < dst.size(); ++i) dst[i].tensor.copy_from(src[i].tensor);
+  sync_compute_weights();
+  return Status::Ok();
+}
+
+template <class B>
+void TransformerT<B>::store_params(Weights* w) const {
+  std::vector<NamedTensor> src = params_.named(), dst = w->named();
+  GROVE_CHECK(src.size() == dst.size()) << "store_params: weights of another model";
+  for (size_t i = 0; i < dst.size(); ++i) dst[i].tensor.copy_from(src[i].tensor);
+}
+
+// ---- region helpers ----------------------------------------------------------------------------
+
+template <class B>
+void TransformerT<B>::rope(T* x, int heads, bool backward) {
+  const float* c = f(rope_cos_);
+  const float* sn = f(rope_sin_);
+  if constexpr (kHost) {
+    if (hp_.zigzag) {
+      if (backward)
+        parallel::zigzag_rope_backward(x, c, sn, *hp_.zigzag, b_, heads, d_);
+      else
+        parallel::zigzag_rope_forward(x, c, sn, *hp_.zigzag, b_, heads, d_);
+      return;
+    }
+  }
+  if (backward)
+    B::rope_backward(x, c, sn, s_, b_, heads, d_, 0);
+  else
+    B::rope_forward(x, c, sn, s_, b_, heads, d_, 0);
+}
+
+template <class B>
+const typename B::T* TransformerT<B>::gather_rows(Tensor& shard) {
+  if constexpr (kHost) {
+    if (sp_) {
+      parallel::gather_from_sequence_region_forward(tp_, f(shard), f(full_), N_, h_);
+      return f(full_);
+    }
+  }
+  return p(shard);
+}
+
+template <class B>
+void TransformerT<B>::reduce_input_grad() {
+  const int64_t N = N_, h = h_;
+  if constexpr (kHost) {
+    if (sp_) {
+      parallel::gather_from_sequence_region_backward(tp_, f(g_.dfull), f(g_.dln), N, h);
+      return;
+    }
+    parallel::copy_to_tp_region_backward(tp_, f(g_.dfull), N * h);
+  }
+  std::swap(g_.dfull, g_.dln);  // R == N without SP: the gradient is already in place
+}
+
+template <class B>
+void TransformerT<B>::reduce_output(T* out) {
+  if constexpr (kHost) {
+    if (sp_)
+      parallel::scatter_to_sequence_region_forward(tp_, f(full_), out, N_, h_);
+    else
+      parallel::reduce_from_tp_region_forward(tp_, out, int64_t(N_) * h_);
+  }
+}
+
+template <class B>
+const typename B::T* TransformerT<B>::output_grad() {
+  if constexpr (kHost) {
+    if (sp_) {  // ḡ backward: all-gather the residual gradient
+      parallel::scatter_to_sequence_region_backward(tp_, f(g_.dresid), f(g_.dout), N_, h_);
+      return f(g_.dout);
+    }
+  }
+  return p(g_.dresid);  // f̄ backward: identity
+}
+
+// ---- one block ---------------------------------------------------------------------------------
+
+template <class B>
+void TransformerT<B>::block_forward(int l, BlockActivations& a) {
+  const LayerWeights& m = params_.layers[l];   // fp32 masters: norm weights
+  const LayerWeights& w = compute_.layers[l];  // compute copy: matrices
+  const int N = N_, h = h_, R = static_cast<int>(rows_);
+  const T* x = p(stash_.resid[l]);
+  T* out = p(stash_.resid[l + 1]);
+  // Row-parallel outputs go to scratch under SP (then reduce-scattered), in place otherwise.
+  T* attn_out = sp_ ? p(full_) : p(a.resid2);
+  T* mlp_out = sp_ ? p(full_) : out;
+  const float eps = config_.norm_eps;
+
+  // Attention: x2 = x + ḡ/f̄(Wo · attention(rope(Wq·g(rms1(x))), ...)).
+  B::rmsnorm_forward(p(a.ln1), f(a.rstd1), x, f(m.attn_norm), R, h, eps);
+  const T* ln1 = gather_rows(a.ln1);
+  B::linear_forward(p(a.q), ln1, p(w.wq), nullptr, N, h, qd_);
+  B::linear_forward(p(a.k), ln1, p(w.wk), nullptr, N, h, kvd_);
+  B::linear_forward(p(a.v), ln1, p(w.wv), nullptr, N, h, kvd_);
+  rope(p(a.q), heads_, /*backward=*/false);
+  rope(p(a.k), kv_heads_, /*backward=*/false);
+  bool done = false;
+  if constexpr (kHost) {
+    if (hp_.cp_attn) {  // tree or ring attention over the CP group, global lse
+      hp_.cp_attn->forward(f(a.att), f(a.lse), f(a.q), f(a.k), f(a.v));
+      done = true;
+    }
+  }
+  if (!done) {
+    const kernels::AttentionShape shape{s_, s_, b_, heads_, kv_heads_, d_, /*causal=*/true};
+    B::attention_forward(p(a.att), f(a.lse), a.probs.defined() ? p(a.probs) : nullptr, p(a.q),
+                         p(a.k), p(a.v), shape);
+  }
+  B::linear_forward(attn_out, p(a.att), p(w.wo), nullptr, N, qd_, h);
+  reduce_output(p(a.resid2));
+  B::add_inplace(p(a.resid2), x, int64_t(R) * h);
+
+  // MLP: out = x2 + ḡ/f̄(Wdown · (silu(Wgate·g(rms2(x2))) * Wup·g(rms2(x2)))).
+  B::rmsnorm_forward(p(a.ln2), f(a.rstd2), p(a.resid2), f(m.mlp_norm), R, h, eps);
+  if (moe_[l]) {
+    // MoE: the experts take this rank's own rows (the sequence shard under SP) directly; no
+    // TP communication, the expert all-to-all happens inside the layer.
+    moe_loss_ += moe_[l]->forward(out, p(a.ln2), R);
+    B::add_inplace(out, p(a.resid2), int64_t(R) * h);
+    return;
+  }
+  const T* ln2 = gather_rows(a.ln2);
+  B::linear_forward(p(a.gate), ln2, p(w.w_gate), nullptr, N, h, f_);
+  B::linear_forward(p(a.up), ln2, p(w.w_up), nullptr, N, h, f_);
+  B::swiglu_forward(p(a.act), p(a.gate), p(a.up), int64_t(N) * f_);
+  B::linear_forward(mlp_out, p(a.act), p(w.w_down), nullptr, N, f_, h);
+  reduce_output(out);
+  B::add_inplace(out, p(a.resid2), int64_t(R) * h);
+}
+
+// Dense MLP backward: g_.dln = d(loss)/d(ln2 shard) from g_.dresid = d(loss)/d(block output).
+template <class B>
+void TransformerT<B>::mlp_backward(int l, BlockActivations& a) {
+  const LayerWeights& w = compute_.layers[l];
+  LayerWeights& gw = grads_.layers[l];
+  const int N = N_, h = h_;
+  const size_t es = sizeof(T);
+  const T* dmlp_out = output_grad();
+  B::zero(g_.dact.raw(), es * N * f_);
+  B::linear_backward(p(g_.dact), f(gw.w_down), nullptr, dmlp_out, p(a.act), p(w.w_down), N, f_, h);
+  B::zero(g_.dgate.raw(), es * N * f_);
+  B::zero(g_.dup.raw(), es * N * f_);
+  B::swiglu_backward(p(g_.dgate), p(g_.dup), p(g_.dact), p(a.gate), p(a.up), int64_t(N) * f_);
+  const T* ln2 = gather_rows(a.ln2);  // SP keeps only the shard: re-gather it
+  B::zero(g_.dfull.raw(), es * N * h);
+  B::linear_backward(p(g_.dfull), f(gw.w_gate), nullptr, p(g_.dgate), ln2, p(w.w_gate), N, h, f_);
+  B::linear_backward(p(g_.dfull), f(gw.w_up), nullptr, p(g_.dup), ln2, p(w.w_up), N, h, f_);
+  reduce_input_grad();
+}
+
+// Attention backward: g_.dresid = d(loss)/d(x2) on entry, d(loss)/d(block input) on exit.
+template <class B>
+void TransformerT<B>::attention_backward(int l, BlockActivations& a) {
+  const LayerWeights& m = params_.layers[l];
+  const LayerWeights& w = compute_.layers[l];
+  LayerWeights& gw = grads_.layers[l];
+  const int N = N_, h = h_, R = static_cast<int>(rows_);
+  const size_t es = sizeof(T);
+  const T* x = p(stash_.resid[l]);
+  const T* dattn_out = output_grad();
+  B::zero(g_.datt.raw(), es * N * qd_);
+  B::linear_backward(p(g_.datt), f(gw.wo), nullptr, dattn_out, p(a.att), p(w.wo), N, qd_, h);
+  B::zero(g_.dq.raw(), es * N * qd_);
+  B::zero(g_.dk.raw(), es * N * kvd_);
+  B::zero(g_.dv.raw(), es * N * kvd_);
+  bool done = false;
+  if constexpr (kHost) {
+    if (hp_.cp_attn) {
+      hp_.cp_attn->backward(f(g_.dq), f(g_.dk), f(g_.dv), f(g_.datt), f(a.q), f(a.k), f(a.v),
+                            f(a.att), f(a.lse));
+      done = true;
+    }
+  }
+  if (!done) {
+    const kernels::AttentionShape shape{s_, s_, b_, heads_, kv_heads_, d_, /*causal=*/true};
+    B::attention_backward(p(g_.dq), p(g_.dk), p(g_.dv), p(g_.datt), p(a.q), p(a.k), p(a.v),
+                          p(a.att), f(a.lse), a.probs.defined() ? p(a.probs) : nullptr, shape);
+  }
+  rope(p(g_.dq), heads_, /*backward=*/true);
+  rope(p(g_.dk), kv_heads_, /*backward=*/true);
+  const T* ln1 = gather_rows(a.ln1);
+  B::zero(g_.dfull.raw(), es * N * h);
+  B::linear_backward(p(g_.dfull), f(gw.wq), nullptr, p(g_.dq), ln1, p(w.wq), N, h, qd_);
+  B::linear_backward(p(g_.dfull), f(gw.wk), nullptr, p(g_.dk), ln1, p(w.wk), N, h, kvd_);
+  B::linear_backward(p(g_.dfull), f(gw.wv), nullptr, p(g_.dv), ln1, p(w.wv), N, h, kvd_);
+  reduce_input_grad();
+  B::rmsnorm_backward(p(g_.dresid), f(gw.attn_norm), p(g_.dln), x, f(m.attn_norm), f(a.rstd1), R,
+                      h);
+}
+
+// On entry g_.dresid holds d(loss)/d(block output) [R, h]; on exit d(loss)/d(block input).
+template <class B>
+void TransformerT<B>::block_backward(int l, BlockActivations& a) {
+  const LayerWeights& m = params_.layers[l];
+  LayerWeights& gw = grads_.layers[l];
+  const int R = static_cast<int>(rows_);
+  // MLP. The residual passes dresid straight through to x2.
+  if (moe_[l]) {
+    B::zero(g_.dln.raw(), sizeof(T) * size_t(R) * h_);
+    moe_[l]->backward(p(g_.dln), p(g_.dresid), loss_scale_);
+  } else {
+    mlp_backward(l, a);
+  }
+  B::rmsnorm_backward(p(g_.dresid), f(gw.mlp_norm), p(g_.dln), p(a.resid2), f(m.mlp_norm),
+                      f(a.rstd2), R, h_);
+  attention_backward(l, a);
+}
+
+// ---- whole model -------------------------------------------------------------------------------
+
+template <class B>
+float TransformerT<B>::forward(const int32_t* tokens, const int32_t* targets) {
+  const int N = N_, V = config_.vocab_size, R = static_cast<int>(rows_);
+  int32_t* tok = host_tokens_.data();
+  int32_t* tgt = host_targets_.data();
+  bool sharded = false;
+  if constexpr (kHost) {
+    if (hp_.zigzag) {  // this CP rank's rows of the full [seq, b] batch
+      parallel::zigzag_shard(tok, tokens, *hp_.zigzag, b_);
+      parallel::zigzag_shard(tgt, targets, *hp_.zigzag, b_);
+      sharded = true;
+    }
+  }
+  if (!sharded) {
+    std::memcpy(tok, tokens, sizeof(int32_t) * N);
+    std::memcpy(tgt, targets, sizeof(int32_t) * N);
+  }
+  int64_t valid = 0;
+  for (int i = 0; i < N; ++i) {
+    GROVE_CHECK(tok[i] >= 0 && tok[i] < V) << "token id " << tok[i] << " at row " << i
+                                           << " is outside the vocabulary [0, " << V << ")";
+    GROVE_CHECK(tgt[i] < V) << "target id " << tgt[i] << " outside the vocabulary";
+    valid += tgt[i] >= 0;
+  }
+  B::upload(tokens_.raw(), tok, sizeof(int32_t) * N);
+  B::upload(targets_.raw(), tgt, sizeof(int32_t) * N);
+
+  moe_loss_ = 0;
+  // Embedding: vocabulary-parallel partial rows, then f̄ (all-reduce) or ḡ (reduce-scatter).
+  if constexpr (kHost) {
+    if (t_ > 1) {
+      hp_.embed->forward(sp_ ? f(full_) : f(stash_.resid[0]), tok, f(params_.wte), N);
+      reduce_output(p(stash_.resid[0]));
+    }
+  }
+  if (t_ == 1) B::embedding_forward(p(stash_.resid[0]), tokens_.data<int32_t>(), p(compute_.wte), N, h_);
+
+  for (int l = 0; l < config_.n_layers; ++l)
+    block_forward(l, mode_ == Recompute::kFull ? stash_.transient : stash_.blocks[l]);
+
+  // Head: final norm, g, (vocabulary-parallel) LM head and cross-entropy.
+  B::rmsnorm_forward(p(stash_.lnf), f(stash_.rstdf), p(stash_.resid[config_.n_layers]),
+                     f(params_.final_norm), R, h_, config_.norm_eps);
+  B::linear_forward(p(stash_.logits), gather_rows(stash_.lnf), p(compute_.lm_head), nullptr, N, h_,
+                    Vl_);
+  if constexpr (kHost) {
+    if (t_ > 1)
+      parallel::vocab_parallel_cross_entropy_forward(
+          tp_, f(stash_.losses), f(stash_.ce_lse), f(stash_.logits), tgt, N, hp_.embed->local_vocab(),
+          hp_.embed->vocab_start(), f(hp_.ce_scratch));
+  }
+  if (t_ == 1)
+    B::cross_entropy_forward(f(stash_.losses), f(stash_.ce_lse), p(stash_.logits),
+                             targets_.data<int32_t>(), N, V);
+  const float* losses = f(stash_.losses);
+  if constexpr (!kHost) {
+    B::download(host_losses_.data(), losses, sizeof(float) * N);
+    losses = host_losses_.data();
+  }
+  double sums[2] = {0.0, static_cast<double>(valid)};  // loss sum, valid targets
+  for (int i = 0; i < N; ++i) sums[0] += losses[i];    // fixed order: bit-reproducible
+  comm::all_reduce_host_f64(dpcp_, sums, 2);
+  global_valid_ = sums[1];
+  return global_valid_ > 0 ? static_cast<float>(sums[0] / global_valid_) : 0.0f;
+}
+
+template <class B>
+void TransformerT<B>::backward(float loss_scale, bool finalize) {
+  const int N = N_, V = config_.vocab_size, R = static_cast<int>(rows_);
+  const int L = config_.n_layers;
+  // Dense gradients are summed over every rank holding distinct tokens of the same shard: the
+  // data-parallel and context-parallel ranks together (dp_cp).
+  const bool reduce_dp = finalize && dpcp_ != nullptr;
+  loss_scale_ = loss_scale;
+  {
+    std::vector<float> dl(N, global_valid_ > 0 ? loss_scale / float(global_valid_) : 0.0f);
+    B::upload(g_.dlosses.raw(), dl.data(), sizeof(float) * N);
+  }
+
+  // Head: dlogits overwrite the logits in place.
+  T* dlogits = p(stash_.logits);
+  if constexpr (kHost) {
+    if (t_ > 1)
+      parallel::vocab_parallel_cross_entropy_backward(
+          dlogits, f(stash_.logits), f(stash_.ce_lse), host_targets_.data(), f(g_.dlosses), N,
+          hp_.embed->local_vocab(), hp_.embed->vocab_start());
+  }
+  if (t_ == 1)
+    B::cross_entropy_backward(dlogits, p(stash_.logits), f(stash_.ce_lse),
+                              targets_.data<int32_t>(), f(g_.dlosses), N, V);
+  const T* lnf = gather_rows(stash_.lnf);
+  B::zero(g_.dfull.raw(), sizeof(T) * size_t(N) * h_);
+  B::linear_backward(p(g_.dfull), f(grads_.lm_head), nullptr, dlogits, lnf, p(compute_.lm_head), N,
+                     h_, Vl_);
+  reduce_input_grad();
+  B::zero(g_.dresid.raw(), sizeof(T) * size_t(R) * h_);
+  B::rmsnorm_backward(p(g_.dresid), f(grads_.final_norm), p(g_.dln), p(stash_.resid[L]),
+                      f(params_.final_norm), f(stash_.rstdf), R, h_);
+  if (finalize && sp_)  // replicated weight, different tokens per rank: SUM over TP
+    tp_->all_reduce(f(grads_.final_norm), h_, DType::kF32, comm::ReduceOp::kSum);
+  // The flat gradient's ranges: [wte | layer 0 | ... | layer L-1 | final_norm, lm_head]; a MoE
+  // layer's range is [dense weights and router | experts].
+  auto layer_begin = [&](int l) {
+    return l < L ? offset("layers." + std::to_string(l) + ".attn_norm") : offset("final_norm");
+  };
+  if (reduce_dp) reduce_range(dpcp_, layer_begin(L), layout_.size);
+
+  for (int l = L - 1; l >= 0; --l) {
+    if (mode_ == Recompute::kFull) {
+      // Re-run the block from its saved input; the forward is deterministic (no dropout), so
+      // the recomputed intermediates are bit-identical to the first pass. resid[l+1] is
+      // rewritten with the values it already holds. The re-run must not count the block's MoE
+      // aux + z loss a second time.
+      const float moe_loss = moe_loss_;
+      block_forward(l, stash_.transient);
+      moe_loss_ = moe_loss;
+      block_backward(l, stash_.transient);
+    } else {
+      block_backward(l, stash_.blocks[l]);
+    }
+    LayerWeights& gw = grads_.layers[l];
+    if (finalize && sp_) {  // replicated weights that saw different tokens: SUM over TP
+      for (Tensor* t : {&gw.attn_norm, &gw.mlp_norm, &gw.router})
+        if (t->defined()) tp_->all_reduce(f(*t), t->numel(), DType::kF32, comm::ReduceOp::kSum);
+    }
+    const int64_t begin = layer_begin(l), end = layer_begin(l + 1);
+    const int64_t experts = moe_[l] ? offset("layers." + std::to_string(l) + ".experts.w_gate") : end;
+    if (reduce_dp) reduce_range(dpcp_, begin, experts);
+    // Experts: SUM over the ranks holding the same experts (edp), never over ep. Without a grid
+    // (one device per data-parallel rank, every expert local) that is the data-parallel group.
+    comm::Communicator* expert_group = par_.grid ? edp_ : dpcp_;
+    if (finalize && expert_group && experts < end) reduce_range(expert_group, experts, end);
+  }
+  // Embedding: the residual gradient, gathered back to all N rows under SP (ḡ backward).
+  const T* demb = output_grad();
+  if constexpr (kHost) {
+    if (t_ > 1) hp_.embed->backward(f(grads_.wte), demb, host_tokens_.data(), N);
+  }
+  if (t_ == 1) B::embedding_backward(f(grads_.wte), demb, tokens_.data<int32_t>(), N, h_);
+  if (reduce_dp) reduce_range(dpcp_, 0, layer_begin(0));
+  if (finalize) finish_reductions();
+}
+
+// ---- data-parallel gradient reduction ---------------------------------------------------------
+
+template <class B>
+void TransformerT<B>::reduce_range(comm::Communicator* group, int64_t begin, int64_t end) {
+  if (end <= begin) return;
+  if (group->device() != B::kDevice) {
+    staged_.push_back({group, begin, end});
+    return;
+  }
+  pending_.push_back(group->all_reduce_async(f(grads_flat_) + begin, end - begin, DType::kF32,
+                                             comm::ReduceOp::kSum));
+  // MPI progresses non-blocking collectives only inside MPI calls: poke the earlier ranges.
+  for (size_t i = 0; i + 1 < pending_.size(); ++i)
+    if (!pending_[i].done()) pending_[i].test();
+}
+
+template <class B>
+void TransformerT<B>::finish_reductions() {
+  for (comm::Work& w : pending_) w.wait();
+  pending_.clear();
+  for (const Range& r : staged_) {  // a host-memory group for device gradients (MPI over GPUs)
+    const int64_t n = r.end - r.begin;
+    std::vector<float> host(n);
+    B::download(host.data(), f(grads_flat_) + r.begin, sizeof(float) * n);
+    r.group->all_reduce(host.data(), n, DType::kF32, comm::ReduceOp::kSum);
+    B::upload(f(grads_flat_) + r.begin, host.data(), sizeof(float) * n);
+  }
+  staged_.clear();
+}
+
+// ---- reports -----------------------------------------------------------------------------------
+
+template <class B>
+ActivationReport TransformerT<B>::activation_report() const {
+  ActivationReport r;
+  for (int l = 0; l < config_.n_layers; ++l) {
+    size_t bytes = stash_.resid[l].bytes();
+    if (mode_ != Recompute::kFull) bytes += stash_.blocks[l].bytes();
+    r.per_layer.push_back(bytes);
+  }
+  r.transient = mode_ == Recompute::kFull ? stash_.transient.bytes() : 0;
+  r.head = stash_.resid[config_.n_layers].bytes() + stash_.rstdf.bytes() + stash_.lnf.bytes() +
+           stash_.logits.bytes() + stash_.ce_lse.bytes() + stash_.losses.bytes();
+  for (const auto& m : moe_)
+    if (m) r.moe += m->stash_bytes();
+  return r;
+}
+
+template <class B>
+int64_t TransformerT<B>::device_bytes() const {
+  return allocated_;
+}
+
+template <class B>
+std::vector<parallel::MoeMetrics> TransformerT<B>::moe_metrics() const {
+  std::vector<parallel::MoeMetrics> out;
+  for (const auto& m : moe_)
+    if (m) out.push_back(m->metrics());
+  return out;
+}
+
+}  // namespace grove
