@@ -178,9 +178,22 @@ StatusOr<std::string> Save(const std::string& root, int step, const std::vector<
     meta["global_shape:" + p.name] = json(p.global_shape).dump();
     meta["offset:" + p.name] = json(p.offset).dump();
   }
+  // A save that fails after NAME.tmp/ exists removes it (once every rank is past writing), so a
+  // full disk does not stay full with a partial checkpoint; the previous checkpoints stay.
+  auto discard_tmp = [&](Status failed) {
+    if (rank.leader) {
+      std::error_code ec;
+      fs::remove_all(tmp, ec);
+      if (ec)
+        return Status::Error(failed.message() + " (and the partial " + tmp.string() +
+                             " could not be removed: " + ec.message() + ")");
+    }
+    return failed;
+  };
   st = mine.empty() ? Status::Ok()
                     : WriteSafetensors((tmp / shard_file_name(rank.rank)).string(), mine, meta);
-  GROVE_RETURN_IF_ERROR(rank.agree(st));
+  st = rank.agree(st);
+  if (!st.ok()) return discard_tmp(st);
 
   if (rank.leader) {
     json index;
@@ -194,7 +207,8 @@ StatusOr<std::string> Save(const std::string& root, int step, const std::vector<
       if (st.ok()) st = publish(root, tmp, final_dir, name, keep);
     }
   }
-  GROVE_RETURN_IF_ERROR(rank.agree(st));
+  st = rank.agree(st);
+  if (!st.ok()) return discard_tmp(st);
   return final_dir.string();
 }
 
@@ -204,6 +218,54 @@ std::string Latest(const std::string& root) {
   if (!(in >> name)) return "";
   const fs::path dir = fs::path(root) / name;
   return fs::exists(dir / "index.json") && fs::exists(dir / "state.json") ? dir.string() : "";
+}
+
+Status Verify(const std::string& dir) {
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) return Status::Error("checkpoint " + dir + " does not exist");
+  auto index = ReadIndex(dir);
+  if (!index.ok()) return index.status();
+  const fs::path state_path = fs::path(dir) / "state.json";
+  std::ifstream sin(state_path);
+  if (!sin) return Status::Error(state_path.string() + " is missing");
+  const json state = json::parse(sin, nullptr, /*allow_exceptions=*/false);
+  if (state.is_discarded() || !state.is_object() || !state.contains("step"))
+    return Status::Error(state_path.string() + " is corrupt (no step)");
+  // The byte length each shard file needs for the pieces the index places in it.
+  std::map<std::string, uint64_t> needed;
+  try {
+    for (const auto& f : index.value().value("files", json::array()))
+      needed[f.get<std::string>()] = 0;
+    for (const auto& [name, t] : index.value()["tensors"].items())
+      for (const json& p : t.at("pieces")) {
+        uint64_t& n = needed[p.at("file").get<std::string>()];
+        n = std::max(n, p.at("bytes").at(1).get<uint64_t>());
+      }
+  } catch (const json::exception& e) {
+    return Status::Error((fs::path(dir) / "index.json").string() + " is corrupt (" + e.what() +
+                         ")");
+  }
+  for (const auto& [file, bytes] : needed) {
+    const fs::path p = fs::path(dir) / file;
+    const uintmax_t size = fs::file_size(p, ec);
+    if (ec) return Status::Error(p.string() + " is missing (named in index.json)");
+    if (size < bytes)
+      return Status::Error(p.string() + ": truncated: " + std::to_string(size) +
+                           " bytes, index.json places data up to byte " + std::to_string(bytes));
+  }
+  return Status::Ok();
+}
+
+std::vector<std::string> List(const std::string& root) {
+  std::vector<std::string> dirs;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(root, ec)) {
+    const std::string n = e.path().filename().string();
+    if (n.starts_with("step_") && !n.ends_with(".tmp") && e.is_directory(ec))
+      dirs.push_back(e.path().string());
+  }
+  std::sort(dirs.rbegin(), dirs.rend());
+  return dirs;
 }
 
 StatusOr<json> ReadIndex(const std::string& dir) {

@@ -55,6 +55,15 @@ StatusOr<std::string> Save(const std::string& root, int step, const std::vector<
 // The newest complete checkpoint under `root`, or "".
 std::string Latest(const std::string& root);
 
+// Whether `dir` is a complete checkpoint, without reading tensor data: index.json and state.json
+// parse, and every shard file the index names exists and is long enough for its pieces. The error
+// names the missing or damaged file. (Piece checksums are verified by Load.)
+Status Verify(const std::string& dir);
+
+// The checkpoint directories under `root` (step_XXXXXXXX, complete or not; unfinished *.tmp saves
+// excluded), newest step first.
+std::vector<std::string> List(const std::string& root);
+
 // Loads every piece's region from the checkpoint `dir` into piece.local (all ranks together).
 // Returns state.json. On any error on any rank nothing is modified on any rank.
 StatusOr<nlohmann::json> Load(const std::string& dir, std::vector<Piece>& pieces,

@@ -47,6 +47,21 @@ StatusOr<std::string> SaveCheckpoint(const std::string& root, int step, const We
 // The newest complete checkpoint under `root`, or "" when there is none.
 std::string LatestCheckpoint(const std::string& root);
 
+// Where a run keeps its checkpoints: OUT_DIR/checkpoints.
+std::string CheckpointRoot(const std::string& out_dir);
+
+// Where a run in `out_dir` starts, refusing whatever would start over by accident or overwrite
+// work. Returns the checkpoint directory to load, or "" for a fresh start:
+//   resume_from set: that directory, which must be a complete checkpoint;
+//   resume:          the checkpoint `latest` names; "" only when the root holds no checkpoint at
+//                    all (e.g. a restart before the first save);
+//   neither:         "", refused when the root holds any checkpoint or a `latest` file.
+// A missing or damaged `latest`, step directory, index.json, state.json or shard file is an error
+// naming it and listing the complete checkpoints still there with the flag to pick one
+// (--resume-from DIR). Reads only; nothing is modified.
+StatusOr<std::string> ResolveStart(const std::string& out_dir, bool resume,
+                                   const std::string& resume_from);
+
 // Loads `dir` into params/opt and returns its state.json. On any error (missing file, truncated
 // or corrupt shard, shape mismatch) nothing is modified and the message names the file and tensor.
 StatusOr<nlohmann::json> LoadCheckpoint(const std::string& dir, Weights& params, AdamW& opt,

@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Resume never starts over by accident: every way the latest checkpoint can be missing or damaged
+# makes `grove-worker train --resume` fail with one error line naming what is missing and the
+# complete checkpoints still there (with --resume-from), and leaves every file untouched; a fresh
+# start into an out_dir holding any checkpoint is refused; --resume-from an older complete
+# checkpoint then works.
+# usage: resume_safety.sh GROVE_WORKER DATA_DIR
+set -u
+worker=$1 data=$2
+if [ ! -f "$data/train.bin" ]; then
+  echo "SKIP: no prepared dataset in $data (run launch/setup.sh)"
+  exit 0
+fi
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+failures=0
+export OMP_NUM_THREADS=1
+
+tiny=(--set model.d_model=32 --set model.n_layers=1 --set model.n_heads=2
+      --set model.max_seq_len=32 --set train.seq_len=32 --set train.batch_size=2
+      --set train.eval_every=0 --set train.eval_batches=1 --set train.steps=6
+      --set train.checkpoint_every=2 --set train.keep_checkpoints=3 --set "data.dir=$data" -q)
+
+"$worker" train "${tiny[@]}" --set "out_dir=$tmp/good" >/dev/null || {
+  echo "FAIL: the tiny training run did not complete"
+  exit 1
+}
+[ "$(ls "$tmp/good/checkpoints")" = "$(printf 'latest\nstep_00000002\nstep_00000004\nstep_00000006')" ] || {
+  echo "FAIL: unexpected checkpoints: $(ls "$tmp/good/checkpoints")"
+  exit 1
+}
+
+snapshot() { (cd "$1" && find . -type f -print0 | sort -z | xargs -0 md5sum); }
+
+# check NAME DAMAGE-COMMAND PATTERN [worker flags...]: copy the good run, damage it, run the
+# worker; it must fail with one stderr line matching PATTERN and modify nothing.
+check() {
+  local name=$1 damage=$2 pattern=$3
+  shift 3
+  local run=$tmp/$name
+  rm -rf "$run"
+  cp -a "$tmp/good" "$run"
+  local ck=$run/checkpoints
+  (cd "$ck" && eval "$damage")
+  local before
+  before=$(snapshot "$run")
+  "$worker" train "${tiny[@]}" --set "out_dir=$run" --set train.steps=8 "$@" \
+    >"$tmp/out" 2>"$tmp/err"
+  local rc=$? lines
+  lines=$(wc -l <"$tmp/err")
+  local msg
+  msg=$(sed "s|$run|RUN|g" "$tmp/err")
+  if [ $rc -eq 0 ] || [ "$lines" -ne 1 ] || ! grep -q -- "$pattern" "$tmp/err"; then
+    echo "FAIL $name: rc=$rc, $lines stderr lines, want /$pattern/:"
+    cat "$tmp/err"
+    failures=$((failures + 1))
+  elif [ "$before" != "$(snapshot "$run")" ]; then
+    echo "FAIL $name: files changed by a refused run"
+    failures=$((failures + 1))
+  else
+    echo "ok   $name: $msg"
+  fi
+}
+older="complete checkpoints still there (newest first): $tmp/NAME/checkpoints/step_00000004, $tmp/NAME/checkpoints/step_00000002; continue from one with --resume-from DIR"
+older_all="complete checkpoints still there (newest first): $tmp/NAME/checkpoints/step_00000006, $tmp/NAME/checkpoints/step_00000004, $tmp/NAME/checkpoints/step_00000002; continue from one with --resume-from DIR"
+
+check no-latest 'rm latest' "checkpoints/latest is missing.*${older_all//NAME/no-latest}" --resume
+check no-latest-fresh 'rm latest' "already holds checkpoints.*step_00000006); pass --resume"
+check latest-empty ': > latest' "checkpoints/latest is empty or damaged.*${older_all//NAME/latest-empty}" --resume
+check no-step-dir 'rm -r step_00000006' "the latest checkpoint is damaged: checkpoint .*step_00000006 does not exist; ${older//NAME/no-step-dir}" --resume
+check no-index 'rm step_00000006/index.json' "step_00000006 has no readable index.json; ${older//NAME/no-index}" --resume
+check corrupt-index 'echo "{ broken" > step_00000006/index.json' "step_00000006/index.json is corrupt (no tensors); ${older//NAME/corrupt-index}" --resume
+check no-state 'rm step_00000006/state.json' "step_00000006/state.json is missing; ${older//NAME/no-state}" --resume
+check no-shard 'rm step_00000006/shard-00000.safetensors' "step_00000006/shard-00000.safetensors is missing (named in index.json); ${older//NAME/no-shard}" --resume
+check truncated-shard 'truncate -s -100 step_00000006/shard-00000.safetensors' "step_00000006/shard-00000.safetensors: truncated: .*; ${older//NAME/truncated-shard}" --resume
+# A flipped byte inside tensor data: the files are complete, the checksum catches it at load.
+check corrupt-shard 'printf "\xff\xff\xff\xff" | dd of=step_00000006/shard-00000.safetensors bs=1 seek=20000 conv=notrunc status=none' "step_00000006/shard-00000.safetensors: checksum mismatch in tensor .*; other complete checkpoints (newest first): .*step_00000004, .*step_00000002; continue from one with --resume-from DIR" --resume
+check resume-from-damaged 'rm step_00000004/index.json' "--resume-from .*step_00000004: checkpoint .*step_00000004 has no readable index.json; complete checkpoints still there (newest first): .*step_00000006, .*step_00000002;" --resume-from "$tmp/resume-from-damaged/checkpoints/step_00000004"
+check nothing-left 'rm */index.json' "checkpoints/step_00000006 has no readable index.json; there is no complete checkpoint in" --resume
+check fresh-with-only-dirs 'rm latest; rm -r step_00000002 step_00000004' "already holds checkpoints (.*step_00000006)" 
+
+# After the error, the flag it names continues from the older checkpoint (and only then writes).
+run=$tmp/no-step-dir
+if "$worker" train "${tiny[@]}" --set "out_dir=$run" --set train.steps=8 \
+     --resume-from "$run/checkpoints/step_00000004" >"$tmp/out" 2>"$tmp/err" &&
+   grep -q '"step":8' "$run/metrics.jsonl" && [ -d "$run/checkpoints/step_00000008" ]; then
+  echo "ok   resume-from-older: continued from step 4 to step 8"
+else
+  echo "FAIL resume-from-older:"; cat "$tmp/err"; failures=$((failures + 1))
+fi
+# A resume with no checkpoint at all (a restart before the first save) starts at step 0.
+if "$worker" train "${tiny[@]}" --set "out_dir=$tmp/empty" --set train.steps=2 --resume \
+     >"$tmp/out" 2>"$tmp/err" && [ -d "$tmp/empty/checkpoints/step_00000002" ]; then
+  echo "ok   resume-nothing-saved: started at step 0"
+else
+  echo "FAIL resume-nothing-saved:"; cat "$tmp/err"; failures=$((failures + 1))
+fi
+
+if [ $failures -ne 0 ]; then
+  echo "$failures case(s) failed"
+  exit 1
+fi
+echo "all damage cases refused, nothing modified"
