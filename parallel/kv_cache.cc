@@ -151,9 +151,9 @@ void DecodeAttention::forward_ring(float* out, const ShardedKvCache& cache, int 
   // Merge in source-rank order: the same arithmetic on every rank.
   std::fill(out, out + bhd, 0.0f);
   std::fill(lse_, lse_ + bh, kNegInf);
+  // One query row: out [1, B, NH, HD], lse [B, NH, 1].
   for (int src = 0; src < p; ++src)
-    for (int64_t i = 0; i < bh; ++i)
-      merge_partial_row(out + i * HD_, lse_ + i, o_ + src * bhd + i * HD_, lp_[src * bh + i], HD_);
+    cpu::attention_merge<float>(out, lse_, o_ + src * bhd, lp_ + src * bh, 1, B_, NH_, HD_, 0, 1);
 }
 
 }  // namespace grove::parallel

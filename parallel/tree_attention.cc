@@ -1,6 +1,7 @@
 #include "parallel/tree_attention.h"
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -9,20 +10,11 @@
 
 namespace grove::parallel {
 
+// The combine is the kernels' merge in its collective form (kernels/cpu/ops.h):
+// attention_merge_scale (num = o·e^{lse − M}, den = e^{lse − M}; 0 for an empty partial) before
+// the SUM, attention_merge_finish (out = num / den, lse = M + log den) after it.
 namespace {
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-
-// e^{lse − M}, 0 for an empty partial (also when M = -inf: the row is masked everywhere).
-inline float combine_weight(float lse, float m) {
-  return lse == kNegInf ? 0.0f : std::exp(lse - m);
-}
-
-// out = N / D and lse = M + log D, for one row; D = 0 (masked everywhere) gives 0 and -inf.
-inline void combine_finish(float* out, float* lse, const float* num, float den, float m, int HD) {
-  const float inv = den > 0 ? 1.0f / den : 0.0f;
-  for (int d = 0; d < HD; ++d) out[d] = num[d] * inv;
-  *lse = den > 0 ? m + std::log(den) : kNegInf;
-}
 
 struct Sizes {
   int p, Sl;
@@ -75,30 +67,13 @@ void tree_attention_forward(comm::Communicator& cp, const CpAttentionShape& s, f
   if (stats) stats->all_reduce(p, p * El);
   for (int j = 0; j < p; ++j) {
     float* num = packed + j * block;
-    float* den = num + Eq;
-    const float* lj = lse_i + j * El;
-    const float* mj = m + j * El;
-    for (int i = 0; i < Sl; ++i)
-      for (int b = 0; b < B; ++b)
-        for (int h = 0; h < NH; ++h) {
-          const int64_t bh = int64_t(b) * NH + h;
-          const float w = combine_weight(lj[bh * Sl + i], mj[bh * Sl + i]);
-          den[bh * Sl + i] = w;
-          float* o = num + ((int64_t(i) * B + b) * NH + h) * HD;
-          for (int d = 0; d < HD; ++d) o[d] *= w;
-        }
+    cpu::attention_merge_scale<float>(num, num + Eq, num, lse_i + j * El, m + j * El, Sl, B, NH,
+                                      HD);
   }
   cp.reduce_scatter(packed, recv, block, DType::kF32, comm::ReduceOp::kSum);
   if (stats) stats->reduce_scatter(p, block);
 
-  const float* mine = m + r * El;
-  for (int i = 0; i < Sl; ++i)
-    for (int b = 0; b < B; ++b)
-      for (int h = 0; h < NH; ++h) {
-        const int64_t bh = int64_t(b) * NH + h, row = ((int64_t(i) * B + b) * NH + h) * HD;
-        combine_finish(out + row, lse + bh * Sl + i, recv + row, recv[Eq + bh * Sl + i],
-                       mine[bh * Sl + i], HD);
-      }
+  cpu::attention_merge_finish<float>(out, lse, recv, recv + Eq, m + r * El, Sl, B, NH, HD);
 }
 
 void tree_attention_backward(comm::Communicator& cp, const CpAttentionShape& s, float* dq,
@@ -157,18 +132,15 @@ void tree_combine(comm::Communicator& cp, float* o, float* lse, int64_t rows, in
   float* den = num + rows * HD;  // [rows]
   std::memcpy(m, lse, sizeof(float) * rows);
   cp.all_reduce(m, rows, DType::kF32, comm::ReduceOp::kMax);
-  for (int64_t i = 0; i < rows; ++i) {
-    const float w = combine_weight(lse[i], m[i]);
-    den[i] = w;
-    for (int d = 0; d < HD; ++d) num[i * HD + d] = o[i * HD + d] * w;
-  }
+  // rows of HD values: the kernels' layout with SQ = rows, B = NH = 1.
+  GROVE_CHECK(rows <= INT_MAX) << "tree_combine: rows=" << rows << " exceeds int";
+  cpu::attention_merge_scale<float>(num, den, o, lse, m, int(rows), 1, 1, HD);
   cp.all_reduce(num, rows * (HD + 1), DType::kF32, comm::ReduceOp::kSum);
   if (stats) {
     stats->all_reduce(p, rows);
     stats->all_reduce(p, rows * (HD + 1));
   }
-  for (int64_t i = 0; i < rows; ++i)
-    combine_finish(o + i * HD, lse + i, num + i * HD, den[i], m[i], HD);
+  cpu::attention_merge_finish<float>(o, lse, num, den, m, int(rows), 1, 1, HD);
 }
 
 }  // namespace grove::parallel

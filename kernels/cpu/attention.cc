@@ -24,6 +24,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 #include "core/status.h"
@@ -198,11 +199,79 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T*
   }
 }
 
-#define GROVE_INSTANTIATE(T)                                                              \
-  template void attention_forward<T>(T*, T*, T*, const T*, const T*, const T*,            \
-                                     const AttentionShape&);                              \
-  template void attention_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*, \
-                                      const T*, const T*, const T*, const AttentionShape&);
+// ---- Merge of partial results (see ops.h) -----------------------------------------------------
+// One row (b, h, i) at a time; the weights are computed once per row in acc_t<T> (std::exp of a
+// float is expf: the same bits as the host merges these kernels replace), then the HD loop only
+// multiplies and adds. Rows are independent, so OpenMP does not change any bit.
+
+template <typename T>
+void attention_merge(T* out, acc_t<T>* lse, const T* part_out, const acc_t<T>* part_lse, int SQ,
+                     int B, int NH, int HD, int row0, int SQp) {
+  using A = acc_t<T>;
+  GROVE_CHECK(row0 >= 0 && SQp >= 0 && row0 + SQp <= SQ)
+      << "attention_merge: rows [" << row0 << ", " << row0 + SQp << ") outside [0, " << SQ << ")";
+  const int64_t rows = int64_t{B} * NH * SQp;
+#pragma omp parallel for schedule(static) if (rows * HD >= detail::kMinParallelWork)
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t bh = r / SQp;
+    const int i = static_cast<int>(r % SQp);
+    A& la = lse[bh * SQ + row0 + i];
+    const A lb = part_lse[bh * SQp + i];
+    const A m = std::max(la, lb);
+    if (m == -std::numeric_limits<A>::infinity()) continue;  // both empty: unchanged
+    const A wa = std::exp(la - m), wb = std::exp(lb - m);    // exp(-inf) = 0, never NaN here
+    const A sum = wa + wb, inv = A(1) / sum;
+    const int64_t b = bh / NH, h = bh % NH;
+    T* oa = out + ((int64_t{row0 + i} * B + b) * NH + h) * HD;
+    const T* ob = part_out + ((int64_t{i} * B + b) * NH + h) * HD;
+    for (int d = 0; d < HD; ++d) oa[d] = (oa[d] * wa + ob[d] * wb) * inv;
+    la = m + std::log(sum);
+  }
+}
+
+template <typename T>
+void attention_merge_scale(T* num, acc_t<T>* den, const T* out, const acc_t<T>* lse,
+                           const acc_t<T>* lse_max, int SQ, int B, int NH, int HD) {
+  using A = acc_t<T>;
+  const int64_t rows = int64_t{B} * NH * SQ;
+#pragma omp parallel for schedule(static) if (rows * HD >= detail::kMinParallelWork)
+  for (int64_t r = 0; r < rows; ++r) {  // r = (b·NH + h)·SQ + i, the lse layout
+    const A w =
+        lse[r] == -std::numeric_limits<A>::infinity() ? A(0) : std::exp(lse[r] - lse_max[r]);
+    den[r] = w;
+    const int64_t bh = r / SQ, i = r % SQ;
+    const int64_t o = ((i * B + bh / NH) * NH + bh % NH) * HD;
+    for (int d = 0; d < HD; ++d) num[o + d] = out[o + d] * w;
+  }
+}
+
+template <typename T>
+void attention_merge_finish(T* out, acc_t<T>* lse, const T* num, const acc_t<T>* den,
+                            const acc_t<T>* lse_max, int SQ, int B, int NH, int HD) {
+  using A = acc_t<T>;
+  const int64_t rows = int64_t{B} * NH * SQ;
+#pragma omp parallel for schedule(static) if (rows * HD >= detail::kMinParallelWork)
+  for (int64_t r = 0; r < rows; ++r) {
+    const A d = den[r], m = lse_max[r];
+    const A inv = d > 0 ? A(1) / d : A(0);
+    const int64_t bh = r / SQ, i = r % SQ;
+    const int64_t o = ((i * B + bh / NH) * NH + bh % NH) * HD;
+    for (int c = 0; c < HD; ++c) out[o + c] = num[o + c] * inv;
+    lse[r] = d > 0 ? m + std::log(d) : -std::numeric_limits<A>::infinity();
+  }
+}
+
+#define GROVE_INSTANTIATE(T)                                                                     \
+  template void attention_forward<T>(T*, T*, T*, const T*, const T*, const T*,                   \
+                                     const AttentionShape&);                                     \
+  template void attention_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*,        \
+                                      const T*, const T*, const T*, const AttentionShape&);      \
+  template void attention_merge<T>(T*, acc_t<T>*, const T*, const acc_t<T>*, int, int, int, int, \
+                                   int, int);                                                    \
+  template void attention_merge_scale<T>(T*, acc_t<T>*, const T*, const acc_t<T>*,               \
+                                         const acc_t<T>*, int, int, int, int);                   \
+  template void attention_merge_finish<T>(T*, acc_t<T>*, const T*, const acc_t<T>*,              \
+                                          const acc_t<T>*, int, int, int, int);
 GROVE_INSTANTIATE(float)
 GROVE_INSTANTIATE(double)
 #undef GROVE_INSTANTIATE

@@ -156,8 +156,8 @@ void moe_permute(T* xp, int32_t* offsets, int32_t* row_of, const T* x, const int
   std::vector<int32_t> cursor(offsets, offsets + E);
   for (int64_t a = 0; a < A; ++a) {
     const int32_t e = expert[a];
-    GROVE_CHECK(e >= 0 && e < E) << "moe_permute: expert[" << a << "]=" << e << " outside [0, "
-                                 << E << ")";
+    GROVE_CHECK(e >= 0 && e < E) << "moe_permute: expert[" << a << "]=" << e << " outside [0, " << E
+                                 << ")";
     row_of[a] = cursor[e]++;
   }
   if (C == 0) return;
@@ -250,20 +250,20 @@ void grouped_linear_backward(T* dinp, acc_t<T>* dweight, const T* dout, const T*
   }
 }
 
-#define GROVE_MOE_INSTANTIATE(T)                                                                 \
-  template void moe_router_forward<T>(T*, T*, int32_t*, T*, int32_t*, double*, double*, const T*, \
-                                      int, int, int);                                            \
-  template void moe_router_backward<T>(T*, const T*, const T*, const T*, const int32_t*,         \
-                                       const T*, const int32_t*, int64_t, float, float, float,   \
-                                       int, int, int);                                           \
-  template void moe_permute<T>(T*, int32_t*, int32_t*, const T*, const int32_t*, const int32_t*, \
-                               int, int, int, int);                                              \
-  template void moe_permute_backward<T>(T*, const T*, const int32_t*, int, int, int);            \
-  template void moe_unpermute<T>(T*, const T*, const acc_t<T>*, const int32_t*, int, int, int);  \
-  template void moe_unpermute_backward<T>(T*, acc_t<T>*, const T*, const T*, const acc_t<T>*,    \
-                                          const int32_t*, int, int, int);                        \
-  template void grouped_linear_forward<T>(T*, const T*, const T*, const int32_t*, int, int, int); \
-  template void grouped_linear_backward<T>(T*, acc_t<T>*, const T*, const T*, const T*,          \
+#define GROVE_MOE_INSTANTIATE(T)                                                                   \
+  template void moe_router_forward<T>(T*, T*, int32_t*, T*, int32_t*, double*, double*, const T*,  \
+                                      int, int, int);                                              \
+  template void moe_router_backward<T>(T*, const T*, const T*, const T*, const int32_t*, const T*, \
+                                       const int32_t*, int64_t, float, float, float, int, int,     \
+                                       int);                                                       \
+  template void moe_permute<T>(T*, int32_t*, int32_t*, const T*, const int32_t*, const int32_t*,   \
+                               int, int, int, int);                                                \
+  template void moe_permute_backward<T>(T*, const T*, const int32_t*, int, int, int);              \
+  template void moe_unpermute<T>(T*, const T*, const acc_t<T>*, const int32_t*, int, int, int);    \
+  template void moe_unpermute_backward<T>(T*, acc_t<T>*, const T*, const T*, const acc_t<T>*,      \
+                                          const int32_t*, int, int, int);                          \
+  template void grouped_linear_forward<T>(T*, const T*, const T*, const int32_t*, int, int, int);  \
+  template void grouped_linear_backward<T>(T*, acc_t<T>*, const T*, const T*, const T*,            \
                                            const int32_t*, int, int, int);
 GROVE_MOE_INSTANTIATE(float)
 GROVE_MOE_INSTANTIATE(double)

@@ -36,8 +36,8 @@ using kernels::MoeRouterLosses;
 // ---- GEMM ---------------------------------------------------------------------------------
 // C[M,N] = alpha * op(A) * op(B) + beta * C, row-major, with leading dimensions.
 template <typename T>
-void gemm(bool trans_a, bool trans_b, int M, int N, int K, T alpha, const T* A, int lda,
-          const T* B, int ldb, T beta, T* C, int ldc);
+void gemm(bool trans_a, bool trans_b, int M, int N, int K, T alpha, const T* A, int lda, const T* B,
+          int ldb, T beta, T* C, int ldc);
 
 // ---- Linear (weight [OC, C] as in PyTorch nn.Linear) --------------------------------------
 // out[N,OC] = inp[N,C] @ weight[OC,C]^T (+ bias[OC] when bias != nullptr)
@@ -86,13 +86,41 @@ template <typename T>
 void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T* k, const T* v,
                         const T* out, const T* lse, const T* probs, const AttentionShape& shape);
 
-// ---- SwiGLU: out = silu(gate) * up ---------------------------------------------------------------
+// ---- Merge of partial attention results -------------------------------------------------------
+// The combine of tree / ring / context-parallel attention and of sharded decoding: attention over
+// disjoint key sets, merged by max / log-sum-exp. Layouts as attention_forward's: out [SQ, B, NH,
+// HD], lse [B, NH, SQ]. Exact: the merged result is the attention over the union of the keys, up
+// to rounding. There is no backward kernel: attention_backward takes the merged out and lse, so
+// each key shard's backward gives its dk, dv and its share of dq directly.
+//
+// Pairwise, in place: rows [row0, row0 + SQp) of (out, lse) with a partial (part_out [SQp, B, NH,
+// HD], part_lse [B, NH, SQp]). Per row, m = max(lse, lse_p), w = e^{lse - m}, w_p = e^{lse_p - m}:
+// out = (out·w + part_out·w_p) / (w + w_p), lse = m + log(w + w_p). An empty side (lse = -inf)
+// has weight 0; a row empty on both sides is left as it is (0, -inf).
+template <typename T>
+void attention_merge(T* out, acc_t<T>* lse, const T* part_out, const acc_t<T>* part_lse, int SQ,
+                     int B, int NH, int HD, int row0, int SQp);
+// The same merge of P partials around collectives (tree attention): given lse_max = the max of
+// the P partials' lse (a MAX all-reduce), attention_merge_scale writes num = out·w and den = w
+// with w = e^{lse - lse_max} (0 where lse = -inf; num may alias out); after a SUM all-reduce of
+// (num, den), attention_merge_finish writes out = num / den and lse = lse_max + log(den) (0 and
+// -inf where den = 0; out may alias num).
+template <typename T>
+void attention_merge_scale(T* num, acc_t<T>* den, const T* out, const acc_t<T>* lse,
+                           const acc_t<T>* lse_max, int SQ, int B, int NH, int HD);
+template <typename T>
+void attention_merge_finish(T* out, acc_t<T>* lse, const T* num, const acc_t<T>* den,
+                            const acc_t<T>* lse_max, int SQ, int B, int NH, int HD);
+
+// ---- SwiGLU: out = silu(gate) * up
+// ---------------------------------------------------------------
 template <typename T>
 void swiglu_forward(T* out, const T* gate, const T* up, int64_t n);
 template <typename T>
 void swiglu_backward(T* dgate, T* dup, const T* dout, const T* gate, const T* up, int64_t n);
 
-// ---- Embedding: out[N,C] = table[tokens[n], :] ----------------------------------------------------
+// ---- Embedding: out[N,C] = table[tokens[n], :]
+// ----------------------------------------------------
 template <typename T>
 void embedding_forward(T* out, const int32_t* tokens, const T* table, int N, int C);
 template <typename T>
@@ -118,8 +146,8 @@ void scale_inplace(T* y, T alpha, int64_t n);  // y *= alpha
 template <typename T>
 double sum_squares(const T* x, int64_t n);  // in double, for gradient norms
 
-// ---- AdamW (decoupled weight decay, bias-corrected; step counts from 1) --------------------------
-// param -= lr * (m_hat / (sqrt(v_hat) + eps) + weight_decay * param)
+// ---- AdamW (decoupled weight decay, bias-corrected; step counts from 1)
+// -------------------------- param -= lr * (m_hat / (sqrt(v_hat) + eps) + weight_decay * param)
 void adamw_update(float* param, const float* grad, float* m, float* v, int64_t n, float lr,
                   float beta1, float beta2, float eps, float weight_decay, int step);
 

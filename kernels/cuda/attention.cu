@@ -463,16 +463,120 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T*
   attention_backward_reference<T>(dq, dk, dv, dout, q, k, v, out, lse, probs, shape, stream);
 }
 
-#define GROVE_INSTANTIATE(T)                                                                   \
-  template void attention_forward<T>(T*, float*, T*, const T*, const T*, const T*,             \
-                                     const AttentionShape&, cudaStream_t);                     \
-  template void attention_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*,      \
-                                      const T*, const float*, const T*, const AttentionShape&, \
-                                      cudaStream_t);                                           \
-  template void attention_forward_reference<T>(T*, float*, T*, const T*, const T*, const T*,   \
-                                               const AttentionShape&, cudaStream_t);           \
-  template void attention_backward_reference<T>(T*, T*, T*, const T*, const T*, const T*,      \
-                                                const T*, const T*, const float*, const T*,    \
+// ---- Merge of partial results (contracts in ops.h) ---------------------------------------------
+// One thread per row (b, h, i) in a grid-stride loop, fp32 whatever T is; the weights once per
+// row, then HD multiply-adds. The same expressions as the CPU kernels (kernels/cpu/attention.cc).
+namespace {
+
+// Row r = (b·NH + h)·SQ + i of the lse layout → offset of its out row in [SQ, B, NH, HD].
+__device__ __forceinline__ int64_t merge_out_row(int64_t r, int SQ, int B, int NH, int HD) {
+  const int64_t bh = r / SQ, i = r % SQ;
+  return ((i * B + bh / NH) * NH + bh % NH) * HD;
+}
+
+template <typename T>
+__global__ void attention_merge_kernel(T* out, float* lse, const T* part_out, const float* part_lse,
+                                       int SQ, int B, int NH, int HD, int row0, int SQp) {
+  const int64_t rows = int64_t{B} * NH * SQp;
+  for (int64_t r = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; r < rows;
+       r += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t bh = r / SQp, i = r % SQp;
+    float* la = lse + bh * SQ + row0 + i;
+    const float lb = part_lse[r];
+    const float m = fmaxf(*la, lb);
+    if (m == -INFINITY) continue;  // both empty: unchanged
+    const float wa = expf(*la - m), wb = expf(lb - m);
+    const float sum = wa + wb, inv = 1.f / sum;
+    T* oa = out + merge_out_row(bh * SQ + row0 + i, SQ, B, NH, HD);
+    const T* ob = part_out + merge_out_row(r, SQp, B, NH, HD);
+    for (int d = 0; d < HD; ++d)
+      oa[d] = from_f32<T>((to_f32(oa[d]) * wa + to_f32(ob[d]) * wb) * inv);
+    *la = m + logf(sum);
+  }
+}
+
+template <typename T>
+__global__ void attention_merge_scale_kernel(T* num, float* den, const T* out, const float* lse,
+                                             const float* lse_max, int SQ, int B, int NH, int HD) {
+  const int64_t rows = int64_t{B} * NH * SQ;
+  for (int64_t r = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; r < rows;
+       r += int64_t{gridDim.x} * blockDim.x) {
+    const float w = lse[r] == -INFINITY ? 0.f : expf(lse[r] - lse_max[r]);
+    den[r] = w;
+    const int64_t o = merge_out_row(r, SQ, B, NH, HD);
+    for (int d = 0; d < HD; ++d) num[o + d] = from_f32<T>(to_f32(out[o + d]) * w);
+  }
+}
+
+template <typename T>
+__global__ void attention_merge_finish_kernel(T* out, float* lse, const T* num, const float* den,
+                                              const float* lse_max, int SQ, int B, int NH, int HD) {
+  const int64_t rows = int64_t{B} * NH * SQ;
+  for (int64_t r = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; r < rows;
+       r += int64_t{gridDim.x} * blockDim.x) {
+    const float d = den[r], m = lse_max[r];
+    const float inv = d > 0 ? 1.f / d : 0.f;
+    const int64_t o = merge_out_row(r, SQ, B, NH, HD);
+    for (int c = 0; c < HD; ++c) out[o + c] = from_f32<T>(to_f32(num[o + c]) * inv);
+    lse[r] = d > 0 ? m + logf(d) : -INFINITY;
+  }
+}
+
+constexpr int kMergeThreads = 128;
+
+}  // namespace
+
+template <typename T>
+void attention_merge(T* out, float* lse, const T* part_out, const float* part_lse, int SQ, int B,
+                     int NH, int HD, int row0, int SQp, cudaStream_t stream) {
+  GROVE_CHECK(row0 >= 0 && SQp >= 0 && row0 + SQp <= SQ)
+      << "attention_merge: rows [" << row0 << ", " << row0 + SQp << ") outside [0, " << SQ << ")";
+  const int64_t rows = int64_t{B} * NH * SQp;
+  if (rows == 0) return;
+  attention_merge_kernel<T><<<detail::grid_for(rows, kMergeThreads), kMergeThreads, 0, stream>>>(
+      out, lse, part_out, part_lse, SQ, B, NH, HD, row0, SQp);
+  GROVE_CUDA_CHECK_LAUNCH();
+}
+
+template <typename T>
+void attention_merge_scale(T* num, float* den, const T* out, const float* lse, const float* lse_max,
+                           int SQ, int B, int NH, int HD, cudaStream_t stream) {
+  const int64_t rows = int64_t{B} * NH * SQ;
+  if (rows == 0) return;
+  attention_merge_scale_kernel<T>
+      <<<detail::grid_for(rows, kMergeThreads), kMergeThreads, 0, stream>>>(num, den, out, lse,
+                                                                            lse_max, SQ, B, NH, HD);
+  GROVE_CUDA_CHECK_LAUNCH();
+}
+
+template <typename T>
+void attention_merge_finish(T* out, float* lse, const T* num, const float* den,
+                            const float* lse_max, int SQ, int B, int NH, int HD,
+                            cudaStream_t stream) {
+  const int64_t rows = int64_t{B} * NH * SQ;
+  if (rows == 0) return;
+  attention_merge_finish_kernel<T>
+      <<<detail::grid_for(rows, kMergeThreads), kMergeThreads, 0, stream>>>(out, lse, num, den,
+                                                                            lse_max, SQ, B, NH, HD);
+  GROVE_CUDA_CHECK_LAUNCH();
+}
+
+#define GROVE_INSTANTIATE(T)                                                                     \
+  template void attention_merge<T>(T*, float*, const T*, const float*, int, int, int, int, int,  \
+                                   int, cudaStream_t);                                           \
+  template void attention_merge_scale<T>(T*, float*, const T*, const float*, const float*, int,  \
+                                         int, int, int, cudaStream_t);                           \
+  template void attention_merge_finish<T>(T*, float*, const T*, const float*, const float*, int, \
+                                          int, int, int, cudaStream_t);                          \
+  template void attention_forward<T>(T*, float*, T*, const T*, const T*, const T*,               \
+                                     const AttentionShape&, cudaStream_t);                       \
+  template void attention_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*,        \
+                                      const T*, const float*, const T*, const AttentionShape&,   \
+                                      cudaStream_t);                                             \
+  template void attention_forward_reference<T>(T*, float*, T*, const T*, const T*, const T*,     \
+                                               const AttentionShape&, cudaStream_t);             \
+  template void attention_backward_reference<T>(T*, T*, T*, const T*, const T*, const T*,        \
+                                                const T*, const T*, const float*, const T*,      \
                                                 const AttentionShape&, cudaStream_t);
 GROVE_INSTANTIATE(float)
 GROVE_INSTANTIATE(bf16)

@@ -1,5 +1,9 @@
-// CUDA compute kernels: the GPU counterpart of kernels/cpu/ops.h, with the same names and
-// argument lists (device pointers, plus a trailing stream).
+// CUDA compute kernels: the GPU counterpart of kernels/cpu/ops.h. One interface with it: the same
+// kernels with the same names, argument lists and shapes, taking device pointers and a trailing
+// `cudaStream_t stream = 0`. Shared types (AttentionShape, kMoeMaxTopK, MoeRouterLosses) and the
+// acc_t<T> type rule are in kernels/kernel_types.h: the float parameters below that do not follow
+// T (weight gradients, norm weights, rstd, lse, losses, the router's tensors) are acc_t<T>, which
+// is float for both GPU element types, so for T = float the cpu:: and cuda:: signatures coincide.
 //
 // Legend: N rows (tokens = s*b), C channels (h), OC output channels, V vocabulary, S sequence,
 // B batch, NH query heads, NKV key/value heads (NH % NKV == 0), HD head dim. Activations are
@@ -28,12 +32,16 @@
 #include <cstdint>
 #include <initializer_list>
 
-#include "kernels/cpu/ops.h"  // AttentionShape: one shape type for both back ends
+#include "kernels/kernel_types.h"
 
 namespace grove::cuda {
 
 using bf16 = __nv_bfloat16;
-using AttentionShape = ::grove::cpu::AttentionShape;
+using kernels::acc_t;
+using kernels::AttentionShape;
+using kernels::kMoeMaxTopK;
+using kernels::moe_router_losses;
+using kernels::MoeRouterLosses;
 
 // ---- GEMM -----------------------------------------------------------------------------------
 // C[M,N] = alpha * op(A) * op(B) + beta * C, row-major, with leading dimensions. T = float uses
@@ -83,8 +91,8 @@ void rope_backward(T* dx, const float* cos_table, const float* sin_table, int S,
 // never materialised; probs, when not null, is additionally written ([B,NH,SQ,SK]) for callers
 // that want it, and the backward always recomputes probabilities from q, k and lse (probs is
 // accepted for interface parity and not read).
-// AttentionShape is grove::cpu's type, so an unqualified call with float pointers also finds the
-// CPU overload by argument-dependent lookup: call these as cuda::attention_forward(...).
+// AttentionShape is grove::kernels's type, shared with grove::cpu: call these qualified, as
+// cuda::attention_forward(...).
 template <typename T>
 void attention_forward(T* out, float* lse, T* probs, const T* q, const T* k, const T* v,
                        const AttentionShape& shape, cudaStream_t stream = 0);
@@ -119,6 +127,22 @@ void attention_tc_forward(bf16* out, float* lse, const bf16* q, const bf16* k, c
 void attention_tc_backward(bf16* dq, bf16* dk, bf16* dv, const bf16* dout, const bf16* q,
                            const bf16* k, const bf16* v, const bf16* out, const float* lse,
                            const AttentionShape& shape, cudaStream_t stream = 0);
+
+// ---- Merge of partial attention results -------------------------------------------------------
+// As grove::cpu (the combine of tree / ring / context-parallel attention and of sharded decoding;
+// contracts in kernels/cpu/ops.h): out [SQ, B, NH, HD] of T, lse [B, NH, SQ] fp32, all arithmetic
+// fp32. Deterministic (one thread per row). No backward kernel: attention_backward takes the
+// merged out and lse.
+template <typename T>
+void attention_merge(T* out, float* lse, const T* part_out, const float* part_lse, int SQ, int B,
+                     int NH, int HD, int row0, int SQp, cudaStream_t stream = 0);
+template <typename T>
+void attention_merge_scale(T* num, float* den, const T* out, const float* lse, const float* lse_max,
+                           int SQ, int B, int NH, int HD, cudaStream_t stream = 0);
+template <typename T>
+void attention_merge_finish(T* out, float* lse, const T* num, const float* den,
+                            const float* lse_max, int SQ, int B, int NH, int HD,
+                            cudaStream_t stream = 0);
 
 // ---- SwiGLU: out = silu(gate) * up
 // ---------------------------------------------------------------
@@ -182,7 +206,6 @@ void adamw_update(float* param, const float* grad, float* m, float* v, int64_t n
 //    assignment gets a row of the permuted buffer.
 //  - Index buffers (expert ids, counts, offsets, row_of) are int32 on the device: A < 2^31.
 //  - Everything is deterministic: no atomics, fixed-order fp32 / double sums.
-constexpr int kMoeMaxTopK = 16;
 
 // Route: from logits[N,E] writes probs[N,E] = softmax(logits), lse[N] = logsumexp(logits),
 // expert[N,k] = top-k ids by logit (largest first, a tie goes to the lower id), and
@@ -190,7 +213,7 @@ constexpr int kMoeMaxTopK = 16;
 // Statistics of these N tokens (written; zeros when N == 0): counts[E] (assignments routed to
 // each expert), prob_sum[E] = Σ_n p_{n,e} and lse_sq_sum[0] = Σ_n lse_n² (double). With
 // T_all = N, f_i = counts_i / (T_all·k) and P_i = prob_sum_i / T_all: aux = α·E·Σ_i f_i·P_i,
-// z = β·lse_sq_sum / T_all (moe_router_losses below, on host copies).
+// z = β·lse_sq_sum / T_all (moe_router_losses, on host copies).
 void moe_router_forward(float* probs, float* lse, int32_t* expert, float* weight, int32_t* counts,
                         double* prob_sum, double* lse_sq_sum, const float* logits, int N, int E,
                         int k, cudaStream_t stream = 0);
@@ -203,23 +226,8 @@ void moe_router_backward(float* dlogits, const float* dweight, const float* prob
                          int64_t tokens_all, float aux_coef, float z_coef, float loss_scale, int N,
                          int E, int k, cudaStream_t stream = 0);
 
-// The aux and z losses (already multiplied by α and β) from host copies of the forward's
-// statistics, with the CPU router's formula and order of operations.
-struct MoeRouterLosses {
-  float aux = 0, z = 0;
-};
-inline MoeRouterLosses moe_router_losses(const int32_t* counts, const double* prob_sum,
-                                         double lse_sq_sum, int64_t tokens_all, int E, int k,
-                                         float aux_coef, float z_coef) {
-  MoeRouterLosses l;
-  const double T_all = double(tokens_all);
-  if (T_all <= 0) return l;
-  double aux = 0;
-  for (int e = 0; e < E; ++e) aux += double(counts[e]) / (T_all * k) * prob_sum[e] / T_all;
-  l.aux = float(double(aux_coef) * E * aux);
-  l.z = float(double(z_coef) * lse_sq_sum / T_all);
-  return l;
-}
+// The aux and z losses: moe_router_losses (kernels/kernel_types.h) on host copies of the
+// statistics.
 
 // Permute (dispatch, one process): a stable counting sort of the A assignments by expert, in
 // (expert, token, slot) order, the single-rank order of AllToAllDispatcher. Writes offsets[E+1]

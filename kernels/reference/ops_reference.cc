@@ -222,6 +222,62 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T*
   }
 }
 
+namespace {
+// Offset of row (b, h, i) of out [SQ, B, NH, HD].
+int64_t out_row(int SQ, int B, int NH, int HD, int b, int h, int i) {
+  (void)SQ;
+  return ((static_cast<int64_t>(i) * B + b) * NH + h) * HD;
+}
+}  // namespace
+
+template <typename T>
+void attention_merge(T* out, acc_t<T>* lse, const T* part_out, const acc_t<T>* part_lse, int SQ,
+                     int B, int NH, int HD, int row0, int SQp) {
+  for (int b = 0; b < B; ++b)
+    for (int h = 0; h < NH; ++h)
+      for (int i = 0; i < SQp; ++i) {
+        const int64_t bh = static_cast<int64_t>(b) * NH + h;
+        acc_t<T>& la = lse[bh * SQ + row0 + i];
+        const Acc l1 = la, l2 = part_lse[bh * SQp + i];
+        const Acc m = std::max(l1, l2);
+        if (std::isinf(m) && m < 0) continue;
+        const Acc w1 = std::exp(l1 - m), w2 = std::exp(l2 - m);
+        T* o1 = out + out_row(SQ, B, NH, HD, b, h, row0 + i);
+        const T* o2 = part_out + out_row(SQp, B, NH, HD, b, h, i);
+        for (int d = 0; d < HD; ++d) o1[d] = static_cast<T>((o1[d] * w1 + o2[d] * w2) / (w1 + w2));
+        la = static_cast<acc_t<T>>(m + std::log(w1 + w2));
+      }
+}
+
+template <typename T>
+void attention_merge_scale(T* num, acc_t<T>* den, const T* out, const acc_t<T>* lse,
+                           const acc_t<T>* lse_max, int SQ, int B, int NH, int HD) {
+  for (int b = 0; b < B; ++b)
+    for (int h = 0; h < NH; ++h)
+      for (int i = 0; i < SQ; ++i) {
+        const int64_t r = (static_cast<int64_t>(b) * NH + h) * SQ + i;
+        const Acc l = lse[r];
+        const Acc w = std::isinf(l) && l < 0 ? 0.0 : std::exp(l - static_cast<Acc>(lse_max[r]));
+        den[r] = static_cast<acc_t<T>>(w);
+        const int64_t o = out_row(SQ, B, NH, HD, b, h, i);
+        for (int d = 0; d < HD; ++d) num[o + d] = static_cast<T>(out[o + d] * w);
+      }
+}
+
+template <typename T>
+void attention_merge_finish(T* out, acc_t<T>* lse, const T* num, const acc_t<T>* den,
+                            const acc_t<T>* lse_max, int SQ, int B, int NH, int HD) {
+  for (int b = 0; b < B; ++b)
+    for (int h = 0; h < NH; ++h)
+      for (int i = 0; i < SQ; ++i) {
+        const int64_t r = (static_cast<int64_t>(b) * NH + h) * SQ + i;
+        const Acc d = den[r];
+        const int64_t o = out_row(SQ, B, NH, HD, b, h, i);
+        for (int c = 0; c < HD; ++c) out[o + c] = static_cast<T>(d > 0 ? num[o + c] / d : 0.0);
+        lse[r] = static_cast<acc_t<T>>(d > 0 ? lse_max[r] + std::log(d) : -INFINITY);
+      }
+}
+
 template <typename T>
 void swiglu_forward(T* out, const T* gate, const T* up, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
@@ -327,6 +383,12 @@ void adamw_update(float* param, const float* grad, float* m, float* v, int64_t n
                                      const AttentionShape&);                                     \
   template void attention_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*,        \
                                       const T*, const T*, const T*, const AttentionShape&);      \
+  template void attention_merge<T>(T*, acc_t<T>*, const T*, const acc_t<T>*, int, int, int, int, \
+                                   int, int);                                                    \
+  template void attention_merge_scale<T>(T*, acc_t<T>*, const T*, const acc_t<T>*,               \
+                                         const acc_t<T>*, int, int, int, int);                   \
+  template void attention_merge_finish<T>(T*, acc_t<T>*, const T*, const acc_t<T>*,              \
+                                          const acc_t<T>*, int, int, int, int);                  \
   template void swiglu_forward<T>(T*, const T*, const T*, int64_t);                              \
   template void swiglu_backward<T>(T*, T*, const T*, const T*, const T*, int64_t);               \
   template void embedding_forward<T>(T*, const int32_t*, const T*, int, int);                    \
@@ -396,7 +458,8 @@ void moe_router_backward(A* dlogits, const A* dweight, const A* probs, const A* 
     const A* w = weight + static_cast<int64_t>(n) * k;
     const A* dw = dweight + static_cast<int64_t>(n) * k;
     // dL/dp_e: the aux term, then the combine weights (w_j = p_{e_j} / S, or p_{e_0} for k = 1).
-    for (int e = 0; e < E; ++e) d[e] = loss_scale * aux_coef * E * (counts[e] / (T_all * k)) / T_all;
+    for (int e = 0; e < E; ++e)
+      d[e] = loss_scale * aux_coef * E * (counts[e] / (T_all * k)) / T_all;
     if (k == 1) {
       d[ex[0]] += dw[0];
     } else {
@@ -484,7 +547,8 @@ void grouped_linear_forward(T* out, const T* inp, const T* weight, const int32_t
       for (int o = 0; o < OC; ++o) {
         Acc acc = 0;
         for (int c = 0; c < C; ++c)
-          acc += static_cast<Acc>(inp[r * C + c]) * weight[(static_cast<int64_t>(e) * OC + o) * C + c];
+          acc +=
+              static_cast<Acc>(inp[r * C + c]) * weight[(static_cast<int64_t>(e) * OC + o) * C + c];
         out[r * OC + o] = static_cast<T>(acc);
       }
 }
@@ -499,7 +563,8 @@ void grouped_linear_backward(T* dinp, acc_t<T>* dweight, const T* dout, const T*
         for (int c = 0; c < C; ++c) {
           Acc acc = 0;
           for (int o = 0; o < OC; ++o)
-            acc += static_cast<Acc>(dout[r * OC + o]) * weight[slab + static_cast<int64_t>(o) * C + c];
+            acc +=
+                static_cast<Acc>(dout[r * OC + o]) * weight[slab + static_cast<int64_t>(o) * C + c];
           dinp[r * C + c] = static_cast<T>(dinp[r * C + c] + acc);
         }
     }
@@ -514,20 +579,20 @@ void grouped_linear_backward(T* dinp, acc_t<T>* dweight, const T* dout, const T*
   }
 }
 
-#define GROVE_INSTANTIATE_MOE(T)                                                                 \
-  template void moe_router_forward<T>(T*, T*, int32_t*, T*, int32_t*, double*, double*, const T*, \
-                                      int, int, int);                                            \
-  template void moe_router_backward<T>(T*, const T*, const T*, const T*, const int32_t*,         \
-                                       const T*, const int32_t*, int64_t, double, double, double, \
-                                       int, int, int);                                           \
-  template void moe_permute<T>(T*, int32_t*, int32_t*, const T*, const int32_t*, const int32_t*, \
-                               int, int, int, int);                                              \
-  template void moe_permute_backward<T>(T*, const T*, const int32_t*, int, int, int);            \
-  template void moe_unpermute<T>(T*, const T*, const acc_t<T>*, const int32_t*, int, int, int);  \
-  template void moe_unpermute_backward<T>(T*, acc_t<T>*, const T*, const T*, const acc_t<T>*,    \
-                                          const int32_t*, int, int, int);                        \
-  template void grouped_linear_forward<T>(T*, const T*, const T*, const int32_t*, int, int, int); \
-  template void grouped_linear_backward<T>(T*, acc_t<T>*, const T*, const T*, const T*,          \
+#define GROVE_INSTANTIATE_MOE(T)                                                                   \
+  template void moe_router_forward<T>(T*, T*, int32_t*, T*, int32_t*, double*, double*, const T*,  \
+                                      int, int, int);                                              \
+  template void moe_router_backward<T>(T*, const T*, const T*, const T*, const int32_t*, const T*, \
+                                       const int32_t*, int64_t, double, double, double, int, int,  \
+                                       int);                                                       \
+  template void moe_permute<T>(T*, int32_t*, int32_t*, const T*, const int32_t*, const int32_t*,   \
+                               int, int, int, int);                                                \
+  template void moe_permute_backward<T>(T*, const T*, const int32_t*, int, int, int);              \
+  template void moe_unpermute<T>(T*, const T*, const acc_t<T>*, const int32_t*, int, int, int);    \
+  template void moe_unpermute_backward<T>(T*, acc_t<T>*, const T*, const T*, const acc_t<T>*,      \
+                                          const int32_t*, int, int, int);                          \
+  template void grouped_linear_forward<T>(T*, const T*, const T*, const int32_t*, int, int, int);  \
+  template void grouped_linear_backward<T>(T*, acc_t<T>*, const T*, const T*, const T*,            \
                                            const int32_t*, int, int, int);
 GROVE_INSTANTIATE_MOE(float)
 GROVE_INSTANTIATE_MOE(double)

@@ -50,6 +50,17 @@ template <typename T>
 void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T* k, const T* v,
                         const T* out, const T* lse, const T* probs, const AttentionShape& shape);
 
+// Merge of partial attention results (contracts in kernels/cpu/ops.h), in double.
+template <typename T>
+void attention_merge(T* out, acc_t<T>* lse, const T* part_out, const acc_t<T>* part_lse, int SQ,
+                     int B, int NH, int HD, int row0, int SQp);
+template <typename T>
+void attention_merge_scale(T* num, acc_t<T>* den, const T* out, const acc_t<T>* lse,
+                           const acc_t<T>* lse_max, int SQ, int B, int NH, int HD);
+template <typename T>
+void attention_merge_finish(T* out, acc_t<T>* lse, const T* num, const acc_t<T>* den,
+                            const acc_t<T>* lse_max, int SQ, int B, int NH, int HD);
+
 template <typename T>
 void swiglu_forward(T* out, const T* gate, const T* up, int64_t n);
 template <typename T>

@@ -47,8 +47,12 @@ struct Route {
   std::vector<double> prob_sum;
   double lse_sq_sum = -1;
   Route(int N, int E, int k)
-      : probs(size_t(N) * E), lse(N), weight(size_t(N) * k), expert(size_t(N) * k, -1),
-        counts(E, -1), prob_sum(E, -1.0) {}
+      : probs(size_t(N) * E),
+        lse(N),
+        weight(size_t(N) * k),
+        expert(size_t(N) * k, -1),
+        counts(E, -1),
+        prob_sum(E, -1.0) {}
 };
 template <typename T>
 Route<T> route(const std::vector<T>& logits, int N, int E, int k) {
@@ -92,8 +96,8 @@ TEST(MoeKernels, RouterMatchesReference) {
     EXPECT_TRUE(compare("dlogits", dl, dl_ref, kRouteTol));  // written, not accumulated
 
     // The losses from the kernel's statistics, as the reference computes them in double.
-    MoeRouterLosses l = moe_router_losses(r.counts.data(), r.prob_sum.data(), r.lse_sq_sum, N, E,
-                                          k, aux, z);
+    MoeRouterLosses l =
+        moe_router_losses(r.counts.data(), r.prob_sum.data(), r.lse_sq_sum, N, E, k, aux, z);
     EXPECT_NEAR(l.aux + l.z,
                 ref::moe_router_aux_z(q.counts.data(), q.prob_sum.data(), q.lse_sq_sum, N, E, k,
                                       double{aux}, double{z}),
@@ -114,7 +118,8 @@ TEST(MoeKernels, RouterHandExample) {
     auto check = [&](const auto& r) {
       EXPECT_EQ(r.expert, (IVec{2, 1, 0, 1}));
       EXPECT_TRUE(compare("probs", r.probs,
-                          std::vector<double>{1 / 6.0, 2 / 6.0, 3 / 6.0, e1 / Z, e1 / Z, 1 / Z}, tol));
+                          std::vector<double>{1 / 6.0, 2 / 6.0, 3 / 6.0, e1 / Z, e1 / Z, 1 / Z},
+                          tol));
       EXPECT_TRUE(compare("lse", r.lse, std::vector<double>{std::log(6.0), std::log(Z)}, tol));
       EXPECT_TRUE(compare("weight", r.weight, std::vector<double>{0.6, 0.4, 0.5, 0.5}, tol));
       EXPECT_EQ(r.counts, (IVec{1, 2, 1}));
@@ -164,10 +169,9 @@ TEST(MoeKernels, RouterBackwardMatchesFiniteDifferences) {
     auto loss = [&] {
       Route<double> q = route(logits, N, E, k);
       EXPECT_EQ(q.expert, r.expert);
-      return dot(dweight, q.weight) + double{ls} * ref::moe_router_aux_z(q.counts.data(),
-                                                                         q.prob_sum.data(),
-                                                                         q.lse_sq_sum, N, E, k,
-                                                                         double{aux}, double{z});
+      return dot(dweight, q.weight) +
+             double{ls} * ref::moe_router_aux_z(q.counts.data(), q.prob_sum.data(), q.lse_sq_sum, N,
+                                                E, k, double{aux}, double{z});
     };
     std::vector<double> dl(N * E);
     moe_router_backward(dl.data(), dweight.data(), r.probs.data(), r.lse.data(), r.expert.data(),
@@ -205,8 +209,8 @@ TEST(MoeKernels, PermuteCombineGroupedLinearMatchReference) {
     std::vector<float> x = random_vector<float>(size_t(N) * C, 1), xp(size_t(A) * C),
                        xp_r(size_t(A) * C);
     IVec off(E + 1), row(A), off_r(E + 1), row_r(A);
-    moe_permute(xp.data(), off.data(), row.data(), x.data(), expert.data(), counts.data(), N, k,
-                E, C);
+    moe_permute(xp.data(), off.data(), row.data(), x.data(), expert.data(), counts.data(), N, k, E,
+                C);
     ref::moe_permute(xp_r.data(), off_r.data(), row_r.data(), x.data(), expert.data(),
                      counts.data(), N, k, E, C);
     EXPECT_EQ(off, off_r);
@@ -227,21 +231,20 @@ TEST(MoeKernels, PermuteCombineGroupedLinearMatchReference) {
     EXPECT_TRUE(compare("combine y", y, y_r, kRefTol));
     std::vector<float> dy = random_vector<float>(size_t(N) * C, 6), dyp(size_t(A) * C, 9.f),
                        dw(A, 9.f), dyp_r(size_t(A) * C), dw_r(A);
-    moe_unpermute_backward(dyp.data(), dw.data(), dy.data(), yp.data(), w.data(), row.data(), N,
-                           k, C);
+    moe_unpermute_backward(dyp.data(), dw.data(), dy.data(), yp.data(), w.data(), row.data(), N, k,
+                           C);
     ref::moe_unpermute_backward(dyp_r.data(), dw_r.data(), dy.data(), yp.data(), w.data(),
                                 row.data(), N, k, C);
     EXPECT_TRUE(compare("combine dyp", dyp, dyp_r, kRefTol));
     EXPECT_TRUE(compare("combine dweight", dw, dw_r, kRefTol));
 
-    std::vector<float> W = random_vector<float>(size_t(E) * OC * C, 7),
-                       out(size_t(A) * OC), out_r(size_t(A) * OC);
+    std::vector<float> W = random_vector<float>(size_t(E) * OC * C, 7), out(size_t(A) * OC),
+                       out_r(size_t(A) * OC);
     grouped_linear_forward(out.data(), xp.data(), W.data(), off.data(), E, C, OC);
     ref::grouped_linear_forward(out_r.data(), xp.data(), W.data(), off.data(), E, C, OC);
     EXPECT_TRUE(compare("grouped out", out, out_r, kRefTol));
-    std::vector<float> dout = random_vector<float>(size_t(A) * OC, 8),
-                       din(size_t(A) * C, kPrefill), dW(size_t(E) * OC * C, kPrefill), din_r(din),
-                       dW_r(dW);
+    std::vector<float> dout = random_vector<float>(size_t(A) * OC, 8), din(size_t(A) * C, kPrefill),
+                       dW(size_t(E) * OC * C, kPrefill), din_r(din), dW_r(dW);
     grouped_linear_backward(din.data(), dW.data(), dout.data(), xp.data(), W.data(), off.data(), E,
                             C, OC);
     ref::grouped_linear_backward(din_r.data(), dW_r.data(), dout.data(), xp.data(), W.data(),
@@ -275,7 +278,8 @@ TEST(MoeKernels, CombineAndGroupedLinearMatchFiniteDifferences) {
   EXPECT_TRUE(compare("unpermute dyp", dyp, numeric_grad(yp, comb), kFdTol));
   EXPECT_TRUE(compare("unpermute dweight", dw, numeric_grad(w, comb), kFdTol));
 
-  std::vector<double> W = random_vector<double>(E * OC * C, 66), R = random_vector<double>(A * OC, 67);
+  std::vector<double> W = random_vector<double>(E * OC * C, 66),
+                      R = random_vector<double>(A * OC, 67);
   auto lin = [&] {
     std::vector<double> out(A * OC);
     grouped_linear_forward(out.data(), xp.data(), W.data(), off.data(), E, C, OC);
@@ -302,8 +306,8 @@ TEST(MoeKernels, SameBitsForAnyThreadCount) {
     Route<float> r = route(logits, N, E, k);
     IVec off(E + 1), row(N * k);
     std::vector<float> xp(size_t(N) * k * C), y(size_t(N) * C), dl(size_t(N) * E);
-    moe_permute(xp.data(), off.data(), row.data(), x.data(), r.expert.data(), r.counts.data(), N,
-                k, E, C);
+    moe_permute(xp.data(), off.data(), row.data(), x.data(), r.expert.data(), r.counts.data(), N, k,
+                E, C);
     moe_unpermute(y.data(), xp.data(), r.weight.data(), row.data(), N, k, C);
     moe_router_backward(dl.data(), r.weight.data(), r.probs.data(), r.lse.data(), r.expert.data(),
                         r.weight.data(), r.counts.data(), N, 0.1f, 0.01f, 1.f, N, E, k);

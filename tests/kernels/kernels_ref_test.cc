@@ -8,10 +8,12 @@
 // wrong index, scale or mask gives errors of order 1e-2 or more.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <vector>
 
+#include "core/status.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/reference/ops_reference.h"
 #include "tests/common/tensor_compare.h"
@@ -130,6 +132,95 @@ TEST(FastVsRef, Attention) {
   attention_vs_ref("shard", {70, 130, 2, 4, 1, 16, true, 100, 40}, false);
   attention_vs_ref("shard probs", {70, 130, 2, 4, 1, 16, true, 100, 40}, true);
   attention_vs_ref("training shape", {256, 256, 1, 8, 8, 64, true}, false);
+}
+
+// Merge of partial attention results: the fast kernels against the reference ones, and the merge
+// of key shards against the attention over all keys (which is what makes it right). The shards
+// are the causal halves of a query block's keys, so rows see keys of one shard only, of both, or
+// (with the query offset) of none: every case of the weights (0 on one side, both sides empty).
+TEST(FastVsRef, AttentionMerge) {
+  const AttentionShape full{96, 160, 2, 4, 2, 32, true, 20, 40};  // rows 0..19 see no key
+  const int split = 70;
+  AttentionShape s0 = full, s1 = full;
+  s0.SK = split;
+  s1.SK = full.SK - split;
+  s1.k_pos0 = full.k_pos0 + split;
+  const int64_t row = int64_t{full.B} * full.NKV * full.HD;
+  const int64_t nq = int64_t{full.SQ} * full.B * full.NH * full.HD;
+  const int64_t nl = int64_t{full.B} * full.NH * full.SQ;
+  const Vec q = random_vector<float>(nq, 40), k = random_vector<float>(full.SK * row, 41),
+            v = random_vector<float>(full.SK * row, 42);
+  Vec out(nq), lse(nl);
+  attention_forward(out.data(), lse.data(), static_cast<float*>(nullptr), q.data(), k.data(),
+                    v.data(), full);
+  Vec o0(nq), l0(nl), o1(nq), l1(nl);
+  attention_forward(o0.data(), l0.data(), static_cast<float*>(nullptr), q.data(), k.data(),
+                    v.data(), s0);
+  attention_forward(o1.data(), l1.data(), static_cast<float*>(nullptr), q.data(),
+                    k.data() + split * row, v.data() + split * row, s1);
+
+  // Pairwise, in place, against the reference merge and the full attention.
+  Vec m = o0, ml = l0, m_r = o0, ml_r = l0;
+  attention_merge(m.data(), ml.data(), o1.data(), l1.data(), full.SQ, full.B, full.NH, full.HD, 0,
+                  full.SQ);
+  ref::attention_merge(m_r.data(), ml_r.data(), o1.data(), l1.data(), full.SQ, full.B, full.NH,
+                       full.HD, 0, full.SQ);
+  EXPECT_TRUE(compare("merge out vs ref", m, m_r, kRefTol));
+  EXPECT_TRUE(compare("merge lse vs ref", ml, ml_r, kRefTol));
+  EXPECT_TRUE(compare("merge out vs full", m, out, kRefTol));
+  EXPECT_TRUE(compare("merge lse vs full", ml, lse, kRefTol));
+  EXPECT_EQ(ml[0], -INFINITY);  // (b 0, h 0, row 0) sees no key: (0, -inf) kept
+  EXPECT_EQ(m[0], 0.f);
+
+  // The collective form (P = 2 partials, the all-reduces done by hand).
+  Vec mx(nl), n0(nq), d0(nl), n1(nq), d1(nl), n1_r(nq), d1_r(nl);
+  for (int64_t r = 0; r < nl; ++r) mx[r] = std::max(l0[r], l1[r]);
+  attention_merge_scale(n0.data(), d0.data(), o0.data(), l0.data(), mx.data(), full.SQ, full.B,
+                        full.NH, full.HD);
+  n1 = o1;  // num may alias out
+  attention_merge_scale(n1.data(), d1.data(), n1.data(), l1.data(), mx.data(), full.SQ, full.B,
+                        full.NH, full.HD);
+  ref::attention_merge_scale(n1_r.data(), d1_r.data(), o1.data(), l1.data(), mx.data(), full.SQ,
+                             full.B, full.NH, full.HD);
+  EXPECT_TRUE(compare("scale num vs ref", n1, n1_r, kRefTol));
+  EXPECT_TRUE(compare("scale den vs ref", d1, d1_r, kRefTol));
+  for (int64_t i = 0; i < nq; ++i) n0[i] += n1[i];
+  for (int64_t r = 0; r < nl; ++r) d0[r] += d1[r];
+  Vec fo(nq), fl(nl), fo_r(nq), fl_r(nl);
+  attention_merge_finish(fo.data(), fl.data(), n0.data(), d0.data(), mx.data(), full.SQ, full.B,
+                         full.NH, full.HD);
+  ref::attention_merge_finish(fo_r.data(), fl_r.data(), n0.data(), d0.data(), mx.data(), full.SQ,
+                              full.B, full.NH, full.HD);
+  EXPECT_TRUE(compare("finish out vs ref", fo, fo_r, kRefTol));
+  EXPECT_TRUE(compare("finish lse vs ref", fl, fl_r, kRefTol));
+  EXPECT_TRUE(compare("collective merge out vs full", fo, out, kRefTol));
+  EXPECT_TRUE(compare("collective merge lse vs full", fl, lse, kRefTol));
+
+  // A partial covering rows [row0, row0 + SQp) only: those rows change, the others do not.
+  const int row0 = 30, SQp = 40;
+  AttentionShape sp = s1;
+  sp.SQ = SQp;
+  sp.q_pos0 = full.q_pos0 + row0;
+  const int64_t qrow = int64_t{full.B} * full.NH * full.HD;
+  Vec op(SQp * qrow), lp(int64_t{full.B} * full.NH * SQp);
+  attention_forward(op.data(), lp.data(), static_cast<float*>(nullptr), q.data() + row0 * qrow,
+                    k.data() + split * row, v.data() + split * row, sp);
+  Vec r = o0, rl = l0, r_r = o0, rl_r = l0;
+  attention_merge(r.data(), rl.data(), op.data(), lp.data(), full.SQ, full.B, full.NH, full.HD,
+                  row0, SQp);
+  ref::attention_merge(r_r.data(), rl_r.data(), op.data(), lp.data(), full.SQ, full.B, full.NH,
+                       full.HD, row0, SQp);
+  EXPECT_TRUE(compare("row range out vs ref", r, r_r, kRefTol));
+  EXPECT_TRUE(compare("row range lse vs ref", rl, rl_r, kRefTol));
+  for (int i = 0; i < full.SQ; ++i) {
+    const bool in = i >= row0 && i < row0 + SQp;
+    const int64_t o = i * qrow;
+    const float want = in ? out[o] : o0[o];
+    EXPECT_NEAR(r[o], want, 1e-5) << "row " << i;
+  }
+  EXPECT_THROW(attention_merge(r.data(), rl.data(), op.data(), lp.data(), full.SQ, full.B, full.NH,
+                               full.HD, full.SQ - SQp + 1, SQp),
+               Error);
 }
 
 TEST(FastVsRef, SwiGLU) {
