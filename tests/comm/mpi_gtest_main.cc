@@ -7,6 +7,9 @@
 #include <string>
 
 #include "tests/comm/mpi_test_env.h"
+#ifdef GROVE_GPU_TEST_MAIN
+#include "tests/common/gpu_skip.h"
+#endif
 
 namespace grove::test {
 namespace {
@@ -71,5 +74,10 @@ int main(int argc, char** argv) {
   }
   grove::test::g_world = nullptr;
   world.reset();
+#ifdef GROVE_GPU_TEST_MAIN
+  // GPU tests (grove_mpi_test(... GPU)): the skip code when this rank has no CUDA device.
+  return grove::testing::gpu_test_exit_code(any_failed, rank == 0);
+#else
   return any_failed;
+#endif
 }
