@@ -10,6 +10,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "model/flat_adamw.h"
 #include "model/transformer.h"
 #include "model/transformer_impl.h"
 #include "parallel/lsh_dispatcher.h"
@@ -73,18 +74,8 @@ class DeviceTraining final : public TrainingModel {
       B::scale_inplace(grads, static_cast<float>(o.grad_clip / (norm + 1e-6)), layout.size);
     const int step = opt_.steps_taken() + 1;
     opt_.set_steps_taken(step);
-    // One update per run of entries with the same decay (norm weights break the runs).
-    const std::vector<ParamEntry>& e = layout.entries;
-    size_t i = 0;
-    while (i < e.size()) {
-      size_t j = i;
-      while (j + 1 < e.size() && e[j + 1].decay == e[i].decay) ++j;
-      const int64_t begin = e[i].offset, end = e[j].offset + e[j].numel;
-      B::adamw_update(params + begin, grads + begin, opt_.m_flat() + begin, opt_.v_flat() + begin,
-                      end - begin, lr, o.beta1, o.beta2, o.adam_eps,
-                      e[i].decay ? o.weight_decay : 0.0f, step);
-      i = j + 1;
-    }
+    flat_adamw_step<B>(layout, params, grads, opt_.m_flat(), opt_.v_flat(), step, lr, o.beta1,
+                       o.beta2, o.adam_eps, o.weight_decay);
     model_.sync_compute_weights();
   }
 

@@ -24,11 +24,13 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "core/rng.h"
 #include "kernels/cuda/check.h"
-#include "model/cuda/gpu_transformer.h"
+#include "model/cuda/cuda_transformer.h"
+#include "model/flat_adamw.h"
 
 namespace grove {
 namespace {
@@ -106,6 +108,10 @@ nlohmann::json run_peer(const Options& o) {
   }
 }
 
+template <typename T>
+int run(const Options& o, const ModelConfig& c, Recompute recompute, const std::string& device,
+        const nlohmann::json& peer, double gemm_tflops);
+
 int Main(const Options& o) {
   if (!cuda_device_available()) {
     std::printf("{\"name\":\"bench_gpu_train\",\"skipped\":\"no CUDA device\"}\n");
@@ -128,11 +134,15 @@ int Main(const Options& o) {
   c.moe.every = o.moe_every;
   c.moe.expert_ffn = o.expert_ffn;
   c.max_seq_len = o.seq;
-  auto precision = parse_gpu_precision(o.precision);
+  if (o.precision != "fp32" && o.precision != "bf16") {
+    std::fprintf(stderr, "bench_gpu_train: --precision %s is not one of fp32, bf16\n",
+                 o.precision.c_str());
+    return 2;
+  }
+  const bool bf16 = o.precision == "bf16";
   auto recompute = parse_recompute(o.recompute);
-  if (!precision.ok() || !recompute.ok()) {
-    std::fprintf(stderr, "bench_gpu_train: %s\n",
-                 (!precision.ok() ? precision.status() : recompute.status()).message().c_str());
+  if (!recompute.ok()) {
+    std::fprintf(stderr, "bench_gpu_train: %s\n", recompute.status().message().c_str());
     return 2;
   }
   if (Status st = c.Validate(); !st.ok()) {
@@ -143,13 +153,25 @@ int Main(const Options& o) {
   const nlohmann::json peer = run_peer(o);
   const double gemm_tflops = cublas_bf16_tflops();
 
-  auto made = GpuTransformer::Create(c, o.batch, o.seq, recompute.value(), precision.value());
-  if (!made.ok()) {
-    std::fprintf(stderr, "bench_gpu_train: %s\n", made.status().message().c_str());
+  return bf16 ? run<cuda::bf16>(o, c, recompute.value(), device, peer, gemm_tflops)
+              : run<float>(o, c, recompute.value(), device, peer, gemm_tflops);
+}
+
+// The timed part for one compute type: the transformer on the CUDA backend and a flat AdamW.
+template <typename T>
+int run(const Options& o, const ModelConfig& c, Recompute recompute, const std::string& device,
+        const nlohmann::json& peer, double gemm_tflops) {
+  using B = CudaBackend<T>;
+  if (Status st = TransformerT<B>::Supports(c, o.batch, o.seq, {}); !st.ok()) {
+    std::fprintf(stderr, "bench_gpu_train: %s\n", st.message().c_str());
     return 2;
   }
-  GpuTransformer& model = *made.value();
-  GpuAdamW opt(model.layout());
+  TransformerT<B> model(c, o.batch, o.seq, recompute);
+  const ParamLayout& layout = model.layout();
+  Tensor m = Tensor::zeros({layout.size}, DType::kF32, Device::kCUDA);
+  Tensor v = Tensor::zeros({layout.size}, DType::kF32, Device::kCUDA);
+  int adam_step = 0;
+  const bool bf16 = std::is_same_v<T, cuda::bf16>;
   const int N = o.batch * o.seq;
   std::vector<int32_t> tokens(N + o.batch);
   Rng rng(7);
@@ -164,9 +186,10 @@ int Main(const Options& o) {
       loss = model.forward(inputs, targets);
       model.backward(1.0f / static_cast<float>(o.accum), /*finalize=*/a + 1 == o.accum);
     }
-    const double norm = GpuAdamW::grad_norm(model.grads(), model.num_params());
-    const float scale = norm > 1.0 ? static_cast<float>(1.0 / (norm + 1e-6)) : 1.0f;
-    opt.step(model.params(), model.grads(), scale, 3e-4f, 0.9f, 0.95f, 1e-8f, 0.1f);
+    const double norm = std::sqrt(B::sum_squares(model.flat_grads(), layout.size));
+    if (norm > 1.0) B::scale_inplace(model.flat_grads(), float(1.0 / (norm + 1e-6)), layout.size);
+    flat_adamw_step<B>(layout, model.flat_params(), model.flat_grads(), m.data<float>(),
+                       v.data<float>(), ++adam_step, 3e-4f, 0.9f, 0.95f, 1e-8f, 0.1f);
     model.sync_compute_weights();
   };
   for (int i = 0; i < o.warmup; ++i) {
@@ -185,8 +208,8 @@ int Main(const Options& o) {
   const double tokens_per_s = double(N) * o.accum / step_s;
   const double tflops = model.flops_per_step() * o.accum / step_s / 1e12;
   const double peak =
-      o.peak_tflops > 0 ? o.peak_tflops : dense_peak_tflops(device, precision.value());
-  nlohmann::json cfg = {{"params", model.num_params()},
+      o.peak_tflops > 0 ? o.peak_tflops : dense_peak_tflops(device, bf16);
+  nlohmann::json cfg = {{"params", c.num_parameters()},
                         {"d_model", o.d_model},
                         {"layers", o.layers},
                         {"heads", o.heads},
@@ -227,7 +250,7 @@ int Main(const Options& o) {
   nlohmann::json mem = {{"name", "gpu_train_memory"},
                         {"config", cfg},
                         {"model_bytes", model.device_bytes()},
-                        {"activation_bytes", model.activation_bytes()},
+                        {"activation_bytes", int64_t(model.activation_report().total())},
                         {"device_used_bytes", int64_t(total_b - free_b)},
                         {"loss_first", first_loss},
                         {"loss_last", loss},

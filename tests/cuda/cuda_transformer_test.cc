@@ -1,13 +1,13 @@
-// GpuTransformer against the float64 PyTorch re-implementation of the model
+// The transformer on the CUDA backend (TransformerT<CudaBackend<T>>, the same model code as the
+// CPU backend) against the float64 PyTorch re-implementation of the model
 // (tests/oracle/transformer_reference.py, the oracle the CPU model is checked against): loss and
 // the gradient of every parameter, in fp32 (tight) and bf16 (mixed precision, looser), dense and
-// with a mixture-of-experts block (its aux + z loss too); recompute
-// modes against each other; GpuAdamW against a scalar AdamW; and, without a device, the flat
-// parameter layout against Weights::named().
+// with a mixture-of-experts block (its aux + z loss too); recompute modes against each other;
+// and, without a device, the flat parameter layout against Weights::named().
 //
 // Links only the GPU model, the CUDA kernels and GoogleTest, so it runs on a GPU machine without
 // OpenBLAS or MPI. Every device test skips with one line when no CUDA device is present.
-#include "model/cuda/gpu_transformer.h"
+#include "model/cuda/cuda_transformer.h"
 
 #include <gtest/gtest.h>
 
@@ -24,6 +24,16 @@ namespace grove {
 namespace {
 
 class GpuTransformerTest : public cuda::testing::GpuTest {};
+
+enum class GpuPrecision { kFp32, kBf16 };
+
+// A host copy of device weights.
+Weights ToHost(const Weights& w, const ModelConfig& cfg) {
+  Weights out = Weights::Zeros(cfg);
+  std::vector<NamedTensor> src = w.named(), dst = out.named();
+  for (size_t i = 0; i < dst.size(); ++i) dst[i].tensor.copy_from(src[i].tensor);
+  return out;
+}
 
 nlohmann::json SmallConfig() {
   return {{"vocab_size", 96}, {"d_model", 64},    {"n_layers", 2},     {"n_heads", 4},
@@ -67,7 +77,8 @@ nlohmann::json MoeConfig() {
   return j;
 }
 
-void CheckAgainstOracle(const OracleCase& c) {
+template <typename T>
+void CheckAgainstOracleT(const OracleCase& c) {
   const int batch = 3, seq = 16;
   nlohmann::json cfg_json = c.moe ? MoeConfig() : SmallConfig();
   std::string args = "'";  // built piecewise: GCC 12 misreports -Wrestrict on "'" + string
@@ -78,9 +89,10 @@ void CheckAgainstOracle(const OracleCase& c) {
                                                 std::string("gpu_") + c.name, args);
   ASSERT_FALSE(ref.tensors.empty());
   const ModelConfig cfg = Parse(cfg_json);
-  auto model = GpuTransformer::Create(cfg, batch, seq, c.mode, c.precision);
-  ASSERT_TRUE(model.ok()) << model.status().message();
-  GpuTransformer& m = *model.value();
+  using Model = TransformerT<CudaBackend<T>>;
+  const Status ok = Model::Supports(cfg, batch, seq, {});
+  ASSERT_TRUE(ok.ok()) << ok.message();
+  Model m(cfg, batch, seq, c.mode);
   Weights w = Weights::Zeros(cfg);
   ASSERT_TRUE(w.CopyFrom(ref.tensors, "oracle", "model.").ok());
   ASSERT_TRUE(m.load_params(w).ok());
@@ -89,8 +101,7 @@ void CheckAgainstOracle(const OracleCase& c) {
       m.forward(ref.tensors["tokens"].data<int32_t>(), ref.tensors["targets"].data<int32_t>());
   m.zero_grads();
   m.backward();
-  Weights g = Weights::Zeros(cfg);
-  m.store_grads(&g);
+  Weights g = ToHost(m.grads(), cfg);
 
   const double want = ref.tensors["loss"].data<double>()[0];
   const bool fp32 = c.precision == GpuPrecision::kFp32;
@@ -127,6 +138,13 @@ void CheckAgainstOracle(const OracleCase& c) {
               worst, worst_name.c_str());
 }
 
+void CheckAgainstOracle(const OracleCase& c) {
+  if (c.precision == GpuPrecision::kFp32)
+    CheckAgainstOracleT<float>(c);
+  else
+    CheckAgainstOracleT<cuda::bf16>(c);
+}
+
 TEST_F(GpuTransformerTest, Fp32MatchesTorch) {
   CheckAgainstOracle({"fp32", GpuPrecision::kFp32, Recompute::kSelective});
 }
@@ -154,21 +172,17 @@ TEST_F(GpuTransformerTest, AccumulationAddsScaledGradients) {
   std::vector<int32_t> tokens(n), targets(n);
   for (int i = 0; i < n; ++i) tokens[i] = (i * 37 + 5) % cfg.vocab_size;
   for (int i = 0; i < n; ++i) targets[i] = i % 5 == 0 ? -1 : (i * 11 + 3) % cfg.vocab_size;
-  auto made = GpuTransformer::Create(cfg, batch, seq, Recompute::kNone, GpuPrecision::kFp32);
-  ASSERT_TRUE(made.ok()) << made.status().message();
-  GpuTransformer& m = *made.value();
+  CudaTransformerF32 m(cfg, batch, seq, Recompute::kNone);
   m.zero_grads();
   m.forward(tokens.data(), targets.data());
   m.backward(1.0f);
-  Weights once = Weights::Zeros(cfg);
-  m.store_grads(&once);
+  Weights once = ToHost(m.grads(), cfg);
   m.zero_grads();
   for (int r = 0; r < 2; ++r) {
     m.forward(tokens.data(), targets.data());
     m.backward(0.5f, r == 1);
   }
-  Weights twice = Weights::Zeros(cfg);
-  m.store_grads(&twice);
+  Weights twice = ToHost(m.grads(), cfg);
   std::vector<NamedTensor> a = twice.named(), b = once.named();
   for (size_t i = 0; i < a.size(); ++i)
     EXPECT_TRUE(testing::compare(a[i].name, a[i].tensor.data<float>(), b[i].tensor.data<float>(),
@@ -177,58 +191,18 @@ TEST_F(GpuTransformerTest, AccumulationAddsScaledGradients) {
 
 TEST_F(GpuTransformerTest, ParamsRoundTripAndBadWeightsAreRejected) {
   const ModelConfig cfg = Parse(SmallConfig());
-  auto made = GpuTransformer::Create(cfg, 1, 8, Recompute::kSelective, GpuPrecision::kBf16);
-  ASSERT_TRUE(made.ok()) << made.status().message();
+  CudaTransformerBf16 made(cfg, 1, 8, Recompute::kSelective);
   Weights init = Weights::Init(cfg), back = Weights::Zeros(cfg);
-  made.value()->store_params(&back);
+  made.store_params(&back);
   std::vector<NamedTensor> a = back.named(), b = init.named();
   for (size_t i = 0; i < a.size(); ++i)
     ASSERT_EQ(0, std::memcmp(a[i].tensor.raw(), b[i].tensor.raw(), a[i].tensor.bytes()))
         << a[i].name;
   ModelConfig other = cfg;
   other.d_model = 32;
-  Status st = made.value()->load_params(Weights::Zeros(other));
+  Status st = made.load_params(Weights::Zeros(other));
   ASSERT_FALSE(st.ok());
   EXPECT_NE(st.message().find("wte"), std::string::npos) << st.message();
-}
-
-// GpuAdamW equals a scalar AdamW (worker/optimizer.cc's update) over three steps, including the
-// clipping scale and the decay that skips norm weights.
-TEST_F(GpuTransformerTest, AdamWMatchesScalarUpdate) {
-  const ModelConfig cfg = Parse(SmallConfig());
-  const std::vector<FlatEntry> layout = FlatLayout(cfg);
-  const int64_t n = layout.back().offset + layout.back().numel;
-  std::vector<float> p(n), g(n);
-  for (int64_t i = 0; i < n; ++i) {
-    p[i] = 0.01f * std::sin(0.37f * i);
-    g[i] = 0.02f * std::cos(0.11f * i);
-  }
-  Tensor dp = Tensor::empty({n}, DType::kF32, Device::kCUDA);
-  Tensor dg = Tensor::empty({n}, DType::kF32, Device::kCUDA);
-  ASSERT_EQ(cudaSuccess, cudaMemcpy(dp.raw(), p.data(), 4 * n, cudaMemcpyHostToDevice));
-  GpuAdamW opt(layout);
-  std::vector<double> rp(p.begin(), p.end()), m(n, 0.0), v(n, 0.0);
-  const float lr = 1e-2f, b1 = 0.9f, b2 = 0.95f, eps = 1e-8f, wd = 0.1f, scale = 0.5f;
-  for (int step = 1; step <= 3; ++step) {
-    ASSERT_EQ(cudaSuccess, cudaMemcpy(dg.raw(), g.data(), 4 * n, cudaMemcpyHostToDevice));
-    opt.step(dp.data<float>(), dg.data<float>(), scale, lr, b1, b2, eps, wd);
-    for (const FlatEntry& e : layout) {
-      for (int64_t i = e.offset; i < e.offset + e.numel; ++i) {
-        const double gi = double(g[i]) * scale;
-        m[i] = b1 * m[i] + (1 - b1) * gi;
-        v[i] = b2 * v[i] + (1 - b2) * gi * gi;
-        const double mh = m[i] / (1 - std::pow(b1, step)), vh = v[i] / (1 - std::pow(b2, step));
-        rp[i] -= lr * (mh / (std::sqrt(vh) + eps) + (e.decay ? wd : 0.0) * rp[i]);
-      }
-    }
-  }
-  std::vector<float> got(n);
-  ASSERT_EQ(cudaSuccess, cudaMemcpy(got.data(), dp.raw(), 4 * n, cudaMemcpyDeviceToHost));
-  EXPECT_TRUE(testing::compare("params", got.data(), rp.data(), n, 1e-5));
-  std::vector<double> want_g(n);
-  for (int64_t i = 0; i < n; ++i) want_g[i] = double(g[i]) * scale;
-  ASSERT_EQ(cudaSuccess, cudaMemcpy(got.data(), dg.raw(), 4 * n, cudaMemcpyDeviceToHost));
-  EXPECT_TRUE(testing::compare("clipped grads", got.data(), want_g.data(), n, 1e-7));
 }
 
 // ---- host only: runs without a device
@@ -239,7 +213,7 @@ TEST(GpuTransformerLayout, FlatLayoutFollowsWeightsNamed) {
     nlohmann::json j = SmallConfig();
     if (experts) j["moe"] = {{"num_experts", experts}, {"top_k", 2}, {"every", 2}};
     const ModelConfig cfg = Parse(j);
-    const std::vector<FlatEntry> layout = FlatLayout(cfg);
+    const std::vector<ParamEntry> layout = ParamLayout::Of(cfg).entries;
     const std::vector<NamedTensor> named = Weights::Zeros(cfg).named();
     ASSERT_EQ(layout.size(), named.size());
     int64_t end = 0, total = 0;
@@ -260,13 +234,13 @@ TEST(GpuTransformerLayout, FlatLayoutFollowsWeightsNamed) {
 TEST(GpuTransformerLayout, UnsupportedConfigsAreNamed) {
   nlohmann::json j = SmallConfig();
   j["moe"] = {{"num_experts", 4}, {"top_k", 2}, {"capacity_factor", 1.25}};
-  auto m = GpuTransformer::Create(Parse(j), 1, 8, Recompute::kNone, GpuPrecision::kBf16);
-  ASSERT_FALSE(m.ok());
-  EXPECT_NE(m.status().message().find("model.moe.capacity_factor"), std::string::npos)
-      << m.status().message();
-  auto p = parse_gpu_precision("fp16");
-  ASSERT_FALSE(p.ok());
-  EXPECT_NE(p.status().message().find("fp32, bf16"), std::string::npos);
+  const Status st = CudaTransformerBf16::Supports(Parse(j), 1, 8, {});
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("model.moe.capacity_factor"), std::string::npos) << st.message();
+  j["moe"] = {{"num_experts", 4}, {"top_k", 2}, {"lsh", {{"enabled", true}}}};
+  const Status lsh = CudaTransformerF32::Supports(Parse(j), 1, 8, {});
+  ASSERT_FALSE(lsh.ok());
+  EXPECT_NE(lsh.message().find("model.moe.lsh.enabled"), std::string::npos) << lsh.message();
 }
 
 }  // namespace
