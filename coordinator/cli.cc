@@ -19,7 +19,7 @@
 
 #include "checkpoint/sharded_checkpoint.h"
 #include "proto/client.h"
-#include "worker/train_config.h"
+#include "spec/train_config.h"
 
 namespace {
 
@@ -189,7 +189,7 @@ int Submit(Common& c, const SubmitArgs& a) {
       explicit_mode |= j.is_object() && j.contains("train") && j["train"].is_object() &&
                        j["train"].contains("recompute");
     }
-    if (explicit_mode) recompute = config.value().train.recompute;
+    if (explicit_mode) recompute = recompute_name(config.value().train.recompute);
   }
   v1::SubmitJobRequest req;
   req.set_request_id(a.request_id.empty() ? RandomId() : a.request_id);

@@ -9,7 +9,7 @@
 
 #include "coordinator/planner.h"
 #include "proto/client.h"
-#include "worker/train_config.h"
+#include "spec/train_config.h"
 
 namespace grove::coordinator {
 
@@ -97,7 +97,7 @@ grpc::Status PlanJob(const v1::JobSpec& spec, v1::Layout* layout, std::string* r
   layout->set_explanation(pl.explanation);
   // The workers train with exactly the planned layout.
   TrainConfig resolved_config = config.value();
-  resolved_config.train.recompute = recompute_name(pl.recompute);
+  resolved_config.train.recompute = pl.recompute;
   resolved_config.parallel.tp = pl.tp;
   resolved_config.parallel.cp = pl.cp;
   resolved_config.parallel.ep = pl.ep;

@@ -15,19 +15,10 @@ Status Err(const std::string& m) {
   return Status::Error(m);
 }
 
-// Why `tp` cannot split this model (empty when it can).
+// Why `tp` cannot split this model (empty when it can). The sequence shard is checked whether
+// or not the request asks for sequence parallelism.
 std::string TpModelConflict(const TrainConfig& c, int tp, int cp) {
-  const ModelConfig& m = c.model;
-  auto bad = [&](const std::string& what, int v) {
-    return "tp=" + std::to_string(tp) + " does not divide " + what + "=" + std::to_string(v);
-  };
-  if (m.n_heads % tp != 0) return bad("model.n_heads", m.n_heads);
-  if (m.kv_heads() % tp != 0) return bad("the kv heads (model.n_kv_heads)", m.kv_heads());
-  if (m.ffn() % tp != 0) return bad("the SwiGLU hidden size (model.ffn_hidden)", m.ffn());
-  if (m.vocab_size % tp != 0) return bad("model.vocab_size", m.vocab_size);
-  if ((c.train.seq_len / cp) % tp != 0)
-    return bad("the sequence shard train.seq_len / cp", c.train.seq_len / cp);
-  return "";
+  return TensorParallelConflict(c.model, c.train.seq_len, tp, cp, /*sp=*/true);
 }
 
 MemoryEstimate Estimate(const TrainConfig& c, int tp, int cp, Recompute r, bool sp) {
@@ -123,7 +114,7 @@ StatusOr<Plan> PlanLayout(const TrainConfig& config, const PlanRequest& r) {
   }
 
   // The GPU path runs data parallelism only (docs/gpu.md): every GPU holds the whole model.
-  if (config.train.device == "cuda") {
+  if (config.train.device == Device::kCUDA) {
     if (cp != 1 || ep != 1)
       return Err(
           "train.device=cuda runs data parallelism only: parallel.cp and parallel.ep must "
@@ -138,14 +129,12 @@ StatusOr<Plan> PlanLayout(const TrainConfig& config, const PlanRequest& r) {
 
   std::vector<Recompute> light, heavy;
   if (!r.recompute.empty()) {
-    auto fixed = parse_recompute(r.recompute);
-    if (!fixed.ok()) return Err("parallel.recompute: " + fixed.status().message());
+    auto fixed = parse_recompute(r.recompute, "parallel.recompute");
+    if (!fixed.ok()) return fixed.status();
     light.push_back(fixed.value());
   } else if (r.device_memory_gib == 0) {
     // No memory limit given: keep the configured mode (selective by default).
-    auto configured = parse_recompute(config.train.recompute);
-    if (!configured.ok()) return Err("train.recompute: " + configured.status().message());
-    light.push_back(configured.value());
+    light.push_back(config.train.recompute);
   } else {
     light = {Recompute::kNone, Recompute::kSelective};
     heavy = {Recompute::kFull};
@@ -176,7 +165,12 @@ StatusOr<Plan> PlanLayout(const TrainConfig& config, const PlanRequest& r) {
     for (int tp : tps)
       for (Recompute rc : *modes) {
         MemoryEstimate m = Estimate(config, tp, cp, rc, r.sequence_parallel);
-        if (device_bytes == 0 || m.total <= usable) return make(tp, rc, m);
+        if (device_bytes != 0 && m.total > usable) continue;
+        Plan plan = make(tp, rc, m);
+        // The candidates are built to satisfy it; the grid's own check has the last word.
+        if (Status s = parallel::validate(plan.shape()); !s.ok())
+          return Err("parallel: " + s.message());
+        return plan;
       }
 
   // Nothing fits: say what the smallest candidate needs, and which tp would fit.
@@ -207,13 +201,7 @@ StatusOr<Plan> PlanLayout(const TrainConfig& config, const PlanRequest& r) {
 }
 
 Coords RankCoords(const Plan& p, int rank) {
-  Coords c;
-  c.tp = rank % p.tp;
-  c.cp = (rank / p.tp) % p.cp;
-  c.dp = rank / (p.tp * p.cp);
-  c.ep = rank % p.ep;
-  c.edp = rank / p.ep;
-  return c;
+  return parallel::grid_coord(p.shape(), rank);
 }
 
 }  // namespace grove::coordinator

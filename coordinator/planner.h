@@ -1,8 +1,9 @@
 // Layout planner: picks tp / cp / ep / dp and the recompute mode for a job, from the per-rank
-// memory formula (model/memory.h, docs/memory.md), or rejects the job with the reason and the
-// smallest tensor-parallel size that would fit.
+// memory formula (spec/memory.h, docs/memory.md), or rejects the job with the reason and the
+// smallest tensor-parallel size that would fit. The rank layout and the tensor-parallel
+// divisibility rules are the worker's own (spec/grid.h, spec/train_config.h).
 //
-// Rules (DESIGN.md §4, §6, §10):
+// Rules:
 //  - tp · cp · dp = world; ep divides the world (expert grid folded over the same ranks).
 //  - tp divides n_heads, the kv heads, the SwiGLU hidden size, the vocabulary and s / cp (the
 //    sequence-parallel shard), and tp divides ranks_per_host: with ranks placed by slot, every TP
@@ -19,9 +20,10 @@
 #include <string>
 
 #include "core/status.h"
-#include "model/config.h"
-#include "model/memory.h"
-#include "worker/train_config.h"
+#include "spec/grid.h"
+#include "spec/memory.h"
+#include "spec/model_config.h"
+#include "spec/train_config.h"
 
 namespace grove::coordinator {
 
@@ -46,17 +48,16 @@ struct Plan {
   MemoryEstimate memory;
   int64_t device_memory_bytes = 0;  // 0 = unlimited
   std::string explanation;
+
+  parallel::GridShape shape() const { return {world, tp, cp, ep, dp}; }
 };
 
 // Errors name the request field ("parallel.tp=3 does not divide parallel.world_size=4") or
 // say what memory the job needs and what to change.
 StatusOr<Plan> PlanLayout(const TrainConfig& config, const PlanRequest& request);
 
-// A rank's coordinates, the same arithmetic as parallel/grid.h:
-//   rank = tp_rank + tp · (cp_rank + cp · dp_rank);   rank = ep_rank + ep · edp_rank.
-struct Coords {
-  int tp = 0, cp = 0, dp = 0, ep = 0, edp = 0;
-};
+// A rank's coordinates in the plan's layout (parallel::grid_coord, spec/grid.h); 0 <= rank < world.
+using Coords = parallel::GridCoord;
 Coords RankCoords(const Plan& plan, int rank);
 
 // "12.3 GiB"

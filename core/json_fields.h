@@ -29,6 +29,25 @@ class JsonFields {
     }
   }
 
+  // A string value turned into T by parse(value, "section.key") -> StatusOr<T> (the enums of
+  // spec/enums.h); parse's error, which names the field and the accepted values, is kept.
+  template <typename T, typename Parse>
+  void get_parsed(const std::string& key, T* out, Parse parse) {
+    known_.insert(key);
+    if (!error_.empty() || !j_.contains(key)) return;
+    const std::string field = section_ + "." + key;
+    if (!j_.at(key).is_string()) {
+      error_ = "config key '" + field + "' has the wrong type (got " + j_.at(key).dump() +
+               ", expected a string)";
+      return;
+    }
+    auto value = parse(j_.at(key).template get<std::string>(), field);
+    if (value.ok())
+      *out = value.value();
+    else
+      error_ = value.status().message();
+  }
+
   // Error if a key was not asked for, or a value had the wrong type.
   Status finish() const {
     if (!error_.empty()) return Status::Error(error_);

@@ -15,7 +15,7 @@ int32_t argmax(const float* x, int n) {
 }
 
 Generator::Generator(const ModelConfig& config, const Weights& weights, comm::Communicator* cp,
-                     int capacity, parallel::CpAttention attention)
+                     int capacity, CpAttention attention)
     : config_(config),
       w_(weights),
       cp_(cp),

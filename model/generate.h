@@ -19,7 +19,7 @@
 
 #include "comm/communicator.h"
 #include "core/tensor.h"
-#include "model/config.h"
+#include "spec/model_config.h"
 #include "model/weights.h"
 #include "parallel/cp_attention.h"
 #include "parallel/kv_cache.h"
@@ -32,7 +32,7 @@ class Generator {
   // not copied: they must outlive the generator). cp: the context-parallel group, nullptr for one
   // process. capacity: the most tokens (prompt + generated) the context may hold.
   Generator(const ModelConfig& config, const Weights& weights, comm::Communicator* cp, int capacity,
-            parallel::CpAttention attention = parallel::CpAttention::kTree);
+            CpAttention attention = CpAttention::kTree);
 
   // Runs `token` at the next position (position() before the call) and returns the logits [V]
   // of the next token. Every CP rank calls it with the same token.

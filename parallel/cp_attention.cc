@@ -31,16 +31,6 @@ bool unmasked(const Segment& q, const Segment& kk) {
 }
 }  // namespace
 
-const char* cp_attention_name(CpAttention a) {
-  return a == CpAttention::kTree ? "tree" : "ring";
-}
-
-StatusOr<CpAttention> parse_cp_attention(const std::string& s) {
-  if (s == "tree") return CpAttention::kTree;
-  if (s == "ring") return CpAttention::kRing;
-  return Status::Error("attention: unknown CP attention '" + s + "' (use tree or ring)");
-}
-
 void CommStats::all_gather(int p, int64_t elems) {
   if (p <= 1) return;
   bytes += double(p - 1) * elems * sizeof(float);

@@ -33,12 +33,11 @@
 #include "comm/communicator.h"
 #include "core/status.h"
 #include "core/tensor.h"
+#include "spec/enums.h"
 
 namespace grove::parallel {
 
-enum class CpAttention { kTree, kRing };
-const char* cp_attention_name(CpAttention a);  // "tree", "ring"
-StatusOr<CpAttention> parse_cp_attention(const std::string& s);
+// CpAttention (kTree, kRing), its names and parsing: spec/enums.h.
 
 struct CpAttentionShape {
   int S = 0;  // global sequence length, a multiple of 2p

@@ -9,24 +9,7 @@
 
 namespace grove::parallel {
 
-Status LshConfig::Validate(int h) const {
-  std::ostringstream os;
-  if (num_hashes < 1) {
-    os << "moe.lsh.num_hashes=" << num_hashes << " must be >= 1";
-  } else if (rotation_dim < 1 || rotation_dim > h) {
-    os << "moe.lsh.rotation_dim=" << rotation_dim << " must be in [1, h=" << h << "]";
-  } else if (num_hashes * std::log2(2.0 * rotation_dim) > 64.0) {
-    os << "moe.lsh.num_hashes=" << num_hashes << " with moe.lsh.rotation_dim=" << rotation_dim
-       << " needs more than 64 bits of bucket id ((2r)^L > 2^64)";
-  } else if (min_tokens < 0) {
-    os << "moe.lsh.min_tokens=" << min_tokens << " must be >= 0";
-  } else {
-    return Status::Ok();
-  }
-  return Status::Error(os.str());
-}
-
-LshCompressor::LshCompressor(const LshConfig& cfg, int h)
+LshCompressor::LshCompressor(const LshOptions& cfg, int h)
     : cfg_(cfg), h_(h), r_(cfg.rotation_dim), L_(cfg.num_hashes) {
   const Status st = cfg.Validate(h);
   GROVE_CHECK(st.ok()) << st.message();

@@ -32,28 +32,16 @@
 #include <vector>
 
 #include "core/status.h"
+#include "spec/moe_options.h"
 
 namespace grove::parallel {
-
-// Defaults from the num_hashes sweep on Brown (bench/lsh/README.md): one hash function keeps
-// convergence, more make the MoE inputs collapse into few buckets.
-struct LshConfig {
-  bool enabled = false;  // false: every row is its own bucket (the plain path's rows)
-  int num_hashes = 1;    // L hash functions combined into one bucket id
-  int rotation_dim = 8;  // r: 2r buckets per hash function; r ≤ h
-  int min_tokens = 8;    // a (rank, expert) group with fewer tokens is sent uncompressed
-  uint64_t seed = 0x15AC0DEull;
-
-  // OK, or the first problem naming the field, e.g. "moe.lsh.rotation_dim=64 must be <= h=32".
-  Status Validate(int h) const;
-};
 
 class LshCompressor {
  public:
   // cfg must be valid for h (Validate).
-  LshCompressor(const LshConfig& cfg, int h);
+  LshCompressor(const LshOptions& cfg, int h);
 
-  const LshConfig& config() const { return cfg_; }
+  const LshOptions& config() const { return cfg_; }
   int h() const { return h_; }
 
   // The bucket id of one row x[h].
@@ -71,7 +59,7 @@ class LshCompressor {
   const std::vector<float>& rotations() const { return rot_; }
 
  private:
-  LshConfig cfg_;
+  LshOptions cfg_;
   int h_, r_, L_;
   std::vector<float> rot_;   // [L, r, h]
   std::vector<float> rotT_;  // [h, L·r]: the same, laid out for the row-by-row projection

@@ -15,7 +15,7 @@ void grow(V& v, size_t n) {
 }  // namespace
 
 LshDispatcher::LshDispatcher(int num_experts, int h, comm::Communicator* ep_group,
-                             const LshConfig& cfg)
+                             const LshOptions& cfg)
     : xch_(num_experts, h, ep_group),
       ep_size_(xch_.ep_size()),
       ep_rank_(xch_.ep_rank()),
@@ -31,7 +31,7 @@ LshDispatcher::LshDispatcher(int num_experts, int h, comm::Communicator* ep_grou
 
 // ---- preprocess: hash, bucket per expert, exchange the counts ---------------------------------
 void LshDispatcher::preprocess(const Routing& r, const float* x) {
-  const LshConfig& cfg = lsh_.config();
+  const LshOptions& cfg = lsh_.config();
   T_ = r.T;
   k_ = r.k;
   const int64_t A = int64_t(T_) * k_;

@@ -71,7 +71,7 @@ struct LshMetrics {
 class LshDispatcher final : public Dispatcher {
  public:
   // ep_group: null or size one = all experts local. num_experts % ep == 0; cfg valid for h.
-  LshDispatcher(int num_experts, int h, comm::Communicator* ep_group, const LshConfig& cfg);
+  LshDispatcher(int num_experts, int h, comm::Communicator* ep_group, const LshOptions& cfg);
   const char* name() const override { return "lsh_all_to_all"; }
 
   void preprocess(const Routing& routing, const float* x) override;

@@ -8,7 +8,7 @@
 
 namespace grove::parallel {
 
-Router::Router(const MoeConfig& cfg, int h, int max_tokens)
+Router::Router(const MoeOptions& cfg, int h, int max_tokens)
     : E_(cfg.num_experts),
       k_(cfg.top_k),
       h_(h),

@@ -4,7 +4,7 @@
 // Forward, in fp32 (sums of exponentials in double):
 //   logits[T,E] = x[T,h] · W_r[E,h]^T,  p = softmax(logits),  lse[T] = logsumexp(logits)
 //   top-k by logit (a tie goes to the lower expert id), combine weights w_j = p_{e_j} / Σ_j'
-//   p_{e_j'} capacity (capacity_factor > 0): see MoeConfig; dropped assignments are marked, not
+//   p_{e_j'} capacity (capacity_factor > 0): see MoeOptions; dropped assignments are marked, not
 //   removed aux = α·E·Σ_i f_i·P_i,  f_i = (assignments routed to i, before dropping) / (T_all·k),
 //                           P_i = Σ_t p_{t,i} / T_all
 //   z   = β·Σ_t lse_t² / T_all
@@ -21,7 +21,7 @@
 #include <vector>
 
 #include "comm/communicator.h"
-#include "parallel/moe_config.h"
+#include "spec/moe_options.h"
 
 namespace grove::parallel {
 
@@ -43,7 +43,7 @@ struct RouterStats {
 
 class Router {
  public:
-  Router(const MoeConfig& cfg, int h, int max_tokens);
+  Router(const MoeOptions& cfg, int h, int max_tokens);
 
   // Writes *routing for x[T,h] with router weight w[E,h]. Collective over `stats` (may be null).
   void forward(Routing* routing, const float* x, const float* w, int T, comm::Communicator* stats);

@@ -11,7 +11,7 @@
 #include <string>
 
 #include "core/status.h"
-#include "model/config.h"
+#include "spec/model_config.h"
 #include "model/weights.h"
 #include "worker/checkpoint.h"
 #include "worker/optimizer.h"

@@ -47,7 +47,7 @@ int main(int argc, char** argv) {
   grove::comm::MpiSession mpi(&argc, &argv);
   const int rank = mpi.world_rank(), n = mpi.world_size();
   try {
-    auto algo = grove::parallel::parse_cp_attention(attention);
+    auto algo = grove::parse_cp_attention(attention, "--attention");
     if (!algo.ok()) return fail(rank, algo.status().message());
     auto dir = grove::ResolveCheckpointDir(checkpoint, run_dir);
     if (!dir.ok()) return fail(rank, dir.status().message());
@@ -83,7 +83,7 @@ int main(int argc, char** argv) {
       std::printf("%s\n", tok.value().Decode(all).c_str());
       const nlohmann::json line = {{"checkpoint", dir.value()},
                                    {"cp", n},
-                                   {"attention", grove::parallel::cp_attention_name(algo.value())},
+                                   {"attention", grove::cp_attention_name(algo.value())},
                                    {"prompt_tokens", ids.size()},
                                    {"new_tokens", out.size()},
                                    {"ms_per_token", 1e3 * secs / double(ids.size() + out.size())},

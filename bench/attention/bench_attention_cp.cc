@@ -25,7 +25,6 @@
 #include "parallel/kv_cache.h"
 
 using namespace grove;
-using parallel::CpAttention;
 
 namespace {
 
@@ -116,14 +115,14 @@ int main(int argc, char** argv) {
                                 {"heads", heads}, {"kv_heads", kv_heads}, {"head_dim", head_dim}};
     for (int a = 0; a < 2; ++a) {
       nlohmann::json lat = {{"name", "decode_latency"},
-                            {"algo", parallel::cp_attention_name(algos[a])},
+                            {"algo", cp_attention_name(algos[a])},
                             {"config", cfg},
                             {"value", m[a].value},
                             {"unit", "us/token"},
                             {"bytes_per_rank", m[a].bytes},
                             {"rounds", m[a].rounds}};
       nlohmann::json mem = {{"name", "decode_peak_memory"},
-                            {"algo", parallel::cp_attention_name(algos[a])},
+                            {"algo", cp_attention_name(algos[a])},
                             {"config", cfg},
                             {"value", m[a].memory},
                             {"unit", "bytes/rank"},
@@ -185,7 +184,7 @@ int main(int argc, char** argv) {
                                 {"causal", true}};
     for (int a = 0; a < 2; ++a) {
       nlohmann::json t = {{"name", "train_attention"},
-                          {"algo", parallel::cp_attention_name(algos[a])},
+                          {"algo", cp_attention_name(algos[a])},
                           {"config", cfg},
                           {"value", tot[a].value},
                           {"unit", "ms fwd+bwd"},
@@ -193,7 +192,7 @@ int main(int argc, char** argv) {
                           {"bytes_per_rank", tot[a].bytes},
                           {"rounds", tot[a].rounds}};
       nlohmann::json mem = {{"name", "train_peak_memory"},
-                            {"algo", parallel::cp_attention_name(algos[a])},
+                            {"algo", cp_attention_name(algos[a])},
                             {"config", cfg},
                             {"value", tot[a].memory},
                             {"unit", "bytes/rank (workspace)"}};

@@ -35,10 +35,10 @@
 
 namespace {
 
-using grove::parallel::LshConfig;
+using grove::LshOptions;
 using grove::parallel::LshDispatcher;
 using grove::parallel::LshMetrics;
-using grove::parallel::MoeConfig;
+using grove::MoeOptions;
 using grove::parallel::MoeLayer;
 using grove::parallel::MoeMetrics;
 using json = nlohmann::json;
@@ -100,7 +100,7 @@ int main(int argc, char** argv) {
 
   comm::MpiSession mpi(&argc, &argv);
   const int world = mpi.world_size(), rank = mpi.world_rank();
-  MoeConfig cfg;
+  MoeOptions cfg;
   cfg.num_experts = E;
   cfg.top_k = k;
   if (grove::Status st = cfg.Validate(world); !st.ok()) {
@@ -122,7 +122,7 @@ int main(int argc, char** argv) {
     grove::Rng drng(grove::derive_seed(99, uint64_t(rank)));
     for (float& v : dout) v = float(drng.normal()) * 1e-3f;
     for (int L : hashes) {
-      LshConfig lcfg;
+      LshOptions lcfg;
       lcfg.enabled = true;
       lcfg.num_hashes = L;
       lcfg.rotation_dim = rotation_dim;

@@ -21,7 +21,7 @@
 
 namespace {
 
-using grove::parallel::MoeConfig;
+using grove::MoeOptions;
 using grove::parallel::MoeLayer;
 using grove::parallel::MoeMetrics;
 using json = nlohmann::json;
@@ -33,7 +33,7 @@ struct Breakdown {
   double total() const { return forward + backward; }
 };
 
-Breakdown time_layer(const MoeConfig& cfg, int h, int f, int T, grove::comm::Communicator* ep,
+Breakdown time_layer(const MoeOptions& cfg, int h, int f, int T, grove::comm::Communicator* ep,
                      grove::comm::Communicator* stats, grove::comm::Communicator& world, int warmup,
                      int steps) {
   MoeLayer layer(cfg, h, f, T, ep, stats);
@@ -91,7 +91,7 @@ int main(int argc, char** argv) {
 
   grove::comm::MpiSession mpi(&argc, &argv);
   const int world = mpi.world_size(), rank = mpi.world_rank();
-  MoeConfig cfg;
+  MoeOptions cfg;
   cfg.num_experts = E;
   cfg.top_k = k;
   cfg.capacity_factor = cf;

@@ -1,6 +1,6 @@
 // Selective activation recomputation and sequence parallelism (docs/memory.md), measured:
 //   1. activation bytes per layer for none / selective / full, TP-only vs TP+SP, at t = 4 on a
-//      long-sequence config (from model/memory.h, which tests/model proves equal to the stash);
+//      long-sequence config (from spec/memory.h, which tests/model proves equal to the stash);
 //   2. step time (forward + backward) for none / selective / full on this machine, same run;
 //   3. under mpirun -np t: step time of TP-only vs TP+SP at tp = t.
 // One JSON line per measurement, each with its peer (none, or TP-only) and the ratio.
@@ -15,7 +15,7 @@
 
 #include "comm/mpi_communicator.h"
 #include "core/rng.h"
-#include "model/memory.h"
+#include "spec/memory.h"
 #include "model/transformer.h"
 #include "parallel/grid.h"
 
@@ -108,7 +108,7 @@ int main(int argc, char** argv) {
                {"peer", "tp_only_no_recompute"},
                {"peer_value", tp_only},
                {"ratio", double(tp_only) / double(bytes)},
-               {"source", "model/memory.h (equal to the stash, tests/model)"}});
+               {"source", "spec/memory.h (equal to the stash, tests/model)"}});
       }
     }
   }

@@ -8,7 +8,7 @@
 #include <string>
 
 #include "proto/grove.pb.h"
-#include "worker/train_config.h"
+#include "spec/train_config.h"
 
 namespace grove::coordinator::testing {
 

@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "kernels/cpu/ops.h"
-#include "parallel/moe_config.h"
+#include "spec/moe_options.h"
 #include "parallel/moe_dispatcher.h"
 #include "parallel/moe_router.h"
 #include "tests/cuda/reference.h"
@@ -40,7 +40,7 @@ TEST(CudaMoeReference, RouterAndDispatcherMatchTheCpu) {
   const int N = 37, h = 16, E = 8;
   for (int k : {1, 2, 3}) {
     std::string tag = " k=" + std::to_string(k);
-    parallel::MoeConfig cfg;
+    MoeOptions cfg;
     cfg.num_experts = E;
     cfg.top_k = k;
     cfg.aux_loss_coef = 0.05f;

@@ -6,7 +6,7 @@
 #include <cstring>
 #include <vector>
 
-#include "model/memory.h"
+#include "spec/memory.h"
 #include "model/transformer.h"
 
 namespace grove {

@@ -1,5 +1,5 @@
 // ModelConfig validation: each inconsistent config gets an error naming the field.
-#include "model/config.h"
+#include "spec/model_config.h"
 
 #include <gtest/gtest.h>
 

@@ -7,7 +7,7 @@
 // sharded model sums the same terms in another order (row-parallel partial sums, reduce-scatter,
 // vocabulary-split softmax), which moves fp32 results by ~1e-7..1e-6 relative; a missing
 // reduction or a wrong slice moves them by O(1).
-// Also: the activation stash of each layout equals the memory formula (model/memory.h).
+// Also: the activation stash of each layout equals the memory formula (spec/memory.h).
 #include <gtest/gtest.h>
 
 #include <memory>
@@ -15,7 +15,7 @@
 
 #include "comm/mpi_communicator.h"
 #include "core/rng.h"
-#include "model/memory.h"
+#include "spec/memory.h"
 #include "model/transformer.h"
 #include "parallel/grid.h"
 #include "tests/comm/mpi_test_env.h"
@@ -70,14 +70,14 @@ ModelConfig MoeConfig() {
 }
 
 void RunLayout(int tp, int dp, bool sp, Recompute mode, int ep = 1, bool moe = false, int cp = 1,
-               parallel::CpAttention algo = parallel::CpAttention::kTree) {
+               CpAttention algo = CpAttention::kTree) {
   comm::Communicator& world = test::world();
   const ModelConfig c = moe ? MoeConfig() : TestConfig();
   const int s = 8, b = 2, B = b * dp;
   SCOPED_TRACE("tp=" + std::to_string(tp) + " cp=" + std::to_string(cp) + " dp=" +
                std::to_string(dp) + " ep=" + std::to_string(ep) + " sp=" + std::to_string(sp) +
                " recompute=" + recompute_name(mode) + (moe ? " moe" : "") +
-               (cp > 1 ? std::string(" ") + parallel::cp_attention_name(algo) : ""));
+               (cp > 1 ? std::string(" ") + cp_attention_name(algo) : ""));
   auto grid = parallel::ParallelGrid::create(
       std::shared_ptr<comm::Communicator>(test::mpi_session().world()),
       parallel::GridShape{world.size(), tp, cp, ep, dp});
@@ -145,7 +145,7 @@ TEST(ParallelEquivalence, ContextParallelLayoutsEqualSingleRank) {
       if (world % (cp * tp) != 0) continue;
       const int dp = world / (cp * tp);
       if (dp > 2) continue;
-      for (auto algo : {parallel::CpAttention::kTree, parallel::CpAttention::kRing}) {
+      for (auto algo : {CpAttention::kTree, CpAttention::kRing}) {
         RunLayout(tp, dp, tp > 1, Recompute::kSelective, 1, false, cp, algo);
         RunLayout(tp, dp, tp > 1, Recompute::kFull, 1, false, cp, algo);
       }

@@ -113,9 +113,9 @@ TEST(Generate, LogitsEqualTransformerForward) {
     model.forward(tokens.data(), targets.data());
     const float* want = model.logits().data<float>();
 
-    for (auto algo : {parallel::CpAttention::kTree, parallel::CpAttention::kRing}) {
+    for (auto algo : {CpAttention::kTree, CpAttention::kRing}) {
       SCOPED_TRACE(::testing::Message()
-                   << parallel::cp_attention_name(algo) << " kv_heads=" << kv_heads
+                   << cp_attention_name(algo) << " kv_heads=" << kv_heads
                    << " experts=" << c.moe.num_experts << " top_k=" << c.moe.top_k);
       Generator gen(c, m.weights, &test::world(), T, algo);
       for (int t = 0; t < T; ++t) {
@@ -138,10 +138,10 @@ TEST(Generate, GreedyTokensOverCpEqualOneRank) {
   ASSERT_EQ(static_cast<int>(want.size()), max_new);
   // Not a degenerate sequence: greedy decoding of this model visits several tokens.
   EXPECT_GE(std::set<int32_t>(want.begin(), want.end()).size(), 4u);
-  for (auto algo : {parallel::CpAttention::kTree, parallel::CpAttention::kRing}) {
+  for (auto algo : {CpAttention::kTree, CpAttention::kRing}) {
     Generator gen(c, m.weights, &test::world(), 64, algo);
     const std::vector<int32_t> got = gen.generate(prompt, max_new);
-    EXPECT_EQ(got, want) << parallel::cp_attention_name(algo)
+    EXPECT_EQ(got, want) << cp_attention_name(algo)
                          << " over cp=" << test::world().size();
     if (test::world().size() > 1) {
       EXPECT_GT(gen.attention_stats().bytes, 0);

@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "core/rng.h"
-#include "model/config.h"
+#include "spec/model_config.h"
 #include "model/transformer.h"
 #include "parallel/lsh_dispatcher.h"
 

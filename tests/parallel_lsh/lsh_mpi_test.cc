@@ -52,8 +52,8 @@ std::vector<int> EpSizes() {
   return out;
 }
 
-LshConfig Lsh(int L, int r, int min_tokens = 4) {
-  LshConfig c;
+LshOptions Lsh(int L, int r, int min_tokens = 4) {
+  LshOptions c;
   c.enabled = true;
   c.num_hashes = L;
   c.rotation_dim = r;
@@ -64,7 +64,7 @@ LshConfig Lsh(int L, int r, int min_tokens = 4) {
 TEST(LshMpi, EveryRankHashesTheSameVectorToTheSameId) {
   comm::Communicator& w = test::world();
   const int W = w.size(), rank = w.rank(), h = 32, N = 200;
-  for (const LshConfig& cfg : {Lsh(1, 16), Lsh(3, 8), Lsh(4, 32)}) {
+  for (const LshOptions& cfg : {Lsh(1, 16), Lsh(3, 8), Lsh(4, 32)}) {
     LshCompressor lsh(cfg, h);
     // Rotations: bit-identical everywhere.
     const std::vector<float>& rot = lsh.rotations();
@@ -95,8 +95,8 @@ TEST(LshMpi, EveryRankHashesTheSameVectorToTheSameId) {
 }
 
 struct Case {
-  MoeConfig cfg;
-  LshConfig lsh = Lsh(1, 4);
+  MoeOptions cfg;
+  LshOptions lsh = Lsh(1, 4);
   int h = 16, f = 24;
   bool zero_router = false;
   bool plain = false;  // the AllToAllDispatcher instead

@@ -31,7 +31,7 @@ inline std::vector<float> Clustered(int T, int h, int K, uint64_t seed, float sp
 }
 
 inline LshDispatcher& UseLsh(MoeLayer& layer, int h, comm::Communicator* ep,
-                             const LshConfig& lcfg) {
+                             const LshOptions& lcfg) {
   layer.set_dispatcher(std::make_unique<LshDispatcher>(layer.config().num_experts, h, ep, lcfg));
   return static_cast<LshDispatcher&>(layer.dispatcher());
 }

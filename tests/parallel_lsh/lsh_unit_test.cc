@@ -23,8 +23,8 @@ using lsh_test::Clustered;
 using lsh_test::Randn;
 using lsh_test::UseLsh;
 
-LshConfig Lsh(int L, int r, int min_tokens = 2, bool enabled = true) {
-  LshConfig c;
+LshOptions Lsh(int L, int r, int min_tokens = 2, bool enabled = true) {
+  LshOptions c;
   c.enabled = enabled;
   c.num_hashes = L;
   c.rotation_dim = r;
@@ -32,15 +32,15 @@ LshConfig Lsh(int L, int r, int min_tokens = 2, bool enabled = true) {
   return c;
 }
 
-TEST(LshConfig, ValidateNamesTheField) {
-  LshConfig c;
+TEST(LshOptions, ValidateNamesTheField) {
+  LshOptions c;
   EXPECT_TRUE(c.Validate(16).ok());
   c.rotation_dim = 32;
   EXPECT_EQ(c.Validate(16).message(), "moe.lsh.rotation_dim=32 must be in [1, h=16]");
-  c = LshConfig{};
+  c = LshOptions{};
   c.num_hashes = 0;
   EXPECT_EQ(c.Validate(16).message(), "moe.lsh.num_hashes=0 must be >= 1");
-  c = LshConfig{};
+  c = LshOptions{};
   c.num_hashes = 17;
   c.rotation_dim = 8;  // 16 codes = 4 bits per hash: 17 hashes need 68 bits
   EXPECT_EQ(c.Validate(16).message(),
@@ -48,7 +48,7 @@ TEST(LshConfig, ValidateNamesTheField) {
             "id ((2r)^L > 2^64)");
   c.num_hashes = 16;
   EXPECT_TRUE(c.Validate(16).ok());
-  c = LshConfig{};
+  c = LshOptions{};
   c.min_tokens = -1;
   EXPECT_EQ(c.Validate(16).message(), "moe.lsh.min_tokens=-1 must be >= 0");
 }
@@ -58,7 +58,7 @@ TEST(LshConfig, ValidateNamesTheField) {
 TEST(LshCompressor, RotationsAreOrthonormalAndSeeded) {
   const int h = 24, r = 12, L = 3;
   LshCompressor a(Lsh(L, r), h), b(Lsh(L, r), h);
-  LshConfig other = Lsh(L, r);
+  LshOptions other = Lsh(L, r);
   other.seed += 1;
   LshCompressor c(other, h);
   ASSERT_EQ(a.rotations().size(), size_t(L * r * h));
@@ -193,8 +193,8 @@ struct LayerRun {
 };
 
 // Two steps of the layer (the second is returned), plain dispatcher when lcfg is null.
-LayerRun RunLayer(const MoeConfig& cfg, int h, int f, const std::vector<float>& x,
-                  const std::vector<float>& dout, const LshConfig* lcfg) {
+LayerRun RunLayer(const MoeOptions& cfg, int h, int f, const std::vector<float>& x,
+                  const std::vector<float>& dout, const LshOptions* lcfg) {
   const int T = int(x.size() / h);
   MoeLayer layer(cfg, h, f, T, nullptr, nullptr);
   layer.init(17, 0.3, 0.2);
@@ -229,14 +229,14 @@ void ExpectBitEqual(const LayerRun& a, const LayerRun& b) {
 // exactly 0, its gradient path skipped), so the results are bit-identical to the plain path —
 // disabled, below min_tokens, and hashed into distinct buckets.
 TEST(LshDispatcher, OneTokenPerBucketEqualsThePlainDispatcherExactly) {
-  MoeConfig cfg;
+  MoeOptions cfg;
   cfg.num_experts = 4;
   cfg.top_k = 2;
   const int T = 40, h = 16, f = 24;
   const std::vector<float> x = Randn(size_t(T) * h, 31), dout = Randn(x.size(), 32);
   const LayerRun plain = RunLayer(cfg, h, f, x, dout, nullptr);
-  const LshConfig disabled = Lsh(1, 4, 2, false), few = Lsh(1, 4, T * 2 + 1), fine = Lsh(8, 16);
-  for (const LshConfig* c : {&disabled, &few, &fine}) {
+  const LshOptions disabled = Lsh(1, 4, 2, false), few = Lsh(1, 4, T * 2 + 1), fine = Lsh(8, 16);
+  for (const LshOptions* c : {&disabled, &few, &fine}) {
     SCOPED_TRACE(::testing::Message() << "enabled=" << c->enabled << " L=" << c->num_hashes
                                       << " min_tokens=" << c->min_tokens);
     const LayerRun lsh = RunLayer(cfg, h, f, x, dout, c);
@@ -254,7 +254,7 @@ TEST(LshDispatcher, OneTokenPerBucketEqualsThePlainDispatcherExactly) {
 // the same under every perturbation, so L is smooth there. Dropping the residual path from din,
 // or the −c term of the residual from the centroid's gradient, gives errors of O(0.1..1).
 TEST(LshDispatcher, CompressedGradientsMatchFiniteDifferences) {
-  MoeConfig cfg;
+  MoeOptions cfg;
   cfg.num_experts = 4;
   cfg.top_k = 2;
   cfg.aux_loss_coef = 0.5f;
@@ -316,7 +316,7 @@ TEST(LshDispatcher, CompressedGradientsMatchFiniteDifferences) {
 
 // T = 0, and experts that receive nothing (zero router: every token to experts 0 and 1).
 TEST(LshDispatcher, ZeroTokensAndEmptyExperts) {
-  MoeConfig cfg;
+  MoeOptions cfg;
   cfg.num_experts = 4;
   cfg.top_k = 2;
   const int h = 8, f = 8;
@@ -350,7 +350,7 @@ TEST(LshDispatcher, ZeroTokensAndEmptyExperts) {
 // The stash is what the backward keeps: tokens, weights, centroids, their results, the experts'
 // input rows and the index arrays.
 TEST(LshDispatcher, StashBytesCountCentroidsNotTokens) {
-  MoeConfig cfg;
+  MoeOptions cfg;
   cfg.num_experts = 4;
   cfg.top_k = 2;
   const int T = 64, h = 16, f = 8;

@@ -57,7 +57,7 @@ std::vector<int> EpSizes() {
 }
 
 struct Case {
-  MoeConfig cfg;
+  MoeOptions cfg;
   int h = 16, f = 24;
   uint64_t seed = 11;
   bool zero_router = false;  // all logits equal: every token picks experts 0..k-1

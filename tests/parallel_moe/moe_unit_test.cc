@@ -13,21 +13,29 @@
 namespace grove::parallel {
 namespace {
 
-TEST(MoeConfig, ValidateNamesTheField) {
-  MoeConfig c;
+// The layer's settings with 8 experts (MoeOptions defaults to 0 experts: a dense model).
+MoeOptions EightExperts() {
+  MoeOptions c;
+  c.num_experts = 8;
+  return c;
+}
+
+TEST(MoeOptions, ValidateNamesTheField) {
+  EXPECT_EQ(MoeOptions{}.Validate(1).message(), "moe.num_experts=0 must be >= 1");
+  MoeOptions c = EightExperts();
   EXPECT_TRUE(c.Validate(4).ok());
   c.num_experts = 6;
   EXPECT_EQ(c.Validate(4).message(), "moe.num_experts=6 is not divisible by parallel.ep=4");
-  c = MoeConfig{};
+  c = EightExperts();
   c.top_k = 9;
   EXPECT_EQ(c.Validate(1).message(), "moe.top_k=9 must be in [1, moe.num_experts=8]");
-  c = MoeConfig{};
+  c = EightExperts();
   c.capacity_factor = -1;
   EXPECT_EQ(c.Validate(1).message(), "moe.capacity_factor=-1 must be >= 0 (0: dropless)");
-  c = MoeConfig{};
+  c = EightExperts();
   c.aux_loss_coef = -0.5f;
   EXPECT_EQ(c.Validate(1).message(), "moe.aux_loss_coef=-0.5 must be >= 0");
-  c = MoeConfig{};
+  c = EightExperts();
   c.expert_ffn = 0;
   EXPECT_EQ(c.expert_hidden(96), 96);
   c.expert_ffn = 32;
@@ -37,7 +45,7 @@ TEST(MoeConfig, ValidateNamesTheField) {
 // Zero router: every token picks expert 0 (k = 1). Capacity ceil(1.0·16·1/4) = 4: the first four
 // tokens are processed, the other twelve dropped (output exactly 0, counted).
 TEST(MoeLayer, CapacityDropsLaterTokensOnForcedRouting) {
-  MoeConfig cfg;
+  MoeOptions cfg;
   cfg.num_experts = 4;
   cfg.top_k = 1;
   cfg.capacity_factor = 1.0f;
@@ -72,7 +80,7 @@ TEST(MoeLayer, CapacityDropsLaterTokensOnForcedRouting) {
 }
 
 TEST(MoeLayer, InitKeepsThisRanksExpertsOfTheFullWeights) {
-  MoeConfig cfg;
+  const MoeOptions cfg = EightExperts();
   const int h = 8, f = 4;
   const std::vector<NamedTensor> full = MoeLayer::init_full(cfg, h, f, 42, 0.1, 0.05);
   ASSERT_EQ(full.size(), 4u);
@@ -100,7 +108,7 @@ TEST(MoeLayer, InitKeepsThisRanksExpertsOfTheFullWeights) {
 }
 
 TEST(MoeLayer, StashBytesCountsWhatBackwardKeeps) {
-  MoeConfig cfg;  // E = 8, k = 2, dropless: R = S = T·k rows on one rank
+  const MoeOptions cfg = EightExperts();  // E = 8, k = 2, dropless: R = S = T·k rows on one rank
   const int T = 10, h = 8, f = 6, E = 8, k = 2;
   MoeLayer layer(cfg, h, f, T, nullptr, nullptr);
   EXPECT_EQ(layer.stash_bytes(), 0u);
@@ -124,7 +132,7 @@ TEST(MoeLayer, StashBytesCountsWhatBackwardKeeps) {
 // a wrong sign or a missing renormalisation term O(1e-1..1). The routing does not change under
 // the perturbation (checked), so L is smooth there.
 TEST(MoeLayer, GradientsMatchFiniteDifferences) {
-  MoeConfig cfg;
+  MoeOptions cfg;
   cfg.num_experts = 4;
   cfg.top_k = 2;
   cfg.aux_loss_coef = 0.5f;

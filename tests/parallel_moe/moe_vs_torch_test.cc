@@ -56,7 +56,7 @@ TEST_P(MoeVsTorch, ForwardLossesAndEveryGradient) {
   const Case& c = GetParam();
   SafetensorsFile ref = RunOracle(c);
   ASSERT_FALSE(ref.tensors.empty());
-  MoeConfig cfg;
+  MoeOptions cfg;
   cfg.num_experts = c.E;
   cfg.top_k = c.k;
   cfg.aux_loss_coef = c.aux;

@@ -20,7 +20,7 @@
 #include "data/token_file.h"
 #include "model/transformer.h"
 #include "worker/optimizer.h"
-#include "worker/train_config.h"
+#include "spec/train_config.h"
 
 namespace grove {
 namespace {

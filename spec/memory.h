@@ -9,7 +9,8 @@
 #include <cstdint>
 #include <string>
 
-#include "model/config.h"
+#include "spec/enums.h"
+#include "spec/model_config.h"
 
 namespace grove {
 

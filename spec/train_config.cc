@@ -1,8 +1,9 @@
-#include "worker/train_config.h"
+#include "spec/train_config.h"
 
 #include <fstream>
 
 #include "core/json_fields.h"
+#include "spec/grid.h"
 
 namespace grove {
 
@@ -22,14 +23,14 @@ nlohmann::json train_to_json(const TrainOptions& t) {
           {"adam_eps", t.adam_eps},
           {"grad_clip", t.grad_clip},
           {"seed", t.seed},
-          {"recompute", t.recompute},
+          {"recompute", recompute_name(t.recompute)},
           {"eval_every", t.eval_every},
           {"eval_batches", t.eval_batches},
           {"checkpoint_every", t.checkpoint_every},
           {"keep_checkpoints", t.keep_checkpoints},
           {"threads", t.threads},
-          {"device", t.device},
-          {"precision", t.precision}};
+          {"device", device_name(t.device)},
+          {"precision", precision_name(t.precision)}};
 }
 
 Status train_from_json(const nlohmann::json& j, TrainOptions* t) {
@@ -47,14 +48,14 @@ Status train_from_json(const nlohmann::json& j, TrainOptions* t) {
   f.get("adam_eps", &t->adam_eps);
   f.get("grad_clip", &t->grad_clip);
   f.get("seed", &t->seed);
-  f.get("recompute", &t->recompute);
+  f.get_parsed("recompute", &t->recompute, parse_recompute);
   f.get("eval_every", &t->eval_every);
   f.get("eval_batches", &t->eval_batches);
   f.get("checkpoint_every", &t->checkpoint_every);
   f.get("keep_checkpoints", &t->keep_checkpoints);
   f.get("threads", &t->threads);
-  f.get("device", &t->device);
-  f.get("precision", &t->precision);
+  f.get_parsed("device", &t->device, parse_device);
+  f.get_parsed("precision", &t->precision, parse_precision);
   return f.finish();
 }
 
@@ -108,19 +109,14 @@ Status TrainConfig::Validate() const {
   if (!(t.beta2 >= 0 && t.beta2 < 1)) return err("train.beta2 must be in [0, 1)");
   if (!(t.adam_eps > 0)) return err("train.adam_eps must be positive");
   if (t.grad_clip < 0) return err("train.grad_clip must be >= 0 (0 disables clipping)");
-  if (auto r = parse_recompute(t.recompute); !r.ok()) return err("train." + r.status().message());
   if (t.eval_every < 0) return err("train.eval_every must be >= 0");
   if (t.eval_batches <= 0) return err("train.eval_batches must be positive");
   if (t.checkpoint_every < 0) return err("train.checkpoint_every must be >= 0");
   if (t.keep_checkpoints <= 0) return err("train.keep_checkpoints must be >= 1");
   if (t.threads < 0) return err("train.threads must be >= 0 (0 = all cores)");
-  if (t.device != "cpu" && t.device != "cuda")
-    return err("train.device must be cpu or cuda (got '" + t.device + "')");
-  if (t.precision != "auto" && t.precision != "bf16" && t.precision != "fp32")
-    return err("train.precision must be auto, bf16 or fp32 (got '" + t.precision + "')");
-  if (t.device == "cpu" && t.precision == "bf16")
+  if (t.device == Device::kCPU && t.precision == Precision::kBf16)
     return err("train.precision=bf16 needs train.device=cuda (the CPU path computes in fp32)");
-  if (t.device == "cuda") {
+  if (t.device == Device::kCUDA) {
 #ifndef GROVE_HAVE_CUDA
     return err(
         "train.device=cuda but this build has no CUDA support: rebuild with "
@@ -143,26 +139,14 @@ Status TrainConfig::Validate() const {
   const ParallelOptions& p = parallel;
   if (p.tp < 1 || p.cp < 1 || p.ep < 1 || p.dp < 0)
     return err("parallel.tp, parallel.cp and parallel.ep must be >= 1 and parallel.dp >= 0");
-  if (model.n_heads % p.tp != 0 || model.kv_heads() % p.tp != 0)
-    return err("parallel.tp=" + std::to_string(p.tp) +
-               " does not divide model.n_heads=" + std::to_string(model.n_heads) +
-               " and the kv heads (" + std::to_string(model.kv_heads()) + ")");
-  if (model.ffn() % p.tp != 0)
-    return err("parallel.tp=" + std::to_string(p.tp) + " does not divide the SwiGLU hidden size " +
-               std::to_string(model.ffn()) + " (model.ffn_hidden)");
-  if (model.vocab_size % p.tp != 0)
-    return err("parallel.tp=" + std::to_string(p.tp) + " does not divide model.vocab_size=" +
-               std::to_string(model.vocab_size) + " (the vocabulary is split over TP)");
   if (p.cp > 1 && train.seq_len % (2 * p.cp) != 0)
     return err("context parallelism cuts the sequence into 2·cp chunks: train.seq_len=" +
                std::to_string(train.seq_len) +
                " is not divisible by 2 × parallel.cp=" + std::to_string(2 * p.cp));
-  if (p.tp > 1 && p.sequence_parallel && (train.seq_len / p.cp) % p.tp != 0)
-    return err(
-        "sequence parallelism splits the sequence: parallel.tp=" + std::to_string(p.tp) +
-        " does not divide train.seq_len / parallel.cp = " + std::to_string(train.seq_len / p.cp));
-  if (p.cp_attention != "tree" && p.cp_attention != "ring")
-    return err("parallel.cp_attention must be tree or ring (got '" + p.cp_attention + "')");
+  if (std::string why =
+          TensorParallelConflict(model, train.seq_len, p.tp, p.cp, p.sequence_parallel && p.tp > 1);
+      !why.empty())
+    return err("parallel." + why);
   if (p.ep > 1 && model.moe.num_experts == 0)
     return err("parallel.ep=" + std::to_string(p.ep) +
                " needs a mixture-of-experts model: set model.moe.num_experts");
@@ -181,20 +165,15 @@ Status TrainConfig::Validate() const {
 
 Status TrainConfig::ResolveLayout(int world) {
   ParallelOptions& p = parallel;
-  if (p.dp == 0) {
+  if (p.dp == 0 && p.tp >= 1 && p.cp >= 1) {  // smaller sizes: validate() names them
     if (world % (p.tp * p.cp) != 0)
       return Status::Error("parallel.tp=" + std::to_string(p.tp) +
                            " × parallel.cp=" + std::to_string(p.cp) + " does not divide the " +
                            std::to_string(world) + " ranks");
     p.dp = world / (p.tp * p.cp);
   }
-  if (p.tp * p.cp * p.dp != world)
-    return Status::Error("tp=" + std::to_string(p.tp) + " × cp=" + std::to_string(p.cp) +
-                         " × dp=" + std::to_string(p.dp) + " ≠ world " + std::to_string(world) +
-                         " (the number of MPI ranks)");
-  if (world % p.ep != 0)
-    return Status::Error("parallel.ep=" + std::to_string(p.ep) +
-                         " does not divide tp × cp × dp = " + std::to_string(world));
+  if (Status s = parallel::validate({world, p.tp, p.cp, p.ep, p.dp}); !s.ok())
+    return Status::Error("parallel: " + s.message() + " (world: the number of MPI ranks)");
   return Validate();
 }
 
@@ -208,7 +187,7 @@ nlohmann::json TrainConfig::ToJson() const {
             {"ep", parallel.ep},
             {"dp", parallel.dp},
             {"sequence_parallel", parallel.sequence_parallel},
-            {"cp_attention", parallel.cp_attention}}},
+            {"cp_attention", cp_attention_name(parallel.cp_attention)}}},
           {"out_dir", out_dir}};
 }
 
@@ -234,10 +213,23 @@ StatusOr<TrainConfig> TrainConfigFromJson(const nlohmann::json& j) {
   p.get("ep", &c.parallel.ep);
   p.get("dp", &c.parallel.dp);
   p.get("sequence_parallel", &c.parallel.sequence_parallel);
-  p.get("cp_attention", &c.parallel.cp_attention);
+  p.get_parsed("cp_attention", &c.parallel.cp_attention, parse_cp_attention);
   GROVE_RETURN_IF_ERROR(p.finish());
   GROVE_RETURN_IF_ERROR(c.Validate());
   return c;
+}
+
+std::string TensorParallelConflict(const ModelConfig& m, int seq_len, int tp, int cp, bool sp) {
+  auto bad = [&](const std::string& what, int v) {
+    return "tp=" + std::to_string(tp) + " does not divide " + what + "=" + std::to_string(v);
+  };
+  if (m.n_heads % tp != 0) return bad("model.n_heads", m.n_heads);
+  if (m.kv_heads() % tp != 0) return bad("the kv heads (model.n_kv_heads)", m.kv_heads());
+  if (m.ffn() % tp != 0) return bad("the SwiGLU hidden size (model.ffn_hidden)", m.ffn());
+  if (m.vocab_size % tp != 0) return bad("model.vocab_size", m.vocab_size);
+  if (sp && (seq_len / cp) % tp != 0)
+    return bad("the sequence shard train.seq_len / parallel.cp", seq_len / cp);
+  return "";
 }
 
 StatusOr<TrainConfig> LoadTrainConfig(const std::string& path,

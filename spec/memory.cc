@@ -1,4 +1,4 @@
-#include "model/memory.h"
+#include "spec/memory.h"
 
 #include <sstream>
 

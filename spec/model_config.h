@@ -1,4 +1,5 @@
-// ModelConfig: the shape of a decoder-only transformer (DESIGN.md §3), validated in one place.
+// ModelConfig: the shape of a decoder-only transformer, validated in one place. model.moe is
+// MoeOptions (spec/moe_options.h).
 //
 // Legend used across model/: s sequence, b batch, h d_model, a heads, k kv heads, d head dim
 // (h / a), f SwiGLU hidden size, V vocabulary, L layers, N = s*b tokens.
@@ -8,31 +9,9 @@
 #include <string>
 
 #include "core/status.h"
+#include "spec/moe_options.h"
 
 namespace grove {
-
-// Mixture of experts (DESIGN.md §7): every `every`-th block's MLP is an MoE layer of
-// `num_experts` SwiGLU experts with a top-k router. num_experts = 0: a dense model.
-// model.moe.lsh: LSH-compressed expert all-to-all (DESIGN.md §8; parallel/lsh_compressor.h has
-// the meaning of each field and the same defaults). Off by default.
-struct MoeLshOptions {
-  bool enabled = false;
-  int num_hashes = 1;    // L hash functions combined into one bucket id
-  int rotation_dim = 8;  // r ≤ d_model: 2r buckets per hash function
-  int min_tokens = 8;    // (rank, expert) groups with fewer tokens are sent uncompressed
-  uint64_t seed = 0x15AC0DEull;
-};
-
-struct MoeOptions {
-  int num_experts = 0;
-  int top_k = 2;
-  int every = 1;                 // MoE in blocks every-1, 2·every-1, ... (1: every block)
-  int expert_ffn = 0;            // hidden size of each expert; 0: the model's ffn
-  float aux_loss_coef = 1e-2f;   // Switch load-balancing loss α·E·Σ f_i·P_i
-  float z_loss_coef = 1e-3f;     // router z-loss β·mean(logsumexp²)
-  float capacity_factor = 0.0f;  // 0: dropless; else ceil(cf·T·k/E) assignments per expert
-  MoeLshOptions lsh;
-};
 
 struct ModelConfig {
   int vocab_size = 8192;
@@ -61,15 +40,11 @@ struct ModelConfig {
   // PaLM's MFU.
   double training_flops(double batch, double seq) const;
   bool is_moe_layer(int l) const { return moe.num_experts > 0 && (l + 1) % moe.every == 0; }
-  int expert_ffn() const { return moe.expert_ffn > 0 ? moe.expert_ffn : ffn(); }
+  int expert_ffn() const { return moe.expert_hidden(ffn()); }
 
   // Every constraint, with a message naming the field and the fix.
   Status Validate() const;
 };
-
-enum class Recompute { kNone, kSelective, kFull };
-const char* recompute_name(Recompute r);
-StatusOr<Recompute> parse_recompute(const std::string& s);
 
 // JSON (de)serialisation. Unknown keys are an error naming the key and the known ones.
 Status ModelConfigFromJson(const nlohmann::json& j, ModelConfig* out);

@@ -1,5 +1,5 @@
 // TrainConfig: overrides, unknown keys and inconsistent settings give errors naming the field.
-#include "worker/train_config.h"
+#include "spec/train_config.h"
 
 #include <gtest/gtest.h>
 
@@ -20,7 +20,7 @@ TEST(TrainConfig, OverridesApply) {
   ASSERT_TRUE(c.ok()) << c.status().message();
   EXPECT_FLOAT_EQ(c.value().train.lr, 0.01f);
   EXPECT_EQ(c.value().model.d_model, 128);
-  EXPECT_EQ(c.value().train.recompute, "full");
+  EXPECT_EQ(c.value().train.recompute, Recompute::kFull);
   EXPECT_EQ(c.value().out_dir, "runs/x");
 }
 
@@ -71,6 +71,62 @@ TEST(TrainConfig, DeviceAndPrecision) {
   EXPECT_NE(error_of({"train.device=cuda"}).find("this build has no CUDA support"),
             std::string::npos);
 #endif
+}
+
+// Enum fields are parsed where the JSON is read: the error names the field and the accepted
+// values, and the JSON written back holds the same strings.
+TEST(TrainConfig, EnumFieldsNameFieldAndAcceptedValues) {
+  EXPECT_EQ(error_of({"parallel.cp_attention=star"}),
+            "parallel.cp_attention must be tree or ring (got 'star')");
+  EXPECT_EQ(error_of({"train.recompute=some"}),
+            "train.recompute must be one of none | selective | full (got 'some')");
+  EXPECT_EQ(error_of({"train.device=tpu"}), "train.device must be cpu or cuda (got 'tpu')");
+  EXPECT_EQ(error_of({"train.precision=3"}),
+            "config key 'train.precision' has the wrong type (got 3, expected a string)");
+  auto c = LoadTrainConfig(
+      "", {"train.recompute=none", "parallel.cp_attention=ring", "train.precision=fp32"});
+  ASSERT_TRUE(c.ok()) << c.status().message();
+  EXPECT_EQ(c.value().train.recompute, Recompute::kNone);
+  EXPECT_EQ(c.value().parallel.cp_attention, CpAttention::kRing);
+  EXPECT_EQ(c.value().train.precision, Precision::kFp32);
+  EXPECT_EQ(c.value().train.device, Device::kCPU);
+  const nlohmann::json j = c.value().ToJson();
+  EXPECT_EQ(j["train"]["recompute"], "none");
+  EXPECT_EQ(j["train"]["precision"], "fp32");
+  EXPECT_EQ(j["train"]["device"], "cpu");
+  EXPECT_EQ(j["parallel"]["cp_attention"], "ring");
+}
+
+// The layout checks TrainConfig and the planner share.
+TEST(TrainConfig, TensorParallelConflictNamesTheField) {
+  ModelConfig m;  // 8 heads, ffn 704, vocab 8192
+  EXPECT_EQ(TensorParallelConflict(m, 128, 2, 1, true), "");
+  EXPECT_EQ(TensorParallelConflict(m, 128, 3, 1, true), "tp=3 does not divide model.n_heads=8");
+  m.n_kv_heads = 2;
+  EXPECT_EQ(TensorParallelConflict(m, 128, 4, 1, true),
+            "tp=4 does not divide the kv heads (model.n_kv_heads)=2");
+  m.n_kv_heads = 0;
+  EXPECT_EQ(TensorParallelConflict(m, 100, 8, 2, true),
+            "tp=8 does not divide the sequence shard train.seq_len / parallel.cp=50");
+  EXPECT_EQ(TensorParallelConflict(m, 100, 8, 2, false), "");
+  EXPECT_EQ(error_of({"parallel.tp=3"}),
+            "train config: parallel.tp=3 does not divide model.n_heads=8");
+}
+
+TEST(TrainConfig, ResolveLayoutChecksTheGrid) {
+  auto c = LoadTrainConfig("", {"parallel.tp=2"});
+  ASSERT_TRUE(c.ok()) << c.status().message();
+  TrainConfig t = c.value();
+  ASSERT_TRUE(t.ResolveLayout(4).ok());
+  EXPECT_EQ(t.parallel.dp, 2);
+  TrainConfig odd = c.value();
+  odd.parallel.dp = 3;
+  EXPECT_EQ(odd.ResolveLayout(4).message(),
+            "parallel: tp=2 × cp=1 × dp=3 ≠ world 4 (world: the number of MPI ranks)");
+  TrainConfig zero = c.value();
+  zero.parallel.tp = 0;
+  EXPECT_EQ(zero.ResolveLayout(4).message(),
+            "parallel: tp=0: parallel sizes must be at least 1 (world: the number of MPI ranks)");
 }
 
 TEST(TrainConfig, RoundTrip) {

@@ -1,4 +1,4 @@
-#include "model/config.h"
+#include "spec/model_config.h"
 
 #include <cmath>
 #include <nlohmann/json.hpp>
@@ -69,7 +69,7 @@ Status ModelConfig::Validate() const {
     if (moe.aux_loss_coef < 0 || moe.z_loss_coef < 0)
       return err("model.moe.aux_loss_coef and model.moe.z_loss_coef must be >= 0");
     if (moe.capacity_factor < 0) return err("model.moe.capacity_factor must be >= 0 (0: dropless)");
-    const MoeLshOptions& q = moe.lsh;
+    const LshOptions& q = moe.lsh;
     if (q.enabled) {
       if (q.num_hashes < 1) return err("model.moe.lsh.num_hashes must be >= 1");
       if (q.rotation_dim < 1 || q.rotation_dim > d_model)
@@ -81,25 +81,6 @@ Status ModelConfig::Validate() const {
     }
   }
   return Status::Ok();
-}
-
-const char* recompute_name(Recompute r) {
-  switch (r) {
-    case Recompute::kNone:
-      return "none";
-    case Recompute::kSelective:
-      return "selective";
-    case Recompute::kFull:
-      return "full";
-  }
-  return "?";
-}
-
-StatusOr<Recompute> parse_recompute(const std::string& s) {
-  if (s == "none") return Recompute::kNone;
-  if (s == "selective") return Recompute::kSelective;
-  if (s == "full") return Recompute::kFull;
-  return Status::Error("recompute must be one of none | selective | full (got '" + s + "')");
 }
 
 Status ModelConfigFromJson(const nlohmann::json& j, ModelConfig* c) {

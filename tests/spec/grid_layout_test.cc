@@ -1,11 +1,11 @@
-// ParallelGrid layout: coordinates and group memberships against hand-written tables, the
+// Grid layout (spec/grid.h): coordinates and group memberships against hand-written tables, the
 // partition invariants for many shapes, and the exact error messages for bad shapes.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <set>
 
-#include "parallel/grid.h"
+#include "spec/grid.h"
 
 namespace grove::parallel {
 namespace {
