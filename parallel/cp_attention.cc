@@ -14,7 +14,6 @@ namespace grove::parallel {
 namespace k = grove::cpu;
 
 namespace {
-constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 int log2_ceil(int p) {
   int r = 0;
@@ -62,15 +61,6 @@ void zigzag_segments(Segment out[2], int S, int p, int rank) {
   out[1] = Segment{c, c, (2 * p - 1 - rank) * c};
 }
 
-void merge_partial_row(float* oa, float* la, const float* ob, float lb, int HD) {
-  const float m = std::max(*la, lb);
-  if (m == kNegInf) return;                                   // both empty: o stays 0, lse -inf
-  const float wa = std::exp(*la - m), wb = std::exp(lb - m);  // exp(-inf) = 0, never NaN here
-  const float s = wa + wb, inv = 1.0f / s;
-  for (int d = 0; d < HD; ++d) oa[d] = (oa[d] * wa + ob[d] * wb) * inv;
-  *la = m + std::log(s);
-}
-
 int64_t partial_scratch_elems(int SQ, int B, int NH, int HD) {
   return int64_t(SQ) * B * NH * HD + int64_t(B) * NH * SQ;
 }
@@ -96,14 +86,7 @@ void partial_attention_forward(float* o, float* lse, const float* q, int SQ,
       k::AttentionShape shape{sq.rows, sk.rows, B, NH, NKV, HD, mask, sq.pos0, sk.pos0};
       k::attention_forward<float>(ot, lt, nullptr, q + sq.row0 * qrow, k + sk.row0 * krow,
                                   v + sk.row0 * krow, shape);
-      for (int i = 0; i < sq.rows; ++i)
-        for (int b = 0; b < B; ++b)
-          for (int h = 0; h < NH; ++h) {
-            const int64_t bh = int64_t(b) * NH + h;
-            merge_partial_row(o + ((int64_t(sq.row0 + i) * B + b) * NH + h) * HD,
-                              lse + bh * SQ + sq.row0 + i,
-                              ot + ((int64_t(i) * B + b) * NH + h) * HD, lt[bh * sq.rows + i], HD);
-          }
+      k::attention_merge<float>(o, lse, ot, lt, SQ, B, NH, HD, sq.row0, sq.rows);
     }
   }
 }

@@ -86,8 +86,7 @@ void partial_attention_backward(float* dq, float* dk, float* dv, const float* do
                                 std::span<const Segment> qs, const float* k, const float* v, int SK,
                                 std::span<const Segment> ks, int B, int NH, int NKV, int HD,
                                 bool causal, float* scratch);
-// Merges the partial (ob, lb) into (oa, la) for one row of HD values: exact lse-weighted mean.
-void merge_partial_row(float* oa, float* la, const float* ob, float lb, int HD);
+// (The merge of partial results, out and lse, is the kernel attention_merge: kernels/cpu/ops.h.)
 
 // ---- The interface the model uses ----------------------------------------------------------
 // Workspace floats needed by algorithm `a` on a group of size p (max of forward and backward).

@@ -58,10 +58,10 @@ class Router {
   int E_, k_, h_, max_tokens_;
   float capacity_factor_, aux_coef_, z_coef_;
   int T_ = 0;
-  std::vector<float> probs_;    // [T_max, E] softmax (kept for backward); logits before that
-  std::vector<float> lse_;      // [T_max]
-  std::vector<float> dlogits_;  // [T_max, E] backward scratch
-  std::vector<double> f_;       // [E] f_i of the last forward (global)
+  std::vector<float> probs_;     // [T_max, E] softmax (kept for backward)
+  std::vector<float> lse_;       // [T_max]
+  std::vector<float> dlogits_;   // [T_max, E] the logits in the forward, dlogits in the backward
+  std::vector<int32_t> counts_;  // [E] assignments per expert in the stats group (last forward)
   RouterStats stats_;
 };
 
