@@ -1,17 +1,20 @@
-// The bf16 tensor-core attention (kernels/cuda/attention_tc.cu) against the double-precision
-// reference (reference.h) and against the scalar kernels (attention_*_reference) on the same
-// device. Inputs are rounded to bf16 before anyone sees them. Without a device every GPU test
-// skips with one line; the dispatch-rule test is host-only and runs everywhere.
+// The bf16 tensor-core attention (kernels/cuda/attention_tc.cu) against the scalar reference
+// (kernels/reference/ops_reference.h, in double) and against the scalar kernels
+// (attention_*_reference) on the same device. Inputs are rounded to bf16 before anyone sees them.
+// Without a device every GPU test skips with one line; the dispatch-rule test is host-only and runs
+// everywhere.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "core/tensor.h"
 #include "kernels/cuda/ops.h"
-#include "tests/cuda/reference.h"
+#include "kernels/reference/ops_reference.h"
 #include "tests/cuda/test_util.h"
 
 namespace grove::cuda {
@@ -67,6 +70,10 @@ size_t k_size(const AttentionShape& s) {
 size_t lse_size(const AttentionShape& s) {
   return size_t(s.B) * s.NH * s.SQ;
 }
+// Index of q / out element (i, b, h, 0).
+size_t qi(const AttentionShape& s, int i, int b, int h) {
+  return ((size_t(i) * s.B + b) * s.NH + h) * s.HD;
+}
 
 // A row that sees no key: lse exactly -inf and an exactly zero output row.
 void expect_masked_rows_exact(const AttentionShape& s, const Vec& out, const Vec& lse,
@@ -78,7 +85,7 @@ void expect_masked_rows_exact(const AttentionShape& s, const Vec& out, const Vec
         if (sees_any) continue;
         EXPECT_EQ(lse[(size_t(b) * s.NH + h) * s.SQ + i], -INFINITY) << "row " << i << tag;
         for (int d = 0; d < s.HD; ++d)
-          ASSERT_EQ(out[ref::qi(s, i, b, h) + d], 0.0) << "row " << i << " d " << d << tag;
+          ASSERT_EQ(out[qi(s, i, b, h) + d], 0.0) << "row " << i << " d " << d << tag;
       }
 }
 
@@ -108,7 +115,8 @@ void check_case(const AttentionShape& s, bool with_double, uint64_t seed) {
   Vec out_b = out_s, lse_b = lse_s;
   if (with_double) {
     Vec want(nq), want_lse(nl);
-    ref::attention_forward(want, want_lse, q, k, v, s);
+    ref::attention_forward<double>(want.data(), want_lse.data(), nullptr, q.data(), k.data(),
+                                   v.data(), s);
     EXPECT_TRUE(close("tc out" + tag, out, want, kOut));
     EXPECT_TRUE(close("tc lse" + tag, lse, want_lse, kLse));
     out_b = stored<bf16>(want);
@@ -133,7 +141,8 @@ void check_case(const AttentionShape& s, bool with_double, uint64_t seed) {
   EXPECT_TRUE(close("tc dk vs scalar" + tag, got_dk, d_dk_s.download(), kGradVsScalar));
   EXPECT_TRUE(close("tc dv vs scalar" + tag, got_dv, d_dv_s.download(), kGradVsScalar));
   if (with_double) {
-    ref::attention_backward(dq, dk, dv, dout, q, k, v, out_b, lse_b, s);
+    ref::attention_backward<double>(dq.data(), dk.data(), dv.data(), dout.data(), q.data(),
+                                    k.data(), v.data(), out_b.data(), lse_b.data(), nullptr, s);
     EXPECT_TRUE(close("tc dq" + tag, got_dq, dq, kGrad));
     EXPECT_TRUE(close("tc dk" + tag, got_dk, dk, kGrad));
     EXPECT_TRUE(close("tc dv" + tag, got_dv, dv, kGrad));
@@ -206,7 +215,8 @@ TEST_F(CudaAttentionTc, ShardsCombine) {
   Vec q = stored<bf16>(random_vec(nq, 51)), k = stored<bf16>(random_vec(full.SK * row, 52));
   Vec v = stored<bf16>(random_vec(full.SK * row, 53));
   Vec out(nq), lse(nl);
-  ref::attention_forward(out, lse, q, k, v, full);
+  ref::attention_forward<double>(out.data(), lse.data(), nullptr, q.data(), k.data(), v.data(),
+                                 full);
   auto part = [&](const Vec& x, int j0, int n) {
     return Vec(x.begin() + j0 * row, x.begin() + (j0 + n) * row);
   };
@@ -216,30 +226,22 @@ TEST_F(CudaAttentionTc, ShardsCombine) {
   DeviceBuffer<float> d_l0(nl), d_l1(nl);
   attention_tc_forward(d_o0.get(), d_l0.get(), d_q.get(), d_k0.get(), d_v0.get(), s0);
   attention_tc_forward(d_o1.get(), d_l1.get(), d_q.get(), d_k1.get(), d_v1.get(), s1);
-  Vec o0 = d_o0.download(), o1 = d_o1.download(), l0 = d_l0.download(), l1 = d_l1.download();
-  // Combined in double. Rows before position 61 see nothing of shard 1 (l1 = -inf, weight 0).
-  Vec comb(nq), comb_lse(nl);
-  for (int b = 0; b < full.B; ++b)
-    for (int h = 0; h < full.NH; ++h)
-      for (int i = 0; i < full.SQ; ++i) {
-        size_t r = (size_t(b) * full.NH + h) * full.SQ + i;
-        double M = std::max(l0[r], l1[r]);
-        double w0 = std::exp(l0[r] - M), w1 = std::exp(l1[r] - M);
-        comb_lse[r] = M + std::log(w0 + w1);
-        for (int d = 0; d < full.HD; ++d) {
-          size_t o = ref::qi(full, i, b, h) + d;
-          comb[o] = (o0[o] * w0 + o1[o] * w1) / (w0 + w1);
-        }
-      }
+  // The merge kernel, in place into shard 0's partial. Rows before position 61 see nothing of
+  // shard 1 (l1 = -inf, weight 0).
+  attention_merge<bf16>(d_o0.get(), d_l0.get(), d_o1.get(), d_l1.get(), full.SQ, full.B, full.NH,
+                        full.HD, 0, full.SQ);
+  const Vec comb = d_o0.download(), comb_lse = d_l0.download();
   // A convex combination of the shard outputs: each element's error is at most the larger of the
-  // two shards' errors, each bounded as kOut bounds a single call's.
-  EXPECT_TRUE(close("combined out", comb, out, kOut));
+  // two shards' errors, each bounded as kOut bounds a single call's, plus the merged output's own
+  // rounding to bf16 (kRound).
+  EXPECT_TRUE(close("combined out", comb, out, kOut + kRound));
   EXPECT_TRUE(close("combined lse", comb_lse, lse, kLse));
 
   Vec dout = stored<bf16>(random_vec(nq, 54)), dq(nq, 0.0), dk(full.SK * row, 0.0);
   Vec dv(full.SK * row, 0.0);
   Vec out_b = stored<bf16>(out), lse_b = stored<float>(lse);
-  ref::attention_backward(dq, dk, dv, dout, q, k, v, out_b, lse_b, full);
+  ref::attention_backward<double>(dq.data(), dk.data(), dv.data(), dout.data(), q.data(), k.data(),
+                                  v.data(), out_b.data(), lse_b.data(), nullptr, full);
   DeviceBuffer<bf16> d_dout(dout), d_out(out_b), d_dq(Vec(nq, 0.0));
   DeviceBuffer<float> d_lse(lse_b);
   DeviceBuffer<bf16> d_dk0(Vec(split * row, 0.0)), d_dv0(Vec(split * row, 0.0));
@@ -259,6 +261,75 @@ TEST_F(CudaAttentionTc, ShardsCombine) {
 }
 
 // The dispatch rule (host only: runs without a device).
+// ---- attention_merge, attention_merge_scale, attention_merge_finish -----------------------------
+// Against the double reference (kernels/reference), for fp32 and bf16 outputs, on partials whose
+// rows cover every case: both sides present, one side empty (lse = -inf), both empty, and a
+// partial that covers only rows [row0, row0 + SQp). Tolerances: fp32, a few fp32 operations and
+// expf / logf per element (2e-6); bf16, one rounding of the output (kRound); lse is fp32 (2e-6).
+template <typename T>
+class CudaAttentionMerge : public testing::GpuTest {};
+TYPED_TEST_SUITE(CudaAttentionMerge, testing::ComputeTypes, testing::ComputeTypeNames);
+
+TYPED_TEST(CudaAttentionMerge, AgainstReference) {
+  using T = TypeParam;
+  const double tol = std::is_same_v<T, float> ? 2e-6 : kRound, lse_tol = 2e-6;
+  const int SQ = 37, B = 2, NH = 3, HD = 40, row0 = 9, SQp = 20;
+  const size_t nq = size_t(SQ) * B * NH * HD, nl = size_t(B) * NH * SQ;
+  const size_t npq = size_t(SQp) * B * NH * HD, npl = size_t(B) * NH * SQp;
+  Vec out = stored<T>(random_vec(nq, 601)), lse = stored<float>(random_vec(nl, 602, -3, 3));
+  Vec pout = stored<T>(random_vec(npq, 603)), plse = stored<float>(random_vec(npl, 604, -3, 3));
+  for (size_t r = 0; r < nl; r += 5) lse[r] = -INFINITY;
+  for (size_t r = 0; r < npl; r += 3) plse[r] = -INFINITY;
+  for (size_t r = 0; r < nl; r += 5)  // an empty row has a zero output
+    for (int d = 0; d < HD; ++d) {
+      const size_t bh = r / SQ, i = r % SQ;
+      out[((i * B + bh / NH) * NH + bh % NH) * HD + d] = 0.0;
+    }
+  const std::string tag = std::is_same_v<T, float> ? " f32" : " bf16";
+
+  // Pairwise, over a row range.
+  Vec want = out, want_lse = lse;
+  ref::attention_merge<double>(want.data(), want_lse.data(), pout.data(), plse.data(), SQ, B, NH,
+                               HD, row0, SQp);
+  DeviceBuffer<T> d_out(out), d_pout(pout);
+  DeviceBuffer<float> d_lse(lse), d_plse(plse);
+  attention_merge<T>(d_out.get(), d_lse.get(), d_pout.get(), d_plse.get(), SQ, B, NH, HD, row0,
+                     SQp);
+  EXPECT_TRUE(close("merge out" + tag, d_out.download(), stored<T>(want), tol));
+  EXPECT_TRUE(close("merge lse" + tag, d_lse.download(), want_lse, lse_tol));
+
+  // Collective form: scale (in place: num aliases out), then finish from the scaled sums.
+  Vec lmax(nl);
+  Vec extra = random_vec(nl, 605, -3, 3);
+  for (size_t r = 0; r < nl; ++r) lmax[r] = stored<float>(std::max(lse[r], extra[r]));
+  Vec num_want(nq), den_want(nl);
+  ref::attention_merge_scale<double>(num_want.data(), den_want.data(), out.data(), lse.data(),
+                                     lmax.data(), SQ, B, NH, HD);
+  DeviceBuffer<T> d_num(out);
+  DeviceBuffer<float> d_den(nl), d_lmax(lmax), d_lse2(lse);
+  attention_merge_scale<T>(d_num.get(), d_den.get(), d_num.get(), d_lse2.get(), d_lmax.get(), SQ, B,
+                           NH, HD);
+  EXPECT_TRUE(close("scale num" + tag, d_num.download(), stored<T>(num_want), tol));
+  EXPECT_TRUE(close("scale den" + tag, d_den.download(), den_want, lse_tol));
+  // Finish from given sums (every 4th row: den = 0, out 0 and lse -inf).
+  Vec num = stored<T>(random_vec(nq, 606)), den = stored<float>(random_vec(nl, 607, 0.5, 3));
+  for (size_t r = 0; r < nl; r += 4) den[r] = 0.0;
+  Vec fin_want(nq), fin_lse_want(nl);
+  ref::attention_merge_finish<double>(fin_want.data(), fin_lse_want.data(), num.data(), den.data(),
+                                      lmax.data(), SQ, B, NH, HD);
+  DeviceBuffer<T> d_fin(nq), d_numb(num);
+  DeviceBuffer<float> d_denb(den), d_fin_lse(nl);
+  attention_merge_finish<T>(d_fin.get(), d_fin_lse.get(), d_numb.get(), d_denb.get(), d_lmax.get(),
+                            SQ, B, NH, HD);
+  EXPECT_TRUE(close("finish out" + tag, d_fin.download(), stored<T>(fin_want), tol));
+  EXPECT_TRUE(close("finish lse" + tag, d_fin_lse.download(), fin_lse_want, lse_tol));
+
+  // A row range outside [0, SQ) is an error naming the call.
+  EXPECT_THROW(attention_merge<T>(d_out.get(), d_lse.get(), d_pout.get(), d_plse.get(), SQ, B, NH,
+                                  HD, SQ - SQp + 1, SQp),
+               grove::Error);
+}
+
 TEST(CudaAttentionTcRule, WhichPathIsTaken) {
   const void* aligned = reinterpret_cast<const void*>(uintptr_t{4096});
   const void* odd = reinterpret_cast<const void*>(uintptr_t{4096 + 2});

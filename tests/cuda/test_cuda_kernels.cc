@@ -1,7 +1,7 @@
-// CUDA kernels against the double-precision scalar references in reference.h, for T = float and
-// T = bf16. Inputs are rounded to T before the reference sees them, so each tolerance only has to
-// cover what the kernel itself adds: fp32 rounding / summation order, and for bf16 outputs the
-// final rounding to bf16. Without a device every test skips with one line.
+// CUDA kernels against the scalar references (kernels/reference/ops_reference.h, evaluated at
+// T = double), for T = float and T = bf16. Inputs are rounded to T before the reference sees them,
+// so each tolerance only has to cover what the kernel itself adds: fp32 rounding / summation order,
+// and for bf16 outputs the final rounding to bf16. Without a device every test skips with one line.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -12,7 +12,7 @@
 
 #include "core/tensor.h"
 #include "kernels/cuda/ops.h"
-#include "tests/cuda/reference.h"
+#include "kernels/reference/ops_reference.h"
 #include "tests/cuda/test_util.h"
 
 namespace grove::cuda {
@@ -23,6 +23,11 @@ using testing::DeviceBuffer;
 using testing::random_vec;
 using testing::stored;
 using testing::Vec;
+
+// Index of q / out element (i, b, h, 0) of an AttentionShape.
+size_t qi(const AttentionShape& s, int i, int b, int h) {
+  return ((size_t(i) * s.B + b) * s.NH + h) * s.HD;
+}
 
 // Tolerances (docs/testing.md#tolerances: max|a - b| / max|b| per tensor).
 template <typename T>
@@ -80,14 +85,15 @@ TYPED_TEST(CudaKernels, Gemm) {
       Vec B = stored<T>(random_vec(size_t(b_rows) * ldb, 3 + tb));
       Vec C0 = stored<T>(random_vec(size_t(M) * ldc, 5));
       Vec want = C0;
-      ref::gemm(ta, tb, M, N, K, 0.7, A, lda, B, ldb, 0.3, want, ldc);
+      ref::gemm<double>(ta, tb, M, N, K, 0.7, A.data(), lda, B.data(), ldb, 0.3, want.data(), ldc);
       DeviceBuffer<T> dA(A), dB(B), dC(C0);
       gemm<T>(ta, tb, M, N, K, 0.7f, dA.get(), lda, dB.get(), ldb, 0.3f, dC.get(), ldc);
       std::string name = "gemm ta=" + std::to_string(ta) + " tb=" + std::to_string(tb);
       EXPECT_TRUE(close(name, dC.download(), stored<T>(want), Tol<T>::kGemm));
       if constexpr (std::is_same_v<T, bf16>) {  // fp32 C from bf16 inputs
         Vec C32 = random_vec(size_t(M) * ldc, 6), want32 = stored<float>(C32);
-        ref::gemm(ta, tb, M, N, K, 0.7, A, lda, B, ldb, 0.3, want32, ldc);
+        ref::gemm<double>(ta, tb, M, N, K, 0.7, A.data(), lda, B.data(), ldb, 0.3, want32.data(),
+                          ldc);
         DeviceBuffer<float> dC32(C32);
         gemm(ta, tb, M, N, K, 0.7f, dA.get(), lda, dB.get(), ldb, 0.3f, dC32.get(), ldc);
         EXPECT_TRUE(close(name + " fp32 C", dC32.download(), want32, Tol<T>::kMasterGemm));
@@ -104,7 +110,8 @@ TYPED_TEST(CudaKernels, Linear) {
   DeviceBuffer<T> d_inp(inp), d_w(w), d_bias(bias), d_dout(dout), d_out(size_t(N) * OC);
   for (bool with_bias : {true, false}) {
     Vec want(size_t(N) * OC);
-    ref::linear_forward(want, inp, w, with_bias ? &bias : nullptr, N, C, OC);
+    ref::linear_forward<double>(want.data(), inp.data(), w.data(),
+                                with_bias ? bias.data() : nullptr, N, C, OC);
     linear_forward<T>(d_out.get(), d_inp.get(), d_w.get(), with_bias ? d_bias.get() : nullptr, N, C,
                       OC);
     EXPECT_TRUE(close(with_bias ? "linear out (bias)" : "linear out", d_out.download(),
@@ -116,7 +123,8 @@ TYPED_TEST(CudaKernels, Linear) {
   Vec db = stored<float>(random_vec(OC, 17));
   DeviceBuffer<T> d_dinp(dinp);
   DeviceBuffer<float> d_dw(dw), d_db(db);
-  ref::linear_backward(&dinp, dw, &db, dout, inp, w, N, C, OC);
+  ref::linear_backward<double>(dinp.data(), dw.data(), db.data(), dout.data(), inp.data(), w.data(),
+                               N, C, OC);
   linear_backward<T>(d_dinp.get(), d_dw.get(), d_db.get(), d_dout.get(), d_inp.get(), d_w.get(), N,
                      C, OC);
   EXPECT_TRUE(close("linear dinp", d_dinp.download(), stored<T>(dinp), Tol<T>::kGemm));
@@ -124,7 +132,8 @@ TYPED_TEST(CudaKernels, Linear) {
   EXPECT_TRUE(close("linear dbias", d_db.download(), db, kF32Reduce));
   const Vec db_device = d_db.download();  // fp32; db holds the double reference
   // Optional gradients left out: only dweight changes.
-  ref::linear_backward(nullptr, dw, nullptr, dout, inp, w, N, C, OC);
+  ref::linear_backward<double>(nullptr, dw.data(), nullptr, dout.data(), inp.data(), w.data(), N, C,
+                               OC);
   linear_backward<T>(nullptr, d_dw.get(), nullptr, d_dout.get(), d_inp.get(), d_w.get(), N, C, OC);
   EXPECT_TRUE(close("linear dweight (2nd)", d_dw.download(), dw, Tol<T>::kMasterGemm));
   EXPECT_TRUE(close("linear dbias untouched", d_db.download(), db_device, 0.0));
@@ -146,7 +155,7 @@ TYPED_TEST(CudaKernels, LinearBiasShapes) {
     Vec bias_buf = stored<T>(random_vec(s.OC + 1, 20));
     Vec bias(bias_buf.begin() + s.bias_offset, bias_buf.begin() + s.bias_offset + s.OC);
     Vec want(size_t(s.N) * s.OC);
-    ref::linear_forward(want, inp, w, &bias, s.N, s.C, s.OC);
+    ref::linear_forward<double>(want.data(), inp.data(), w.data(), bias.data(), s.N, s.C, s.OC);
     DeviceBuffer<T> d_inp(inp), d_w(w), d_bias(bias_buf), d_out(Vec(size_t(s.N) * s.OC, 7.0));
     linear_forward<T>(d_out.get(), d_inp.get(), d_w.get(), d_bias.get() + s.bias_offset, s.N, s.C,
                       s.OC);
@@ -163,7 +172,7 @@ TYPED_TEST(CudaKernels, RmsNorm) {
     Vec x = stored<T>(random_vec(size_t(N) * C, 21)),
         w = stored<float>(random_vec(C, 22, 0.5, 1.5));
     Vec out(size_t(N) * C), rstd(N);
-    ref::rmsnorm_forward(out, rstd, x, w, N, C, 1e-5);
+    ref::rmsnorm_forward<double>(out.data(), rstd.data(), x.data(), w.data(), N, C, 1e-5f);
     DeviceBuffer<T> d_x(x), d_out(size_t(N) * C);
     DeviceBuffer<float> d_w(w), d_rstd(N);
     rmsnorm_forward<T>(d_out.get(), d_rstd.get(), d_x.get(), d_w.get(), N, C, 1e-5f);
@@ -176,7 +185,8 @@ TYPED_TEST(CudaKernels, RmsNorm) {
     Vec rstd32 = stored<float>(rstd);
     DeviceBuffer<T> d_dy(dy), d_dx(dx);
     DeviceBuffer<float> d_dw(dw), d_rstd32(rstd32);
-    ref::rmsnorm_backward(dx, dw, dy, x, w, rstd32, N, C);
+    ref::rmsnorm_backward<double>(dx.data(), dw.data(), dy.data(), x.data(), w.data(),
+                                  rstd32.data(), N, C);
     rmsnorm_backward<T>(d_dx.get(), d_dw.get(), d_dy.get(), d_x.get(), d_w.get(), d_rstd32.get(), N,
                         C);
     EXPECT_TRUE(close("rmsnorm dinp" + tag, d_dx.download(), stored<T>(dx), Tol<T>::kReduce));
@@ -189,19 +199,22 @@ TYPED_TEST(CudaKernels, Rope) {
   using T = TypeParam;
   const int S = 13, B = 3, NHx = 4, HD = 64, pos0 = 5, max_pos = 32;
   const int half = HD / 2;
-  Vec cos_t(size_t(max_pos) * half), sin_t(size_t(max_pos) * half);
-  ref::rope_table(cos_t, sin_t, max_pos, HD, 10000.0);
+  std::vector<float> cos_t(size_t(max_pos) * half), sin_t(size_t(max_pos) * half);
+  ref::rope_table(cos_t.data(), sin_t.data(), max_pos, HD, 10000.f);
   DeviceBuffer<float> d_cos(cos_t.size()), d_sin(sin_t.size());
   rope_table(d_cos.get(), d_sin.get(), max_pos, HD, 10000.f);
-  // Computed in double and rounded once: within one fp32 ulp of values <= 1.
-  EXPECT_TRUE(close("rope cos table", d_cos.download(), cos_t, 2e-7));
-  EXPECT_TRUE(close("rope sin table", d_sin.download(), sin_t, 2e-7));
-  Vec cos32 = stored<float>(cos_t), sin32 = stored<float>(sin_t);
+  // Both computed in double and rounded once: within one fp32 ulp of values <= 1.
+  Vec cos32(cos_t.begin(), cos_t.end()), sin32(sin_t.begin(), sin_t.end());
+  EXPECT_TRUE(close("rope cos table", d_cos.download(), cos32, 2e-7));
+  EXPECT_TRUE(close("rope sin table", d_sin.download(), sin32, 2e-7));
   DeviceBuffer<float> d_cos32(cos32), d_sin32(sin32);
   for (double sign : {1.0, -1.0}) {
     Vec x = stored<T>(random_vec(size_t(S) * B * NHx * HD, 31));
     DeviceBuffer<T> d_x(x);
-    ref::rope(x, cos32, sin32, S, B, NHx, HD, pos0, sign);
+    if (sign > 0)
+      ref::rope_forward<double>(x.data(), cos_t.data(), sin_t.data(), S, B, NHx, HD, pos0);
+    else
+      ref::rope_backward<double>(x.data(), cos_t.data(), sin_t.data(), S, B, NHx, HD, pos0);
     if (sign > 0)
       rope_forward<T>(d_x.get(), d_cos32.get(), d_sin32.get(), S, B, NHx, HD, pos0);
     else
@@ -240,8 +253,9 @@ TYPED_TEST(CudaKernels, Attention) {
     size_t nl = size_t(s.B) * s.NH * s.SQ;
     Vec q = stored<T>(random_vec(nq, 41)), k = stored<T>(random_vec(nk, 42));
     Vec v = stored<T>(random_vec(nk, 43));
-    Vec out(nq), lse(nl);
-    ref::attention_forward(out, lse, q, k, v, s);
+    Vec out(nq), lse(nl), probs(nl * s.SK);
+    ref::attention_forward<double>(out.data(), lse.data(), probs.data(), q.data(), k.data(),
+                                   v.data(), s);
     DeviceBuffer<T> d_q(q), d_k(k), d_v(v), d_out(nq), d_probs(nl * s.SK);
     DeviceBuffer<float> d_lse(nl);
     // The scalar kernels, whose error these tolerances describe. For bf16 with HD 64 / 128 the
@@ -252,15 +266,6 @@ TYPED_TEST(CudaKernels, Attention) {
     EXPECT_TRUE(close("attention out" + tag, d_out.download(), stored<T>(out), Tol<T>::kAttnFwd));
     EXPECT_TRUE(close("attention lse" + tag, d_lse.download(), lse, kF32Reduce));
     if (s.SK > 0) {
-      Vec probs(nl * s.SK, 0.0);
-      for (int b = 0; b < s.B; ++b)
-        for (int h = 0; h < s.NH; ++h)
-          for (int i = 0; i < s.SQ; ++i) {
-            size_t row = (size_t(b) * s.NH + h) * s.SQ + i;
-            for (int j = 0; j < s.SK; ++j)
-              if (lse[row] > -ref::kInf && ref::visible(s, i, j))
-                probs[row * s.SK + j] = std::exp(ref::score(s, q, k, i, j, b, h) - lse[row]);
-          }
       EXPECT_TRUE(
           close("attention probs" + tag, d_probs.download(), stored<T>(probs), Tol<T>::kAttnFwd));
     }
@@ -273,7 +278,8 @@ TYPED_TEST(CudaKernels, Attention) {
     Vec dv = stored<T>(random_vec(nk, 47, -0.01, 0.01));
     DeviceBuffer<T> d_outt(out_t), d_dout(dout), d_dq(dq), d_dk(dk), d_dv(dv);
     DeviceBuffer<float> d_lse32(lse32);
-    ref::attention_backward(dq, dk, dv, dout, q, k, v, out_t, lse32, s);
+    ref::attention_backward<double>(dq.data(), dk.data(), dv.data(), dout.data(), q.data(),
+                                    k.data(), v.data(), out_t.data(), lse32.data(), nullptr, s);
     attention_backward_reference<T>(d_dq.get(), d_dk.get(), d_dv.get(), d_dout.get(), d_q.get(),
                                     d_k.get(), d_v.get(), d_outt.get(), d_lse32.get(), nullptr, s);
     EXPECT_TRUE(close("attention dq" + tag, d_dq.download(), stored<T>(dq), Tol<T>::kAttnBwd));
@@ -282,8 +288,9 @@ TYPED_TEST(CudaKernels, Attention) {
   }
 }
 
-// Keys split over two shards (as tree attention does): partials combined by lse equal the full
-// attention, and the backward of each shard with the global lse / out gives the full gradients.
+// Keys split over two shards (as tree attention does): partials merged by attention_merge equal
+// the full attention, and the backward of each shard with the global lse / out gives the full
+// gradients.
 TYPED_TEST(CudaKernels, AttentionShardsCombine) {
   using T = TypeParam;
   if constexpr (std::is_same_v<T, bf16>) GTEST_SKIP() << "combine checked in fp32 only";
@@ -298,7 +305,8 @@ TYPED_TEST(CudaKernels, AttentionShardsCombine) {
   size_t nl = size_t(full.B) * full.NH * full.SQ;
   Vec q = random_vec(nq, 51), k = random_vec(full.SK * row, 52), v = random_vec(full.SK * row, 53);
   Vec out(nq), lse(nl);
-  ref::attention_forward(out, lse, q, k, v, full);
+  ref::attention_forward<double>(out.data(), lse.data(), nullptr, q.data(), k.data(), v.data(),
+                                 full);
   auto part = [&](const Vec& x, int j0, int n) {
     return Vec(x.begin() + j0 * row, x.begin() + (j0 + n) * row);
   };
@@ -309,26 +317,17 @@ TYPED_TEST(CudaKernels, AttentionShardsCombine) {
                                  s0);
   cuda::attention_forward<float>(d_o1.get(), d_l1.get(), nullptr, d_q.get(), d_k1.get(), d_v1.get(),
                                  s1);
-  Vec o0 = d_o0.download(), o1 = d_o1.download(), l0 = d_l0.download(), l1 = d_l1.download();
-  Vec comb(nq), comb_lse(nl);
-  for (int b = 0; b < full.B; ++b)
-    for (int h = 0; h < full.NH; ++h)
-      for (int i = 0; i < full.SQ; ++i) {
-        size_t r = (size_t(b) * full.NH + h) * full.SQ + i;
-        double M = std::max(l0[r], l1[r]);
-        double w0 = std::exp(l0[r] - M), w1 = std::exp(l1[r] - M);
-        comb_lse[r] = M + std::log(w0 + w1);
-        for (int d = 0; d < full.HD; ++d) {
-          size_t o = ref::qi(full, i, b, h) + d;
-          comb[o] = (o0[o] * w0 + o1[o] * w1) / (w0 + w1);
-        }
-      }
+  // The merge kernel, in place into shard 0's partial.
+  attention_merge<float>(d_o0.get(), d_l0.get(), d_o1.get(), d_l1.get(), full.SQ, full.B, full.NH,
+                         full.HD, 0, full.SQ);
+  const Vec comb = d_o0.download(), comb_lse = d_l0.download();
   EXPECT_TRUE(close("combined out", comb, out, Tol<float>::kAttnFwd));
   EXPECT_TRUE(close("combined lse", comb_lse, lse, kF32Reduce));
 
   Vec dout = random_vec(nq, 54), dq(nq, 0.0), dk(full.SK * row, 0.0), dv(full.SK * row, 0.0);
   Vec out32 = stored<float>(out), lse32 = stored<float>(lse);
-  ref::attention_backward(dq, dk, dv, dout, q, k, v, out32, lse32, full);
+  ref::attention_backward<double>(dq.data(), dk.data(), dv.data(), dout.data(), q.data(), k.data(),
+                                  v.data(), out32.data(), lse32.data(), nullptr, full);
   DeviceBuffer<float> d_dout(dout), d_out(out32), d_lse(lse32), d_dq(Vec(nq, 0.0));
   DeviceBuffer<float> d_dk0(Vec(split * row, 0.0)), d_dv0(Vec(split * row, 0.0));
   DeviceBuffer<float> d_dk1(Vec(s1.SK * row, 0.0)), d_dv1(Vec(s1.SK * row, 0.0));
@@ -351,14 +350,14 @@ TYPED_TEST(CudaKernels, SwiGLU) {
   const int64_t n = 10007;
   Vec g = stored<T>(random_vec(n, 61, -4, 4)), u = stored<T>(random_vec(n, 62));
   Vec out(n);
-  ref::swiglu_forward(out, g, u);
+  ref::swiglu_forward<double>(out.data(), g.data(), u.data(), n);
   DeviceBuffer<T> d_g(g), d_u(u), d_out(n);
   swiglu_forward<T>(d_out.get(), d_g.get(), d_u.get(), n);
   EXPECT_TRUE(close("swiglu out", d_out.download(), stored<T>(out), Tol<T>::kElementwise));
   Vec dout = stored<T>(random_vec(n, 63)), dg = stored<T>(random_vec(n, 64));
   Vec du = stored<T>(random_vec(n, 65));
   DeviceBuffer<T> d_dout(dout), d_dg(dg), d_du(du);
-  ref::swiglu_backward(dg, du, dout, g, u);
+  ref::swiglu_backward<double>(dg.data(), du.data(), dout.data(), g.data(), u.data(), n);
   swiglu_backward<T>(d_dg.get(), d_du.get(), d_dout.get(), d_g.get(), d_u.get(), n);
   EXPECT_TRUE(close("swiglu dgate", d_dg.download(), stored<T>(dg), Tol<T>::kElementwise));
   EXPECT_TRUE(close("swiglu dup", d_du.download(), stored<T>(du), Tol<T>::kElementwise));
@@ -399,7 +398,8 @@ TYPED_TEST(CudaKernels, CrossEntropy) {
   for (int n = 0; n < N; ++n) targets[n] = static_cast<int32_t>(rnd[n]) % V;
   targets[3] = -1;  // ignored
   Vec losses(N), lse(N), dloss = stored<float>(random_vec(N, 83, 0.1, 1.0));
-  ref::cross_entropy_forward(losses, lse, logits, targets, N, V);
+  ref::cross_entropy_forward<double>(losses.data(), lse.data(), logits.data(), targets.data(), N,
+                                     V);
   DeviceBuffer<T> d_logits(logits), d_dlogits(size_t(N) * V);
   DeviceBuffer<int32_t> d_t(Vec(targets.begin(), targets.end()));
   DeviceBuffer<float> d_losses(N), d_lse(N), d_dloss(dloss);
@@ -409,7 +409,8 @@ TYPED_TEST(CudaKernels, CrossEntropy) {
 
   Vec lse32 = stored<float>(lse), dlogits(size_t(N) * V);
   DeviceBuffer<float> d_lse32(lse32);
-  ref::cross_entropy_backward(dlogits, logits, lse32, targets, dloss, N, V);
+  ref::cross_entropy_backward<double>(dlogits.data(), logits.data(), lse32.data(), targets.data(),
+                                      dloss.data(), N, V);
   cross_entropy_backward<T>(d_dlogits.get(), d_logits.get(), d_lse32.get(), d_t.get(),
                             d_dloss.get(), N, V);
   EXPECT_TRUE(close("ce dlogits", d_dlogits.download(), stored<T>(dlogits), Tol<T>::kElementwise));
@@ -464,19 +465,24 @@ TYPED_TEST(CudaKernels, ConvertBf16) {
 TYPED_TEST(CudaKernels, AdamW) {
   if constexpr (!std::is_same_v<TypeParam, float>) GTEST_SKIP() << "fp32 master state only";
   const int64_t n = 4099;
-  Vec p = stored<float>(random_vec(n, 111)), m(n, 0.0), v(n, 0.0);
-  DeviceBuffer<float> d_p(p), d_m(m), d_v(v), d_g(n);
+  Vec p0 = stored<float>(random_vec(n, 111));
+  // The reference keeps the state in fp32 as the kernel does (double arithmetic within a step).
+  std::vector<float> p(p0.begin(), p0.end()), m(n, 0.f), v(n, 0.f);
+  DeviceBuffer<float> d_p(p0), d_m(Vec(n, 0.0)), d_v(Vec(n, 0.0)), d_g(n);
+  auto as_vec = [](const std::vector<float>& f) { return Vec(f.begin(), f.end()); };
   for (int step = 1; step <= 3; ++step) {
     Vec g = stored<float>(random_vec(n, 112 + step, -0.1, 0.1));
+    std::vector<float> g32(g.begin(), g.end());
     d_g.upload(g);
     adamw_update(d_p.get(), d_g.get(), d_m.get(), d_v.get(), n, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f,
                  step);
-    ref::adamw(p, g, m, v, 1e-2, double{0.9f}, double{0.95f}, double{1e-8f}, double{0.1f}, step);
+    ref::adamw_update(p.data(), g32.data(), m.data(), v.data(), n, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f,
+                      step);
     // A few fp32 operations per element on the update (lr * ~1), parameters ~1: ~1e-7.
     std::string tag = " step " + std::to_string(step);
-    EXPECT_TRUE(close("adamw param" + tag, d_p.download(), p, 1e-6));
-    EXPECT_TRUE(close("adamw m" + tag, d_m.download(), m, 1e-6));
-    EXPECT_TRUE(close("adamw v" + tag, d_v.download(), v, 1e-6));
+    EXPECT_TRUE(close("adamw param" + tag, d_p.download(), as_vec(p), 1e-6));
+    EXPECT_TRUE(close("adamw m" + tag, d_m.download(), as_vec(m), 1e-6));
+    EXPECT_TRUE(close("adamw v" + tag, d_v.download(), as_vec(v), 1e-6));
   }
 }
 

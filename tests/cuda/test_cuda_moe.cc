@@ -1,9 +1,10 @@
-// The CUDA mixture-of-experts kernels (kernels/cuda/moe.cu) against the double-precision
-// references in reference.h: route (forward, backward, and the backward against finite
-// differences of the reference forward), permute / unpermute and their backward, the grouped
-// expert GEMMs, and the stages composed. Inputs are rounded to what the kernel stores before the
-// reference sees them, so each tolerance covers only what the kernel adds. Without a device every
-// test skips with one line.
+// The CUDA mixture-of-experts kernels (kernels/cuda/moe.cu) against the scalar references
+// (kernels/reference/ops_reference.h, evaluated at T = double), the same ones the CPU kernels of
+// kernels/cpu/moe.cc are held to (tests/kernels/kernels_moe_test.cc): route (forward, backward, and
+// the backward against finite differences of the reference forward), permute / unpermute and their
+// backward, the grouped expert GEMMs, and the stages composed. Inputs are rounded to what the
+// kernel stores before the reference sees them, so each tolerance covers only what the kernel adds.
+// Without a device every test skips with one line.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -16,7 +17,7 @@
 
 #include "core/tensor.h"
 #include "kernels/cuda/ops.h"
-#include "tests/cuda/reference.h"
+#include "kernels/reference/ops_reference.h"
 #include "tests/cuda/test_util.h"
 
 namespace grove::cuda {
@@ -65,7 +66,7 @@ double dot(const Vec& a, const Vec& b) {
   for (size_t i = 0; i < a.size(); ++i) s += a[i] * b[i];
   return s;
 }
-// Central differences, h = 1e-6 (as in test_reference.cc).
+// Central differences, h = 1e-6.
 Vec numeric_grad(const std::function<double(const Vec&)>& f, Vec x) {
   Vec g(x.size());
   const double h = 1e-6;
@@ -80,6 +81,33 @@ Vec numeric_grad(const std::function<double(const Vec&)>& f, Vec x) {
   }
   return g;
 }
+
+// The reference route in double.
+struct RefRoute {
+  Vec probs, lse, weight, prob_sum;
+  std::vector<int32_t> expert, counts;
+  double lse_sq_sum = 0;
+  int N, E, k;
+  RefRoute(const Vec& logits, int N_, int E_, int k_)
+      : probs(size_t(N_) * E_),
+        lse(N_),
+        weight(size_t(N_) * k_),
+        prob_sum(E_),
+        expert(size_t(N_) * k_),
+        counts(E_),
+        N(N_),
+        E(E_),
+        k(k_) {
+    ref::moe_router_forward<double>(probs.data(), lse.data(), expert.data(), weight.data(),
+                                    counts.data(), prob_sum.data(), &lse_sq_sum, logits.data(), N,
+                                    E, k);
+  }
+  // aux + z over these N tokens.
+  double aux_z(double aux_coef, double z_coef) const {
+    return ref::moe_router_aux_z(counts.data(), prob_sum.data(), lse_sq_sum, N, E, k, aux_coef,
+                                 z_coef);
+  }
+};
 
 // The route of a device run, downloaded.
 struct GpuRoute {
@@ -116,7 +144,7 @@ TEST_F(CudaMoe, RouterForward) {
     std::string tag =
         " N=" + std::to_string(N) + " E=" + std::to_string(E) + " k=" + std::to_string(k);
     Vec logits = router_logits(N, E, 100 + k);
-    ref::MoeRoute r = ref::moe_router_forward(logits, N, E, k);
+    RefRoute r(logits, N, E, k);
     GpuRoute g = gpu_route(logits, N, E, k);
     EXPECT_EQ(to_ints(g.expert), r.expert) << "expert ids" << tag;
     EXPECT_EQ(to_ints(g.counts), r.counts) << "counts" << tag;
@@ -130,7 +158,7 @@ TEST_F(CudaMoe, RouterForward) {
     std::vector<int32_t> counts = to_ints(g.counts);
     MoeRouterLosses l = moe_router_losses(counts.data(), g.prob_sum.data(), g.lse_sq_sum[0], N, E,
                                           k, float(aux_coef), float(z_coef));
-    double want = ref::moe_router_aux_z(r, N, E, k, double{float(aux_coef)}, double{float(z_coef)});
+    double want = r.aux_z(double{float(aux_coef)}, double{float(z_coef)});
     EXPECT_NEAR(double(l.aux) + l.z, want, 1e-6 * std::max(1.0, std::abs(want))) << tag;
     if (N > 2 && k >= 2 && E > 5) {  // the ties of router_logits
       EXPECT_EQ(g.expert[size_t(k)], 2.0) << tag;
@@ -162,17 +190,18 @@ TEST_F(CudaMoe, RouterBackward) {
     // 1. The reference backward from the same (fp32) forward outputs.
     Vec want(size_t(N) * E);
     std::vector<int32_t> ex = to_ints(d_ex.download()), counts = to_ints(d_counts.download());
-    ref::moe_router_backward(want, dweight, d_probs.download(), d_lse.download(), ex,
-                             d_w.download(), counts, N, aux_coef, z_coef, loss_scale, N, E, k);
+    const Vec probs = d_probs.download(), lse = d_lse.download(), wt = d_w.download();
+    ref::moe_router_backward<double>(want.data(), dweight.data(), probs.data(), lse.data(),
+                                     ex.data(), wt.data(), counts.data(), N, aux_coef, z_coef,
+                                     loss_scale, N, E, k);
     EXPECT_TRUE(close("router dlogits vs reference" + tag, got, want, kRouterBwd));
 
     // 2. Finite differences of Σ dweight·w + loss_scale·(aux + z) through the double forward.
-    ref::MoeRoute base = ref::moe_router_forward(logits, N, E, k);
+    RefRoute base(logits, N, E, k);
     EXPECT_EQ(ex, base.expert) << tag;
     auto loss = [&](const Vec& x) {
-      ref::MoeRoute q = ref::moe_router_forward(x, N, E, k);
-      return dot(dweight, q.weight) +
-             double{loss_scale} * ref::moe_router_aux_z(q, N, E, k, aux_coef, z_coef);
+      RefRoute q(x, N, E, k);
+      return dot(dweight, q.weight) + double{loss_scale} * q.aux_z(aux_coef, z_coef);
     };
     EXPECT_TRUE(close("router dlogits vs finite differences" + tag, got, numeric_grad(loss, logits),
                       kRouterFd));
@@ -219,13 +248,13 @@ TYPED_TEST(CudaMoeTyped, PermuteUnpermute) {
     std::string tag = " N=" + std::to_string(N) + " k=" + std::to_string(k) +
                       " E=" + std::to_string(E) + " C=" + std::to_string(C);
     std::vector<int32_t> expert = random_experts(N, k, E, c.skip, 300 + C);
-    std::vector<int32_t> counts(E, 0), offsets, row_of;
+    std::vector<int32_t> counts(E, 0), offsets(E + 1), row_of(A);
     for (int32_t e : expert) ++counts[e];
-    ref::moe_permute_layout(offsets, row_of, expert, N, k, E);
+    Vec x = stored<T>(random_vec(size_t(N) * C, 310)), xp(A * C);
+    ref::moe_permute<double>(xp.data(), offsets.data(), row_of.data(), x.data(), expert.data(),
+                             counts.data(), N, k, E, C);
     ASSERT_EQ(offsets[c.skip], offsets[c.skip + 1]) << "expert " << c.skip << " gets no rows";
 
-    Vec x = stored<T>(random_vec(size_t(N) * C, 310)), xp(A * C);
-    ref::moe_permute(xp, x, row_of, N, k, C);
     DeviceBuffer<T> d_x(x), d_xp(A * C);
     DeviceBuffer<int32_t> d_ex(to_vec(expert)), d_counts(to_vec(counts));
     DeviceBuffer<int32_t> d_off(Vec(E + 1, -1.0)), d_row(A);
@@ -250,14 +279,15 @@ TYPED_TEST(CudaMoeTyped, PermuteUnpermute) {
 
     // Unpermute of arbitrary expert outputs.
     Vec yp = stored<T>(random_vec(A * C, 330)), y(size_t(N) * C);
-    ref::moe_unpermute(y, yp, w, row_of, N, k, C);
+    ref::moe_unpermute<double>(y.data(), yp.data(), w.data(), row_of.data(), N, k, C);
     DeviceBuffer<T> d_yp(yp);
     moe_unpermute<T>(d_y.get(), d_yp.get(), d_w.get(), d_row.get(), N, k, C);
     EXPECT_TRUE(close("unpermute y" + tag, d_y.download(), stored<T>(y), kCombine<T>));
 
     // Unpermute backward (both outputs written over garbage).
     Vec dy = stored<T>(random_vec(size_t(N) * C, 340)), dyp(A * C), dw(A);
-    ref::moe_unpermute_backward(dyp, dw, dy, yp, w, row_of, N, k, C);
+    ref::moe_unpermute_backward<double>(dyp.data(), dw.data(), dy.data(), yp.data(), w.data(),
+                                        row_of.data(), N, k, C);
     DeviceBuffer<T> d_dy(dy), d_dyp(Vec(A * C, 3.0));
     DeviceBuffer<float> d_dwt(Vec(A, 3.0));
     moe_unpermute_backward<T>(d_dyp.get(), d_dwt.get(), d_dy.get(), d_yp.get(), d_w.get(),
@@ -268,7 +298,7 @@ TYPED_TEST(CudaMoeTyped, PermuteUnpermute) {
     // Permute backward accumulates into dx.
     Vec dxp = stored<T>(random_vec(A * C, 350)), dx = stored<T>(random_vec(size_t(N) * C, 351));
     DeviceBuffer<T> d_dxp(dxp), d_dx(dx);
-    ref::moe_permute_backward(dx, dxp, row_of, N, k, C);
+    ref::moe_permute_backward<double>(dx.data(), dxp.data(), row_of.data(), N, k, C);
     moe_permute_backward<T>(d_dx.get(), d_dxp.get(), d_row.get(), N, k, C);
     EXPECT_TRUE(close("permute dx" + tag, d_dx.download(), stored<T>(dx), kCombine<T>));
   }
@@ -299,7 +329,7 @@ TYPED_TEST(CudaMoeTyped, GroupedLinear) {
   Vec inp = stored<T>(random_vec(size_t(R) * C, 401));
   Vec w = stored<T>(random_vec(size_t(E) * OC * C, 402));
   Vec out(size_t(R) * OC);
-  ref::grouped_linear_forward(out, inp, w, offsets, E, C, OC);
+  ref::grouped_linear_forward<double>(out.data(), inp.data(), w.data(), offsets.data(), E, C, OC);
   DeviceBuffer<T> d_inp(inp), d_w(w), d_out(size_t(R) * OC);
   grouped_linear_forward<T>(d_out.get(), d_inp.get(), d_w.get(), offsets.data(), E, C, OC);
   EXPECT_TRUE(close("grouped linear out", d_out.download(), stored<T>(out), kGemm<T>));
@@ -311,7 +341,8 @@ TYPED_TEST(CudaMoeTyped, GroupedLinear) {
   const Vec dw0 = dw;
   DeviceBuffer<T> d_dout(dout), d_dinp(dinp);
   DeviceBuffer<float> d_dw(dw);
-  ref::grouped_linear_backward(&dinp, dw, dout, inp, w, offsets, E, C, OC);
+  ref::grouped_linear_backward<double>(dinp.data(), dw.data(), dout.data(), inp.data(), w.data(),
+                                       offsets.data(), E, C, OC);
   grouped_linear_backward<T>(d_dinp.get(), d_dw.get(), d_dout.get(), d_inp.get(), d_w.get(),
                              offsets.data(), E, C, OC);
   EXPECT_TRUE(close("grouped linear dinp", d_dinp.download(), stored<T>(dinp), kGemm<T>));
@@ -322,7 +353,8 @@ TYPED_TEST(CudaMoeTyped, GroupedLinear) {
                     Vec(got_dw.begin() + slab, got_dw.begin() + 2 * slab),
                     Vec(dw0.begin() + slab, dw0.begin() + 2 * slab), 0.0));
   // dinp may be left out.
-  ref::grouped_linear_backward(nullptr, dw, dout, inp, w, offsets, E, C, OC);
+  ref::grouped_linear_backward<double>(nullptr, dw.data(), dout.data(), inp.data(), w.data(),
+                                       offsets.data(), E, C, OC);
   grouped_linear_backward<T>(nullptr, d_dw.get(), d_dout.get(), d_inp.get(), d_w.get(),
                              offsets.data(), E, C, OC);
   EXPECT_TRUE(close("grouped linear dweight (2nd)", d_dw.download(), dw, kMasterGemm<T>));
@@ -337,7 +369,7 @@ TYPED_TEST(CudaMoeTyped, RouteDispatchCombine) {
   Vec x = stored<T>(random_vec(size_t(N) * C, 502));
   Vec w = stored<T>(random_vec(size_t(E) * OC * C, 503));
   // Reference: y[n] = Σ_j w_{n,j} · x[n] W_{e_j}^T.
-  ref::MoeRoute r = ref::moe_router_forward(logits, N, E, k);
+  RefRoute r(logits, N, E, k);
   ASSERT_EQ(r.counts[4], 0);
   Vec want(size_t(N) * OC, 0.0);
   double max_yp = 0, max_y = 0;  // largest expert output and largest combined output

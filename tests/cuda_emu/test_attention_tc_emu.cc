@@ -1,11 +1,11 @@
 // The bf16 tensor-core attention (kernels/cuda/attention_tc.cu) run on the CPU through the CUDA
-// emulator (emu.h), against the double-precision reference (tests/cuda/reference.h): the checks
-// of tests/cuda/test_cuda_attention.cc's AgainstDoubleReference, with its shapes, seeds and
-// tolerances, on every build and without a GPU. The kernel file is compiled from the current
-// source, rewritten at build time (rewrite_kernel.cmake), and called through its public entry
-// points, so the grids, shared-memory sizes and the opt-in are the file's own. What the emulator
-// cannot check (timing, the memory model inside a barrier interval, the tensor cores' own rounding)
-// is listed in emu.h; the GPU test covers it.
+// emulator (emu.h), against the scalar reference in double (kernels/reference/ops_reference.h):
+// the checks of tests/cuda/test_cuda_attention.cc's AgainstDoubleReference, with its shapes,
+// seeds and tolerances, on every build and without a GPU. The kernel file is compiled from the
+// current source, rewritten at build time (rewrite_kernel.cmake), and called through its public
+// entry points, so the grids, shared-memory sizes and the opt-in are the file's own. What the
+// emulator cannot check (timing, the memory model inside a barrier interval, the tensor cores' own
+// rounding) is listed in emu.h; the GPU test covers it.
 //
 // How this harness was shown to catch kernel bugs: by hand, on mutated copies of attention_tc.cu
 // (each mutant is another ~40 s compile, so they are not kept as tests). Worst error / tolerance:
@@ -32,7 +32,7 @@
 #include <vector>
 
 #include "kernels/cuda/ops.h"
-#include "tests/cuda/reference.h"
+#include "kernels/reference/ops_reference.h"
 #include "tests/cuda/test_util.h"
 #include "tests/cuda_emu/emu.h"
 
@@ -151,7 +151,8 @@ TEST_P(AttentionTcEmu, AgainstDoubleReference) {
   const Vec q = stored<bf16>(random_vec(nq, seed)), k = stored<bf16>(random_vec(nk, seed + 1));
   const Vec v = stored<bf16>(random_vec(nk, seed + 2));
   Vec want(nq), want_lse(nl);
-  ref::attention_forward(want, want_lse, q, k, v, s);
+  ref::attention_forward<double>(want.data(), want_lse.data(), nullptr, q.data(), k.data(),
+                                 v.data(), s);
   const Vec out_b = stored<bf16>(want), lse_b = stored<float>(want_lse);
   // Gradients start non-zero (the backward accumulates), small enough not to set max|want|.
   const Vec dout = stored<bf16>(random_vec(nq, seed + 3));
@@ -169,10 +170,12 @@ TEST_P(AttentionTcEmu, AgainstDoubleReference) {
         if (s.SK > 0 && (!s.causal || s.k_pos0 <= s.q_pos0 + i)) continue;
         EXPECT_EQ(got.lse[(size_t(b) * s.NH + h) * s.SQ + i], -INFINITY) << "row " << i << tag;
         for (int d = 0; d < s.HD; ++d)
-          ASSERT_EQ(got.out[ref::qi(s, i, b, h) + d], 0.0) << "row " << i << " d " << d << tag;
+          ASSERT_EQ(got.out[((size_t(i) * s.B + b) * s.NH + h) * s.HD + d], 0.0)
+              << "row " << i << " d " << d << tag;
       }
 
-  ref::attention_backward(dq, dk, dv, dout, q, k, v, out_b, lse_b, s);
+  ref::attention_backward<double>(dq.data(), dk.data(), dv.data(), dout.data(), q.data(), k.data(),
+                                  v.data(), out_b.data(), lse_b.data(), nullptr, s);
   EXPECT_TRUE(close("emu dq" + tag, got.dq, dq, kGrad));
   EXPECT_TRUE(close("emu dk" + tag, got.dk, dk, kGrad));
   EXPECT_TRUE(close("emu dv" + tag, got.dv, dv, kGrad));
@@ -213,7 +216,7 @@ TEST(AttentionTcEmuSchedule, ResultsDoNotDependOnTheSchedule) {
   const Vec q = stored<bf16>(random_vec(nq, 1)), k = stored<bf16>(random_vec(nk, 2));
   const Vec v = stored<bf16>(random_vec(nk, 3)), dout = stored<bf16>(random_vec(nq, 4));
   Vec out(nq), lse(size_t(s.B) * s.NH * s.SQ);
-  ref::attention_forward(out, lse, q, k, v, s);
+  ref::attention_forward<double>(out.data(), lse.data(), nullptr, q.data(), k.data(), v.data(), s);
   const Vec zq(nq, 0.0), zk(nk, 0.0);
   const Results a = run_emulated(s, 1, q, k, v, stored<bf16>(out), lse, dout, zq, zk, zk);
   const Results b = run_emulated(s, 2, q, k, v, stored<bf16>(out), lse, dout, zq, zk, zk);
