@@ -3,12 +3,17 @@
 //   grove jobs | grove status JOB | grove watch JOB | grove logs JOB | grove cancel JOB
 // Human-readable tables by default; --json prints protobuf JSON (one object, or one event per
 // line for watch/logs). Every call has a deadline (--timeout); watch reconnects on its own.
+#include <fcntl.h>
 #include <google/protobuf/util/json_util.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <cctype>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
+#include <filesystem>
 #include <ctime>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -31,6 +36,7 @@ struct Common {
   std::string token_file;
   double timeout_s = 10;
   bool json = false;
+  bool silent = false;  // Stream() prints nothing (cancel --wait)
 };
 
 int Fail(const std::string& message) {
@@ -67,10 +73,35 @@ class Client {
 };
 
 int RpcFail(const std::string& what, const grpc::Status& st, const Common& c) {
-  std::string hint;
-  if (st.error_code() == grpc::StatusCode::UNAVAILABLE)
-    hint = " (is grove-coordinator running at " + c.client.address + "?)";
-  return Fail(what + ": " + grove::rpc::DescribeStatus(st) + hint);
+  const std::string hint = grove::rpc::ConnectionHint(st, c.client);
+  return Fail(what + ": " + grove::rpc::DescribeStatus(st) + (hint.empty() ? "" : " (" + hint + ")"));
+}
+
+// Text from the coordinator as the terminal shows it: control characters (and C1 controls,
+// DEL) become \xNN escapes, so a job name or message cannot move the cursor, change colours or
+// forge table rows.
+std::string Clean(const std::string& s) {
+  std::string out;
+  out.reserve(s.size());
+  for (size_t i = 0; i < s.size(); ++i) {
+    const unsigned char c = static_cast<unsigned char>(s[i]);
+    const bool c1 = c == 0xc2 && i + 1 < s.size() &&
+                    static_cast<unsigned char>(s[i + 1]) >= 0x80 &&
+                    static_cast<unsigned char>(s[i + 1]) <= 0x9f;
+    if (c < 0x20 || c == 0x7f || c1 || c == '\\') {
+      char buf[8];
+      const unsigned char v = c1 ? static_cast<unsigned char>(s[++i]) : c;
+      if (c == '\\') {
+        out += "\\\\";
+        continue;
+      }
+      std::snprintf(buf, sizeof buf, "\\x%02x", v);
+      out += buf;
+    } else {
+      out += char(c);
+    }
+  }
+  return out;
 }
 
 std::string ToJson(const google::protobuf::Message& m, bool pretty = true) {
@@ -142,7 +173,7 @@ std::string EventText(const v1::JobEvent& e) {
   std::string head = FormatTime(e.time_unix_ms()) + "  #" + std::to_string(e.revision()) + "  ";
   if (e.has_transition())
     return head + StateName(e.transition().from()) + " -> " + StateName(e.transition().to()) +
-           ": " + e.transition().reason();
+           ": " + Clean(e.transition().reason());
   if (e.has_metric()) {
     const auto& m = e.metric();
     std::string s = head + "step " + std::to_string(m.step()) + "  loss " + Fmt("%.4f", m.loss()) +
@@ -155,7 +186,7 @@ std::string EventText(const v1::JobEvent& e) {
            Fmt("%.2f", m.a2a_bytes_uncompressed() / 1048576.0) + " MiB";
     return s;
   }
-  return head + e.message();
+  return head + Clean(e.message());
 }
 
 // ---- submit ---------------------------------------------------------------------------------
@@ -178,6 +209,11 @@ std::string RandomId() {
 int Submit(Common& c, const SubmitArgs& a) {
   auto config = grove::LoadTrainConfig(a.config_path, a.overrides);
   if (!config.ok()) return Fail(config.status().message());
+  // The coordinator takes absolute paths only (it checks them against its --data-root and
+  // --run-root): relative ones are taken from this working directory.
+  for (std::string* path : {&config.value().data.dir, &config.value().out_dir})
+    if (!path->empty() && (*path)[0] != '/')
+      *path = std::filesystem::absolute(*path).lexically_normal().string();
   // A recompute mode the user wrote down is kept; otherwise the planner chooses.
   std::string recompute = a.recompute;
   if (recompute.empty()) {
@@ -231,7 +267,7 @@ int Submit(Common& c, const SubmitArgs& a) {
   } else {
     std::printf("%s %s (%s)\n", resp.existing() ? "existing job" : "submitted", job.id().c_str(),
                 StateName(job.state()).c_str());
-    std::printf("layout: %s\n", job.layout().explanation().c_str());
+    std::printf("layout: %s\n", Clean(job.layout().explanation()).c_str());
     std::printf("launch: mpirun -np %d grove-worker train --coordinator %s --job %s\n",
                 job.layout().world_size(), c.client.address.c_str(), job.id().c_str());
   }
@@ -241,9 +277,12 @@ int Submit(Common& c, const SubmitArgs& a) {
 // ---- jobs / status --------------------------------------------------------------------------
 
 int Jobs(Common& c, const std::vector<std::string>& states, int limit) {
+  if (limit < 0) return Fail("--limit must be >= 0");
   v1::ListJobsRequest req;
-  req.set_limit(limit);
-  for (const auto& s : states) {
+  const int want = limit == 0 ? 100 : limit;
+  for (const auto& name : states) {
+    std::string s = name;
+    for (char& ch : s) ch = char(std::toupper(static_cast<unsigned char>(ch)));
     v1::JobState st;
     if (!v1::JobState_Parse(s, &st) || st == v1::JOB_STATE_UNSPECIFIED)
       return Fail("--state " + s +
@@ -253,16 +292,25 @@ int Jobs(Common& c, const std::vector<std::string>& states, int limit) {
   }
   auto client = Client::Create(c);
   if (!client.ok()) return Fail(client.status().message());
+  // Pages of at most 1000 jobs (and 1 MiB) until --limit jobs or the last page.
   v1::ListJobsResponse resp;
-  grpc::Status st = client.value().Call(&v1::Coordinator::Stub::ListJobs, req, &resp);
-  if (!st.ok()) return RpcFail("jobs", st, c);
+  while (resp.jobs_size() < want) {
+    req.set_limit(std::min(1000, want - resp.jobs_size()));
+    v1::ListJobsResponse page;
+    grpc::Status st = client.value().Call(&v1::Coordinator::Stub::ListJobs, req, &page);
+    if (!st.ok()) return RpcFail("jobs", st, c);
+    for (auto& j : *page.mutable_jobs()) *resp.add_jobs() = std::move(j);
+    if (page.next_page_token().empty()) break;
+    req.set_page_token(page.next_page_token());
+  }
   if (c.json) {
     std::printf("%s\n", ToJson(resp).c_str());
     return 0;
   }
   std::vector<std::vector<std::string>> rows;
   for (const auto& j : resp.jobs())
-    rows.push_back({j.id(), j.spec().name().empty() ? "-" : j.spec().name(), StateName(j.state()),
+    rows.push_back({Clean(j.id()), j.spec().name().empty() ? "-" : Clean(j.spec().name()),
+                    StateName(j.state()),
                     std::to_string(j.layout().world_size()), LayoutText(j.layout()),
                     std::to_string(j.last_step()) + "/" + std::to_string(j.total_steps()),
                     j.last_step() > 0 ? Fmt("%.4f", j.last_loss()) : "-",
@@ -284,19 +332,20 @@ int Status(Common& c, const std::string& id) {
     std::printf("%s\n", ToJson(j).c_str());
     return 0;
   }
-  std::printf("job:       %s%s\n", j.id().c_str(),
-              j.spec().name().empty() ? "" : (" (" + j.spec().name() + ")").c_str());
+  std::printf("job:       %s%s\n", Clean(j.id()).c_str(),
+              j.spec().name().empty() ? "" : (" (" + Clean(j.spec().name()) + ")").c_str());
   std::printf("state:     %s%s\n", StateName(j.state()).c_str(),
               j.cancel_requested() && !grove::rpc::IsTerminal(j.state()) ? " (cancelling)" : "");
-  std::printf("reason:    %s\n", j.reason().c_str());
-  std::printf("layout:    %s\n", j.layout().explanation().c_str());
+  std::printf("reason:    %s\n", Clean(j.reason()).c_str());
+  std::printf("layout:    %s\n", Clean(j.layout().explanation()).c_str());
   std::printf("progress:  step %lld of %lld, loss %.4f, %.0f tokens/s\n", (long long)j.last_step(),
               (long long)j.total_steps(), j.last_loss(), j.tokens_per_s());
   std::printf("attempt:   %d (max restarts %d)\n", j.attempt(), j.spec().max_restarts());
   std::printf("created:   %s\n\n", FormatTime(j.created_unix_ms()).c_str());
   std::vector<std::vector<std::string>> rows;
   for (const auto& w : j.workers())
-    rows.push_back({std::to_string(w.rank()), w.host(), std::to_string(w.pid()), w.devices(),
+    rows.push_back({std::to_string(w.rank()), Clean(w.host()), std::to_string(w.pid()),
+                    Clean(w.devices()),
                     std::to_string(w.step()), FormatAge(w.last_heartbeat_unix_ms()) + " ago",
                     w.exited() ? "exited " + std::to_string(w.exit_code()) : "running"});
   if (!rows.empty()) {
@@ -306,11 +355,11 @@ int Status(Common& c, const std::string& id) {
   rows.clear();
   for (const auto& t : j.transitions())
     rows.push_back({FormatTime(t.time_unix_ms()), StateName(t.from()) + " -> " + StateName(t.to()),
-                    t.reason()});
+                    Clean(t.reason())});
   PrintTable({"TIME", "TRANSITION", "REASON"}, rows);
   rows.clear();
   for (const auto& ck : j.checkpoints())
-    rows.push_back({FormatTime(ck.time_unix_ms()), std::to_string(ck.step()), ck.path()});
+    rows.push_back({FormatTime(ck.time_unix_ms()), std::to_string(ck.step()), Clean(ck.path())});
   if (!rows.empty()) {
     std::printf("\n");
     PrintTable({"TIME", "CHECKPOINT STEP", "PATH"}, rows);
@@ -352,7 +401,7 @@ int Stream(Common& c, const std::string& id, bool follow, bool metrics, bool qui
       failures = 0;
       after = e.revision();
       *last_state = e.state();
-      if (quiet_messages && e.has_message()) continue;
+      if (c.silent || (quiet_messages && e.has_message())) continue;
       if (c.json)
         std::printf("%s\n", ToJson(e, false).c_str());
       else
@@ -393,7 +442,10 @@ int Cancel(Common& c, const std::string& id, const std::string& reason, bool wai
   if (!st.ok()) return RpcFail("cancel " + id, st, c);
   if (wait && !grove::rpc::IsTerminal(j.state())) {
     v1::JobState last = j.state();
-    if (int rc = Stream(c, id, true, false, true, &last); rc != 0) return rc;
+    // Follow the events silently: the answer is the final job, one JSON document with --json.
+    Common quiet = c;
+    quiet.silent = true;
+    if (int rc = Stream(quiet, id, true, false, true, &last); rc != 0) return rc;
     v1::GetJobRequest g;
     g.set_job_id(id);
     st = client.value().Call(&v1::Coordinator::Stub::GetJob, g, &j);
@@ -404,7 +456,7 @@ int Cancel(Common& c, const std::string& id, const std::string& reason, bool wai
   else
     std::printf("%s: %s%s\n", j.id().c_str(), StateName(j.state()).c_str(),
                 grove::rpc::IsTerminal(j.state())
-                    ? (" (" + j.reason() + ")").c_str()
+                    ? (" (" + Clean(j.reason()) + ")").c_str()
                     : " (cancel requested; workers checkpoint and exit at their next step)");
   return 0;
 }
@@ -417,7 +469,40 @@ int Checkpoint(Common& c, const std::string& id) {
   v1::Job j;
   grpc::Status st = client.value().Call(&v1::Coordinator::Stub::CheckpointJob, req, &j);
   if (!st.ok()) return RpcFail("checkpoint " + id, st, c);
-  std::printf("%s: checkpoint #%lld requested\n", id.c_str(), (long long)j.checkpoint_seq());
+  if (c.json)
+    std::printf("%s\n", ToJson(j).c_str());
+  else
+    std::printf("%s: checkpoint #%lld requested\n", Clean(id).c_str(),
+                (long long)j.checkpoint_seq());
+  return 0;
+}
+
+// `grove worker-token JOB [--out FILE]`: a worker credential for the job's current attempt
+// (docs/coordinator.md). Printed alone on stdout for `GROVE_WORKER_TOKEN=$(grove worker-token
+// JOB)`, or written to FILE (0600); with --json the whole answer.
+int WorkerToken(Common& c, const std::string& id, const std::string& out) {
+  auto client = Client::Create(c);
+  if (!client.ok()) return Fail(client.status().message());
+  v1::IssueWorkerTokenRequest req;
+  req.set_job_id(id);
+  v1::IssueWorkerTokenResponse resp;
+  grpc::Status st = client.value().Call(&v1::Coordinator::Stub::IssueWorkerToken, req, &resp);
+  if (!st.ok()) return RpcFail("worker-token " + id, st, c);
+  if (!out.empty()) {
+    const std::string tmp = out + ".tmp";
+    const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0) return Fail("cannot write " + tmp + ": " + std::strerror(errno));
+    const std::string body = resp.worker_token() + "\n";
+    const bool ok = ::write(fd, body.data(), body.size()) == ssize_t(body.size());
+    ::close(fd);
+    if (!ok || std::rename(tmp.c_str(), out.c_str()) != 0)
+      return Fail("cannot write " + out + ": " + std::strerror(errno));
+    if (!c.json) return 0;
+  }
+  if (c.json)
+    std::printf("%s\n", ToJson(resp).c_str());
+  else
+    std::printf("%s\n", resp.worker_token().c_str());
   return 0;
 }
 
@@ -436,6 +521,9 @@ int main(int argc, char** argv) {
   app.add_option("--tls-ca", c.client.tls_ca_file, "PEM CA of the coordinator's certificate");
   app.add_option("--tls-server-name", c.client.tls_server_name,
                  "name to check in the coordinator's certificate");
+  app.add_option("--tls-cert", c.client.tls_cert_file,
+                 "PEM client certificate, for a coordinator that requires one (mutual TLS)");
+  app.add_option("--tls-key", c.client.tls_key_file, "PEM private key of --tls-cert");
   app.add_option("--timeout", c.timeout_s, "deadline of each call in seconds")
       ->check(CLI::PositiveNumber);
   app.add_flag("--json", c.json, "machine-readable output");
@@ -484,6 +572,11 @@ int main(int argc, char** argv) {
   std::string ckpt_path;
   auto* inspect = checkpoint->add_subcommand("inspect", "print a checkpoint's index as a table");
   inspect->add_option("path", ckpt_path, "checkpoint directory (step_XXXXXXXX)")->required();
+  std::string token_out;
+  auto* worker_token = app.add_subcommand(
+      "worker-token", "(launchers) a worker credential for the job's current attempt");
+  worker_token->add_option("job", id, "job id")->required();
+  worker_token->add_option("--out", token_out, "write it to this file (0600) instead of stdout");
   CLI11_PARSE(app, argc, argv);
 
   try {
@@ -493,6 +586,7 @@ int main(int argc, char** argv) {
     if (watch->parsed()) return Watch(c, id);
     if (cancel->parsed()) return Cancel(c, id, reason, wait);
     if (inspect->parsed()) return InspectCheckpoint(ckpt_path);
+    if (worker_token->parsed()) return WorkerToken(c, id, token_out);
     if (checkpoint->parsed()) {
       if (id.empty()) return Fail("grove checkpoint: give a job id, or `inspect PATH`");
       return Checkpoint(c, id);

@@ -2,12 +2,18 @@
 
 #include <google/protobuf/util/json_util.h>
 #include <httplib.h>
+#include <netdb.h>
+#include <poll.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
+#include <cerrno>
 #include <charconv>
 #include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "coordinator/web_assets.h"
 #include "proto/client.h"
@@ -29,18 +35,6 @@ std::string ToJson(const google::protobuf::Message& m) {
   google::protobuf::util::JsonPrintOptions o;
   o.preserve_proto_field_names = true;
   (void)google::protobuf::util::MessageToJsonString(m, &out, o);
-  return out;
-}
-
-// The cookie carries the token as hex: cookie values must not hold ';', ',', spaces or quotes
-// (the token may), and httplib percent-decodes header values, so '%' escapes would not survive.
-std::string CookieSafe(const std::string& s) {
-  static const char* hex = "0123456789abcdef";
-  std::string out;
-  for (unsigned char c : s) {
-    out += hex[c >> 4];
-    out += hex[c & 15];
-  }
   return out;
 }
 
@@ -140,14 +134,146 @@ Labels JobLabels(const v1::Job& j) {
   return {{"job", j.id()}, {"name", j.spec().name()}};
 }
 
+// ---- Connections --------------------------------------------------------------------------------
+
+// A socket stream whose reads share one deadline (the whole request must arrive by then) and
+// whose writes each get write_timeout: a client sending a byte a second is cut off at the
+// deadline instead of holding its thread.
+class DeadlineStream : public httplib::Stream {
+ public:
+  DeadlineStream(int sock, std::chrono::steady_clock::time_point read_deadline,
+                 std::chrono::milliseconds write_timeout)
+      : sock_(sock), read_deadline_(read_deadline), write_timeout_(write_timeout) {}
+
+  bool is_readable() const override {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        read_deadline_ - std::chrono::steady_clock::now());
+    return left.count() > 0 && Poll(POLLIN, int(left.count()));
+  }
+  bool is_writable() const override { return Poll(POLLOUT, int(write_timeout_.count())); }
+  ssize_t read(char* ptr, size_t size) override {
+    if (!is_readable()) return -1;
+    return ::recv(sock_, ptr, size, 0);
+  }
+  ssize_t write(const char* ptr, size_t size) override {
+    if (!is_writable()) return -1;
+    return ::send(sock_, ptr, size, MSG_NOSIGNAL);
+  }
+  void get_remote_ip_and_port(std::string& ip, int& port) const override {
+    Address(::getpeername, ip, port);
+  }
+  void get_local_ip_and_port(std::string& ip, int& port) const override {
+    Address(::getsockname, ip, port);
+  }
+  socket_t socket() const override { return sock_; }
+
+ private:
+  bool Poll(short events, int timeout_ms) const {
+    pollfd p{sock_, events, 0};
+    int rc;
+    do rc = ::poll(&p, 1, std::max(0, timeout_ms));
+    while (rc < 0 && errno == EINTR);
+    return rc > 0 && (p.revents & (events | POLLHUP | POLLERR)) != 0;
+  }
+  void Address(int (*get)(int, sockaddr*, socklen_t*), std::string& ip, int& port) const {
+    sockaddr_storage addr{};
+    socklen_t len = sizeof addr;
+    ip.clear();
+    port = 0;
+    if (get(sock_, reinterpret_cast<sockaddr*>(&addr), &len) != 0) return;
+    char host[NI_MAXHOST], serv[NI_MAXSERV];
+    if (getnameinfo(reinterpret_cast<sockaddr*>(&addr), len, host, sizeof host, serv, sizeof serv,
+                    NI_NUMERICHOST | NI_NUMERICSERV) == 0) {
+      ip = host;
+      port = std::atoi(serv);
+    }
+  }
+
+  int sock_;
+  std::chrono::steady_clock::time_point read_deadline_;
+  std::chrono::milliseconds write_timeout_;
+};
+
+// One thread per connection, at most `max` at once; a connection past that is closed at once.
+class ConnectionThreads : public httplib::TaskQueue {
+ public:
+  explicit ConnectionThreads(int max) : max_(max) {}
+  void enqueue(std::function<void()> fn) override {
+    std::unique_lock<std::mutex> l(mu_);
+    if (running_ >= max_) {
+      l.unlock();
+      refuse_ = true;  // the task closes its socket without serving it
+      fn();
+      refuse_ = false;
+      return;
+    }
+    ++running_;
+    std::thread([this, fn = std::move(fn)] {
+      fn();
+      std::lock_guard<std::mutex> g(mu_);
+      --running_;
+      done_.notify_all();
+    }).detach();
+  }
+  void shutdown() override {
+    std::unique_lock<std::mutex> l(mu_);
+    done_.wait(l, [this] { return running_ == 0; });
+  }
+  static thread_local bool refuse_;
+
+ private:
+  std::mutex mu_;
+  std::condition_variable done_;
+  int running_ = 0;
+  const int max_;
+};
+thread_local bool ConnectionThreads::refuse_ = false;
+
 }  // namespace
 
-bool SecretEquals(const std::string& got, const std::string& want) {
-  unsigned char diff = got.size() == want.size() ? 0 : 1;
-  for (size_t i = 0; i < want.size(); ++i)
-    diff |= static_cast<unsigned char>(want[i] ^ (i < got.size() ? got[i] : 0));
-  return diff == 0;
-}
+// httplib's server with the connection handling above: one request per connection under a read
+// deadline, and every open connection shut down on Stop().
+class Dashboard::HttpServer : public httplib::Server {
+ public:
+  HttpServer(std::chrono::milliseconds request_timeout, std::chrono::milliseconds write_timeout)
+      : request_timeout_(request_timeout), write_timeout_(write_timeout) {}
+
+  void ShutdownConnections() {
+    std::lock_guard<std::mutex> l(mu_);
+    for (int s : open_) ::shutdown(s, SHUT_RDWR);
+  }
+
+ private:
+  bool process_and_close_socket(socket_t sock) override {
+    if (ConnectionThreads::refuse_) {
+      ::close(sock);
+      return false;
+    }
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      open_.insert(sock);
+    }
+    DeadlineStream stream(sock, std::chrono::steady_clock::now() + request_timeout_,
+                          write_timeout_);
+    bool closed = false;
+    const bool ok = process_request(stream, /*close_connection=*/true, closed, nullptr);
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      open_.erase(sock);
+    }
+    ::shutdown(sock, SHUT_RDWR);
+    ::close(sock);
+    return ok;
+  }
+
+  const std::chrono::milliseconds request_timeout_, write_timeout_;
+  std::mutex mu_;
+  std::set<int> open_;
+};
+
+namespace {
+
+}  // namespace
 
 std::string PrometheusText(const std::vector<v1::Job>& jobs, int64_t now_unix_ms) {
   Exposition e;
@@ -223,28 +349,51 @@ std::string PrometheusText(const std::vector<v1::Job>& jobs, int64_t now_unix_ms
 // ---- Server -------------------------------------------------------------------------------------
 
 std::string Dashboard::CookieName() const {
-  return "grove_token_" + std::to_string(port_);
+  return "grove_session_" + std::to_string(port_);
 }
 
-bool Dashboard::Authorized(const httplib::Request& req) const {
-  if (options_.allow_no_auth) return true;
-  if (req.has_header("Authorization")) {
-    // httplib percent-decodes header values: accept the token as sent or as decoded.
-    const std::string got = req.get_header_value("Authorization");
-    return SecretEquals(got, "Bearer " + options_.token) ||
-           SecretEquals(got, "Bearer " + httplib::detail::decode_url(options_.token, false));
+std::string Dashboard::NewSession() {
+  const auto now = std::chrono::steady_clock::now();
+  std::string id = RandomHex(32);
+  std::lock_guard<std::mutex> l(sessions_mu_);
+  std::erase_if(sessions_, [&](const auto& s) { return s.second < now; });
+  while (sessions_.size() >= std::max<size_t>(1, options_.max_sessions)) {
+    auto oldest = std::min_element(sessions_.begin(), sessions_.end(), [](const auto& a,
+                                                                          const auto& b) {
+      return a.second < b.second;
+    });
+    sessions_.erase(oldest);
   }
-  if (req.has_header("Cookie"))
-    return SecretEquals(CookieValue(req.get_header_value("Cookie"), CookieName()),
-                        CookieSafe(options_.token));
-  return false;
+  sessions_[id] = now + std::chrono::hours(12);
+  return id;
+}
+
+int Dashboard::Authorize(const httplib::Request& req) {
+  if (auth_->no_auth()) return 200;
+  if (req.has_header("Authorization")) {
+    auto who = auth_->Identify(req.get_header_value("Authorization"));
+    if (!who) return 401;
+    return who->role == Role::kWorker ? 403 : 200;
+  }
+  if (req.has_header("Cookie")) {
+    const std::string id = CookieValue(req.get_header_value("Cookie"), CookieName());
+    if (id.size() != 64) return 401;
+    std::lock_guard<std::mutex> l(sessions_mu_);
+    auto it = sessions_.find(id);
+    if (it != sessions_.end() && it->second > std::chrono::steady_clock::now()) return 200;
+  }
+  return 401;
 }
 
 StatusOr<std::unique_ptr<Dashboard>> Dashboard::Start(std::shared_ptr<JobManager> manager,
                                                       const DashboardOptions& options) {
-  if (options.token.empty() && !options.allow_no_auth)
-    return Status::Error("the dashboard needs the coordinator's token (or --no-auth)");
   std::unique_ptr<Dashboard> d(new Dashboard());
+  d->auth_ = options.authenticator;
+  if (!d->auth_) {
+    auto a = Authenticator::Create(AuthOptions{options.token, "", "", options.allow_no_auth});
+    if (!a.ok()) return Status::Error("dashboard: " + a.status().message());
+    d->auth_ = std::make_shared<const Authenticator>(std::move(a).value());
+  }
   d->manager_ = std::move(manager);
   d->options_ = options;
   std::string host = "127.0.0.1", port_text = options.listen;
@@ -259,13 +408,9 @@ StatusOr<std::unique_ptr<Dashboard>> Dashboard::Start(std::shared_ptr<JobManager
     return Status::Error("--http " + options.listen + ": want PORT or HOST:PORT");
   d->host_ = host;
 
-  auto server = std::make_unique<httplib::Server>();
-  const int threads = std::max(1, options.threads);
-  server->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
-  server->set_read_timeout(5);
-  server->set_write_timeout(5);
-  server->set_keep_alive_timeout(2);
-  server->set_keep_alive_max_count(100);
+  auto server = std::make_unique<HttpServer>(options.request_timeout, options.write_timeout);
+  const int max_connections = std::max(1, options.max_connections);
+  server->new_task_queue = [max_connections] { return new ConnectionThreads(max_connections); };
   server->set_payload_max_length(64 << 10);
   // SO_REUSEADDR only: httplib's default adds SO_REUSEPORT, which would let a second server
   // bind the same port and take a share of the connections.
@@ -282,19 +427,26 @@ StatusOr<std::unique_ptr<Dashboard>> Dashboard::Start(std::shared_ptr<JobManager
   // Auth before routing: a refused request learns nothing, not even whether a path exists.
   server->set_pre_routing_handler([self](const httplib::Request& req, httplib::Response& res) {
     if (req.path == "/" && req.has_param("token")) {
-      if (!self->options_.allow_no_auth &&
-          !SecretEquals(req.get_param_value("token"), self->options_.token)) {
+      auto who = self->auth_->IdentifyToken(req.get_param_value("token"));
+      if (!who || who->role == Role::kWorker) {
         res.status = 401;
         res.set_content("wrong token\n", "text/plain; charset=utf-8");
         return httplib::Server::HandlerResponse::Handled;
       }
       res.status = 303;
       res.set_header("Location", "/");
-      res.set_header("Set-Cookie", self->CookieName() + "=" + CookieSafe(self->options_.token) +
-                                       "; Path=/; HttpOnly; SameSite=Strict");
+      res.set_header("Set-Cookie", self->CookieName() + "=" + self->NewSession() +
+                                       "; Path=/; HttpOnly; SameSite=Strict; Max-Age=43200");
       return httplib::Server::HandlerResponse::Handled;
     }
-    if (self->Authorized(req)) return httplib::Server::HandlerResponse::Unhandled;
+    const int verdict = self->Authorize(req);
+    if (verdict == 200) return httplib::Server::HandlerResponse::Unhandled;
+    if (verdict == 403) {
+      res.status = 403;
+      res.set_content("403: a worker credential cannot read the dashboard; use a user token.\n",
+                      "text/plain; charset=utf-8");
+      return httplib::Server::HandlerResponse::Handled;
+    }
     res.status = 401;
     res.set_header("WWW-Authenticate", "Bearer realm=\"grove\"");
     res.set_content(
@@ -398,7 +550,9 @@ void Dashboard::Stop() {
   // stop() only acts on a running server: give the listener thread a moment to start.
   for (int i = 0; i < 2000 && !server_->is_running(); ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  server_->ShutdownConnections();
   server_->stop();
+  server_->ShutdownConnections();
   if (thread_.joinable()) thread_.join();
   server_.reset();
 }

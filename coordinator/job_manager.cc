@@ -3,7 +3,11 @@
 #include <google/protobuf/util/message_differencer.h>
 
 #include <algorithm>
+#include <cmath>
+#include <csignal>
 #include <cstdio>
+#include <cstring>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 #include <set>
 
@@ -33,6 +37,86 @@ grpc::Status NotFound(const std::string& job_id) {
 grpc::Status Precondition(const std::string& m) {
   return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, m);
 }
+grpc::Status Denied(const std::string& m) {
+  return grpc::Status(grpc::StatusCode::PERMISSION_DENIED, m);
+}
+
+grpc::Status CheckJobId(const std::string& job_id) {
+  if (job_id.empty()) return Invalid("job_id is empty");
+  if (job_id.size() > Limits::kIdBytes)
+    return Invalid("job_id is longer than " + std::to_string(Limits::kIdBytes) + " bytes");
+  return grpc::Status::OK;
+}
+
+// User calls that change a job need its owner or the admin; workers never make them.
+grpc::Status CheckManage(const Principal& who, const v1::Job& job, const char* what) {
+  if (who.MayManage(job.owner())) return grpc::Status::OK;
+  if (who.role == Role::kWorker)
+    return Denied(std::string("a worker credential cannot ") + what + " (use a user token)");
+  return Denied("job " + job.id() + " belongs to '" +
+                (job.owner().empty() ? std::string("user") : job.owner()) + "'; '" + who.name +
+                "' cannot " + what + " (its owner or the admin can)");
+}
+
+int64_t JobNumber(const std::string& id) {
+  const size_t dash = id.find('-');
+  if (dash == std::string::npos) return 0;
+  try {
+    return std::stoll(id.substr(dash + 1));
+  } catch (const std::exception&) {
+    return 0;
+  }
+}
+
+// The limits on a heartbeat, checked before anything else (docs/coordinator.md).
+grpc::Status CheckHeartbeatLimits(const v1::HeartbeatRequest& req) {
+  if (grpc::Status st = CheckJobId(req.job_id()); !st.ok()) return st;
+  if (req.metrics_size() > Limits::kMetricsPerHeartbeat)
+    return Invalid("metrics: at most " + std::to_string(Limits::kMetricsPerHeartbeat) +
+                   " per heartbeat, got " + std::to_string(req.metrics_size()));
+  if (req.checkpoints_size() > Limits::kCheckpointsPerHeartbeat)
+    return Invalid("checkpoints: at most " + std::to_string(Limits::kCheckpointsPerHeartbeat) +
+                   " per heartbeat, got " + std::to_string(req.checkpoints_size()));
+  if (req.step() < 0) return Invalid("step must be >= 0");
+  int64_t counts = 0;
+  for (int i = 0; i < req.metrics_size(); ++i) {
+    const v1::StepMetric& m = req.metrics(i);
+    const std::string field = "metrics[" + std::to_string(i) + "]";
+    if (m.step() < 0) return Invalid(field + ".step must be >= 0");
+    if (m.loss() < 0) return Invalid(field + ".loss must be >= 0 (a cross-entropy)");
+    if (m.has_mfu() && !(m.mfu() >= 0 && m.mfu() <= 1))
+      return Invalid(field + ".mfu must be in [0, 1]");
+    if (m.expert_load_size() > Limits::kExpertLayers)
+      return Invalid(field + ".expert_load: at most " + std::to_string(Limits::kExpertLayers) +
+                     " layers");
+    for (const auto& layer : m.expert_load()) {
+      if (layer.tokens_size() > Limits::kExpertsPerLayer)
+        return Invalid(field + ".expert_load.tokens: at most " +
+                       std::to_string(Limits::kExpertsPerLayer) + " experts per layer");
+      counts += layer.tokens_size();
+    }
+    if (counts > Limits::kExpertCountsPerHeartbeat)
+      return Invalid("metrics[].expert_load: at most " +
+                     std::to_string(Limits::kExpertCountsPerHeartbeat) +
+                     " counts per heartbeat in all");
+  }
+  for (int i = 0; i < req.checkpoints_size(); ++i) {
+    const v1::CheckpointRecord& ck = req.checkpoints(i);
+    const std::string field = "checkpoints[" + std::to_string(i) + "]";
+    if (ck.path().empty() || ck.path().size() > Limits::kPathBytes)
+      return Invalid(field + ".path must be 1-" + std::to_string(Limits::kPathBytes) + " bytes");
+    if (ck.step() < 0) return Invalid(field + ".step must be >= 0");
+  }
+  return grpc::Status::OK;
+}
+
+// The out_dir of a resolved config ("" when it has none or it is not absolute).
+std::string OutDirOf(const std::string& resolved_config_json) {
+  auto j = nlohmann::json::parse(resolved_config_json, nullptr, false);
+  if (!j.is_object() || !j.contains("out_dir") || !j["out_dir"].is_string()) return "";
+  const std::string dir = j["out_dir"].get<std::string>();
+  return dir.empty() || dir[0] != '/' ? "" : ResolvePath(dir);
+}
 
 std::string Seconds(std::chrono::milliseconds ms) {
   char buf[32];
@@ -49,10 +133,17 @@ bool Printable(const std::string& s) {
   return std::all_of(s.begin(), s.end(), [](char c) { return c >= 0x21 && c <= 0x7e; });
 }
 
-// Validates a spec and plans its layout. Messages name the field.
-grpc::Status PlanJob(const v1::JobSpec& spec, v1::Layout* layout, std::string* resolved,
-                     int64_t* total_steps) {
-  if (spec.name().size() > 128) return Invalid("spec.name is longer than 128 bytes");
+// Validates a spec (limits, paths inside the roots) and plans its layout. Messages name the
+// field. *out_dir is the resolved out_dir the workers write to.
+grpc::Status PlanJob(const v1::JobSpec& spec, const PathPolicy& paths, v1::Layout* layout,
+                     std::string* resolved, int64_t* total_steps, std::string* out_dir) {
+  if (spec.name().size() > Limits::kNameBytes)
+    return Invalid("spec.name is longer than " + std::to_string(Limits::kNameBytes) + " bytes");
+  if (spec.config_json().size() > Limits::kConfigBytes)
+    return Invalid("spec.config_json is " + std::to_string(spec.config_json().size()) +
+                   " bytes; at most " + std::to_string(Limits::kConfigBytes));
+  if (spec.parallel().world_size() > Limits::kWorldSize)
+    return Invalid("spec.parallel.world_size is at most " + std::to_string(Limits::kWorldSize));
   if (spec.max_restarts() < 0 || spec.max_restarts() > 100)
     return Invalid("spec.max_restarts must be in [0, 100], got " +
                    std::to_string(spec.max_restarts()));
@@ -70,6 +161,10 @@ grpc::Status PlanJob(const v1::JobSpec& spec, v1::Layout* layout, std::string* r
   if (!j.is_object()) return Invalid("spec.config_json must be a JSON object");
   auto config = TrainConfigFromJson(j);
   if (!config.ok()) return Invalid("spec.config_json: " + config.status().message());
+  auto data_dir = paths.CheckData("spec.config_json: data.dir", config.value().data.dir);
+  if (!data_dir.ok()) return Invalid(data_dir.status().message());
+  auto run_dir = paths.CheckRun("spec.config_json: out_dir", config.value().out_dir);
+  if (!run_dir.ok()) return Invalid(run_dir.status().message());
 
   const v1::ParallelSpec& p = spec.parallel();
   PlanRequest req;
@@ -97,6 +192,9 @@ grpc::Status PlanJob(const v1::JobSpec& spec, v1::Layout* layout, std::string* r
   layout->set_explanation(pl.explanation);
   // The workers train with exactly the planned layout.
   TrainConfig resolved_config = config.value();
+  resolved_config.data.dir = data_dir.value();
+  resolved_config.out_dir = run_dir.value();
+  *out_dir = run_dir.value();
   resolved_config.train.recompute = pl.recompute;
   resolved_config.parallel.tp = pl.tp;
   resolved_config.parallel.cp = pl.cp;
@@ -135,6 +233,10 @@ StatusOr<std::unique_ptr<JobManager>> JobManager::Create(std::unique_ptr<JobStor
     for (auto& job : jobs) {
       Entry& e = m->jobs_[job.id()];
       e.job = std::move(job);
+      e.number = JobNumber(e.job.id());
+      e.out_dir = OutDirOf(e.job.resolved_config_json());
+      m->by_number_[e.number] = e.job.id();
+      m->creds_[e.job.id()].world_size = e.job.layout().world_size();
       if (!e.job.request_id().empty()) m->by_request_[e.job.request_id()] = e.job.id();
       const auto now = Clock::now();
       for (const auto& w : e.job.workers())
@@ -146,8 +248,14 @@ StatusOr<std::unique_ptr<JobManager>> JobManager::Create(std::unique_ptr<JobStor
       }
       for (auto& ev : m->store_->Events(
                e.job.id(), std::max<int64_t>(0, e.job.revision() - int64_t(options.event_tail)),
-               true, int(options.event_tail)))
+               true, int(options.event_tail))) {
+        e.tail_bytes += ev.ByteSizeLong();
         e.tail.push_back(std::move(ev));
+      }
+      while (e.tail_bytes > Limits::kTailBytes && e.tail.size() > 1) {
+        e.tail_bytes -= e.tail.front().ByteSizeLong();
+        e.tail.pop_front();
+      }
       if (!rpc::IsTerminal(s)) {
         Change c{&e, {}, {}};
         m->AddMessage(c, "coordinator restarted; waiting " + Seconds(options.heartbeat_timeout) +
@@ -157,6 +265,9 @@ StatusOr<std::unique_ptr<JobManager>> JobManager::Create(std::unique_ptr<JobStor
         if (!st.ok()) return Status::Error(st.error_message());
       }
     }
+    for (const WorkerTokenRecord& r : m->store_->LoadWorkerTokens())
+      if (auto it = m->creds_.find(r.job_id); it != m->creds_.end())
+        it->second.sha256[r.attempt].push_back(r.sha256);
   } catch (const Error& e) {
     return Status::Error(e.what());
   }
@@ -256,17 +367,30 @@ void JobManager::TouchWorker(Change& c, v1::WorkerInfo* w) {
 
 grpc::Status JobManager::Commit(Change& c, const v1::Job& before, std::vector<Waker>* wake) {
   Entry& e = *c.entry;
+  if (!fatal_.empty()) {
+    e.job = before;
+    return grpc::Status(grpc::StatusCode::DATA_LOSS, fatal_);
+  }
   e.job.set_updated_unix_ms(NowMs());
   try {
     store_->Commit(e.job, c.events, c.workers);
   } catch (const Error& err) {
     e.job = before;
-    return grpc::Status(grpc::StatusCode::INTERNAL,
-                        std::string("job database write failed: ") + err.what());
+    if (Status gone = store_->CheckFile(); !gone.ok()) {
+      fatal_ = gone.message();
+      return grpc::Status(grpc::StatusCode::DATA_LOSS, fatal_);
+    }
+    return grpc::Status(grpc::StatusCode::INTERNAL, "job database " + store_->path() +
+                                                        ": write failed: " + err.what());
   }
   for (const auto& ev : c.events) {
+    e.tail_bytes += ev.ByteSizeLong();
     e.tail.push_back(ev);
-    if (e.tail.size() > options_.event_tail) e.tail.pop_front();
+    while (e.tail.size() > 1 &&
+           (e.tail.size() > options_.event_tail || e.tail_bytes > Limits::kTailBytes)) {
+      e.tail_bytes -= e.tail.front().ByteSizeLong();
+      e.tail.pop_front();
+    }
   }
   if (!c.events.empty()) {
     auto keep = e.waiters.begin();
@@ -287,43 +411,56 @@ grpc::Status JobManager::Commit(Change& c, const v1::Job& before, std::vector<Wa
 
 // ---- Jobs ---------------------------------------------------------------------------------------
 
-grpc::Status JobManager::Submit(const v1::SubmitJobRequest& req, v1::SubmitJobResponse* resp) {
-  if (req.request_id().size() > 128 || !Printable(req.request_id()))
+grpc::Status JobManager::Submit(const v1::SubmitJobRequest& req, v1::SubmitJobResponse* resp,
+                                const Principal& who) {
+  if (who.is_worker()) return Denied("a worker credential cannot submit jobs (use a user token)");
+  if (req.request_id().size() > Limits::kIdBytes || !Printable(req.request_id()))
     return Invalid("request_id must be at most 128 printable characters without spaces");
   if (!req.has_spec()) return Invalid("spec is missing");
+  const std::string owner = who.unrestricted ? std::string() : who.name;
+  // A retry with the same request id and spec is the same job; another spec (or another
+  // owner's request id) is ALREADY_EXISTS. Checked again under the lock that inserts the job,
+  // so concurrent submits with one request id get one job and one answer per spec.
+  auto existing = [&](const Entry& e) -> grpc::Status {
+    if (e.job.owner() != owner ||
+        !google::protobuf::util::MessageDifferencer::Equals(e.job.spec(), req.spec()))
+      return grpc::Status(grpc::StatusCode::ALREADY_EXISTS,
+                          "request_id '" + req.request_id() + "' was used for " +
+                              (e.job.owner() == owner ? e.job.id() + " " : std::string()) +
+                              "with a different spec; use a new request_id");
+    *resp->mutable_job() = e.job;
+    resp->set_existing(true);
+    return grpc::Status::OK;
+  };
   if (!req.request_id().empty()) {
     std::lock_guard<std::mutex> l(mu_);
-    if (auto it = by_request_.find(req.request_id()); it != by_request_.end()) {
-      const Entry& e = jobs_.at(it->second);
-      if (!google::protobuf::util::MessageDifferencer::Equals(e.job.spec(), req.spec()))
-        return grpc::Status(grpc::StatusCode::ALREADY_EXISTS,
-                            "request_id '" + req.request_id() + "' was used for " + e.job.id() +
-                                " with a different spec; use a new request_id");
-      *resp->mutable_job() = e.job;
-      resp->set_existing(true);
-      return grpc::Status::OK;
-    }
+    if (auto it = by_request_.find(req.request_id()); it != by_request_.end())
+      return existing(jobs_.at(it->second));
   }
   // Validation and planning run without the lock (they do not touch shared state).
   v1::Layout layout;
-  std::string resolved;
+  std::string resolved, out_dir;
   int64_t total_steps = 0;
-  if (grpc::Status st = PlanJob(req.spec(), &layout, &resolved, &total_steps); !st.ok()) return st;
+  if (grpc::Status st =
+          PlanJob(req.spec(), options_.paths, &layout, &resolved, &total_steps, &out_dir);
+      !st.ok())
+    return st;
 
   std::vector<Waker> wake;
   std::unique_lock<std::mutex> l(mu_);
-  if (auto it = by_request_.find(req.request_id());
-      !req.request_id().empty() && it != by_request_.end()) {  // a concurrent retry won
-    *resp->mutable_job() = jobs_.at(it->second).job;
-    resp->set_existing(true);
-    return grpc::Status::OK;
-  }
+  if (!req.request_id().empty())
+    if (auto it = by_request_.find(req.request_id()); it != by_request_.end())
+      return existing(jobs_.at(it->second));  // a concurrent submit with this id won
+  const int64_t number = next_number_ + 1;
   char id[32];
-  std::snprintf(id, sizeof id, "job-%06lld", static_cast<long long>(next_number_ + 1));
+  std::snprintf(id, sizeof id, "job-%06lld", static_cast<long long>(number));
   Entry& e = jobs_[id];
+  e.number = number;
+  e.out_dir = out_dir;
   v1::Job& job = e.job;
   job.set_id(id);
   job.set_request_id(req.request_id());
+  job.set_owner(owner);
   *job.mutable_spec() = req.spec();
   *job.mutable_layout() = layout;
   job.set_resolved_config_json(resolved);
@@ -333,11 +470,17 @@ grpc::Status JobManager::Submit(const v1::SubmitJobRequest& req, v1::SubmitJobRe
   Transition(c, v1::PENDING,
              "submitted: " + layout.explanation() + "; waiting for " +
                  std::to_string(layout.world_size()) + " ranks to register");
+  // One transaction inserts the job with its request id (a UNIQUE column).
   if (grpc::Status st = Commit(c, v1::Job(), &wake); !st.ok()) {
     jobs_.erase(id);
     return st;
   }
-  ++next_number_;
+  next_number_ = number;
+  by_number_[number] = id;
+  {
+    std::lock_guard<std::mutex> cl(creds_mu_);
+    creds_[id].world_size = layout.world_size();
+  }
   if (!req.request_id().empty()) by_request_[req.request_id()] = id;
   *resp->mutable_job() = job;
   resp->set_existing(false);
@@ -345,7 +488,7 @@ grpc::Status JobManager::Submit(const v1::SubmitJobRequest& req, v1::SubmitJobRe
 }
 
 grpc::Status JobManager::Get(const std::string& job_id, v1::Job* job) {
-  if (job_id.empty()) return Invalid("job_id is empty");
+  if (grpc::Status st = CheckJobId(job_id); !st.ok()) return st;
   std::lock_guard<std::mutex> l(mu_);
   Entry* e = Find(job_id);
   if (e == nullptr) return NotFound(job_id);
@@ -354,28 +497,57 @@ grpc::Status JobManager::Get(const std::string& job_id, v1::Job* job) {
 }
 
 grpc::Status JobManager::List(const v1::ListJobsRequest& req, v1::ListJobsResponse* resp) {
-  if (req.limit() < 0) return Invalid("limit must be >= 0 (0 = 100)");
+  if (req.limit() < 0 || req.limit() > Limits::kListLimit)
+    return Invalid("limit must be in [0, " + std::to_string(Limits::kListLimit) +
+                   "] (0 = 100)");
+  if (req.states_size() > 16) return Invalid("states: at most 16");
+  int64_t before = INT64_MAX;  // page token: "n<number>", the jobs older than that number
+  if (!req.page_token().empty()) {
+    const std::string& t = req.page_token();
+    before = t.size() > 1 && t.size() < 20 && t[0] == 'n' ? JobNumber("n-" + t.substr(1)) : 0;
+    if (before <= 0) return Invalid("page_token is not one this coordinator returned");
+  }
   const int limit = req.limit() == 0 ? 100 : req.limit();
   std::set<int> states(req.states().begin(), req.states().end());
   std::lock_guard<std::mutex> l(mu_);
-  for (auto it = jobs_.rbegin(); it != jobs_.rend() && resp->jobs_size() < limit; ++it) {
-    if (!states.empty() && !states.count(it->second.job.state())) continue;
-    v1::Job* j = resp->add_jobs();
-    *j = it->second.job;
-    j->clear_transitions();
-    j->clear_resolved_config_json();
+  size_t bytes = 0;
+  int64_t last = 0;
+  for (auto it = std::make_reverse_iterator(by_number_.lower_bound(before));
+       it != by_number_.rend(); ++it) {
+    const v1::Job& job = jobs_.at(it->second).job;
+    if (!states.empty() && !states.count(job.state())) continue;
+    if (resp->jobs_size() >= limit) {
+      resp->set_next_page_token("n" + std::to_string(last));
+      break;
+    }
+    v1::Job j = job;
+    j.clear_transitions();
+    j.clear_resolved_config_json();
+    j.clear_checkpoints();
+    j.mutable_spec()->clear_config_json();
+    const size_t size = j.ByteSizeLong();
+    if (resp->jobs_size() > 0 && bytes + size > Limits::kListBytes) {
+      resp->set_next_page_token("n" + std::to_string(last));
+      break;
+    }
+    bytes += size;
+    last = it->first;
+    *resp->add_jobs() = std::move(j);
   }
   return grpc::Status::OK;
 }
 
-grpc::Status JobManager::Cancel(const v1::CancelJobRequest& req, v1::Job* out) {
-  if (req.job_id().empty()) return Invalid("job_id is empty");
-  if (req.reason().size() > 1024) return Invalid("reason is longer than 1024 bytes");
+grpc::Status JobManager::Cancel(const v1::CancelJobRequest& req, v1::Job* out,
+                                const Principal& who) {
+  if (grpc::Status st = CheckJobId(req.job_id()); !st.ok()) return st;
+  if (req.reason().size() > Limits::kReasonBytes)
+    return Invalid("reason is longer than " + std::to_string(Limits::kReasonBytes) + " bytes");
   std::vector<Waker> wake;
   std::unique_lock<std::mutex> l(mu_);
   Entry* e = Find(req.job_id());
   if (e == nullptr) return NotFound(req.job_id());
   v1::Job& job = e->job;
+  if (grpc::Status st = CheckManage(who, job, "cancel it"); !st.ok()) return st;
   const v1::Job before = job;
   const std::string reason = req.reason().empty() ? "requested by the user" : req.reason();
   if (job.state() == v1::CANCELLED || (job.cancel_requested() && !rpc::IsTerminal(job.state()))) {
@@ -403,12 +575,14 @@ grpc::Status JobManager::Cancel(const v1::CancelJobRequest& req, v1::Job* out) {
   return grpc::Status::OK;
 }
 
-grpc::Status JobManager::RequestCheckpoint(const std::string& job_id, v1::Job* out) {
-  if (job_id.empty()) return Invalid("job_id is empty");
+grpc::Status JobManager::RequestCheckpoint(const std::string& job_id, v1::Job* out,
+                                           const Principal& who) {
+  if (grpc::Status st = CheckJobId(job_id); !st.ok()) return st;
   std::vector<Waker> wake;
   std::unique_lock<std::mutex> l(mu_);
   Entry* e = Find(job_id);
   if (e == nullptr) return NotFound(job_id);
+  if (grpc::Status st = CheckManage(who, e->job, "request its checkpoints"); !st.ok()) return st;
   if (e->job.state() != v1::RUNNING)
     return Precondition("job " + job_id + " is " + rpc::StateName(e->job.state()) +
                         "; only a RUNNING job can checkpoint");
@@ -424,36 +598,164 @@ grpc::Status JobManager::RequestCheckpoint(const std::string& job_id, v1::Job* o
 }
 
 grpc::Status JobManager::Metrics(const v1::GetMetricsRequest& req, v1::GetMetricsResponse* resp) {
-  if (req.job_id().empty()) return Invalid("job_id is empty");
-  if (req.limit() < 0) return Invalid("limit must be >= 0 (0 = 1000)");
+  if (grpc::Status st = CheckJobId(req.job_id()); !st.ok()) return st;
+  if (req.limit() < 0 || req.limit() > Limits::kMetricsLimit)
+    return Invalid("limit must be in [0, " + std::to_string(Limits::kMetricsLimit) +
+                   "] (0 = 1000)");
   std::lock_guard<std::mutex> l(mu_);
   if (Find(req.job_id()) == nullptr) return NotFound(req.job_id());
   try {
+    size_t bytes = 0;
     for (auto& m : store_->Metrics(req.job_id(), req.after_step(),
-                                   req.limit() == 0 ? 1000 : std::min(req.limit(), 100000)))
+                                   req.limit() == 0 ? 1000 : req.limit())) {
+      bytes += m.ByteSizeLong();
+      if (resp->metrics_size() > 0 && bytes > Limits::kMetricsBytes) break;  // ask again after
       *resp->add_metrics() = std::move(m);
+    }
   } catch (const Error& err) {
     return grpc::Status(grpc::StatusCode::INTERNAL, err.what());
   }
   return grpc::Status::OK;
 }
 
+// ---- Worker credentials -------------------------------------------------------------------------
+
+grpc::Status JobManager::IssueWorkerToken(const v1::IssueWorkerTokenRequest& req,
+                                          v1::IssueWorkerTokenResponse* resp,
+                                          const Principal& who) {
+  if (grpc::Status st = CheckJobId(req.job_id()); !st.ok()) return st;
+  std::unique_lock<std::mutex> l(mu_);
+  Entry* e = Find(req.job_id());
+  if (e == nullptr) return NotFound(req.job_id());
+  const v1::Job& job = e->job;
+  if (grpc::Status st = CheckManage(who, job, "launch its workers"); !st.ok()) return st;
+  if (rpc::IsTerminal(job.state()))
+    return Precondition("job " + job.id() + " is " + rpc::StateName(job.state()) + " (" +
+                        job.reason() + "); it takes no more workers");
+  if (!fatal_.empty()) return grpc::Status(grpc::StatusCode::DATA_LOSS, fatal_);
+  const int attempt = job.attempt();
+  {
+    std::lock_guard<std::mutex> cl(creds_mu_);
+    if (creds_[job.id()].sha256[attempt].size() >= size_t(Limits::kWorkerTokensPerAttempt))
+      return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                          "job " + job.id() + " attempt " + std::to_string(attempt) +
+                              " already has " + std::to_string(Limits::kWorkerTokensPerAttempt) +
+                              " worker credentials");
+  }
+  const std::string token = NewWorkerToken(job.id(), attempt);
+  const std::string hash = Sha256Hex(token);
+  try {
+    store_->AddWorkerToken(WorkerTokenRecord{job.id(), attempt, hash});
+  } catch (const Error& err) {
+    return grpc::Status(grpc::StatusCode::INTERNAL,
+                        "job database " + store_->path() + ": write failed: " + err.what());
+  }
+  {
+    std::lock_guard<std::mutex> cl(creds_mu_);
+    creds_[job.id()].sha256[attempt].push_back(hash);
+  }
+  resp->set_job_id(job.id());
+  resp->set_attempt(attempt);
+  resp->set_worker_token(token);
+  return grpc::Status::OK;
+}
+
+grpc::Status JobManager::AuthorizeWorker(const Principal& who, const std::string& job_id,
+                                         int attempt) {
+  if (who.unrestricted) return grpc::Status::OK;
+  if (who.role != Role::kWorker)
+    return Denied("'" + who.name +
+                  "' holds a user token; worker calls need the job's worker credential "
+                  "(GROVE_WORKER_TOKEN, issued to the launcher by IssueWorkerToken / `grove "
+                  "worker-token JOB`)");
+  if (who.job_id != job_id)
+    return Denied("this worker credential is for job " + who.job_id + ", not " + job_id);
+  if (attempt >= 0 && attempt != who.attempt)
+    return Denied("this worker credential is for attempt " + std::to_string(who.attempt) +
+                  " of job " + job_id + ", not attempt " + std::to_string(attempt));
+  const std::string hash = Sha256Hex(who.token);
+  std::lock_guard<std::mutex> cl(creds_mu_);
+  auto it = creds_.find(job_id);
+  bool known = false;
+  if (it != creds_.end())
+    if (auto a = it->second.sha256.find(who.attempt); a != it->second.sha256.end())
+      for (const auto& h : a->second) known |= SecretEquals(hash, h);
+  if (!known)
+    return Denied("this worker credential was not issued by this coordinator for job " + job_id +
+                  " attempt " + std::to_string(who.attempt));
+  return grpc::Status::OK;
+}
+
+JobManager::HeartbeatInFlight::HeartbeatInFlight(JobManager* m, std::string job_id, int attempt,
+                                                 int rank)
+    : m_(m), job_id_(std::move(job_id)), attempt_(attempt), rank_(rank) {
+  std::lock_guard<std::mutex> cl(m_->creds_mu_);
+  auto it = m_->creds_.find(job_id_);
+  if (it == m_->creds_.end() || rank_ < 0 || rank_ >= it->second.world_size) {
+    m_ = nullptr;  // not a rank of a known job: nothing to note
+    return;
+  }
+  JobCredentials::Heard& h = it->second.heard[rank_];
+  if (h.attempt != attempt_) h = JobCredentials::Heard{attempt_, {}, 0};
+  h.time = std::max(h.time, Clock::now());
+  ++h.in_flight;
+}
+
+JobManager::HeartbeatInFlight::~HeartbeatInFlight() {
+  if (m_ == nullptr) return;
+  std::lock_guard<std::mutex> cl(m_->creds_mu_);
+  auto it = m_->creds_.find(job_id_);
+  if (it == m_->creds_.end()) return;
+  JobCredentials::Heard& h = it->second.heard[rank_];
+  if (h.attempt != attempt_) return;
+  h.time = std::max(h.time, Clock::now());  // the worker's silence starts with our answer
+  --h.in_flight;
+}
+
+JobManager::Clock::time_point JobManager::LastHeard(const Entry& e, int rank,
+                                                    Clock::time_point now) const {
+  Clock::time_point t{};
+  if (auto it = e.last_seen.find(rank); it != e.last_seen.end()) t = it->second;
+  std::lock_guard<std::mutex> cl(creds_mu_);
+  if (auto c = creds_.find(e.job.id()); c != creds_.end())
+    if (auto h = c->second.heard.find(rank);
+        h != c->second.heard.end() && h->second.attempt == e.job.attempt()) {
+      if (h->second.in_flight > 0) return now;
+      t = std::max(t, h->second.time);
+    }
+  return t;
+}
+
+std::string JobManager::fatal_error() {
+  std::lock_guard<std::mutex> l(mu_);
+  return fatal_;
+}
+
 // ---- Workers ------------------------------------------------------------------------------------
 
 grpc::Status JobManager::Register(const v1::RegisterWorkerRequest& req,
-                                  v1::RegisterWorkerResponse* resp) {
-  if (req.job_id().empty()) return Invalid("job_id is empty");
-  if (req.world_size() < 1) return Invalid("world_size must be >= 1");
+                                  v1::RegisterWorkerResponse* resp, const Principal& who) {
+  if (grpc::Status st = CheckJobId(req.job_id()); !st.ok()) return st;
+  if (req.world_size() < 1 || req.world_size() > Limits::kWorldSize)
+    return Invalid("world_size must be in [1, " + std::to_string(Limits::kWorldSize) + "]");
   if (req.rank() < 0 || req.rank() >= req.world_size())
     return Invalid("rank=" + std::to_string(req.rank()) +
                    " is outside [0, world_size=" + std::to_string(req.world_size()) + ")");
-  if (req.host().empty() || req.host().size() > 255) return Invalid("host must be 1-255 bytes");
-  if (req.devices().size() > 1024) return Invalid("devices is longer than 1024 bytes");
+  if (req.host().empty() || req.host().size() > Limits::kHostBytes)
+    return Invalid("host must be 1-255 bytes");
+  if (req.devices().size() > Limits::kDevicesBytes)
+    return Invalid("devices is longer than 1024 bytes");
+  if (grpc::Status st = AuthorizeWorker(who, req.job_id(), -1); !st.ok()) return st;
   std::vector<Waker> wake;
   std::unique_lock<std::mutex> l(mu_);
   Entry* e = Find(req.job_id());
   if (e == nullptr) return NotFound(req.job_id());
   v1::Job& job = e->job;
+  if (!who.unrestricted && who.attempt != job.attempt())
+    return Precondition("this worker credential is for attempt " + std::to_string(who.attempt) +
+                        " of job " + job.id() + ", which is at attempt " +
+                        std::to_string(job.attempt()) +
+                        "; the launcher issues a new one for each attempt");
   if (rpc::IsTerminal(job.state()))
     return Precondition("job " + job.id() + " is " + rpc::StateName(job.state()) + " (" +
                         job.reason() + "); it takes no more workers");
@@ -533,9 +835,13 @@ grpc::Status JobManager::Register(const v1::RegisterWorkerRequest& req,
   return grpc::Status::OK;
 }
 
-grpc::Status JobManager::Heartbeat(const v1::HeartbeatRequest& req, v1::HeartbeatResponse* resp) {
-  if (req.job_id().empty()) return Invalid("job_id is empty");
-  if (req.metrics_size() > 10000) return Invalid("metrics: at most 10000 per heartbeat");
+grpc::Status JobManager::Heartbeat(const v1::HeartbeatRequest& req, v1::HeartbeatResponse* resp,
+                                   const Principal& who) {
+  if (grpc::Status st = CheckHeartbeatLimits(req); !st.ok()) return st;
+  if (grpc::Status st = AuthorizeWorker(who, req.job_id(), req.attempt()); !st.ok()) return st;
+  // Noted before the manager's lock: a heartbeat waiting for a slow handler still counts, and
+  // its worker is not silent until it has its answer.
+  HeartbeatInFlight in_flight(this, req.job_id(), req.attempt(), req.rank());
   std::vector<Waker> wake;
   std::unique_lock<std::mutex> l(mu_);
   Entry* e = Find(req.job_id());
@@ -560,6 +866,25 @@ grpc::Status JobManager::Heartbeat(const v1::HeartbeatRequest& req, v1::Heartbea
   if (w->exited())
     return Precondition("rank " + std::to_string(req.rank()) + " of job " + job.id() +
                         " already reported its exit");
+  // Figures must fit the job: steps within train.steps, checkpoints inside its out_dir.
+  if (req.step() > job.total_steps())
+    return Invalid("step " + std::to_string(req.step()) + " is past train.steps=" +
+                   std::to_string(job.total_steps()));
+  for (int i = 0; i < req.metrics_size(); ++i)
+    if (req.metrics(i).step() > job.total_steps())
+      return Invalid("metrics[" + std::to_string(i) + "].step " +
+                     std::to_string(req.metrics(i).step()) + " is past train.steps=" +
+                     std::to_string(job.total_steps()));
+  for (int i = 0; i < req.checkpoints_size(); ++i) {
+    const std::string path =
+        std::filesystem::path(req.checkpoints(i).path()).lexically_normal().string();
+    if (req.checkpoints(i).step() > job.total_steps() ||
+        (!e->out_dir.empty() && (!PathInside(path, e->out_dir) || path == e->out_dir)))
+      return Invalid("checkpoints[" + std::to_string(i) + "]: '" + req.checkpoints(i).path() +
+                     "' at step " + std::to_string(req.checkpoints(i).step()) +
+                     " is not a checkpoint of this job (inside out_dir " + e->out_dir +
+                     ", step <= " + std::to_string(job.total_steps()) + ")");
+  }
   const v1::Job before = job;
   Change c{e, {}, {}};
   w->set_step(req.step());
@@ -588,15 +913,21 @@ grpc::Status JobManager::Heartbeat(const v1::HeartbeatRequest& req, v1::Heartbea
     }
   }
   for (const auto& ck : req.checkpoints()) {
+    // A retried report repeats a recent record: compare with the newest few (bounded work).
     bool known = false;
-    for (const auto& have : job.checkpoints())
-      known = known || (have.step() == ck.step() && have.path() == ck.path());
+    const int n = job.checkpoints_size();
+    for (int i = std::max(0, n - 2 * Limits::kCheckpointsPerHeartbeat); i < n && !known; ++i)
+      known = job.checkpoints(i).step() == ck.step() && job.checkpoints(i).path() == ck.path();
     if (known) continue;
     v1::CheckpointRecord* rec = job.add_checkpoints();
     *rec = ck;
+    rec->set_path(std::filesystem::path(ck.path()).lexically_normal().string());
     if (rec->time_unix_ms() == 0) rec->set_time_unix_ms(NowMs());
-    AddMessage(c, "checkpoint at step " + std::to_string(ck.step()) + ": " + ck.path());
+    AddMessage(c, "checkpoint at step " + std::to_string(ck.step()) + ": " + rec->path());
   }
+  if (size_t(job.checkpoints_size()) > Limits::kCheckpointsKept)  // older ones stay in the log
+    job.mutable_checkpoints()->DeleteSubrange(
+        0, job.checkpoints_size() - int(Limits::kCheckpointsKept));
   if (grpc::Status st = Commit(c, before, &wake); !st.ok()) return st;
   if (job.cancel_requested()) {
     resp->set_action(v1::ACTION_STOP);
@@ -612,9 +943,13 @@ grpc::Status JobManager::Heartbeat(const v1::HeartbeatRequest& req, v1::Heartbea
 }
 
 grpc::Status JobManager::ReportExit(const v1::ReportExitRequest& req,
-                                    v1::ReportExitResponse* resp) {
-  if (req.job_id().empty()) return Invalid("job_id is empty");
-  if (req.message().size() > 4096) return Invalid("message is longer than 4096 bytes");
+                                    v1::ReportExitResponse* resp, const Principal& who) {
+  if (grpc::Status st = CheckJobId(req.job_id()); !st.ok()) return st;
+  if (req.message().size() > Limits::kExitMessageBytes)
+    return Invalid("message is longer than " + std::to_string(Limits::kExitMessageBytes) +
+                   " bytes");
+  if (req.final_step() < 0) return Invalid("final_step must be >= 0");
+  if (grpc::Status st = AuthorizeWorker(who, req.job_id(), req.attempt()); !st.ok()) return st;
   std::vector<Waker> wake;
   std::unique_lock<std::mutex> l(mu_);
   Entry* e = Find(req.job_id());
@@ -703,17 +1038,34 @@ grpc::Status JobManager::MemoryHistory(const std::string& job_id,
 void JobManager::CheckLiveness() {
   std::vector<Waker> wake;
   {
-    std::lock_guard<std::mutex> l(mu_);
+    // The time is taken before the lock: waiting for a slow handler does not add to anyone's
+    // silence, and heartbeats that arrived meanwhile were noted (NoteArrival) before it.
     const auto now = Clock::now();
+    std::lock_guard<std::mutex> l(mu_);
+    if (fatal_.empty())
+      if (Status st = store_->CheckFile(); !st.ok()) {
+        fatal_ = st.message();
+        std::fprintf(stderr, "grove-coordinator: error: %s\n", fatal_.c_str());
+      }
+    // A monitor that itself did not run for half a timeout (the process was stopped or starved)
+    // cannot tell silent workers from its own stall: everyone gets a fresh timeout instead.
+    const bool stalled = last_pass_ != Clock::time_point{} &&
+                         now - last_pass_ > options_.heartbeat_timeout / 2;
+    last_pass_ = now;
+    const int64_t now_ms = NowMs();
     for (auto& [id, e] : jobs_) {
       v1::Job& job = e.job;
       if (rpc::IsTerminal(job.state())) continue;
       const v1::Job before = job;
       Change c{&e, {}, {}};
       for (const auto& w : job.workers()) {
-        auto it = e.last_seen.find(w.rank());
-        if (w.exited() || it == e.last_seen.end()) continue;
-        const auto silent = std::chrono::duration_cast<std::chrono::milliseconds>(now - it->second);
+        if (w.exited() || !e.last_seen.count(w.rank())) continue;
+        if (stalled) {
+          e.last_seen[w.rank()] = now;
+          continue;
+        }
+        const auto silent =
+            std::chrono::duration_cast<std::chrono::milliseconds>(now - LastHeard(e, w.rank(), now));
         if (silent > options_.heartbeat_timeout) {
           FailOrRestart(c, DescribeWorker(w) + " sent no heartbeat for " + Seconds(silent) +
                                " (timeout " + Seconds(options_.heartbeat_timeout) + ")");
@@ -727,6 +1079,12 @@ void JobManager::CheckLiveness() {
                        std::to_string(job.layout().world_size()) + " ranks registered within " +
                        Seconds(options_.registration_timeout) +
                        (job.attempt() > 0 ? " after the restart" : ""));
+      }
+      if (c.events.empty() && job.state() == v1::PENDING && job.workers_size() == 0 &&
+          now_ms - job.created_unix_ms() > options_.pending_timeout.count()) {
+        Transition(c, v1::FAILED,
+                   "no worker registered within " + Seconds(options_.pending_timeout) +
+                       " of the submit (--pending-timeout); submit it again when it can run");
       }
       if (!c.events.empty()) {
         grpc::Status st = Commit(c, before, &wake);

@@ -4,6 +4,7 @@
 
 #include <fstream>
 #include <mutex>
+#include <optional>
 #include <sstream>
 
 #include "proto/client.h"
@@ -28,19 +29,6 @@ StatusOr<std::string> ReadPem(const std::string& path, const std::string& what) 
 constexpr int kWatchBatch = 256;
 
 }  // namespace
-
-bool TokenMatches(const grpc::CallbackServerContext* ctx, const std::string& token) {
-  const auto& md = ctx->client_metadata();
-  auto it = md.find("authorization");
-  if (it == md.end()) return false;
-  const std::string got(it->second.data(), it->second.size());
-  const std::string want = "Bearer " + token;
-  // Constant time in the length of the expected value.
-  unsigned char diff = got.size() == want.size() ? 0 : 1;
-  for (size_t i = 0; i < want.size(); ++i)
-    diff |= static_cast<unsigned char>(want[i] ^ (i < got.size() ? got[i] : 0));
-  return diff == 0;
-}
 
 // WatchJob: streams events from the JobManager, one write in flight at a time; when caught up
 // it parks a waker in the manager. The shared State outlives the reactor so that a waker that
@@ -151,105 +139,141 @@ class WatchReactor : public grpc::ServerWriteReactor<v1::JobEvent> {
 
 class CoordinatorServer::Service : public v1::Coordinator::CallbackService {
  public:
-  Service(std::shared_ptr<JobManager> manager, std::string token, bool no_auth)
-      : manager_(std::move(manager)), token_(std::move(token)), no_auth_(no_auth) {}
+  Service(std::shared_ptr<JobManager> manager, std::shared_ptr<const Authenticator> auth)
+      : manager_(std::move(manager)), auth_(std::move(auth)) {}
 
  private:
+  enum class Need { kUser, kWorker };
+
+  // Who is calling, or the refusal: UNAUTHENTICATED for a missing or unknown token,
+  // PERMISSION_DENIED for a worker credential on a user RPC (worker RPCs check the credential's
+  // job and attempt in the JobManager).
+  grpc::Status Identify(const grpc::CallbackServerContext* ctx, Need need, Principal* who) const {
+    const auto& md = ctx->client_metadata();
+    auto it = md.find("authorization");
+    std::optional<Principal> p =
+        it == md.end() ? (auth_->no_auth() ? std::optional<Principal>(Principal::Unrestricted())
+                                           : std::nullopt)
+                       : auth_->Identify(std::string_view(it->second.data(), it->second.size()));
+    if (!p)
+      return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                          "missing or wrong bearer token (metadata 'authorization: Bearer "
+                          "<token>'; set GROVE_TOKEN or --token-file)");
+    if (need == Need::kUser && p->is_worker())
+      return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
+                          "a worker credential may only register, heartbeat and report exits of "
+                          "its job; this call needs a user token");
+    *who = std::move(*p);
+    return grpc::Status::OK;
+  }
+
   template <typename Fn>
-  grpc::ServerUnaryReactor* Unary(grpc::CallbackServerContext* ctx, Fn&& fn) {
+  grpc::ServerUnaryReactor* Unary(grpc::CallbackServerContext* ctx, Need need, Fn&& fn) {
     grpc::ServerUnaryReactor* r = ctx->DefaultReactor();
-    if (!Authorized(ctx)) {
-      r->Finish(Unauthenticated());
-      return r;
-    }
-    grpc::Status st;
-    try {
-      st = fn();
-    } catch (const std::exception& e) {
-      st = grpc::Status(grpc::StatusCode::INTERNAL, e.what());
+    Principal who;
+    grpc::Status st = Identify(ctx, need, &who);
+    if (st.ok()) {
+      try {
+        st = fn(who);
+      } catch (const std::exception& e) {
+        st = grpc::Status(grpc::StatusCode::INTERNAL, e.what());
+      }
     }
     r->Finish(st);
     return r;
-  }
-  bool Authorized(const grpc::CallbackServerContext* ctx) const {
-    return no_auth_ || TokenMatches(ctx, token_);
-  }
-  static grpc::Status Unauthenticated() {
-    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
-                        "missing or wrong bearer token (metadata 'authorization: Bearer <token>'; "
-                        "set GROVE_TOKEN or --token-file)");
   }
 
   grpc::ServerUnaryReactor* SubmitJob(grpc::CallbackServerContext* ctx,
                                       const v1::SubmitJobRequest* req,
                                       v1::SubmitJobResponse* resp) override {
-    return Unary(ctx, [&] { return manager_->Submit(*req, resp); });
+    return Unary(ctx, Need::kUser, [&](const Principal& who) {
+      return manager_->Submit(*req, resp, who);
+    });
   }
   grpc::ServerUnaryReactor* GetJob(grpc::CallbackServerContext* ctx, const v1::GetJobRequest* req,
                                    v1::Job* resp) override {
-    return Unary(ctx, [&] { return manager_->Get(req->job_id(), resp); });
+    return Unary(ctx, Need::kUser,
+                 [&](const Principal&) { return manager_->Get(req->job_id(), resp); });
   }
   grpc::ServerUnaryReactor* ListJobs(grpc::CallbackServerContext* ctx,
                                      const v1::ListJobsRequest* req,
                                      v1::ListJobsResponse* resp) override {
-    return Unary(ctx, [&] { return manager_->List(*req, resp); });
+    return Unary(ctx, Need::kUser, [&](const Principal&) { return manager_->List(*req, resp); });
   }
   grpc::ServerUnaryReactor* CancelJob(grpc::CallbackServerContext* ctx,
                                       const v1::CancelJobRequest* req, v1::Job* resp) override {
-    return Unary(ctx, [&] { return manager_->Cancel(*req, resp); });
+    return Unary(ctx, Need::kUser,
+                 [&](const Principal& who) { return manager_->Cancel(*req, resp, who); });
   }
   grpc::ServerUnaryReactor* CheckpointJob(grpc::CallbackServerContext* ctx,
                                           const v1::CheckpointJobRequest* req,
                                           v1::Job* resp) override {
-    return Unary(ctx, [&] { return manager_->RequestCheckpoint(req->job_id(), resp); });
+    return Unary(ctx, Need::kUser, [&](const Principal& who) {
+      return manager_->RequestCheckpoint(req->job_id(), resp, who);
+    });
   }
   grpc::ServerUnaryReactor* GetMetrics(grpc::CallbackServerContext* ctx,
                                        const v1::GetMetricsRequest* req,
                                        v1::GetMetricsResponse* resp) override {
-    return Unary(ctx, [&] { return manager_->Metrics(*req, resp); });
+    return Unary(ctx, Need::kUser,
+                 [&](const Principal&) { return manager_->Metrics(*req, resp); });
+  }
+  grpc::ServerUnaryReactor* IssueWorkerToken(grpc::CallbackServerContext* ctx,
+                                             const v1::IssueWorkerTokenRequest* req,
+                                             v1::IssueWorkerTokenResponse* resp) override {
+    return Unary(ctx, Need::kUser, [&](const Principal& who) {
+      return manager_->IssueWorkerToken(*req, resp, who);
+    });
   }
   grpc::ServerUnaryReactor* RegisterWorker(grpc::CallbackServerContext* ctx,
                                            const v1::RegisterWorkerRequest* req,
                                            v1::RegisterWorkerResponse* resp) override {
-    return Unary(ctx, [&] { return manager_->Register(*req, resp); });
+    return Unary(ctx, Need::kWorker,
+                 [&](const Principal& who) { return manager_->Register(*req, resp, who); });
   }
   grpc::ServerUnaryReactor* Heartbeat(grpc::CallbackServerContext* ctx,
                                       const v1::HeartbeatRequest* req,
                                       v1::HeartbeatResponse* resp) override {
-    return Unary(ctx, [&] { return manager_->Heartbeat(*req, resp); });
+    return Unary(ctx, Need::kWorker,
+                 [&](const Principal& who) { return manager_->Heartbeat(*req, resp, who); });
   }
   grpc::ServerUnaryReactor* ReportExit(grpc::CallbackServerContext* ctx,
                                        const v1::ReportExitRequest* req,
                                        v1::ReportExitResponse* resp) override {
-    return Unary(ctx, [&] { return manager_->ReportExit(*req, resp); });
+    return Unary(ctx, Need::kWorker,
+                 [&](const Principal& who) { return manager_->ReportExit(*req, resp, who); });
   }
 
   grpc::ServerWriteReactor<v1::JobEvent>* WatchJob(grpc::CallbackServerContext* ctx,
                                                    const v1::WatchJobRequest* req) override {
-    if (!Authorized(ctx) || req->job_id().empty()) {
+    Principal who;
+    grpc::Status st = Identify(ctx, Need::kUser, &who);
+    if (st.ok() && (req->job_id().empty() || req->job_id().size() > Limits::kIdBytes))
+      st = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "job_id must be 1-128 bytes");
+    if (!st.ok()) {
       class Reject : public grpc::ServerWriteReactor<v1::JobEvent> {
        public:
         explicit Reject(grpc::Status st) { Finish(st); }
         void OnDone() override { delete this; }
       };
-      return new Reject(Authorized(ctx)
-                            ? grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "job_id is empty")
-                            : Unauthenticated());
+      return new Reject(st);
     }
     return new WatchReactor(manager_, *req);
   }
 
   std::shared_ptr<JobManager> manager_;
-  std::string token_;
-  bool no_auth_;
+  std::shared_ptr<const Authenticator> auth_;
 };
 
 StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
     std::shared_ptr<JobManager> manager, const ServerOptions& options) {
-  if (options.token.empty() && !options.allow_no_auth)
-    return Status::Error(
-        "no auth token: pass --token-file FILE (or set GROVE_TOKEN / GROVE_TOKEN_FILE); "
-        "--no-auth disables authentication");
+  std::shared_ptr<const Authenticator> auth = options.authenticator;
+  if (!auth) {
+    auto a = Authenticator::Create(AuthOptions{options.token, options.users_file,
+                                               options.admin_token, options.allow_no_auth});
+    if (!a.ok()) return a.status();
+    auth = std::make_shared<const Authenticator>(std::move(a).value());
+  }
   if (options.tls_cert_file.empty() != options.tls_key_file.empty())
     return Status::Error("TLS needs both --tls-cert and --tls-key");
   if (!options.tls_client_ca_file.empty() && options.tls_cert_file.empty())
@@ -278,13 +302,13 @@ StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
 
   std::unique_ptr<CoordinatorServer> s(new CoordinatorServer());
   s->manager_ = manager;
-  s->service_ = std::make_unique<Service>(manager, options.token, options.allow_no_auth);
+  s->service_ = std::make_unique<Service>(manager, auth);
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   builder.AddListeningPort(options.listen, creds, &s->port_);
   builder.RegisterService(s->service_.get());
-  builder.SetMaxReceiveMessageSize(options.max_message_bytes);
-  builder.SetMaxSendMessageSize(options.max_message_bytes);
+  builder.SetMaxReceiveMessageSize(options.max_receive_bytes);
+  builder.SetMaxSendMessageSize(options.max_send_bytes);
   // Detect dead clients (a watcher whose host vanished) without waiting for TCP timeouts.
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);

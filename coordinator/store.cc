@@ -1,8 +1,39 @@
 #include "coordinator/store.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "coordinator/auth.h"
+
 namespace grove::coordinator {
 
 namespace {
+
+struct Ledger {
+  bool exists = false;
+  std::string instance;
+  int64_t max_job_number = 0;
+};
+
+Ledger ReadLedger(const std::string& path) {
+  Ledger l;
+  std::ifstream in(path);
+  if (!in) return l;
+  std::string key;
+  while (in >> key) {
+    if (key == "instance") in >> l.instance;
+    else if (key == "max_job_number") in >> l.max_job_number;
+    else in.ignore(1 << 20, '\n');
+  }
+  l.exists = !l.instance.empty();
+  return l;
+}
 
 constexpr int kKindTransition = 0, kKindMetric = 1, kKindMessage = 2;
 
@@ -64,7 +95,27 @@ std::string Statement::Blob(int col) const {
   return p ? std::string(static_cast<const char*>(p), sqlite3_column_bytes(stmt_, col)) : "";
 }
 
-StatusOr<std::unique_ptr<JobStore>> JobStore::Open(const std::string& path) {
+StatusOr<std::unique_ptr<JobStore>> JobStore::Open(const std::string& path,
+                                                   StoreOptions options) {
+  const bool memory = path == ":memory:";
+  bool existed = false;
+  struct stat info {};
+  if (!memory) {
+    existed = ::stat(path.c_str(), &info) == 0 && info.st_size > 0;
+    // Created 0600 before SQLite opens it (SQLite would use 0644); the WAL and shared-memory
+    // files take the database file's permissions.
+    const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0) {
+      const int err = errno;
+      if (err == EACCES || err == EROFS || err == EPERM)
+        return Status::Error("job database " + path + " is not writable (" + std::strerror(err) +
+                             "): make it and its folder writable, or pass another --db");
+      return Status::Error("cannot open job database " + path + ": " + std::strerror(err));
+    }
+    ::close(fd);
+    if (::stat(path.c_str(), &info) != 0)
+      return Status::Error("cannot stat job database " + path + ": " + std::strerror(errno));
+  }
   sqlite3* db = nullptr;
   const int rc =
       sqlite3_open_v2(path.c_str(), &db,
@@ -74,7 +125,15 @@ StatusOr<std::unique_ptr<JobStore>> JobStore::Open(const std::string& path) {
     sqlite3_close(db);
     return Status::Error("cannot open job database " + path + ": " + msg);
   }
-  std::unique_ptr<JobStore> store(new JobStore(db));
+  if (sqlite3_db_readonly(db, "main") == 1) {
+    sqlite3_close(db);
+    return Status::Error("job database " + path +
+                         " is read-only: make it writable (chmod u+w) or pass another --db");
+  }
+  std::unique_ptr<JobStore> store(new JobStore(db, path));
+  store->file_backed_ = !memory;
+  store->dev_ = uint64_t(info.st_dev);
+  store->ino_ = uint64_t(info.st_ino);
   try {
     sqlite3_busy_timeout(db, 5000);
     store->Exec("PRAGMA journal_mode=WAL");
@@ -104,10 +163,107 @@ StatusOr<std::unique_ptr<JobStore>> JobStore::Open(const std::string& path) {
         "  rank INTEGER NOT NULL,"
         "  worker BLOB NOT NULL,"
         "  PRIMARY KEY (job_id, attempt, rank)) WITHOUT ROWID");
+    store->Exec(
+        "CREATE TABLE IF NOT EXISTS worker_tokens ("
+        "  job_id TEXT NOT NULL REFERENCES jobs(id),"
+        "  attempt INTEGER NOT NULL,"
+        "  sha256 TEXT NOT NULL,"
+        "  PRIMARY KEY (job_id, attempt, sha256)) WITHOUT ROWID");
+    store->Exec("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)");
+    if (Status st = store->CheckIdentity(options, existed); !st.ok()) return st;
   } catch (const Error& e) {
-    return Status::Error("job database " + path + ": " + e.what());
+    const std::string what = e.what();
+    if (what.find("readonly") != std::string::npos)
+      return Status::Error("job database " + path +
+                           " is read-only (or its folder is): make them writable or pass another "
+                           "--db (" + what + ")");
+    return Status::Error("job database " + path + ": " + what);
   }
   return store;
+}
+
+Status JobStore::CheckIdentity(const StoreOptions& options, bool existed) {
+  Statement q(db_, "SELECT value FROM meta WHERE key = 'instance'");
+  std::string instance = q.Step() ? q.Text(0) : "";
+  if (!file_backed_) {
+    instance_ = instance;
+    return Status::Ok();
+  }
+  const std::string ledger_path = path_ + ".ledger";
+  const Ledger ledger = ReadLedger(ledger_path);
+  Statement n(db_, "SELECT COUNT(*) FROM jobs");
+  n.Step();
+  const int64_t jobs = n.Int(0);
+  if (ledger.exists && instance != ledger.instance) {
+    char last[32];
+    std::snprintf(last, sizeof last, "job-%06lld", static_cast<long long>(ledger.max_job_number));
+    const std::string what =
+        instance.empty() ? (existed && jobs > 0 ? "a database without an instance id"
+                                                : "a new, empty database")
+                         : "another database (instance " + instance + ")";
+    if (!options.accept_new_database)
+      return Status::Error("job database " + path_ + " is " + what + ", but " + ledger_path +
+                           " records database instance " + ledger.instance + " with jobs up to " +
+                           last +
+                           ": the database was deleted or replaced. Restore it, or start anew "
+                           "with --accept-new-database (job numbers continue after " + last +
+                           ")");
+  }
+  if (instance.empty()) {
+    instance = RandomHex(16);
+    Statement ins(db_, "INSERT INTO meta (key, value) VALUES ('instance', ?1)");
+    ins.Bind(1, instance);
+    ins.Step();
+  }
+  instance_ = instance;
+  ledger_max_ = ledger.max_job_number;
+  WriteLedger();
+  return Status::Ok();
+}
+
+void JobStore::WriteLedger() {
+  if (!file_backed_) return;
+  Statement s(db_, "SELECT COALESCE(MAX(number), 0) FROM jobs");
+  s.Step();
+  ledger_max_ = std::max(ledger_max_, s.Int(0));
+  const std::string ledger_path = path_ + ".ledger", tmp = ledger_path + ".tmp";
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) throw Error("cannot write " + tmp + ": " + std::strerror(errno));
+  std::ostringstream text;
+  text << "# grove-coordinator: the job database " << path_ << " (do not delete)\n"
+       << "instance " << instance_ << "\nmax_job_number " << ledger_max_ << "\n";
+  const std::string body = text.str();
+  const bool ok = ::write(fd, body.data(), body.size()) == ssize_t(body.size()) && ::fsync(fd) == 0;
+  ::close(fd);
+  if (!ok || ::rename(tmp.c_str(), ledger_path.c_str()) != 0)
+    throw Error("cannot write " + ledger_path + ": " + std::strerror(errno));
+}
+
+Status JobStore::CheckFile() const {
+  if (!file_backed_) return Status::Ok();
+  struct stat info {};
+  if (::stat(path_.c_str(), &info) != 0)
+    return Status::Error("job database " + path_ +
+                         " was deleted while grove-coordinator was running (" +
+                         std::strerror(errno) + "); its writes would be lost");
+  if (uint64_t(info.st_dev) != dev_ || uint64_t(info.st_ino) != ino_)
+    return Status::Error("job database " + path_ +
+                         " was replaced by another file while grove-coordinator was running");
+  return Status::Ok();
+}
+
+void JobStore::AddWorkerToken(const WorkerTokenRecord& record) {
+  if (Status st = CheckFile(); !st.ok()) throw Error(st.message());
+  Statement s(db_, "INSERT OR IGNORE INTO worker_tokens (job_id, attempt, sha256) VALUES (?1, ?2, ?3)");
+  s.Bind(1, record.job_id).Bind(2, int64_t(record.attempt)).Bind(3, record.sha256);
+  s.Step();
+}
+
+std::vector<WorkerTokenRecord> JobStore::LoadWorkerTokens() {
+  std::vector<WorkerTokenRecord> out;
+  Statement s(db_, "SELECT job_id, attempt, sha256 FROM worker_tokens");
+  while (s.Step()) out.push_back(WorkerTokenRecord{s.Text(0), int(s.Int(1)), s.Text(2)});
+  return out;
 }
 
 JobStore::~JobStore() {
@@ -129,6 +285,7 @@ void JobStore::Commit(const grove::v1::Job& job, const std::vector<grove::v1::Jo
   row.clear_transitions();
   row.clear_workers();
   const int64_t number = std::stoll(job.id().substr(job.id().find('-') + 1));
+  if (Status st = CheckFile(); !st.ok()) throw Error(st.message());
   Exec("BEGIN IMMEDIATE");
   try {
     Statement j(db_,
@@ -167,6 +324,7 @@ void JobStore::Commit(const grove::v1::Job& job, const std::vector<grove::v1::Jo
     sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
     throw;
   }
+  if (number > ledger_max_) WriteLedger();  // job ids are never handed out twice
 }
 
 std::vector<grove::v1::Job> JobStore::LoadJobs() {
@@ -232,7 +390,7 @@ std::vector<grove::v1::StepMetric> JobStore::Metrics(const std::string& job_id, 
 int64_t JobStore::MaxJobNumber() {
   Statement s(db_, "SELECT COALESCE(MAX(number), 0) FROM jobs");
   s.Step();
-  return s.Int(0);
+  return std::max(s.Int(0), ledger_max_);
 }
 
 }  // namespace grove::coordinator

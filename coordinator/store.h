@@ -7,6 +7,13 @@
 // what its clients saw. synchronous=NORMAL: a committed transaction survives a process crash;
 // after a power loss the last few may be lost (the WAL is not fsynced per commit).
 //
+// The database is created 0600. Its identity is guarded: a new database gets a random instance
+// id (table meta), and a ledger file next to it (`<db>.ledger`, 0600) records that id and the
+// highest job number ever issued. Opening refuses a database that is missing, empty or another
+// instance where the ledger says one existed (unless StoreOptions::accept_new_database, which
+// starts a new database whose job numbers continue after the ledger's), so job ids are never
+// reused. While open, CheckFile() notices the file being deleted or replaced.
+//
 // Not thread-safe: the caller (JobManager) serialises access.
 #pragma once
 
@@ -45,10 +52,24 @@ class Statement {
   sqlite3_stmt* stmt_ = nullptr;
 };
 
+struct StoreOptions {
+  // Start a new database even though the ledger names another one (it was lost or replaced).
+  bool accept_new_database = false;
+};
+
+// A stored worker credential: the SHA-256 of the token, per job and attempt.
+struct WorkerTokenRecord {
+  std::string job_id;
+  int attempt = 0;
+  std::string sha256;
+};
+
 class JobStore {
  public:
-  // Opens (creating if needed) the database at `path`; ":memory:" for tests.
-  static StatusOr<std::unique_ptr<JobStore>> Open(const std::string& path);
+  // Opens (creating if needed) the database at `path`; ":memory:" for tests (no ledger). Errors
+  // name the path: unreadable, read-only, not a database, or missing/replaced per the ledger.
+  static StatusOr<std::unique_ptr<JobStore>> Open(const std::string& path,
+                                                  StoreOptions options = {});
   ~JobStore();
   JobStore(const JobStore&) = delete;
   JobStore& operator=(const JobStore&) = delete;
@@ -65,14 +86,31 @@ class JobStore {
                                           bool include_metrics, int limit);
   std::vector<grove::v1::StepMetric> Metrics(const std::string& job_id, int64_t after_step,
                                              int limit);
-  // The largest job number handed out so far (job ids are "job-<number>").
+  // The largest job number handed out so far, by this database or (per the ledger) an earlier
+  // one at the same path (job ids are "job-<number>").
   int64_t MaxJobNumber();
 
+  // Worker credentials (hashes only), written in their own transaction.
+  void AddWorkerToken(const WorkerTokenRecord& record);
+  std::vector<WorkerTokenRecord> LoadWorkerTokens();
+
+  // OK while `path` is still the file opened; an error naming it once it was deleted or replaced
+  // (writes would be lost with the unlinked file).
+  Status CheckFile() const;
+  const std::string& path() const { return path_; }
+
  private:
-  explicit JobStore(sqlite3* db) : db_(db) {}
+  JobStore(sqlite3* db, std::string path) : db_(db), path_(std::move(path)) {}
   void Exec(const char* sql);
+  Status CheckIdentity(const StoreOptions& options, bool existed);
+  void WriteLedger();
 
   sqlite3* db_;
+  std::string path_;
+  bool file_backed_ = false;
+  uint64_t dev_ = 0, ino_ = 0;
+  std::string instance_;
+  int64_t ledger_max_ = 0;  // highest job number the ledger recorded
 };
 
 }  // namespace grove::coordinator

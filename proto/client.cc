@@ -45,6 +45,29 @@ StatusOr<std::string> ResolveToken(const std::string& token, const std::string& 
   return std::string();
 }
 
+StatusOr<std::string> ResolveWorkerToken() {
+  if (const char* env = std::getenv("GROVE_WORKER_TOKEN"); env != nullptr && *env != '\0')
+    return Trim(env);
+  if (const char* env = std::getenv("GROVE_WORKER_TOKEN_FILE"); env != nullptr && *env != '\0')
+    return ReadTokenFile(env);
+  return std::string();
+}
+
+namespace {
+
+StatusOr<std::string> ReadPemFile(const std::string& path, const std::string& option,
+                                  const char* kind) {
+  auto text = ReadFile(path, option);
+  if (!text.ok()) return text.status();
+  if (text.value().find(std::string("-----BEGIN ") + kind) == std::string::npos)
+    return Status::Error(option + " " + path + " is not a PEM file with a " +
+                         (std::string(kind) == "CERTIFICATE" ? "certificate" : "private key") +
+                         " (-----BEGIN " + kind + "...)");
+  return text;
+}
+
+}  // namespace
+
 StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const ClientOptions& options) {
   if (options.address.empty()) return Status::Error("coordinator address is empty");
   grpc::ChannelArguments args;
@@ -53,13 +76,25 @@ StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const ClientOptions& option
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
   std::shared_ptr<grpc::ChannelCredentials> creds;
+  if (options.tls_cert_file.empty() != options.tls_key_file.empty())
+    return Status::Error("mutual TLS needs both --tls-cert and --tls-key");
+  if (options.tls_ca_file.empty() && !options.tls_cert_file.empty())
+    return Status::Error("--tls-cert needs --tls-ca (the CA of the coordinator's certificate)");
   if (options.tls_ca_file.empty()) {
     creds = grpc::InsecureChannelCredentials();
   } else {
-    auto ca = ReadFile(options.tls_ca_file, "TLS CA certificate");
+    auto ca = ReadPemFile(options.tls_ca_file, "--tls-ca", "CERTIFICATE");
     if (!ca.ok()) return ca.status();
     grpc::SslCredentialsOptions ssl;
     ssl.pem_root_certs = ca.value();
+    if (!options.tls_cert_file.empty()) {
+      auto cert = ReadPemFile(options.tls_cert_file, "--tls-cert", "CERTIFICATE");
+      if (!cert.ok()) return cert.status();
+      auto key = ReadPemFile(options.tls_key_file, "--tls-key", "");
+      if (!key.ok()) return key.status();
+      ssl.pem_cert_chain = cert.value();
+      ssl.pem_private_key = key.value();
+    }
     creds = grpc::SslCredentials(ssl);
     if (!options.tls_server_name.empty()) args.SetSslTargetNameOverride(options.tls_server_name);
   }
@@ -95,6 +130,28 @@ std::string DescribeStatus(const grpc::Status& status) {
   return status.error_message().empty() ? name : name + ": " + status.error_message();
 }
 
+std::string ConnectionHint(const grpc::Status& status, const ClientOptions& options) {
+  if (status.error_code() != grpc::StatusCode::UNAVAILABLE) return "";
+  const std::string& m = status.error_message();
+  const bool refused = m.find("onnection refused") != std::string::npos ||
+                       m.find("esolution") != std::string::npos ||
+                       m.find("No route") != std::string::npos;
+  if (!refused && options.tls_ca_file.empty())
+    return "does the coordinator at " + options.address +
+           " use TLS? Then pass --tls-ca (and --tls-cert / --tls-key if it requires client "
+           "certificates); else, is grove-coordinator running there?";
+  if (!refused)
+    return "the TLS handshake with " + options.address +
+           " failed: check that the coordinator's certificate chains to --tls-ca" +
+           (options.tls_server_name.empty() ? std::string(" and names this host")
+                                            : " and names " + options.tls_server_name) +
+           (options.tls_cert_file.empty()
+                ? std::string(", and whether it requires a client certificate (--tls-cert, "
+                              "--tls-key)")
+                : ", and that it accepts the client certificate " + options.tls_cert_file);
+  return "is grove-coordinator running at " + options.address + "?";
+}
+
 std::string StateName(grove::v1::JobState state) {
   switch (state) {
     case grove::v1::PENDING:
@@ -109,6 +166,8 @@ std::string StateName(grove::v1::JobState state) {
       return "FAILED";
     case grove::v1::CANCELLED:
       return "CANCELLED";
+    case grove::v1::PREEMPTED:
+      return "PREEMPTED";
     default:
       return "UNSPECIFIED";
   }

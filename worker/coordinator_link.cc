@@ -37,6 +37,9 @@ CoordinatorLink::CoordinatorLink(CoordinatorLinkOptions options) : options_(std:
 StatusOr<std::unique_ptr<CoordinatorLink>> CoordinatorLink::Register(
     CoordinatorLinkOptions options) {
   if (options.job_id.empty()) return Status::Error("--job is empty: name the job to join");
+  auto worker_token = rpc::ResolveWorkerToken();
+  if (!worker_token.ok()) return worker_token.status();
+  if (!worker_token.value().empty()) options.client.token = worker_token.value();
   if (options.host.empty()) {
     char host[256] = {};
     gethostname(host, sizeof host - 1);
@@ -189,14 +192,24 @@ void CoordinatorLink::HandleReply(const v1::HeartbeatResponse& reply) {
   }
 }
 
-bool CoordinatorLink::SendHeartbeat() {
+bool CoordinatorLink::SendHeartbeat(bool* more) {
   v1::HeartbeatRequest req;
   {
     std::lock_guard<std::mutex> l(mu_);
-    for (auto& m : pending_) *req.add_metrics() = std::move(m);
-    pending_.clear();
-    for (auto& ck : pending_checkpoints_) *req.add_checkpoints() = std::move(ck);
-    pending_checkpoints_.clear();
+    size_t n = 0, counts = 0;
+    for (; n < pending_.size() && n < kMetricsPerHeartbeat; ++n) {
+      size_t c = 0;
+      for (const auto& layer : pending_[n].expert_load()) c += size_t(layer.tokens_size());
+      if (n > 0 && counts + c > kExpertCountsPerHeartbeat) break;
+      counts += c;
+    }
+    for (size_t i = 0; i < n; ++i) *req.add_metrics() = std::move(pending_[i]);
+    pending_.erase(pending_.begin(), pending_.begin() + ptrdiff_t(n));
+    const size_t k = std::min(pending_checkpoints_.size(), kCheckpointsPerHeartbeat);
+    for (size_t i = 0; i < k; ++i) *req.add_checkpoints() = std::move(pending_checkpoints_[i]);
+    pending_checkpoints_.erase(pending_checkpoints_.begin(),
+                               pending_checkpoints_.begin() + ptrdiff_t(k));
+    if (more != nullptr) *more = !pending_.empty() || !pending_checkpoints_.empty();
   }
   req.set_job_id(options_.job_id);
   req.set_rank(options_.rank);
@@ -252,8 +265,10 @@ void CoordinatorLink::HeartbeatLoop() {
       std::_Exit(kAbortExitCode);
     }
     l.unlock();
-    SendHeartbeat();
+    bool more = false;
+    const bool sent = SendHeartbeat(&more);
     l.lock();
+    if (sent && more) continue;  // a backlog goes out in consecutive heartbeats
     cv_.wait_for(l, interval, [this] { return stopping_; });
   }
 }
@@ -268,8 +283,13 @@ StatusOr<v1::JobState> CoordinatorLink::ReportExit(int exit_code, const std::str
   const auto give_up = std::chrono::steady_clock::now() + options_.exit_report_timeout;
   // The metrics not yet sent go first, so the job's record is complete when it ends.
   if (!abort_requested()) {
-    while (!SendHeartbeat() && std::chrono::steady_clock::now() < give_up)
-      std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    bool more = true;
+    while (more && std::chrono::steady_clock::now() < give_up && !abort_requested()) {
+      if (!SendHeartbeat(&more)) {
+        more = true;
+        std::this_thread::sleep_for(std::chrono::milliseconds(500));
+      }
+    }
   }
   v1::ReportExitRequest req;
   req.set_job_id(options_.job_id);

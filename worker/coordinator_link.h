@@ -6,9 +6,15 @@
 //   ... Trainer::Run() ...
 //   link->ReportExit(code, message);
 //
+// Credential: worker RPCs need the job attempt's worker credential, which the launcher obtains
+// (IssueWorkerToken) and passes in GROVE_WORKER_TOKEN or GROVE_WORKER_TOKEN_FILE; when either is
+// set it replaces options.client.token (docs/coordinator.md, "Worker credentials").
+//
 // Heartbeats run on their own thread every heartbeat_interval (the coordinator's value), so a
 // rank in a long step or collective still counts as alive; rank 0 also sends the per-step
-// metrics it recorded since the previous heartbeat. While the coordinator is unreachable (e.g.
+// metrics it recorded since the previous heartbeat, at most kMetricsPerHeartbeat (and
+// kExpertCountsPerHeartbeat expert-load counts) per heartbeat, the coordinator's limits; a
+// backlog goes out over the following heartbeats. While the coordinator is unreachable (e.g.
 // restarting) heartbeats are retried and metrics kept (bounded), training goes on.
 //
 // Every rank must take the same stop / checkpoint decision at the same step: StepHook() has every
@@ -57,9 +63,14 @@ struct CoordinatorLinkOptions {
 class CoordinatorLink {
  public:
   static constexpr int kAbortExitCode = 75;
+  // The coordinator's per-heartbeat limits (proto/grove.proto).
+  static constexpr size_t kMetricsPerHeartbeat = 1000;
+  static constexpr size_t kExpertCountsPerHeartbeat = 262144;
+  static constexpr size_t kCheckpointsPerHeartbeat = 16;
 
   // Registers this rank. Errors: the coordinator's refusal (unknown job, rank already
-  // registered, wrong world size, bad token), or unreachable past register_timeout.
+  // registered, wrong world size, bad token or a user token instead of the worker credential),
+  // or unreachable past register_timeout.
   static StatusOr<std::unique_ptr<CoordinatorLink>> Register(CoordinatorLinkOptions options);
   ~CoordinatorLink();  // stops the heartbeat thread
   CoordinatorLink(const CoordinatorLink&) = delete;
@@ -93,8 +104,9 @@ class CoordinatorLink {
  private:
   explicit CoordinatorLink(CoordinatorLinkOptions options);
   void HeartbeatLoop();
-  // One heartbeat with the buffered metrics; false when the coordinator was unreachable.
-  bool SendHeartbeat();
+  // One heartbeat with the oldest buffered metrics (within the limits); false when the
+  // coordinator was unreachable. *more: metrics or checkpoints are still waiting.
+  bool SendHeartbeat(bool* more = nullptr);
   void HandleReply(const grove::v1::HeartbeatResponse& reply);
   void Abort(const std::string& reason);
 

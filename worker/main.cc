@@ -53,11 +53,15 @@ int main(int argc, char** argv) {
                     "grove-coordinator host:port: take the config and layout of --job from it");
   train->add_option("--job", link_options.job_id, "the coordinator's job id to join");
   train->add_option("--token-file", token_file,
-                    "coordinator bearer token file (or GROVE_TOKEN / GROVE_TOKEN_FILE)");
+                    "coordinator bearer token file (or GROVE_TOKEN / GROVE_TOKEN_FILE); the worker "
+                    "credential in GROVE_WORKER_TOKEN / GROVE_WORKER_TOKEN_FILE replaces it");
   train->add_option("--tls-ca", link_options.client.tls_ca_file,
                     "PEM CA of the coordinator's certificate (enables TLS)");
   train->add_option("--tls-server-name", link_options.client.tls_server_name,
                     "name to check in the coordinator's certificate");
+  train->add_option("--tls-cert", link_options.client.tls_cert_file,
+                    "PEM client certificate, for a coordinator that requires one (mutual TLS)");
+  train->add_option("--tls-key", link_options.client.tls_key_file, "PEM private key of --tls-cert");
   CLI11_PARSE(app, argc, argv);
   const bool coordinated = train->count("--coordinator") > 0;
   if (coordinated && (!config_path.empty() || !overrides.empty() || tp > 0 || cp > 0 || ep > 0 ||

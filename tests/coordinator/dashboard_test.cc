@@ -7,6 +7,12 @@
 #include <gtest/gtest.h>
 #include <httplib.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
@@ -137,9 +143,17 @@ TEST(Dashboard, RefusesWithoutTheTokenAndSignsInWithACookie) {
   EXPECT_NE(cookie.find("HttpOnly"), std::string::npos);
   EXPECT_NE(cookie.find("SameSite=Strict"), std::string::npos);
   const std::string pair = cookie.substr(0, cookie.find(";"));
-  // The token as hex: no ';', quotes or '%' in the cookie.
-  EXPECT_EQ(pair,
-            "grove_token_" + std::to_string(f.dashboard->port()) + "=646173683b746f6b656e3d227822");
+  // A random session id, not the token (nor an encoding of it).
+  const std::string prefix = "grove_session_" + std::to_string(f.dashboard->port()) + "=";
+  ASSERT_EQ(pair.substr(0, prefix.size()), prefix);
+  const std::string session = pair.substr(prefix.size());
+  EXPECT_EQ(session.size(), 64u);
+  EXPECT_EQ(session.find_first_not_of("0123456789abcdef"), std::string::npos);
+  EXPECT_EQ(session.find("6461736"), std::string::npos) << "the token's hex";
+  // Signing in again gives another session.
+  auto again = f.Get("/?token=" + escaped);
+  ASSERT_TRUE(again);
+  EXPECT_NE(again->get_header_value("Set-Cookie").substr(0, pair.size()), pair);
 
   auto page = f.client->Get("/", {{"Cookie", "other=1; " + pair}});
   ASSERT_TRUE(page);
@@ -150,9 +164,12 @@ TEST(Dashboard, RefusesWithoutTheTokenAndSignsInWithACookie) {
   auto bad_cookie = f.client->Get("/", {{"Cookie", pair + "x"}});
   ASSERT_TRUE(bad_cookie);
   EXPECT_EQ(bad_cookie->status, 401);
-  // A cookie of another port's coordinator does not count.
+  // A cookie of another port's coordinator does not count, nor the token as a cookie.
+  auto token_cookie = f.client->Get("/", {{"Cookie", prefix + kToken}});
+  ASSERT_TRUE(token_cookie);
+  EXPECT_EQ(token_cookie->status, 401);
   auto other_port =
-      f.client->Get("/", {{"Cookie", "grove_token_1=" + pair.substr(pair.find('=') + 1)}});
+      f.client->Get("/", {{"Cookie", "grove_session_1=" + pair.substr(pair.find('=') + 1)}});
   ASSERT_TRUE(other_port);
   EXPECT_EQ(other_port->status, 401);
 }
@@ -275,7 +292,7 @@ TEST(Dashboard, ShowsTheMoEFiguresTheWorkerLinkTakesFromTheTrainer) {
   const std::string id = f.Submit(TinySpec(1, 3));
   CoordinatorLinkOptions lo;
   lo.client.address = "127.0.0.1:" + std::to_string(server.value()->port());
-  lo.client.token = kToken;
+  lo.client.token = testing::WorkerToken(*f.manager, id);
   lo.client.deadline = milliseconds(5000);
   lo.job_id = id;
   auto link = CoordinatorLink::Register(lo);
@@ -326,7 +343,7 @@ TEST(Dashboard, MemoryHistoryStaysBoundedAndSpansTheJob) {
   ManagerOptions mo;
   mo.heartbeat_interval = milliseconds(1);
   Fixture f(mo);
-  const std::string id = f.Submit(TinySpec(1, 10));
+  const std::string id = f.Submit(TinySpec(1, 100000));
   f.Register(id, 0, 1);
   std::map<int, std::vector<JobManager::MemorySample>> h;
   const int beats = int(JobManager::kMemorySamples) * 3;
@@ -438,7 +455,7 @@ TEST(Dashboard, ListensOnLoopbackByDefaultAndRejectsBadAddresses) {
   ASSERT_TRUE(store.ok());
   std::shared_ptr<JobManager> m = JobManager::Create(std::move(store).value(), {}).value();
   DashboardOptions o;
-  o.token = "t";
+  o.token = "dashboard-token";
   o.listen = "0";  // a bare port binds 127.0.0.1
   auto d = Dashboard::Start(m, o);
   ASSERT_TRUE(d.ok()) << d.status().message();
@@ -453,6 +470,71 @@ TEST(Dashboard, ListensOnLoopbackByDefaultAndRejectsBadAddresses) {
   o.listen = "127.0.0.1:0";
   o.token.clear();
   EXPECT_FALSE(Dashboard::Start(m, o).ok()) << "no token";
+}
+
+// A raw TCP connection to the dashboard that sends `prefix` and then one byte every 100 ms.
+class SlowClient {
+ public:
+  SlowClient(int port, std::string prefix) {
+    fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(uint16_t(port));
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    connected_ = ::connect(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+    if (connected_) (void)!::send(fd_, prefix.data(), prefix.size(), MSG_NOSIGNAL);
+  }
+  ~SlowClient() { ::close(fd_); }
+  // False once the server closed the connection.
+  bool Drip() {
+    const char c = 'x';
+    return ::send(fd_, &c, 1, MSG_NOSIGNAL) == 1;
+  }
+  bool connected() const { return connected_; }
+
+ private:
+  int fd_ = -1;
+  bool connected_ = false;
+};
+
+TEST(Dashboard, SlowConnectionsDoNotStarveItAndAreCutOff) {
+  Fixture f;
+  // 40 clients that send a request a byte at a time (more than the old 16-thread pool).
+  std::vector<std::unique_ptr<SlowClient>> slow;
+  for (int i = 0; i < 40; ++i) {
+    slow.push_back(std::make_unique<SlowClient>(f.dashboard->port(), "GET /api/jobs HTTP/1.1\r\nX:"));
+    ASSERT_TRUE(slow.back()->connected());
+  }
+  std::atomic<bool> stop{false};
+  std::thread dripper([&] {
+    while (!stop.load()) {
+      for (auto& s : slow) s->Drip();
+      std::this_thread::sleep_for(milliseconds(100));
+    }
+  });
+  // Authorized requests are answered promptly meanwhile.
+  for (int i = 0; i < 5; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    auto r = f.Authed("/api/jobs");
+    const auto ms = std::chrono::duration_cast<milliseconds>(std::chrono::steady_clock::now() - t0);
+    ASSERT_TRUE(r) << "request " << i << " got no answer";
+    EXPECT_EQ(r->status, 200);
+    EXPECT_LT(ms.count(), 3000) << "request " << i;
+  }
+  stop = true;
+  dripper.join();
+  // The slow clients are cut off once their request took longer than the request timeout.
+  std::this_thread::sleep_for(milliseconds(5500));
+  int open = 0;
+  for (auto& s : slow) {
+    bool alive = true;
+    for (int k = 0; k < 3 && alive; ++k) {
+      alive = s->Drip();
+      std::this_thread::sleep_for(milliseconds(20));
+    }
+    open += alive;
+  }
+  EXPECT_EQ(open, 0) << "connections still open after the request timeout";
 }
 
 }  // namespace

@@ -2,7 +2,13 @@
 // in process (no network) against a real SQLite file.
 #include <gtest/gtest.h>
 
+#include <sqlite3.h>
+#include <sys/stat.h>
+
 #include <atomic>
+#include <cstdio>
+#include <filesystem>
+#include <nlohmann/json.hpp>
 #include <thread>
 
 #include "coordinator/job_manager.h"
@@ -367,6 +373,204 @@ TEST(JobManager, WaitersWakeOnNewEvents) {
   ASSERT_NE(no_metrics, 0u);
   ASSERT_TRUE(Register(*m, job.id(), 0, 1).ok());  // message + transition: wakes both
   EXPECT_EQ(woken.load(), 11);
+}
+
+
+TEST(JobManager, ConcurrentSubmitsWithOneRequestIdGetOneJobAndOneAnswerPerSpec) {
+  TempDir dir;
+  auto m = Open(dir.file("db"));
+  const v1::JobSpec a = TinySpec(1), b = TinySpec(2);
+  constexpr int kThreads = 160;
+  std::vector<grpc::Status> status(kThreads);
+  std::vector<v1::SubmitJobResponse> resp(kThreads);
+  std::atomic<bool> go{false};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kThreads; ++i)
+    threads.emplace_back([&, i] {
+      v1::SubmitJobRequest req;
+      req.set_request_id("shared-request");
+      *req.mutable_spec() = i % 2 ? b : a;
+      while (!go.load()) std::this_thread::yield();
+      status[i] = m->Submit(req, &resp[i]);
+    });
+  go = true;
+  for (auto& t : threads) t.join();
+  v1::ListJobsResponse list;
+  ASSERT_TRUE(m->List({}, &list).ok());
+  ASSERT_EQ(list.jobs_size(), 1);
+  const int winner_world = list.jobs(0).layout().world_size();
+  int created = 0;
+  for (int i = 0; i < kThreads; ++i) {
+    const int world = i % 2 ? 2 : 1;
+    if (world == winner_world) {
+      ASSERT_TRUE(status[i].ok()) << status[i].error_message();
+      EXPECT_EQ(resp[i].job().id(), list.jobs(0).id());
+      created += !resp[i].existing();
+    } else {
+      EXPECT_EQ(status[i].error_code(), grpc::StatusCode::ALREADY_EXISTS)
+          << "thread " << i << " got " << resp[i].job().id() << " of the other spec";
+    }
+  }
+  EXPECT_EQ(created, 1);
+}
+
+TEST(JobManager, AStalledCoordinatorFailsNoHealthyJob) {
+  TempDir dir;
+  ManagerOptions o;
+  o.heartbeat_timeout = milliseconds(400);
+  o.heartbeat_interval = milliseconds(50);
+  auto m = Open(dir.file("db"), o);
+  v1::Job a = Submit(*m, TinySpec(1, 1000000)), b = Submit(*m, TinySpec(1, 1000000));
+  ASSERT_TRUE(Register(*m, a.id(), 0, 1).ok());
+  ASSERT_TRUE(Register(*m, b.id(), 0, 1).ok());
+  std::atomic<bool> stop{false};
+  auto worker = [&](const std::string& id) {
+    for (int64_t step = 1; !stop.load(); ++step) {
+      v1::HeartbeatRequest req;
+      req.set_job_id(id);
+      req.set_step(step);
+      v1::HeartbeatResponse resp;
+      (void)m->Heartbeat(req, &resp);  // the answer may take long: that is the point
+      std::this_thread::sleep_for(milliseconds(50));
+    }
+  };
+  std::thread wa(worker, a.id()), wb(worker, b.id());
+  std::this_thread::sleep_for(milliseconds(200));
+  // Another process holds the database's write lock for 1.5 s: every commit, and with it every
+  // RPC that changes something, waits that long under the manager's lock.
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(dir.file("db").c_str(), &db), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(db, "BEGIN EXCLUSIVE", nullptr, nullptr, nullptr), SQLITE_OK);
+  std::this_thread::sleep_for(milliseconds(1500));
+  ASSERT_EQ(sqlite3_exec(db, "COMMIT", nullptr, nullptr, nullptr), SQLITE_OK);
+  sqlite3_close(db);
+  std::this_thread::sleep_for(milliseconds(600));
+  m->CheckLiveness();
+  EXPECT_EQ(Get(*m, a.id()).state(), v1::RUNNING) << Get(*m, a.id()).reason();
+  EXPECT_EQ(Get(*m, b.id()).state(), v1::RUNNING) << Get(*m, b.id()).reason();
+  stop = true;
+  wa.join();
+  wb.join();
+  // A worker that really goes silent still fails its job.
+  std::this_thread::sleep_for(milliseconds(900));
+  m->CheckLiveness();
+  EXPECT_EQ(Get(*m, a.id()).state(), v1::FAILED);
+  EXPECT_NE(Get(*m, a.id()).reason().find("sent no heartbeat"), std::string::npos);
+}
+
+TEST(JobManager, DatabaseIsPrivateAndItsLossIsDetectedAndJobIdsAreNeverReused) {
+  TempDir dir;
+  const std::string db = dir.file("grove.db");
+  {
+    auto m = Open(db);
+    EXPECT_EQ(Submit(*m, TinySpec(1)).id(), "job-000001");
+    EXPECT_EQ(Submit(*m, TinySpec(1)).id(), "job-000002");
+    struct stat info {};
+    ASSERT_EQ(::stat(db.c_str(), &info), 0);
+    EXPECT_EQ(info.st_mode & 0777, 0600u);
+    ASSERT_EQ(::stat((db + ".ledger").c_str(), &info), 0);
+    EXPECT_EQ(info.st_mode & 0777, 0600u);
+    // Deleted under the running coordinator: refused from the next change on, naming the file.
+    for (const char* suffix : {"", "-wal", "-shm"}) std::remove((db + suffix).c_str());
+    v1::SubmitJobRequest req;
+    *req.mutable_spec() = TinySpec(1);
+    v1::SubmitJobResponse resp;
+    grpc::Status st = m->Submit(req, &resp);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::DATA_LOSS);
+    EXPECT_NE(st.error_message().find(db + " was deleted"), std::string::npos)
+        << st.error_message();
+    EXPECT_NE(m->fatal_error().find("was deleted"), std::string::npos);
+  }
+  // A fresh, empty database where the ledger says one existed: refused.
+  auto fresh = JobStore::Open(db);
+  ASSERT_FALSE(fresh.ok());
+  EXPECT_NE(fresh.status().message().find("a new, empty database"), std::string::npos)
+      << fresh.status().message();
+  EXPECT_NE(fresh.status().message().find("job-000002"), std::string::npos);
+  EXPECT_NE(fresh.status().message().find("--accept-new-database"), std::string::npos);
+  // Accepted on request: the numbering continues.
+  StoreOptions accept;
+  accept.accept_new_database = true;
+  auto store = JobStore::Open(db, accept);
+  ASSERT_TRUE(store.ok()) << store.status().message();
+  auto m = JobManager::Create(std::move(store).value(), {});
+  ASSERT_TRUE(m.ok());
+  EXPECT_EQ(Submit(*m.value(), TinySpec(1)).id(), "job-000003");
+  m.value().reset();
+  // Another database copied over it: refused as well.
+  {
+    TempDir other;
+    auto o = Open(other.file("x.db"));
+    Submit(*o, TinySpec(1));
+    o.reset();
+    std::filesystem::copy_file(other.file("x.db"), db,
+                               std::filesystem::copy_options::overwrite_existing);
+    for (const char* suffix : {"-wal", "-shm"}) std::remove((db + suffix).c_str());
+  }
+  auto replaced = JobStore::Open(db);
+  ASSERT_FALSE(replaced.ok());
+  EXPECT_NE(replaced.status().message().find("another database"), std::string::npos)
+      << replaced.status().message();
+}
+
+TEST(JobManager, PendingJobsExpire) {
+  TempDir dir;
+  ManagerOptions o;
+  o.pending_timeout = milliseconds(100);
+  auto m = Open(dir.file("db"), o);
+  v1::Job idle = Submit(*m, TinySpec(1)), joined = Submit(*m, TinySpec(2));
+  ASSERT_TRUE(Register(*m, joined.id(), 0, 2).ok());
+  std::this_thread::sleep_for(milliseconds(200));
+  m->CheckLiveness();
+  EXPECT_EQ(Get(*m, idle.id()).state(), v1::FAILED);
+  EXPECT_NE(Get(*m, idle.id()).reason().find("no worker registered"), std::string::npos);
+  EXPECT_EQ(Get(*m, joined.id()).state(), v1::PENDING) << "registration timeout applies";
+}
+
+TEST(JobManager, PathsOutsideTheRootsAreRefusedNamingTheField) {
+  TempDir dir;
+  namespace fs = std::filesystem;
+  fs::create_directories(dir.file("data/brown"));
+  fs::create_directories(dir.file("runs"));
+  fs::create_symlink("/etc", dir.file("runs/escape"));
+  ManagerOptions o;
+  o.paths = PathPolicy::Create({dir.file("data")}, {dir.file("runs")}).value();
+  auto m = Open(dir.file("db"), o);
+  auto submit = [&](const std::string& data_dir, const std::string& out_dir) {
+    nlohmann::json j = nlohmann::json::parse(TinySpec(1).config_json());
+    j["data"]["dir"] = data_dir;
+    j["out_dir"] = out_dir;
+    v1::SubmitJobRequest req;
+    *req.mutable_spec() = TinySpec(1);
+    req.mutable_spec()->set_config_json(j.dump());
+    v1::SubmitJobResponse resp;
+    grpc::Status st = m->Submit(req, &resp);
+    return std::make_pair(st, resp.job());
+  };
+  const std::string data = dir.file("data/brown");
+  for (const auto& [out, why] : std::vector<std::pair<std::string, std::string>>{
+           {"/etc", "absolute"},
+           {dir.file("runs/../x"), ".."},
+           {"runs/x", "relative"},
+           {dir.file("runs/escape/cron.d"), "a link out of the root"},
+           {dir.file("runs"), "the root itself"}}) {
+    auto [st, job] = submit(data, out);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << why;
+    EXPECT_NE(st.error_message().find("out_dir"), std::string::npos) << st.error_message();
+  }
+  for (const std::string& bad : {std::string("/root/.ssh"), dir.file("data/../runs")}) {
+    auto [st, job] = submit(bad, dir.file("runs/a"));
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << bad;
+    EXPECT_NE(st.error_message().find("data.dir"), std::string::npos) << st.error_message();
+  }
+  v1::ListJobsResponse list;
+  ASSERT_TRUE(m->List({}, &list).ok());
+  EXPECT_EQ(list.jobs_size(), 0);
+  auto [st, job] = submit(data, dir.file("runs/./a"));
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  auto resolved = nlohmann::json::parse(job.resolved_config_json());
+  EXPECT_EQ(resolved["out_dir"], ResolvePath(dir.file("runs/a")));
+  EXPECT_EQ(resolved["data"]["dir"], ResolvePath(data));
 }
 
 }  // namespace

@@ -95,7 +95,7 @@ TEST(Planner, RejectsWithNeedAndSuggestedTp) {
 // rejects (rather than widens TP) when the model does not fit.
 TEST(Planner, GpuDeviceKeepsDataParallelism) {
   TrainConfig c = Demo();
-  c.train.device = "cuda";
+  c.train.device = grove::Device::kCUDA;
   PlanRequest r;
   r.world_size = 4;
   auto p = PlanLayout(c, r);

@@ -1,4 +1,5 @@
-// Helpers shared by the coordinator tests: a temporary directory and a tiny job spec.
+// Helpers shared by the coordinator tests: a temporary directory, a tiny job spec and a worker
+// credential for a job.
 #pragma once
 
 #include <unistd.h>
@@ -7,6 +8,7 @@
 #include <filesystem>
 #include <string>
 
+#include "coordinator/job_manager.h"
 #include "proto/grove.pb.h"
 #include "spec/train_config.h"
 
@@ -37,11 +39,22 @@ inline grove::v1::JobSpec TinySpec(int world, int steps = 10) {
   c.train.seq_len = 16;
   c.train.steps = steps;
   c.train.warmup_steps = 1;
+  c.data.dir = "/tmp/grove-coordinator-tests/data";  // absolute, as the coordinator requires
+  c.out_dir = "/tmp/grove-coordinator-tests/run";
   grove::v1::JobSpec spec;
   spec.set_name("tiny");
   spec.set_config_json(c.ToJson().dump());
   spec.mutable_parallel()->set_world_size(world);
   return spec;
+}
+
+// A worker credential for the job's current attempt, as its launcher gets it.
+inline std::string WorkerToken(JobManager& m, const std::string& job_id) {
+  grove::v1::IssueWorkerTokenRequest req;
+  req.set_job_id(job_id);
+  grove::v1::IssueWorkerTokenResponse resp;
+  grpc::Status st = m.IssueWorkerToken(req, &resp);
+  return st.ok() ? resp.worker_token() : "refused: " + st.error_message();
 }
 
 }  // namespace grove::coordinator::testing
