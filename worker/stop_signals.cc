@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <string>
 #include <thread>
 
 namespace grove {
@@ -52,7 +53,7 @@ void GraceTimer() {
   std::fprintf(stderr,
                "grove-worker: no checkpoint within the %.1f s grace after %s; exiting without "
                "one (the job resumes from its previous checkpoint)\n",
-               g_grace.count() / 1000.0, strsignal(sig));
+               g_grace.count() / 1000.0, (std::string("SIG") + sigabbrev_np(sig)).c_str());
   std::fflush(stderr);
   std::_Exit(128 + sig);
 }
