@@ -101,6 +101,50 @@ struct CpuBackend {
                            float b1, float b2, float eps, float wd, int step) {
     cpu::adamw_update(p, g, m, v, n, lr, b1, b2, eps, wd, step);
   }
+
+  // ---- mixture of experts ----
+  static constexpr int kMoeMaxTopK = kernels::kMoeMaxTopK;
+  static void moe_router_forward(float* probs, float* lse, int32_t* expert, float* weight,
+                                 int32_t* counts, double* prob_sum, double* lse_sq_sum,
+                                 const float* logits, int N, int E, int k) {
+    cpu::moe_router_forward<float>(probs, lse, expert, weight, counts, prob_sum, lse_sq_sum, logits,
+                                   N, E, k);
+  }
+  static void moe_router_backward(float* dlogits, const float* dweight, const float* probs,
+                                  const float* lse, const int32_t* expert, const float* weight,
+                                  const int32_t* counts, int64_t tokens_all, float aux_coef,
+                                  float z_coef, float loss_scale, int N, int E, int k) {
+    cpu::moe_router_backward<float>(dlogits, dweight, probs, lse, expert, weight, counts,
+                                    tokens_all, aux_coef, z_coef, loss_scale, N, E, k);
+  }
+  static void moe_permute(T* xp, int32_t* offsets, int32_t* row_of, const T* x,
+                          const int32_t* expert, const int32_t* counts, int N, int k, int E,
+                          int C) {
+    cpu::moe_permute<T>(xp, offsets, row_of, x, expert, counts, N, k, E, C);
+  }
+  static void moe_permute_backward(T* dx, const T* dxp, const int32_t* row_of, int N, int k,
+                                   int C) {
+    cpu::moe_permute_backward<T>(dx, dxp, row_of, N, k, C);
+  }
+  static void moe_unpermute(T* y, const T* yp, const float* weight, const int32_t* row_of, int N,
+                            int k, int C) {
+    cpu::moe_unpermute<T>(y, yp, weight, row_of, N, k, C);
+  }
+  static void moe_unpermute_backward(T* dyp, float* dweight, const T* dy, const T* yp,
+                                     const float* weight, const int32_t* row_of, int N, int k,
+                                     int C) {
+    cpu::moe_unpermute_backward<T>(dyp, dweight, dy, yp, weight, row_of, N, k, C);
+  }
+  static void grouped_linear_forward(T* out, const T* in, const T* w, const int32_t* offsets_host,
+                                     int E, int C, int OC) {
+    cpu::grouped_linear_forward<T>(out, in, w, offsets_host, E, C, OC);
+  }
+  static void grouped_linear_backward(T* din, float* dw, const T* dout, const T* in, const T* w,
+                                      const int32_t* offsets_host, int E, int C, int OC) {
+    cpu::grouped_linear_backward<T>(din, dw, dout, in, w, offsets_host, E, C, OC);
+  }
+  // The router's input-gradient GEMM reads the fp32 logit gradient directly.
+  static const T* router_grad_operand(T*, const float* dlogits, int64_t) { return dlogits; }
 };
 
 }  // namespace grove
