@@ -4,9 +4,10 @@
 # complete checkpoints still there (with --resume-from), and leaves every file untouched; a fresh
 # start into an out_dir holding any checkpoint is refused; --resume-from an older complete
 # checkpoint then works.
-# usage: resume_safety.sh GROVE_WORKER DATA_DIR
+# With MPIEXEC: a shard damaged where only rank 1 reads it is named in rank 0's error too.
+# usage: resume_safety.sh GROVE_WORKER DATA_DIR [MPIEXEC]
 set -u
-worker=$1 data=$2
+worker=$1 data=$2 mpiexec=${3:-}
 if [ ! -f "$data/train.bin" ]; then
   echo "SKIP: no prepared dataset in $data (run launch/setup.sh)"
   exit 0
@@ -94,6 +95,28 @@ if "$worker" train "${tiny[@]}" --set "out_dir=$tmp/empty" --set train.steps=2 -
   echo "ok   resume-nothing-saved: started at step 0"
 else
   echo "FAIL resume-nothing-saved:"; cat "$tmp/err"; failures=$((failures + 1))
+fi
+
+# Two tensor-parallel ranks: rank 1 alone reads its shard; a flipped byte there is reported by
+# rank 0 (the one that prints and reports to the coordinator) naming the file.
+if [ -n "$mpiexec" ]; then
+  mpi=("$mpiexec" --oversubscribe -np 2 --mca btl self,vader)
+  [ "$(id -u)" = 0 ] && mpi+=(--allow-run-as-root)
+  if "${mpi[@]}" "$worker" train "${tiny[@]}" --tp 2 --set "out_dir=$tmp/tp2" --set train.steps=2 \
+       >"$tmp/out" 2>&1; then
+    shard=$tmp/tp2/checkpoints/step_00000002/shard-00001.safetensors
+    printf '\xff\xff\xff\xff' | dd of="$shard" bs=1 seek=20000 conv=notrunc status=none
+    "${mpi[@]}" "$worker" train "${tiny[@]}" --tp 2 --set "out_dir=$tmp/tp2" --set train.steps=4 \
+      --resume >"$tmp/out" 2>"$tmp/err"
+    if grep -q "^grove-worker: error: checkpoint I/O failed on rank 1: $shard: checksum mismatch" "$tmp/err"; then
+      echo "ok   other-rank-shard: $(grep -m1 'error' "$tmp/err" | sed "s|$tmp|TMP|g" | cut -c1-160)..."
+    else
+      echo "FAIL other-rank-shard: rank 0 does not name rank 1's damaged shard:"; cat "$tmp/err"
+      failures=$((failures + 1))
+    fi
+  else
+    echo "FAIL: the 2-rank run did not complete"; cat "$tmp/out"; failures=$((failures + 1))
+  fi
 fi
 
 if [ $failures -ne 0 ]; then
