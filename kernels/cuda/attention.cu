@@ -478,8 +478,7 @@ template <typename T>
 __global__ void attention_merge_kernel(T* out, float* lse, const T* part_out, const float* part_lse,
                                        int SQ, int B, int NH, int HD, int row0, int SQp) {
   const int64_t rows = int64_t{B} * NH * SQp;
-  for (int64_t r = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; r < rows;
-       r += int64_t{gridDim.x} * blockDim.x) {
+  GROVE_GRID_STRIDE(r, rows) {
     const int64_t bh = r / SQp, i = r % SQp;
     float* la = lse + bh * SQ + row0 + i;
     const float lb = part_lse[r];
@@ -499,8 +498,7 @@ template <typename T>
 __global__ void attention_merge_scale_kernel(T* num, float* den, const T* out, const float* lse,
                                              const float* lse_max, int SQ, int B, int NH, int HD) {
   const int64_t rows = int64_t{B} * NH * SQ;
-  for (int64_t r = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; r < rows;
-       r += int64_t{gridDim.x} * blockDim.x) {
+  GROVE_GRID_STRIDE(r, rows) {
     const float w = lse[r] == -INFINITY ? 0.f : expf(lse[r] - lse_max[r]);
     den[r] = w;
     const int64_t o = merge_out_row(r, SQ, B, NH, HD);
@@ -512,8 +510,7 @@ template <typename T>
 __global__ void attention_merge_finish_kernel(T* out, float* lse, const T* num, const float* den,
                                               const float* lse_max, int SQ, int B, int NH, int HD) {
   const int64_t rows = int64_t{B} * NH * SQ;
-  for (int64_t r = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; r < rows;
-       r += int64_t{gridDim.x} * blockDim.x) {
+  GROVE_GRID_STRIDE(r, rows) {
     const float d = den[r], m = lse_max[r];
     const float inv = d > 0 ? 1.f / d : 0.f;
     const int64_t o = merge_out_row(r, SQ, B, NH, HD);

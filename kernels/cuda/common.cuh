@@ -71,6 +71,11 @@ struct MaxOp {
   __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
 };
 
+// A grid-stride loop over [0, n): GROVE_GRID_STRIDE(i, n) { ... i ... } (launch with grid_for).
+#define GROVE_GRID_STRIDE(i, n)                                             \
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < (n); \
+       i += int64_t{gridDim.x} * blockDim.x)
+
 // Grid size for a grid-stride loop over n elements.
 inline unsigned grid_for(int64_t n, int threads) {
   int64_t blocks = (n + threads - 1) / threads;

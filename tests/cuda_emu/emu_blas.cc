@@ -1,5 +1,5 @@
 // cuBLAS and cuBLASLt on the CPU for the CUDA emulator: exactly the calls kernels/cuda
-// (blas_handle.cc, linear.cu) make, in place of libcublas / libcublasLt (the emulated binaries do
+// (blas_handle.cc, gemm.cu) make, in place of libcublas / libcublasLt (the emulated binaries do
 // not link them). One plain column-major GEMM does the arithmetic for all of them:
 //   D = alpha op(A) op(B) + beta C (+ bias[i] per row of D),
 // with the library's op / ld conventions, operands read as fp32 (bf16 through __bfloat162float),
@@ -11,7 +11,7 @@
 // cuBLASLt's heuristic is modelled conservatively: it offers an algorithm only when the requested
 // minimum alignments are >= 16 bytes and every leading dimension is a multiple of 16 bytes, and
 // cublasLtMatmul checks that the pointers it gets are as aligned as the algorithm was chosen for.
-// So both of linear.cu's paths (Lt with the bias epilogue, and the cublasGemmEx fallback) run.
+// So both of gemm.cu's paths (Lt with the bias epilogue, and the cublasGemmEx fallback) run.
 #include <cublasLt.h>
 #include <cublas_v2.h>
 

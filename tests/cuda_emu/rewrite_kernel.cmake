@@ -1,5 +1,5 @@
 # Rewrites a .cu file into C++ that runs on the emulator (emu.h), at build time:
-#   cmake -DIN=kernels/cuda/norm.cu -DOUT=<build dir>/norm_emu.cc -P rewrite_kernel.cmake
+#   cmake -DIN=kernels/cuda/rmsnorm.cu -DOUT=<build dir>/rmsnorm_emu.cc -P rewrite_kernel.cmake
 # Three rewrites, nothing else changes (line numbers are kept, and a #line directive makes compiler
 # and sanitizer messages point into IN):
 #   extern __shared__ [__align__(N)] TYPE NAME[];  ->  TYPE* NAME = reinterpret_cast<TYPE*>(::emu::smem());
