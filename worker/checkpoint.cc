@@ -107,12 +107,11 @@ std::string complete_checkpoints(const std::string& root, const std::string& exc
 // The error for a checkpoint that cannot be resumed: what is wrong, and what is left.
 Status cannot_resume(const std::string& root, const std::string& what, const std::string& except) {
   const std::string left = complete_checkpoints(root, except);
-  return Status::Error(
-      "cannot resume: " + what + "; " +
-      (left.empty() ? "there is no complete checkpoint in " + root +
-                          " (start afresh in another out_dir)"
-                    : "complete checkpoints still there (newest first): " + left +
-                          "; continue from one with --resume-from DIR"));
+  return Status::Error("cannot resume: " + what + "; " +
+                       (left.empty() ? "there is no complete checkpoint in " + root +
+                                           " (start afresh in another out_dir)"
+                                     : "complete checkpoints still there (newest first): " + left +
+                                           "; continue from one with --resume-from DIR"));
 }
 
 }  // namespace
@@ -131,22 +130,23 @@ StatusOr<std::string> ResolveStart(const std::string& out_dir, bool resume,
   const std::vector<std::string> dirs = ckpt::List(root);
   if (!resume_from.empty()) {
     if (Status st = ckpt::Verify(resume_from); !st.ok())
-      return cannot_resume(root, "--resume-from " + resume_from + ": " + st.message(),
-                           resume_from);
+      return cannot_resume(root, "--resume-from " + resume_from + ": " + st.message(), resume_from);
     return resume_from;
   }
   if (!resume) {
     if (!has_latest && dirs.empty()) return std::string();
-    return Status::Error("out_dir '" + out_dir + "' already holds checkpoints (" +
-                         (has_latest ? latest_file.string() + " names " + ckpt::Latest(root)
-                                     : dirs.front()) +
-                         "); pass --resume to continue it, --resume-from DIR to pick one, or "
-                         "choose another out_dir");
+    return Status::Error(
+        "out_dir '" + out_dir + "' already holds checkpoints (" +
+        (has_latest ? latest_file.string() + " names " + ckpt::Latest(root) : dirs.front()) +
+        "); pass --resume to continue it, --resume-from DIR to pick one, or "
+        "choose another out_dir");
   }
   if (!has_latest) {
     if (dirs.empty()) return std::string();  // nothing saved yet: a restart before the first save
-    return cannot_resume(root, latest_file.string() + " is missing (it names the checkpoint to "
-                                                        "continue from)",
+    return cannot_resume(root,
+                         latest_file.string() +
+                             " is missing (it names the checkpoint to "
+                             "continue from)",
                          "");
   }
   std::ifstream in(latest_file);
