@@ -27,6 +27,7 @@ PACKAGES=(
   nlohmann-json3-dev libcli11-dev libgtest-dev libgmock-dev libbenchmark-dev
   python3 python3-torch python3-numpy
   libcpp-httplib-dev chromium python3-prometheus-client
+  iproute2 util-linux
 )
 command -v npm >/dev/null 2>&1 || PACKAGES+=(npm)
 missing=()
