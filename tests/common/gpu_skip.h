@@ -34,8 +34,7 @@ inline int gpu_test_exit_code(int rc, bool print = true) {
     std::printf(
         "no CUDA device: %d GPU test(s) skipped, %d host-only test(s) passed; exiting with %d so "
         "that ctest reports this test as skipped\n",
-        u.skipped_test_count(), u.successful_test_count(),
-        kSkipExitCode);
+        u.skipped_test_count(), u.successful_test_count(), kSkipExitCode);
     std::fflush(stdout);
   }
   return kSkipExitCode;
