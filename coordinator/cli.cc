@@ -345,9 +345,12 @@ int Status(Common& c, const std::string& id) {
   std::vector<std::vector<std::string>> rows;
   for (const auto& w : j.workers())
     rows.push_back({std::to_string(w.rank()), Clean(w.host()), std::to_string(w.pid()),
-                    Clean(w.devices()),
-                    std::to_string(w.step()), FormatAge(w.last_heartbeat_unix_ms()) + " ago",
-                    w.exited() ? "exited " + std::to_string(w.exit_code()) : "running"});
+                    Clean(w.devices()), std::to_string(w.step()),
+                    FormatAge(w.last_heartbeat_unix_ms()) + " ago",
+                    w.exit_signal() != 0 ? "killed by signal " + std::to_string(w.exit_signal())
+                    : w.exited()         ? "exited " + std::to_string(w.exit_code())
+                    : grove::rpc::IsTerminal(j.state()) ? "ended without reporting"
+                                                        : "running"});
   if (!rows.empty()) {
     PrintTable({"RANK", "HOST", "PID", "DEVICES", "STEP", "HEARTBEAT", "STATUS"}, rows);
     std::printf("\n");
@@ -506,6 +509,70 @@ int WorkerToken(Common& c, const std::string& id, const std::string& out) {
   return 0;
 }
 
+// The job to launch to continue `id` after any stop: a PREEMPTED (or still live) job continues
+// itself; a FAILED or CANCELLED one gets a new job with the same spec that resumes from the
+// latest checkpoint in its out_dir. Prints that job's id.
+int Resume(Common& c, const std::string& id, std::string request_id) {
+  auto client = Client::Create(c);
+  if (!client.ok()) return Fail(client.status().message());
+  v1::GetJobRequest g;
+  g.set_job_id(id);
+  v1::Job old;
+  grpc::Status st = client.value().Call(&v1::Coordinator::Stub::GetJob, g, &old);
+  if (!st.ok()) return RpcFail("resume " + id, st, c);
+  if (old.state() == v1::SUCCEEDED)
+    return Fail("job " + id + " SUCCEEDED (" + old.reason() + "); there is nothing to resume");
+  if (!grove::rpc::IsTerminal(old.state())) {
+    // Launching it again is the next attempt (PREEMPTED resumes from its checkpoint).
+    std::printf("%s\n", old.id().c_str());
+    return 0;
+  }
+  v1::SubmitJobRequest req;
+  req.set_request_id(request_id.empty() ? RandomId() : request_id);
+  *req.mutable_spec() = old.spec();
+  req.mutable_spec()->set_resume(true);
+  v1::SubmitJobResponse resp;
+  st = client.value().Call(&v1::Coordinator::Stub::SubmitJob, req, &resp);
+  if (!st.ok()) return RpcFail("resume " + id, st, c);
+  if (c.json)
+    std::printf("%s\n", ToJson(resp).c_str());
+  else
+    std::printf("%s\n", resp.job().id().c_str());
+  std::fprintf(stderr, "grove: %s continues %s (%s) from the latest checkpoint in its out_dir\n",
+               resp.job().id().c_str(), id.c_str(), StateName(old.state()).c_str());
+  return 0;
+}
+
+// A launcher's report of how a rank's process ended (mpirun/srun saw it); the coordinator ignores
+// it when the rank reported its own exit.
+struct RankExit {
+  int rank = -1, attempt = 0, code = 0, signal = 0, pid = 0;
+  std::string host, message;
+};
+int ReportRankExit(Common& c, const std::string& id, const RankExit& r) {
+  // A worker RPC of the job's attempt: the launcher's worker credential, when it has one.
+  if (auto worker_token = grove::rpc::ResolveWorkerToken();
+      worker_token.ok() && !worker_token.value().empty())
+    c.client.token = worker_token.value();
+  auto client = Client::Create(c);
+  if (!client.ok()) return Fail(client.status().message());
+  v1::ReportExitRequest req;
+  req.set_job_id(id);
+  req.set_rank(r.rank);
+  req.set_attempt(r.attempt);
+  req.set_exit_code(r.code);
+  req.set_exit_signal(r.signal);
+  req.set_host(r.host);
+  req.set_pid(r.pid);
+  req.set_message(r.message.substr(0, 4000));
+  req.set_from_launcher(true);
+  v1::ReportExitResponse resp;
+  grpc::Status st = client.value().Call(&v1::Coordinator::Stub::ReportExit, req, &resp);
+  if (!st.ok()) return RpcFail("report-exit " + id, st, c);
+  if (!c.json) std::printf("%s: %s\n", id.c_str(), StateName(resp.state()).c_str());
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -577,6 +644,23 @@ int main(int argc, char** argv) {
       "worker-token", "(launchers) a worker credential for the job's current attempt");
   worker_token->add_option("job", id, "job id")->required();
   worker_token->add_option("--out", token_out, "write it to this file (0600) instead of stdout");
+  std::string resume_request_id;
+  auto* resume = app.add_subcommand(
+      "resume", "continue a stopped job from its latest checkpoint; prints the job to launch");
+  resume->add_option("job", id, "job id")->required();
+  resume->add_option("--request-id", resume_request_id, "idempotency key (default: random)");
+  RankExit rank_exit;
+  auto* report_exit = app.add_subcommand(
+      "report-exit", "(launchers) report how a rank's process ended, as mpirun saw it");
+  report_exit->add_option("job", id, "job id")->required();
+  report_exit->add_option("--rank", rank_exit.rank, "MPI world rank")->required();
+  report_exit->add_option("--attempt", rank_exit.attempt, "the job's attempt it ran in")
+      ->required();
+  report_exit->add_option("--code", rank_exit.code, "exit code (when it exited)");
+  report_exit->add_option("--signal", rank_exit.signal, "the signal that killed it");
+  report_exit->add_option("--host", rank_exit.host, "where it ran");
+  report_exit->add_option("--pid", rank_exit.pid, "its process id");
+  report_exit->add_option("--message", rank_exit.message, "what else the launcher knows");
   CLI11_PARSE(app, argc, argv);
 
   try {
@@ -591,6 +675,8 @@ int main(int argc, char** argv) {
       if (id.empty()) return Fail("grove checkpoint: give a job id, or `inspect PATH`");
       return Checkpoint(c, id);
     }
+    if (resume->parsed()) return Resume(c, id, resume_request_id);
+    if (report_exit->parsed()) return ReportRankExit(c, id, rank_exit);
     if (logs->parsed()) {
       v1::JobState last = v1::JOB_STATE_UNSPECIFIED;
       return Stream(c, id, follow, !no_metrics, false, &last);

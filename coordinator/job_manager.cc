@@ -124,6 +124,36 @@ std::string Seconds(std::chrono::milliseconds ms) {
   return buf;
 }
 
+// SIGTERM / SIGUSR1 stop a job to be continued later; SIGINT / SIGUSR2 cancel it.
+bool Preemption(int signal) {
+  return signal == SIGTERM || signal == SIGUSR1;
+}
+
+std::string SignalName(int signal) {
+  switch (signal) {
+    case SIGTERM:
+      return "SIGTERM";
+    case SIGINT:
+      return "SIGINT";
+    case SIGUSR1:
+      return "SIGUSR1";
+    case SIGUSR2:
+      return "SIGUSR2";
+    case SIGKILL:
+      return "SIGKILL";
+    case SIGSEGV:
+      return "SIGSEGV";
+    case SIGABRT:
+      return "SIGABRT";
+    case SIGBUS:
+      return "SIGBUS";
+    case SIGHUP:
+      return "SIGHUP";
+    default:
+      return "signal " + std::to_string(signal);
+  }
+}
+
 std::string DescribeWorker(const v1::WorkerInfo& w) {
   return "rank " + std::to_string(w.rank()) + " (host " + w.host() + ", pid " +
          std::to_string(w.pid()) + ")";
@@ -345,9 +375,11 @@ void JobManager::FailOrRestart(Change& c, const std::string& reason) {
                "cancelled (" + job.cancel_reason() + "); while stopping: " + reason);
     return;
   }
-  if (job.state() == v1::RUNNING && job.attempt() < job.spec().max_restarts()) {
+  // Attempts ended by preemption are not failures: they do not use up restarts.
+  const int restarts = job.attempt() - job.preemptions();
+  if (job.state() == v1::RUNNING && restarts < job.spec().max_restarts()) {
     Transition(c, v1::RESTARTING,
-               reason + "; restart " + std::to_string(job.attempt() + 1) + " of " +
+               reason + "; restart " + std::to_string(restarts + 1) + " of " +
                    std::to_string(job.spec().max_restarts()) + " from the last checkpoint");
     job.set_attempt(job.attempt() + 1);
     job.clear_workers();
@@ -357,6 +389,28 @@ void JobManager::FailOrRestart(Change& c, const std::string& reason) {
     return;
   }
   Transition(c, v1::FAILED, reason);
+}
+
+void JobManager::Stopped(Change& c, int signal, int64_t step) {
+  Entry& e = *c.entry;
+  v1::Job& job = e.job;
+  const std::string at = " at step " + std::to_string(step) + " after a checkpoint";
+  if (!Preemption(signal)) {
+    Transition(c, v1::CANCELLED,
+               "cancelled by " + SignalName(signal) + at +
+                   "; continue it with `grove-launch --resume " + job.id() + "`");
+    return;
+  }
+  Transition(c, v1::PREEMPTED,
+             "preempted (" + SignalName(signal) + ")" + at +
+                 "; the next launch (grove-launch --resume " + job.id() +
+                 ", or a requeued Slurm job) resumes from it");
+  // The next launch is a new attempt, like a restart, that does not count as one.
+  job.set_attempt(job.attempt() + 1);
+  job.set_preemptions(job.preemptions() + 1);
+  job.clear_workers();
+  e.last_seen.clear();
+  e.waiting_for_ranks = false;  // a preempted job may wait in a scheduler's queue for long
 }
 
 void JobManager::TouchWorker(Change& c, v1::WorkerInfo* w) {
@@ -822,7 +876,7 @@ grpc::Status JobManager::Register(const v1::RegisterWorkerRequest& req,
   gc->set_ep(co.ep);
   gc->set_edp(co.edp);
   resp->set_config_json(job.resolved_config_json());
-  resp->set_resume(job.attempt() > 0);
+  resp->set_resume(job.attempt() > 0 || job.spec().resume());
   resp->set_heartbeat_interval_ms(options_.heartbeat_interval.count());
   resp->set_heartbeat_timeout_ms(options_.heartbeat_timeout.count());
   for (const auto& wk : job.workers()) {
@@ -957,34 +1011,66 @@ grpc::Status JobManager::ReportExit(const v1::ReportExitRequest& req,
   v1::Job& job = e->job;
   resp->set_state(job.state());
   if (req.attempt() != job.attempt()) return grpc::Status::OK;  // an attempt that is over
+  const bool live_state = !rpc::IsTerminal(job.state()) && job.state() != v1::RESTARTING &&
+                          job.state() != v1::PREEMPTED;
+  // A launcher's report says how the process ended, as mpirun/srun saw it.
+  const std::string how = req.exit_signal() != 0
+                              ? "was killed by signal " + std::to_string(req.exit_signal()) + " (" +
+                                    SignalName(req.exit_signal()) + ")"
+                              : "exited with code " + std::to_string(req.exit_code());
   v1::WorkerInfo* w = FindWorker(*e, req.rank());
+  if (w == nullptr && req.from_launcher()) {
+    // A rank that ended before it registered: the job cannot start this attempt.
+    if (!live_state) return grpc::Status::OK;
+    const v1::Job before = job;
+    Change c{e, {}, {}};
+    FailOrRestart(c, "rank " + std::to_string(req.rank()) + " (host " + req.host() +
+                         (req.pid() ? ", pid " + std::to_string(req.pid()) : "") + ") " + how +
+                         " before registering (reported by the launcher)" +
+                         (req.message().empty() ? "" : ": " + req.message()));
+    if (grpc::Status st = Commit(c, before, &wake); !st.ok()) return st;
+    resp->set_state(job.state());
+    l.unlock();
+    for (auto& fn : wake) fn();
+    return grpc::Status::OK;
+  }
   if (w == nullptr)
     return Precondition("rank " + std::to_string(req.rank()) + " is not registered for job " +
                         job.id() + " (attempt " + std::to_string(job.attempt()) + ")");
-  if (w->exited()) return grpc::Status::OK;  // a retried report
+  if (w->exited()) return grpc::Status::OK;  // a retried report, or the launcher's after the rank's
+  if (req.from_launcher() && req.pid() != 0 && req.pid() != w->pid())
+    return grpc::Status::OK;  // about another process than the one registered
   const v1::Job before = job;
   Change c{e, {}, {}};
   w->set_exited(true);
   w->set_exit_code(req.exit_code());
   w->set_exit_message(req.message());
-  w->set_step(req.final_step());
+  w->set_stop_signal(req.stop_signal());
+  w->set_exit_signal(req.exit_signal());
+  if (!req.from_launcher()) w->set_step(req.final_step());
   TouchWorker(c, w);
   e->last_seen.erase(req.rank());
-  AddMessage(c, DescribeWorker(*w) + " exited with code " + std::to_string(req.exit_code()) +
-                    " at step " + std::to_string(req.final_step()) +
-                    (req.message().empty() ? "" : ": " + req.message()));
-  if (!rpc::IsTerminal(job.state()) && job.state() != v1::RESTARTING) {
-    if (req.exit_code() != 0 && !job.cancel_requested()) {
-      FailOrRestart(c, DescribeWorker(*w) + " exited with code " + std::to_string(req.exit_code()) +
-                           (req.message().empty() ? "" : ": " + req.message()));
+  const std::string what = req.from_launcher()
+                               ? DescribeWorker(*w) + " " + how + " at step " +
+                                     std::to_string(w->step()) + " (reported by the launcher)"
+                               : DescribeWorker(*w) + " exited with code " +
+                                     std::to_string(req.exit_code()) + " at step " +
+                                     std::to_string(req.final_step());
+  AddMessage(c, what + (req.message().empty() ? "" : ": " + req.message()));
+  if (live_state) {
+    if ((req.exit_code() != 0 || req.exit_signal() != 0) && !job.cancel_requested()) {
+      FailOrRestart(c, what + (req.message().empty() ? "" : ": " + req.message()));
     } else {
       bool all = job.workers_size() == job.layout().world_size();
       int64_t min_step = INT64_MAX;
       bool clean = true;
+      int stop_signal = 0;  // a cancel (SIGINT/SIGUSR2) outweighs a preemption
       for (const auto& wk : job.workers()) {
         all &= wk.exited();
         min_step = std::min(min_step, wk.step());
         clean &= wk.exit_code() == 0;
+        if (wk.stop_signal() != 0 && (stop_signal == 0 || !Preemption(wk.stop_signal())))
+          stop_signal = wk.stop_signal();
       }
       if (all) {
         if (job.cancel_requested())
@@ -995,6 +1081,8 @@ grpc::Status JobManager::ReportExit(const v1::ReportExitRequest& req,
           Transition(c, v1::SUCCEEDED,
                      "all " + std::to_string(job.workers_size()) + " ranks finished step " +
                          std::to_string(min_step));
+        else if (clean && stop_signal != 0)
+          Stopped(c, stop_signal, min_step);
         else
           Transition(c, v1::FAILED,
                      "the workers exited at step " + std::to_string(min_step) +

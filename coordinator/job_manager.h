@@ -2,9 +2,11 @@
 // heartbeats and liveness, exits, cancellation, and the event log WatchJob streams.
 //
 // States: PENDING -> RUNNING -> SUCCEEDED | FAILED | CANCELLED, and RUNNING -> RESTARTING ->
-// RUNNING while a job has restarts left (max_restarts). Each transition carries its reason and
-// time and is an event; terminal states never change. Every change is an event with the job's
-// next revision (1, 2, 3, ...); events are written to the JobStore before the call returns.
+// RUNNING while a job has restarts left (max_restarts), and RUNNING -> PREEMPTED -> RUNNING when
+// the workers stopped on SIGTERM after a checkpoint and the job is launched again. Each
+// transition carries its reason and time and is an event; terminal states never change. Every
+// change is an event with the job's next revision (1, 2, 3, ...); events are written to the
+// JobStore before the call returns.
 //
 // Liveness: a registered worker silent for heartbeat_timeout, or one that exits non-zero, fails
 // the job (or restarts it); the other workers' next heartbeat answers ABORT. A cancel answers
@@ -223,6 +225,9 @@ class JobManager {
   void AddMessage(Change& c, const std::string& message);
   void Transition(Change& c, grove::v1::JobState to, const std::string& reason);
   void FailOrRestart(Change& c, const std::string& reason);
+  // Every rank stopped after a checkpoint on `signal` at `step`: PREEMPTED (a new attempt that
+  // resumes when the job is launched again) or CANCELLED.
+  void Stopped(Change& c, int signal, int64_t step);
   void TouchWorker(Change& c, grove::v1::WorkerInfo* w);
   void RecordMemory(Entry& e, const grove::v1::HeartbeatRequest& req, int64_t now_ms);
   grove::v1::WorkerInfo* FindWorker(Entry& e, int rank);

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 
 namespace grove {
 
@@ -254,8 +255,24 @@ bool CoordinatorLink::SendHeartbeat(bool* more) {
 void CoordinatorLink::HeartbeatLoop() {
   const auto interval =
       std::chrono::milliseconds(std::max<int64_t>(50, assignment_.heartbeat_interval_ms()));
+  // Cut off: the coordinator unreachable for a whole heartbeat timeout (by then it has failed the
+  // job for this rank's silence) while no step finished either (the peers are gone too, e.g. a
+  // network partition): exit rather than spin in a collective until the comm watchdog fires.
+  const auto cut_off_after =
+      std::chrono::milliseconds(std::max<int64_t>(5000, assignment_.heartbeat_timeout_ms()));
+  std::optional<std::chrono::steady_clock::time_point> unreachable_since;
+  int64_t step_when_unreachable = 0;
   std::unique_lock<std::mutex> l(mu_);
   while (!stopping_) {
+    if (unreachable_since && last_step_.load() == step_when_unreachable &&
+        std::chrono::steady_clock::now() - *unreachable_since > cut_off_after) {
+      std::fprintf(stderr,
+                   "grove-worker: rank %d: cut off: coordinator %s unreachable and no step "
+                   "finished for %.1f s (a network partition?); exiting\n",
+                   options_.rank, options_.client.address.c_str(), cut_off_after.count() / 1000.0);
+      std::fflush(stderr);
+      std::_Exit(kAbortExitCode);
+    }
     if (stop_level_.load() > 1 && std::chrono::steady_clock::now() > abort_deadline_) {
       std::fprintf(stderr,
                    "grove-worker: rank %d: still running %.1f s after the coordinator's stop "
@@ -268,12 +285,19 @@ void CoordinatorLink::HeartbeatLoop() {
     bool more = false;
     const bool sent = SendHeartbeat(&more);
     l.lock();
+    if (sent) {
+      unreachable_since.reset();
+    } else if (!unreachable_since || last_step_.load() != step_when_unreachable) {
+      unreachable_since = std::chrono::steady_clock::now();  // (again) since the last progress
+      step_when_unreachable = last_step_.load();
+    }
     if (sent && more) continue;  // a backlog goes out in consecutive heartbeats
     cv_.wait_for(l, interval, [this] { return stopping_; });
   }
 }
 
-StatusOr<v1::JobState> CoordinatorLink::ReportExit(int exit_code, const std::string& message) {
+StatusOr<v1::JobState> CoordinatorLink::ReportExit(int exit_code, const std::string& message,
+                                                   int stop_signal) {
   {
     std::lock_guard<std::mutex> l(mu_);
     stopping_ = true;
@@ -298,6 +322,7 @@ StatusOr<v1::JobState> CoordinatorLink::ReportExit(int exit_code, const std::str
   req.set_exit_code(exit_code);
   req.set_message(message.substr(0, 4000));
   req.set_final_step(last_step_.load());
+  req.set_stop_signal(stop_signal);
   while (true) {
     grpc::ClientContext ctx;
     rpc::PrepareContext(&ctx, options_.client.token, options_.client.deadline);

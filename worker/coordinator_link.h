@@ -93,7 +93,9 @@ class CoordinatorLink {
 
   // Stops heartbeats, sends the metrics not yet sent, and reports the exit (retried while the
   // coordinator is unreachable, up to exit_report_timeout). Returns the job's state after it.
-  StatusOr<grove::v1::JobState> ReportExit(int exit_code, const std::string& message);
+  // stop_signal: the worker stopped after a checkpoint because of this signal (0: none).
+  StatusOr<grove::v1::JobState> ReportExit(int exit_code, const std::string& message,
+                                           int stop_signal = 0);
 
   // Set once the coordinator answered STOP or ABORT (with its reason).
   bool stop_requested() const { return stop_level_.load() > 0; }

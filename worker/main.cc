@@ -4,8 +4,14 @@
 //   mpirun -np 4 grove-worker train --coordinator 127.0.0.1:7070 --job job-000001
 // With --coordinator, every rank registers with grove-coordinator, trains with the config and
 // layout it assigns, heartbeats, stops or checkpoints when told, and reports its exit.
+// SIGTERM/SIGUSR1 (preemption) and SIGINT/SIGUSR2 (cancel) stop every rank at the same step with
+// a checkpoint (worker/stop_signals.h); the exit says which, so the job can be resumed.
 #include <CLI/CLI.hpp>
+#include <chrono>
+#include <csignal>
 #include <cstdio>
+#include <cstring>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -13,6 +19,7 @@
 #include "comm/mpi_communicator.h"
 #include "parallel/grid.h"
 #include "worker/coordinator_link.h"
+#include "worker/stop_signals.h"
 #include "worker/trainer.h"
 
 namespace {
@@ -47,6 +54,12 @@ int main(int argc, char** argv) {
       "--stop-after", run.stop_after,
       "stop after this step (with a checkpoint); the schedule still uses train.steps");
   train->add_flag("--quiet,-q", run.quiet, "no progress lines");
+  double stop_grace_s = std::chrono::duration<double>(grove::StopSignals::kDefaultGrace).count();
+  train
+      ->add_option("--stop-grace", stop_grace_s,
+                   "seconds after SIGTERM/SIGINT within which the checkpoint must be written; "
+                   "past it the worker exits without one")
+      ->check(CLI::Range(0.1, 3600.0));
   grove::CoordinatorLinkOptions link_options;
   std::string token_file;
   train->add_option("--coordinator", link_options.client.address,
@@ -82,16 +95,22 @@ int main(int argc, char** argv) {
   if (dp >= 0) overrides.push_back("parallel.dp=" + std::to_string(dp));
   if (no_sp) overrides.push_back("parallel.sequence_parallel=false");
 
+  // Declared before the MPI session so that it stands the grace timer down only once the
+  // process is past MPI_Finalize.
+  struct GraceTimerOff {
+    ~GraceTimerOff() { grove::StopSignals::Finished(); }
+  } grace_timer_off;
   grove::comm::MpiSession mpi(&argc, &argv);
+  grove::StopSignals::Install(std::chrono::milliseconds(static_cast<int64_t>(stop_grace_s * 1000)));
   const int rank = mpi.world_rank();
   std::unique_ptr<grove::CoordinatorLink> link;
   // With a coordinator every exit is reported to it (code and message) before returning.
-  auto finish = [&](int code, const std::string& message) {
+  auto finish = [&](int code, const std::string& message, int stop_signal = 0) {
     if (code != 0 && (link == nullptr || rank == 0 || code == 3))
       std::fprintf(stderr, "grove-worker: error%s: %s\n",
                    code == 3 ? (" on rank " + std::to_string(rank)).c_str() : "", message.c_str());
     if (link != nullptr) {
-      auto state = link->ReportExit(code, message);
+      auto state = link->ReportExit(code, message, stop_signal);
       if (!state.ok()) std::fprintf(stderr, "grove-worker: %s\n", state.status().message().c_str());
     }
     return code;
@@ -139,22 +158,44 @@ int main(int argc, char** argv) {
       if (!g.ok()) return link ? finish(2, g.status().message()) : fail(rank, g.status().message());
       grid = std::make_unique<grove::parallel::ParallelGrid>(std::move(g).value());
     }
+    // After every step: the coordinator's decision (if any) and the stop signals' vote, each
+    // one collective over the world, so every rank acts alike at the same step.
+    grove::comm::Communicator* world_comm = grid ? &grid->world() : nullptr;
+    std::function<grove::StepControl(const grove::StepMetrics&)> link_hook;
+    grove::StopCause stop_cause = grove::StopCause::kNone;
     if (link) {
-      run.on_step = link->StepHook(grid ? &grid->world() : nullptr);
+      link_hook = link->StepHook(world_comm);
       run.on_checkpoint = [l = link.get()](int step, const std::string& path) {
         l->RecordCheckpoint(step, path);
       };
     }
+    run.on_step = [&](const grove::StepMetrics& m) {
+      const grove::StepControl control = link_hook ? link_hook(m) : grove::StepControl::kContinue;
+      stop_cause = grove::StopSignals::Agree(world_comm);
+      return stop_cause != grove::StopCause::kNone ? grove::StepControl::kStop : control;
+    };
     auto trainer = grove::Trainer::Create(config.value(), run, grid.get());
     if (!trainer.ok())
       return link ? finish(2, trainer.status().message()) : fail(rank, trainer.status().message());
     st = trainer.value()->Run();
     if (!st.ok()) return link ? finish(2, st.message()) : fail(rank, st.message());
+    const std::string at = "at step " + std::to_string(trainer.value()->step());
+    if (link && link->abort_requested())
+      return finish(grove::CoordinatorLink::kAbortExitCode,
+                    "stopped " + at + ": " + link->stop_reason());
+    if (stop_cause != grove::StopCause::kNone) {
+      // This rank's own signal, or the one its peers received (the same cause).
+      int sig = grove::StopSignals::signal();
+      if (grove::StopSignals::cause() != stop_cause)
+        sig = stop_cause == grove::StopCause::kPreempted ? SIGTERM : SIGINT;
+      const std::string message = std::string(grove::StopCauseName(stop_cause)) + " (SIG" +
+                                  sigabbrev_np(sig) + "): stopped " + at + " after a checkpoint";
+      if (rank == 0) std::fprintf(stderr, "grove-worker: %s\n", message.c_str());
+      // With a coordinator the job's state tells the story and mpirun must not cut the other
+      // ranks' reports short: exit 0. Alone, 128 + signal, as a shell reports a signal.
+      return link ? finish(0, message, sig) : 128 + sig;
+    }
     if (link) {
-      const std::string at = "at step " + std::to_string(trainer.value()->step());
-      if (link->abort_requested())
-        return finish(grove::CoordinatorLink::kAbortExitCode,
-                      "stopped " + at + ": " + link->stop_reason());
       return finish(0, link->stop_requested()
                            ? "stopped " + at + " after a checkpoint: " + link->stop_reason()
                            : "finished " + at);
