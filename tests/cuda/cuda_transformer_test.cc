@@ -63,6 +63,7 @@ struct OracleCase {
   GpuPrecision precision;
   Recompute mode;
   bool moe = false;
+  bool moe_every_block = false;  // both blocks MoE (each layer's backward uses its own counts)
 };
 // The oracle's seed (weights and batch). The MoE cases use one whose smallest top-k logit margin
 // (0.087) is well above bf16's logit error, so that bf16 routing agrees with float64 routing.
@@ -81,6 +82,7 @@ template <typename T>
 void CheckAgainstOracleT(const OracleCase& c) {
   const int batch = 3, seq = 16;
   nlohmann::json cfg_json = c.moe ? MoeConfig() : SmallConfig();
+  if (c.moe_every_block) cfg_json["moe"]["every"] = 1;
   std::string args = "'";  // built piecewise: GCC 12 misreports -Wrestrict on "'" + string
   args += cfg_json.dump();
   args += "' " + std::to_string(batch) + " " + std::to_string(seq) + " " +
@@ -159,6 +161,9 @@ TEST_F(GpuTransformerTest, MoeFp32MatchesTorch) {
 }
 TEST_F(GpuTransformerTest, MoeFp32FullRecomputeMatchesTorch) {
   CheckAgainstOracle({"moe_fp32_full", GpuPrecision::kFp32, Recompute::kFull, true});
+}
+TEST_F(GpuTransformerTest, MoeEveryBlockFp32MatchesTorch) {
+  CheckAgainstOracle({"moe2_fp32", GpuPrecision::kFp32, Recompute::kSelective, true, true});
 }
 TEST_F(GpuTransformerTest, MoeBf16MatchesTorch) {
   CheckAgainstOracle({"moe_bf16", GpuPrecision::kBf16, Recompute::kSelective, true});
