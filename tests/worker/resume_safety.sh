@@ -13,7 +13,7 @@ if [ ! -f "$data/train.bin" ]; then
   exit 0
 fi
 tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+trap 'umount "$tmp/full" 2>/dev/null; rm -rf "$tmp"' EXIT
 failures=0
 export OMP_NUM_THREADS=1
 
@@ -95,6 +95,27 @@ if "$worker" train "${tiny[@]}" --set "out_dir=$tmp/empty" --set train.steps=2 -
   echo "ok   resume-nothing-saved: started at step 0"
 else
   echo "FAIL resume-nothing-saved:"; cat "$tmp/err"; failures=$((failures + 1))
+fi
+
+# A full disk: the save fails naming the cause, leaves no partial step_*.tmp behind (the disk does
+# not stay full) and the previous checkpoint stays the latest (a 10 MiB tmpfs: one tiny-model
+# checkpoint fits, the second does not). Skipped where tmpfs cannot be mounted (not root).
+full=$tmp/full
+mkdir -p "$full"
+if mount -t tmpfs -o size=10m tmpfs "$full" 2>/dev/null; then
+  "$worker" train "${tiny[@]}" --set "out_dir=$full/run" --set train.steps=4 >"$tmp/out" 2>"$tmp/err"
+  rc=$?
+  ck=$full/run/checkpoints
+  if [ $rc -ne 0 ] && grep -q "No space left on device" "$tmp/err" && [ -z "$(ls -d "$ck"/*.tmp 2>/dev/null)" ] &&
+     [ "$(cat "$ck/latest")" = step_00000002 ] && [ ! -e "$ck/step_00000004" ]; then
+    echo "ok   disk-full: $(sed "s|$tmp|TMP|g" "$tmp/err" | head -1 | cut -c1-150)...; no .tmp left, latest step_00000002"
+  else
+    echo "FAIL disk-full: rc=$rc, left: $(ls "$ck" 2>&1 | tr '\n' ' ')"; cat "$tmp/err"
+    failures=$((failures + 1))
+  fi
+  umount "$full"
+else
+  echo "skip disk-full: cannot mount a tmpfs here (not root)"
 fi
 
 # Two tensor-parallel ranks: rank 1 alone reads its shard; a flipped byte there is reported by
