@@ -1,5 +1,5 @@
 // The activation stash: every tensor the forward keeps for the backward, as named buffers sized
-// once before step 0 (STYLE.md rule 3). The recompute mode is a policy that changes which
+// once before step 0 (docs/memory.md). The recompute mode is a policy that changes which
 // buffers exist, so the bytes reported here are exactly what the mode keeps:
 //   none       every block keeps all its intermediates, including attention probabilities;
 //   selective  as none, minus the attention probabilities [b, a, s, s], which the attention

@@ -1,6 +1,7 @@
 // Generator: greedy decoding of a trained transformer with a context-parallel (CP) KV cache.
 //
-// The same model as model/transformer.h, one token at a time (B = 1):
+// The model of model/transformer.h itself (its forward, one token at a time: B = S = 1), with
+// each block's attention taken against the cache (Transformer::set_attention):
 //   x = wte[token];  per layer: x += Wo · attn(rope(Wq·rms1(x)), cache ∪ rope(Wk·rms1(x)), Wv·…)
 //                               x += Wdown · (silu(Wgate·rms2(x)) * Wup·rms2(x))
 //   logits = lm_head · rmsf(x)
@@ -20,6 +21,7 @@
 #include "comm/communicator.h"
 #include "core/tensor.h"
 #include "spec/model_config.h"
+#include "model/transformer.h"
 #include "model/weights.h"
 #include "parallel/cp_attention.h"
 #include "parallel/kv_cache.h"
@@ -28,9 +30,9 @@ namespace grove {
 
 class Generator {
  public:
-  // `weights` are the full (tp = 1) parameters of `config`, identical on every CP rank (shared,
-  // not copied: they must outlive the generator). cp: the context-parallel group, nullptr for one
-  // process. capacity: the most tokens (prompt + generated) the context may hold.
+  // `weights` are the full (tp = 1) parameters of `config`, identical on every CP rank (copied
+  // into the model). cp: the context-parallel group, nullptr for one process. capacity: the most
+  // tokens (prompt + generated) the context may hold, at most model.max_seq_len.
   Generator(const ModelConfig& config, const Weights& weights, comm::Communicator* cp, int capacity,
             CpAttention attention = CpAttention::kTree);
 
@@ -51,24 +53,11 @@ class Generator {
 
  private:
   ModelConfig config_;
-  const Weights& w_;
   comm::Communicator* cp_;
   parallel::ShardedKvCache cache_;
   parallel::DecodeAttention attn_;
-  Tensor rope_cos_, rope_sin_;  // [capacity, d/2]
-  // One token's activations.
-  Tensor x_;      // [h] residual stream
-  Tensor ln_;     // [h] normalised input of a projection
-  Tensor rstd_;   // [1]
-  Tensor q_;      // [a*d]
-  Tensor k_, v_;  // [k*d]
-  Tensor att_;    // [a*d]
-  Tensor proj_;   // [h] output projection (attention or MLP)
-  void moe_forward(const LayerWeights& w, const float* ln, float* x);
-  Tensor gate_;    // [f]
-  Tensor up_;      // [f]
-  Tensor act_;     // [f]
-  Tensor logits_;  // [V]
+  Transformer model_;  // B = S = 1, no gradients
+  int pos_ = 0;        // position of the token being run
 };
 
 // Index of the largest value (the first one on ties).

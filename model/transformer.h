@@ -24,7 +24,7 @@
 // grads() across backward calls (gradient accumulation); call zero_grads() at the start of each
 // optimizer step.
 //
-// Parallelism (docs/tensor-parallel.md, docs/context-parallel.md, docs/moe.md): with a
+// Parallelism (docs/tensor_parallel.md, docs/attention.md, docs/moe.md): with a
 // ParallelGrid the block's projections are column/row parallel over the TP group (heads and
 // SwiGLU columns split), the embedding and LM head are vocabulary-parallel, and with sequence
 // parallelism the residual stream and norms live on [s/t, b, h] (g before each column-parallel
@@ -36,6 +36,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <type_traits>
@@ -85,8 +86,10 @@ class TransformerT {
   // (cp > 1) this rank holds the zigzag shard of seq/cp positions (chunks r and 2cp−1−r of 2cp,
   // for causal load balance) and attention runs across the CP group (tree or ring attention);
   // everything else is local to the shard. Parameters start as Weights::Init(config), sharded.
+  // `training` false (decoding, model/generate.h): no gradient buffers; backward() must not be
+  // called.
   TransformerT(const ModelConfig& config, int batch, int seq, Recompute mode,
-               ModelParallel parallel = {});
+               ModelParallel parallel = {}, bool training = true);
   TransformerT(const TransformerT&) = delete;
   TransformerT& operator=(const TransformerT&) = delete;
 
@@ -120,6 +123,14 @@ class TransformerT {
   // `finalize` (the last micro-batch of a step) also reduces the gradients over TP (norm weights
   // under SP) and DP, so grads() then hold the gradient of the global loss.
   void backward(float loss_scale = 1.0f, bool finalize = true);
+
+  // Decoding (model/generate.h) runs this model's forward one position at a time: `attend`
+  // replaces each block's causal attention over the batch. It receives the block index and, for
+  // the N rows, q [N, a*d] and k, v [N, kv*d] after RoPE, and writes att [N, a*d]; RoPE puts row
+  // s at position pos0 + s (set_position). No lse is kept: no backward after such a forward.
+  using AttendFn = std::function<void(int layer, T* att, const T* q, const T* k, const T* v)>;
+  void set_attention(AttendFn attend) { attend_ = std::move(attend); }
+  void set_position(int pos0);
 
   // Logits of the last forward, [N, V/t] on the device; valid until backward() overwrites them.
   const Tensor& logits() const { return stash_.logits; }
@@ -194,6 +205,8 @@ class TransformerT {
   std::conditional_t<kHost, HostParallel, NoHostParallel> hp_;
   std::vector<std::unique_ptr<MoeImpl>> moe_;  // per block; null for dense blocks
   std::unique_ptr<typename LocalMoe<B>::Scratch> moe_scratch_;  // device backends
+  AttendFn attend_;  // decoding: attention against a KV cache
+  int pos0_ = 0;     // RoPE position of row 0 (decoding)
   float moe_loss_ = 0;
   float loss_scale_ = 1;  // of the running backward (the MoE aux/z weight)
   double global_valid_ = 0;

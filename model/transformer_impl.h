@@ -85,7 +85,7 @@ Tensor TransformerT<B>::alloc(Shape shape, DType dtype) {
 
 template <class B>
 TransformerT<B>::TransformerT(const ModelConfig& config, int batch, int seq, Recompute mode,
-                              ModelParallel parallel)
+                              ModelParallel parallel, bool training)
     : config_(config), b_(batch), s_(seq), mode_(mode), par_(parallel) {
   namespace par = parallel;
   using transformer_detail::group_or_null;
@@ -126,9 +126,11 @@ TransformerT<B>::TransformerT(const ModelConfig& config, int batch, int seq, Rec
   // Parameters: one flat fp32 buffer (and its gradient) with named views; a compute copy in T.
   layout_ = ParamLayout::Of(config_, t_, ep);
   params_flat_ = alloc({layout_.size}, DType::kF32);
-  grads_flat_ = alloc({layout_.size}, DType::kF32);
   params_ = Weights::View(params_flat_, layout_);
-  grads_ = Weights::View(grads_flat_, layout_);
+  if (training) {
+    grads_flat_ = alloc({layout_.size}, DType::kF32);
+    grads_ = Weights::View(grads_flat_, layout_);
+  }
   if constexpr (std::is_same_v<T, float>) {
     compute_ = params_;
   } else {
@@ -178,21 +180,24 @@ TransformerT<B>::TransformerT(const ModelConfig& config, int batch, int seq, Rec
     for (int l = 0; l < config_.n_layers; ++l) {
       if (!config_.is_moe_layer(l)) continue;
       const LayerWeights& w = compute_.layers[l];
-      LayerWeights& g = grads_.layers[l];
+      const LayerWeights g = training ? grads_.layers[l] : LayerWeights{};
       if constexpr (kHost) {
         moe_[l] = std::make_unique<par::MoeLayer>(mc, h_, fe, static_cast<int>(rows_), ep_group,
                                                   stats);
         if (mc.lsh.enabled)
           moe_[l]->set_dispatcher(
               std::make_unique<par::LshDispatcher>(mc.num_experts, h_, ep_group, mc.lsh));
+        std::vector<NamedTensor> gv;  // decoding: the layer keeps its own (unused) gradients
+        if (training)
+          gv = {{"router", g.router},
+                {"experts.w_gate", g.e_gate},
+                {"experts.w_up", g.e_up},
+                {"experts.w_down", g.e_down}};
         moe_[l]->bind({{"router", params_.layers[l].router},
                        {"experts.w_gate", w.e_gate},
                        {"experts.w_up", w.e_up},
                        {"experts.w_down", w.e_down}},
-                      {{"router", g.router},
-                       {"experts.w_gate", g.e_gate},
-                       {"experts.w_up", g.e_up},
-                       {"experts.w_down", g.e_down}});
+                      gv);
       } else {
         moe_[l] = std::make_unique<LocalMoe<B>>(mc, h_, fe, N_, stats, moe_scratch_.get());
         moe_[l]->bind(w.router, w.e_gate, w.e_up, w.e_down, g.router, g.e_gate, g.e_up, g.e_down);
@@ -225,6 +230,14 @@ TransformerT<B>::TransformerT(const ModelConfig& config, int batch, int seq, Rec
 }
 
 // ---- parameters --------------------------------------------------------------------------------
+
+template <class B>
+void TransformerT<B>::set_position(int pos0) {
+  GROVE_CHECK(pos0 >= 0 && pos0 + s_ <= config_.max_seq_len)
+      << "position " << pos0 << " + " << s_ << " rows exceeds model.max_seq_len "
+      << config_.max_seq_len;
+  pos0_ = pos0;
+}
 
 template <class B>
 void TransformerT<B>::sync_compute_weights() {
@@ -270,9 +283,9 @@ void TransformerT<B>::rope(T* x, int heads, bool backward) {
     }
   }
   if (backward)
-    B::rope_backward(x, c, sn, s_, b_, heads, d_, 0);
+    B::rope_backward(x, c, sn, s_, b_, heads, d_, pos0_);
   else
-    B::rope_forward(x, c, sn, s_, b_, heads, d_, 0);
+    B::rope_forward(x, c, sn, s_, b_, heads, d_, pos0_);
 }
 
 template <class B>
@@ -343,8 +356,12 @@ void TransformerT<B>::block_forward(int l, BlockActivations& a) {
   rope(p(a.q), heads_, /*backward=*/false);
   rope(p(a.k), kv_heads_, /*backward=*/false);
   bool done = false;
+  if (attend_) {  // decoding: attention against the KV cache
+    attend_(l, p(a.att), p(a.q), p(a.k), p(a.v));
+    done = true;
+  }
   if constexpr (kHost) {
-    if (hp_.cp_attn) {  // tree or ring attention over the CP group, global lse
+    if (!done && hp_.cp_attn) {  // tree or ring attention over the CP group, global lse
       hp_.cp_attn->forward(f(a.att), f(a.lse), f(a.q), f(a.k), f(a.v));
       done = true;
     }
@@ -524,6 +541,7 @@ float TransformerT<B>::forward(const int32_t* tokens, const int32_t* targets) {
 
 template <class B>
 void TransformerT<B>::backward(float loss_scale, bool finalize) {
+  GROVE_CHECK(grads_flat_.defined()) << "backward() of a model built for decoding (training=false)";
   const int N = N_, V = config_.vocab_size, R = static_cast<int>(rows_);
   const int L = config_.n_layers;
   // Dense gradients are summed over every rank holding distinct tokens of the same shard: the

@@ -165,15 +165,16 @@ void MoeLayer::bind(const std::vector<NamedTensor>& params,
   Tensor* mine[] = {&router_w_, &w_gate_, &w_up_, &w_down_};
   Tensor* mine_g[] = {&d_router_w_, &dw_gate_, &dw_up_, &dw_down_};
   const std::vector<NamedTensor> names = this->params();
-  GROVE_CHECK(params.size() == 4 && grads.size() == 4) << "MoeLayer::bind: 4 tensors each";
+  GROVE_CHECK(params.size() == 4 && (grads.size() == 4 || grads.empty()))
+      << "MoeLayer::bind: 4 parameters and 4 or no gradients";
   for (int i = 0; i < 4; ++i) {
-    GROVE_CHECK(params[i].name == names[i].name && grads[i].name == names[i].name &&
-                params[i].tensor.shape() == mine[i]->shape() &&
-                grads[i].tensor.shape() == mine[i]->shape())
+    GROVE_CHECK(params[i].name == names[i].name && params[i].tensor.shape() == mine[i]->shape() &&
+                (grads.empty() || (grads[i].name == names[i].name &&
+                                   grads[i].tensor.shape() == mine[i]->shape())))
         << "MoeLayer::bind: '" << params[i].name << "' " << shape_str(params[i].tensor.shape())
         << ", want '" << names[i].name << "' " << shape_str(mine[i]->shape());
     *mine[i] = params[i].tensor;
-    *mine_g[i] = grads[i].tensor;
+    if (!grads.empty()) *mine_g[i] = grads[i].tensor;
   }
 }
 

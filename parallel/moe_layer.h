@@ -100,7 +100,7 @@ class MoeLayer {
   void zero_grads();
   // Replaces the layer's parameter and gradient tensors by views owned elsewhere (e.g. the
   // model's flat buffers), same names and shapes as params() / grads(); the layer then reads and
-  // accumulates into them.
+  // accumulates into them. No gradients (empty): the layer keeps its own.
   void bind(const std::vector<NamedTensor>& params, const std::vector<NamedTensor>& grads);
 
   // The full parameters of all E experts from `seed` (same names, expert tensors with E rows):

@@ -195,7 +195,7 @@ void adamw_update(float* param, const float* grad, float* m, float* v, int64_t n
                   float beta1, float beta2, float eps, float weight_decay, int step,
                   cudaStream_t stream = 0);
 
-// ---- Mixture of experts (DESIGN §7) ------------------------------------------------------------
+// ---- Mixture of experts (docs/moe.md) ----------------------------------------------------------
 // The GPU counterpart, for one process (no expert parallelism, stats group of one), of
 // parallel/moe_router.h (route), moe_dispatcher.cc (permute, combine) and moe_experts.h (grouped
 // expert GEMMs). Legend: N tokens, C model dim, E experts, k experts per token
