@@ -499,6 +499,7 @@ grpc::Status JobManager::Submit(const v1::SubmitJobRequest& req, v1::SubmitJobRe
           PlanJob(req.spec(), options_.paths, &layout, &resolved, &total_steps, &out_dir);
       !st.ok())
     return st;
+  if (options_.submit_planned_hook) options_.submit_planned_hook();
 
   std::vector<Waker> wake;
   std::unique_lock<std::mutex> l(mu_);

@@ -55,10 +55,10 @@ struct Limits {
   static constexpr size_t kDevicesBytes = 1024;
   static constexpr size_t kReasonBytes = 1024;         // cancel reason
   static constexpr size_t kExitMessageBytes = 4096;
-  static constexpr int kMetricsPerHeartbeat = 1000;
+  static constexpr int kMetricsPerHeartbeat = 256;
   static constexpr int kExpertLayers = 1024;           // expert_load entries per metric
   static constexpr int kExpertsPerLayer = 4096;        // counts per expert_load entry
-  static constexpr int kExpertCountsPerHeartbeat = 262144;
+  static constexpr int kExpertCountsPerHeartbeat = 65536;
   static constexpr int kCheckpointsPerHeartbeat = 16;
   static constexpr size_t kPathBytes = 4096;
   static constexpr size_t kCheckpointsKept = 256;      // newest Job.checkpoints kept
@@ -79,6 +79,9 @@ struct ManagerOptions {
   // A PENDING job that no worker joined for this long fails ("never launched").
   std::chrono::milliseconds pending_timeout{std::chrono::hours(24)};
   PathPolicy paths;  // where jobs may read data and write runs (default: any absolute path)
+  // Tests only: runs in SubmitJob after the spec was planned, before the job is inserted (lets a
+  // test line up concurrent submits there).
+  std::function<void()> submit_planned_hook;
 };
 
 class JobManager {

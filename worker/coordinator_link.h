@@ -64,8 +64,8 @@ class CoordinatorLink {
  public:
   static constexpr int kAbortExitCode = 75;
   // The coordinator's per-heartbeat limits (proto/grove.proto).
-  static constexpr size_t kMetricsPerHeartbeat = 1000;
-  static constexpr size_t kExpertCountsPerHeartbeat = 262144;
+  static constexpr size_t kMetricsPerHeartbeat = 256;
+  static constexpr size_t kExpertCountsPerHeartbeat = 65536;
   static constexpr size_t kCheckpointsPerHeartbeat = 16;
 
   // Registers this rank. Errors: the coordinator's refusal (unknown job, rank already

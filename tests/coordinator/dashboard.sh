@@ -47,6 +47,7 @@ export GROVE_TOKEN_FILE=$T/token
 
 "$COORD" --listen 127.0.0.1:0 --port-file "$T/port" --http 127.0.0.1:0 \
   --http-port-file "$T/http-port" --db "$T/grove.db" --heartbeat-timeout 5 \
+  --data-root "$DATA" --run-root "$T" \
   --registration-timeout 60 > "$T/coord.log" 2>&1 &
 CPID=$!
 for _ in $(seq 100); do [ -s "$T/port" ] && break; sleep 0.1; done
@@ -91,10 +92,13 @@ JSON
 sed 's/"steps": 100000/"steps": 60/' "$T/job.json" > "$T/moe.json"
 JOB=$("$GROVE" submit -c "$T/job.json" --world 2 --ep 2 --name dashboard-live -q)
 MOE_JOB=$("$GROVE" submit -c "$T/moe.json" --world 1 --name synthetic-moe -q)
-mpirun --allow-run-as-root --oversubscribe --mca btl self,vader -np 2 \
+# Each job's workers get its attempt's credential in the environment.
+GROVE_WORKER_TOKEN=$("$GROVE" worker-token "$JOB") mpirun --allow-run-as-root --oversubscribe \
+  --mca btl self,vader -np 2 -x GROVE_WORKER_TOKEN \
   "$WORKER" train --coordinator "$GROVE_COORDINATOR" --job "$JOB" -q > "$T/mpirun.log" 2>&1 &
 MPID=$!
-"$FEEDER" --coordinator "$GROVE_COORDINATOR" --job "$MOE_JOB" --steps 60 --interval-ms 20 \
+GROVE_WORKER_TOKEN=$("$GROVE" worker-token "$MOE_JOB") \
+  "$FEEDER" --coordinator "$GROVE_COORDINATOR" --job "$MOE_JOB" --steps 60 --interval-ms 20 \
   > "$T/feeder.log" 2>&1 &
 FPID=$!
 wait_until 60 "step 3 of $JOB" at_step "$JOB" 3

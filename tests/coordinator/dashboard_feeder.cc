@@ -66,8 +66,9 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   if (client.address.rfind("127.0.0.1:", 0) != 0 && client.address.rfind("localhost:", 0) != 0)
     return Fail("loopback addresses only");
-  auto token = grove::rpc::ResolveToken("", "");
+  auto token = grove::rpc::ResolveWorkerToken();  // the job's worker credential
   if (!token.ok()) return Fail(token.status().message());
+  if (token.value().empty()) return Fail("set GROVE_WORKER_TOKEN (grove worker-token JOB)");
   client.token = token.value();
   client.deadline = std::chrono::milliseconds(5000);
   auto channel = grove::rpc::MakeChannel(client);

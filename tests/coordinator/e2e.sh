@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # End-to-end runs: a real grove-coordinator on loopback, real `mpirun grove-worker` ranks, the
 # grove CLI. One scenario per invocation (one ctest entry each):
-#   e2e.sh SCENARIO COORDINATOR GROVE WORKER LOAD_CLIENT DATA_DIR
+#   e2e.sh SCENARIO COORDINATOR GROVE WORKER LOAD_CLIENT DATA_DIR HEARTBEAT_LOAD
 # Scenarios: success, kill, cancel, restart (of the coordinator), relaunch (grove-launch re-runs
-# failed workers from their checkpoint), refusals, load.
+# failed workers from their checkpoint), refusals (roles, paths, CLI output), load, heartbeat
+# (GetJob p99 while maximal heartbeats arrive), dbloss (the database deleted under it).
+# The coordinator confines jobs to --data-root DATA_DIR and --run-root (the test's folder); the
+# workers get their attempt's credential from `grove worker-token`, in the environment.
 set -euo pipefail
-SCENARIO=$1 COORD=$2 GROVE=$3 WORKER=$4 LOAD=$5 DATA=$6
+SCENARIO=$1 COORD=$2 GROVE=$3 WORKER=$4 LOAD=$5 DATA=$6 HB_LOAD=${7:-}
 NP=${GROVE_E2E_NP:-2}
 LAUNCH=$(cd "$(dirname "$0")/../.." && pwd)/launch/grove-launch
 HB_TIMEOUT=3
@@ -38,6 +41,7 @@ PORT=0
 start_coordinator() {
   rm -f "$T/port"
   "$COORD" --listen "127.0.0.1:$PORT" --port-file "$T/port" --db "$T/grove.db" \
+    --data-root "$DATA" --run-root "$T" "$@" \
     --heartbeat-timeout $HB_TIMEOUT --registration-timeout 60 >> "$T/coord.log" 2>&1 &
   CPID=$!
   for _ in $(seq 100); do [ -s "$T/port" ] && break; sleep 0.1; done
@@ -74,8 +78,10 @@ write_config() {  # write_config STEPS CHECKPOINT_EVERY
 JSON
 }
 submit() { "$GROVE" submit -c "$T/job.json" --world "$1" -q "${@:2}"; }
-launch() {  # launch JOB NP
-  mpirun --allow-run-as-root --oversubscribe --mca btl self,vader -np "$2" \
+launch() {  # launch JOB NP: the job's worker credential reaches the ranks in the environment
+  GROVE_WORKER_TOKEN=$("$GROVE" worker-token "$1") || fail "no worker credential for $1"
+  GROVE_WORKER_TOKEN=$GROVE_WORKER_TOKEN mpirun --allow-run-as-root --oversubscribe \
+    --mca btl self,vader -np "$2" -x GROVE_WORKER_TOKEN \
     "$WORKER" train --coordinator "$GROVE_COORDINATOR" --job "$1" -q > "$T/mpirun.log" 2>&1 &
   MPID=$!
 }
@@ -201,14 +207,46 @@ case "$SCENARIO" in
   refusals)
     write_config 20 0
     JOB=$(submit 2)
+    WT=$("$GROVE" worker-token "$JOB")
     # Wrong world size.
-    if mpirun --allow-run-as-root -np 1 "$WORKER" train --coordinator "$GROVE_COORDINATOR" \
-      --job "$JOB" -q > "$T/w1.log" 2>&1; then fail "a world of 1 joined a world-2 job"; fi
+    if GROVE_WORKER_TOKEN=$WT mpirun --allow-run-as-root -np 1 -x GROVE_WORKER_TOKEN "$WORKER" \
+      train --coordinator "$GROVE_COORDINATOR" --job "$JOB" -q > "$T/w1.log" 2>&1; then
+      fail "a world of 1 joined a world-2 job"
+    fi
     grep -q "world_size=2" "$T/w1.log" || fail "no world size in: $(cat "$T/w1.log")"
-    # Unknown job.
-    if mpirun --allow-run-as-root -np 1 "$WORKER" train --coordinator "$GROVE_COORDINATOR" \
-      --job job-999999 -q > "$T/w2.log" 2>&1; then fail "joined an unknown job"; fi
-    grep -q "NOT_FOUND" "$T/w2.log" || fail "no NOT_FOUND in: $(cat "$T/w2.log")"
+    # Another job with this job's credential.
+    if GROVE_WORKER_TOKEN=$WT mpirun --allow-run-as-root -np 1 -x GROVE_WORKER_TOKEN "$WORKER" \
+      train --coordinator "$GROVE_COORDINATOR" --job job-999999 -q > "$T/w2.log" 2>&1; then
+      fail "joined another job"
+    fi
+    grep -q "PERMISSION_DENIED" "$T/w2.log" || fail "no PERMISSION_DENIED in: $(cat "$T/w2.log")"
+    # The user token is no worker credential.
+    if mpirun --allow-run-as-root -np 2 "$WORKER" train --coordinator "$GROVE_COORDINATOR" \
+      --job "$JOB" -q > "$T/w4.log" 2>&1; then fail "a user token registered workers"; fi
+    grep -q "PERMISSION_DENIED.*GROVE_WORKER_TOKEN" "$T/w4.log" || fail "$(cat "$T/w4.log")"
+    # Paths outside the roots name the field; nothing is created.
+    if "$GROVE" submit -c "$T/job.json" --set out_dir=/etc/grove-e2e 2> "$T/p1.log"; then
+      fail "out_dir=/etc accepted"
+    fi
+    grep -q "INVALID_ARGUMENT: spec.config_json: out_dir '/etc/grove-e2e' is outside" "$T/p1.log" ||
+      fail "$(cat "$T/p1.log")"
+    if "$GROVE" submit -c "$T/job.json" --set data.dir=$T/../.. 2> "$T/p2.log"; then
+      fail "data.dir outside the data root accepted"
+    fi
+    grep -q "data.dir" "$T/p2.log" || fail "$(cat "$T/p2.log")"
+    # The CLI shows names as text: escapes are printed, not sent to the terminal.
+    NAMED=$("$GROVE" submit -c "$T/job.json" --world 2 -q --name $'evil\e[2J\nFAKE-ROW')
+    "$GROVE" jobs > "$T/jobs.txt"
+    if grep -q $'\e' "$T/jobs.txt"; then fail "an escape byte reached the terminal"; fi
+    grep -q 'evil\\x1b\[2J\\x0aFAKE-ROW' "$T/jobs.txt" || fail "$(cat "$T/jobs.txt")"
+    [ "$(grep -c . "$T/jobs.txt")" = 3 ] || fail "a name forged a row: $(cat "$T/jobs.txt")"
+    [ "$("$GROVE" jobs --state pending --json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["jobs"]))')" = 2 ] ||
+      fail "--state pending"
+    # --json checkpoint and cancel --wait print one JSON document each.
+    "$GROVE" --json cancel "$NAMED" --wait | python3 -c 'import json,sys; d=json.load(sys.stdin); assert d["state"]=="CANCELLED", d' ||
+      fail "--json cancel --wait is not one JSON document"
+    if "$GROVE" --json checkpoint "$JOB" 2> "$T/ck.log"; then fail "checkpoint of a PENDING job"; fi
+    grep -q "FAILED_PRECONDITION" "$T/ck.log" || fail "$(cat "$T/ck.log")"
     # Wrong token: the worker and the CLI are refused, and nothing changed.
     if GROVE_TOKEN=wrong mpirun --allow-run-as-root -np 2 -x GROVE_TOKEN "$WORKER" train \
       --coordinator "$GROVE_COORDINATOR" --job "$JOB" -q > "$T/w3.log" 2>&1; then
@@ -226,9 +264,9 @@ case "$SCENARIO" in
       fail "accepted a job that does not fit"
     fi
     grep -q "per device at tp=1" "$T/m.log" || fail "$(cat "$T/m.log")"
-    [ "$("$GROVE" jobs --json | python3 -c 'import json,sys; print(len(json.load(sys.stdin).get("jobs", [])))')" = 1 ] ||
+    [ "$("$GROVE" jobs --json | python3 -c 'import json,sys; print(len(json.load(sys.stdin).get("jobs", [])))')" = 2 ] ||
       fail "rejected submits created jobs"
-    cat "$T/w1.log" "$T/w2.log" "$T/s.log" "$T/m.log"
+    cat "$T/w1.log" "$T/w2.log" "$T/w4.log" "$T/p1.log" "$T/s.log" "$T/m.log"
     ;;
   load)
     write_config 1000000 100000
@@ -240,6 +278,43 @@ case "$SCENARIO" in
     is_state "$JOB" RUNNING || fail "the job stopped during the load test: $(state "$JOB")"
     "$GROVE" cancel "$JOB" --wait --timeout 30 > /dev/null
     wait_mpirun 30
+    ;;
+  heartbeat)
+    # A healthy job trains while maximal legal heartbeats of another job arrive back to back.
+    write_config 1000000 100000
+    JOB=$(submit 1)
+    launch "$JOB" 1
+    wait_until 60 "step 3" at_step "$JOB" 3
+    "$HB_LOAD" --coordinator "$GROVE_COORDINATOR" --job "$JOB" --data-dir "$DATA" \
+      --out-dir "$T/hb" --seconds "${GROVE_HB_SECONDS:-8}" --max-p99-ms 100 | tee "$T/hb.json" ||
+      fail "heartbeat load: $(cat "$T/hb.json")"
+    is_state "$JOB" RUNNING || fail "the healthy job stopped: $(state "$JOB")"
+    "$GROVE" cancel "$JOB" --wait --timeout 30 > /dev/null
+    wait_mpirun 30
+    ;;
+  dbloss)
+    # The database deleted under a running coordinator: it stops, naming the file; a restart on
+    # a fresh file is refused; accepted on request, job numbers continue.
+    write_config 20 0
+    submit 1 > /dev/null
+    J2=$(submit 1)
+    rm -f "$T/grove.db" "$T/grove.db-wal" "$T/grove.db-shm"
+    if submit 1 2> "$T/s.log"; then fail "a submit after the database was deleted succeeded"; fi
+    grep -q "was deleted" "$T/s.log" || fail "$(cat "$T/s.log")"
+    for _ in $(seq 50); do kill -0 "$CPID" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$CPID" 2>/dev/null; then fail "the coordinator runs on without its database"; fi
+    CRC=0
+    wait "$CPID" || CRC=$?
+    CPID=""
+    [ "$CRC" != 0 ] || fail "the coordinator exited 0"
+    grep -q "grove.db was deleted" "$T/coord.log" || fail "no reason in the log"
+    if "$COORD" --db "$T/grove.db" --listen 127.0.0.1:0 --data-root "$DATA" --run-root "$T" \
+      > "$T/c2.log" 2>&1; then fail "started on a fresh database"; fi
+    grep -q "accept-new-database" "$T/c2.log" || fail "$(cat "$T/c2.log")"
+    start_coordinator --accept-new-database
+    J3=$(submit 1)
+    [ "$J3" = job-000003 ] || fail "job id $J3 after $J2: ids reused"
+    [ "$(stat -c %a "$T/grove.db")" = 600 ] || fail "database mode $(stat -c %a "$T/grove.db")"
     ;;
   *)
     fail "unknown scenario"

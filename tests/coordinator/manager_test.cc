@@ -6,7 +6,9 @@
 #include <sys/stat.h>
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdio>
+#include <mutex>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <thread>
@@ -378,9 +380,20 @@ TEST(JobManager, WaitersWakeOnNewEvents) {
 
 TEST(JobManager, ConcurrentSubmitsWithOneRequestIdGetOneJobAndOneAnswerPerSpec) {
   TempDir dir;
-  auto m = Open(dir.file("db"));
-  const v1::JobSpec a = TinySpec(1), b = TinySpec(2);
   constexpr int kThreads = 160;
+  // Every submit waits after planning until all have planned: all of them passed the first
+  // request-id check before any inserts, the race the check under the insert's lock must settle.
+  std::mutex mu;
+  std::condition_variable cv;
+  int planned = 0;
+  ManagerOptions o;
+  o.submit_planned_hook = [&] {
+    std::unique_lock<std::mutex> l(mu);
+    if (++planned == kThreads) cv.notify_all();
+    cv.wait_for(l, std::chrono::seconds(20), [&] { return planned >= kThreads; });
+  };
+  auto m = Open(dir.file("db"), o);
+  const v1::JobSpec a = TinySpec(1), b = TinySpec(2);
   std::vector<grpc::Status> status(kThreads);
   std::vector<v1::SubmitJobResponse> resp(kThreads);
   std::atomic<bool> go{false};
@@ -412,38 +425,48 @@ TEST(JobManager, ConcurrentSubmitsWithOneRequestIdGetOneJobAndOneAnswerPerSpec) 
     }
   }
   EXPECT_EQ(created, 1);
+  EXPECT_EQ(planned, kThreads);
 }
 
 TEST(JobManager, AStalledCoordinatorFailsNoHealthyJob) {
   TempDir dir;
   ManagerOptions o;
   o.heartbeat_timeout = milliseconds(400);
-  o.heartbeat_interval = milliseconds(50);
+  o.heartbeat_interval = milliseconds(250);
   auto m = Open(dir.file("db"), o);
   v1::Job a = Submit(*m, TinySpec(1, 1000000)), b = Submit(*m, TinySpec(1, 1000000));
-  ASSERT_TRUE(Register(*m, a.id(), 0, 1).ok());
-  ASSERT_TRUE(Register(*m, b.id(), 0, 1).ok());
+  v1::Job slow = Submit(*m, TinySpec(1, 1000000));
+  for (const v1::Job* j : {&a, &b, &slow}) ASSERT_TRUE(Register(*m, j->id(), 0, 1).ok());
   std::atomic<bool> stop{false};
-  auto worker = [&](const std::string& id) {
+  auto worker = [&](const std::string& id) {  // a healthy rank: a heartbeat every 250 ms
     for (int64_t step = 1; !stop.load(); ++step) {
       v1::HeartbeatRequest req;
       req.set_job_id(id);
       req.set_step(step);
       v1::HeartbeatResponse resp;
       (void)m->Heartbeat(req, &resp);  // the answer may take long: that is the point
-      std::this_thread::sleep_for(milliseconds(50));
+      std::this_thread::sleep_for(milliseconds(250));
     }
   };
   std::thread wa(worker, a.id()), wb(worker, b.id());
-  std::this_thread::sleep_for(milliseconds(200));
-  // Another process holds the database's write lock for 1.5 s: every commit, and with it every
-  // RPC that changes something, waits that long under the manager's lock.
+  std::this_thread::sleep_for(milliseconds(300));
+  // Another process holds the database's write lock for 1.5 s, and a heartbeat of a third job
+  // arrives meanwhile: its commit waits that long holding the manager's lock, and every other
+  // call (the liveness monitor's too, every 40 ms) waits behind it.
   sqlite3* db = nullptr;
   ASSERT_EQ(sqlite3_open(dir.file("db").c_str(), &db), SQLITE_OK);
   ASSERT_EQ(sqlite3_exec(db, "BEGIN EXCLUSIVE", nullptr, nullptr, nullptr), SQLITE_OK);
+  std::thread stalled([&] {
+    v1::HeartbeatRequest req;
+    req.set_job_id(slow.id());
+    req.set_step(1);
+    v1::HeartbeatResponse resp;
+    (void)m->Heartbeat(req, &resp);
+  });
   std::this_thread::sleep_for(milliseconds(1500));
   ASSERT_EQ(sqlite3_exec(db, "COMMIT", nullptr, nullptr, nullptr), SQLITE_OK);
   sqlite3_close(db);
+  stalled.join();
   std::this_thread::sleep_for(milliseconds(600));
   m->CheckLiveness();
   EXPECT_EQ(Get(*m, a.id()).state(), v1::RUNNING) << Get(*m, a.id()).reason();
@@ -452,7 +475,7 @@ TEST(JobManager, AStalledCoordinatorFailsNoHealthyJob) {
   wa.join();
   wb.join();
   // A worker that really goes silent still fails its job.
-  std::this_thread::sleep_for(milliseconds(900));
+  std::this_thread::sleep_for(milliseconds(1000));
   m->CheckLiveness();
   EXPECT_EQ(Get(*m, a.id()).state(), v1::FAILED);
   EXPECT_NE(Get(*m, a.id()).reason().find("sent no heartbeat"), std::string::npos);

@@ -446,8 +446,8 @@ TEST(Roles, UserTokensCannotActAsWorkersAndCredentialsServeOnlyTheirJobAndAttemp
   for (int i = 0; i < 17; ++i) bad.add_checkpoints()->set_path("/tmp/grove-coordinator-tests/run/x");
   invalid(bad, "checkpoints: at most 16");
   bad = good;
-  for (int i = 0; i < 1001; ++i) bad.add_metrics()->set_step(1);
-  invalid(bad, "metrics: at most 1000");
+  for (int i = 0; i < 257; ++i) bad.add_metrics()->set_step(1);
+  invalid(bad, "metrics: at most 256");
   EXPECT_EQ(f.Get(a.id()).revision(), revision);
   EXPECT_EQ(f.Get(a.id()).checkpoints_size(), 0);
   // A checkpoint inside out_dir is recorded.
