@@ -269,8 +269,10 @@ StatusOr<std::unique_ptr<JobManager>> JobManager::Create(std::unique_ptr<JobStor
       m->creds_[e.job.id()].world_size = e.job.layout().world_size();
       if (!e.job.request_id().empty()) m->by_request_[e.job.request_id()] = e.job.id();
       const auto now = Clock::now();
+      // Two timeouts to reconnect: the workers' channels back off while the coordinator is
+      // down, and the clock starts here, before the server answers.
       for (const auto& w : e.job.workers())
-        if (!w.exited()) e.last_seen[w.rank()] = now;  // a fresh timeout to reconnect
+        if (!w.exited()) e.last_seen[w.rank()] = now + options.heartbeat_timeout;
       const v1::JobState s = e.job.state();
       if ((s == v1::PENDING && e.job.workers_size() > 0) || s == v1::RESTARTING) {
         e.waiting_for_ranks = true;
@@ -288,8 +290,8 @@ StatusOr<std::unique_ptr<JobManager>> JobManager::Create(std::unique_ptr<JobStor
       }
       if (!rpc::IsTerminal(s)) {
         Change c{&e, {}, {}};
-        m->AddMessage(c, "coordinator restarted; waiting " + Seconds(options.heartbeat_timeout) +
-                             " for the workers' heartbeats");
+        m->AddMessage(c, "coordinator restarted; waiting " +
+                             Seconds(2 * options.heartbeat_timeout) + " for the workers' heartbeats");
         std::vector<Waker> wake;
         grpc::Status st = m->Commit(c, e.job, &wake);
         if (!st.ok()) return Status::Error(st.error_message());
