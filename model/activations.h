@@ -13,8 +13,8 @@
 #include <vector>
 
 #include "core/tensor.h"
-#include "spec/model_config.h"
 #include "spec/memory.h"
+#include "spec/model_config.h"
 
 namespace grove {
 

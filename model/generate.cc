@@ -7,7 +7,6 @@
 
 namespace grove {
 
-
 int32_t argmax(const float* x, int n) {
   return static_cast<int32_t>(std::max_element(x, x + n) - x);
 }
@@ -21,17 +20,17 @@ Generator::Generator(const ModelConfig& config, const Weights& weights, comm::Co
       attn_(attention, cp, cache_, config.n_heads),
       model_(config, /*batch=*/1, /*seq=*/1, Recompute::kNone, {}, /*training=*/false) {
   GROVE_CHECK(capacity > 0 && capacity <= config.max_seq_len)
-      << "generator: capacity " << capacity << " must lie in [1, model.max_seq_len="
-      << config.max_seq_len << "]";
+      << "generator: capacity " << capacity
+      << " must lie in [1, model.max_seq_len=" << config.max_seq_len << "]";
   const Status st = model_.load_params(weights);
   GROVE_CHECK(st.ok()) << "generator: " << st.message();
   // Each block: this token's K/V go to the CP-sharded cache (kept by rank pos % cp), then the
   // query attends to every cached position across the group.
-  model_.set_attention([this](int layer, float* att, const float* q, const float* k,
-                              const float* v) {
-    cache_.store(layer, pos_, k, v);
-    attn_.forward(att, q, cache_, layer);
-  });
+  model_.set_attention(
+      [this](int layer, float* att, const float* q, const float* k, const float* v) {
+        cache_.store(layer, pos_, k, v);
+        attn_.forward(att, q, cache_, layer);
+      });
 }
 
 const float* Generator::step(int32_t token) {

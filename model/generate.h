@@ -20,11 +20,11 @@
 
 #include "comm/communicator.h"
 #include "core/tensor.h"
-#include "spec/model_config.h"
 #include "model/transformer.h"
 #include "model/weights.h"
 #include "parallel/cp_attention.h"
 #include "parallel/kv_cache.h"
+#include "spec/model_config.h"
 
 namespace grove {
 

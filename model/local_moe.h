@@ -25,8 +25,8 @@
 
 #include "comm/communicator.h"
 #include "core/tensor.h"
-#include "model/weights.h"
 #include "kernels/kernel_types.h"
+#include "model/weights.h"
 #include "parallel/moe_layer.h"  // MoeMetrics
 #include "spec/model_config.h"
 
@@ -59,7 +59,13 @@ class LocalMoe {
 
   LocalMoe(const MoeOptions& m, int h, int fe, int max_tokens, comm::Communicator* stats,
            Scratch* scratch)
-      : m_(m), E_(m.num_experts), k_(m.top_k), h_(h), fe_(fe), N_(max_tokens), stats_(stats),
+      : m_(m),
+        E_(m.num_experts),
+        k_(m.top_k),
+        h_(h),
+        fe_(fe),
+        N_(max_tokens),
+        stats_(stats),
         s_(scratch) {
     GROVE_CHECK(k_ >= 1 && k_ <= B::kMoeMaxTopK && k_ <= E_)
         << "model.moe.top_k=" << k_ << " must lie in [1, min(num_experts, " << B::kMoeMaxTopK
@@ -129,8 +135,8 @@ class LocalMoe {
     B::moe_unpermute_backward(p(s_->dyp), f(s_->dweight), dout, p(yp_), f(weight_), i32(row_of_),
                               N_, k_, h_);
     B::zero(s_->deact.raw(), es * A * fe_);
-    B::grouped_linear_backward(p(s_->deact), f(g_down_), p(s_->dyp), p(eact_), cw(w_down_), off,
-                               E_, fe_, h_);
+    B::grouped_linear_backward(p(s_->deact), f(g_down_), p(s_->dyp), p(eact_), cw(w_down_), off, E_,
+                               fe_, h_);
     B::zero(s_->degate.raw(), es * A * fe_);
     B::zero(s_->deup.raw(), es * A * fe_);
     B::swiglu_backward(p(s_->degate), p(s_->deup), p(s_->deact), p(egate_), p(eup_), A * fe_);
@@ -143,8 +149,7 @@ class LocalMoe {
     B::moe_router_backward(f(s_->dlogits), f(s_->dweight), f(probs_), f(lse_), i32(expert_),
                            f(weight_), i32(counts_all_), metrics_.tokens, m_.aux_loss_coef,
                            m_.z_loss_coef, loss_scale, N_, E_, k_);
-    const T* dlogits =
-        B::router_grad_operand(p(s_->dlogits_t), f(s_->dlogits), int64_t(N_) * E_);
+    const T* dlogits = B::router_grad_operand(p(s_->dlogits_t), f(s_->dlogits), int64_t(N_) * E_);
     B::linear_backward(din, f(g_router_), nullptr, dlogits, in_, cw(w_router_), N_, h_, E_);
   }
 
@@ -154,9 +159,9 @@ class LocalMoe {
   // Routing and expert activations kept from the forward for the backward.
   size_t stash_bytes() const {
     size_t n = 0;
-    for (const Tensor* t : {&logits_, &probs_, &lse_, &expert_, &weight_, &counts_, &counts_all_,
-                            &prob_sum_, &lse_sq_, &offsets_, &row_of_, &xp_, &egate_, &eup_,
-                            &eact_, &yp_})
+    for (const Tensor* t :
+         {&logits_, &probs_, &lse_, &expert_, &weight_, &counts_, &counts_all_, &prob_sum_,
+          &lse_sq_, &offsets_, &row_of_, &xp_, &egate_, &eup_, &eact_, &yp_})
       n += t->bytes();
     return n;
   }
@@ -179,8 +184,8 @@ class LocalMoe {
     metrics_.tokens = static_cast<int64_t>(stats[2 * E_ + 1]);
     B::upload(counts_all_.raw(), counts.data(), sizeof(int32_t) * E_);
     const kernels::MoeRouterLosses l =
-        kernels::moe_router_losses(counts.data(), stats.data(), stats[2 * E_], metrics_.tokens,
-                                   E_, k_, m_.aux_loss_coef, m_.z_loss_coef);
+        kernels::moe_router_losses(counts.data(), stats.data(), stats[2 * E_], metrics_.tokens, E_,
+                                   k_, m_.aux_loss_coef, m_.z_loss_coef);
     metrics_.aux_loss = l.aux;
     metrics_.z_loss = l.z;
     return l.aux + l.z;

@@ -61,8 +61,8 @@
 namespace grove {
 
 struct ModelParallel {
-  const parallel::ParallelGrid* grid = nullptr;  // null: single process
-  bool sequence_parallel = false;                // SP on top of TP (needs seq % tp == 0)
+  const parallel::ParallelGrid* grid = nullptr;   // null: single process
+  bool sequence_parallel = false;                 // SP on top of TP (needs seq % tp == 0)
   CpAttention cp_attention = CpAttention::kTree;  // with cp > 1
   // Without a grid: the data-parallel group (e.g. NCCL over the GPUs), or null.
   comm::Communicator* data_parallel = nullptr;
@@ -193,7 +193,7 @@ class TransformerT {
   int b_, s_;
   Recompute mode_;
   ModelParallel par_;
-  comm::Communicator* tp_ = nullptr;  // null or size 1: no tensor parallelism
+  comm::Communicator* tp_ = nullptr;    // null or size 1: no tensor parallelism
   comm::Communicator* edp_ = nullptr;   // expert gradient reduction
   comm::Communicator* cp_ = nullptr;    // context parallel (attention across sequence shards)
   comm::Communicator* dpcp_ = nullptr;  // ranks holding distinct tokens of the dense model
@@ -203,7 +203,7 @@ class TransformerT {
   int64_t rows_ = 0;  // R: rows of the residual stream on this rank
   int N_ = 0, h_ = 0, qd_ = 0, kvd_ = 0, f_ = 0, Vl_ = 0, heads_ = 0, kv_heads_ = 0, d_ = 0;
   std::conditional_t<kHost, HostParallel, NoHostParallel> hp_;
-  std::vector<std::unique_ptr<MoeImpl>> moe_;  // per block; null for dense blocks
+  std::vector<std::unique_ptr<MoeImpl>> moe_;                   // per block; null for dense blocks
   std::unique_ptr<typename LocalMoe<B>::Scratch> moe_scratch_;  // device backends
   AttendFn attend_;  // decoding: attention against a KV cache
   int pos0_ = 0;     // RoPE position of row 0 (decoding)

@@ -61,8 +61,7 @@ Status TransformerT<B>::Supports(const ModelConfig& c, int batch, int seq,
           "far; set model.moe.lsh.enabled=false or train.device=cpu");
     if (c.moe.num_experts > 0 && c.moe.top_k > B::kMoeMaxTopK)
       return Status::Error("model.moe.top_k=" + std::to_string(c.moe.top_k) +
-                           " exceeds the GPU router's limit of " +
-                           std::to_string(B::kMoeMaxTopK));
+                           " exceeds the GPU router's limit of " + std::to_string(B::kMoeMaxTopK));
     if (c.head_dim() > 256 || c.head_dim() % 2 != 0)
       return Status::Error(
           "the GPU attention kernel needs an even head dim <= 256; model.d_model / model.n_heads "
@@ -138,8 +137,7 @@ TransformerT<B>::TransformerT(const ModelConfig& config, int batch, int seq, Rec
     compute_ = Weights::View(compute_flat_, layout_);
   }
   {
-    const Weights init =
-        Weights::Init(config_, t_, transformer_detail::tp_rank(tp_), ep, ep_rank);
+    const Weights init = Weights::Init(config_, t_, transformer_detail::tp_rank(tp_), ep, ep_rank);
     std::vector<NamedTensor> src = init.named(), dst = params_.named();
     for (size_t i = 0; i < dst.size(); ++i) dst[i].tensor.copy_from(src[i].tensor);
   }
@@ -182,8 +180,8 @@ TransformerT<B>::TransformerT(const ModelConfig& config, int batch, int seq, Rec
       const LayerWeights& w = compute_.layers[l];
       const LayerWeights g = training ? grads_.layers[l] : LayerWeights{};
       if constexpr (kHost) {
-        moe_[l] = std::make_unique<par::MoeLayer>(mc, h_, fe, static_cast<int>(rows_), ep_group,
-                                                  stats);
+        moe_[l] =
+            std::make_unique<par::MoeLayer>(mc, h_, fe, static_cast<int>(rows_), ep_group, stats);
         if (mc.lsh.enabled)
           moe_[l]->set_dispatcher(
               std::make_unique<par::LshDispatcher>(mc.num_experts, h_, ep_group, mc.lsh));
@@ -241,7 +239,8 @@ void TransformerT<B>::set_position(int pos0) {
 
 template <class B>
 void TransformerT<B>::sync_compute_weights() {
-  if constexpr (!std::is_same_v<T, float>) B::convert(p(compute_flat_), f(params_flat_), layout_.size);
+  if constexpr (!std::is_same_v<T, float>)
+    B::convert(p(compute_flat_), f(params_flat_), layout_.size);
 }
 
 template <class B>
@@ -508,7 +507,8 @@ float TransformerT<B>::forward(const int32_t* tokens, const int32_t* targets) {
       reduce_output(p(stash_.resid[0]));
     }
   }
-  if (t_ == 1) B::embedding_forward(p(stash_.resid[0]), tokens_.data<int32_t>(), p(compute_.wte), N, h_);
+  if (t_ == 1)
+    B::embedding_forward(p(stash_.resid[0]), tokens_.data<int32_t>(), p(compute_.wte), N, h_);
 
   for (int l = 0; l < config_.n_layers; ++l)
     block_forward(l, mode_ == Recompute::kFull ? stash_.transient : stash_.blocks[l]);
@@ -521,8 +521,8 @@ float TransformerT<B>::forward(const int32_t* tokens, const int32_t* targets) {
   if constexpr (kHost) {
     if (t_ > 1)
       parallel::vocab_parallel_cross_entropy_forward(
-          tp_, f(stash_.losses), f(stash_.ce_lse), f(stash_.logits), tgt, N, hp_.embed->local_vocab(),
-          hp_.embed->vocab_start(), f(hp_.ce_scratch));
+          tp_, f(stash_.losses), f(stash_.ce_lse), f(stash_.logits), tgt, N,
+          hp_.embed->local_vocab(), hp_.embed->vocab_start(), f(hp_.ce_scratch));
   }
   if (t_ == 1)
     B::cross_entropy_forward(f(stash_.losses), f(stash_.ce_lse), p(stash_.logits),
@@ -562,8 +562,8 @@ void TransformerT<B>::backward(float loss_scale, bool finalize) {
           hp_.embed->local_vocab(), hp_.embed->vocab_start());
   }
   if (t_ == 1)
-    B::cross_entropy_backward(dlogits, p(stash_.logits), f(stash_.ce_lse),
-                              targets_.data<int32_t>(), f(g_.dlosses), N, V);
+    B::cross_entropy_backward(dlogits, p(stash_.logits), f(stash_.ce_lse), targets_.data<int32_t>(),
+                              f(g_.dlosses), N, V);
   const T* lnf = gather_rows(stash_.lnf);
   B::zero(g_.dfull.raw(), sizeof(T) * size_t(N) * h_);
   B::linear_backward(p(g_.dfull), f(grads_.lm_head), nullptr, dlogits, lnf, p(compute_.lm_head), N,
@@ -600,7 +600,8 @@ void TransformerT<B>::backward(float loss_scale, bool finalize) {
         if (t->defined()) tp_->all_reduce(f(*t), t->numel(), DType::kF32, comm::ReduceOp::kSum);
     }
     const int64_t begin = layer_begin(l), end = layer_begin(l + 1);
-    const int64_t experts = moe_[l] ? offset("layers." + std::to_string(l) + ".experts.w_gate") : end;
+    const int64_t experts =
+        moe_[l] ? offset("layers." + std::to_string(l) + ".experts.w_gate") : end;
     if (reduce_dp) reduce_range(dpcp_, begin, experts);
     // Experts: SUM over the ranks holding the same experts (edp), never over ep. Without a grid
     // (one device per data-parallel rank, every expert local) that is the data-parallel group.

@@ -120,8 +120,8 @@ StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainConfig& config_in,
 
   const std::string from = start.value();
   if (!from.empty()) {
-    auto state = LoadCheckpoint(from, t->model_->host_params(), t->model_->host_opt(),
-                                t->checkpoint_rank());
+    auto state =
+        LoadCheckpoint(from, t->model_->host_params(), t->model_->host_opt(), t->checkpoint_rank());
     if (!state.ok()) return state.status();
     GROVE_RETURN_IF_ERROR(t->model_->sync_from_host());
     if (state.value().contains("config") &&
@@ -212,9 +212,9 @@ Status Trainer::SaveCheckpointNow(float loss) {
                           {"loss", loss}};
   const auto t0 = std::chrono::steady_clock::now();
   model_->sync_to_host();  // a device's state -> the host copies the writer reads
-  auto dir = SaveCheckpoint(checkpoint_root(config_), step_, model_->host_params(),
-                            model_->host_opt(), state,
-                            config_.train.keep_checkpoints, checkpoint_rank());
+  auto dir =
+      SaveCheckpoint(checkpoint_root(config_), step_, model_->host_params(), model_->host_opt(),
+                     state, config_.train.keep_checkpoints, checkpoint_rank());
   if (!dir.ok()) return dir.status();
   const double ms =
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
@@ -231,12 +231,13 @@ Status Trainer::Run() {
   const bool print = !run_.quiet && leader();
   if (print && step_ == 0) {
     const ParallelOptions& par = config_.parallel;
-    std::printf("layout: %d rank(s), tp=%d cp=%d ep=%d dp=%d%s%s\n",
-                grid_ ? grid_->world().size() : 1, par.tp, par.cp, par.ep, par.dp,
-                par.tp > 1 && par.sequence_parallel ? ", sequence parallel" : "",
-                par.cp > 1
-                    ? (std::string(", ") + cp_attention_name(par.cp_attention) + " attention").c_str()
-                    : "");
+    std::printf(
+        "layout: %d rank(s), tp=%d cp=%d ep=%d dp=%d%s%s\n", grid_ ? grid_->world().size() : 1,
+        par.tp, par.cp, par.ep, par.dp,
+        par.tp > 1 && par.sequence_parallel ? ", sequence parallel" : "",
+        par.cp > 1
+            ? (std::string(", ") + cp_attention_name(par.cp_attention) + " attention").c_str()
+            : "");
     std::printf(
         "model: %lld parameters, %d layers, d_model %d, %d heads, vocab %d; "
         "global batch %d x seq %d x accum %d; recompute %s; %d threads per rank\n",

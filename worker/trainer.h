@@ -20,10 +20,10 @@
 #include "data/batch_loader.h"
 #include "data/token_file.h"
 #include "parallel/grid.h"
+#include "spec/train_config.h"
 #include "worker/checkpoint.h"
 #include "worker/optimizer.h"
 #include "worker/training_model.h"
-#include "spec/train_config.h"
 
 namespace grove {
 

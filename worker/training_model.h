@@ -65,8 +65,9 @@ StatusOr<std::unique_ptr<TrainingModel>> CreateTrainingModel(const TrainConfig& 
                                                              const parallel::ParallelGrid* grid,
                                                              const CheckpointRank& rank);
 // The cuda half of CreateTrainingModel (worker/cuda/training_model_cuda.cc).
-StatusOr<std::unique_ptr<TrainingModel>> CreateCudaTrainingModel(
-    const TrainConfig& config, int local_batch, const parallel::ParallelGrid* grid,
-    const CheckpointRank& rank);
+StatusOr<std::unique_ptr<TrainingModel>> CreateCudaTrainingModel(const TrainConfig& config,
+                                                                 int local_batch,
+                                                                 const parallel::ParallelGrid* grid,
+                                                                 const CheckpointRank& rank);
 
 }  // namespace grove

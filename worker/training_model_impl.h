@@ -26,9 +26,9 @@ class DeviceTraining final : public TrainingModel {
 
   // `describe`: the device part of describe(); `comms`: communicators the model uses and this
   // object keeps alive (e.g. NCCL).
-  DeviceTraining(const TrainConfig& c, int local_batch, ModelParallel par, const CheckpointRank& rank,
-                 comm::Communicator* world, std::string describe, double peak_flops,
-                 std::vector<std::unique_ptr<comm::Communicator>> comms = {})
+  DeviceTraining(const TrainConfig& c, int local_batch, ModelParallel par,
+                 const CheckpointRank& rank, comm::Communicator* world, std::string describe,
+                 double peak_flops, std::vector<std::unique_ptr<comm::Communicator>> comms = {})
       : comms_(std::move(comms)),
         model_(c.model, local_batch, c.train.seq_len, c.train.recompute, par),
         opt_(c.model, c.parallel.tp, c.parallel.ep, B::kDevice),
@@ -60,7 +60,8 @@ class DeviceTraining final : public TrainingModel {
 
   double grad_norm() override {
     double sq = 0.0;
-    for (const auto& [begin, end] : owned_) sq += B::sum_squares(model_.flat_grads() + begin, end - begin);
+    for (const auto& [begin, end] : owned_)
+      sq += B::sum_squares(model_.flat_grads() + begin, end - begin);
     if (world_ != nullptr && world_->size() > 1)
       world_->all_reduce(&sq, 1, DType::kF64, comm::ReduceOp::kSum);
     return std::sqrt(sq);
@@ -145,9 +146,9 @@ class DeviceTraining final : public TrainingModel {
  private:
   std::vector<std::unique_ptr<comm::Communicator>> comms_;  // destroyed after the model
   TransformerT<B> model_;
-  AdamW opt_;                         // flat m, v on the model's device
-  Weights host_params_;               // device backends: host copies for checkpoints
-  std::unique_ptr<AdamW> host_opt_;   // (the host backend uses model_.params() and opt_)
+  AdamW opt_;                        // flat m, v on the model's device
+  Weights host_params_;              // device backends: host copies for checkpoints
+  std::unique_ptr<AdamW> host_opt_;  // (the host backend uses model_.params() and opt_)
   CheckpointRank rank_;
   comm::Communicator* world_;
   std::string describe_;

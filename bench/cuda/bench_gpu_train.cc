@@ -207,8 +207,7 @@ int run(const Options& o, const ModelConfig& c, Recompute recompute, const std::
 
   const double tokens_per_s = double(N) * o.accum / step_s;
   const double tflops = model.flops_per_step() * o.accum / step_s / 1e12;
-  const double peak =
-      o.peak_tflops > 0 ? o.peak_tflops : dense_peak_tflops(device, bf16);
+  const double peak = o.peak_tflops > 0 ? o.peak_tflops : dense_peak_tflops(device, bf16);
   nlohmann::json cfg = {{"params", c.num_parameters()},
                         {"d_model", o.d_model},
                         {"layers", o.layers},

@@ -40,8 +40,8 @@ struct CudaBackend {
   }
   static void convert(T* dst, const float* src, int64_t n) {
     if constexpr (std::is_same_v<T, float>) {
-      if (dst != src && n) GROVE_CUDA_CHECK(cudaMemcpyAsync(dst, src, sizeof(float) * n,
-                                                             cudaMemcpyDeviceToDevice));
+      if (dst != src && n)
+        GROVE_CUDA_CHECK(cudaMemcpyAsync(dst, src, sizeof(float) * n, cudaMemcpyDeviceToDevice));
     } else {
       cuda::convert(dst, src, n);
     }

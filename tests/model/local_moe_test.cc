@@ -31,8 +31,8 @@ void check_close(const char* what, const Tensor& a, const Tensor& b, double tol)
     worst = std::max(worst, double(std::abs(a.data<float>()[i] - b.data<float>()[i])));
     norm = std::max(norm, double(std::abs(b.data<float>()[i])));
   }
-  EXPECT_LE(worst, tol * std::max(norm, 1e-30)) << what << ": max |diff| " << worst
-                                                 << " against max |value| " << norm;
+  EXPECT_LE(worst, tol * std::max(norm, 1e-30))
+      << what << ": max |diff| " << worst << " against max |value| " << norm;
 }
 
 void RunCase(int top_k) {
@@ -67,13 +67,18 @@ void RunCase(int top_k) {
   ref.backward(dx_ref.data<float>(), dout.data<float>(), loss_scale);
   local.backward(dx.data<float>(), dout.data<float>(), loss_scale);
   check_close("input gradient", dx, dx_ref, 1e-5);
-  for (size_t i = 0; i < g.size(); ++i) check_close(gref[i].name.c_str(), g[i], gref[i].tensor, 1e-5);
+  for (size_t i = 0; i < g.size(); ++i)
+    check_close(gref[i].name.c_str(), g[i], gref[i].tensor, 1e-5);
   const parallel::MoeMetrics a = local.metrics(), b = ref.metrics();
   EXPECT_EQ(a.tokens_per_expert, b.tokens_per_expert);
 }
 
-TEST(LocalMoe, Top2EqualsMoeLayerOnOneRank) { RunCase(2); }
-TEST(LocalMoe, Top1EqualsMoeLayerOnOneRank) { RunCase(1); }
+TEST(LocalMoe, Top2EqualsMoeLayerOnOneRank) {
+  RunCase(2);
+}
+TEST(LocalMoe, Top1EqualsMoeLayerOnOneRank) {
+  RunCase(1);
+}
 
 }  // namespace
 }  // namespace grove

@@ -27,23 +27,22 @@ int local_rank() {
 }
 
 template <typename T>
-StatusOr<std::unique_ptr<TrainingModel>> create(const TrainConfig& config, int local_batch,
-                                                const ModelParallel& par,
-                                                const CheckpointRank& rank,
-                                                comm::Communicator* world, std::string describe,
-                                                double peak,
-                                                std::vector<std::unique_ptr<comm::Communicator>> c) {
-  GROVE_RETURN_IF_ERROR(TransformerT<CudaBackend<T>>::Supports(config.model, local_batch,
-                                                               config.train.seq_len, par));
+StatusOr<std::unique_ptr<TrainingModel>> create(
+    const TrainConfig& config, int local_batch, const ModelParallel& par,
+    const CheckpointRank& rank, comm::Communicator* world, std::string describe, double peak,
+    std::vector<std::unique_ptr<comm::Communicator>> c) {
+  GROVE_RETURN_IF_ERROR(
+      TransformerT<CudaBackend<T>>::Supports(config.model, local_batch, config.train.seq_len, par));
   return std::unique_ptr<TrainingModel>(std::make_unique<DeviceTraining<CudaBackend<T>>>(
       config, local_batch, par, rank, world, std::move(describe), peak, std::move(c)));
 }
 
 }  // namespace
 
-StatusOr<std::unique_ptr<TrainingModel>> CreateCudaTrainingModel(
-    const TrainConfig& config, int local_batch, const parallel::ParallelGrid* grid,
-    const CheckpointRank& rank) {
+StatusOr<std::unique_ptr<TrainingModel>> CreateCudaTrainingModel(const TrainConfig& config,
+                                                                 int local_batch,
+                                                                 const parallel::ParallelGrid* grid,
+                                                                 const CheckpointRank& rank) {
   const TrainOptions& o = config.train;
   const ParallelOptions& p = config.parallel;
   if (p.tp > 1 || p.cp > 1 || p.ep > 1)
