@@ -222,6 +222,7 @@ class TransformerT {
   Tensor tokens_, targets_;     // [N] int32 on the device: the last forward's inputs
   std::vector<int32_t> host_tokens_, host_targets_;  // [N] (this rank's shard)
   std::vector<float> host_losses_;                   // [N] device backends
+  std::vector<float> host_dloss_;                    // [N] d(loss)/d(per-token loss), uploaded
   Tensor full_;  // [N, h] gathered norm output / row-parallel partial sums (TP)
 
   // DP reductions in flight (device-side groups) and staged ranges (host-side groups).

@@ -548,10 +548,8 @@ void TransformerT<B>::backward(float loss_scale, bool finalize) {
   // data-parallel and context-parallel ranks together (dp_cp).
   const bool reduce_dp = finalize && dpcp_ != nullptr;
   loss_scale_ = loss_scale;
-  {
-    std::vector<float> dl(N, global_valid_ > 0 ? loss_scale / float(global_valid_) : 0.0f);
-    B::upload(g_.dlosses.raw(), dl.data(), sizeof(float) * N);
-  }
+  host_dloss_.assign(N, global_valid_ > 0 ? loss_scale / float(global_valid_) : 0.0f);
+  B::upload(g_.dlosses.raw(), host_dloss_.data(), sizeof(float) * N);
 
   // Head: dlogits overwrite the logits in place.
   T* dlogits = p(stash_.logits);
