@@ -2,10 +2,10 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
-#include <optional>
 
 namespace grove {
 
@@ -23,6 +23,12 @@ uint64_t ResidentBytes() {
 bool Transient(const grpc::Status& st) {
   return st.error_code() == grpc::StatusCode::UNAVAILABLE ||
          st.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
+}
+
+int64_t SteadyNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
 }
 
 int64_t NowMs() {
@@ -79,14 +85,18 @@ CoordinatorLink::~CoordinatorLink() {
   {
     std::lock_guard<std::mutex> l(mu_);
     stopping_ = true;
+    watch_stopping_ = true;
   }
   cv_.notify_all();
   if (thread_.joinable()) thread_.join();
+  if (watch_thread_.joinable()) watch_thread_.join();
 }
 
 void CoordinatorLink::Start() {
   if (thread_.joinable()) return;
+  last_contact_ns_.store(SteadyNs());  // the registration was answered just now
   thread_ = std::thread([this] { HeartbeatLoop(); });
+  watch_thread_ = std::thread([this] { WatchLoop(); });
 }
 
 std::string CoordinatorLink::stop_reason() const {
@@ -96,6 +106,7 @@ std::string CoordinatorLink::stop_reason() const {
 
 void CoordinatorLink::RecordStep(const StepMetrics& m) {
   last_step_.store(m.step);
+  last_step_ns_.store(SteadyNs());
   if (options_.rank != 0) return;
   v1::StepMetric sm;
   sm.set_step(m.step);
@@ -223,6 +234,7 @@ bool CoordinatorLink::SendHeartbeat(bool* more) {
   grpc::Status st = stub_->Heartbeat(&ctx, req, &reply);
   std::lock_guard<std::mutex> l(mu_);
   if (st.ok()) {
+    last_contact_ns_.store(SteadyNs());
     if (unreachable_logged_)
       std::fprintf(stderr, "grove-worker: rank %d: coordinator reachable again\n", options_.rank);
     unreachable_logged_ = false;
@@ -255,49 +267,71 @@ bool CoordinatorLink::SendHeartbeat(bool* more) {
 void CoordinatorLink::HeartbeatLoop() {
   const auto interval =
       std::chrono::milliseconds(std::max<int64_t>(50, assignment_.heartbeat_interval_ms()));
-  // Cut off: the coordinator unreachable for a whole heartbeat timeout (by then it has failed the
-  // job for this rank's silence) while no step finished either (the peers are gone too, e.g. a
-  // network partition): exit rather than spin in a collective until the comm watchdog fires.
-  const auto cut_off_after =
-      std::chrono::milliseconds(std::max<int64_t>(5000, assignment_.heartbeat_timeout_ms()));
-  std::optional<std::chrono::steady_clock::time_point> unreachable_since;
-  int64_t step_when_unreachable = 0;
   std::unique_lock<std::mutex> l(mu_);
   while (!stopping_) {
-    if (unreachable_since && last_step_.load() == step_when_unreachable &&
-        std::chrono::steady_clock::now() - *unreachable_since > cut_off_after) {
-      std::fprintf(stderr,
-                   "grove-worker: rank %d: cut off: coordinator %s unreachable and no step "
-                   "finished for %.1f s (a network partition?); exiting\n",
-                   options_.rank, options_.client.address.c_str(), cut_off_after.count() / 1000.0);
-      std::fflush(stderr);
-      std::_Exit(kAbortExitCode);
-    }
-    if (stop_level_.load() > 1 && std::chrono::steady_clock::now() > abort_deadline_) {
-      std::fprintf(stderr,
-                   "grove-worker: rank %d: still running %.1f s after the coordinator's stop "
-                   "(%s); exiting\n",
-                   options_.rank, options_.abort_grace.count() / 1000.0, stop_reason_.c_str());
-      std::fflush(stderr);
-      std::_Exit(kAbortExitCode);
-    }
     l.unlock();
     bool more = false;
     const bool sent = SendHeartbeat(&more);
     l.lock();
-    if (sent) {
-      unreachable_since.reset();
-    } else if (!unreachable_since || last_step_.load() != step_when_unreachable) {
-      unreachable_since = std::chrono::steady_clock::now();  // (again) since the last progress
-      step_when_unreachable = last_step_.load();
-    }
     if (sent && more) continue;  // a backlog goes out in consecutive heartbeats
     cv_.wait_for(l, interval, [this] { return stopping_; });
   }
 }
 
+void CoordinatorLink::WatchLoop() {
+  // Cut off: no heartbeat answered for a whole heartbeat timeout (by then the coordinator has
+  // failed the job for this rank's silence) while no step finished either (the peers are gone
+  // too). Judged here, not in the heartbeat thread, which may be stuck in its RPC.
+  const int64_t cut_off_ns =
+      std::max<int64_t>(5000, assignment_.heartbeat_timeout_ms()) * int64_t(1000000);
+  const auto tick = std::chrono::milliseconds(
+      std::clamp<int64_t>(assignment_.heartbeat_interval_ms() / 2, 20, 500));
+  std::unique_lock<std::mutex> l(mu_);
+  while (!watch_stopping_) {
+    const int64_t now = SteadyNs();
+    const int64_t report_deadline = exit_report_deadline_ns_.load();
+    if (report_deadline != 0) {
+      if (now > report_deadline) {
+        std::fprintf(stderr,
+                     "grove-worker: rank %d: could not report this rank's exit to coordinator %s "
+                     "in time; exiting with code %d\n",
+                     options_.rank, options_.client.address.c_str(), exit_code_.load());
+        std::fflush(stderr);
+        std::_Exit(exit_code_.load());
+      }
+    } else {
+      const int64_t progress = std::max(last_contact_ns_.load(), last_step_ns_.load());
+      if (now - progress > cut_off_ns) {
+        std::fprintf(stderr,
+                     "grove-worker: rank %d: cut off: coordinator %s unreachable and no step "
+                     "finished for %.1f s (a network partition?); exiting\n",
+                     options_.rank, options_.client.address.c_str(), double(cut_off_ns) * 1e-9);
+        std::fflush(stderr);
+        std::_Exit(kAbortExitCode);
+      }
+      if (stop_level_.load() > 1 && std::chrono::steady_clock::now() > abort_deadline_) {
+        std::fprintf(stderr,
+                     "grove-worker: rank %d: still running %.1f s after the coordinator's stop "
+                     "(%s); exiting\n",
+                     options_.rank, options_.abort_grace.count() / 1000.0, stop_reason_.c_str());
+        std::fflush(stderr);
+        std::_Exit(kAbortExitCode);
+      }
+    }
+    cv_.wait_for(l, tick, [this] { return watch_stopping_; });
+  }
+}
+
 StatusOr<v1::JobState> CoordinatorLink::ReportExit(int exit_code, const std::string& message,
                                                    int stop_signal) {
+  // From here the watch thread no longer judges a cut-off (no steps follow) but bounds this
+  // report, which may wait on a coordinator that does not answer.
+  exit_code_.store(exit_code);
+  exit_report_deadline_ns_.store(
+      SteadyNs() +
+      std::chrono::duration_cast<std::chrono::nanoseconds>(
+          options_.exit_report_timeout + options_.client.deadline + std::chrono::seconds(2))
+          .count());
   {
     std::lock_guard<std::mutex> l(mu_);
     stopping_ = true;

@@ -23,8 +23,16 @@
 // the same collective once per step and act on the same result.
 //
 // ABORT (the job failed or is restarting): the hook votes stop, and if the process has not
-// exited abort_grace later (e.g. blocked in a collective with a dead peer) the heartbeat thread
-// ends it with exit code kAbortExitCode.
+// exited abort_grace later (e.g. blocked in a collective with a dead peer) the watch thread ends
+// it with exit code kAbortExitCode.
+//
+// Bounded exit without the coordinator: a second thread (the watch thread) never calls the
+// coordinator, so it keeps its clock even while a heartbeat RPC is stuck. It ends the process
+// with kAbortExitCode when neither a heartbeat was answered nor a step finished for a heartbeat
+// timeout (at least 5 s): cut off from the coordinator and from the peers (a network partition),
+// the rank exits instead of spinning in a collective until the comm watchdog fires. It also
+// bounds ReportExit: a rank whose exit cannot be reported within exit_report_timeout (plus one
+// RPC deadline) exits with its own exit code.
 #pragma once
 
 #include <atomic>
@@ -78,7 +86,7 @@ class CoordinatorLink {
 
   const grove::v1::RegisterWorkerResponse& assignment() const { return assignment_; }
 
-  // Starts the heartbeat thread.
+  // Starts the heartbeat and watch threads.
   void Start();
   // Records a finished step: the step count goes with every heartbeat, the metrics (rank 0
   // only) with the next one.
@@ -106,6 +114,7 @@ class CoordinatorLink {
  private:
   explicit CoordinatorLink(CoordinatorLinkOptions options);
   void HeartbeatLoop();
+  void WatchLoop();
   // One heartbeat with the oldest buffered metrics (within the limits); false when the
   // coordinator was unreachable. *more: metrics or checkpoints are still waiting.
   bool SendHeartbeat(bool* more = nullptr);
@@ -126,6 +135,14 @@ class CoordinatorLink {
   std::chrono::steady_clock::time_point abort_deadline_{};
   bool unreachable_logged_ = false;
   std::thread thread_;
+  bool watch_stopping_ = false;  // under mu_; set only by the destructor
+  std::thread watch_thread_;
+  // steady_clock nanoseconds: the last answered heartbeat (or the registration), the last
+  // finished step, and (nonzero while ReportExit runs) when the exit report is given up.
+  std::atomic<int64_t> last_contact_ns_{0};
+  std::atomic<int64_t> last_step_ns_{0};
+  std::atomic<int64_t> exit_report_deadline_ns_{0};
+  std::atomic<int> exit_code_{0};
 
   std::atomic<int> stop_level_{0};          // 0 continue, 1 stop (cancel), 2 abort
   std::atomic<int64_t> checkpoint_seq_{0};  // newest checkpoint request seen

@@ -117,10 +117,6 @@ sys.exit(0 if worst <= 1e-5 else 1)
 PY
     ;;
   partition)
-    if [ -n "${GROVE_PARTITION_KNOWN_DEFECT:-}" ]; then
-      echo "SKIPPED: known defect: $GROVE_PARTITION_KNOWN_DEFECT (tests/multihost/CMakeLists.txt)"
-      exit 77
-    fi
     config 1000000 "$T/two"
     JOB=$(grove submit -c "$T/job.json" --world 2 -q)
     launch "$JOB"
