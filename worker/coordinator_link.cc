@@ -122,7 +122,9 @@ void CoordinatorLink::RecordStep(const StepMetrics& m) {
   // MoE figures, when the model has MoE layers: tokens per expert (over the router's stats
   // group) and this rank's all-to-all bytes, sent and without LSH compression (the trainer
   // leaves the latter 0 when no layer compresses: then the plain all-to-all sent them all).
-  // StepMetrics does not carry mfu yet (nor the heartbeat device_memory_bytes): left empty.
+  // MFU when the device's peak is known (the coordinator takes 0..1 only; a peak measured under
+  // more contention than the step ran with could put it above).
+  if (m.mfu > 0 && m.mfu <= 1) sm.set_mfu(m.mfu);
   for (size_t layer = 0; layer < m.expert_load.size(); ++layer) {
     v1::ExpertLoad* load = sm.add_expert_load();
     load->set_layer(int(layer));

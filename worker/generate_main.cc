@@ -16,6 +16,7 @@
 
 #include "comm/mpi_communicator.h"
 #include "data/tokenizer.h"
+#include "kernels/blas/blas_kernel.h"
 #include "model/generate.h"
 #include "parallel/grid.h"
 #include "worker/generate_load.h"
@@ -30,6 +31,8 @@ int fail(int rank, const std::string& message) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Before MPI, threads and any GEMM: may execute the program again on the right BLAS kernel.
+  grove::blas::SelectBlasKernel(argv);
   CLI::App app{"Grove generate: greedy decoding from a checkpoint over N context-parallel ranks"};
   std::string checkpoint, run_dir, prompt, attention = "tree";
   std::string tokenizer_path = "runs/data-brown-8192/tokenizer.model";

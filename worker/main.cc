@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "comm/mpi_communicator.h"
+#include "kernels/blas/blas_kernel.h"
 #include "parallel/grid.h"
 #include "worker/coordinator_link.h"
 #include "worker/stop_signals.h"
@@ -33,6 +34,8 @@ int fail(int rank, const std::string& message) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Before MPI, threads and any GEMM: may execute the program again on the right BLAS kernel.
+  const grove::blas::BlasKernel& blas = grove::blas::SelectBlasKernel(argv);
   CLI::App app{"Grove worker: trains a decoder-only (MoE) transformer"};
   app.require_subcommand(1);
   CLI::App* train = app.add_subcommand("train", "train a model from a JSON config");
@@ -123,6 +126,7 @@ int main(int argc, char** argv) {
       if (!token.ok()) return fail(rank, token.status().message());
       link_options.client.token = token.value();
       link_options.rank = rank;
+      link_options.devices = "cpu (BLAS: " + blas.Describe() + ")";
       link_options.world_size = mpi.world_size();
       auto registered = grove::CoordinatorLink::Register(link_options);
       // Every rank must have joined before any of them starts collectives.

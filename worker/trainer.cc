@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "kernels/blas/blas_kernel.h"
 #include "kernels/cpu/ops.h"
 #include "parallel/lsh_dispatcher.h"
 #include "worker/checkpoint.h"
@@ -189,7 +190,10 @@ StepMetrics Trainer::TrainStep() {
   m.ms = std::chrono::duration<double, std::milli>(clock::now() - t0).count();
   m.tokens_per_s = double(o.batch_size) * o.seq_len * o.grad_accum / (m.ms / 1000.0);
   m.tflops = model_->flops_per_micro_batch() * o.grad_accum / (m.ms / 1000.0) / 1e12;
-  const double peak = model_->peak_flops();
+  // The model FLOPs of a micro-batch are shared by its tp x cp ranks: MFU is taken against their
+  // peaks together.
+  const double peak =
+      model_->peak_flops() * double(config_.parallel.tp) * double(config_.parallel.cp);
   m.mfu = peak > 0 ? m.tflops * 1e12 / peak : 0.0;
   return m;
 }
@@ -248,6 +252,17 @@ Status Trainer::Run() {
     std::printf("metrics: %s/metrics.jsonl, checkpoints: %s/checkpoints\n", config_.out_dir.c_str(),
                 config_.out_dir.c_str());
   }
+  // What this process runs on, once per start (resumes add their own), so a run's speed can be
+  // read against its BLAS kernel and peak.
+  const blas::BlasKernel& blas = blas::CurrentBlasKernel();
+  Log({{"start",
+        {{"step", step_},
+         {"device", model_->describe()},
+         {"threads", omp_get_max_threads()},
+         {"blas", {{"library", blas.library}, {"core", blas.core}, {"source", blas.source},
+                   {"chosen_by_library", blas.chosen_by_library}, {"below_cpu", blas.warning}}},
+         {"cpu", blas.cpu},
+         {"peak_gflops", model_->peak_flops() / 1e9}}}});
   float loss = 0;
   while (step_ < last) {
     StepMetrics m = TrainStep();
@@ -279,7 +294,7 @@ Status Trainer::Run() {
                   m.step, o.steps, m.loss, m.lr, m.grad_norm, m.tokens_per_s, m.ms);
       if (!m.expert_load.empty())
         std::printf(" | moe aux %.4f, a2a %.0f%%", m.moe_loss, 100.0 * m.a2a_ms / m.ms);
-      if (m.mfu > 0) std::printf(" | MFU %.1f%%", 100.0 * m.mfu);
+      if (m.mfu > 0) std::printf(" | %.1f GFLOP/s, MFU %.1f%%", m.tflops * 1e3, 100.0 * m.mfu);
       std::printf("\n");
     }
     const bool eval_now = (o.eval_every > 0 && step_ % o.eval_every == 0) || step_ == o.steps;

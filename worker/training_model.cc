@@ -3,6 +3,10 @@
 
 #include <omp.h>
 
+#include <cstdio>
+
+#include "kernels/blas/blas_kernel.h"
+#include "kernels/cpu/sgemm_peak.h"
 #include "worker/training_model_impl.h"
 
 namespace grove {
@@ -19,10 +23,19 @@ StatusOr<std::unique_ptr<TrainingModel>> CreateTrainingModel(const TrainConfig& 
   const ModelParallel par{grid, p.sequence_parallel, p.cp_attention};
   GROVE_RETURN_IF_ERROR(
       TransformerT<CpuBackend>::Supports(config.model, local_batch, o.seq_len, par));
-  const std::string describe =
-      "device: cpu, fp32, " + std::to_string(omp_get_max_threads()) + " threads per rank";
+  // The peak MFU is taken against: this rank's sgemm with its threads, measured now while every
+  // other rank of the job measures its own (ranks sharing a host share its cores, as they will in
+  // training). 1024^3 reaches the library's peak on current CPUs in a few calls.
+  if (grid != nullptr && grid->world().size() > 1) grid->world().barrier();
+  const double peak_gflops = cpu::sgemm_peak_gflops(1024, 1024, 1024, 0.2);
+  char peak[64];
+  std::snprintf(peak, sizeof peak, ", sgemm peak %.1f GFLOP/s", peak_gflops);
+  const std::string describe = "device: cpu, fp32, " + std::to_string(omp_get_max_threads()) +
+                               " threads per rank, BLAS " + blas::CurrentBlasKernel().Describe() +
+                               peak;
   return std::unique_ptr<TrainingModel>(std::make_unique<DeviceTraining<CpuBackend>>(
-      config, local_batch, par, rank, grid ? &grid->world() : nullptr, describe, 0.0));
+      config, local_batch, par, rank, grid ? &grid->world() : nullptr, describe,
+      peak_gflops * 1e9));
 }
 
 #ifndef GROVE_HAVE_CUDA
