@@ -2,7 +2,8 @@
 the way a PyTorch 1.13 user would (nn.Module, fp32, torch.optim.AdamW), timed fwd+bwd+AdamW.
 
 usage: torch_train_step.py '{"vocab_size":..., "d_model":..., ...}' BATCH SEQ THREADS WARMUP STEPS
-prints one JSON line: {"tokens_per_s": ..., "ms_per_step": ..., "loss": ...}
+prints one JSON line: {"tokens_per_s": ..., "ms_per_step": ... (the median of STEPS timed steps after
+WARMUP), "step_ms": [each timed step], "loss": ..., "threads": ..., "torch": ...}
 """
 import json
 import math
@@ -88,15 +89,17 @@ class Transformer(nn.Module):
         return F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1))
 
 
-def main():
+def run(make_model, batch_first):
+    """Times fwd + bwd + clip + AdamW of make_model(cfg) and prints the JSON line (module doc)."""
     cfg = json.loads(sys.argv[1])
     batch, seq, threads, warmup, steps = (int(v) for v in sys.argv[2:7])
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = Transformer(cfg)
+    model = make_model(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
-    tokens = torch.randint(0, cfg["vocab_size"], (seq, batch))
-    targets = torch.randint(0, cfg["vocab_size"], (seq, batch))
+    shape = (batch, seq) if batch_first else (seq, batch)
+    tokens = torch.randint(0, cfg["vocab_size"], shape)
+    targets = torch.randint(0, cfg["vocab_size"], shape)
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -108,12 +111,20 @@ def main():
 
     for _ in range(warmup):
         step()
-    t0 = time.perf_counter()
+    step_ms = []
     for _ in range(steps):
+        t0 = time.perf_counter()
         loss = step()
-    dt = (time.perf_counter() - t0) / steps
-    print(json.dumps({"tokens_per_s": batch * seq / dt, "ms_per_step": dt * 1e3, "loss": loss,
-                      "threads": torch.get_num_threads(), "torch": torch.__version__}))
+        step_ms.append((time.perf_counter() - t0) * 1e3)
+    ms = sorted(step_ms)[len(step_ms) // 2] if len(step_ms) % 2 else \
+        sum(sorted(step_ms)[len(step_ms) // 2 - 1:len(step_ms) // 2 + 1]) / 2
+    print(json.dumps({"tokens_per_s": batch * seq / (ms / 1e3), "ms_per_step": ms,
+                      "step_ms": step_ms, "loss": loss, "threads": torch.get_num_threads(),
+                      "torch": torch.__version__}))
+
+
+def main():
+    run(Transformer, batch_first=False)
 
 
 if __name__ == "__main__":
