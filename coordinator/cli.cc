@@ -1,6 +1,8 @@
 // grove: the command line of the coordinator.
 //   grove submit --config configs/demo.json --world 4 [--set train.steps=50] [--memory-gib 24]
 //   grove jobs | grove status JOB | grove watch JOB | grove logs JOB | grove cancel JOB
+//   grove plan --model CONFIG --cluster CLUSTER [--gpus N]   (no coordinator: the cost model)
+//   grove calibrate --bench FILE --config CONFIG --step-ms MS --out FILE
 // Human-readable tables by default; --json prints protobuf JSON (one object, or one event per
 // line for watch/logs). Every call has a deadline (--timeout); watch reconnects on its own.
 #include <fcntl.h>
@@ -23,6 +25,9 @@
 #include <vector>
 
 #include "checkpoint/sharded_checkpoint.h"
+#include "planner/calibrate.h"
+#include "planner/cluster.h"
+#include "planner/search.h"
 #include "proto/client.h"
 #include "spec/train_config.h"
 
@@ -143,6 +148,11 @@ std::string Fmt(const char* f, double v) {
   char buf[64];
   std::snprintf(buf, sizeof buf, f, v);
   return buf;
+}
+
+std::string FormatGiBDouble(double bytes) {
+  const double g = bytes / (1024.0 * 1024.0 * 1024.0);
+  return Fmt(g < 10 ? "%.2f GiB" : "%.1f GiB", g);
 }
 
 // A plain text table: columns padded to their widest cell.
@@ -573,6 +583,203 @@ int ReportRankExit(Common& c, const std::string& id, const RankExit& r) {
   return 0;
 }
 
+// ---- plan / calibrate (no coordinator: docs/planning.md) -------------------------------------
+
+struct PlanArgs {
+  std::string config_path, cluster, precision, recompute;
+  std::vector<std::string> overrides;
+  int gpus = 0, top = 10, global_batch = 0, tp = 0, cp = 0, ep = 0, dp = 0;
+  double lsh_ratio = 0, expert_imbalance = 1.0, memory_gib = 0;
+  bool shard_optimizer = false;
+};
+
+std::string ClusterDir() {
+  if (const char* d = std::getenv("GROVE_CLUSTER_DIR"); d && *d) return d;
+  return GROVE_DEFAULT_CLUSTER_DIR;
+}
+
+std::string Seconds(double s) {
+  return s >= 1 ? Fmt("%.3g s", s) : s >= 1e-3 ? Fmt("%.3g ms", s * 1e3) : Fmt("%.3g us", s * 1e6);
+}
+
+// The workload of a training config as the cost model reads it; errors name the flag.
+grove::StatusOr<grove::planner::Workload> WorkloadOf(const grove::TrainConfig& config,
+                                                     const PlanArgs& a,
+                                                     const grove::planner::ClusterSpec& cluster) {
+  namespace pl = grove::planner;
+  pl::Workload w;
+  w.model = config.model;
+  w.seq_len = config.train.seq_len;
+  w.cp_attention = config.parallel.cp_attention;
+  grove::Precision p = config.train.precision;
+  if (!a.precision.empty()) {
+    auto parsed = grove::parse_precision(a.precision, "--precision");
+    if (!parsed.ok()) return parsed.status();
+    p = parsed.value();
+  }
+  if (p == grove::Precision::kAuto)
+    p = cluster.device.peak_bf16 > 0 ? grove::Precision::kBf16 : grove::Precision::kFp32;
+  w.precision = p;
+  if (config.model.moe.num_experts > 0 && config.model.moe.lsh.enabled) {
+    if (a.lsh_ratio < 1)
+      return grove::Status::Error(
+          "model.moe.lsh.enabled: give --lsh-ratio R, the compression ratio measured in a run "
+          "(metrics.jsonl, moe.lsh.compression_ratio)");
+    w.lsh_ratio = a.lsh_ratio;
+  } else if (a.lsh_ratio > 0) {
+    return grove::Status::Error("--lsh-ratio needs model.moe.lsh.enabled=true (an MoE model)");
+  }
+  if (a.expert_imbalance < 1) return grove::Status::Error("--expert-imbalance must be >= 1");
+  w.expert_imbalance = a.expert_imbalance;
+  w.shard_optimizer = a.shard_optimizer;
+  return w;
+}
+
+nlohmann::json PredictionJson(const grove::planner::Prediction& p) {
+  nlohmann::json parts = nlohmann::json::object();
+  for (const auto& part : p.parts) parts[part.name] = part.seconds;
+  const auto& l = p.layout;
+  return {{"layout",
+           {{"tp", l.tp}, {"cp", l.cp}, {"ep", l.ep}, {"dp", l.dp},
+            {"recompute", grove::recompute_name(l.recompute)}, {"sequence_parallel", l.sp && l.tp > 1},
+            {"micro_batch", l.micro_batch}, {"grad_accum", l.grad_accum}}},
+          {"step_s", p.step_s},
+          {"tokens_per_s", p.tokens_per_s},
+          {"mfu", p.mfu},
+          {"model_flops", p.model_flops},
+          {"memory_bytes",
+           {{"total", p.memory.total}, {"activations", p.memory.activations},
+            {"moe_buffers", p.memory.moe_buffers}, {"parameters", p.memory.parameters},
+            {"gradients", p.memory.gradients}, {"optimizer", p.memory.optimizer}}},
+          {"parts_s", parts},
+          {"dp_reduction_total_s", p.dp_reduction_total_s}};
+}
+
+int Plan(const Common& c, const PlanArgs& a) {
+  namespace pl = grove::planner;
+  auto config = grove::LoadTrainConfig(a.config_path, a.overrides);
+  if (!config.ok()) return Fail(config.status().message());
+  auto cluster = pl::LoadClusterOrPreset(a.cluster, ClusterDir());
+  if (!cluster.ok()) return Fail(cluster.status().message());
+  const pl::ClusterSpec& cl = cluster.value();
+  auto workload = WorkloadOf(config.value(), a, cl);
+  if (!workload.ok()) return Fail(workload.status().message());
+  pl::SearchRequest r;
+  r.workload = workload.value();
+  r.world = a.gpus > 0 ? a.gpus : (cl.max_nodes > 0 ? cl.devices_per_node * cl.max_nodes : 0);
+  if (r.world < 1)
+    return Fail("--gpus N is needed: cluster " + cl.name + " has no fixed size (max_nodes 0)");
+  const grove::TrainOptions& t = config.value().train;
+  if (a.global_batch > 0) {  // the global batch is kept, the micro-batch searched
+    r.split = pl::BatchSplit::kFree;
+    r.global_batch = a.global_batch;
+  } else {  // Grove's config: train.batch_size per micro-batch (over dp), grad_accum of them
+    r.split = pl::BatchSplit::kFixedGlobalMicroBatch;
+    r.global_micro_batch = t.batch_size;
+    r.global_batch = t.batch_size * t.grad_accum;
+  }
+  r.tp = a.tp, r.cp = a.cp, r.ep = a.ep, r.dp = a.dp;
+  if (!a.recompute.empty()) {
+    auto rc = grove::parse_recompute(a.recompute, "--recompute");
+    if (!rc.ok()) return Fail(rc.status().message());
+    r.recompute = rc.value();
+  }
+  r.sp = config.value().parallel.sequence_parallel;
+  r.memory_limit_bytes = a.memory_gib * 1024.0 * 1024.0 * 1024.0;
+  r.max_results = a.top;
+  auto found = pl::SearchLayouts(r, cl);
+  if (!found.ok()) return Fail(found.status().message());
+  const pl::SearchResult& res = found.value();
+  if (c.json) {
+    nlohmann::json out = {{"cluster", cl.name},
+                          {"world", r.world},
+                          {"precision", grove::precision_name(r.workload.precision)},
+                          {"global_batch", r.global_batch},
+                          {"seq_len", r.workload.seq_len},
+                          {"considered", res.considered},
+                          {"rejected_memory", res.rejected_memory},
+                          {"layouts", nlohmann::json::array()}};
+    for (const auto& p : res.ranked) out["layouts"].push_back(PredictionJson(p));
+    std::printf("%s\n", out.dump(2).c_str());
+    return 0;
+  }
+  std::printf("cluster %s, %d devices, %s; global batch %d x %d tokens; %d layouts valid, %d over "
+              "memory\n",
+              cl.name.c_str(), r.world, grove::precision_name(r.workload.precision),
+              r.global_batch, r.workload.seq_len, res.considered, res.rejected_memory);
+  std::vector<std::vector<std::string>> rows;
+  int rank = 0;
+  auto share = [](const pl::Prediction& p, const char* name) {
+    return Fmt("%.1f", 100.0 * p.part(name) / p.step_s);
+  };
+  for (const auto& p : res.ranked) {
+    const double compute = p.part("gemm") + p.part("attention") + p.part("memory-bound") +
+                           p.part("recompute") + p.part("optimizer");
+    rows.push_back({std::to_string(++rank), p.layout.str(), Seconds(p.step_s),
+                    Fmt("%.4g", p.tokens_per_s), Fmt("%.1f%%", 100 * p.mfu),
+                    FormatGiBDouble(p.memory.total), Fmt("%.1f", 100 * compute / p.step_s),
+                    share(p, "tp collectives"), share(p, "cp attention"), share(p, "ep all-to-all"),
+                    share(p, "dp reduction")});
+  }
+  PrintTable({"#", "LAYOUT", "STEP", "TOK/S", "MFU", "MEM/DEV", "COMPUTE%", "TP%", "CP%", "A2A%",
+              "DP%"},
+             rows);
+  std::printf("(shares of the step: compute incl. recompute and optimizer; TP/CP/A2A blocking "
+              "collectives; DP the gradient sum not hidden behind the backward)\n");
+  return 0;
+}
+
+struct CalibrateArgs {
+  std::string bench, config_path, out, name = "cpu-this-machine";
+  std::vector<std::string> overrides;
+  double step_ms = 0, memory_gib = 0;
+  int cores = 0;
+};
+
+int Calibrate(const CalibrateArgs& a) {
+  namespace pl = grove::planner;
+  std::ifstream in(a.bench);
+  if (!in) return Fail("cannot read --bench " + a.bench);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  auto samples = pl::ParseBenchLines(text);
+  if (!samples.ok()) return Fail(a.bench + ": " + samples.status().message());
+  auto config = grove::LoadTrainConfig(a.config_path, a.overrides);
+  if (!config.ok()) return Fail(config.status().message());
+  const int cores = a.cores > 0 ? a.cores : int(std::thread::hardware_concurrency());
+  double memory_gib = a.memory_gib;
+  if (memory_gib <= 0) {
+    std::ifstream mi("/proc/meminfo");
+    std::string key;
+    double kb = 0;
+    while (mi >> key >> kb)
+      if (key == "MemTotal:") break;
+    memory_gib = kb / (1024.0 * 1024.0);
+  }
+  if (memory_gib <= 0) return Fail("--memory-gib is needed (no /proc/meminfo)");
+  pl::Workload w;
+  w.model = config.value().model;
+  w.seq_len = config.value().train.seq_len;
+  w.precision = grove::Precision::kFp32;
+  pl::Layout l;  // one rank: the whole micro-batch
+  l.micro_batch = config.value().train.batch_size;
+  l.grad_accum = config.value().train.grad_accum;
+  l.recompute = config.value().train.recompute;
+  auto cluster = pl::CalibrateCpuCluster(samples.value(), w, l, a.step_ms / 1e3, cores,
+                                         memory_gib, a.name);
+  if (!cluster.ok()) return Fail(cluster.status().message());
+  const std::string body = pl::ClusterToJson(cluster.value()).dump(2) + "\n";
+  const std::string tmp = a.out + ".tmp";
+  {
+    std::ofstream o(tmp);
+    o << body;
+    if (!o) return Fail("cannot write " + tmp);
+  }
+  if (std::rename(tmp.c_str(), a.out.c_str()) != 0)
+    return Fail("cannot write " + a.out + ": " + std::strerror(errno));
+  std::printf("%s", body.c_str());
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -661,9 +868,53 @@ int main(int argc, char** argv) {
   report_exit->add_option("--host", rank_exit.host, "where it ran");
   report_exit->add_option("--pid", rank_exit.pid, "its process id");
   report_exit->add_option("--message", rank_exit.message, "what else the launcher knows");
+  PlanArgs pa;
+  auto* plan = app.add_subcommand(
+      "plan", "rank layouts by predicted step time on a cluster (cost model; no coordinator)");
+  plan->add_option("--model,-m,--config", pa.config_path, "TrainConfig JSON (model and train)")
+      ->required();
+  plan->add_option("--cluster", pa.cluster, "cluster file or preset name (configs/clusters)")
+      ->required();
+  plan->add_option("--gpus,-n", pa.gpus, "devices (default: the cluster's size)");
+  plan->add_option("--set", pa.overrides, "override a config key: section.key=value");
+  plan->add_option("--top", pa.top, "show this many layouts (0 = all)")->check(CLI::NonNegativeNumber);
+  plan->add_option("--global-batch", pa.global_batch,
+                   "sequences per step; the micro-batch is then searched (default: the "
+                   "config's batch_size x grad_accum, micro-batch fixed)");
+  plan->add_option("--tp", pa.tp, "fix tensor parallel");
+  plan->add_option("--cp", pa.cp, "fix context parallel");
+  plan->add_option("--ep", pa.ep, "fix expert parallel");
+  plan->add_option("--dp", pa.dp, "fix data parallel");
+  plan->add_option("--recompute", pa.recompute, "fix none | selective | full");
+  plan->add_option("--precision", pa.precision, "fp32 | bf16 (default: bf16 where the device has it)");
+  plan->add_option("--memory-gib", pa.memory_gib, "memory per device (default: the cluster's)");
+  plan->add_option("--lsh-ratio", pa.lsh_ratio,
+                   "LSH compression ratio measured in a run (needs model.moe.lsh.enabled)");
+  plan->add_option("--expert-imbalance", pa.expert_imbalance,
+                   "most loaded expert-parallel rank over the mean (default 1)");
+  plan->add_flag("--shard-optimizer", pa.shard_optimizer,
+                 "AdamW state sharded over data parallel (a distributed optimizer; Grove: no)");
+  CalibrateArgs ca;
+  auto* calibrate = app.add_subcommand(
+      "calibrate", "write this machine's cluster description from benchmark output and a step");
+  calibrate->add_option("--bench", ca.bench,
+                        "JSON lines of bench_sgemm, bench_attention and comm_bench")
+      ->required();
+  calibrate->add_option("--config,-c", ca.config_path, "the config the step ran (one rank)")
+      ->required();
+  calibrate->add_option("--set", ca.overrides, "override a config key: section.key=value");
+  calibrate->add_option("--step-ms", ca.step_ms, "measured step time of that 1-rank run")
+      ->required()
+      ->check(CLI::PositiveNumber);
+  calibrate->add_option("--out", ca.out, "cluster file to write")->required();
+  calibrate->add_option("--cores", ca.cores, "cores the ranks share (default: all)");
+  calibrate->add_option("--memory-gib", ca.memory_gib, "memory (default: MemTotal)");
+  calibrate->add_option("--name", ca.name, "the cluster's name");
   CLI11_PARSE(app, argc, argv);
 
   try {
+    if (plan->parsed()) return Plan(c, pa);
+    if (calibrate->parsed()) return Calibrate(ca);
     if (submit->parsed()) return Submit(c, sa);
     if (jobs->parsed()) return Jobs(c, states, limit);
     if (status->parsed()) return Status(c, id);

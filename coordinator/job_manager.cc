@@ -165,8 +165,9 @@ bool Printable(const std::string& s) {
 
 // Validates a spec (limits, paths inside the roots) and plans its layout. Messages name the
 // field. *out_dir is the resolved out_dir the workers write to.
-grpc::Status PlanJob(const v1::JobSpec& spec, const PathPolicy& paths, v1::Layout* layout,
-                     std::string* resolved, int64_t* total_steps, std::string* out_dir) {
+grpc::Status PlanJob(const v1::JobSpec& spec, const PathPolicy& paths,
+                     const planner::ClusterSpec* cluster, v1::Layout* layout, std::string* resolved,
+                     int64_t* total_steps, std::string* out_dir) {
   if (spec.name().size() > Limits::kNameBytes)
     return Invalid("spec.name is longer than " + std::to_string(Limits::kNameBytes) + " bytes");
   if (spec.config_json().size() > Limits::kConfigBytes)
@@ -207,6 +208,7 @@ grpc::Status PlanJob(const v1::JobSpec& spec, const PathPolicy& paths, v1::Layou
   req.device_memory_gib = p.device_memory_gib();
   req.ranks_per_host = p.ranks_per_host();
   req.sequence_parallel = config.value().parallel.sequence_parallel;
+  req.cluster = cluster;
   auto plan = PlanLayout(config.value(), req);
   if (!plan.ok()) return Invalid("spec." + plan.status().message());
   const Plan& pl = plan.value();
@@ -291,7 +293,8 @@ StatusOr<std::unique_ptr<JobManager>> JobManager::Create(std::unique_ptr<JobStor
       if (!rpc::IsTerminal(s)) {
         Change c{&e, {}, {}};
         m->AddMessage(c, "coordinator restarted; waiting " +
-                             Seconds(2 * options.heartbeat_timeout) + " for the workers' heartbeats");
+                             Seconds(2 * options.heartbeat_timeout) +
+                             " for the workers' heartbeats");
         std::vector<Waker> wake;
         grpc::Status st = m->Commit(c, e.job, &wake);
         if (!st.ok()) return Status::Error(st.error_message());
@@ -393,10 +396,17 @@ void JobManager::FailOrRestart(Change& c, const std::string& reason) {
   Transition(c, v1::FAILED, reason);
 }
 
-void JobManager::Stopped(Change& c, int signal, int64_t step) {
+void JobManager::Stopped(Change& c, int signal, int64_t step, bool saved) {
   Entry& e = *c.entry;
   v1::Job& job = e.job;
-  const std::string at = " at step " + std::to_string(step) + " after a checkpoint";
+  std::string at = " at step " + std::to_string(step) + " after a checkpoint";
+  if (!saved) {
+    at = " at step " + std::to_string(step) + " before its checkpoint was written (stop grace " +
+         "ran out); the last checkpoint is " +
+         (job.checkpoints().empty()
+              ? std::string("none (the job starts over)")
+              : "step " + std::to_string(job.checkpoints(job.checkpoints_size() - 1).step()));
+  }
   if (!Preemption(signal)) {
     Transition(c, v1::CANCELLED,
                "cancelled by " + SignalName(signal) + at +
@@ -436,8 +446,8 @@ grpc::Status JobManager::Commit(Change& c, const v1::Job& before, std::vector<Wa
       fatal_ = gone.message();
       return grpc::Status(grpc::StatusCode::DATA_LOSS, fatal_);
     }
-    return grpc::Status(grpc::StatusCode::INTERNAL, "job database " + store_->path() +
-                                                        ": write failed: " + err.what());
+    return grpc::Status(grpc::StatusCode::INTERNAL,
+                        "job database " + store_->path() + ": write failed: " + err.what());
   }
   for (const auto& ev : c.events) {
     e.tail_bytes += ev.ByteSizeLong();
@@ -498,7 +508,8 @@ grpc::Status JobManager::Submit(const v1::SubmitJobRequest& req, v1::SubmitJobRe
   std::string resolved, out_dir;
   int64_t total_steps = 0;
   if (grpc::Status st =
-          PlanJob(req.spec(), options_.paths, &layout, &resolved, &total_steps, &out_dir);
+          PlanJob(req.spec(), options_.paths, options_.cluster ? &*options_.cluster : nullptr,
+                  &layout, &resolved, &total_steps, &out_dir);
       !st.ok())
     return st;
   if (options_.submit_planned_hook) options_.submit_planned_hook();
@@ -555,8 +566,7 @@ grpc::Status JobManager::Get(const std::string& job_id, v1::Job* job) {
 
 grpc::Status JobManager::List(const v1::ListJobsRequest& req, v1::ListJobsResponse* resp) {
   if (req.limit() < 0 || req.limit() > Limits::kListLimit)
-    return Invalid("limit must be in [0, " + std::to_string(Limits::kListLimit) +
-                   "] (0 = 100)");
+    return Invalid("limit must be in [0, " + std::to_string(Limits::kListLimit) + "] (0 = 100)");
   if (req.states_size() > 16) return Invalid("states: at most 16");
   int64_t before = INT64_MAX;  // page token: "n<number>", the jobs older than that number
   if (!req.page_token().empty()) {
@@ -663,8 +673,8 @@ grpc::Status JobManager::Metrics(const v1::GetMetricsRequest& req, v1::GetMetric
   if (Find(req.job_id()) == nullptr) return NotFound(req.job_id());
   try {
     size_t bytes = 0;
-    for (auto& m : store_->Metrics(req.job_id(), req.after_step(),
-                                   req.limit() == 0 ? 1000 : req.limit())) {
+    for (auto& m :
+         store_->Metrics(req.job_id(), req.after_step(), req.limit() == 0 ? 1000 : req.limit())) {
       bytes += m.ByteSizeLong();
       if (resp->metrics_size() > 0 && bytes > Limits::kMetricsBytes) break;  // ask again after
       *resp->add_metrics() = std::move(m);
@@ -925,13 +935,13 @@ grpc::Status JobManager::Heartbeat(const v1::HeartbeatRequest& req, v1::Heartbea
                         " already reported its exit");
   // Figures must fit the job: steps within train.steps, checkpoints inside its out_dir.
   if (req.step() > job.total_steps())
-    return Invalid("step " + std::to_string(req.step()) + " is past train.steps=" +
-                   std::to_string(job.total_steps()));
+    return Invalid("step " + std::to_string(req.step()) +
+                   " is past train.steps=" + std::to_string(job.total_steps()));
   for (int i = 0; i < req.metrics_size(); ++i)
     if (req.metrics(i).step() > job.total_steps())
       return Invalid("metrics[" + std::to_string(i) + "].step " +
-                     std::to_string(req.metrics(i).step()) + " is past train.steps=" +
-                     std::to_string(job.total_steps()));
+                     std::to_string(req.metrics(i).step()) +
+                     " is past train.steps=" + std::to_string(job.total_steps()));
   for (int i = 0; i < req.checkpoints_size(); ++i) {
     const std::string path =
         std::filesystem::path(req.checkpoints(i).path()).lexically_normal().string();
@@ -999,8 +1009,8 @@ grpc::Status JobManager::Heartbeat(const v1::HeartbeatRequest& req, v1::Heartbea
   return grpc::Status::OK;
 }
 
-grpc::Status JobManager::ReportExit(const v1::ReportExitRequest& req,
-                                    v1::ReportExitResponse* resp, const Principal& who) {
+grpc::Status JobManager::ReportExit(const v1::ReportExitRequest& req, v1::ReportExitResponse* resp,
+                                    const Principal& who) {
   if (grpc::Status st = CheckJobId(req.job_id()); !st.ok()) return st;
   if (req.message().size() > Limits::kExitMessageBytes)
     return Invalid("message is longer than " + std::to_string(Limits::kExitMessageBytes) +
@@ -1060,7 +1070,12 @@ grpc::Status JobManager::ReportExit(const v1::ReportExitRequest& req,
                                      std::to_string(req.exit_code()) + " at step " +
                                      std::to_string(req.final_step());
   AddMessage(c, what + (req.message().empty() ? "" : ": " + req.message()));
-  if (live_state) {
+  if (live_state && !req.from_launcher() && req.stop_signal() != 0 && req.checkpoint_missed() &&
+      !job.cancel_requested()) {
+    // A rank ran out of its stop grace: the stop is not a failure of the job, but no rank of
+    // this attempt will save; the others may be blocked or about to exit the same way.
+    Stopped(c, req.stop_signal(), req.final_step(), /*saved=*/false);
+  } else if (live_state) {
     if ((req.exit_code() != 0 || req.exit_signal() != 0) && !job.cancel_requested()) {
       FailOrRestart(c, what + (req.message().empty() ? "" : ": " + req.message()));
     } else {
@@ -1140,8 +1155,8 @@ void JobManager::CheckLiveness() {
       }
     // A monitor that itself did not run for half a timeout (the process was stopped or starved)
     // cannot tell silent workers from its own stall: everyone gets a fresh timeout instead.
-    const bool stalled = last_pass_ != Clock::time_point{} &&
-                         now - last_pass_ > options_.heartbeat_timeout / 2;
+    const bool stalled =
+        last_pass_ != Clock::time_point{} && now - last_pass_ > options_.heartbeat_timeout / 2;
     last_pass_ = now;
     const int64_t now_ms = NowMs();
     for (auto& [id, e] : jobs_) {
@@ -1155,8 +1170,8 @@ void JobManager::CheckLiveness() {
           e.last_seen[w.rank()] = now;
           continue;
         }
-        const auto silent =
-            std::chrono::duration_cast<std::chrono::milliseconds>(now - LastHeard(e, w.rank(), now));
+        const auto silent = std::chrono::duration_cast<std::chrono::milliseconds>(
+            now - LastHeard(e, w.rank(), now));
         if (silent > options_.heartbeat_timeout) {
           FailOrRestart(c, DescribeWorker(w) + " sent no heartbeat for " + Seconds(silent) +
                                " (timeout " + Seconds(options_.heartbeat_timeout) + ")");

@@ -34,6 +34,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -41,33 +42,34 @@
 #include "coordinator/auth.h"
 #include "coordinator/path_policy.h"
 #include "coordinator/store.h"
+#include "planner/cluster.h"
 #include "proto/grove.pb.h"
 
 namespace grove::coordinator {
 
 // The documented limits of the API (proto/grove.proto, docs/coordinator.md).
 struct Limits {
-  static constexpr size_t kIdBytes = 128;              // job ids, request_id
-  static constexpr size_t kNameBytes = 128;            // JobSpec.name
-  static constexpr size_t kConfigBytes = 64 << 10;     // JobSpec.config_json
+  static constexpr size_t kIdBytes = 128;           // job ids, request_id
+  static constexpr size_t kNameBytes = 128;         // JobSpec.name
+  static constexpr size_t kConfigBytes = 64 << 10;  // JobSpec.config_json
   static constexpr int kWorldSize = 65536;
   static constexpr size_t kHostBytes = 255;
   static constexpr size_t kDevicesBytes = 1024;
-  static constexpr size_t kReasonBytes = 1024;         // cancel reason
+  static constexpr size_t kReasonBytes = 1024;  // cancel reason
   static constexpr size_t kExitMessageBytes = 4096;
   static constexpr int kMetricsPerHeartbeat = 256;
-  static constexpr int kExpertLayers = 1024;           // expert_load entries per metric
-  static constexpr int kExpertsPerLayer = 4096;        // counts per expert_load entry
+  static constexpr int kExpertLayers = 1024;     // expert_load entries per metric
+  static constexpr int kExpertsPerLayer = 4096;  // counts per expert_load entry
   static constexpr int kExpertCountsPerHeartbeat = 65536;
   static constexpr int kCheckpointsPerHeartbeat = 16;
   static constexpr size_t kPathBytes = 4096;
-  static constexpr size_t kCheckpointsKept = 256;      // newest Job.checkpoints kept
+  static constexpr size_t kCheckpointsKept = 256;  // newest Job.checkpoints kept
   static constexpr int kListLimit = 1000;
-  static constexpr size_t kListBytes = 1 << 20;        // one ListJobs page
-  static constexpr int kMetricsLimit = 100000;         // GetMetrics
-  static constexpr size_t kMetricsBytes = 4 << 20;     // one GetMetrics answer
+  static constexpr size_t kListBytes = 1 << 20;     // one ListJobs page
+  static constexpr int kMetricsLimit = 100000;      // GetMetrics
+  static constexpr size_t kMetricsBytes = 4 << 20;  // one GetMetrics answer
   static constexpr int kWorkerTokensPerAttempt = 64;
-  static constexpr size_t kTailBytes = 16 << 20;       // recent events kept in memory per job
+  static constexpr size_t kTailBytes = 16 << 20;  // recent events kept in memory per job
 };
 
 struct ManagerOptions {
@@ -79,6 +81,9 @@ struct ManagerOptions {
   // A PENDING job that no worker joined for this long fails ("never launched").
   std::chrono::milliseconds pending_timeout{std::chrono::hours(24)};
   PathPolicy paths;  // where jobs may read data and write runs (default: any absolute path)
+  // The cluster the jobs run on (--cluster): layouts a job leaves open are planned by the cost
+  // model (coordinator/planner.h); without one, the first layout that fits is taken.
+  std::optional<planner::ClusterSpec> cluster;
   // Tests only: runs in SubmitJob after the spec was planned, before the job is inserted (lets a
   // test line up concurrent submits there).
   std::function<void()> submit_planned_hook;
@@ -114,8 +119,7 @@ class JobManager {
   grpc::Status Register(const grove::v1::RegisterWorkerRequest& req,
                         grove::v1::RegisterWorkerResponse* resp,
                         const Principal& who = Principal::Unrestricted());
-  grpc::Status Heartbeat(const grove::v1::HeartbeatRequest& req,
-                         grove::v1::HeartbeatResponse* resp,
+  grpc::Status Heartbeat(const grove::v1::HeartbeatRequest& req, grove::v1::HeartbeatResponse* resp,
                          const Principal& who = Principal::Unrestricted());
   grpc::Status ReportExit(const grove::v1::ReportExitRequest& req,
                           grove::v1::ReportExitResponse* resp,
@@ -228,9 +232,10 @@ class JobManager {
   void AddMessage(Change& c, const std::string& message);
   void Transition(Change& c, grove::v1::JobState to, const std::string& reason);
   void FailOrRestart(Change& c, const std::string& reason);
-  // Every rank stopped after a checkpoint on `signal` at `step`: PREEMPTED (a new attempt that
-  // resumes when the job is launched again) or CANCELLED.
-  void Stopped(Change& c, int signal, int64_t step);
+  // Every rank stopped after a checkpoint on `signal` at `step` (saved), or one rank ran out of
+  // its stop grace before the checkpoint at `step` was written (!saved): PREEMPTED (a new attempt
+  // that resumes from the last checkpoint when the job is launched again) or CANCELLED.
+  void Stopped(Change& c, int signal, int64_t step, bool saved = true);
   void TouchWorker(Change& c, grove::v1::WorkerInfo* w);
   void RecordMemory(Entry& e, const grove::v1::HeartbeatRequest& req, int64_t now_ms);
   grove::v1::WorkerInfo* FindWorker(Entry& e, int rank);
@@ -245,7 +250,7 @@ class JobManager {
   std::map<std::string, std::string> by_request_;  // request id -> job id
   std::map<int64_t, std::string> by_number_;       // job number -> job id (newest last)
   int64_t next_number_ = 0;
-  std::string fatal_;                              // database lost (see fatal_error())
+  std::string fatal_;  // database lost (see fatal_error())
 
   mutable std::mutex creds_mu_;  // after mu_ when both are held
   std::map<std::string, JobCredentials> creds_;

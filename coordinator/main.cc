@@ -10,6 +10,7 @@
 
 #include "coordinator/dashboard.h"
 #include "coordinator/server.h"
+#include "planner/cluster.h"
 #include "proto/client.h"
 
 namespace {
@@ -77,6 +78,10 @@ int main(int argc, char** argv) {
                  "seconds a job waits for its remaining ranks once one registered")
       ->check(CLI::PositiveNumber);
   app.add_option("--port-file", port_file, "write the port actually bound to this file");
+  std::string cluster_file;
+  app.add_option("--cluster", cluster_file,
+                 "cluster description (configs/clusters/*.json): plan open layouts by the cost "
+                 "model (docs/planning.md) instead of the first that fits");
   app.add_option("--http", http_listen,
                  "serve the dashboard and /metrics on PORT (127.0.0.1) or HOST:PORT; 0 picks a "
                  "free port; off when not given (docs/dashboard.md)");
@@ -145,6 +150,11 @@ int main(int argc, char** argv) {
       return Fail("--heartbeat-interval must be shorter than --heartbeat-timeout");
     mo.pending_timeout = std::chrono::milliseconds(int64_t(pending_timeout_s * 1000));
     mo.paths = paths.value();
+    if (!cluster_file.empty()) {
+      auto cluster = grove::planner::LoadCluster(cluster_file);
+      if (!cluster.ok()) return Fail("--cluster: " + cluster.status().message());
+      mo.cluster = std::move(cluster).value();
+    }
     auto manager = grove::coordinator::JobManager::Create(std::move(store).value(), mo);
     if (!manager.ok()) return Fail(manager.status().message());
     std::shared_ptr<grove::coordinator::JobManager> shared = std::move(manager).value();

@@ -5,6 +5,8 @@
 #include <cstdio>
 #include <vector>
 
+#include "planner/search.h"
+
 namespace grove::coordinator {
 
 namespace {
@@ -29,6 +31,75 @@ MemoryEstimate Estimate(const TrainConfig& c, int tp, int cp, Recompute r, bool 
   l.sp = sp && tp > 1;
   l.recompute = r;
   return EstimateMemory(c.model, l);
+}
+
+}  // namespace
+
+std::string FormatGiB(int64_t bytes);
+
+namespace {
+
+// The fastest layout by the cost model among those the request leaves open (docs/planning.md).
+StatusOr<Plan> PlanWithCostModel(const TrainConfig& config, const PlanRequest& r, int per_host) {
+  planner::ClusterSpec cluster = *r.cluster;
+  cluster.devices_per_node = per_host;
+  if (cluster.max_nodes > 0 && r.world_size > per_host * cluster.max_nodes)
+    cluster.max_nodes = (r.world_size + per_host - 1) / per_host;  // the job's own hosts
+  planner::SearchRequest s;
+  planner::Workload& w = s.workload;
+  w.model = config.model;
+  w.seq_len = config.train.seq_len;
+  w.precision = config.train.precision != Precision::kAuto ? config.train.precision
+                : config.train.device == Device::kCUDA ? Precision::kBf16
+                                                       : Precision::kFp32;
+  if (w.precision == Precision::kBf16 && cluster.device.peak_bf16 <= 0)
+    w.precision = Precision::kFp32;
+  w.cp_attention = config.parallel.cp_attention;
+  // An LSH ratio is known only once the job ran: plan as if uncompressed (conservative).
+  s.world = r.world_size;
+  s.global_micro_batch = config.train.batch_size;
+  s.global_batch = config.train.batch_size * config.train.grad_accum;
+  s.split = planner::BatchSplit::kFixedGlobalMicroBatch;
+  s.tp = r.tp, s.cp = r.cp, s.ep = r.ep, s.dp = r.dp;
+  if (config.train.device == Device::kCUDA) s.tp = s.cp = s.ep = 1;  // data parallel only
+  if (config.model.moe.num_experts == 0 && s.ep == 0) s.ep = 1;
+  if (!r.recompute.empty()) {
+    auto fixed = parse_recompute(r.recompute, "parallel.recompute");
+    if (!fixed.ok()) return fixed.status();
+    s.recompute = fixed.value();
+  }
+  s.sp = r.sequence_parallel;
+  s.memory_limit_bytes = r.device_memory_gib > 0 ? r.device_memory_gib * kGiB : 0;
+  s.max_results = 1;
+  auto found = planner::SearchLayouts(s, cluster);
+  if (!found.ok()) return Err("parallel: " + found.status().message());
+  const planner::Prediction& best = found.value().ranked.front();
+  Plan p;
+  p.world = r.world_size;
+  p.tp = best.layout.tp;
+  p.cp = best.layout.cp;
+  p.ep = best.layout.ep;
+  p.dp = best.layout.dp;
+  p.recompute = best.layout.recompute;
+  p.sp = best.layout.sp && p.tp > 1;
+  p.memory.activations = int64_t(best.memory.activations + best.memory.moe_buffers);
+  p.memory.parameters = int64_t(best.memory.parameters);
+  p.memory.gradients = int64_t(best.memory.gradients);
+  p.memory.optimizer = int64_t(best.memory.optimizer);
+  p.memory.total = int64_t(best.memory.total);
+  p.device_memory_bytes = r.device_memory_gib > 0 ? int64_t(r.device_memory_gib * kGiB) : 0;
+  p.predicted_step_s = best.step_s;
+  char buf[96];
+  std::snprintf(buf, sizeof buf, "; predicted step %.3g s, MFU %.1f%% on %s", best.step_s,
+                100 * best.mfu, cluster.name.c_str());
+  p.explanation = "tp=" + std::to_string(p.tp) + " cp=" + std::to_string(p.cp) +
+                  " ep=" + std::to_string(p.ep) + " dp=" + std::to_string(p.dp) + ", " +
+                  recompute_name(p.recompute) + " recompute" + (p.sp ? ", sequence parallel" : "") +
+                  ": " + FormatGiB(p.memory.total) + " per device" + buf + " (fastest of " +
+                  std::to_string(found.value().considered - found.value().rejected_memory) +
+                  " layouts that fit)";
+  if (Status st = parallel::validate(p.shape()); !st.ok()) return Err("parallel: " + st.message());
+  return p;
 }
 
 }  // namespace
@@ -126,6 +197,11 @@ StatusOr<Plan> PlanLayout(const TrainConfig& config, const PlanRequest& r) {
           std::to_string(tps.front()) + "; leave parallel.tp at 0 or 1");
     tps = {1};
   }
+
+  // A cluster and an open layout: the fastest that fits by the cost model.
+  if (r.cluster != nullptr && ((r.tp == 0 && r.dp == 0) || r.cp == 0 || r.ep == 0 ||
+                               r.recompute.empty()))
+    return PlanWithCostModel(config, r, per_host);
 
   std::vector<Recompute> light, heavy;
   if (!r.recompute.empty()) {

@@ -14,12 +14,20 @@
 //  - Search order, first fit wins: tp ascending with no / selective recompute, then tp ascending
 //    with full recompute (full recompute costs a third more compute; a wider TP group within a
 //    host usually costs less). Fields the request fixes are kept as given.
+//  - With a cluster description (PlanRequest::cluster; grove-coordinator --cluster) and a
+//    layout left open (tp, cp, ep or the recompute mode), the fastest layout by the cost model
+//    (planner/search.h, docs/planning.md) is taken instead of the first that fits: every
+//    (tp, cp, ep, dp, recompute) that runs the model and fits the memory, with the configured
+//    micro-batch (train.batch_size over dp) and the fixed fields kept. Its memory is the cost
+//    model's (per data-parallel micro-batch, the MoE stash, experts over ep).
 #pragma once
 
 #include <cstdint>
 #include <string>
 
 #include "core/status.h"
+#include "planner/cluster.h"
+#include "planner/cost_model.h"
 #include "spec/grid.h"
 #include "spec/memory.h"
 #include "spec/model_config.h"
@@ -27,7 +35,7 @@
 
 namespace grove::coordinator {
 
-inline constexpr double kUsableMemoryFraction = 0.9;
+inline constexpr double kUsableMemoryFraction = planner::kUsableMemoryFraction;  // 0.9
 
 struct PlanRequest {
   int world_size = 1;
@@ -39,6 +47,9 @@ struct PlanRequest {
   double device_memory_gib = 0;   // 0 = no memory limit
   int ranks_per_host = 0;         // 0 = world_size
   bool sequence_parallel = true;  // SP whenever tp > 1 (false: plain TP)
+  // The cluster the job runs on (not owned; null: the first-fit planner). Its devices per node
+  // are replaced by ranks_per_host when that is given.
+  const planner::ClusterSpec* cluster = nullptr;
 };
 
 struct Plan {
@@ -48,6 +59,7 @@ struct Plan {
   MemoryEstimate memory;
   int64_t device_memory_bytes = 0;  // 0 = unlimited
   std::string explanation;
+  double predicted_step_s = 0;  // the cost model's step time (0: planned without a cluster)
 
   parallel::GridShape shape() const { return {world, tp, cp, ep, dp}; }
 };

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include "parallel/grid.h"
+#include "planner/search.h"
 
 namespace grove::coordinator {
 namespace {
@@ -183,6 +184,71 @@ TEST(Planner, CoordsMatchParallelGrid) {
     EXPECT_EQ(got.ep, want.ep) << rank;
     EXPECT_EQ(got.edp, want.edp) << rank;
   }
+}
+
+// With a cluster description an open layout (ep included) is the cost model's fastest that
+// fits, not the first that fits; fixed fields are kept; the memory limit holds.
+TEST(Planner, ClusterPlansTheFastestLayoutByTheCostModel) {
+  TrainConfig c = Demo();
+  c.model.moe.num_experts = 4;
+  c.model.moe.top_k = 2;
+  c.model.moe.every = 2;
+  planner::ClusterSpec cluster;
+  cluster.name = "slow-links";
+  cluster.devices_per_node = 4;
+  cluster.device.peak_fp32 = 50e9;
+  cluster.device.memory_bytes = 8.0 * (1 << 30);
+  cluster.device.memory_bandwidth = 10e9;
+  cluster.intra = {1e8, 50e-6, 1.0};  // 100 MB/s: communication dominates
+  cluster.inter_topology = planner::InterTopology::kNone;
+  cluster.max_nodes = 1;
+  ASSERT_TRUE(cluster.Validate().ok()) << cluster.Validate().message();
+  PlanRequest r;
+  r.world_size = 4;
+  r.cluster = &cluster;
+  auto p = PlanLayout(c, r);
+  ASSERT_TRUE(p.ok()) << p.status().message();
+  EXPECT_GT(p->predicted_step_s, 0.0);
+  EXPECT_NE(p->explanation.find("predicted step"), std::string::npos) << p->explanation;
+  // The same search, independently: the plan is its first layout.
+  planner::SearchRequest s;
+  s.workload.model = c.model;
+  s.workload.seq_len = c.train.seq_len;
+  s.workload.precision = Precision::kFp32;
+  s.world = 4;
+  s.global_micro_batch = s.global_batch = c.train.batch_size;
+  s.max_results = 0;
+  auto all = planner::SearchLayouts(s, cluster);
+  ASSERT_TRUE(all.ok()) << all.status().message();
+  const planner::Layout& best = all.value().ranked.front().layout;
+  EXPECT_EQ(p->tp, best.tp);
+  EXPECT_EQ(p->cp, best.cp);
+  EXPECT_EQ(p->ep, best.ep);
+  EXPECT_EQ(p->dp, best.dp);
+  EXPECT_EQ(p->recompute, best.recompute);
+  EXPECT_DOUBLE_EQ(p->predicted_step_s, all.value().ranked.front().step_s);
+  // ... and it is faster than what the first-fit planner picks for the same job.
+  PlanRequest first_fit = r;
+  first_fit.cluster = nullptr;
+  auto ff = PlanLayout(c, first_fit);
+  ASSERT_TRUE(ff.ok());
+  planner::Layout ffl;
+  ffl.tp = ff->tp, ffl.cp = ff->cp, ffl.ep = ff->ep, ffl.dp = ff->dp;
+  ffl.recompute = ff->recompute;
+  ffl.micro_batch = c.train.batch_size / ff->dp;
+  EXPECT_LE(p->predicted_step_s, planner::Predict(s.workload, ffl, cluster).step_s);
+
+  // Fixed fields are kept; a memory limit that nothing meets is refused naming the need.
+  r.tp = 2;
+  r.ep = 2;
+  p = PlanLayout(c, r);
+  ASSERT_TRUE(p.ok()) << p.status().message();
+  EXPECT_EQ(p->tp, 2);
+  EXPECT_EQ(p->ep, 2);
+  r.device_memory_gib = 0.001;
+  p = PlanLayout(c, r);
+  ASSERT_FALSE(p.ok());
+  EXPECT_NE(p.status().message().find("needs"), std::string::npos) << p.status().message();
 }
 
 }  // namespace
