@@ -419,6 +419,45 @@ std::unique_ptr<Communicator> Communicator::split(int color, int key, std::strin
   return out;
 }
 
+std::vector<std::unique_ptr<Communicator>> split_like(Communicator& world,
+                                                      std::span<const GroupInfo* const> groups) {
+  const std::vector<int>& ranks = world.info().world_ranks;
+  std::vector<std::unique_ptr<Communicator>> out;
+  for (const GroupInfo* g : groups) {
+    GROVE_CHECK(g != nullptr && g->size() > 0) << "split_like: an empty group";
+    // Colour: the group's lowest member; key: the position in it (keeps the member order).
+    int color = -1;
+    for (int m : g->world_ranks) {
+      const auto it = std::find(ranks.begin(), ranks.end(), m);
+      if (it == ranks.end()) {
+        throw Error("split_like: " + g->describe() + ": world rank " + std::to_string(m) +
+                    " is not a member of " + world.info().describe());
+      }
+      const int here = static_cast<int>(it - ranks.begin());
+      color = color < 0 ? here : std::min(color, here);
+    }
+    GROVE_CHECK(g->world_rank() == world.info().world_rank())
+        << "split_like: " << g->describe() << " is not a group of this rank ("
+        << world.info().describe() << ")";
+    std::unique_ptr<Communicator> c = world.split(color, g->rank, g->name);
+    GROVE_CHECK(c && c->info().world_ranks == g->world_ranks)
+        << "split_like: " << g->describe() << " came out as "
+        << (c ? c->info().describe() : std::string("no group"));
+    out.push_back(std::move(c));
+  }
+  return out;
+}
+
+std::vector<std::unique_ptr<Communicator>> split_like(Communicator& world,
+                                                      std::span<Communicator* const> groups) {
+  std::vector<const GroupInfo*> infos;
+  for (Communicator* c : groups) {
+    GROVE_CHECK(c != nullptr) << "split_like: a null group";
+    infos.push_back(&c->info());
+  }
+  return split_like(world, infos);
+}
+
 void all_reduce_host_f64(Communicator* group, double* values, int64_t n) {
   if (group == nullptr || group->size() == 1 || n == 0) return;
   if (group->device() == Device::kCPU) {

@@ -207,6 +207,17 @@ class Communicator {
   std::shared_ptr<Watchdog> watchdog_;
 };
 
+// Mirrors groups of one world onto another world of the same ranks: for each of `groups` (the
+// GroupInfo of a communicator over ranks of `world`'s world, e.g. the MPI grid's tp, cp, dp, dp_cp,
+// ep and edp), a communicator split from `world` with the same name, members and member order.
+// `world` is typically a device world over the host world's ranks (NCCL: the groups come from
+// ncclCommSplit). Collective over `world`: every rank passes its own groups, the same number of
+// them in the same order. A group with a member outside `world` throws grove::Error naming both.
+std::vector<std::unique_ptr<Communicator>> split_like(Communicator& world,
+                                                      std::span<const GroupInfo* const> groups);
+std::vector<std::unique_ptr<Communicator>> split_like(Communicator& world,
+                                                      std::span<Communicator* const> groups);
+
 // Sums n host doubles over `group` (no-op when null or of size 1), staging them through the
 // group's device memory when its collectives run there (NCCL): e.g. loss sums and router
 // statistics of a model whose buffers live on a GPU.

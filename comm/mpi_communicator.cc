@@ -168,8 +168,12 @@ class MpiWork final : public Work::Impl {
 class MpiCommunicator final : public Communicator {
  public:
   MpiCommunicator(std::shared_ptr<MpiContext> ctx, MPI_Comm comm,
-                  std::shared_ptr<const GroupInfo> info, std::shared_ptr<Watchdog> watchdog)
-      : Communicator(std::move(info), std::move(watchdog)), ctx_(std::move(ctx)), comm_(comm) {
+                  std::shared_ptr<const GroupInfo> info, std::shared_ptr<Watchdog> watchdog,
+                  Device device = Device::kCPU)
+      : Communicator(std::move(info), std::move(watchdog)),
+        ctx_(std::move(ctx)),
+        comm_(comm),
+        device_(device) {
     MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
     int r = -1, n = -1;
     MPI_Comm_rank(comm_, &r);
@@ -182,8 +186,15 @@ class MpiCommunicator final : public Communicator {
     MPI_Finalized(&finalized);
     if (!finalized && comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
   }
-  Device device() const override { return Device::kCPU; }
+  Device device() const override { return device_; }
   const char* backend_name() const override { return "mpi"; }
+  // A duplicate over the same ranks whose buffers live on `device` (collective).
+  std::unique_ptr<Communicator> duplicate(Device device) {
+    MPI_Comm dup = MPI_COMM_NULL;
+    Watchdog::Guard guard = arm(OpKind::kInit);
+    check_mpi(MPI_Comm_dup(comm_, &dup), where(OpKind::kInit));
+    return std::make_unique<MpiCommunicator>(ctx_, dup, group_ptr(), watchdog(), device);
+  }
 
  protected:
   std::unique_ptr<Work::Impl> start(const Call& c, bool blocking) override;
@@ -193,6 +204,7 @@ class MpiCommunicator final : public Communicator {
  private:
   std::shared_ptr<MpiContext> ctx_;
   MPI_Comm comm_;
+  Device device_;
 };
 
 std::unique_ptr<Work::Impl> MpiCommunicator::start(const Call& c, bool blocking) {
@@ -294,10 +306,32 @@ std::unique_ptr<Communicator> MpiCommunicator::split_backend(
   check_mpi(MPI_Comm_split(comm_, color < 0 ? MPI_UNDEFINED : color, key, &child),
             where(OpKind::kSplit));
   if (color < 0) return nullptr;
-  return std::make_unique<MpiCommunicator>(ctx_, child, std::move(info), watchdog());
+  return std::make_unique<MpiCommunicator>(ctx_, child, std::move(info), watchdog(), device_);
 }
 
 }  // namespace
+
+bool mpi_device_buffers_supported() {
+#ifdef GROVE_EMU_DEVICE_MEMORY_IS_HOST
+  return true;
+#else
+  return false;
+#endif
+}
+
+std::unique_ptr<Communicator> mpi_device_communicator(Communicator& host) {
+  auto* mpi = dynamic_cast<MpiCommunicator*>(&host);
+  GROVE_CHECK(mpi != nullptr) << "mpi_device_communicator: group '" << host.name() << "' is a "
+                              << host.backend_name() << " communicator, not an MPI one";
+  if (!mpi_device_buffers_supported()) {
+    throw Error(
+        "mpi_device_communicator: this build's MPI communicators take host memory only "
+        "(device buffers over MPI exist in the CUDA emulator's build); on GPUs use NCCL "
+        "(comm/nccl_communicator.h) for group '" +
+        host.name() + "'");
+  }
+  return mpi->duplicate(Device::kCUDA);
+}
 
 MpiSession::MpiSession(int* argc, char*** argv)
     : ctx_(std::make_shared<detail::MpiContext>(argc, argv)) {}

@@ -41,4 +41,16 @@ class MpiSession {
   std::shared_ptr<detail::MpiContext> ctx_;
 };
 
+// MPI on device memory: a communicator over the same ranks as `host` (an MPI communicator from
+// this file, which keeps its name and watchdog), whose collectives take device buffers
+// (device() == kCUDA) and hand them to MPI as they are. Collective over `host` (MPI_Comm_dup);
+// its splits take device buffers too. Only where MPI can address device memory:
+// mpi_device_buffers_supported() is true in the CUDA emulator's build (tests/cuda_emu compiles
+// this file with GROVE_EMU_DEVICE_MEMORY_IS_HOST, device memory being host memory there), so that
+// code written for device communicators (NCCL on GPUs, the thread transport on one GPU) runs
+// under the emulator with several MPI ranks. Elsewhere it throws grove::Error saying so: GPU runs
+// use NCCL (comm/nccl_communicator.h).
+bool mpi_device_buffers_supported();
+std::unique_ptr<Communicator> mpi_device_communicator(Communicator& host);
+
 }  // namespace grove::comm

@@ -3,7 +3,10 @@
 #include <cuda_runtime.h>
 #include <nccl.h>
 
+#include <chrono>
+#include <cstdio>
 #include <cstring>
+#include <mutex>
 #include <numeric>
 #include <thread>
 
@@ -44,21 +47,51 @@ void check_cuda(cudaError_t rc, const At& at) {
 }
 
 // Device, stream and NCCL handle of one communicator; shared with its in-flight Works so they
-// stay valid if the communicator is destroyed first.
+// stay valid if the communicator is destroyed first. `mu` guards `comm` between the rank's own
+// calls and the watchdog's abort (another thread); after an abort `comm` is null and every call
+// fails naming the abort.
 struct NcclState {
   int device = 0;
   ncclComm_t comm = nullptr;
   cudaStream_t stream = nullptr;
   int* scratch = nullptr;  // one int for barrier()
+  std::timed_mutex mu;
+  bool aborted = false;
 
   ~NcclState() {
     cudaSetDevice(device);
-    if (stream) cudaStreamSynchronize(stream);
+    if (stream && !aborted) cudaStreamSynchronize(stream);
     if (comm) ncclCommDestroy(comm);
     if (scratch) cudaFree(scratch);
     if (stream) cudaStreamDestroy(stream);
   }
 };
+
+template <typename At>
+void check_not_aborted(const NcclState& s, const At& at) {
+  GROVE_CHECK(!s.aborted) << at << ": the NCCL communicator was aborted by the watchdog";
+}
+
+// The watchdog's abort hook for one NCCL communicator: ncclCommAbort, so that the kernels and
+// proxy threads of a collective that will never complete are torn down before the job ends. It
+// takes the state's lock unless a call of the rank holds it for long (a blocking NCCL call that
+// hangs, which is what ncclCommAbort from another thread is for).
+void abort_nccl(const std::shared_ptr<NcclState>& state, const std::string& group) {
+  std::unique_lock<std::timed_mutex> lock(state->mu, std::defer_lock);
+  const bool locked = lock.try_lock_for(std::chrono::seconds(1));
+  if (state->aborted || state->comm == nullptr) return;
+  std::fprintf(stderr, "grove comm: ncclCommAbort on %s%s\n", group.c_str(),
+               locked ? "" : " (while a call of this rank is still inside NCCL)");
+  std::fflush(stderr);
+  state->aborted = true;
+  ncclComm_t comm = state->comm;
+  state->comm = nullptr;
+  const ncclResult_t rc = ncclCommAbort(comm);
+  if (rc != ncclSuccess) {
+    std::fprintf(stderr, "grove comm: ncclCommAbort on %s failed: %s\n", group.c_str(),
+                 ncclGetErrorString(rc));
+  }
+}
 
 // Waits for an event by polling, checking NCCL's asynchronous error state in between: an NCCL
 // failure becomes an error here, a hang is left to the watchdog.
@@ -75,6 +108,8 @@ class NcclWork final : public Work::Impl {
     cudaError_t q = cudaEventQuery(done_);
     if (q == cudaSuccess) return true;
     GROVE_CHECK(q == cudaErrorNotReady) << at_ << ": CUDA error: " << cudaGetErrorString(q);
+    std::lock_guard<std::timed_mutex> lock(state_->mu);
+    check_not_aborted(*state_, at_);
     ncclResult_t async = ncclSuccess;
     check_nccl(ncclCommGetAsyncError(state_->comm, &async), at_);
     check_nccl(async, at_);
@@ -104,7 +139,14 @@ class NcclComm final : public Communicator {
     check_nccl(ncclCommCount(state_->comm, &n), where(OpKind::kInit));
     GROVE_CHECK(r == rank() && n == size())
         << where(OpKind::kInit) << ": NCCL says rank " << r << " of " << n;
+    // On a timeout of any operation of this rank the watchdog aborts this communicator first.
+    std::weak_ptr<NcclState> weak = state_;
+    const std::string group = this->info().describe();
+    hook_id_ = this->watchdog()->add_abort_hook([weak, group] {
+      if (auto s = weak.lock()) abort_nccl(s, group);
+    });
   }
+  ~NcclComm() override { watchdog()->remove_abort_hook(hook_id_); }
   Device device() const override { return Device::kCUDA; }
   const char* backend_name() const override { return "nccl"; }
 
@@ -127,11 +169,14 @@ class NcclComm final : public Communicator {
 
  private:
   std::shared_ptr<NcclState> state_;
+  uint64_t hook_id_ = 0;
 };
 
 std::unique_ptr<Work::Impl> NcclComm::start(const Call& c, bool blocking) {
   const Where at = where(c.kind);
   check_cuda(cudaSetDevice(state_->device), at);
+  std::unique_lock<std::timed_mutex> lock(state_->mu);
+  check_not_aborted(*state_, at);
   ncclComm_t comm = state_->comm;
   cudaStream_t s = state_->stream;
   const ncclDataType_t type = nccl_type(c.dtype);
@@ -197,6 +242,7 @@ std::unique_ptr<Work::Impl> NcclComm::start(const Call& c, bool blocking) {
   check_cuda(cudaEventCreateWithFlags(&done, cudaEventDisableTiming), at);
   check_cuda(cudaEventRecord(done, s), at);
   auto work = std::make_unique<NcclWork>(state_, done, group_ptr(), c.kind);
+  lock.unlock();
   if (!blocking) return work;
   work->wait();
   return nullptr;
@@ -208,9 +254,13 @@ std::unique_ptr<Communicator> NcclComm::split_backend(int color, int key,
   check_cuda(cudaSetDevice(state_->device), at);
   check_cuda(cudaStreamSynchronize(state_->stream), at);
   ncclComm_t child = nullptr;
-  check_nccl(
-      ncclCommSplit(state_->comm, color < 0 ? NCCL_SPLIT_NOCOLOR : color, key, &child, nullptr),
-      at);
+  {
+    std::lock_guard<std::timed_mutex> lock(state_->mu);
+    check_not_aborted(*state_, at);
+    check_nccl(
+        ncclCommSplit(state_->comm, color < 0 ? NCCL_SPLIT_NOCOLOR : color, key, &child, nullptr),
+        at);
+  }
   if (color < 0) return nullptr;
   GROVE_CHECK(child) << at << ": ncclCommSplit returned no communicator";
   return std::make_unique<NcclComm>(make_state(state_->device, child, at), std::move(info),
@@ -266,6 +316,15 @@ std::unique_ptr<Communicator> NcclCommunicator::create_single(int cuda_device,
   check_nccl(ncclCommInitAll(&comm, 1, devices), at);
   return std::make_unique<NcclComm>(NcclComm::make_state(cuda_device, comm, at), std::move(info),
                                     std::move(watchdog));
+}
+
+NcclCommunicator::Groups NcclCommunicator::create_groups(Communicator& host_world,
+                                                         std::span<Communicator* const> host_groups,
+                                                         int cuda_device) {
+  Groups out;
+  out.world = create(host_world, cuda_device, "world");
+  out.groups = split_like(*out.world, host_groups);
+  return out;
 }
 
 std::string NcclCommunicator::version() {

@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <future>
 #include <sstream>
+#include <vector>
 
 namespace grove::comm {
 
@@ -140,6 +142,48 @@ void Watchdog::disarm(uint64_t id) {
   entries_.erase(id);
 }
 
+uint64_t Watchdog::add_abort_hook(std::function<void()> hook) {
+  std::lock_guard<std::mutex> lock(hooks_mu_);
+  const uint64_t id = next_hook_id_++;
+  hooks_.emplace(id, std::move(hook));
+  return id;
+}
+
+void Watchdog::remove_abort_hook(uint64_t id) {
+  std::lock_guard<std::mutex> lock(hooks_mu_);
+  hooks_.erase(id);
+}
+
+void Watchdog::run_abort_hooks() {
+  std::vector<std::function<void()>> hooks;
+  {
+    std::lock_guard<std::mutex> lock(hooks_mu_);
+    for (auto& [id, hook] : hooks_) hooks.push_back(hook);
+  }
+  if (hooks.empty()) return;
+  // On a thread of their own, so that a hook that blocks (a backend stuck inside its abort) cannot
+  // keep the job alive: after the budget the job is aborted without waiting for it.
+  auto done = std::make_shared<std::promise<void>>();
+  std::future<void> finished = done->get_future();
+  std::thread([hooks = std::move(hooks), done] {
+    for (const auto& hook : hooks) {
+      try {
+        hook();
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "grove comm watchdog: an abort hook failed: %s\n", e.what());
+      }
+    }
+    done->set_value();
+  }).detach();
+  if (finished.wait_for(kAbortHooksBudget) != std::future_status::ready) {
+    std::fprintf(stderr,
+                 "grove comm watchdog: the abort hooks did not finish within %lld s; "
+                 "aborting the job without them\n",
+                 static_cast<long long>(kAbortHooksBudget.count()));
+  }
+  std::fflush(stderr);
+}
+
 size_t Watchdog::armed() const {
   std::lock_guard<std::mutex> lock(mu_);
   return entries_.size();
@@ -171,6 +215,7 @@ void Watchdog::loop() {
     lock.unlock();
     std::fprintf(stderr, "%s\n", msg.c_str());
     std::fflush(stderr);
+    run_abort_hooks();
     if (abort_) abort_(msg);
     // The abort function was expected to end the job; make sure the process does not linger.
     std::_Exit(kWatchdogExitCode);

@@ -4,8 +4,11 @@
 // completes (a blocking call returns, or an async Work is waited on / tested complete). A
 // background thread sleeps until the oldest armed operation's deadline (start + timeout); if that
 // operation is still armed then, the watchdog calls its abort function with a message naming the
-// operation, the group and the rank. The abort function must end the job (MPI_Abort on MPI);
-// should it return, the process exits with kWatchdogExitCode.
+// operation, the group and the rank. Before the abort function it runs the abort hooks that
+// communicators registered (add_abort_hook: a device communicator aborts its backend handle there,
+// e.g. ncclCommAbort, so that nothing stays blocked on the device), each bounded in time. The abort
+// function must end the job (MPI_Abort on MPI); should it return, the process exits with
+// kWatchdogExitCode.
 //
 // Invariants: a timeout of zero disables the watchdog (no thread, arm() is free); deadlines are
 // measured on the steady clock from the start of the operation, so an async operation that is
@@ -59,6 +62,12 @@ class Watchdog : public std::enable_shared_from_this<Watchdog> {
   Watchdog& operator=(const Watchdog&) = delete;
 
   Guard arm(OpRecord op);
+  // Registers `hook` to run (on the watchdog's thread) when an operation times out, before the
+  // abort function; returns its id for remove_abort_hook. Hooks run in registration order; all of
+  // them together get at most kAbortHooksBudget, after which the job is aborted anyway.
+  uint64_t add_abort_hook(std::function<void()> hook);
+  void remove_abort_hook(uint64_t id);
+  static constexpr std::chrono::seconds kAbortHooksBudget{10};
   std::chrono::milliseconds timeout() const { return timeout_; }
   bool enabled() const { return timeout_.count() > 0; }
   // Number of operations armed right now (for tests and diagnostics).
@@ -71,6 +80,7 @@ class Watchdog : public std::enable_shared_from_this<Watchdog> {
   Watchdog(std::chrono::milliseconds timeout, AbortFn abort);
   void disarm(uint64_t id);
   void loop();
+  void run_abort_hooks();
 
   struct Entry {
     OpRecord op;
@@ -86,6 +96,9 @@ class Watchdog : public std::enable_shared_from_this<Watchdog> {
   uint64_t next_id_ = 1;
   bool stop_ = false;
   std::thread thread_;
+  std::mutex hooks_mu_;  // not mu_: a hook may be removed while the watchdog waits for a deadline
+  std::map<uint64_t, std::function<void()>> hooks_;
+  uint64_t next_hook_id_ = 1;
 };
 
 }  // namespace grove::comm

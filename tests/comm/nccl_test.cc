@@ -2,6 +2,7 @@
 // Skips, saying why, when there is no CUDA device.
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cstring>
 #include <numeric>
 #include <vector>
@@ -85,6 +86,27 @@ TEST(Nccl, WorldOfOneRunsEveryOperation) {
 
   Tensor host = Tensor::zeros({2});
   EXPECT_THROW(c->all_reduce(host, ReduceOp::kSum), Error);
+}
+
+// The watchdog covers NCCL: a send that no receive ever matches (to itself, in a world of one)
+// never completes on the device; the watchdog aborts the communicator (ncclCommAbort) and ends
+// the process with the message naming the operation and the group. Written without a GPU at
+// hand: not yet run on one.
+TEST(NcclDeathTest, UnmatchedSendIsAbortedByTheWatchdog) {
+  SKIP_WITHOUT_GPU();
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(
+      {
+        CommOptions options;
+        options.timeout = std::chrono::milliseconds(1500);
+        auto c = NcclCommunicator::create_single(0, options);
+        Tensor t = Tensor::zeros({4}, DType::kF32, Device::kCUDA);
+        c->send(t, 0);
+      },
+      ::testing::ExitedWithCode(kWatchdogExitCode),
+      "grove comm watchdog: send\\(to 0, 4 x f32\\) on group 'world' \\(rank 0 of 1, world rank "
+      "0; members 0\\) did not complete within 1500 ms(.|\n)*grove comm: ncclCommAbort on group "
+      "'world'");
 }
 
 }  // namespace

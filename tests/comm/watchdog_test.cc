@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <stdexcept>
 #include <thread>
 
 namespace grove::comm {
@@ -119,6 +120,31 @@ TEST(WatchdogDeathTest, AbortFunctionReceivesTheMessage) {
         std::this_thread::sleep_for(20s);
       },
       ::testing::ExitedWithCode(42), "abort hook got: grove comm watchdog: all_reduce");
+}
+
+// Abort hooks (device communicators abort their backend there) run on a timeout, in order, before
+// the abort function; a failing hook does not stop the others; a removed hook does not run (it
+// would exit with 43).
+TEST(WatchdogDeathTest, AbortHooksRunBeforeTheAbortFunction) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(
+      {
+        auto dog = Watchdog::create(100ms, [](const std::string&) {
+          std::fprintf(stderr, "abort function\n");
+          std::fflush(stderr);
+          std::_Exit(42);
+        });
+        const uint64_t removed = dog->add_abort_hook([] { std::_Exit(43); });
+        dog->add_abort_hook([] { std::fprintf(stderr, "hook one\n"); });
+        dog->add_abort_hook([] { throw std::runtime_error("hook two fails"); });
+        dog->add_abort_hook([] { std::fprintf(stderr, "hook three\n"); });
+        dog->remove_abort_hook(removed);
+        Watchdog::Guard stuck = dog->arm(all_reduce_on_tp());
+        std::this_thread::sleep_for(20s);
+      },
+      ::testing::ExitedWithCode(42),
+      "did not complete within 100 ms(.|\n)*hook one(.|\n)*an abort hook failed: hook two "
+      "fails(.|\n)*hook three(.|\n)*abort function");
 }
 
 }  // namespace

@@ -52,6 +52,11 @@
 //    kept in a registry: a host pointer passed to a kernel, a copy's device side or a GEMM is
 //    reported; AddressSanitizer covers "global memory" too); the shared-memory opt-in; errors.
 //    Streams and events are accepted and ignored: everything is synchronous.
+//  - Several host threads using the runtime at once (the thread transport's ranks, each with its
+//    own stream): the allocation registry is locked, the sticky error is per thread (as in CUDA),
+//    and a launch holds one lock for its whole grid, so grids from different threads run one
+//    after another, each on its launching thread. Host-side races between threads are not
+//    detected (the emulated binaries use AddressSanitizer, not ThreadSanitizer).
 //  - cuBLAS / cuBLASLt (emu_blas.cc): the GEMM calls kernels/cuda makes, as a plain column-major
 //    GEMM with double sums, one rounding to the output type, the Lt bias epilogue.
 //

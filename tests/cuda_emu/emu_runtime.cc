@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstring>
 #include <map>
+#include <mutex>
 #include <new>
 #include <random>
 
@@ -288,13 +289,30 @@ std::map<const void*, int>& smem_limits() {
   static std::map<const void*, int> m;
   return m;
 }
-cudaError_t last_error = cudaSuccess;
+// Per host thread, as the runtime's sticky error is.
+thread_local cudaError_t last_error = cudaSuccess;
 // Static __shared__ variables seen so far (register_shared).
 std::vector<std::pair<void*, size_t>>& shared_statics() {
   static std::vector<std::pair<void*, size_t>> v;
   return v;
 }
 // Live device allocations: start -> bytes.
+// Several host threads may use the runtime at once (the thread transport's ranks, each with its
+// own stream): the allocation registry has a lock, and launches take launch_mutex() for the whole
+// grid (one grid runs at a time, on the launching thread; the scheduler, the fiber stacks, the
+// block/thread globals of emu.h, the static __shared__ variables and the shared-memory limits are
+// only touched under it).
+std::mutex& registry_mutex() {
+  static std::mutex m;
+  return m;
+}
+std::mutex& launch_mutex() {
+  static std::mutex m;
+  return m;
+}
+// True on a thread while it runs a grid (a launch from inside a kernel is an error, not a
+// deadlock on launch_mutex()).
+thread_local bool in_grid = false;
 std::map<uintptr_t, size_t>& device_memory() {
   static std::map<uintptr_t, size_t> m;
   return m;
@@ -310,6 +328,7 @@ bool register_shared(void* p, size_t bytes) {
 }
 
 bool is_device_pointer(const void* p) {
+  std::lock_guard<std::mutex> lock(registry_mutex());
   const auto a = reinterpret_cast<uintptr_t>(p);
   const auto& m = device_memory();
   auto it = m.upper_bound(a);
@@ -319,6 +338,7 @@ bool is_device_pointer(const void* p) {
 }
 
 bool is_device_range(const void* p, size_t bytes) {
+  std::lock_guard<std::mutex> lock(registry_mutex());
   const auto a = reinterpret_cast<uintptr_t>(p);
   const auto& m = device_memory();
   auto it = m.upper_bound(a);
@@ -328,13 +348,17 @@ bool is_device_range(const void* p, size_t bytes) {
 }
 
 AsDevice::AsDevice(const void* p, size_t bytes) : p_(p) {
+  std::lock_guard<std::mutex> lock(registry_mutex());
   device_memory()[reinterpret_cast<uintptr_t>(p)] = bytes;
 }
 AsDevice::~AsDevice() {
+  std::lock_guard<std::mutex> lock(registry_mutex());
   device_memory().erase(reinterpret_cast<uintptr_t>(p_));
 }
 
 void set_schedule_seed(uint64_t seed) {
+  std::unique_lock<std::mutex> lock(launch_mutex(), std::defer_lock);
+  if (!in_grid) lock.lock();  // run_grid calls it with the lock held
   // GROVE_EMU_SEED=n explores other schedules (0 or unset: the tests' own).
   const char* extra = std::getenv("GROVE_EMU_SEED");
   S.seed = seed + (extra != nullptr ? std::strtoull(extra, nullptr, 10) * 7919 : 0);
@@ -358,7 +382,12 @@ void arrive_and_wait(Barrier& b) {
 
 void run_grid(const void* kernel, dim3 grid, dim3 block, size_t smem_bytes,
               const std::function<void()>& body) {
-  if (S.current >= 0) fail(__FILE__, __LINE__, "a launch from inside a kernel");
+  if (in_grid) fail(__FILE__, __LINE__, "a launch from inside a kernel");
+  std::lock_guard<std::mutex> lock(launch_mutex());
+  in_grid = true;
+  struct LeaveGrid {
+    ~LeaveGrid() { in_grid = false; }
+  } leave;
   auto it = smem_limits().find(kernel);
   const size_t smem_limit = it == smem_limits().end() ? kDefaultSmem : it->second;
   const uint64_t threads = uint64_t{block.x} * block.y * block.z;
@@ -515,6 +544,7 @@ cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) 
 cudaError_t cudaFuncSetAttribute(const void* func, cudaFuncAttribute attr, int value) {
   if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize || value < 0 || value > emu::kOptinSmem)
     return set_error(cudaErrorInvalidValue);
+  std::lock_guard<std::mutex> lock(emu::launch_mutex());
   emu::smem_limits()[func] = value;
   return cudaSuccess;
 }
@@ -573,15 +603,19 @@ cudaError_t cudaMalloc(void** ptr, size_t size) {
   *ptr = ::operator new (std::max<size_t>(size, 1), std::align_val_t{256}, std::nothrow);
   if (*ptr == nullptr) return set_error(cudaErrorMemoryAllocation);
   std::memset(*ptr, 0xff, size);
+  std::lock_guard<std::mutex> lock(emu::registry_mutex());
   emu::device_memory()[reinterpret_cast<uintptr_t>(*ptr)] = size;
   return cudaSuccess;
 }
 cudaError_t cudaFree(void* ptr) {
   if (ptr == nullptr) return cudaSuccess;
-  auto& m = emu::device_memory();
-  auto it = m.find(reinterpret_cast<uintptr_t>(ptr));
-  if (it == m.end()) return not_device("cudaFree", "pointer", ptr);
-  m.erase(it);
+  {
+    std::lock_guard<std::mutex> lock(emu::registry_mutex());
+    auto& m = emu::device_memory();
+    auto it = m.find(reinterpret_cast<uintptr_t>(ptr));
+    if (it == m.end()) return not_device("cudaFree", "pointer", ptr);
+    m.erase(it);
+  }
   ::operator delete (ptr, std::align_val_t{256});
   return cudaSuccess;
 }
