@@ -588,7 +588,7 @@ int ReportRankExit(Common& c, const std::string& id, const RankExit& r) {
 struct PlanArgs {
   std::string config_path, cluster, precision, recompute;
   std::vector<std::string> overrides;
-  int gpus = 0, top = 10, global_batch = 0, tp = 0, cp = 0, ep = 0, dp = 0;
+  int gpus = 0, top = 10, global_batch = 0, tp = 0, cp = 0, ep = 0, dp = 0, pp = 1, pp_virtual = 1;
   double lsh_ratio = 0, expert_imbalance = 1.0, memory_gib = 0;
   bool shard_optimizer = false;
 };
@@ -679,6 +679,7 @@ int Plan(const Common& c, const PlanArgs& a) {
     r.global_batch = t.batch_size * t.grad_accum;
   }
   r.tp = a.tp, r.cp = a.cp, r.ep = a.ep, r.dp = a.dp;
+  r.pp = a.pp, r.pp_virtual = a.pp_virtual;
   if (!a.recompute.empty()) {
     auto rc = grove::parse_recompute(a.recompute, "--recompute");
     if (!rc.ok()) return Fail(rc.status().message());
@@ -886,6 +887,10 @@ int main(int argc, char** argv) {
   plan->add_option("--ep", pa.ep, "fix expert parallel");
   plan->add_option("--dp", pa.dp, "fix data parallel");
   plan->add_option("--recompute", pa.recompute, "fix none | selective | full");
+  plan->add_option("--pp", pa.pp,
+                   "pipeline stages, 1F1B (only to evaluate published configurations: Grove "
+                   "trains with pp = 1)");
+  plan->add_option("--pp-virtual", pa.pp_virtual, "interleaved virtual stages per device");
   plan->add_option("--precision", pa.precision, "fp32 | bf16 (default: bf16 where the device has it)");
   plan->add_option("--memory-gib", pa.memory_gib, "memory per device (default: the cluster's)");
   plan->add_option("--lsh-ratio", pa.lsh_ratio,

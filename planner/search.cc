@@ -39,6 +39,10 @@ StatusOr<SearchResult> SearchLayouts(const SearchRequest& r, const ClusterSpec& 
       return Status::Error(std::string("parallel.") + name + "=" + std::to_string(v) +
                            " must divide the world " + std::to_string(r.world) +
                            " (0 = choose)");
+  if (r.pp < 1 || r.world % r.pp != 0 || r.pp_virtual < 1)
+    return Status::Error("pp=" + std::to_string(r.pp) + " must divide the world " +
+                         std::to_string(r.world));
+  const int stage_world = r.world / r.pp;
   const double limit = r.memory_limit_bytes > 0 ? r.memory_limit_bytes
                                                  : cluster.device.memory_bytes;
   const double usable = kUsableMemoryFraction * limit;
@@ -49,13 +53,13 @@ StatusOr<SearchResult> SearchLayouts(const SearchRequest& r, const ClusterSpec& 
   SearchResult out;
   std::vector<Prediction> fit;
   std::string first_invalid;
-  for (int tp : Divisors(r.world)) {
+  for (int tp : Divisors(stage_world)) {
     if (r.tp && tp != r.tp) continue;
-    for (int cp : Divisors(r.world / tp)) {
+    for (int cp : Divisors(stage_world / tp)) {
       if (r.cp && cp != r.cp) continue;
-      const int dp = r.world / (tp * cp);
+      const int dp = stage_world / (tp * cp);
       if (r.dp && dp != r.dp) continue;
-      for (int ep : Divisors(r.world)) {
+      for (int ep : Divisors(stage_world)) {
         if (r.ep && ep != r.ep) continue;
         if (!r.ep && r.workload.model.moe.num_experts == 0 && ep > 1) continue;
         // Micro-batch choices per data-parallel rank.
@@ -76,6 +80,7 @@ StatusOr<SearchResult> SearchLayouts(const SearchRequest& r, const ClusterSpec& 
           for (Recompute rc : modes) {
             Layout l;
             l.tp = tp, l.cp = cp, l.ep = ep, l.dp = dp;
+            l.pp = r.pp, l.pp_virtual = r.pp_virtual;
             l.recompute = rc;
             l.sp = r.sp;
             l.micro_batch = mb;

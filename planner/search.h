@@ -28,6 +28,9 @@ struct SearchRequest {
   BatchSplit split = BatchSplit::kFixedGlobalMicroBatch;
   // Fixed choices (0 / nullopt: search it).
   int tp = 0, cp = 0, ep = 0, dp = 0;
+  // Pipeline stages, fixed (Grove trains with pp = 1; pp > 1 only evaluates published
+  // configurations); pp must divide the world.
+  int pp = 1, pp_virtual = 1;
   std::optional<Recompute> recompute;
   bool sp = true;
   double memory_limit_bytes = 0;  // 0: the cluster's device memory
