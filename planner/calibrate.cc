@@ -120,8 +120,8 @@ StatusOr<LinkFit> FitSharedLink(const std::vector<CollectiveSample>& samples) {
 }
 
 StatusOr<ClusterSpec> CalibrateCpuCluster(const BenchSamples& samples, const Workload& workload,
-                                          const Layout& layout, double measured_step_s,
-                                          int cores, double memory_gib, std::string name) {
+                                          const Layout& layout, double measured_step_s, int cores,
+                                          double memory_gib, std::string name) {
   if (cores < 1) return Status::Error("cores must be >= 1");
   if (!(measured_step_s > 0)) return Status::Error("the measured step time must be positive");
   auto gemm = FitGemm(samples.gemm);
@@ -164,11 +164,12 @@ StatusOr<ClusterSpec> CalibrateCpuCluster(const BenchSamples& samples, const Wor
     t.device.memory_bandwidth = bw;
     return Predict(workload, layout, t).step_s;
   };
-  if (Status s = CheckLayout(workload, layout, [&] {
-        ClusterSpec t = c;
-        t.device.memory_bandwidth = 1e9;
-        return t;
-      }());
+  if (Status s = CheckLayout(workload, layout,
+                             [&] {
+                               ClusterSpec t = c;
+                               t.device.memory_bandwidth = 1e9;
+                               return t;
+                             }());
       !s.ok())
     return Status::Error("calibration layout: " + s.message());
   const double bw1 = 1e9, bw2 = 2e9;
@@ -178,7 +179,8 @@ StatusOr<ClusterSpec> CalibrateCpuCluster(const BenchSamples& samples, const Wor
   if (!(measured_step_s > other))
     return Status::Error("the measured step (" + std::to_string(measured_step_s * 1e3) +
                          " ms) is shorter than the predicted GEMMs, attention and collectives "
-                         "alone (" + std::to_string(other * 1e3) +
+                         "alone (" +
+                         std::to_string(other * 1e3) +
                          " ms): re-run the benchmarks when the machine is quieter");
   c.device.memory_bandwidth = bw1 * mem_at_bw1 / (measured_step_s - other);
   if (Status s = c.Validate(); !s.ok()) return s;

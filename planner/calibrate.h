@@ -18,13 +18,13 @@
 namespace grove::planner {
 
 struct GemmSample {
-  double flops = 0;    // 2·M·N·K
-  double gflops = 0;   // measured
+  double flops = 0;   // 2·M·N·K
+  double gflops = 0;  // measured
 };
 struct CollectiveSample {
   std::string collective;  // all_reduce, all_gather, reduce_scatter, all_to_all_v
   int ranks = 2;
-  double bytes = 0;    // comm_bench's message size S
+  double bytes = 0;  // comm_bench's message size S
   double seconds = 0;
 };
 struct AttentionSample {
@@ -63,7 +63,7 @@ StatusOr<LinkFit> FitSharedLink(const std::vector<CollectiveSample>& samples);
 // memory-bound bandwidth that makes the predicted single-rank step of `workload` at `layout`
 // equal `measured_step_s`. `cores`: the cores the ranks share.
 StatusOr<ClusterSpec> CalibrateCpuCluster(const BenchSamples& samples, const Workload& workload,
-                                          const Layout& layout, double measured_step_s,
-                                          int cores, double memory_gib, std::string name);
+                                          const Layout& layout, double measured_step_s, int cores,
+                                          double memory_gib, std::string name);
 
 }  // namespace grove::planner

@@ -35,8 +35,7 @@ Status Num(const nlohmann::json& j, const std::string& where, const char* k, dou
            double* out) {
   if (!j.contains(k)) return Status::Ok();
   const auto& v = j.at(k);
-  if (!v.is_number())
-    return Err(where + "." + k + " must be a number (got " + v.dump() + ")");
+  if (!v.is_number()) return Err(where + "." + k + " must be a number (got " + v.dump() + ")");
   *out = v.get<double>() * scale;
   return Status::Ok();
 }
@@ -50,8 +49,8 @@ Status Str(const nlohmann::json& j, const char* k, std::string* out) {
 
 Status ReadLink(const nlohmann::json& j, const std::string& where, LinkSpec* l,
                 std::string* topology) {
-  if (Status s = CheckKeys(j, where,
-                           {"bandwidth_gbps", "latency_us", "topology", "alltoall_efficiency"});
+  if (Status s =
+          CheckKeys(j, where, {"bandwidth_gbps", "latency_us", "topology", "alltoall_efficiency"});
       !s.ok())
     return s;
   if (Status s = Num(j, where, "bandwidth_gbps", 1e9, &l->bandwidth); !s.ok()) return s;
@@ -148,9 +147,9 @@ StatusOr<ClusterSpec> ClusterFromJson(const nlohmann::json& j) {
   }
   if (!j.contains("device")) return Err("device is missing (the accelerator's description)");
   const auto& d = j.at("device");
-  if (Status s = CheckKeys(d, "device",
-                           {"name", "peak_tflops", "memory_gib", "memory_bandwidth_gbps",
-                            "efficiency"});
+  if (Status s =
+          CheckKeys(d, "device",
+                    {"name", "peak_tflops", "memory_gib", "memory_bandwidth_gbps", "efficiency"});
       !s.ok())
     return s;
   if (d.contains("name")) {

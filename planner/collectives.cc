@@ -74,8 +74,8 @@ double AllToAllTime(const ClusterSpec& c, const GroupSpan& g, double bytes_per_r
       double(local - 1) / n * bytes_per_rank / (c.intra.alltoall_efficiency * c.intra.bandwidth);
   double inter = 0.0;
   if (Spans(c, g))
-    inter = double(n - local) / n * bytes_per_rank /
-            (c.inter.alltoall_efficiency * c.inter.bandwidth);
+    inter =
+        double(n - local) / n * bytes_per_rank / (c.inter.alltoall_efficiency * c.inter.bandwidth);
   return Log2Ceil(n) * Alpha(c, g) + std::max(intra, inter);
 }
 

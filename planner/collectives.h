@@ -34,8 +34,7 @@ GroupSpan SpanOf(int size, int stride, int devices_per_node);
 
 enum class AllReduceAlgo { kRing, kTree };
 
-double AllReduceTime(const ClusterSpec& c, const GroupSpan& g, double bytes,
-                     AllReduceAlgo algo);
+double AllReduceTime(const ClusterSpec& c, const GroupSpan& g, double bytes, AllReduceAlgo algo);
 double AllReduceTime(const ClusterSpec& c, const GroupSpan& g, double bytes);  // the faster
 double AllGatherTime(const ClusterSpec& c, const GroupSpan& g, double gathered_bytes);
 double ReduceScatterTime(const ClusterSpec& c, const GroupSpan& g, double input_bytes);

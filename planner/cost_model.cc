@@ -110,12 +110,12 @@ class StepModel {
     // re-formed from Q·Kᵀ and lse first (FlashAttention-2): 2.5×.
     k.attention = (KeepsProbs() ? 2.0 : 2.5) * fwd / (peak_ * c_.device.efficiency.attention);
     double elems = 2.5 * (5 * R_ * h_ + 2 * N_ * (qd_ + kvd_));
-    elems += N_ * (2 * qd_ + 2 * kvd_);  // zeroing dq, dk, dv, datt
+    elems += N_ * (2 * qd_ + 2 * kvd_);            // zeroing dq, dk, dv, datt
     if (KeepsProbs()) elems += b_ * a_ * S_ * S_;  // read P
     k.memory = MemoryPass(elems * e_);
     if (sp_) {  // output gradient and ln1 re-gathered, input gradient reduce-scattered
-      k.tp = 2 * AllGatherTime(c_, tp_g_, N_ * h_ * e_) +
-             ReduceScatterTime(c_, tp_g_, N_ * h_ * e_);
+      k.tp =
+          2 * AllGatherTime(c_, tp_g_, N_ * h_ * e_) + ReduceScatterTime(c_, tp_g_, N_ * h_ * e_);
     } else if (t_ > 1) {
       k.tp = AllReduceTime(c_, tp_g_, N_ * h_ * e_);
     }
@@ -162,8 +162,8 @@ class StepModel {
     k.gemm = 2 * (2 * Gemm(N_, f_, h_) + Gemm(N_, h_, f_));
     k.memory = MemoryPass((2.5 * (5 * R_ * h_ + 3 * N_ * f_) + 3 * N_ * f_ + N_ * h_) * e_);
     if (sp_)
-      k.tp = 2 * AllGatherTime(c_, tp_g_, N_ * h_ * e_) +
-             ReduceScatterTime(c_, tp_g_, N_ * h_ * e_);
+      k.tp =
+          2 * AllGatherTime(c_, tp_g_, N_ * h_ * e_) + ReduceScatterTime(c_, tp_g_, N_ * h_ * e_);
     else if (t_ > 1)
       k.tp = AllReduceTime(c_, tp_g_, N_ * h_ * e_);
     return k;
@@ -181,9 +181,9 @@ class StepModel {
     k.gemm = Gemm(R_, E_, h_) + LocalExperts() * (2 * Gemm(rows, fe_, h_) + Gemm(rows, h_, fe_));
     // rmsnorm + residual, router softmax/top-k, permute and un-permute rows, expert SwiGLU,
     // weighted combine.
-    k.memory = MemoryPass((5 * R_ * h_ + 3 * R_ * E_ + 4 * R_ * k_ * h_ +
-                           3 * ExpertRows() * fe_ + 2 * R_ * k_ * h_) *
-                          e_);
+    k.memory = MemoryPass(
+        (5 * R_ * h_ + 3 * R_ * E_ + 4 * R_ * k_ * h_ + 3 * ExpertRows() * fe_ + 2 * R_ * k_ * h_) *
+        e_);
     if (w_.lsh_ratio > 1.0) k.memory += MemoryPass((R_ * k_ * h_ * 3) * e_);  // hash, centroids
     if (l_.ep > 1) {
       k.ep = AllReduceTime(c_, stats_g_, (2.0 * E_ + 4) * 8) +
@@ -197,12 +197,12 @@ class StepModel {
   Cost MoeBackward() const {
     Cost k;
     const double rows = ExpertRows() / LocalExperts();
-    k.gemm = 2 * (Gemm(R_, E_, h_) +
-                  LocalExperts() * (2 * Gemm(rows, fe_, h_) + Gemm(rows, h_, fe_)));
-    k.memory = MemoryPass((2.5 * (5 * R_ * h_ + 3 * R_ * E_ + 6 * R_ * k_ * h_ +
-                                  3 * ExpertRows() * fe_) +
-                           3 * ExpertRows() * fe_ + 2 * ExpertRows() * h_) *
-                          e_);
+    k.gemm =
+        2 * (Gemm(R_, E_, h_) + LocalExperts() * (2 * Gemm(rows, fe_, h_) + Gemm(rows, h_, fe_)));
+    k.memory =
+        MemoryPass((2.5 * (5 * R_ * h_ + 3 * R_ * E_ + 6 * R_ * k_ * h_ + 3 * ExpertRows() * fe_) +
+                    3 * ExpertRows() * fe_ + 2 * ExpertRows() * h_) *
+                   e_);
     if (l_.ep > 1) k.ep = 2 * AllToAllTime(c_, ep_g_, A2aBytes());
     return k;
   }
@@ -213,8 +213,8 @@ class StepModel {
     Cost k;
     k.memory = MemoryPass(2 * N_ * h_ * e_);
     if (t_ > 1)
-      k.tp = sp_ ? ReduceScatterTime(c_, tp_g_, N_ * h_ * e_)
-                 : AllReduceTime(c_, tp_g_, N_ * h_ * e_);
+      k.tp =
+          sp_ ? ReduceScatterTime(c_, tp_g_, N_ * h_ * e_) : AllReduceTime(c_, tp_g_, N_ * h_ * e_);
     return k;
   }
   Cost EmbeddingBackward() const {
@@ -230,7 +230,7 @@ class StepModel {
     if (t_ > 1)
       k.tp = (sp_ ? AllGatherTime(c_, tp_g_, N_ * h_ * e_) : 0.0) +
              3 * AllReduceTime(c_, tp_g_, N_ * 4.0);  // max, sum, target logit
-    k.tp += AllReduceTime(c_, dpcp_g_, 16.0);           // the loss and valid-target sums
+    k.tp += AllReduceTime(c_, dpcp_g_, 16.0);         // the loss and valid-target sums
     return k;
   }
   Cost HeadBackward() const {
@@ -333,8 +333,8 @@ Status CheckLayout(const Workload& w, const Layout& l, const ClusterSpec& c) {
   if (m.moe.num_experts > 0) {
     if (Status s = m.moe.Validate(l.ep); !s.ok()) return s;
     if (dense % l.ep != 0)
-      return Status::Error("ep=" + std::to_string(l.ep) + " does not divide tp·cp·dp=" +
-                           std::to_string(dense));
+      return Status::Error("ep=" + std::to_string(l.ep) +
+                           " does not divide tp·cp·dp=" + std::to_string(dense));
     if (l.tp > 1 && !l.sp)
       return Status::Error("an MoE model with tp=" + std::to_string(l.tp) +
                            " needs sequence parallelism");
@@ -343,8 +343,7 @@ Status CheckLayout(const Workload& w, const Layout& l, const ClusterSpec& c) {
   }
   if (m.n_layers % l.pp != 0 || (l.pp_virtual > 1 && m.n_layers % (l.pp * l.pp_virtual) != 0))
     return Status::Error("pp=" + std::to_string(l.pp) + " (x" + std::to_string(l.pp_virtual) +
-                         " virtual) does not divide model.n_layers=" +
-                         std::to_string(m.n_layers));
+                         " virtual) does not divide model.n_layers=" + std::to_string(m.n_layers));
   const int world = l.world();
   if (c.max_nodes > 0 && world > c.devices_per_node * c.max_nodes)
     return Status::Error("the layout needs " + std::to_string(world) + " devices; cluster " +
@@ -375,8 +374,8 @@ MemoryPerDevice PredictMemory(const Workload& w, const Layout& l) {
     if (m.is_moe_layer(i)) moe += double(MoeExpectedStashBytes(m, ml)) * w.expert_imbalance;
   }
   MemoryPerDevice r;
-  r.activations = act_scale * (layers + double(base.activations_transient) +
-                               double(base.activations_head));
+  r.activations =
+      act_scale * (layers + double(base.activations_transient) + double(base.activations_head));
   r.moe_buffers = act_scale * moe;
   // Parameters of this rank's shard (EstimateMemory's fp32 count), over pipeline stages.
   const double params = double(base.parameters) / 4.0 / l.pp;
@@ -483,8 +482,8 @@ Prediction Predict(const Workload& w, const Layout& l, const ClusterSpec& cluste
   // Optimizer: AdamW over the local parameters (memory-bound), the gradient norm's sum.
   const double params = PredictMemory(w, l).gradients / 4.0;
   const double opt_bytes = params * (w.precision == Precision::kBf16 ? 38.0 : 36.0);
-  const double optimizer = sm.MemoryPass(opt_bytes) +
-                           AllReduceTime(c, SpanOf(world, 1, c.devices_per_node), 8.0);
+  const double optimizer =
+      sm.MemoryPass(opt_bytes) + AllReduceTime(c, SpanOf(world, 1, c.devices_per_node), 8.0);
 
   // Pipeline: 1F1B over grad_accum micro-batches; bubble (pp − 1)/v micro-batch times, and one
   // activation send each way per micro-batch between stages.
@@ -492,8 +491,7 @@ Prediction Predict(const Workload& w, const Layout& l, const ClusterSpec& cluste
   if (pipelined) {
     bubble = double(l.pp - 1) / l.pp_virtual * micro.total();
     const double act = sm.R_ * sm.h_ * sm.e_;
-    p2p = l.grad_accum * 2 * l.pp_virtual *
-          PointToPointTime(c, sm.stage_crosses_nodes_, act);
+    p2p = l.grad_accum * 2 * l.pp_virtual * PointToPointTime(c, sm.stage_crosses_nodes_, act);
   }
 
   Prediction p;

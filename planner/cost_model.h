@@ -41,9 +41,9 @@ struct Layout {
   int pp = 1;          // pipeline stages (published configurations only; Grove runs pp = 1)
   int pp_virtual = 1;  // interleaved virtual stages per device (pp > 1)
   Recompute recompute = Recompute::kSelective;
-  bool sp = true;        // sequence parallelism when tp > 1
-  int micro_batch = 1;   // sequences per data-parallel rank per micro-batch
-  int grad_accum = 1;    // micro-batches per optimizer step
+  bool sp = true;       // sequence parallelism when tp > 1
+  int micro_batch = 1;  // sequences per data-parallel rank per micro-batch
+  int grad_accum = 1;   // micro-batches per optimizer step
   int world() const { return tp * cp * dp * pp; }
   std::string str() const;  // "tp2 cp1 ep2 dp2 selective mb4x1"
 };
@@ -78,13 +78,13 @@ struct Prediction {
   Layout layout;
   double step_s = 0;
   double tokens_per_s = 0;
-  double model_flops = 0;  // per step, all ranks (ModelConfig::training_flops)
-  double mfu = 0;          // model_flops / (step_s · world · peak)
-  std::vector<StepPart> parts;  // compute, recompute, each collective (exposed), bubble
+  double model_flops = 0;           // per step, all ranks (ModelConfig::training_flops)
+  double mfu = 0;                   // model_flops / (step_s · world · peak)
+  std::vector<StepPart> parts;      // compute, recompute, each collective (exposed), bubble
   double dp_reduction_total_s = 0;  // the data-parallel sums before overlap
   MemoryPerDevice memory;
-  double device_memory = 0;  // bytes per device of the cluster
-  bool fits = true;          // memory.total <= usable share of device_memory
+  double device_memory = 0;                    // bytes per device of the cluster
+  bool fits = true;                            // memory.total <= usable share of device_memory
   double part(const std::string& name) const;  // 0 when absent
 };
 

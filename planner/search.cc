@@ -23,7 +23,8 @@ std::string GiB(double bytes) {
 }  // namespace
 
 StatusOr<SearchResult> SearchLayouts(const SearchRequest& r, const ClusterSpec& cluster) {
-  if (r.world < 1) return Status::Error("world (--gpus) must be >= 1, got " + std::to_string(r.world));
+  if (r.world < 1)
+    return Status::Error("world (--gpus) must be >= 1, got " + std::to_string(r.world));
   if (cluster.max_nodes > 0 && r.world > cluster.devices_per_node * cluster.max_nodes)
     return Status::Error("world " + std::to_string(r.world) + " exceeds cluster " + cluster.name +
                          " (" + std::to_string(cluster.devices_per_node * cluster.max_nodes) +
@@ -33,23 +34,22 @@ StatusOr<SearchResult> SearchLayouts(const SearchRequest& r, const ClusterSpec& 
       (r.global_micro_batch < 1 || r.global_batch % r.global_micro_batch != 0))
     return Status::Error("train.batch_size=" + std::to_string(r.global_micro_batch) +
                          " must divide the global batch " + std::to_string(r.global_batch));
-  for (auto [name, v] : {std::pair<const char*, int>{"tp", r.tp}, {"cp", r.cp}, {"ep", r.ep},
-                         {"dp", r.dp}})
+  for (auto [name, v] :
+       {std::pair<const char*, int>{"tp", r.tp}, {"cp", r.cp}, {"ep", r.ep}, {"dp", r.dp}})
     if (v < 0 || (v > 0 && r.world % v != 0))
       return Status::Error(std::string("parallel.") + name + "=" + std::to_string(v) +
-                           " must divide the world " + std::to_string(r.world) +
-                           " (0 = choose)");
+                           " must divide the world " + std::to_string(r.world) + " (0 = choose)");
   if (r.pp < 1 || r.world % r.pp != 0 || r.pp_virtual < 1)
     return Status::Error("pp=" + std::to_string(r.pp) + " must divide the world " +
                          std::to_string(r.world));
   const int stage_world = r.world / r.pp;
-  const double limit = r.memory_limit_bytes > 0 ? r.memory_limit_bytes
-                                                 : cluster.device.memory_bytes;
+  const double limit =
+      r.memory_limit_bytes > 0 ? r.memory_limit_bytes : cluster.device.memory_bytes;
   const double usable = kUsableMemoryFraction * limit;
   const std::vector<Recompute> modes =
-      r.recompute ? std::vector<Recompute>{*r.recompute}
-                  : std::vector<Recompute>{Recompute::kNone, Recompute::kSelective,
-                                           Recompute::kFull};
+      r.recompute
+          ? std::vector<Recompute>{*r.recompute}
+          : std::vector<Recompute>{Recompute::kNone, Recompute::kSelective, Recompute::kFull};
   SearchResult out;
   std::vector<Prediction> fit;
   std::string first_invalid;
@@ -74,7 +74,8 @@ StatusOr<SearchResult> SearchLayouts(const SearchRequest& r, const ClusterSpec& 
           batches.push_back({r.global_micro_batch / dp, r.global_batch / r.global_micro_batch});
         } else {
           if (r.global_batch % dp != 0) continue;
-          for (int b : Divisors(r.global_batch / dp)) batches.push_back({b, r.global_batch / dp / b});
+          for (int b : Divisors(r.global_batch / dp))
+            batches.push_back({b, r.global_batch / dp / b});
         }
         for (auto [mb, accum] : batches)
           for (Recompute rc : modes) {
@@ -104,8 +105,7 @@ StatusOr<SearchResult> SearchLayouts(const SearchRequest& r, const ClusterSpec& 
     }
   }
   if (out.considered == 0)
-    return Status::Error("no layout of " + std::to_string(r.world) +
-                         " devices can run this model" +
+    return Status::Error("no layout of " + std::to_string(r.world) + " devices can run this model" +
                          (first_invalid.empty() ? "" : " (e.g. " + first_invalid + ")"));
   if (fit.empty())
     return Status::Error("no layout fits " + GiB(limit) + " per device (" + GiB(usable) +

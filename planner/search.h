@@ -23,8 +23,8 @@ enum class BatchSplit { kFixedGlobalMicroBatch, kFree };
 struct SearchRequest {
   Workload workload;
   int world = 1;
-  int global_batch = 8;       // sequences per optimizer step
-  int global_micro_batch = 8; // kFixedGlobalMicroBatch: sequences per micro-batch (all ranks)
+  int global_batch = 8;        // sequences per optimizer step
+  int global_micro_batch = 8;  // kFixedGlobalMicroBatch: sequences per micro-batch (all ranks)
   BatchSplit split = BatchSplit::kFixedGlobalMicroBatch;
   // Fixed choices (0 / nullopt: search it).
   int tp = 0, cp = 0, ep = 0, dp = 0;

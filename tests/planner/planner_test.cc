@@ -102,8 +102,7 @@ TEST(Cluster, JsonRoundTripAndErrorsNameTheField) {
   j["devices_per_node"] = "8";
   bad = ClusterFromJson(j);
   ASSERT_FALSE(bad.ok());
-  EXPECT_NE(bad.status().message().find("devices_per_node must be an integer"),
-            std::string::npos);
+  EXPECT_NE(bad.status().message().find("devices_per_node must be an integer"), std::string::npos);
 }
 
 TEST(Cluster, PresetsLoad) {
@@ -150,7 +149,7 @@ TEST(Collectives, HandComputedFormulas) {
   // Ring: 2·3·1us + 2·3/4·1e9/100e9 = 6us + 15 ms; tree: 2·2·1us + 2·10 ms.
   EXPECT_NEAR(AllReduceTime(c, in_node, 1e9, AllReduceAlgo::kRing), 6e-6 + 0.015, 1e-12);
   EXPECT_NEAR(AllReduceTime(c, in_node, 1e9, AllReduceAlgo::kTree), 4e-6 + 0.020, 1e-12);
-  EXPECT_NEAR(AllReduceTime(c, in_node, 1e9), 6e-6 + 0.015, 1e-12);  // ring wins, large
+  EXPECT_NEAR(AllReduceTime(c, in_node, 1e9), 6e-6 + 0.015, 1e-12);       // ring wins, large
   EXPECT_NEAR(AllReduceTime(c, in_node, 8), 4e-6 + 16.0 / 100e9, 1e-12);  // tree wins, small
   // All-gather of 1 GB over 4: 3·1us + 3/4·10 ms.
   EXPECT_NEAR(AllGatherTime(c, in_node, 1e9), 3e-6 + 0.0075, 1e-12);
@@ -447,7 +446,8 @@ TEST(Calibration, FitsRecoverKnownParameters) {
       const double inv = n / 8e9;
       cs.push_back({"all_reduce", n, s, 2.0 * (n - 1) * 20e-6 + 2.0 * (n - 1) / n * s * inv});
       cs.push_back({"all_gather", n, s, (n - 1) * 20e-6 + (n - 1.0) / n * s * inv});
-      cs.push_back({"all_to_all_v", n, s, std::ceil(std::log2(n)) * 20e-6 + (n - 1.0) / n * s * inv});
+      cs.push_back(
+          {"all_to_all_v", n, s, std::ceil(std::log2(n)) * 20e-6 + (n - 1.0) / n * s * inv});
     }
   auto link = FitSharedLink(cs);
   ASSERT_TRUE(link.ok()) << link.status().message();
