@@ -13,10 +13,12 @@
 //   rmsnorm_forward / rmsnorm_backward, rope_table / rope_forward / rope_backward,
 //   attention_forward / attention_backward, swiglu_forward / swiglu_backward,
 //   embedding_forward / embedding_backward, cross_entropy_forward / cross_entropy_backward,
-//   add_inplace, scale_inplace, sum_squares, adamw_update, convert (fp32 -> T),
+//   their vocabulary-shard forms for the vocabulary-parallel embedding and loss
+//   (embedding_forward_shard / embedding_backward_shard, cross_entropy_shard_max / _sums /
+//   _finish / _backward), add_inplace, scale_inplace, sum_squares, adamw_update, convert (fp32 -> T),
 //   the MoE kernels (moe_router_forward / backward, moe_permute / backward,
 //   moe_unpermute / backward, grouped_linear_forward / backward),
-//   and memory movement: upload (host -> B), download (B -> host), zero.
+//   and memory movement: upload (host -> B), download (B -> host), copy (B -> B), zero.
 // Types follow one rule: weight gradients, norm weights, rstd, lse, router tensors and losses
 // are fp32 whatever T is (double only in the CPU kernels' double instantiation used by the
 // finite-difference tests).

@@ -9,8 +9,9 @@
 //
 // Backends: Transformer = TransformerT<CpuBackend> (fp32, host memory, the whole parallel
 // engine) and TransformerT<CudaBackend<T>> (model/cuda/cuda_transformer.h; fp32 or bf16 mixed
-// precision on one device per rank, data parallelism; tensor, sequence, context and expert
-// parallelism run on the CPU backend so far: Supports() says what a backend runs).
+// precision on one device per rank: data, tensor and sequence parallelism with every recompute
+// mode; context and expert parallelism, capacity dropping and LSH run on the CPU backend so far:
+// Supports() says what a backend runs, naming the field).
 //
 // Parameters: ONE fp32 buffer on the backend's device laid out as ParamLayout (shapes known
 // before step 0), with named views (params(): Weights); gradients likewise (grads()). The
@@ -151,12 +152,10 @@ class TransformerT {
   MoeImpl* moe_layer(int l) { return moe_[l].get(); }
 
  private:
-  // What only the host backend runs: context parallelism and the vocabulary-parallel head.
+  // What only the host backend runs: context parallelism.
   struct HostParallel {
     std::unique_ptr<parallel::ContextAttention> cp_attn;
     std::unique_ptr<parallel::Zigzag> zigzag;
-    std::unique_ptr<parallel::VocabParallelEmbedding> embed;
-    Tensor ce_scratch;  // [3N] vocabulary-parallel cross-entropy
   };
   struct NoHostParallel {};
 
@@ -203,6 +202,10 @@ class TransformerT {
   int64_t rows_ = 0;  // R: rows of the residual stream on this rank
   int N_ = 0, h_ = 0, qd_ = 0, kvd_ = 0, f_ = 0, Vl_ = 0, heads_ = 0, kv_heads_ = 0, d_ = 0;
   std::conditional_t<kHost, HostParallel, NoHostParallel> hp_;
+  // tp > 1: the vocabulary-parallel embedding (and its shard of the LM head's vocabulary) and the
+  // cross-entropy's scratch [3N] fp32.
+  std::unique_ptr<parallel::VocabParallelEmbedding<B>> embed_;
+  Tensor ce_scratch_;
   std::vector<std::unique_ptr<MoeImpl>> moe_;                   // per block; null for dense blocks
   std::unique_ptr<typename LocalMoe<B>::Scratch> moe_scratch_;  // device backends
   AttendFn attend_;  // decoding: attention against a KV cache

@@ -1,7 +1,9 @@
 // TransformerT<B>'s definitions (model/transformer.h), included by the translation units that
 // instantiate a backend: model/transformer.cc (CpuBackend) and model/cuda/cuda_transformer.cc
-// (CudaBackend<float>, CudaBackend<bf16>). The code reached only with tensor, sequence, context or
-// expert parallelism sits under `if constexpr (kHost)`: those layouts run on the host backend.
+// (CudaBackend<float>, CudaBackend<bf16>). Tensor and sequence parallelism run on every backend
+// (parallel/tensor_parallel.h, parallel/vocab_parallel.h are templates over B); the code reached
+// only with context or expert parallelism sits under `if constexpr (kHost)`: those layouts run on
+// the host backend so far.
 #pragma once
 
 #include <cmath>
@@ -23,13 +25,6 @@ inline comm::Communicator* group_or_null(const parallel::ParallelGrid* grid, par
   return c.size() > 1 ? &c : nullptr;
 }
 
-inline int tp_size(const comm::Communicator* tp) {
-  return tp ? tp->size() : 1;
-}
-inline int tp_rank(const comm::Communicator* tp) {
-  return tp ? tp->rank() : 0;
-}
-
 }  // namespace transformer_detail
 
 template <class B>
@@ -44,11 +39,15 @@ Status TransformerT<B>::Supports(const ModelConfig& c, int batch, int seq,
     const std::string dev = std::string(" on train.device=cuda");
     if (par.grid != nullptr) {
       const parallel::GridShape& g = par.grid->shape();
-      if (g.tp > 1 || g.cp > 1 || g.ep > 1)
-        return Status::Error("parallel.tp=" + std::to_string(g.tp) + ", parallel.cp=" +
-                             std::to_string(g.cp) + ", parallel.ep=" + std::to_string(g.ep) +
-                             ": tensor, context and expert parallelism run on train.device=cpu "
-                             "only so far; set them to 1" +
+      if (g.cp > 1)
+        return Status::Error("parallel.cp=" + std::to_string(g.cp) +
+                             ": context parallelism runs on train.device=cpu only so far; set "
+                             "parallel.cp=1" +
+                             dev);
+      if (g.ep > 1)
+        return Status::Error("parallel.ep=" + std::to_string(g.ep) +
+                             ": expert parallelism runs on train.device=cpu only so far; set "
+                             "parallel.ep=1" +
                              dev);
     }
     if (c.moe.num_experts > 0 && c.moe.capacity_factor > 0)
@@ -98,7 +97,7 @@ TransformerT<B>::TransformerT(const ModelConfig& config, int batch, int seq, Rec
   if (grid == nullptr && parallel.data_parallel != nullptr && parallel.data_parallel->size() > 1)
     dpcp_ = parallel.data_parallel;
   cp_size_ = cp_ ? cp_->size() : 1;
-  t_ = transformer_detail::tp_size(tp_);
+  t_ = parallel::tp_size(tp_);
   sp_ = parallel.sequence_parallel && t_ > 1;
   GROVE_CHECK(seq % (2 * cp_size_) == 0 || cp_size_ == 1)
       << "context parallelism cuts the sequence into 2·cp chunks: cp=" << cp_size_ << " needs seq ("
@@ -137,7 +136,7 @@ TransformerT<B>::TransformerT(const ModelConfig& config, int batch, int seq, Rec
     compute_ = Weights::View(compute_flat_, layout_);
   }
   {
-    const Weights init = Weights::Init(config_, t_, transformer_detail::tp_rank(tp_), ep, ep_rank);
+    const Weights init = Weights::Init(config_, t_, parallel::tp_rank(tp_), ep, ep_rank);
     std::vector<NamedTensor> src = init.named(), dst = params_.named();
     for (size_t i = 0; i < dst.size(); ++i) dst[i].tensor.copy_from(src[i].tensor);
   }
@@ -157,10 +156,10 @@ TransformerT<B>::TransformerT(const ModelConfig& config, int batch, int seq, Rec
           parallel.cp_attention, cp_,
           par::CpAttentionShape{seq, batch, heads_, kv_heads_, d_, true});
     }
-    if (t_ > 1) {
-      hp_.embed = std::make_unique<par::VocabParallelEmbedding>(config_.vocab_size, h_, tp_);
-      hp_.ce_scratch = alloc({3 * N}, DType::kF32);
-    }
+  }
+  if (t_ > 1) {
+    embed_ = std::make_unique<par::VocabParallelEmbedding<B>>(config_.vocab_size, h_, tp_);
+    ce_scratch_ = alloc({3 * N}, DType::kF32);
   }
 
   // MoE blocks: their router and experts are views of the flat buffers.
@@ -174,7 +173,7 @@ TransformerT<B>::TransformerT(const ModelConfig& config, int batch, int seq, Rec
     comm::Communicator* stats = grid && grid->world().size() > 1 ? &grid->world() : dpcp_;
     if constexpr (!kHost)
       moe_scratch_ = std::make_unique<typename LocalMoe<B>::Scratch>(
-          LocalMoe<B>::AllocateScratch(mc, h_, fe, N_));
+          LocalMoe<B>::AllocateScratch(mc, h_, fe, static_cast<int>(rows_)));
     for (int l = 0; l < config_.n_layers; ++l) {
       if (!config_.is_moe_layer(l)) continue;
       const LayerWeights& w = compute_.layers[l];
@@ -197,7 +196,9 @@ TransformerT<B>::TransformerT(const ModelConfig& config, int batch, int seq, Rec
                        {"experts.w_down", w.e_down}},
                       gv);
       } else {
-        moe_[l] = std::make_unique<LocalMoe<B>>(mc, h_, fe, N_, stats, moe_scratch_.get());
+        // Under SP each TP rank routes its own sequence shard (rows_ tokens).
+        moe_[l] = std::make_unique<LocalMoe<B>>(mc, h_, fe, static_cast<int>(rows_), stats,
+                                                moe_scratch_.get());
         moe_[l]->bind(w.router, w.e_gate, w.e_up, w.e_down, g.router, g.e_gate, g.e_up, g.e_down);
         allocated_ += int64_t(moe_[l]->stash_bytes());
       }
@@ -289,11 +290,9 @@ void TransformerT<B>::rope(T* x, int heads, bool backward) {
 
 template <class B>
 const typename B::T* TransformerT<B>::gather_rows(Tensor& shard) {
-  if constexpr (kHost) {
-    if (sp_) {
-      parallel::gather_from_sequence_region_forward(tp_, f(shard), f(full_), N_, h_);
-      return f(full_);
-    }
+  if (sp_) {
+    parallel::gather_from_sequence_region_forward<B>(tp_, p(shard), p(full_), N_, h_);
+    return p(full_);
   }
   return p(shard);
 }
@@ -301,33 +300,27 @@ const typename B::T* TransformerT<B>::gather_rows(Tensor& shard) {
 template <class B>
 void TransformerT<B>::reduce_input_grad() {
   const int64_t N = N_, h = h_;
-  if constexpr (kHost) {
-    if (sp_) {
-      parallel::gather_from_sequence_region_backward(tp_, f(g_.dfull), f(g_.dln), N, h);
-      return;
-    }
-    parallel::copy_to_tp_region_backward(tp_, f(g_.dfull), N * h);
+  if (sp_) {
+    parallel::gather_from_sequence_region_backward<B>(tp_, p(g_.dfull), p(g_.dln), N, h);
+    return;
   }
+  parallel::copy_to_tp_region_backward<B>(tp_, p(g_.dfull), N * h);
   std::swap(g_.dfull, g_.dln);  // R == N without SP: the gradient is already in place
 }
 
 template <class B>
 void TransformerT<B>::reduce_output(T* out) {
-  if constexpr (kHost) {
-    if (sp_)
-      parallel::scatter_to_sequence_region_forward(tp_, f(full_), out, N_, h_);
-    else
-      parallel::reduce_from_tp_region_forward(tp_, out, int64_t(N_) * h_);
-  }
+  if (sp_)
+    parallel::scatter_to_sequence_region_forward<B>(tp_, p(full_), out, N_, h_);
+  else
+    parallel::reduce_from_tp_region_forward<B>(tp_, out, int64_t(N_) * h_);
 }
 
 template <class B>
 const typename B::T* TransformerT<B>::output_grad() {
-  if constexpr (kHost) {
-    if (sp_) {  // ḡ backward: all-gather the residual gradient
-      parallel::scatter_to_sequence_region_backward(tp_, f(g_.dresid), f(g_.dout), N_, h_);
-      return f(g_.dout);
-    }
+  if (sp_) {  // ḡ backward: all-gather the residual gradient
+    parallel::scatter_to_sequence_region_backward<B>(tp_, p(g_.dresid), p(g_.dout), N_, h_);
+    return p(g_.dout);
   }
   return p(g_.dresid);  // f̄ backward: identity
 }
@@ -501,14 +494,13 @@ float TransformerT<B>::forward(const int32_t* tokens, const int32_t* targets) {
 
   moe_loss_ = 0;
   // Embedding: vocabulary-parallel partial rows, then f̄ (all-reduce) or ḡ (reduce-scatter).
-  if constexpr (kHost) {
-    if (t_ > 1) {
-      hp_.embed->forward(sp_ ? f(full_) : f(stash_.resid[0]), tok, f(params_.wte), N);
-      reduce_output(p(stash_.resid[0]));
-    }
-  }
-  if (t_ == 1)
+  if (t_ > 1) {
+    embed_->forward(sp_ ? p(full_) : p(stash_.resid[0]), tokens_.data<int32_t>(), p(compute_.wte),
+                    N);
+    reduce_output(p(stash_.resid[0]));
+  } else {
     B::embedding_forward(p(stash_.resid[0]), tokens_.data<int32_t>(), p(compute_.wte), N, h_);
+  }
 
   for (int l = 0; l < config_.n_layers; ++l)
     block_forward(l, mode_ == Recompute::kFull ? stash_.transient : stash_.blocks[l]);
@@ -518,13 +510,11 @@ float TransformerT<B>::forward(const int32_t* tokens, const int32_t* targets) {
                      f(params_.final_norm), R, h_, config_.norm_eps);
   B::linear_forward(p(stash_.logits), gather_rows(stash_.lnf), p(compute_.lm_head), nullptr, N, h_,
                     Vl_);
-  if constexpr (kHost) {
-    if (t_ > 1)
-      parallel::vocab_parallel_cross_entropy_forward(
-          tp_, f(stash_.losses), f(stash_.ce_lse), f(stash_.logits), tgt, N,
-          hp_.embed->local_vocab(), hp_.embed->vocab_start(), f(hp_.ce_scratch));
-  }
-  if (t_ == 1)
+  if (t_ > 1)
+    parallel::vocab_parallel_cross_entropy_forward<B>(
+        tp_, f(stash_.losses), f(stash_.ce_lse), p(stash_.logits), targets_.data<int32_t>(), N,
+        embed_->local_vocab(), embed_->vocab_start(), f(ce_scratch_));
+  else
     B::cross_entropy_forward(f(stash_.losses), f(stash_.ce_lse), p(stash_.logits),
                              targets_.data<int32_t>(), N, V);
   const float* losses = f(stash_.losses);
@@ -553,13 +543,11 @@ void TransformerT<B>::backward(float loss_scale, bool finalize) {
 
   // Head: dlogits overwrite the logits in place.
   T* dlogits = p(stash_.logits);
-  if constexpr (kHost) {
-    if (t_ > 1)
-      parallel::vocab_parallel_cross_entropy_backward(
-          dlogits, f(stash_.logits), f(stash_.ce_lse), host_targets_.data(), f(g_.dlosses), N,
-          hp_.embed->local_vocab(), hp_.embed->vocab_start());
-  }
-  if (t_ == 1)
+  if (t_ > 1)
+    parallel::vocab_parallel_cross_entropy_backward<B>(
+        dlogits, p(stash_.logits), f(stash_.ce_lse), targets_.data<int32_t>(), f(g_.dlosses), N,
+        embed_->local_vocab(), embed_->vocab_start());
+  else
     B::cross_entropy_backward(dlogits, p(stash_.logits), f(stash_.ce_lse), targets_.data<int32_t>(),
                               f(g_.dlosses), N, V);
   const T* lnf = gather_rows(stash_.lnf);
@@ -571,7 +559,7 @@ void TransformerT<B>::backward(float loss_scale, bool finalize) {
   B::rmsnorm_backward(p(g_.dresid), f(grads_.final_norm), p(g_.dln), p(stash_.resid[L]),
                       f(params_.final_norm), f(stash_.rstdf), R, h_);
   if (finalize && sp_)  // replicated weight, different tokens per rank: SUM over TP
-    tp_->all_reduce(f(grads_.final_norm), h_, DType::kF32, comm::ReduceOp::kSum);
+    parallel::all_reduce<B>(tp_, f(grads_.final_norm), h_, DType::kF32, comm::ReduceOp::kSum);
   // The flat gradient's ranges: [wte | layer 0 | ... | layer L-1 | final_norm, lm_head]; a MoE
   // layer's range is [dense weights and router | experts].
   auto layer_begin = [&](int l) {
@@ -595,7 +583,8 @@ void TransformerT<B>::backward(float loss_scale, bool finalize) {
     LayerWeights& gw = grads_.layers[l];
     if (finalize && sp_) {  // replicated weights that saw different tokens: SUM over TP
       for (Tensor* t : {&gw.attn_norm, &gw.mlp_norm, &gw.router})
-        if (t->defined()) tp_->all_reduce(f(*t), t->numel(), DType::kF32, comm::ReduceOp::kSum);
+        if (t->defined())
+          parallel::all_reduce<B>(tp_, f(*t), t->numel(), DType::kF32, comm::ReduceOp::kSum);
     }
     const int64_t begin = layer_begin(l), end = layer_begin(l + 1);
     const int64_t experts =
@@ -608,10 +597,10 @@ void TransformerT<B>::backward(float loss_scale, bool finalize) {
   }
   // Embedding: the residual gradient, gathered back to all N rows under SP (ḡ backward).
   const T* demb = output_grad();
-  if constexpr (kHost) {
-    if (t_ > 1) hp_.embed->backward(f(grads_.wte), demb, host_tokens_.data(), N);
-  }
-  if (t_ == 1) B::embedding_backward(f(grads_.wte), demb, tokens_.data<int32_t>(), N, h_);
+  if (t_ > 1)
+    embed_->backward(f(grads_.wte), demb, tokens_.data<int32_t>(), N);
+  else
+    B::embedding_backward(f(grads_.wte), demb, tokens_.data<int32_t>(), N, h_);
   if (reduce_dp) reduce_range(dpcp_, 0, layer_begin(0));
   if (finalize) finish_reductions();
 }

@@ -27,6 +27,10 @@ struct CpuBackend {
   static void zero(void* p, size_t bytes) {
     if (bytes) std::memset(p, 0, bytes);
   }
+  // Within the backend's memory; dst == src is allowed (nothing to do).
+  static void copy(void* dst, const void* src, size_t bytes) {
+    if (bytes && dst != src) std::memcpy(dst, src, bytes);
+  }
   static void convert(T* dst, const float* src, int64_t n) {
     if (dst != src && n) std::memcpy(dst, src, sizeof(float) * n);
   }
@@ -91,6 +95,31 @@ struct CpuBackend {
   static void cross_entropy_backward(T* dlogits, const T* logits, const float* lse,
                                      const int32_t* targets, const float* dloss, int N, int V) {
     cpu::cross_entropy_backward<T>(dlogits, logits, lse, targets, dloss, N, V);
+  }
+  // Vocabulary shard [vocab_start, vocab_start + V): the vocabulary-parallel embedding and loss.
+  static void embedding_forward_shard(T* out, const int32_t* tokens, const T* table, int N, int C,
+                                      int vocab_start, int V) {
+    cpu::embedding_forward_shard<T>(out, tokens, table, N, C, vocab_start, V);
+  }
+  static void embedding_backward_shard(float* dtable, const T* dout, const int32_t* tokens, int N,
+                                       int C, int vocab_start, int V) {
+    cpu::embedding_backward_shard<T>(dtable, dout, tokens, N, C, vocab_start, V);
+  }
+  static void cross_entropy_shard_max(float* row_max, const T* logits, int N, int V) {
+    cpu::cross_entropy_shard_max<T>(row_max, logits, N, V);
+  }
+  static void cross_entropy_shard_sums(float* packed, const T* logits, const float* row_max,
+                                       const int32_t* targets, int N, int V, int vocab_start) {
+    cpu::cross_entropy_shard_sums<T>(packed, logits, row_max, targets, N, V, vocab_start);
+  }
+  static void cross_entropy_shard_finish(float* losses, float* lse, const float* row_max,
+                                         const float* packed, const int32_t* targets, int N) {
+    cpu::cross_entropy_shard_finish<T>(losses, lse, row_max, packed, targets, N);
+  }
+  static void cross_entropy_shard_backward(T* dlogits, const T* logits, const float* lse,
+                                           const int32_t* targets, const float* dloss, int N, int V,
+                                           int vocab_start) {
+    cpu::cross_entropy_shard_backward<T>(dlogits, logits, lse, targets, dloss, N, V, vocab_start);
   }
   static void add_inplace(T* y, const T* x, int64_t n) { cpu::add_inplace<T>(y, x, n); }
   static void scale_inplace(float* y, float alpha, int64_t n) {

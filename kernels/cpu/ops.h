@@ -138,6 +138,38 @@ template <typename T>
 void cross_entropy_backward(T* dlogits, const T* logits, const T* lse, const int32_t* targets,
                             const T* dloss, int N, int V);
 
+// ---- Vocabulary shard: embedding and cross-entropy over ids [vocab_start, vocab_start + V) -----
+// The kernels of the vocabulary-parallel embedding and loss (parallel/vocab_parallel.h): table
+// [V, C] and logits [N, V] hold this shard's ids only; ids outside it (and targets < 0) are
+// skipped. out[n] = table[tokens[n] - vocab_start], or a zero row for an id this shard does not
+// own.
+template <typename T>
+void embedding_forward_shard(T* out, const int32_t* tokens, const T* table, int N, int C,
+                             int vocab_start, int V);
+// dtable[tokens[n] - vocab_start] += dout[n] for the ids this shard owns.
+template <typename T>
+void embedding_backward_shard(T* dtable, const T* dout, const int32_t* tokens, int N, int C,
+                              int vocab_start, int V);
+// row_max[n] = max_j logits[n, j].
+template <typename T>
+void cross_entropy_shard_max(T* row_max, const T* logits, int N, int V);
+// packed [2N]: packed[n] = sum_j exp(logits[n, j] - row_max[n]) (row_max: the max over every
+// shard), packed[N + n] = logits[n, targets[n] - vocab_start] when this shard owns the target, 0
+// otherwise; both are summed over the shards before cross_entropy_shard_finish.
+template <typename T>
+void cross_entropy_shard_sums(T* packed, const T* logits, const T* row_max, const int32_t* targets,
+                              int N, int V, int vocab_start);
+// From the summed packed values: lse[n] = row_max[n] + log(packed[n]), losses[n] = lse[n] -
+// packed[N + n] (0 for a target < 0).
+template <typename T>
+void cross_entropy_shard_finish(T* losses, T* lse, const T* row_max, const T* packed,
+                                const int32_t* targets, int N);
+// dlogits[n, j] = (exp(logits[n, j] - lse[n]) - [j = target - vocab_start]) · dloss[n] on this
+// shard (zero rows for targets < 0). Writes (does not accumulate); may alias logits.
+template <typename T>
+void cross_entropy_shard_backward(T* dlogits, const T* logits, const T* lse, const int32_t* targets,
+                                  const T* dloss, int N, int V, int vocab_start);
+
 // ---- Elementwise helpers -----------------------------------------------------------------------
 template <typename T>
 void add_inplace(T* y, const T* x, int64_t n);  // y += x

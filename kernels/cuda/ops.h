@@ -173,6 +173,31 @@ template <typename T>
 void cross_entropy_backward(T* dlogits, const T* logits, const float* lse, const int32_t* targets,
                             const float* dloss, int N, int V, cudaStream_t stream = 0);
 
+// ---- Vocabulary shard: embedding and cross-entropy over ids [vocab_start, vocab_start + V) -----
+// The kernels of the vocabulary-parallel embedding and loss (parallel/vocab_parallel.h); the
+// same contract as kernels/cpu/ops.h's, with fp32 row statistics. The embedding backward uses
+// fp32 atomics.
+template <typename T>
+void embedding_forward_shard(T* out, const int32_t* tokens, const T* table, int N, int C,
+                             int vocab_start, int V, cudaStream_t stream = 0);
+template <typename T>
+void embedding_backward_shard(float* dtable, const T* dout, const int32_t* tokens, int N, int C,
+                              int vocab_start, int V, cudaStream_t stream = 0);
+template <typename T>
+void cross_entropy_shard_max(float* row_max, const T* logits, int N, int V,
+                             cudaStream_t stream = 0);
+template <typename T>
+void cross_entropy_shard_sums(float* packed, const T* logits, const float* row_max,
+                              const int32_t* targets, int N, int V, int vocab_start,
+                              cudaStream_t stream = 0);
+void cross_entropy_shard_finish(float* losses, float* lse, const float* row_max,
+                                const float* packed, const int32_t* targets, int N,
+                                cudaStream_t stream = 0);
+template <typename T>
+void cross_entropy_shard_backward(T* dlogits, const T* logits, const float* lse,
+                                  const int32_t* targets, const float* dloss, int N, int V,
+                                  int vocab_start, cudaStream_t stream = 0);
+
 // ---- Elementwise helpers -----------------------------------------------------------------------
 template <typename T>
 void add_inplace(T* y, const T* x, int64_t n, cudaStream_t stream = 0);  // y += x

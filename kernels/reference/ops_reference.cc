@@ -338,6 +338,82 @@ void cross_entropy_backward(T* dlogits, const T* logits, const T* lse, const int
   }
 }
 
+namespace {
+// The shard-local id of a global id, or -1 when the shard [vocab_start, vocab_start + V) does not
+// own it.
+int shard_id(int32_t id, int vocab_start, int V) {
+  const int64_t local = int64_t{id} - vocab_start;
+  return id >= 0 && local >= 0 && local < V ? static_cast<int>(local) : -1;
+}
+}  // namespace
+
+template <typename T>
+void embedding_forward_shard(T* out, const int32_t* tokens, const T* table, int N, int C,
+                             int vocab_start, int V) {
+  for (int n = 0; n < N; ++n) {
+    const int id = shard_id(tokens[n], vocab_start, V);
+    for (int c = 0; c < C; ++c)
+      out[int64_t{n} * C + c] = id >= 0 ? table[int64_t{id} * C + c] : T(0);
+  }
+}
+
+template <typename T>
+void embedding_backward_shard(acc_t<T>* dtable, const T* dout, const int32_t* tokens, int N, int C,
+                              int vocab_start, int V) {
+  for (int n = 0; n < N; ++n) {
+    const int id = shard_id(tokens[n], vocab_start, V);
+    if (id < 0) continue;
+    for (int c = 0; c < C; ++c) dtable[int64_t{id} * C + c] += dout[int64_t{n} * C + c];
+  }
+}
+
+template <typename T>
+void cross_entropy_shard_max(acc_t<T>* row_max, const T* logits, int N, int V) {
+  for (int n = 0; n < N; ++n) {
+    Acc m = -INFINITY;
+    for (int j = 0; j < V; ++j) m = std::max<Acc>(m, logits[int64_t{n} * V + j]);
+    row_max[n] = static_cast<acc_t<T>>(m);
+  }
+}
+
+template <typename T>
+void cross_entropy_shard_sums(acc_t<T>* packed, const T* logits, const acc_t<T>* row_max,
+                              const int32_t* targets, int N, int V, int vocab_start) {
+  for (int n = 0; n < N; ++n) {
+    const T* row = logits + int64_t{n} * V;
+    Acc sum = 0;
+    for (int j = 0; j < V; ++j) sum += std::exp(static_cast<Acc>(row[j]) - row_max[n]);
+    packed[n] = static_cast<acc_t<T>>(sum);
+    const int id = shard_id(targets[n], vocab_start, V);
+    packed[N + n] = id >= 0 ? static_cast<acc_t<T>>(row[id]) : acc_t<T>(0);
+  }
+}
+
+template <typename T>
+void cross_entropy_shard_finish(acc_t<T>* losses, acc_t<T>* lse, const acc_t<T>* row_max,
+                                const acc_t<T>* packed, const int32_t* targets, int N) {
+  for (int n = 0; n < N; ++n) {
+    const Acc l = static_cast<Acc>(row_max[n]) + std::log(static_cast<Acc>(packed[n]));
+    lse[n] = static_cast<acc_t<T>>(l);
+    losses[n] = targets[n] >= 0 ? static_cast<acc_t<T>>(l - packed[N + n]) : acc_t<T>(0);
+  }
+}
+
+template <typename T>
+void cross_entropy_shard_backward(T* dlogits, const T* logits, const acc_t<T>* lse,
+                                  const int32_t* targets, const acc_t<T>* dloss, int N, int V,
+                                  int vocab_start) {
+  for (int n = 0; n < N; ++n) {
+    const Acc scale = targets[n] >= 0 ? static_cast<Acc>(dloss[n]) : 0.0;
+    const int id = shard_id(targets[n], vocab_start, V);
+    for (int j = 0; j < V; ++j) {
+      const int64_t idx = int64_t{n} * V + j;
+      const Acc p = std::exp(static_cast<Acc>(logits[idx]) - lse[n]);
+      dlogits[idx] = static_cast<T>((p - (j == id ? 1.0 : 0.0)) * scale);
+    }
+  }
+}
+
 template <typename T>
 void add_inplace(T* y, const T* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += x[i];
@@ -371,33 +447,43 @@ void adamw_update(float* param, const float* grad, float* m, float* v, int64_t n
   }
 }
 
-#define GROVE_INSTANTIATE(T)                                                                     \
-  template void gemm<T>(bool, bool, int, int, int, T, const T*, int, const T*, int, T, T*, int); \
-  template void linear_forward<T>(T*, const T*, const T*, const T*, int, int, int);              \
-  template void linear_backward<T>(T*, T*, T*, const T*, const T*, const T*, int, int, int);     \
-  template void rmsnorm_forward<T>(T*, T*, const T*, const T*, int, int, float);                 \
-  template void rmsnorm_backward<T>(T*, T*, const T*, const T*, const T*, const T*, int, int);   \
-  template void rope_forward<T>(T*, const float*, const float*, int, int, int, int, int);        \
-  template void rope_backward<T>(T*, const float*, const float*, int, int, int, int, int);       \
-  template void attention_forward<T>(T*, T*, T*, const T*, const T*, const T*,                   \
-                                     const AttentionShape&);                                     \
-  template void attention_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*,        \
-                                      const T*, const T*, const T*, const AttentionShape&);      \
-  template void attention_merge<T>(T*, acc_t<T>*, const T*, const acc_t<T>*, int, int, int, int, \
-                                   int, int);                                                    \
-  template void attention_merge_scale<T>(T*, acc_t<T>*, const T*, const acc_t<T>*,               \
-                                         const acc_t<T>*, int, int, int, int);                   \
-  template void attention_merge_finish<T>(T*, acc_t<T>*, const T*, const acc_t<T>*,              \
-                                          const acc_t<T>*, int, int, int, int);                  \
-  template void swiglu_forward<T>(T*, const T*, const T*, int64_t);                              \
-  template void swiglu_backward<T>(T*, T*, const T*, const T*, const T*, int64_t);               \
-  template void embedding_forward<T>(T*, const int32_t*, const T*, int, int);                    \
-  template void embedding_backward<T>(T*, const T*, const int32_t*, int, int);                   \
-  template void cross_entropy_forward<T>(T*, T*, const T*, const int32_t*, int, int);            \
-  template void cross_entropy_backward<T>(T*, const T*, const T*, const int32_t*, const T*, int, \
-                                          int);                                                  \
-  template void add_inplace<T>(T*, const T*, int64_t);                                           \
-  template void scale_inplace<T>(T*, T, int64_t);                                                \
+#define GROVE_INSTANTIATE(T)                                                                      \
+  template void gemm<T>(bool, bool, int, int, int, T, const T*, int, const T*, int, T, T*, int);  \
+  template void linear_forward<T>(T*, const T*, const T*, const T*, int, int, int);               \
+  template void linear_backward<T>(T*, T*, T*, const T*, const T*, const T*, int, int, int);      \
+  template void rmsnorm_forward<T>(T*, T*, const T*, const T*, int, int, float);                  \
+  template void rmsnorm_backward<T>(T*, T*, const T*, const T*, const T*, const T*, int, int);    \
+  template void rope_forward<T>(T*, const float*, const float*, int, int, int, int, int);         \
+  template void rope_backward<T>(T*, const float*, const float*, int, int, int, int, int);        \
+  template void attention_forward<T>(T*, T*, T*, const T*, const T*, const T*,                    \
+                                     const AttentionShape&);                                      \
+  template void attention_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*,         \
+                                      const T*, const T*, const T*, const AttentionShape&);       \
+  template void attention_merge<T>(T*, acc_t<T>*, const T*, const acc_t<T>*, int, int, int, int,  \
+                                   int, int);                                                     \
+  template void attention_merge_scale<T>(T*, acc_t<T>*, const T*, const acc_t<T>*,                \
+                                         const acc_t<T>*, int, int, int, int);                    \
+  template void attention_merge_finish<T>(T*, acc_t<T>*, const T*, const acc_t<T>*,               \
+                                          const acc_t<T>*, int, int, int, int);                   \
+  template void swiglu_forward<T>(T*, const T*, const T*, int64_t);                               \
+  template void swiglu_backward<T>(T*, T*, const T*, const T*, const T*, int64_t);                \
+  template void embedding_forward<T>(T*, const int32_t*, const T*, int, int);                     \
+  template void embedding_backward<T>(T*, const T*, const int32_t*, int, int);                    \
+  template void cross_entropy_forward<T>(T*, T*, const T*, const int32_t*, int, int);             \
+  template void cross_entropy_backward<T>(T*, const T*, const T*, const int32_t*, const T*, int,  \
+                                          int);                                                   \
+  template void embedding_forward_shard<T>(T*, const int32_t*, const T*, int, int, int, int);     \
+  template void embedding_backward_shard<T>(acc_t<T>*, const T*, const int32_t*, int, int, int,   \
+                                            int);                                                 \
+  template void cross_entropy_shard_max<T>(acc_t<T>*, const T*, int, int);                        \
+  template void cross_entropy_shard_sums<T>(acc_t<T>*, const T*, const acc_t<T>*, const int32_t*, \
+                                            int, int, int);                                       \
+  template void cross_entropy_shard_finish<T>(acc_t<T>*, acc_t<T>*, const acc_t<T>*,              \
+                                              const acc_t<T>*, const int32_t*, int);              \
+  template void cross_entropy_shard_backward<T>(T*, const T*, const acc_t<T>*, const int32_t*,    \
+                                                const acc_t<T>*, int, int, int);                  \
+  template void add_inplace<T>(T*, const T*, int64_t);                                            \
+  template void scale_inplace<T>(T*, T, int64_t);                                                 \
   template double sum_squares<T>(const T*, int64_t);
 GROVE_INSTANTIATE(float)
 GROVE_INSTANTIATE(double)

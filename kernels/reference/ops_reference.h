@@ -78,6 +78,26 @@ template <typename T>
 void cross_entropy_backward(T* dlogits, const T* logits, const T* lse, const int32_t* targets,
                             const T* dloss, int N, int V);
 
+// Vocabulary shard (ids [vocab_start, vocab_start + V)): kernels/cpu/ops.h documents them.
+template <typename T>
+void embedding_forward_shard(T* out, const int32_t* tokens, const T* table, int N, int C,
+                             int vocab_start, int V);
+template <typename T>
+void embedding_backward_shard(acc_t<T>* dtable, const T* dout, const int32_t* tokens, int N, int C,
+                              int vocab_start, int V);
+template <typename T>
+void cross_entropy_shard_max(acc_t<T>* row_max, const T* logits, int N, int V);
+template <typename T>
+void cross_entropy_shard_sums(acc_t<T>* packed, const T* logits, const acc_t<T>* row_max,
+                              const int32_t* targets, int N, int V, int vocab_start);
+template <typename T>
+void cross_entropy_shard_finish(acc_t<T>* losses, acc_t<T>* lse, const acc_t<T>* row_max,
+                                const acc_t<T>* packed, const int32_t* targets, int N);
+template <typename T>
+void cross_entropy_shard_backward(T* dlogits, const T* logits, const acc_t<T>* lse,
+                                  const int32_t* targets, const acc_t<T>* dloss, int N, int V,
+                                  int vocab_start);
+
 template <typename T>
 void add_inplace(T* y, const T* x, int64_t n);
 template <typename T>

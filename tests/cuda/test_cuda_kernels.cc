@@ -421,6 +421,71 @@ TYPED_TEST(CudaKernels, CrossEntropy) {
       close("ce dlogits in place", d_logits.download(), stored<T>(dlogits), Tol<T>::kElementwise));
 }
 
+// ---- Vocabulary shard (vocabulary-parallel embedding and loss) -----------------------------
+// Shard r of t = 2 (ids [r·V/t, (r+1)·V/t)) against the double references.
+TYPED_TEST(CudaKernels, VocabShard) {
+  using T = TypeParam;
+  const int N = 37, V = 500, C = 40, t = 2, Vl = V / t;
+  std::vector<int32_t> targets(N), tokens(N);
+  Vec rnd = random_vec(2 * N, 101, 0, V);
+  for (int n = 0; n < N; ++n) targets[n] = static_cast<int32_t>(rnd[n]) % V;
+  for (int n = 0; n < N; ++n) tokens[n] = static_cast<int32_t>(rnd[N + n]) % V;
+  targets[3] = -1;  // ignored
+  DeviceBuffer<int32_t> d_t(Vec(targets.begin(), targets.end()));
+  DeviceBuffer<int32_t> d_tok(Vec(tokens.begin(), tokens.end()));
+  for (int r = 0; r < t; ++r) {
+    SCOPED_TRACE(::testing::Message() << "shard " << r);
+    const int start = r * Vl;
+    Vec logits = stored<T>(random_vec(size_t(N) * Vl, 102 + r, -4, 4));
+    Vec table = stored<T>(random_vec(size_t(Vl) * C, 104 + r));
+    DeviceBuffer<T> d_logits(logits), d_table(table), d_emb(size_t(N) * C);
+    Vec emb(size_t(N) * C);
+    ref::embedding_forward_shard<double>(emb.data(), tokens.data(), table.data(), N, C, start, Vl);
+    embedding_forward_shard<T>(d_emb.get(), d_tok.get(), d_table.get(), N, C, start, Vl);
+    EXPECT_TRUE(close("embedding shard", d_emb.download(), emb, 0.0));  // a copy: exact
+    Vec dout = stored<T>(random_vec(size_t(N) * C, 106 + r)),
+        dtable = stored<float>(random_vec(size_t(Vl) * C, 108 + r));
+    DeviceBuffer<T> d_dout(dout);
+    DeviceBuffer<float> d_dtable(dtable);
+    ref::embedding_backward_shard<double>(dtable.data(), dout.data(), tokens.data(), N, C, start,
+                                          Vl);
+    embedding_backward_shard<T>(d_dtable.get(), d_dout.get(), d_tok.get(), N, C, start, Vl);
+    EXPECT_TRUE(close("embedding shard dtable", d_dtable.download(), dtable, kF32Reduce));
+
+    Vec row_max(N), packed(2 * N), losses(N), lse(N);
+    ref::cross_entropy_shard_max<double>(row_max.data(), logits.data(), N, Vl);
+    DeviceBuffer<float> d_max(N), d_packed(2 * N), d_losses(N), d_lse(N);
+    cross_entropy_shard_max<T>(d_max.get(), d_logits.get(), N, Vl);
+    EXPECT_TRUE(close("shard row max", d_max.download(), row_max, 0.0));
+    // The max of every shard would come from an all-reduce: a larger common max here.
+    for (double& m : row_max) m = stored<float>(m + 0.5);
+    d_max.upload(row_max);
+    ref::cross_entropy_shard_sums<double>(packed.data(), logits.data(), row_max.data(),
+                                          targets.data(), N, Vl, start);
+    cross_entropy_shard_sums<T>(d_packed.get(), d_logits.get(), d_max.get(), d_t.get(), N, Vl,
+                                start);
+    EXPECT_TRUE(close("shard packed sums", d_packed.download(), packed, kF32Reduce));
+    packed = stored<float>(packed);
+    d_packed.upload(packed);
+    ref::cross_entropy_shard_finish<double>(losses.data(), lse.data(), row_max.data(),
+                                            packed.data(), targets.data(), N);
+    cross_entropy_shard_finish(d_losses.get(), d_lse.get(), d_max.get(), d_packed.get(), d_t.get(),
+                               N);
+    EXPECT_TRUE(close("shard losses", d_losses.download(), losses, kF32Reduce));
+    EXPECT_TRUE(close("shard lse", d_lse.download(), lse, kF32Reduce));
+
+    Vec lse32 = stored<float>(lse), dloss = stored<float>(random_vec(N, 110, 0.1, 1.0)),
+        dlogits(size_t(N) * Vl);
+    DeviceBuffer<float> d_lse32(lse32), d_dloss(dloss);
+    ref::cross_entropy_shard_backward<double>(dlogits.data(), logits.data(), lse32.data(),
+                                              targets.data(), dloss.data(), N, Vl, start);
+    cross_entropy_shard_backward<T>(d_logits.get(), d_logits.get(), d_lse32.get(), d_t.get(),
+                                    d_dloss.get(), N, Vl, start);  // in place
+    EXPECT_TRUE(
+        close("shard dlogits", d_logits.download(), stored<T>(dlogits), Tol<T>::kElementwise));
+  }
+}
+
 // ---- Elementwise helpers -------------------------------------------------------------------
 TYPED_TEST(CudaKernels, AddScaleSumSquares) {
   using T = TypeParam;

@@ -274,6 +274,81 @@ TEST(FastVsRef, CrossEntropy) {
   EXPECT_TRUE(compare("dlogits(in place)", inplace, dl, 0.0));
 }
 
+// The vocabulary-shard kernels (the vocabulary-parallel embedding and loss) against the
+// references, and t shards put together (max over the shards, the packed sums summed) against
+// the unsharded cross-entropy and embedding.
+TEST(FastVsRef, VocabShard) {
+  const int N = 40, V = 1000, C = 24, t = 4, Vl = V / t;
+  std::vector<int32_t> targets(N), tokens(N);
+  for (int n = 0; n < N; ++n) targets[n] = n == 5 ? -1 : (n * 37) % V;
+  for (int n = 0; n < N; ++n) tokens[n] = (n * 53 + 7) % V;
+  const Vec logits = random_vector<float>(N * V, 30, -10.0, 10.0),
+            dloss = random_vector<float>(N, 31), table = random_vector<float>(V * C, 32),
+            dout = random_vector<float>(N * C, 33);
+  Vec loss_full(N), lse_full(N), emb_full(N * C);
+  ref::cross_entropy_forward(loss_full.data(), lse_full.data(), logits.data(), targets.data(), N,
+                             V);
+  ref::embedding_forward(emb_full.data(), tokens.data(), table.data(), N, C);
+  Vec gmax(N, -INFINITY), gpacked(2 * N, 0.0f), emb_sum(N * C, 0.0f);
+  std::vector<Vec> shard_logits(t);
+  for (int r = 0; r < t; ++r) {
+    SCOPED_TRACE(::testing::Message() << "shard " << r);
+    Vec& x = shard_logits[r];
+    for (int n = 0; n < N; ++n)
+      x.insert(x.end(), logits.begin() + n * V + r * Vl, logits.begin() + n * V + (r + 1) * Vl);
+    Vec m(N), m_r(N);
+    cross_entropy_shard_max(m.data(), x.data(), N, Vl);
+    ref::cross_entropy_shard_max(m_r.data(), x.data(), N, Vl);
+    EXPECT_TRUE(compare("row_max", m, m_r, 0.0));
+    for (int n = 0; n < N; ++n) gmax[n] = std::max(gmax[n], m[n]);
+    const Vec tab(table.begin() + r * Vl * C, table.begin() + (r + 1) * Vl * C);
+    Vec e(N * C), e_r(N * C);
+    embedding_forward_shard(e.data(), tokens.data(), tab.data(), N, C, r * Vl, Vl);
+    ref::embedding_forward_shard(e_r.data(), tokens.data(), tab.data(), N, C, r * Vl, Vl);
+    EXPECT_TRUE(compare("embedding", e, e_r, 0.0));
+    for (int i = 0; i < N * C; ++i) emb_sum[i] += e[i];
+    Vec dt(Vl * C, 0.5f), dt_r(dt);
+    embedding_backward_shard(dt.data(), dout.data(), tokens.data(), N, C, r * Vl, Vl);
+    ref::embedding_backward_shard(dt_r.data(), dout.data(), tokens.data(), N, C, r * Vl, Vl);
+    EXPECT_TRUE(compare("dtable", dt, dt_r, kRefTol));
+  }
+  EXPECT_TRUE(compare("sum of the embedding shards", emb_sum, emb_full, 0.0));
+  for (int r = 0; r < t; ++r) {
+    Vec pk(2 * N), pk_r(2 * N);
+    cross_entropy_shard_sums(pk.data(), shard_logits[r].data(), gmax.data(), targets.data(), N, Vl,
+                             r * Vl);
+    ref::cross_entropy_shard_sums(pk_r.data(), shard_logits[r].data(), gmax.data(), targets.data(),
+                                  N, Vl, r * Vl);
+    EXPECT_TRUE(compare("packed", pk, pk_r, kRefTol));
+    for (int i = 0; i < 2 * N; ++i) gpacked[i] += pk[i];
+  }
+  Vec loss(N), lse(N), loss_r(N), lse_r(N);
+  cross_entropy_shard_finish(loss.data(), lse.data(), gmax.data(), gpacked.data(), targets.data(),
+                             N);
+  ref::cross_entropy_shard_finish<float>(loss_r.data(), lse_r.data(), gmax.data(), gpacked.data(),
+                                         targets.data(), N);
+  EXPECT_TRUE(compare("losses", loss, loss_r, kRefTol));
+  EXPECT_TRUE(compare("losses vs unsharded", loss, loss_full, kRefTol));
+  EXPECT_TRUE(compare("lse vs unsharded", lse, lse_full, kRefTol));
+  Vec dfull(N * V);
+  ref::cross_entropy_backward(dfull.data(), logits.data(), lse.data(), targets.data(), dloss.data(),
+                              N, V);
+  for (int r = 0; r < t; ++r) {
+    Vec d(N * Vl), d_r(N * Vl), want(N * Vl), inplace(shard_logits[r]);
+    cross_entropy_shard_backward(d.data(), shard_logits[r].data(), lse.data(), targets.data(),
+                                 dloss.data(), N, Vl, r * Vl);
+    ref::cross_entropy_shard_backward(d_r.data(), shard_logits[r].data(), lse.data(),
+                                      targets.data(), dloss.data(), N, Vl, r * Vl);
+    for (int n = 0; n < N; ++n)
+      for (int j = 0; j < Vl; ++j) want[n * Vl + j] = dfull[n * V + r * Vl + j];
+    EXPECT_TRUE(compare("dlogits", d, d_r, kRefTol));
+    EXPECT_TRUE(compare("dlogits vs unsharded", d, want, kRefTol));
+    cross_entropy_shard_backward(inplace.data(), inplace.data(), lse.data(), targets.data(),
+                                 dloss.data(), N, Vl, r * Vl);
+    EXPECT_TRUE(compare("dlogits(in place)", inplace, d, 0.0));
+  }
+}
+
 TEST(FastVsRef, Elementwise) {
   const int64_t n = 100003;
   const Vec x = random_vector<float>(n, 24);
