@@ -94,15 +94,24 @@ void PrintWorst(const char* what) {
   g_worst = 0;
 }
 
-void RunLayout(int tp, int dp, bool sp, Recompute mode, bool moe = false) {
+// The world the grid is split from: the host MPI world (every TP collective staged through host
+// memory), or MPI on the emulator's device memory (comm::mpi_device_communicator: the
+// collectives run on the device buffers themselves, parallel/backend_collectives.h's direct path).
+std::shared_ptr<comm::Communicator> GridWorld(bool device_groups) {
+  if (!device_groups) return std::shared_ptr<comm::Communicator>(test::mpi_session().world());
+  return std::shared_ptr<comm::Communicator>(comm::mpi_device_communicator(test::world()));
+}
+
+void RunLayout(int tp, int dp, bool sp, Recompute mode, bool moe = false,
+               bool device_groups = false) {
   comm::Communicator& world = test::world();
   const ModelConfig c = moe ? MoeConfig() : TestConfig();
   const int s = 8, b = 2, B = b * dp;
-  SCOPED_TRACE("tp=" + std::to_string(tp) + " dp=" + std::to_string(dp) + " sp=" +
-               std::to_string(sp) + " recompute=" + recompute_name(mode) + (moe ? " moe" : ""));
-  auto grid = parallel::ParallelGrid::create(
-      std::shared_ptr<comm::Communicator>(test::mpi_session().world()),
-      parallel::GridShape{world.size(), tp, 1, 1, dp});
+  SCOPED_TRACE("tp=" + std::to_string(tp) + " dp=" + std::to_string(dp) +
+               " sp=" + std::to_string(sp) + " recompute=" + recompute_name(mode) +
+               (moe ? " moe" : "") + (device_groups ? " device groups" : " host groups"));
+  auto grid = parallel::ParallelGrid::create(GridWorld(device_groups),
+                                             parallel::GridShape{world.size(), tp, 1, 1, dp});
   ASSERT_TRUE(grid.ok()) << grid.status().message();
   const parallel::GridCoord& at = grid.value().coord();
   const ModelParallel par{&grid.value(), sp};
@@ -155,6 +164,23 @@ TEST(CudaParallelEquivalence, TensorSequenceLayoutsEqualSingleRank) {
     }
   }
   PrintWorst("tensor + sequence parallel layouts");
+}
+
+// The same layouts over device communicators (MPI on the emulator's device memory): no staging.
+TEST(CudaParallelEquivalence, LayoutsOverDeviceGroupsEqualSingleRank) {
+  if (!comm::mpi_device_buffers_supported()) GTEST_SKIP() << "MPI on device memory: emulator only";
+  const int world = test::world().size();
+  for (int tp : {1, 2, 4}) {
+    if (world % tp != 0 || world / tp > 2) continue;
+    for (bool sp : {false, true}) {
+      if (sp && tp == 1) continue;
+      for (Recompute mode : {Recompute::kSelective, Recompute::kFull})
+        RunLayout(tp, world / tp, sp, mode, /*moe=*/false, /*device_groups=*/true);
+    }
+  }
+  RunLayout(world >= 2 ? 2 : 1, world >= 2 ? world / 2 : 1, world >= 2, Recompute::kSelective,
+            /*moe=*/true, /*device_groups=*/true);
+  PrintWorst("layouts over device groups");
 }
 
 // A dropless MoE block (LocalMoe: every expert on the device) under TP + SP: each TP rank routes
