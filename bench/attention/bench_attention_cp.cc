@@ -21,6 +21,7 @@
 
 #include "comm/mpi_communicator.h"
 #include "core/rng.h"
+#include "kernels/blas/blas_kernel.h"
 #include "parallel/cp_attention.h"
 #include "parallel/kv_cache.h"
 
@@ -68,6 +69,7 @@ struct Measure {
 }  // namespace
 
 int main(int argc, char** argv) {
+  grove::blas::SelectBlasKernel(argv);  // before MPI and any GEMM (may re-execute)
   CLI::App app{"Tree vs ring attention over the context-parallel group"};
   std::vector<int> contexts = {4096, 16384, 65536, 262144};
   int heads = 8, kv_heads = 4, head_dim = 32, decode_steps = 5;

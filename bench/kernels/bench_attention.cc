@@ -7,9 +7,11 @@
 #include <random>
 #include <vector>
 
+#include "kernels/blas/blas_kernel.h"
 #include "kernels/cpu/ops.h"
 
 int main(int argc, char** argv) {
+  grove::blas::SelectBlasKernel(argv);  // before MPI and any GEMM (may re-execute)
   using grove::cpu::AttentionShape;
   const int iters = argc > 1 ? std::atoi(argv[1]) : 10;
   const AttentionShape s{256, 256, 8, 8, 8, 64, true};

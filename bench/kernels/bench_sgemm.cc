@@ -5,10 +5,12 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include "kernels/blas/blas_kernel.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/sgemm_peak.h"
 
 int main(int argc, char** argv) {
+  grove::blas::SelectBlasKernel(argv);  // before MPI and any GEMM (may re-execute)
   const double min_seconds = argc > 1 ? std::atof(argv[1]) : 0.5;
   struct Shape {
     int M, N, K;

@@ -29,6 +29,7 @@
 
 #include "comm/mpi_communicator.h"
 #include "core/rng.h"
+#include "kernels/blas/blas_kernel.h"
 #include "parallel/grid.h"
 #include "parallel/lsh_dispatcher.h"
 #include "parallel/moe_layer.h"
@@ -36,9 +37,9 @@
 namespace {
 
 using grove::LshOptions;
+using grove::MoeOptions;
 using grove::parallel::LshDispatcher;
 using grove::parallel::LshMetrics;
-using grove::MoeOptions;
 using grove::parallel::MoeLayer;
 using grove::parallel::MoeMetrics;
 using json = nlohmann::json;
@@ -77,6 +78,7 @@ std::vector<float> make_tokens(const std::string& data, int T, int h, int K, flo
 }  // namespace
 
 int main(int argc, char** argv) {
+  grove::blas::SelectBlasKernel(argv);  // before MPI and any GEMM (may re-execute)
   CLI::App app{"LSH-compressed vs plain expert all-to-all, layer level"};
   int T = 1024, h = 256, f = 512, E = 8, k = 2, steps = 5, warmup = 1;
   int rotation_dim = 8, min_tokens = 8, clusters = 32;

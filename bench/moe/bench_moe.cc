@@ -16,6 +16,7 @@
 
 #include "comm/mpi_communicator.h"
 #include "core/rng.h"
+#include "kernels/blas/blas_kernel.h"
 #include "parallel/grid.h"
 #include "parallel/moe_layer.h"
 
@@ -76,6 +77,7 @@ void print(const json& j) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  grove::blas::SelectBlasKernel(argv);  // before MPI and any GEMM (may re-execute)
   CLI::App app{"MoE layer step-time breakdown under expert parallelism"};
   int T = 1024, h = 256, f = 512, E = 8, k = 2, steps = 5, warmup = 2;
   float cf = 0.0f;

@@ -15,9 +15,10 @@
 
 #include "comm/mpi_communicator.h"
 #include "core/rng.h"
-#include "spec/memory.h"
+#include "kernels/blas/blas_kernel.h"
 #include "model/transformer.h"
 #include "parallel/grid.h"
+#include "spec/memory.h"
 
 namespace {
 
@@ -69,6 +70,7 @@ void print(const json& j) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  grove::blas::SelectBlasKernel(argv);  // before MPI and any GEMM (may re-execute)
   CLI::App app{"Activation memory and step time per recompute mode, TP-only vs TP+SP"};
   int steps = 3, warmup = 1;
   int mem_t = 4, mem_seq = 4096;

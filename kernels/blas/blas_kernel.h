@@ -1,5 +1,5 @@
 // Which OpenBLAS kernel ("core") this process runs its GEMMs on, and choosing the right one
-// before the first BLAS call (docs/kernels.md#the-blas-kernel).
+// before the first BLAS call (docs/architecture.md#the-blas-kernel).
 //
 // OpenBLAS built with DYNAMIC_ARCH (Debian's) picks its core once, when the library is loaded,
 // from cpuid. A version older than the CPU falls back to an older core: 0.3.21 runs "Prescott"

@@ -306,6 +306,9 @@ TEST(Dashboard, ShowsTheMoEFiguresTheWorkerLinkTakesFromTheTrainer) {
       m.a2a_bytes = 100 * s;
       if (s == 3) m.a2a_bytes_uncompressed = 1000;  // step 2: no layer compressed
     }
+    // MFU: step 1 without a known peak (0), step 2 above 1 (a peak measured under more
+    // contention), neither sent; step 3 sent.
+    m.mfu = s == 1 ? 0.0 : s == 2 ? 1.5 : 0.4;
     link.value()->RecordStep(m);
   }
   auto state = link.value()->ReportExit(0, "");
@@ -331,7 +334,11 @@ TEST(Dashboard, ShowsTheMoEFiguresTheWorkerLinkTakesFromTheTrainer) {
   EXPECT_EQ(metrics.metrics(1).a2a_bytes_sent(), 200u);
   EXPECT_EQ(metrics.metrics(1).a2a_bytes_uncompressed(), 200u) << "plain: all sent";
   EXPECT_FALSE(metrics.metrics(0).has_a2a_bytes_uncompressed());
-  EXPECT_FALSE(last.has_mfu()) << "not in StepMetrics yet";
+  EXPECT_FALSE(metrics.metrics(0).has_mfu()) << "no peak, no MFU";
+  EXPECT_FALSE(metrics.metrics(1).has_mfu())
+      << "outside 0..1: not sent (the heartbeat would be refused)";
+  ASSERT_TRUE(last.has_mfu());
+  EXPECT_DOUBLE_EQ(last.mfu(), 0.4);
   auto prom = f.Authed("/metrics");
   ASSERT_TRUE(prom);
   EXPECT_NE(prom->body.find("grove_job_a2a_bytes_sent{job=\"" + id + "\",name=\"tiny\"} 300\n"),
