@@ -77,10 +77,13 @@ bool UnderLauncherNotRankZero() {
   return false;
 }
 
-void Say(const std::string& line) {
+// Notices (a switch, the user's choice) go to stdout with the banner; stderr is kept for the
+// cases the process cannot correct, so a program's error output stays one line.
+void Say(const std::string& line, bool to_stderr) {
   if (line.empty() || UnderLauncherNotRankZero()) return;
-  std::fprintf(stderr, "grove: %s\n", line.c_str());
-  std::fflush(stderr);
+  FILE* out = to_stderr ? stderr : stdout;
+  std::fprintf(out, "grove: %s\n", line.c_str());
+  std::fflush(out);
 }
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -363,7 +366,7 @@ const BlasKernel& SelectBlasKernel(char** argv) {
 
   BlasDecision d = DecideBlasKernel(cpu, lib, env);
   if (d.action == BlasAction::kReexec && argv != nullptr && argv[0] != nullptr) {
-    Say(d.message);
+    Say(d.message, false);
     setenv("OPENBLAS_CORETYPE", d.target.c_str(), 1);
     setenv(kMarker, (std::to_string(static_cast<long>(getpid())) + ":" + lib.corename).c_str(), 1);
     unsetenv(kTestMarker);
@@ -382,7 +385,8 @@ const BlasKernel& SelectBlasKernel(char** argv) {
                 " (execv: " + std::strerror(err) + "); GEMMs run on " + lib.corename +
                 ", slower than this CPU allows; set OPENBLAS_CORETYPE=" + d.target + " yourself";
   }
-  Say(d.message);
+  Say(d.message,
+      d.action == BlasAction::kCannotSwitch || (d.action == BlasAction::kSwitched && d.warning));
   g_kernel = MakeReport(cpu, lib, env, d);
   g_selected = true;
   return g_kernel;

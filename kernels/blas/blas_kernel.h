@@ -16,7 +16,8 @@
 //   - otherwise sets OPENBLAS_CORETYPE to the best core and execv()s /proc/self/exe with the same
 //     argv, once: the marker GROVE_BLAS_REEXEC=<pid>:<core the library chose> tells the new image
 //     (same pid) that it is the re-executed one; it only checks that the library took the core;
-//   - says so on stderr whenever it switches or cannot (rank 0 only under mpirun/srun).
+//   - says so in one line (rank 0 only under mpirun/srun): on stdout when it switches or the user
+//     chose, on stderr when the process stays below what the CPU allows and cannot correct it.
 // If the library cannot switch (a build without DYNAMIC_ARCH) or execv fails, the program goes on
 // with the library's core after a warning.
 //
