@@ -326,6 +326,11 @@ void CoordinatorLink::WatchLoop() {
 
 StatusOr<v1::JobState> CoordinatorLink::ReportExit(int exit_code, const std::string& message,
                                                    int stop_signal) {
+  exit_reporting_.store(true);
+  struct Reported {
+    std::atomic<bool>& flag;
+    ~Reported() { flag.store(true); }
+  } reported{exit_reported_};
   // From here the watch thread no longer judges a cut-off (no steps follow) but bounds this
   // report, which may wait on a coordinator that does not answer.
   exit_code_.store(exit_code);
@@ -370,6 +375,31 @@ StatusOr<v1::JobState> CoordinatorLink::ReportExit(int exit_code, const std::str
                            " to " + options_.client.address + ": " + rpc::DescribeStatus(st));
     std::this_thread::sleep_for(std::chrono::milliseconds(500));
   }
+}
+
+void CoordinatorLink::ReportGraceExpired(int signal, std::chrono::milliseconds timeout) {
+  const auto give_up = std::chrono::steady_clock::now() + timeout;
+  if (exit_reporting_.exchange(true)) {
+    while (!exit_reported_.load() && std::chrono::steady_clock::now() < give_up)
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    return;
+  }
+  v1::ReportExitRequest req;
+  req.set_job_id(options_.job_id);
+  req.set_rank(options_.rank);
+  req.set_attempt(assignment_.attempt());
+  req.set_exit_code(128 + signal);
+  req.set_message("no checkpoint within the stop grace after signal " + std::to_string(signal));
+  req.set_final_step(last_step_.load());
+  req.set_stop_signal(signal);
+  req.set_checkpoint_missed(true);
+  grpc::ClientContext ctx;
+  rpc::PrepareContext(&ctx, options_.client.token, timeout);
+  v1::ReportExitResponse resp;
+  const grpc::Status st = stub_->ReportExit(&ctx, req, &resp);
+  if (!st.ok())
+    std::fprintf(stderr, "grove-worker: rank %d: cannot report the missed checkpoint to %s: %s\n",
+                 options_.rank, options_.client.address.c_str(), rpc::DescribeStatus(st).c_str());
 }
 
 }  // namespace grove

@@ -105,6 +105,12 @@ class CoordinatorLink {
   StatusOr<grove::v1::JobState> ReportExit(int exit_code, const std::string& message,
                                            int stop_signal = 0);
 
+  // The stop grace ran out before this rank's checkpoint was written (StopSignals'
+  // OnGraceExpired hook, on another thread while the main one is stuck): reports exit code
+  // 128 + signal with checkpoint_missed, one try within `timeout`, without waiting for the
+  // heartbeat thread. When ReportExit is already running, waits for it instead (up to timeout).
+  void ReportGraceExpired(int signal, std::chrono::milliseconds timeout);
+
   // Set once the coordinator answered STOP or ABORT (with its reason).
   bool stop_requested() const { return stop_level_.load() > 0; }
   bool abort_requested() const { return stop_level_.load() > 1; }
@@ -143,6 +149,8 @@ class CoordinatorLink {
   std::atomic<int64_t> last_step_ns_{0};
   std::atomic<int64_t> exit_report_deadline_ns_{0};
   std::atomic<int> exit_code_{0};
+  std::atomic<bool> exit_reporting_{false};  // ReportExit or ReportGraceExpired has begun
+  std::atomic<bool> exit_reported_{false};   // ReportExit returned
 
   std::atomic<int> stop_level_{0};          // 0 continue, 1 stop (cancel), 2 abort
   std::atomic<int64_t> checkpoint_seq_{0};  // newest checkpoint request seen

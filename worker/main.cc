@@ -107,6 +107,10 @@ int main(int argc, char** argv) {
   grove::StopSignals::Install(std::chrono::milliseconds(static_cast<int64_t>(stop_grace_s * 1000)));
   const int rank = mpi.world_rank();
   std::unique_ptr<grove::CoordinatorLink> link;
+  // The grace hook uses `link`: it is removed (waiting for a running hook) before link goes.
+  struct GraceHookOff {
+    ~GraceHookOff() { grove::StopSignals::OnGraceExpired({}); }
+  } grace_hook_off;
   // With a coordinator every exit is reported to it (code and message) before returning.
   auto finish = [&](int code, const std::string& message, int stop_signal = 0) {
     if (code != 0 && (link == nullptr || rank == 0 || code == 3))
@@ -146,6 +150,10 @@ int main(int argc, char** argv) {
       if (!config.ok())
         return finish(2, "config from the coordinator: " + config.status().message());
       link->Start();
+      // A rank that cannot save within the stop grace still tells the coordinator why it ends,
+      // so the job is PREEMPTED (or CANCELLED) rather than failed by the launcher's report.
+      grove::StopSignals::OnGraceExpired(
+          [l = link.get()](int sig) { l->ReportGraceExpired(sig, std::chrono::seconds(3)); });
     } else {
       config = grove::LoadTrainConfig(config_path, overrides);
     }

@@ -20,6 +20,8 @@ std::atomic<int> g_signal{0};
 std::atomic<bool> g_finished{false};
 sem_t g_wake;
 std::chrono::milliseconds g_grace{StopSignals::kDefaultGrace};
+std::mutex g_hook_mu;
+std::function<void(int)> g_grace_hook;
 
 StopCause CauseOf(int sig) {
   switch (sig) {
@@ -55,6 +57,12 @@ void GraceTimer() {
                "one (the job resumes from its previous checkpoint)\n",
                g_grace.count() / 1000.0, (std::string("SIG") + sigabbrev_np(sig)).c_str());
   std::fflush(stderr);
+  {
+    // Held while the hook runs: OnGraceExpired({}) (e.g. before what the hook uses is destroyed)
+    // waits for it.
+    std::lock_guard<std::mutex> l(g_hook_mu);
+    if (g_grace_hook) g_grace_hook(sig);
+  }
   std::_Exit(128 + sig);
 }
 
@@ -102,6 +110,11 @@ StopCause StopSignals::Agree(comm::Communicator* world) {
 
 void StopSignals::Finished() {
   g_finished.store(true);
+}
+
+void StopSignals::OnGraceExpired(std::function<void(int signal)> hook) {
+  std::lock_guard<std::mutex> l(g_hook_mu);
+  g_grace_hook = std::move(hook);
 }
 
 }  // namespace grove

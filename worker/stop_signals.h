@@ -9,11 +9,13 @@
 // received and one all_reduce(MAX) over the world communicator combines the votes, so every rank
 // stops at the same step, after the step's checkpoint. Should the process still be running
 // `grace` after the first signal (a step or a save that does not finish, a peer that is gone), it
-// prints what happened and exits with 128 + the signal number, before a scheduler's SIGKILL (Slurm
-// waits KillWait, 30 s by default, so the default grace is 20 s).
+// prints what happened, runs the grace hook (a coordinated worker reports the stop without a
+// checkpoint there, bounded by a few seconds) and exits with 128 + the signal number, before a
+// scheduler's SIGKILL (Slurm waits KillWait, 30 s by default, so the default grace is 20 s).
 #pragma once
 
 #include <chrono>
+#include <functional>
 
 #include "comm/communicator.h"
 
@@ -37,6 +39,9 @@ class StopSignals {
   static StopCause Agree(comm::Communicator* world);
   // The process is about to exit on its own: the grace timer stands down.
   static void Finished();
+  // Runs on the grace timer's thread when the grace ran out, with the signal, just before the
+  // exit; it must return within a few seconds. Replaces the previous hook; empty: none.
+  static void OnGraceExpired(std::function<void(int signal)> hook);
 };
 
 }  // namespace grove
