@@ -271,9 +271,7 @@ class Dashboard::HttpServer : public httplib::Server {
   std::set<int> open_;
 };
 
-namespace {
-
-}  // namespace
+namespace {}  // namespace
 
 std::string PrometheusText(const std::vector<v1::Job>& jobs, int64_t now_unix_ms) {
   Exposition e;
@@ -305,6 +303,14 @@ std::string PrometheusText(const std::vector<v1::Job>& jobs, int64_t now_unix_ms
   e.Family("grove_job_mfu", "gauge", "Model FLOPs utilisation at the latest step (0..1).");
   for (const auto& j : jobs)
     if (j.has_last_mfu()) e.Add(JobLabels(j), j.last_mfu());
+  e.Family("grove_job_step_seconds", "gauge", "Measured step time at the latest step.");
+  for (const auto& j : jobs)
+    if (j.has_last_step_ms()) e.Add(JobLabels(j), j.last_step_ms() / 1e3);
+  e.Family("grove_job_predicted_step_seconds", "gauge",
+           "The cost model's step time for the job's layout on the coordinator's cluster.");
+  for (const auto& j : jobs)
+    if (j.layout().has_predicted_step_ms())
+      e.Add(JobLabels(j), j.layout().predicted_step_ms() / 1e3);
   e.Family("grove_job_a2a_bytes_sent", "gauge",
            "MoE all-to-all bytes sent in the latest step (after LSH compression, if any).");
   for (const auto& j : jobs)
@@ -358,10 +364,9 @@ std::string Dashboard::NewSession() {
   std::lock_guard<std::mutex> l(sessions_mu_);
   std::erase_if(sessions_, [&](const auto& s) { return s.second < now; });
   while (sessions_.size() >= std::max<size_t>(1, options_.max_sessions)) {
-    auto oldest = std::min_element(sessions_.begin(), sessions_.end(), [](const auto& a,
-                                                                          const auto& b) {
-      return a.second < b.second;
-    });
+    auto oldest =
+        std::min_element(sessions_.begin(), sessions_.end(),
+                         [](const auto& a, const auto& b) { return a.second < b.second; });
     sessions_.erase(oldest);
   }
   sessions_[id] = now + std::chrono::hours(12);

@@ -222,6 +222,8 @@ grpc::Status PlanJob(const v1::JobSpec& spec, const PathPolicy& paths,
   layout->set_bytes_per_device(pl.memory.total);
   layout->set_device_memory_bytes(pl.device_memory_bytes);
   layout->set_explanation(pl.explanation);
+  if (pl.predicted_step_s > 0) layout->set_predicted_step_ms(1e3 * pl.predicted_step_s);
+  layout->set_prediction_note(pl.prediction_note);
   // The workers train with exactly the planned layout.
   TrainConfig resolved_config = config.value();
   resolved_config.data.dir = data_dir.value();
@@ -972,6 +974,7 @@ grpc::Status JobManager::Heartbeat(const v1::HeartbeatRequest& req, v1::Heartbea
       job.set_last_step(m.step());
       job.set_last_loss(m.loss());
       job.set_tokens_per_s(m.tokens_per_s());
+      if (m.step_ms() > 0) job.set_last_step_ms(m.step_ms());
       if (m.has_val_loss()) job.set_last_val_loss(m.val_loss());
       if (m.has_a2a_bytes_sent()) job.set_last_a2a_bytes_sent(m.a2a_bytes_sent());
       if (m.has_a2a_bytes_uncompressed())

@@ -39,23 +39,35 @@ std::string FormatGiB(int64_t bytes);
 
 namespace {
 
-// The fastest layout by the cost model among those the request leaves open (docs/planning.md).
-StatusOr<Plan> PlanWithCostModel(const TrainConfig& config, const PlanRequest& r, int per_host) {
+// The request's cluster as the job sees it: ranks_per_host devices per node, enough nodes.
+planner::ClusterSpec JobCluster(const PlanRequest& r, int per_host) {
   planner::ClusterSpec cluster = *r.cluster;
   cluster.devices_per_node = per_host;
   if (cluster.max_nodes > 0 && r.world_size > per_host * cluster.max_nodes)
     cluster.max_nodes = (r.world_size + per_host - 1) / per_host;  // the job's own hosts
-  planner::SearchRequest s;
-  planner::Workload& w = s.workload;
+  return cluster;
+}
+
+// The job's step as the cost model sees it. An LSH ratio is known only once the job ran: it is
+// planned and predicted as if uncompressed (conservative).
+planner::Workload JobWorkload(const TrainConfig& config, const planner::ClusterSpec& cluster) {
+  planner::Workload w;
   w.model = config.model;
   w.seq_len = config.train.seq_len;
   w.precision = config.train.precision != Precision::kAuto ? config.train.precision
-                : config.train.device == Device::kCUDA ? Precision::kBf16
-                                                       : Precision::kFp32;
+                : config.train.device == Device::kCUDA     ? Precision::kBf16
+                                                           : Precision::kFp32;
   if (w.precision == Precision::kBf16 && cluster.device.peak_bf16 <= 0)
     w.precision = Precision::kFp32;
   w.cp_attention = config.parallel.cp_attention;
-  // An LSH ratio is known only once the job ran: plan as if uncompressed (conservative).
+  return w;
+}
+
+// The fastest layout by the cost model among those the request leaves open (docs/planning.md).
+StatusOr<Plan> PlanWithCostModel(const TrainConfig& config, const PlanRequest& r, int per_host) {
+  const planner::ClusterSpec cluster = JobCluster(r, per_host);
+  planner::SearchRequest s;
+  s.workload = JobWorkload(config, cluster);
   s.world = r.world_size;
   s.global_micro_batch = config.train.batch_size;
   s.global_batch = config.train.batch_size * config.train.grad_accum;
@@ -88,7 +100,6 @@ StatusOr<Plan> PlanWithCostModel(const TrainConfig& config, const PlanRequest& r
   p.memory.optimizer = int64_t(best.memory.optimizer);
   p.memory.total = int64_t(best.memory.total);
   p.device_memory_bytes = r.device_memory_gib > 0 ? int64_t(r.device_memory_gib * kGiB) : 0;
-  p.predicted_step_s = best.step_s;
   char buf[96];
   std::snprintf(buf, sizeof buf, "; predicted step %.3g s, MFU %.1f%% on %s", best.step_s,
                 100 * best.mfu, cluster.name.c_str());
@@ -99,10 +110,42 @@ StatusOr<Plan> PlanWithCostModel(const TrainConfig& config, const PlanRequest& r
                   std::to_string(found.value().considered - found.value().rejected_memory) +
                   " layouts that fit)";
   if (Status st = parallel::validate(p.shape()); !st.ok()) return Err("parallel: " + st.message());
+  PredictPlan(config, cluster, &p);
   return p;
 }
 
 }  // namespace
+
+void PredictPlan(const TrainConfig& config, const planner::ClusterSpec& cluster, Plan* plan) {
+  plan->predicted_step_s = 0;
+  const planner::Workload w = JobWorkload(config, cluster);
+  planner::Layout l;
+  l.tp = plan->tp, l.cp = plan->cp, l.ep = plan->ep, l.dp = plan->dp;
+  l.recompute = plan->recompute;
+  l.sp = plan->sp;
+  l.grad_accum = config.train.grad_accum;
+  if (config.train.batch_size % plan->dp != 0) {
+    plan->prediction_note =
+        "no prediction: train.batch_size=" + std::to_string(config.train.batch_size) +
+        " is not a multiple of dp=" + std::to_string(plan->dp) +
+        " (the cost model sizes equal micro-batches)";
+    return;
+  }
+  l.micro_batch = config.train.batch_size / plan->dp;
+  if (Status s = planner::CheckLayout(w, l, cluster); !s.ok()) {
+    plan->prediction_note = "no prediction on " + cluster.name + ": " + s.message();
+    return;
+  }
+  const planner::Prediction p = planner::Predict(w, l, cluster);
+  plan->predicted_step_s = p.step_s;
+  char buf[160];
+  std::snprintf(buf, sizeof buf, "cost model on %s, %s, %s: MFU %.3g%%", cluster.name.c_str(),
+                w.precision == Precision::kBf16 ? "bf16" : "fp32", l.str().c_str(), 100 * p.mfu);
+  plan->prediction_note = buf;
+  if (config.model.moe.num_experts > 0 && config.model.moe.lsh.enabled)
+    plan->prediction_note +=
+        "; LSH predicted uncompressed (the compression ratio is known once the run reports it)";
+}
 
 std::string FormatGiB(int64_t bytes) {
   char buf[32];
@@ -199,9 +242,19 @@ StatusOr<Plan> PlanLayout(const TrainConfig& config, const PlanRequest& r) {
   }
 
   // A cluster and an open layout: the fastest that fits by the cost model.
-  if (r.cluster != nullptr && ((r.tp == 0 && r.dp == 0) || r.cp == 0 || r.ep == 0 ||
-                               r.recompute.empty()))
+  if (r.cluster != nullptr &&
+      ((r.tp == 0 && r.dp == 0) || r.cp == 0 || r.ep == 0 || r.recompute.empty()))
     return PlanWithCostModel(config, r, per_host);
+  // Every other plan is predicted on the cluster when there is one.
+  auto predicted = [&](Plan p) {
+    if (r.cluster != nullptr)
+      PredictPlan(config, JobCluster(r, per_host), &p);
+    else
+      p.prediction_note =
+          "no prediction: the coordinator has no cluster description (grove-coordinator "
+          "--cluster FILE, docs/planning.md)";
+    return p;
+  };
 
   std::vector<Recompute> light, heavy;
   if (!r.recompute.empty()) {
@@ -246,7 +299,7 @@ StatusOr<Plan> PlanLayout(const TrainConfig& config, const PlanRequest& r) {
         // The candidates are built to satisfy it; the grid's own check has the last word.
         if (Status s = parallel::validate(plan.shape()); !s.ok())
           return Err("parallel: " + s.message());
-        return plan;
+        return predicted(plan);
       }
 
   // Nothing fits: say what the smallest candidate needs, and which tp would fit.

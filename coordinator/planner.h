@@ -59,7 +59,11 @@ struct Plan {
   MemoryEstimate memory;
   int64_t device_memory_bytes = 0;  // 0 = unlimited
   std::string explanation;
-  double predicted_step_s = 0;  // the cost model's step time (0: planned without a cluster)
+  // The cost model's step time at this layout on the request's cluster, whichever way the
+  // layout was chosen (0: no cluster, or a layout the cost model cannot size), and what it
+  // assumed or why there is none (docs/dashboard.md).
+  double predicted_step_s = 0;
+  std::string prediction_note;
 
   parallel::GridShape shape() const { return {world, tp, cp, ep, dp}; }
 };
@@ -67,6 +71,11 @@ struct Plan {
 // Errors name the request field ("parallel.tp=3 does not divide parallel.world_size=4") or
 // say what memory the job needs and what to change.
 StatusOr<Plan> PlanLayout(const TrainConfig& config, const PlanRequest& request);
+
+// The cost model's prediction of `plan` for `config` on `cluster` (the request's cluster with
+// ranks_per_host devices per node): sets plan->predicted_step_s and plan->prediction_note, or
+// only the note (why not) when the layout cannot be sized. PlanLayout calls it; exposed for tests.
+void PredictPlan(const TrainConfig& config, const planner::ClusterSpec& cluster, Plan* plan);
 
 // A rank's coordinates in the plan's layout (parallel::grid_coord, spec/grid.h); 0 <= rank < world.
 using Coords = parallel::GridCoord;

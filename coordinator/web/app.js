@@ -104,6 +104,20 @@
 
   // ---- the selected job -------------------------------------------------------------------------
 
+  // "812 ms measured, 640 ms predicted (+27 %)": the latest measured step beside the cost
+  // model's prediction for the job's layout (absent without the coordinator's cluster).
+  function stepTimeText(j) {
+    const measured = has(j.last_step_ms) ? fmt(j.last_step_ms) + ' ms measured' : 'not measured yet';
+    const p = j.layout?.predicted_step_ms;
+    if (!has(p)) return measured + ', no prediction';
+    let s = `${measured}, ${fmt(p)} ms predicted`;
+    if (has(j.last_step_ms) && num(p) > 0) {
+      const err = 100 * (num(j.last_step_ms) / num(p) - 1);
+      s += ` (measured ${err >= 0 ? '+' : ''}${err.toFixed(0)} %)`;
+    }
+    return s;
+  }
+
   function renderSummary(j) {
     $('job-title').replaceChildren(j.id + (j.spec?.name ? ' · ' + j.spec.name : ''), ' ',
       stateBadge(j.state));
@@ -113,6 +127,7 @@
       ['val loss', has(j.last_val_loss) ? fmt(j.last_val_loss) : '–'],
       ['tokens/s', num(j.last_step) > 0 ? fmt(j.tokens_per_s) : '–'],
       ['MFU', has(j.last_mfu) ? fmt(100 * j.last_mfu, 3) + ' %' : '–'],
+      ['step time', stepTimeText(j)],
       ['attempt', num(j.attempt)],
       ['created', clock(j.created_unix_ms)],
     ];
@@ -151,6 +166,8 @@
       ['memory per device', bytes(l.bytes_per_device) +
         (num(l.device_memory_bytes) > 0 ? ' of ' + bytes(l.device_memory_bytes) : '')],
       ['plan', l.explanation || ''],
+      ['predicted step', has(l.predicted_step_ms) ? fmt(l.predicted_step_ms) + ' ms' : '–'],
+      ['prediction', l.prediction_note || ''],
     ];
     $('layout').replaceChildren(...rows.map(([k, v]) => el('tr', {}, el('th', {}, k), el('td', {}, v))));
   }
@@ -235,6 +252,13 @@
     ], { yLabel: 'loss' });
     plot('tps-chart', steps, [{ label: 'tokens/s', values: ms.map((m) => num(m.tokens_per_s)) }],
       { yLabel: 'tokens/s' });
+
+    const predicted = dash.job?.layout?.predicted_step_ms;
+    const stepSeries = [{ label: 'measured', values: ms.map((m) => num(m.step_ms)) }];
+    if (has(predicted)) stepSeries.push({ label: 'predicted', values: ms.map(() => num(predicted)) });
+    plot('step-chart', steps, stepSeries, { yLabel: 'ms' });
+    $('step-summary').textContent = dash.job ? stepTimeText(dash.job) +
+      (has(predicted) ? '' : ' (' + (dash.job.layout?.prediction_note || 'no prediction') + ')') : '';
 
     const mfuSteps = steps.filter((s) => has(dash.byStep.get(s).mfu));
     plot('mfu-chart', mfuSteps,

@@ -3,11 +3,10 @@
 // history, and the Prometheus text format.
 #include "coordinator/dashboard.h"
 
+#include <arpa/inet.h>
 #include <google/protobuf/util/json_util.h>
 #include <gtest/gtest.h>
 #include <httplib.h>
-
-#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -19,6 +18,7 @@
 #include <thread>
 
 #include "coordinator/server.h"
+#include "planner/cost_model.h"
 #include "tests/coordinator/test_util.h"
 #include "worker/coordinator_link.h"
 
@@ -509,7 +509,8 @@ TEST(Dashboard, SlowConnectionsDoNotStarveItAndAreCutOff) {
   // 40 clients that send a request a byte at a time (more than the old 16-thread pool).
   std::vector<std::unique_ptr<SlowClient>> slow;
   for (int i = 0; i < 40; ++i) {
-    slow.push_back(std::make_unique<SlowClient>(f.dashboard->port(), "GET /api/jobs HTTP/1.1\r\nX:"));
+    slow.push_back(
+        std::make_unique<SlowClient>(f.dashboard->port(), "GET /api/jobs HTTP/1.1\r\nX:"));
     ASSERT_TRUE(slow.back()->connected());
   }
   std::atomic<bool> stop{false};
@@ -542,6 +543,123 @@ TEST(Dashboard, SlowConnectionsDoNotStarveItAndAreCutOff) {
     open += alive;
   }
   EXPECT_EQ(open, 0) << "connections still open after the request timeout";
+}
+
+// Predicted beside measured step time: with a cluster description the job's layout carries the
+// cost model's step time for that layout (a fixed layout and one the cost model chose), the
+// job the latest measured step time; without one the prediction is absent and the note says why.
+TEST(Dashboard, JobShowsPredictedBesideMeasuredStepTime) {
+  planner::ClusterSpec cluster;
+  cluster.name = "two-cores";
+  cluster.devices_per_node = 2;  // the jobs' world: ranks_per_host is left at 0
+  cluster.max_nodes = 1;
+  cluster.device.peak_fp32 = 40e9;
+  cluster.device.memory_bytes = 8.0 * (1 << 30);
+  cluster.device.memory_bandwidth = 10e9;
+  cluster.intra = {5e9, 5e-6, 1.0};
+  cluster.intra_topology = planner::IntraTopology::kShared;
+  cluster.inter_topology = planner::InterTopology::kNone;
+  cluster.shared_cores = 2;
+  ASSERT_TRUE(cluster.Validate().ok()) << cluster.Validate().message();
+  ManagerOptions mo;
+  mo.cluster = cluster;
+  Fixture f(mo);
+
+  // An MoE model (4 experts, top-2) on 2 ranks.
+  v1::JobSpec spec = TinySpec(2);
+  nlohmann::json cj = nlohmann::json::parse(spec.config_json());
+  cj["model"]["n_layers"] = 2;
+  cj["model"]["moe"] = {{"num_experts", 4}, {"top_k", 2}, {"every", 2}};
+  cj["train"]["batch_size"] = 4;
+  cj["train"]["grad_accum"] = 2;
+  spec.set_config_json(cj.dump());
+  auto config = TrainConfigFromJson(cj);
+  ASSERT_TRUE(config.ok()) << config.status().message();
+
+  // The cost model's own prediction for the layout the job got.
+  auto expected_ms = [&](const v1::Layout& l) {
+    planner::Workload w;
+    w.model = config.value().model;
+    w.seq_len = config.value().train.seq_len;
+    w.precision = Precision::kFp32;
+    planner::Layout pl;
+    pl.tp = l.tp(), pl.cp = l.cp(), pl.ep = l.ep(), pl.dp = l.dp();
+    auto rc = parse_recompute(l.recompute(), "recompute");
+    EXPECT_TRUE(rc.ok());
+    pl.recompute = rc.value();
+    pl.sp = l.sequence_parallel();
+    pl.micro_batch = 4 / l.dp();
+    pl.grad_accum = 2;
+    EXPECT_TRUE(planner::CheckLayout(w, pl, cluster).ok());
+    return 1e3 * planner::Predict(w, pl, cluster).step_s;
+  };
+  auto job_json = [&](const std::string& id) {
+    auto r = f.Authed("/api/jobs/" + id);
+    EXPECT_TRUE(r && r->status == 200);
+    return nlohmann::json::parse(r ? r->body : "{}")["job"];
+  };
+
+  // A fixed layout (tp 1, ep 2, dp 2, full recompute): predicted, not chosen, by the cost model.
+  v1::JobSpec fixed = spec;
+  fixed.mutable_parallel()->set_tp(1);
+  fixed.mutable_parallel()->set_cp(1);
+  fixed.mutable_parallel()->set_ep(2);
+  fixed.mutable_parallel()->set_recompute("full");
+  const std::string fixed_id = f.Submit(fixed);
+  nlohmann::json j = job_json(fixed_id);
+  ASSERT_TRUE(j["layout"].contains("predicted_step_ms")) << j.dump();
+  EXPECT_EQ(j["layout"]["ep"], 2);
+  EXPECT_EQ(j["layout"]["recompute"], "full");
+  v1::Job got;
+  ASSERT_TRUE(f.manager->Get(fixed_id, &got).ok());
+  EXPECT_DOUBLE_EQ(j["layout"]["predicted_step_ms"].get<double>(), expected_ms(got.layout()));
+  EXPECT_NE(j["layout"]["prediction_note"].get<std::string>().find("cost model on two-cores"),
+            std::string::npos);
+  EXPECT_FALSE(j.contains("last_step_ms")) << "nothing measured yet";
+
+  // An open layout: the cost model's choice, predicted at that layout.
+  const std::string open_id = f.Submit(spec);
+  ASSERT_TRUE(f.manager->Get(open_id, &got).ok());
+  j = job_json(open_id);
+  EXPECT_DOUBLE_EQ(j["layout"]["predicted_step_ms"].get<double>(), expected_ms(got.layout()));
+
+  // The measured step time follows the latest step.
+  f.Register(open_id, 0, 2);
+  f.Register(open_id, 1, 2);
+  for (int64_t step = 1; step <= 2; ++step) {
+    v1::HeartbeatRequest hb;
+    hb.set_job_id(open_id);
+    hb.set_rank(0);
+    hb.set_step(step);
+    v1::StepMetric* m = hb.add_metrics();
+    m->set_step(step);
+    m->set_loss(4.0f);
+    m->set_step_ms(100.0 * double(step) + 0.25);
+    f.Beat(hb);
+  }
+  j = job_json(open_id);
+  EXPECT_DOUBLE_EQ(j["last_step_ms"].get<double>(), 200.25);
+  auto metrics = f.Authed("/metrics");
+  ASSERT_TRUE(metrics && metrics->status == 200);
+  char line[128];
+  std::snprintf(line, sizeof line, "grove_job_step_seconds{job=\"%s\",name=\"tiny\"} 0.20025\n",
+                open_id.c_str());
+  EXPECT_NE(metrics->body.find(line), std::string::npos) << metrics->body;
+  EXPECT_NE(metrics->body.find("grove_job_predicted_step_seconds{job=\"" + open_id),
+            std::string::npos);
+
+  // Without a cluster description: no prediction, and the note says why.
+  Fixture plain;
+  const std::string plain_id = plain.Submit(fixed);
+  auto r = plain.Authed("/api/jobs/" + plain_id);
+  ASSERT_TRUE(r && r->status == 200);
+  j = nlohmann::json::parse(r->body)["job"];
+  EXPECT_FALSE(j["layout"].contains("predicted_step_ms")) << j.dump();
+  EXPECT_NE(j["layout"]["prediction_note"].get<std::string>().find("no cluster description"),
+            std::string::npos);
+  auto pm = plain.Authed("/metrics");
+  ASSERT_TRUE(pm && pm->status == 200);
+  EXPECT_EQ(pm->body.find("grove_job_predicted_step_seconds{"), std::string::npos);
 }
 
 }  // namespace
