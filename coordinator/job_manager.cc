@@ -418,7 +418,8 @@ void JobManager::Stopped(Change& c, int signal, int64_t step, bool saved) {
   Transition(c, v1::PREEMPTED,
              "preempted (" + SignalName(signal) + ")" + at +
                  "; the next launch (grove-launch --resume " + job.id() +
-                 ", or a requeued Slurm job) resumes from it");
+                 ", or a requeued Slurm job) " +
+                 (saved || !job.checkpoints().empty() ? "resumes from it" : "starts over"));
   // The next launch is a new attempt, like a restart, that does not count as one.
   job.set_attempt(job.attempt() + 1);
   job.set_preemptions(job.preemptions() + 1);

@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 
 #include <atomic>
+#include <csignal>
 #include <condition_variable>
 #include <cstdio>
 #include <mutex>
@@ -297,6 +298,85 @@ TEST(JobManager, CancelStopsWorkersThenCancels) {
   EXPECT_EQ(Exit(*m, job.id(), 0, 0, 3), v1::RUNNING);
   EXPECT_EQ(Exit(*m, job.id(), 1, 0, 3), v1::CANCELLED);
   EXPECT_NE(Get(*m, job.id()).reason().find("final checkpoint"), std::string::npos);
+}
+
+// A rank's stopped exit: code 0 after its checkpoint, or 128 + signal with checkpoint_missed when
+// its stop grace ran out first (then the other ranks may never report).
+v1::JobState StopExit(JobManager& m, const std::string& job, int rank, int signal, int64_t step,
+                      int attempt, bool checkpoint_missed) {
+  v1::ReportExitRequest req;
+  req.set_job_id(job);
+  req.set_rank(rank);
+  req.set_attempt(attempt);
+  req.set_exit_code(checkpoint_missed ? 128 + signal : 0);
+  req.set_final_step(step);
+  req.set_stop_signal(signal);
+  req.set_checkpoint_missed(checkpoint_missed);
+  v1::ReportExitResponse resp;
+  grpc::Status st = m.ReportExit(req, &resp);
+  EXPECT_TRUE(st.ok()) << st.error_message();
+  return resp.state();
+}
+
+TEST(JobManager, StopSignalsPreemptOrCancelWithOrWithoutACheckpoint) {
+  TempDir dir;
+  auto m = Open(dir.file("db"));
+  v1::JobSpec spec = TinySpec(2);
+  spec.set_max_restarts(0);  // a stop is not a failure: no restart budget is needed or used
+  v1::Job job = Submit(*m, spec);
+  ASSERT_TRUE(Register(*m, job.id(), 0, 2).ok());
+  ASSERT_TRUE(Register(*m, job.id(), 1, 2).ok());
+  {
+    v1::HeartbeatRequest hb;
+    hb.set_job_id(job.id());
+    hb.set_rank(0);
+    hb.set_step(4);
+    v1::CheckpointRecord* ck = hb.add_checkpoints();
+    ck->set_step(4);
+    ck->set_path("/tmp/grove-coordinator-tests/run/checkpoints/step_00000004");
+    v1::HeartbeatResponse hr;
+    ASSERT_TRUE(m->Heartbeat(hb, &hr).ok());
+  }
+  // SIGTERM with a checkpoint on every rank: PREEMPTED once all have reported.
+  EXPECT_EQ(StopExit(*m, job.id(), 0, SIGTERM, 6, 0, false), v1::RUNNING);
+  EXPECT_EQ(StopExit(*m, job.id(), 1, SIGTERM, 6, 0, false), v1::PREEMPTED);
+  v1::Job j = Get(*m, job.id());
+  EXPECT_NE(j.reason().find("at step 6 after a checkpoint"), std::string::npos) << j.reason();
+  EXPECT_EQ(j.attempt(), 1);
+  EXPECT_EQ(j.preemptions(), 1);
+  // The next launch resumes as a new attempt.
+  v1::RegisterWorkerResponse r;
+  ASSERT_TRUE(Register(*m, job.id(), 0, 2, &r).ok());
+  EXPECT_EQ(r.attempt(), 1);
+  EXPECT_TRUE(r.resume());
+  ASSERT_TRUE(Register(*m, job.id(), 1, 2).ok());
+  EXPECT_EQ(Get(*m, job.id()).state(), v1::RUNNING);
+
+  // SIGTERM whose grace ran out on rank 1 before the save: PREEMPTED at once (rank 0 may be
+  // blocked in a collective and never report), naming the checkpoint the next launch resumes
+  // from; not FAILED, although the exit code is 143 and no restart is left.
+  EXPECT_EQ(StopExit(*m, job.id(), 1, SIGTERM, 9, 1, true), v1::PREEMPTED);
+  j = Get(*m, job.id());
+  EXPECT_NE(j.reason().find("before its checkpoint was written"), std::string::npos) << j.reason();
+  EXPECT_NE(j.reason().find("the last checkpoint is step 4"), std::string::npos) << j.reason();
+  EXPECT_EQ(j.attempt(), 2);
+  EXPECT_EQ(j.preemptions(), 2);
+  // The old attempt's late reports (rank 0, the launcher) change nothing.
+  EXPECT_EQ(Exit(*m, job.id(), 0, 143, 9, 1), v1::PREEMPTED);
+  EXPECT_EQ(Get(*m, job.id()).state(), v1::PREEMPTED);
+
+  // SIGINT (a user's Ctrl-C) whose grace ran out: CANCELLED, not FAILED.
+  ASSERT_TRUE(Register(*m, job.id(), 0, 2).ok());
+  ASSERT_TRUE(Register(*m, job.id(), 1, 2).ok());
+  EXPECT_EQ(StopExit(*m, job.id(), 0, SIGINT, 11, 2, true), v1::CANCELLED);
+  j = Get(*m, job.id());
+  EXPECT_NE(j.reason().find("cancelled by SIGINT at step 11 before its checkpoint"),
+            std::string::npos)
+      << j.reason();
+  std::vector<v1::JobState> path;
+  for (const auto& t : j.transitions()) path.push_back(t.to());
+  EXPECT_EQ(path, (std::vector<v1::JobState>{v1::PENDING, v1::RUNNING, v1::PREEMPTED, v1::RUNNING,
+                                             v1::PREEMPTED, v1::RUNNING, v1::CANCELLED}));
 }
 
 TEST(JobManager, CheckpointRequestsAreNumbered) {

@@ -11,6 +11,10 @@
 #   kill        kill -9 of rank 1 under grove-launch: FAILED within 5 s naming rank 1 and signal 9,
 #               grove-launch exits, no process of the job is left, `grove status` lists no rank as
 #               running
+#   graceout    SIGTERM to rank 0 while rank 1 is frozen (SIGSTOP): rank 0 cannot finish its step or
+#               save within its 1 s stop grace; it reports the missed checkpoint before it exits, so
+#               the job is PREEMPTED at once (before the coordinator's 3 s heartbeat timeout),
+#               naming the last checkpoint, not FAILED by the exit code or the silence
 # usage: preemption.sh SCENARIO GROVE_COORDINATOR GROVE GROVE_WORKER DATA_DIR
 set -euo pipefail
 SCENARIO=$1 COORD=$2 GROVE=$3 WORKER=$4 DATA=$5
@@ -226,6 +230,37 @@ PY
     "$GROVE" status "$JOB" > "$T/status.txt"
     grep -q " running" "$T/status.txt" && { cat "$T/status.txt"; fail "grove status lists a rank as running"; }
     sed -n '/^RANK/,/^$/p' "$T/status.txt"
+    ;;
+  graceout)
+    start_coordinator
+    python3 - "$T/job.json" "$DATA" "$T/out" <<'PY'
+import json, sys
+cfg, data, out = sys.argv[1:]
+json.dump({"model": {"vocab_size": 8192, "d_model": 32, "n_layers": 1, "n_heads": 2, "max_seq_len": 32},
+           "train": {"batch_size": 2, "seq_len": 32, "steps": 1000000, "warmup_steps": 2,
+                     "eval_every": 0, "eval_batches": 1, "checkpoint_every": 100000, "threads": 1},
+           "data": {"dir": data}, "out_dir": out}, open(cfg, "w"))
+PY
+    JOB=$("$GROVE" submit -c "$T/job.json" --world 2 -q)
+    launch launch.log --job "$JOB" --stop-grace 1
+    for _ in $(seq 300); do [ "$(job_field "$JOB" 'int(d.get("last_step", 0))' || echo 0)" -ge 5 ] && break; sleep 0.2; done
+    R0=$(job_field "$JOB" '[w["pid"] for w in d["workers"] if w.get("rank", 0) == 0][0]')
+    R1=$(job_field "$JOB" '[w["pid"] for w in d["workers"] if w.get("rank", 0) == 1][0]')
+    kill -STOP "$R1"
+    kill -TERM "$R0"
+    SENT_MS=$(date +%s%3N)
+    for _ in $(seq 100); do [ "$(state "$JOB")" != RUNNING ] && break; sleep 0.1; done
+    kill -CONT "$R1" 2>/dev/null || true
+    [ "$(state "$JOB")" = PREEMPTED ] || fail "state $(state "$JOB") after the grace ran out, want PREEMPTED"
+    AT_MS=$(job_field "$JOB" '[t for t in d["transitions"] if t["to"] == "PREEMPTED"][0]["time_unix_ms"]')
+    echo "PREEMPTED $((AT_MS - SENT_MS)) ms after SIGTERM (stop grace 1 s, heartbeat timeout 3 s)"
+    [ $((AT_MS - SENT_MS)) -lt 3000 ] || fail "PREEMPTED only $((AT_MS - SENT_MS)) ms after SIGTERM"
+    REASON=$(job_field "$JOB" 'd["reason"]')
+    echo "reason: $REASON"
+    case "$REASON" in *"before its checkpoint was written"*"the last checkpoint is none"*) ;;
+      *) fail "reason does not say the checkpoint was missed" ;; esac
+    wait_launcher 30
+    no_orphans "$JOB"
     ;;
   *) fail "unknown scenario" ;;
 esac
