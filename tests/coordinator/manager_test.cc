@@ -1,16 +1,15 @@
 // JobManager: the job state machine, liveness, restarts, cancellation and persistence, driven
 // in process (no network) against a real SQLite file.
 #include <gtest/gtest.h>
-
 #include <sqlite3.h>
 #include <sys/stat.h>
 
 #include <atomic>
-#include <csignal>
 #include <condition_variable>
+#include <csignal>
 #include <cstdio>
-#include <mutex>
 #include <filesystem>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <thread>
 
@@ -456,7 +455,6 @@ TEST(JobManager, WaitersWakeOnNewEvents) {
   ASSERT_TRUE(Register(*m, job.id(), 0, 1).ok());  // message + transition: wakes both
   EXPECT_EQ(woken.load(), 11);
 }
-
 
 TEST(JobManager, ConcurrentSubmitsWithOneRequestIdGetOneJobAndOneAnswerPerSpec) {
   TempDir dir;
