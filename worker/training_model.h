@@ -4,7 +4,8 @@
 // needs; train.device picks the backend:
 //   cpu:  TransformerT<CpuBackend>, MPI for every group of the grid;
 //   cuda: TransformerT<CudaBackend<T>> (T from train.precision), one GPU per rank (the rank's
-//         node-local index modulo the visible devices), NCCL for the data-parallel group.
+//         node-local index modulo the visible devices), every group of the grid on NCCL (MPI
+//         on emulated device memory under the CUDA emulator).
 // Checkpoints keep one format: host_params() / host_opt() are the state in host memory (the
 // model's own buffers on the CPU, copies refreshed by sync_to_host() on a GPU), so a run moves
 // between devices freely.

@@ -24,12 +24,12 @@ class DeviceTraining final : public TrainingModel {
  public:
   static constexpr bool kHost = kernels::kHostBackend<B>;
 
-  // `describe`: the device part of describe(); `comms`: communicators the model uses and this
-  // object keeps alive (e.g. NCCL).
+  // `describe`: the device part of describe(); `device_grid`: the grid's groups on device memory
+  // (e.g. NCCL) that par.grid points to, kept alive by this object.
   DeviceTraining(const TrainConfig& c, int local_batch, ModelParallel par,
                  const CheckpointRank& rank, comm::Communicator* world, std::string describe,
-                 double peak_flops, std::vector<std::unique_ptr<comm::Communicator>> comms = {})
-      : comms_(std::move(comms)),
+                 double peak_flops, std::unique_ptr<parallel::ParallelGrid> device_grid = nullptr)
+      : device_grid_(std::move(device_grid)),
         model_(c.model, local_batch, c.train.seq_len, c.train.recompute, par),
         opt_(c.model, c.parallel.tp, c.parallel.ep, B::kDevice),
         rank_(rank),
@@ -144,7 +144,7 @@ class DeviceTraining final : public TrainingModel {
   double peak_flops() const override { return peak_; }
 
  private:
-  std::vector<std::unique_ptr<comm::Communicator>> comms_;  // destroyed after the model
+  std::unique_ptr<parallel::ParallelGrid> device_grid_;  // destroyed after the model
   TransformerT<B> model_;
   AdamW opt_;                        // flat m, v on the model's device
   Weights host_params_;              // device backends: host copies for checkpoints

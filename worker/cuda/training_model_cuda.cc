@@ -2,7 +2,11 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdlib>
+#include <memory>
+#include <string>
+#include <utility>
 
+#include "comm/mpi_communicator.h"
 #include "model/cuda/cuda_transformer.h"
 #include "worker/training_model.h"
 #include "worker/training_model_impl.h"
@@ -27,14 +31,32 @@ int local_rank() {
 }
 
 template <typename T>
-StatusOr<std::unique_ptr<TrainingModel>> create(
-    const TrainConfig& config, int local_batch, const ModelParallel& par,
-    const CheckpointRank& rank, comm::Communicator* world, std::string describe, double peak,
-    std::vector<std::unique_ptr<comm::Communicator>> c) {
-  GROVE_RETURN_IF_ERROR(
-      TransformerT<CudaBackend<T>>::Supports(config.model, local_batch, config.train.seq_len, par));
-  return std::unique_ptr<TrainingModel>(std::make_unique<DeviceTraining<CudaBackend<T>>>(
-      config, local_batch, par, rank, world, std::move(describe), peak, std::move(c)));
+std::unique_ptr<TrainingModel> create(const TrainConfig& config, int local_batch,
+                                      const ModelParallel& par, const CheckpointRank& rank,
+                                      comm::Communicator* world, std::string describe, double peak,
+                                      std::unique_ptr<parallel::ParallelGrid> device_grid) {
+  return std::make_unique<DeviceTraining<CudaBackend<T>>>(
+      config, local_batch, par, rank, world, std::move(describe), peak, std::move(device_grid));
+}
+
+// The grid's groups as communicators on device memory, over the same ranks, names and member
+// order as the host grid's (collective over the host world): NCCL in the product (the world
+// from ncclCommInitRank, each group an ncclCommSplit of it); under the CUDA emulator MPI on its
+// device memory (comm::mpi_device_communicator). Null when neither exists (a build without
+// NCCL): the model then stages every collective through host memory over the host groups.
+std::unique_ptr<parallel::ParallelGrid> device_groups(const parallel::ParallelGrid& host,
+                                                      [[maybe_unused]] int device) {
+  std::shared_ptr<comm::Communicator> world;
+#ifdef GROVE_HAVE_NCCL
+  world = comm::NcclCommunicator::create(host.world(), device, "world");
+#else
+  if (comm::mpi_device_buffers_supported()) world = comm::mpi_device_communicator(host.world());
+#endif
+  if (!world) return nullptr;
+  auto grid = parallel::ParallelGrid::create(std::move(world), host.shape());
+  GROVE_CHECK(grid.ok()) << "device groups of " << host.shape().str() << ": "
+                         << grid.status().message();
+  return std::make_unique<parallel::ParallelGrid>(std::move(grid).value());
 }
 
 }  // namespace
@@ -45,12 +67,14 @@ StatusOr<std::unique_ptr<TrainingModel>> CreateCudaTrainingModel(const TrainConf
                                                                  const CheckpointRank& rank) {
   const TrainOptions& o = config.train;
   const ParallelOptions& p = config.parallel;
-  if (p.tp > 1 || p.cp > 1 || p.ep > 1)
-    return Status::Error("parallel.tp=" + std::to_string(p.tp) + ", parallel.cp=" +
-                         std::to_string(p.cp) + ", parallel.ep=" + std::to_string(p.ep) +
-                         ": tensor, context and expert parallelism run on train.device=cpu only "
-                         "so far; set them to 1 on train.device=cuda");
   const bool bf16 = o.precision != Precision::kFp32;
+  // What the model does not run on this backend yet (context and expert parallelism, capacity
+  // dropping, LSH) is refused here, naming the field, before any device or NCCL work.
+  const ModelParallel host_par{grid, p.sequence_parallel, p.cp_attention};
+  const Status supported = bf16 ? TransformerT<CudaBackend<cuda::bf16>>::Supports(
+                                      config.model, local_batch, o.seq_len, host_par)
+                                : TransformerT<CudaBackend<float>>::Supports(
+                                      config.model, local_batch, o.seq_len, host_par);
   Status device_ok;
   int count = 0, device = 0;
   if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
@@ -58,6 +82,8 @@ StatusOr<std::unique_ptr<TrainingModel>> CreateCudaTrainingModel(const TrainConf
     device_ok = Status::Error(
         "train.device=cuda but this process sees no CUDA device; check nvidia-smi and "
         "CUDA_VISIBLE_DEVICES, or set train.device=cpu");
+  } else if (!supported.ok()) {
+    device_ok = supported;
   } else {
     device = local_rank() % count;
     if (cudaSetDevice(device) != cudaSuccess)
@@ -75,30 +101,28 @@ StatusOr<std::unique_ptr<TrainingModel>> CreateCudaTrainingModel(const TrainConf
   }
   if (!device_ok.ok()) return device_ok;
   const std::string name = current_device_name();
-  std::vector<std::unique_ptr<comm::Communicator>> comms;
-  comm::Communicator* dp = nullptr;
-  if (grid != nullptr && grid->world().size() > 1) {
-    comm::Communicator& host_dp = grid->group(parallel::Group::kDp);
-#ifdef GROVE_HAVE_NCCL
-    comms.push_back(comm::NcclCommunicator::create(host_dp, device, "dp"));
-    dp = comms.back().get();
-#else
-    dp = &host_dp;  // host collectives: the model stages its gradients through host memory
-#endif
-  }
-  // One device per rank, data parallel: the model sees no grid, only the data-parallel group.
-  const ModelParallel par{nullptr, false, p.cp_attention, dp};
+  // Several ranks: every group of the grid (tp, cp, dp, dp_cp, ep, edp) on device memory.
+  std::unique_ptr<parallel::ParallelGrid> device_grid;
+  if (grid != nullptr && grid->world().size() > 1) device_grid = device_groups(*grid, device);
+  const parallel::ParallelGrid* model_grid = device_grid ? device_grid.get() : grid;
+  const ModelParallel par{model_grid, p.sequence_parallel, p.cp_attention};
   std::string describe = "device: cuda:" + std::to_string(device) + " " + name + ", " +
                          (bf16 ? "bf16 compute, fp32 master weights" : "fp32");
-  if (dp != nullptr)
-    describe += ", gradients all-reduced over dp=" + std::to_string(dp->size()) + " with " +
-                dp->backend_name();
+  if (model_grid != nullptr) {
+    const parallel::GridShape& g = model_grid->shape();
+    describe += ", tp=" + std::to_string(g.tp) +
+                (g.tp > 1 && p.sequence_parallel ? " (sequence parallel)" : "") +
+                " dp=" + std::to_string(g.dp) + ", groups on " +
+                model_grid->world().backend_name() +
+                (device_grid ? "" : " (staged through host memory)");
+  }
   const double peak = dense_peak_tflops(name, bf16) * 1e12;
   comm::Communicator* world = grid ? &grid->world() : nullptr;
   if (bf16)
     return create<cuda::bf16>(config, local_batch, par, rank, world, describe, peak,
-                              std::move(comms));
-  return create<float>(config, local_batch, par, rank, world, describe, peak, std::move(comms));
+                              std::move(device_grid));
+  return create<float>(config, local_batch, par, rank, world, describe, peak,
+                       std::move(device_grid));
 }
 
 }  // namespace grove
