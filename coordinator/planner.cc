@@ -23,13 +23,18 @@ std::string TpModelConflict(const TrainConfig& c, int tp, int cp) {
   return TensorParallelConflict(c.model, c.train.seq_len, tp, cp, /*sp=*/true);
 }
 
-MemoryEstimate Estimate(const TrainConfig& c, int tp, int cp, Recompute r, bool sp) {
+// Bytes per rank at (tp, cp, ep) over `world` ranks: the rank's micro-batch is train.batch_size
+// over dp = world / (tp · cp) (as the worker splits it), the experts are split over ep and the MoE
+// layers' stash is counted (spec/memory.h; the cost model's PredictMemory at fp32 equals it).
+MemoryEstimate Estimate(const TrainConfig& c, int world, int tp, int cp, int ep, Recompute r,
+                        bool sp) {
   MemoryLayout l;
-  l.batch = c.train.batch_size;
+  l.batch = std::max(1, c.train.batch_size / std::max(1, world / (tp * cp)));
   l.seq = c.train.seq_len / cp;
   l.tp = tp;
   l.sp = sp && tp > 1;
   l.recompute = r;
+  l.ep = ep;
   return EstimateMemory(c.model, l);
 }
 
@@ -241,6 +246,20 @@ StatusOr<Plan> PlanLayout(const TrainConfig& config, const PlanRequest& r) {
     tps = {1};
   }
 
+  // The worker splits train.batch_size over dp = world / (tp · cp): only a tp whose dp divides
+  // it can run.
+  {
+    std::vector<int> even;
+    for (int tp : tps)
+      if (config.train.batch_size % (world / (tp * cp)) == 0) even.push_back(tp);
+    if (even.empty())
+      return Err("train.batch_size=" + std::to_string(config.train.batch_size) +
+                 " is not a multiple of dp=" + std::to_string(world / (tps.front() * cp)) +
+                 " (parallel.world_size / (tp x cp)): the worker splits the micro-batch over the "
+                 "data-parallel ranks; use a multiple of dp or a larger tp / cp");
+    tps = even;
+  }
+
   // A cluster and an open layout: the fastest that fits by the cost model.
   if (r.cluster != nullptr &&
       ((r.tp == 0 && r.dp == 0) || r.cp == 0 || r.ep == 0 || r.recompute.empty()))
@@ -293,7 +312,7 @@ StatusOr<Plan> PlanLayout(const TrainConfig& config, const PlanRequest& r) {
   for (const auto* modes : {&light, &heavy})
     for (int tp : tps)
       for (Recompute rc : *modes) {
-        MemoryEstimate m = Estimate(config, tp, cp, rc, r.sequence_parallel);
+        MemoryEstimate m = Estimate(config, world, tp, cp, ep, rc, r.sequence_parallel);
         if (device_bytes != 0 && m.total > usable) continue;
         Plan plan = make(tp, rc, m);
         // The candidates are built to satisfy it; the grid's own check has the last word.
@@ -305,7 +324,7 @@ StatusOr<Plan> PlanLayout(const TrainConfig& config, const PlanRequest& r) {
   // Nothing fits: say what the smallest candidate needs, and which tp would fit.
   const Recompute best = heavy.empty() ? light.back() : heavy.back();
   const int tp0 = tps.front();
-  const MemoryEstimate need = Estimate(config, tp0, cp, best, r.sequence_parallel);
+  const MemoryEstimate need = Estimate(config, world, tp0, cp, ep, best, r.sequence_parallel);
   std::string msg = "parallel: needs " + FormatGiB(need.total) +
                     " per device at tp=" + std::to_string(tp0) +
                     (heavy.empty() ? " with " : " even with ") + recompute_name(best) +
@@ -314,7 +333,7 @@ StatusOr<Plan> PlanLayout(const TrainConfig& config, const PlanRequest& r) {
   int fit_tp = 0;
   for (int tp = tp0 + 1; tp <= 1024 && fit_tp == 0; ++tp)
     if (TpModelConflict(config, tp, cp).empty() &&
-        Estimate(config, tp, cp, best, r.sequence_parallel).total <= usable)
+        Estimate(config, world, tp, cp, ep, best, r.sequence_parallel).total <= usable)
       fit_tp = tp;
   if (fit_tp > 0) {
     msg += "; try tp=" + std::to_string(fit_tp);

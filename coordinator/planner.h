@@ -9,8 +9,11 @@
 //    sequence-parallel shard), and tp divides ranks_per_host: with ranks placed by slot, every TP
 //    group then lies on one host (TP traffic stays on the intra-host links).
 //  - Sequence parallelism is on whenever tp > 1 (Megatron-LM), unless the request turns it off.
-//  - Memory: EstimateMemory at micro-batch train.batch_size, sequence train.seq_len / cp, must
-//    fit in 90% of the device memory (the rest is left to workspaces and fragmentation).
+//  - Memory: EstimateMemory at the rank's micro-batch train.batch_size / dp (as the worker splits
+//    it; a dp that does not divide it is refused), sequence train.seq_len / cp, the experts over
+//    ep and the MoE layers' expert stash: the cost model's PredictMemory at fp32, one memory
+//    model for both planners. It must fit in 90% of the device memory (the rest is left to
+//    workspaces and fragmentation).
 //  - Search order, first fit wins: tp ascending with no / selective recompute, then tp ascending
 //    with full recompute (full recompute costs a third more compute; a wider TP group within a
 //    host usually costs less). Fields the request fixes are kept as given.

@@ -14,8 +14,9 @@ int64_t replicated_rows(const MemoryLayout& m) {
 }
 
 // Elements of one block's intermediates, excluding its input (the residual stream row block).
-int64_t block_intermediate_elems(const ModelConfig& c, const MemoryLayout& m, bool probs,
-                                 bool moe) {
+// An MoE block's stash allocates the same buffers (gate, up, act included: model/activations.cc);
+// its experts' own stash is MoeExpectedStashBytes.
+int64_t block_intermediate_elems(const ModelConfig& c, const MemoryLayout& m, bool probs) {
   const int64_t N = int64_t(m.seq) * m.batch, h = c.d_model, d = c.head_dim(), t = m.tp;
   const int64_t qd = int64_t(c.n_heads) * d / t, kvd = int64_t(c.kv_heads()) * d / t,
                 f = c.ffn() / t, a = c.n_heads / t;
@@ -30,10 +31,10 @@ int64_t block_intermediate_elems(const ModelConfig& c, const MemoryLayout& m, bo
 
 }  // namespace
 
-int64_t ActivationBytesPerLayer(const ModelConfig& c, const MemoryLayout& m, bool moe) {
+int64_t ActivationBytesPerLayer(const ModelConfig& c, const MemoryLayout& m, bool /*moe*/) {
   const int64_t input = replicated_rows(m) * c.d_model;
   if (m.recompute == Recompute::kFull) return 4 * input;
-  return 4 * (input + block_intermediate_elems(c, m, m.recompute == Recompute::kNone, moe));
+  return 4 * (input + block_intermediate_elems(c, m, m.recompute == Recompute::kNone));
 }
 
 int64_t MoeExpectedStashBytes(const ModelConfig& c, const MemoryLayout& m) {
@@ -46,21 +47,19 @@ int64_t MoeExpectedStashBytes(const ModelConfig& c, const MemoryLayout& m) {
 MemoryEstimate EstimateMemory(const ModelConfig& c, const MemoryLayout& m) {
   MemoryEstimate e;
   const int64_t N = int64_t(m.seq) * m.batch, h = c.d_model, t = m.tp;
-  e.activations_per_layer = ActivationBytesPerLayer(c, m);  // a dense block
-  bool all_moe = c.n_layers > 0;
+  e.activations_per_layer = ActivationBytesPerLayer(c, m);  // a block, its experts' stash aside
+  // Every block's stash plus, per MoE block, its experts' expected stash (balanced routing).
   int64_t layers = 0;
   for (int l = 0; l < c.n_layers; ++l) {
     const bool moe = c.is_moe_layer(l);
-    all_moe = all_moe && moe;
     layers += ActivationBytesPerLayer(c, m, moe) + (moe ? MoeExpectedStashBytes(c, m) : 0);
   }
   e.activations_transient =
-      m.recompute == Recompute::kFull ? 4 * block_intermediate_elems(c, m, false, all_moe) : 0;
+      m.recompute == Recompute::kFull ? 4 * block_intermediate_elems(c, m, false) : 0;
   const int64_t R = replicated_rows(m);
   // Final residual, rstd, normalised state, vocab-parallel logits, CE lse and losses.
   e.activations_head = 4 * (R * h + R + R * h + N * (c.vocab_size / t) + N + N);
-  e.activations =
-      c.n_layers * e.activations_per_layer + e.activations_transient + e.activations_head;
+  e.activations = layers + e.activations_transient + e.activations_head;
   // Dense matrices are split over TP; norm weights and routers are replicated; experts are
   // split over EP (m.ep).
   const int64_t norms = int64_t(2 * c.n_layers + 1) * h;

@@ -35,9 +35,10 @@ struct MemoryEstimate {
   std::string to_string() const;
 };
 
-// Bytes one transformer block keeps for the backward (docs/memory.md). For an MoE block this
-// is the attention part and the norms; the experts' own stash depends on the routing and is
-// estimated separately (MoeExpectedStashBytes, balanced routing).
+// Bytes one transformer block keeps for the backward (docs/memory.md). An MoE block's stash holds
+// the same buffers as a dense block's (`moe` does not change the count); the experts' own stash
+// depends on the routing and is estimated separately (MoeExpectedStashBytes, balanced routing).
+// EstimateMemory's activations count both.
 int64_t ActivationBytesPerLayer(const ModelConfig& c, const MemoryLayout& m, bool moe = false);
 int64_t MoeExpectedStashBytes(const ModelConfig& c, const MemoryLayout& m);
 MemoryEstimate EstimateMemory(const ModelConfig& c, const MemoryLayout& m);

@@ -22,9 +22,11 @@ TrainConfig Demo() {
   return c;
 }
 
-int64_t Bytes(const TrainConfig& c, int tp, Recompute r) {
+// Bytes per rank at (tp, dp, ep): the rank's micro-batch is train.batch_size / dp.
+int64_t Bytes(const TrainConfig& c, int tp, Recompute r, int dp = 1, int ep = 1) {
   MemoryLayout l;
-  l.batch = c.train.batch_size;
+  l.batch = c.train.batch_size / dp;
+  l.ep = ep;
   l.seq = c.train.seq_len;
   l.tp = tp;
   l.sp = tp > 1;
@@ -44,7 +46,7 @@ TEST(Planner, NoLimitKeepsConfiguredRecomputeAtTp1) {
   EXPECT_EQ(p->tp, 1);
   EXPECT_EQ(p->dp, 4);
   EXPECT_EQ(p->recompute, Recompute::kSelective);
-  EXPECT_EQ(p->memory.total, Bytes(Demo(), 1, Recompute::kSelective));
+  EXPECT_EQ(p->memory.total, Bytes(Demo(), 1, Recompute::kSelective, 4));
 }
 
 TEST(Planner, PicksLeastRecomputeThatFitsThenWiderTp) {
@@ -52,21 +54,21 @@ TEST(Planner, PicksLeastRecomputeThatFitsThenWiderTp) {
   PlanRequest r;
   r.world_size = 4;
   // Exactly enough for no recompute at tp=1.
-  r.device_memory_gib = GiBFor(Bytes(c, 1, Recompute::kNone));
+  r.device_memory_gib = GiBFor(Bytes(c, 1, Recompute::kNone, 4));
   auto p = PlanLayout(c, r);
   ASSERT_TRUE(p.ok()) << p.status().message();
   EXPECT_EQ(p->tp, 1);
   EXPECT_EQ(p->recompute, Recompute::kNone);
   // Enough for selective at tp=1 but not for none.
-  r.device_memory_gib = GiBFor(Bytes(c, 1, Recompute::kSelective));
-  ASSERT_LT(Bytes(c, 1, Recompute::kSelective), Bytes(c, 1, Recompute::kNone));
+  r.device_memory_gib = GiBFor(Bytes(c, 1, Recompute::kSelective, 4));
+  ASSERT_LT(Bytes(c, 1, Recompute::kSelective, 4), Bytes(c, 1, Recompute::kNone, 4));
   p = PlanLayout(c, r);
   ASSERT_TRUE(p.ok());
   EXPECT_EQ(p->tp, 1);
   EXPECT_EQ(p->recompute, Recompute::kSelective);
   // Enough only for tp=2 with selective: TP before full recompute.
-  const int64_t tp2 = Bytes(c, 2, Recompute::kSelective);
-  ASSERT_LT(tp2, Bytes(c, 1, Recompute::kFull)) << "test premise: tp=2 beats full recompute";
+  const int64_t tp2 = Bytes(c, 2, Recompute::kSelective, 2);
+  ASSERT_LT(tp2, Bytes(c, 1, Recompute::kFull, 4)) << "test premise: tp=2 beats full recompute";
   r.device_memory_gib = GiBFor(tp2);
   p = PlanLayout(c, r);
   ASSERT_TRUE(p.ok()) << p.status().message();
@@ -122,7 +124,7 @@ TEST(Planner, RanksPerHostBoundTp) {
   PlanRequest r;
   r.world_size = 8;
   r.ranks_per_host = 2;
-  r.device_memory_gib = GiBFor(Bytes(c, 4, Recompute::kFull));  // only tp>=4 would fit
+  r.device_memory_gib = GiBFor(Bytes(c, 4, Recompute::kFull, 2));  // only tp>=4 would fit
   auto p = PlanLayout(c, r);
   ASSERT_FALSE(p.ok());
   EXPECT_NE(p.status().message().find("ranks_per_host"), std::string::npos) << p.status().message();
@@ -162,6 +164,61 @@ TEST(Planner, FieldErrors) {
   auto p = PlanLayout(odd, t);
   ASSERT_FALSE(p.ok());
   EXPECT_NE(p.status().message().find("model.n_heads"), std::string::npos) << p.status().message();
+}
+
+// One memory model: the first-fit plan's bytes equal the cost model's PredictMemory at fp32 for
+// the same layout, with the micro-batch split over dp, the experts over ep and the MoE layers'
+// expert stash counted (the old estimate took the whole train.batch_size per rank, ignored ep
+// and left the stash out).
+TEST(Planner, FirstFitMemoryIsTheCostModelsPerRankMemory) {
+  TrainConfig c = Demo();
+  c.model.moe.num_experts = 4;
+  c.model.moe.top_k = 2;
+  c.model.moe.every = 2;
+  for (int ep : {1, 2, 4}) {
+    PlanRequest r;
+    r.world_size = 4;
+    r.tp = 1;
+    r.cp = 1;
+    r.ep = ep;
+    r.recompute = "selective";
+    auto p = PlanLayout(c, r);
+    ASSERT_TRUE(p.ok()) << p.status().message();
+    ASSERT_EQ(p->dp, 4);
+    planner::Workload w;
+    w.model = c.model;
+    w.seq_len = c.train.seq_len;
+    planner::Layout l;
+    l.ep = ep;
+    l.dp = 4;
+    l.micro_batch = c.train.batch_size / 4;
+    const planner::MemoryPerDevice want = planner::PredictMemory(w, l);
+    EXPECT_EQ(double(p->memory.total), want.total) << "ep=" << ep;
+    EXPECT_EQ(double(p->memory.activations), want.activations + want.moe_buffers) << "ep=" << ep;
+    EXPECT_EQ(double(p->memory.parameters), want.parameters) << "ep=" << ep;
+  }
+  // The experts' share shrinks with ep; the micro-batch with dp.
+  auto total = [&](int world, int ep) {
+    PlanRequest r;
+    r.world_size = world;
+    r.tp = 1;
+    r.cp = 1;
+    r.ep = ep;
+    r.recompute = "selective";
+    auto p = PlanLayout(c, r);
+    EXPECT_TRUE(p.ok()) << p.status().message();
+    return p.ok() ? p->memory.total : 0;
+  };
+  EXPECT_LT(total(4, 4), total(4, 1));
+  EXPECT_LT(total(4, 1), total(2, 1));
+  // A dp that does not divide train.batch_size is refused, naming the field.
+  PlanRequest odd;
+  odd.world_size = 3;
+  auto q = PlanLayout(c, odd);
+  ASSERT_FALSE(q.ok());
+  EXPECT_NE(q.status().message().find("train.batch_size=8 is not a multiple of dp=3"),
+            std::string::npos)
+      << q.status().message();
 }
 
 TEST(Planner, CoordsMatchParallelGrid) {
