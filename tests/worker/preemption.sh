@@ -7,7 +7,8 @@
 #               the step reached with a checkpoint there; `grove-launch --resume JOB` brings it to
 #               SUCCEEDED with every step's loss bit-identical to an uninterrupted run
 #   cancel      SIGINT to grove-launch: CANCELLED after a checkpoint; --resume continues it as a
-#               new job to SUCCEEDED
+#               new job to SUCCEEDED; resuming again with the same --request-id (a requeued Slurm
+#               script) finds that job instead of creating another
 #   kill        kill -9 of rank 1 under grove-launch: FAILED within 5 s naming rank 1 and signal 9,
 #               grove-launch exits, no process of the job is left, `grove status` lists no rank as
 #               running
@@ -186,11 +187,16 @@ PY
     case "$REASON" in *"at step $N after a checkpoint"*) ;; *) fail "reason does not name step $N" ;; esac
     [ "$(tail -n 1 "$T/out/checkpoints/latest")" = "$(printf 'step_%08d' "$N")" ] || fail "no checkpoint at step $N"
     no_orphans "$JOB"
-    launch launch2.log --resume "$JOB"
+    launch launch2.log --resume "$JOB" --request-id "requeue-$JOB"
     wait_launcher 120
     [ "$LRC" = 0 ] || fail "grove-launch --resume exited with $LRC"
     NEW=$(sed -n 's/^==> \(job-[0-9]*\) continues .*/\1/p' "$T/launch2.log")
     [ -n "$NEW" ] || fail "no job in the resume launch's output"
+    if [ "$SCENARIO" = cancel ]; then
+      # The same resume again (a requeued Slurm script) finds the continuing job, not a new one.
+      AGAIN=$("$GROVE" resume "$JOB" --request-id "requeue-$JOB" 2>/dev/null)
+      [ "$AGAIN" = "$NEW" ] || fail "resuming $JOB again with the same request id gave $AGAIN, want $NEW"
+    fi
     [ "$(state "$NEW")" = SUCCEEDED ] || fail "after --resume: $NEW is $(state "$NEW")"
     grep -q "resumed from .*step_$(printf '%08d' "$N")" "$T/launch2.log" || fail "the resumed run did not load step $N"
     same_losses "$T/ref/metrics.jsonl" "$T/out/metrics.jsonl"
