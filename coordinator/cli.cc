@@ -733,8 +733,8 @@ int Plan(const Common& c, const PlanArgs& a) {
 struct CalibrateArgs {
   std::string bench, config_path, out, name = "cpu-this-machine";
   std::vector<std::string> overrides;
-  double step_ms = 0, memory_gib = 0;
-  int cores = 0;
+  double step_ms = 0, memory_gib = 0, latency_us = 0;
+  double cores = 0;
 };
 
 int Calibrate(const CalibrateArgs& a) {
@@ -746,7 +746,7 @@ int Calibrate(const CalibrateArgs& a) {
   if (!samples.ok()) return Fail(a.bench + ": " + samples.status().message());
   auto config = grove::LoadTrainConfig(a.config_path, a.overrides);
   if (!config.ok()) return Fail(config.status().message());
-  const int cores = a.cores > 0 ? a.cores : int(std::thread::hardware_concurrency());
+  const double cores = a.cores > 0 ? a.cores : double(std::thread::hardware_concurrency());
   double memory_gib = a.memory_gib;
   if (memory_gib <= 0) {
     std::ifstream mi("/proc/meminfo");
@@ -766,7 +766,7 @@ int Calibrate(const CalibrateArgs& a) {
   l.grad_accum = config.value().train.grad_accum;
   l.recompute = config.value().train.recompute;
   auto cluster = pl::CalibrateCpuCluster(samples.value(), w, l, a.step_ms / 1e3, cores,
-                                         memory_gib, a.name);
+                                         memory_gib, a.name, a.latency_us * 1e-6);
   if (!cluster.ok()) return Fail(cluster.status().message());
   const std::string body = pl::ClusterToJson(cluster.value()).dump(2) + "\n";
   const std::string tmp = a.out + ".tmp";
@@ -912,9 +912,15 @@ int main(int argc, char** argv) {
       ->required()
       ->check(CLI::PositiveNumber);
   calibrate->add_option("--out", ca.out, "cluster file to write")->required();
-  calibrate->add_option("--cores", ca.cores, "cores the ranks share (default: all)");
+  calibrate->add_option("--cores", ca.cores,
+                        "compute capacity the ranks share, in cores (concurrent single-thread "
+                        "GEMMs' summed throughput over one's alone; default: all cores)");
   calibrate->add_option("--memory-gib", ca.memory_gib, "memory (default: MemTotal)");
   calibrate->add_option("--name", ca.name, "the cluster's name");
+  calibrate->add_option("--step-latency-us", ca.latency_us,
+                        "latency of a blocking collective inside a training step (a multi-rank "
+                        "run's all-to-all time per call); default: comm_bench's fit")
+      ->check(CLI::NonNegativeNumber);
   CLI11_PARSE(app, argc, argv);
 
   try {

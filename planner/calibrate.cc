@@ -120,9 +120,12 @@ StatusOr<LinkFit> FitSharedLink(const std::vector<CollectiveSample>& samples) {
 }
 
 StatusOr<ClusterSpec> CalibrateCpuCluster(const BenchSamples& samples, const Workload& workload,
-                                          const Layout& layout, double measured_step_s, int cores,
-                                          double memory_gib, std::string name) {
-  if (cores < 1) return Status::Error("cores must be >= 1");
+                                          const Layout& layout, double measured_step_s,
+                                          double cores, double memory_gib, std::string name,
+                                          double step_latency_s) {
+  if (!(cores > 0) || !std::isfinite(cores))
+    return Status::Error("cores (the compute capacity the ranks share) must be > 0");
+  if (step_latency_s < 0) return Status::Error("the in-step collective latency must be >= 0");
   if (!(measured_step_s > 0)) return Status::Error("the measured step time must be positive");
   auto gemm = FitGemm(samples.gemm);
   if (!gemm.ok()) return gemm.status();
@@ -141,6 +144,9 @@ StatusOr<ClusterSpec> CalibrateCpuCluster(const BenchSamples& samples, const Wor
   c.intra_topology = IntraTopology::kShared;
   c.inter_topology = InterTopology::kNone;
   c.intra.latency = link.value().latency;
+  // A collective inside a step costs its alpha-beta time plus the wait for its peers; the
+  // measured per-call time holds both (one all-to-all of 2 ranks: one alpha, bytes negligible).
+  c.intra.sync_latency = std::max(0.0, step_latency_s - link.value().latency);
   c.intra.bandwidth = link.value().node_bandwidth;
   c.device.name = "CPU core (OpenBLAS sgemm, 1 thread)";
   double best = 0;

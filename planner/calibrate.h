@@ -61,9 +61,14 @@ StatusOr<LinkFit> FitSharedLink(const std::vector<CollectiveSample>& samples);
 
 // The cluster description of this machine: the fits above, the attention efficiency, and the
 // memory-bound bandwidth that makes the predicted single-rank step of `workload` at `layout`
-// equal `measured_step_s`. `cores`: the cores the ranks share.
+// equal `measured_step_s`. `cores`: the cores the ranks share. `step_latency_s` > 0: the time one
+// blocking collective of 2 ranks takes between the compute phases of a training step (a
+// multi-rank run's all-to-all time per call); what it exceeds the fitted alpha by is the link's
+// sync_latency (on a time-shared CPU a collective waits for its peers to be scheduled, which
+// back-to-back comm_bench calls, the ranks spinning together, do not show).
 StatusOr<ClusterSpec> CalibrateCpuCluster(const BenchSamples& samples, const Workload& workload,
-                                          const Layout& layout, double measured_step_s, int cores,
-                                          double memory_gib, std::string name);
+                                          const Layout& layout, double measured_step_s,
+                                          double cores, double memory_gib, std::string name,
+                                          double step_latency_s = 0);
 
 }  // namespace grove::planner

@@ -49,12 +49,14 @@ Status Str(const nlohmann::json& j, const char* k, std::string* out) {
 
 Status ReadLink(const nlohmann::json& j, const std::string& where, LinkSpec* l,
                 std::string* topology) {
-  if (Status s =
-          CheckKeys(j, where, {"bandwidth_gbps", "latency_us", "topology", "alltoall_efficiency"});
+  if (Status s = CheckKeys(
+          j, where,
+          {"bandwidth_gbps", "latency_us", "sync_latency_us", "topology", "alltoall_efficiency"});
       !s.ok())
     return s;
   if (Status s = Num(j, where, "bandwidth_gbps", 1e9, &l->bandwidth); !s.ok()) return s;
   if (Status s = Num(j, where, "latency_us", 1e-6, &l->latency); !s.ok()) return s;
+  if (Status s = Num(j, where, "sync_latency_us", 1e-6, &l->sync_latency); !s.ok()) return s;
   if (Status s = Num(j, where, "alltoall_efficiency", 1.0, &l->alltoall_efficiency); !s.ok())
     return s;
   if (j.contains("topology")) {
@@ -65,10 +67,12 @@ Status ReadLink(const nlohmann::json& j, const std::string& where, LinkSpec* l,
 }
 
 nlohmann::json LinkJson(const LinkSpec& l, const char* topology) {
-  return {{"bandwidth_gbps", l.bandwidth / 1e9},
-          {"latency_us", l.latency * 1e6},
-          {"alltoall_efficiency", l.alltoall_efficiency},
-          {"topology", topology}};
+  nlohmann::json j = {{"bandwidth_gbps", l.bandwidth / 1e9},
+                      {"latency_us", l.latency * 1e6},
+                      {"alltoall_efficiency", l.alltoall_efficiency},
+                      {"topology", topology}};
+  if (l.sync_latency > 0) j["sync_latency_us"] = l.sync_latency * 1e6;
+  return j;
 }
 
 }  // namespace
@@ -86,7 +90,8 @@ Status ClusterSpec::Validate() const {
     return Err("devices_per_node must be >= 1 (devices in one node), got " +
                std::to_string(devices_per_node));
   if (max_nodes < 0) return Err("max_nodes must be >= 0 (0 = no limit)");
-  if (shared_cores < 0) return Err("shared_cores must be >= 0 (0 = devices_per_node)");
+  if (!(shared_cores >= 0) || !std::isfinite(shared_cores))
+    return Err("shared_cores must be >= 0 (0 = devices_per_node)");
   if (!positive(device.peak_fp32))
     return Err("device.peak_tflops.fp32 must be a positive number (dense fp32 matrix TFLOP/s)");
   if (!(device.peak_bf16 >= 0) || !std::isfinite(device.peak_bf16))
@@ -107,6 +112,8 @@ Status ClusterSpec::Validate() const {
   if (!positive(intra.bandwidth))
     return Err("intra_node.bandwidth_gbps must be a positive number (GB/s per device)");
   if (!(intra.latency >= 0)) return Err("intra_node.latency_us must be >= 0");
+  if (!(intra.sync_latency >= 0) || !std::isfinite(intra.sync_latency))
+    return Err("intra_node.sync_latency_us must be >= 0");
   if (!(intra.alltoall_efficiency > 0 && intra.alltoall_efficiency <= 1))
     return Err("intra_node.alltoall_efficiency must lie in (0, 1]");
   if (inter_topology == InterTopology::kRails) {
@@ -133,13 +140,18 @@ StatusOr<ClusterSpec> ClusterFromJson(const nlohmann::json& j) {
   if (Status s = Str(j, "name", &c.name); !s.ok()) return s;
   if (Status s = Str(j, "description", &c.description); !s.ok()) return s;
   for (auto [k, out] : {std::pair<const char*, int*>{"devices_per_node", &c.devices_per_node},
-                        {"max_nodes", &c.max_nodes},
-                        {"shared_cores", &c.shared_cores}})
+                        {"max_nodes", &c.max_nodes}})
     if (j.contains(k)) {
       if (!j.at(k).is_number_integer())
         return Err(std::string(k) + " must be an integer (got " + j.at(k).dump() + ")");
       *out = j.at(k).get<int>();
     }
+  if (j.contains("shared_cores")) {
+    if (!j.at("shared_cores").is_number())
+      return Err("shared_cores must be a number of cores (got " + j.at("shared_cores").dump() +
+                 ")");
+    c.shared_cores = j.at("shared_cores").get<double>();
+  }
   if (j.contains("overlap_collectives")) {
     if (!j.at("overlap_collectives").is_boolean())
       return Err("overlap_collectives must be true or false");

@@ -33,6 +33,11 @@ struct LinkSpec {
   // Achieved share of `bandwidth` for the expert all-to-all (many small messages, incast);
   // 1 for a switch inside a node, lower across a fabric.
   double alltoall_efficiency = 1.0;
+  // Seconds every blocking collective call waits for its peers to reach it, once per call (not
+  // per message step): on a time-shared CPU the peers are descheduled part of the time, which
+  // back-to-back benchmark calls (the ranks spinning together) do not show. 0 on dedicated
+  // devices. Only the intra-node link's is used.
+  double sync_latency = 0;
 };
 
 // Efficiency (achieved / peak) of one kernel class. GEMM efficiency depends on the size:
@@ -71,9 +76,11 @@ struct ClusterSpec {
   // stream: true). MPI progresses only inside MPI calls, so on CPU ranks the data-parallel
   // reductions Grove starts during the backward mostly run at the final wait: false.
   bool overlap_collectives = true;
-  // Cores (or devices) that ranks of one node actually share: more ranks per node than this
-  // slow compute by ranks / shared_cores. 0 = devices_per_node (one rank per device).
-  int shared_cores = 0;
+  // Compute capacity, in cores, that the ranks of one node actually share (fractional: measured
+  // as the summed throughput of concurrent single-thread GEMMs over one's alone); more ranks per
+  // node than this slow compute (and memory passes) by ranks / shared_cores. 0 = devices_per_node
+  // (one rank per device).
+  double shared_cores = 0;
 
   Status Validate() const;
 };

@@ -19,6 +19,11 @@ double Alpha(const ClusterSpec& c, const GroupSpan& g) {
   return Spans(c, g) ? std::max(c.inter.latency, c.intra.latency) : c.intra.latency;
 }
 
+// The wait for the peers of one blocking call to be scheduled (time-shared CPUs; 0 otherwise).
+double Sync(const ClusterSpec& c) {
+  return c.intra.sync_latency;
+}
+
 // Seconds per byte of the group's bottleneck (1 / B_eff).
 double InvBandwidth(const ClusterSpec& c, const GroupSpan& g) {
   const double intra = 1.0 / c.intra.bandwidth;
@@ -45,9 +50,10 @@ double AllReduceTime(const ClusterSpec& c, const GroupSpan& g, double bytes, All
   if (n <= 1 || bytes <= 0) return 0.0;
   const double inv_bw = InvBandwidth(c, g);
   if (algo == AllReduceAlgo::kRing)
-    return 2.0 * (n - 1) * Alpha(c, g) + 2.0 * (n - 1) / n * bytes * inv_bw;
+    return Sync(c) + 2.0 * (n - 1) * Alpha(c, g) + 2.0 * (n - 1) / n * bytes * inv_bw;
   const double inter_alpha = Spans(c, g) ? c.inter.latency : 0.0;
-  return 2.0 * (Log2Ceil(g.per_node) * c.intra.latency + Log2Ceil(g.nodes()) * inter_alpha) +
+  return Sync(c) +
+         2.0 * (Log2Ceil(g.per_node) * c.intra.latency + Log2Ceil(g.nodes()) * inter_alpha) +
          2.0 * bytes * inv_bw;
 }
 
@@ -59,7 +65,7 @@ double AllReduceTime(const ClusterSpec& c, const GroupSpan& g, double bytes) {
 double AllGatherTime(const ClusterSpec& c, const GroupSpan& g, double gathered_bytes) {
   const int n = g.size;
   if (n <= 1 || gathered_bytes <= 0) return 0.0;
-  return (n - 1) * Alpha(c, g) + double(n - 1) / n * gathered_bytes * InvBandwidth(c, g);
+  return Sync(c) + (n - 1) * Alpha(c, g) + double(n - 1) / n * gathered_bytes * InvBandwidth(c, g);
 }
 
 double ReduceScatterTime(const ClusterSpec& c, const GroupSpan& g, double input_bytes) {
@@ -76,14 +82,14 @@ double AllToAllTime(const ClusterSpec& c, const GroupSpan& g, double bytes_per_r
   if (Spans(c, g))
     inter =
         double(n - local) / n * bytes_per_rank / (c.inter.alltoall_efficiency * c.inter.bandwidth);
-  return Log2Ceil(n) * Alpha(c, g) + std::max(intra, inter);
+  return Sync(c) + Log2Ceil(n) * Alpha(c, g) + std::max(intra, inter);
 }
 
 double PointToPointTime(const ClusterSpec& c, bool crosses_nodes, double bytes) {
   if (bytes <= 0) return 0.0;
   const LinkSpec& l =
       crosses_nodes && c.inter_topology == InterTopology::kRails ? c.inter : c.intra;
-  return l.latency + bytes / l.bandwidth;
+  return Sync(c) + l.latency + bytes / l.bandwidth;
 }
 
 }  // namespace grove::planner

@@ -296,7 +296,7 @@ double Prediction::part(const std::string& name) const {
 ClusterSpec EffectiveCluster(const ClusterSpec& c, int ranks_per_node) {
   ClusterSpec e = c;
   if (c.shared_cores > 0 && ranks_per_node > c.shared_cores) {
-    const double share = double(c.shared_cores) / ranks_per_node;
+    const double share = c.shared_cores / ranks_per_node;
     e.device.peak_fp32 *= share;
     e.device.peak_bf16 *= share;
     e.device.memory_bandwidth *= share;
@@ -479,9 +479,12 @@ Prediction Predict(const Workload& w, const Layout& l, const ClusterSpec& cluste
   double tp_final = 0;
   if (sm.sp_) tp_final = per_stage * 3 * AllReduceTime(c, sm.tp_g_, sm.h_ * 4.0);
 
-  // Optimizer: AdamW over the local parameters (memory-bound), the gradient norm's sum.
+  // Optimizer: AdamW over the local parameters (memory-bound), the gradient norm's sum. A
+  // sharded optimizer (distributed optimizer, FSDP) updates only its 1/(dp·cp) shard; the
+  // reduce-scatter + all-gather that replace the all-reduce move the same bytes (dp reduction).
   const double params = PredictMemory(w, l).gradients / 4.0;
-  const double opt_bytes = params * (w.precision == Precision::kBf16 ? 38.0 : 36.0);
+  const double opt_shard = w.shard_optimizer ? double(l.dp) * l.cp : 1.0;
+  const double opt_bytes = params / opt_shard * (w.precision == Precision::kBf16 ? 38.0 : 36.0);
   const double optimizer =
       sm.MemoryPass(opt_bytes) + AllReduceTime(c, SpanOf(world, 1, c.devices_per_node), 8.0);
 

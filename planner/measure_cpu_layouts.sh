@@ -2,7 +2,9 @@
 # Measures the step time of the demo model (configs/demo.json) at several CPU layouts with
 # grove-worker under mpirun, one JSON line per layout on stdout:
 #   {"name":"np2-tp2-ep2","np":2,"tp":2,"cp":1,"ep":2,"dp":1,"recompute":"selective","lsh":false,
-#    "step_ms_median":..., "step_ms":[...]}
+#    "step_ms_median":..., "a2a_ms_median":..., "load_avg_1min":[before, after], "step_ms":[...]}
+# (a2a_ms: rank 0's time in the expert all-to-alls, as the worker logs it; the load average of the
+# machine before and after the run, since other processes share the cores).
 # The first two steps (warm-up, first touch) are left out of the median. One OpenMP thread per
 # rank: on this machine a rank is one core ("device" in configs/clusters/cpu-this-machine.json).
 #
@@ -24,6 +26,7 @@ layouts=(
   "np1-base 1 1 1 1 1 selective false"
   "np2-tp2-ep2 2 2 1 2 1 selective false"
   "np2-dp2-ep2 2 1 1 2 2 selective false"
+  "np2-dp2 2 1 1 1 2 selective false"
   "np2-cp2 2 1 2 1 1 selective false"
   "np2-dp2-full 2 1 1 1 2 full false"
   "np2-dp2-ep2-lsh 2 1 1 2 2 selective true"
@@ -44,6 +47,7 @@ for l in "${layouts[@]}"; do
   fi
   dir=$out/$name
   rm -rf "$dir"
+  load_before=$(cut -d' ' -f1 /proc/loadavg)
   if ! OMP_NUM_THREADS=1 timeout 900 mpirun --allow-run-as-root --oversubscribe --mca btl self,vader \
       -x OMP_NUM_THREADS -np "$np" "$worker" train -q --config "$src/configs/demo.json" \
       --tp "$tp" --cp "$cp" --ep "$ep" --dp "$dp" --set train.recompute="$rc" \
@@ -53,20 +57,24 @@ for l in "${layouts[@]}"; do
     echo "measure_cpu_layouts: $name failed (log: $out/$name.log)" >&2
     continue
   fi
-  /usr/bin/python3 - "$dir/metrics.jsonl" "$name" "$np" "$tp" "$cp" "$ep" "$dp" "$rc" "$lsh" <<'EOF'
+  load_after=$(cut -d' ' -f1 /proc/loadavg)
+  /usr/bin/python3 - "$dir/metrics.jsonl" "$name" "$np" "$tp" "$cp" "$ep" "$dp" "$rc" "$lsh" \
+      "$load_before" "$load_after" <<'EOF'
 import json, statistics, sys
-path, name, np_, tp, cp, ep, dp, rc, lsh = sys.argv[1:]
-ms, a2a = [], []
+path, name, np_, tp, cp, ep, dp, rc, lsh, load0, load1 = sys.argv[1:]
+ms, a2a_ms = [], []
 for line in open(path):
     j = json.loads(line)
     if "ms" in j:
         ms.append(j["ms"])
-        moe = j.get("moe", {})
-        if "a2a_bytes" in moe: a2a.append(moe["a2a_bytes"])
+        a2a_ms.append(j.get("moe", {}).get("a2a_ms", 0.0))
 tail = ms[2:] if len(ms) > 3 else ms
+a2a_tail = a2a_ms[2:] if len(ms) > 3 else a2a_ms
 print(json.dumps({"name": name, "np": int(np_), "tp": int(tp), "cp": int(cp), "ep": int(ep),
                   "dp": int(dp), "recompute": rc, "lsh": lsh == "true",
                   "step_ms_median": round(statistics.median(tail), 2),
+                  "a2a_ms_median": round(statistics.median(a2a_tail), 2),
+                  "load_avg_1min": [float(load0), float(load1)],
                   "step_ms": [round(x, 1) for x in ms]}))
 EOF
 done

@@ -71,6 +71,17 @@ TEST(Cluster, JsonRoundTripAndErrorsNameTheField) {
   EXPECT_DOUBLE_EQ(back.value().inter.bandwidth, c.inter.bandwidth);
   EXPECT_DOUBLE_EQ(back.value().intra.latency, c.intra.latency);
   EXPECT_EQ(back.value().devices_per_node, 8);
+  ClusterSpec shared = c;
+  shared.intra.sync_latency = 0.018;
+  auto synced = ClusterFromJson(ClusterToJson(shared));
+  ASSERT_TRUE(synced.ok()) << synced.status().message();
+  EXPECT_DOUBLE_EQ(synced.value().intra.sync_latency, 0.018);
+  nlohmann::json neg = ClusterToJson(shared);
+  neg["intra_node"]["sync_latency_us"] = -1;
+  auto negative = ClusterFromJson(neg);
+  ASSERT_FALSE(negative.ok());
+  EXPECT_NE(negative.status().message().find("intra_node.sync_latency_us"), std::string::npos)
+      << negative.status().message();
 
   nlohmann::json j = ClusterToJson(c);
   j["intra_node"]["bandwidth_gbps"] = -1;
@@ -167,6 +178,15 @@ TEST(Collectives, HandComputedFormulas) {
   EXPECT_NEAR(AllToAllTime(c, in_node, 1e9), 2 * 1e-6 + 0.75e9 / 100e9, 1e-12);
   EXPECT_EQ(AllReduceTime(c, GroupSpan{1, 1}, 1e9), 0.0);
   EXPECT_NEAR(PointToPointTime(c, true, 25e6), 5e-6 + 1e-3, 1e-12);
+  // A time-shared node's sync latency is paid once per blocking call, whatever its steps.
+  ClusterSpec shared = c;
+  shared.intra.sync_latency = 0.02;
+  EXPECT_NEAR(AllReduceTime(shared, in_node, 1e9), 0.02 + 6e-6 + 0.015, 1e-12);
+  EXPECT_NEAR(AllReduceTime(shared, in_node, 8), 0.02 + 4e-6 + 16.0 / 100e9, 1e-12);
+  EXPECT_NEAR(AllGatherTime(shared, in_node, 1e9), 0.02 + 3e-6 + 0.0075, 1e-12);
+  EXPECT_NEAR(AllToAllTime(shared, in_node, 1e9), 0.02 + 2 * 1e-6 + 0.75e9 / 100e9, 1e-12);
+  EXPECT_NEAR(PointToPointTime(shared, false, 1e8), 0.02 + 1e-6 + 1e-3, 1e-12);
+  EXPECT_EQ(AllReduceTime(shared, GroupSpan{1, 1}, 1e9), 0.0);
 }
 
 // ---- the cost model --------------------------------------------------------------------------
@@ -288,6 +308,23 @@ TEST(CostModel, Monotonicity) {
   const Prediction pm = Predict(w, l, mpi);
   EXPECT_NEAR(pm.part("dp reduction"), pm.dp_reduction_total_s, 1e-15);
   EXPECT_GT(pm.dp_reduction_total_s, 0.0);
+}
+
+// AdamW reads and writes 38 bytes per local parameter (bf16); a sharded optimizer (distributed
+// optimizer, FSDP) updates only its 1/(dp·cp) shard. The optimizer part is that memory pass plus
+// the gradient norm's 8-byte all-reduce.
+TEST(CostModel, ShardedOptimizerUpdatesItsShard) {
+  const ClusterSpec c = TestCluster();
+  Workload w = DenseWorkload();
+  Layout l;
+  l.dp = 4;
+  l.cp = 2;
+  const double params = PredictMemory(w, l).gradients / 4.0;
+  const double norm = AllReduceTime(c, SpanOf(8, 1, 8), 8.0);
+  const double bw = c.device.memory_bandwidth * c.device.efficiency.memory;
+  EXPECT_NEAR(Predict(w, l, c).part("optimizer"), params * 38.0 / bw + norm, 1e-12);
+  w.shard_optimizer = true;
+  EXPECT_NEAR(Predict(w, l, c).part("optimizer"), params / 8.0 * 38.0 / bw + norm, 1e-12);
 }
 
 TEST(CostModel, LayoutChecksNameTheProblem) {
@@ -470,6 +507,28 @@ TEST(Calibration, FitsRecoverKnownParameters) {
   ASSERT_TRUE(c.ok()) << c.status().message();
   EXPECT_NEAR(Predict(w, l, c.value()).step_s, 20.0, 1e-9);
   EXPECT_NEAR(c.value().device.efficiency.attention, 10e9 / c.value().device.peak_fp32, 1e-9);
+  // An in-step collective latency replaces the fitted alpha; the 1-rank step is still reproduced
+  // (one rank has no collectives).
+  auto slow = CalibrateCpuCluster(samples, w, l, 20.0, 2, 8, "cpu-test", 0.02);
+  ASSERT_TRUE(slow.ok()) << slow.status().message();
+  EXPECT_NEAR(slow.value().intra.latency, 20e-6, 1e-9);
+  EXPECT_NEAR(slow.value().intra.sync_latency, 0.02 - 20e-6, 1e-9);
+  EXPECT_NEAR(Predict(w, l, slow.value()).step_s, 20.0, 1e-9);
+  EXPECT_FALSE(CalibrateCpuCluster(samples, w, l, 20.0, 2, 8, "cpu-test", -1.0).ok());
+  // A fractional compute capacity (concurrent GEMMs on 2 vCPUs summing to 1.14 of one alone):
+  // 2 ranks each compute at 1.14 / 2 of the calibrated speed; 1 rank is not slowed.
+  auto frac = CalibrateCpuCluster(samples, w, l, 20.0, 1.14, 8, "cpu-test");
+  ASSERT_TRUE(frac.ok()) << frac.status().message();
+  EXPECT_DOUBLE_EQ(frac.value().shared_cores, 1.14);
+  EXPECT_NEAR(Predict(w, l, frac.value()).step_s, 20.0, 1e-9);
+  EXPECT_DOUBLE_EQ(EffectiveCluster(frac.value(), 2).device.peak_fp32,
+                   frac.value().device.peak_fp32 * 0.57);
+  EXPECT_DOUBLE_EQ(EffectiveCluster(frac.value(), 1).device.peak_fp32,
+                   frac.value().device.peak_fp32);
+  auto back = ClusterFromJson(ClusterToJson(frac.value()));
+  ASSERT_TRUE(back.ok()) << back.status().message();
+  EXPECT_DOUBLE_EQ(back.value().shared_cores, 1.14);
+  EXPECT_FALSE(CalibrateCpuCluster(samples, w, l, 20.0, 0.0, 8, "cpu-test").ok());
   // A step shorter than the GEMMs alone cannot be explained: an error, not a negative bandwidth.
   EXPECT_FALSE(CalibrateCpuCluster(samples, w, l, 1e-6, 2, 8, "cpu-test").ok());
 
