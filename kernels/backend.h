@@ -11,14 +11,16 @@
 // CUDA functions take a trailing stream, which the backend leaves at the default stream):
 //   linear_forward / linear_backward, router_logits (linear with an fp32 output),
 //   rmsnorm_forward / rmsnorm_backward, rope_table / rope_forward / rope_backward,
-//   attention_forward / attention_backward, swiglu_forward / swiglu_backward,
+//   attention_forward / attention_backward, attention_merge / attention_merge_scale /
+//   attention_merge_finish (context-parallel attention), swiglu_forward / swiglu_backward,
 //   embedding_forward / embedding_backward, cross_entropy_forward / cross_entropy_backward,
 //   their vocabulary-shard forms for the vocabulary-parallel embedding and loss
 //   (embedding_forward_shard / embedding_backward_shard, cross_entropy_shard_max / _sums /
 //   _finish / _backward), add_inplace, scale_inplace, sum_squares, adamw_update, convert (fp32 -> T),
 //   the MoE kernels (moe_router_forward / backward, moe_permute / backward,
 //   moe_unpermute / backward, grouped_linear_forward / backward),
-//   and memory movement: upload (host -> B), download (B -> host), copy (B -> B), zero.
+//   and memory movement: upload (host -> B), download (B -> host), copy (B -> B), copy_2d
+//   (strided rows, B -> B), zero.
 // Types follow one rule: weight gradients, norm weights, rstd, lse, router tensors and losses
 // are fp32 whatever T is (double only in the CPU kernels' double instantiation used by the
 // finite-difference tests).

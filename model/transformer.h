@@ -9,8 +9,8 @@
 //
 // Backends: Transformer = TransformerT<CpuBackend> (fp32, host memory, the whole parallel
 // engine) and TransformerT<CudaBackend<T>> (model/cuda/cuda_transformer.h; fp32 or bf16 mixed
-// precision on one device per rank: data, tensor and sequence parallelism with every recompute
-// mode; context and expert parallelism, capacity dropping and LSH run on the CPU backend so far:
+// precision on one device per rank: data, tensor, sequence and context parallelism with every
+// recompute mode; expert parallelism, capacity dropping and LSH run on the CPU backend so far:
 // Supports() says what a backend runs, naming the field).
 //
 // Parameters: ONE fp32 buffer on the backend's device laid out as ParamLayout (shapes known
@@ -152,13 +152,6 @@ class TransformerT {
   MoeImpl* moe_layer(int l) { return moe_[l].get(); }
 
  private:
-  // What only the host backend runs: context parallelism.
-  struct HostParallel {
-    std::unique_ptr<parallel::ContextAttention> cp_attn;
-    std::unique_ptr<parallel::Zigzag> zigzag;
-  };
-  struct NoHostParallel {};
-
   void block_forward(int l, BlockActivations& a);
   void block_backward(int l, BlockActivations& a);
   void mlp_backward(int l, BlockActivations& a);
@@ -201,7 +194,9 @@ class TransformerT {
   bool sp_ = false;
   int64_t rows_ = 0;  // R: rows of the residual stream on this rank
   int N_ = 0, h_ = 0, qd_ = 0, kvd_ = 0, f_ = 0, Vl_ = 0, heads_ = 0, kv_heads_ = 0, d_ = 0;
-  std::conditional_t<kHost, HostParallel, NoHostParallel> hp_;
+  // cp > 1: tree or ring attention over the CP group and this rank's zigzag shard of the sequence.
+  std::unique_ptr<parallel::ContextAttentionT<B>> cp_attn_;
+  std::unique_ptr<parallel::Zigzag> zigzag_;
   // tp > 1: the vocabulary-parallel embedding (and its shard of the LM head's vocabulary) and the
   // cross-entropy's scratch [3N] fp32.
   std::unique_ptr<parallel::VocabParallelEmbedding<B>> embed_;

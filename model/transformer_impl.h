@@ -1,9 +1,10 @@
 // TransformerT<B>'s definitions (model/transformer.h), included by the translation units that
 // instantiate a backend: model/transformer.cc (CpuBackend) and model/cuda/cuda_transformer.cc
 // (CudaBackend<float>, CudaBackend<bf16>). Tensor and sequence parallelism run on every backend
-// (parallel/tensor_parallel.h, parallel/vocab_parallel.h are templates over B); the code reached
-// only with context or expert parallelism sits under `if constexpr (kHost)`: those layouts run on
-// the host backend so far.
+// (parallel/tensor_parallel.h, parallel/vocab_parallel.h are templates over B), and so does
+// context parallelism (parallel/cp_attention.h, zigzag.h); the code reached only with expert
+// parallelism, capacity or LSH sits under `if constexpr (kHost)`: those run on the host backend
+// so far.
 #pragma once
 
 #include <cmath>
@@ -37,19 +38,11 @@ Status TransformerT<B>::Supports(const ModelConfig& c, int batch, int seq,
                          std::to_string(c.max_seq_len) + "]");
   if constexpr (!kHost) {
     const std::string dev = std::string(" on train.device=cuda");
-    if (par.grid != nullptr) {
-      const parallel::GridShape& g = par.grid->shape();
-      if (g.cp > 1)
-        return Status::Error("parallel.cp=" + std::to_string(g.cp) +
-                             ": context parallelism runs on train.device=cpu only so far; set "
-                             "parallel.cp=1" +
-                             dev);
-      if (g.ep > 1)
-        return Status::Error("parallel.ep=" + std::to_string(g.ep) +
-                             ": expert parallelism runs on train.device=cpu only so far; set "
-                             "parallel.ep=1" +
-                             dev);
-    }
+    if (par.grid != nullptr && par.grid->shape().ep > 1)
+      return Status::Error("parallel.ep=" + std::to_string(par.grid->shape().ep) +
+                           ": expert parallelism runs on train.device=cpu only so far; set "
+                           "parallel.ep=1" +
+                           dev);
     if (c.moe.num_experts > 0 && c.moe.capacity_factor > 0)
       return Status::Error("model.moe.capacity_factor=" + std::to_string(c.moe.capacity_factor) +
                            ": the experts are dropless" + dev +
@@ -149,13 +142,11 @@ TransformerT<B>::TransformerT(const ModelConfig& config, int batch, int seq, Rec
                                      B::kDevice, B::kDType);
   allocated_ += int64_t(activation_report().total());  // the stash (no MoE layer yet)
 
-  if constexpr (kHost) {
-    if (cp_size_ > 1) {
-      hp_.zigzag = std::make_unique<par::Zigzag>(seq, cp_size_, cp_->rank());
-      hp_.cp_attn = std::make_unique<par::ContextAttention>(
-          parallel.cp_attention, cp_,
-          par::CpAttentionShape{seq, batch, heads_, kv_heads_, d_, true});
-    }
+  if (cp_size_ > 1) {
+    zigzag_ = std::make_unique<par::Zigzag>(seq, cp_size_, cp_->rank());
+    cp_attn_ = std::make_unique<par::ContextAttentionT<B>>(
+        parallel.cp_attention, cp_, par::CpAttentionShape{seq, batch, heads_, kv_heads_, d_, true});
+    allocated_ += cp_attn_->workspace_bytes();
   }
   if (t_ > 1) {
     embed_ = std::make_unique<par::VocabParallelEmbedding<B>>(config_.vocab_size, h_, tp_);
@@ -273,14 +264,9 @@ template <class B>
 void TransformerT<B>::rope(T* x, int heads, bool backward) {
   const float* c = f(rope_cos_);
   const float* sn = f(rope_sin_);
-  if constexpr (kHost) {
-    if (hp_.zigzag) {
-      if (backward)
-        parallel::zigzag_rope_backward(x, c, sn, *hp_.zigzag, b_, heads, d_);
-      else
-        parallel::zigzag_rope_forward(x, c, sn, *hp_.zigzag, b_, heads, d_);
-      return;
-    }
+  if (zigzag_) {
+    parallel::zigzag_rope<B>(x, c, sn, *zigzag_, b_, heads, d_, backward);
+    return;
   }
   if (backward)
     B::rope_backward(x, c, sn, s_, b_, heads, d_, pos0_);
@@ -352,11 +338,9 @@ void TransformerT<B>::block_forward(int l, BlockActivations& a) {
     attend_(l, p(a.att), p(a.q), p(a.k), p(a.v));
     done = true;
   }
-  if constexpr (kHost) {
-    if (!done && hp_.cp_attn) {  // tree or ring attention over the CP group, global lse
-      hp_.cp_attn->forward(f(a.att), f(a.lse), f(a.q), f(a.k), f(a.v));
-      done = true;
-    }
+  if (!done && cp_attn_) {  // tree or ring attention over the CP group, global lse
+    cp_attn_->forward(p(a.att), f(a.lse), p(a.q), p(a.k), p(a.v));
+    done = true;
   }
   if (!done) {
     const kernels::AttentionShape shape{s_, s_, b_, heads_, kv_heads_, d_, /*causal=*/true};
@@ -421,12 +405,10 @@ void TransformerT<B>::attention_backward(int l, BlockActivations& a) {
   B::zero(g_.dk.raw(), es * N * kvd_);
   B::zero(g_.dv.raw(), es * N * kvd_);
   bool done = false;
-  if constexpr (kHost) {
-    if (hp_.cp_attn) {
-      hp_.cp_attn->backward(f(g_.dq), f(g_.dk), f(g_.dv), f(g_.datt), f(a.q), f(a.k), f(a.v),
-                            f(a.att), f(a.lse));
-      done = true;
-    }
+  if (cp_attn_) {
+    cp_attn_->backward(p(g_.dq), p(g_.dk), p(g_.dv), p(g_.datt), p(a.q), p(a.k), p(a.v), p(a.att),
+                       f(a.lse));
+    done = true;
   }
   if (!done) {
     const kernels::AttentionShape shape{s_, s_, b_, heads_, kv_heads_, d_, /*causal=*/true};
@@ -470,15 +452,10 @@ float TransformerT<B>::forward(const int32_t* tokens, const int32_t* targets) {
   const int N = N_, V = config_.vocab_size, R = static_cast<int>(rows_);
   int32_t* tok = host_tokens_.data();
   int32_t* tgt = host_targets_.data();
-  bool sharded = false;
-  if constexpr (kHost) {
-    if (hp_.zigzag) {  // this CP rank's rows of the full [seq, b] batch
-      parallel::zigzag_shard(tok, tokens, *hp_.zigzag, b_);
-      parallel::zigzag_shard(tgt, targets, *hp_.zigzag, b_);
-      sharded = true;
-    }
-  }
-  if (!sharded) {
+  if (zigzag_) {  // this CP rank's rows of the full [seq, b] batch
+    parallel::zigzag_shard(tok, tokens, *zigzag_, b_);
+    parallel::zigzag_shard(tgt, targets, *zigzag_, b_);
+  } else {
     std::memcpy(tok, tokens, sizeof(int32_t) * N);
     std::memcpy(tgt, targets, sizeof(int32_t) * N);
   }

@@ -90,4 +90,42 @@ void reduce_scatter(comm::Communicator* group, const void* in, void* out, int64_
   B::upload(out, host + block * n, block);
 }
 
+// Asynchronous all_gather (as all_gather above): on a group that works on B's memory the Work of
+// the group's own async call; staged through host memory it completes before returning (an
+// empty Work). Buffers must not be touched until the Work is waited for.
+template <class B>
+comm::Work all_gather_async(comm::Communicator* group, const void* in, void* out, int64_t count,
+                            DType dtype) {
+  if (active(group) && group->device() == B::kDevice)
+    return group->all_gather_async(in, out, count, dtype);
+  all_gather<B>(group, in, out, count, dtype);
+  return {};
+}
+
+// One hop of a ring: `count` elements of `send` go to rank r+1, `count` elements from rank r-1
+// arrive in `recv` (modulo the group size). An all_to_all_v with one non-zero count each way, so
+// that NCCL groups the send and the receive (a ring of ungrouped NCCL sends can deadlock) and
+// hops issued in the same order on every rank match in that order. Asynchronous as
+// all_gather_async; a null group or a group of one copies send to recv.
+template <class B>
+comm::Work ring_exchange_async(comm::Communicator* group, const void* send, void* recv,
+                               int64_t count, DType dtype) {
+  const size_t bytes = size_t(count) * dtype_size(dtype);
+  if (!active(group)) {
+    B::copy(recv, send, bytes);
+    return {};
+  }
+  const int n = group->size(), r = group->rank();
+  std::vector<int64_t> send_counts(n, 0), recv_counts(n, 0);
+  send_counts[(r + 1) % n] = count;
+  recv_counts[(r + n - 1) % n] = count;
+  if (group->device() == B::kDevice)
+    return group->all_to_all_v_async(send, send_counts, recv, recv_counts, dtype);
+  std::byte* host = backend_collectives_detail::staging(2 * bytes).data();
+  B::download(host, send, bytes);
+  group->all_to_all_v(host, send_counts, host + bytes, recv_counts, dtype);
+  B::upload(recv, host + bytes, bytes);
+  return {};
+}
+
 }  // namespace grove::parallel

@@ -8,7 +8,9 @@
 //   backward: K/V travel again with their dK/dV accumulators; each rank adds its contribution
 //             and passes them on; after the last block one more hop returns dK/dV to the owner.
 //             dQ stays local.
-// Peer-to-peer messages use tags 0 (K/V) and 1 (dK/dV) on the CP communicator.
+// Each hop is an all_to_all_v on the CP communicator with one non-zero count each way (to r+1,
+// from r-1): NCCL runs it as a grouped send/recv, so a ring of hops cannot deadlock as ungrouped
+// sends would; the K/V and dK/dV hops in flight together are matched in issue order.
 #pragma once
 
 #include <cstdint>
@@ -18,13 +20,19 @@
 
 namespace grove::parallel {
 
-int64_t ring_workspace_elems(const CpAttentionShape& s, int p);
-void ring_attention_forward(comm::Communicator& cp, const CpAttentionShape& s, float* out,
-                            float* lse, const float* q, const float* k, const float* v,
-                            float* workspace, CommStats* stats = nullptr);
-void ring_attention_backward(comm::Communicator& cp, const CpAttentionShape& s, float* dq,
-                             float* dk, float* dv, const float* dout, const float* q,
-                             const float* k, const float* v, const float* out, const float* lse,
-                             float* workspace, CommStats* stats = nullptr);
+// On backend B (parallel/cp_attention.h; defined in parallel/cp_attention_impl.h).
+template <class B>
+int64_t ring_workspace_bytes(const CpAttentionShape& s, int p);
+template <class B>
+void ring_attention_forward(comm::Communicator& cp, const CpAttentionShape& s, typename B::T* out,
+                            float* lse, const typename B::T* q, const typename B::T* k,
+                            const typename B::T* v, const CpScratch& ws,
+                            CommStats* stats = nullptr);
+template <class B>
+void ring_attention_backward(comm::Communicator& cp, const CpAttentionShape& s, typename B::T* dq,
+                             typename B::T* dk, typename B::T* dv, const typename B::T* dout,
+                             const typename B::T* q, const typename B::T* k, const typename B::T* v,
+                             const typename B::T* out, const float* lse, const CpScratch& ws,
+                             CommStats* stats = nullptr);
 
 }  // namespace grove::parallel

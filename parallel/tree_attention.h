@@ -23,16 +23,25 @@
 
 namespace grove::parallel {
 
-int64_t tree_workspace_elems(const CpAttentionShape& s, int p);
-void tree_attention_forward(comm::Communicator& cp, const CpAttentionShape& s, float* out,
-                            float* lse, const float* q, const float* k, const float* v,
-                            float* workspace, CommStats* stats = nullptr);
-void tree_attention_backward(comm::Communicator& cp, const CpAttentionShape& s, float* dq,
-                             float* dk, float* dv, const float* dout, const float* q,
-                             const float* k, const float* v, const float* out, const float* lse,
-                             float* workspace, CommStats* stats = nullptr);
+// On backend B (parallel/cp_attention.h; defined in parallel/cp_attention_impl.h). With fp32
+// activations the numerators and weights travel packed in one reduce-scatter; with bf16 the
+// numerators (bf16) and the weights (fp32) in two.
+template <class B>
+int64_t tree_workspace_bytes(const CpAttentionShape& s, int p);
+template <class B>
+void tree_attention_forward(comm::Communicator& cp, const CpAttentionShape& s, typename B::T* out,
+                            float* lse, const typename B::T* q, const typename B::T* k,
+                            const typename B::T* v, const CpScratch& ws,
+                            CommStats* stats = nullptr);
+template <class B>
+void tree_attention_backward(comm::Communicator& cp, const CpAttentionShape& s, typename B::T* dq,
+                             typename B::T* dk, typename B::T* dv, const typename B::T* dout,
+                             const typename B::T* q, const typename B::T* k, const typename B::T* v,
+                             const typename B::T* out, const float* lse, const CpScratch& ws,
+                             CommStats* stats = nullptr);
 
-// The exact combine of per-rank partials in place, all ranks ending with the same result:
+// The exact combine of per-rank partials in place, all ranks ending with the same result (host
+// memory, fp32; decoding, parallel/kv_cache.h):
 // o [rows, HD] (row i's output) and lse [rows] (row i's lse) — one MAX all-reduce of rows floats
 // and one SUM all-reduce of rows·(HD+1) floats. scratch: tree_combine_scratch_elems floats.
 int64_t tree_combine_scratch_elems(int64_t rows, int HD);

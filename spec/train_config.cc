@@ -122,10 +122,6 @@ Status TrainConfig::Validate() const {
         "train.device=cuda but this build has no CUDA support: rebuild with "
         "-DGROVE_CUDA=ON on a machine with the CUDA toolkit, or set train.device=cpu");
 #endif
-    if (parallel.cp != 1)
-      return err("parallel.cp=" + std::to_string(parallel.cp) +
-                 ": train.device=cuda runs data and tensor (+ sequence) parallelism so far; set "
-                 "parallel.cp=1 (or train.device=cpu for context parallelism)");
     if (parallel.ep != 1)
       return err("parallel.ep=" + std::to_string(parallel.ep) +
                  ": train.device=cuda keeps every expert on each GPU so far; set parallel.ep=1 "

@@ -31,6 +31,13 @@ struct CpuBackend {
   static void copy(void* dst, const void* src, size_t bytes) {
     if (bytes && dst != src) std::memcpy(dst, src, bytes);
   }
+  // `height` rows of `width` bytes, row i from src + i·spitch to dst + i·dpitch.
+  static void copy_2d(void* dst, size_t dpitch, const void* src, size_t spitch, size_t width,
+                      size_t height) {
+    for (size_t i = 0; i < height && width; ++i)
+      std::memcpy(static_cast<char*>(dst) + i * dpitch, static_cast<const char*>(src) + i * spitch,
+                  width);
+  }
   static void convert(T* dst, const float* src, int64_t n) {
     if (dst != src && n) std::memcpy(dst, src, sizeof(float) * n);
   }
@@ -73,6 +80,19 @@ struct CpuBackend {
                                  const T* v, const T* out, const float* lse, const T* probs,
                                  const cpu::AttentionShape& shape) {
     cpu::attention_backward<T>(dq, dk, dv, dout, q, k, v, out, lse, probs, shape);
+  }
+  // The merge of partial attention results (context-parallel attention, parallel/cp_attention.h).
+  static void attention_merge(T* out, float* lse, const T* part_out, const float* part_lse, int SQ,
+                              int B, int NH, int HD, int row0, int SQp) {
+    cpu::attention_merge<T>(out, lse, part_out, part_lse, SQ, B, NH, HD, row0, SQp);
+  }
+  static void attention_merge_scale(T* num, float* den, const T* out, const float* lse,
+                                    const float* lse_max, int SQ, int B, int NH, int HD) {
+    cpu::attention_merge_scale<T>(num, den, out, lse, lse_max, SQ, B, NH, HD);
+  }
+  static void attention_merge_finish(T* out, float* lse, const T* num, const float* den,
+                                     const float* lse_max, int SQ, int B, int NH, int HD) {
+    cpu::attention_merge_finish<T>(out, lse, num, den, lse_max, SQ, B, NH, HD);
   }
   static void swiglu_forward(T* out, const T* gate, const T* up, int64_t n) {
     cpu::swiglu_forward<T>(out, gate, up, n);

@@ -43,6 +43,13 @@ struct CudaBackend {
     if (bytes && dst != src)
       GROVE_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice));
   }
+  // `height` rows of `width` bytes, row i from src + i·spitch to dst + i·dpitch.
+  static void copy_2d(void* dst, size_t dpitch, const void* src, size_t spitch, size_t width,
+                      size_t height) {
+    if (width && height)
+      GROVE_CUDA_CHECK(
+          cudaMemcpy2DAsync(dst, dpitch, src, spitch, width, height, cudaMemcpyDeviceToDevice));
+  }
   static void convert(T* dst, const float* src, int64_t n) {
     if constexpr (std::is_same_v<T, float>) {
       if (dst != src && n)
@@ -94,6 +101,19 @@ struct CudaBackend {
                                  const T* v, const T* out, const float* lse, const T* probs,
                                  const cuda::AttentionShape& shape) {
     cuda::attention_backward<T>(dq, dk, dv, dout, q, k, v, out, lse, probs, shape);
+  }
+  // The merge of partial attention results (context-parallel attention, parallel/cp_attention.h).
+  static void attention_merge(T* out, float* lse, const T* part_out, const float* part_lse, int SQ,
+                              int B, int NH, int HD, int row0, int SQp) {
+    cuda::attention_merge<T>(out, lse, part_out, part_lse, SQ, B, NH, HD, row0, SQp);
+  }
+  static void attention_merge_scale(T* num, float* den, const T* out, const float* lse,
+                                    const float* lse_max, int SQ, int B, int NH, int HD) {
+    cuda::attention_merge_scale<T>(num, den, out, lse, lse_max, SQ, B, NH, HD);
+  }
+  static void attention_merge_finish(T* out, float* lse, const T* num, const float* den,
+                                     const float* lse_max, int SQ, int B, int NH, int HD) {
+    cuda::attention_merge_finish<T>(out, lse, num, den, lse_max, SQ, B, NH, HD);
   }
   static void swiglu_forward(T* out, const T* gate, const T* up, int64_t n) {
     cuda::swiglu_forward<T>(out, gate, up, n);

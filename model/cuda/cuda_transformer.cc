@@ -4,8 +4,13 @@
 #include <cuda_runtime_api.h>
 
 #include "model/transformer_impl.h"
+#include "parallel/cp_attention_impl.h"
 
 namespace grove {
+
+// Context-parallel attention (tree, ring) on the CUDA backends.
+template class parallel::ContextAttentionT<CudaBackend<float>>;
+template class parallel::ContextAttentionT<CudaBackend<cuda::bf16>>;
 
 template class TransformerT<CudaBackend<float>>;
 template class TransformerT<CudaBackend<cuda::bf16>>;

@@ -18,6 +18,10 @@ using CudaTransformerF32 = TransformerT<CudaBackend<float>>;
 using CudaTransformerBf16 = TransformerT<CudaBackend<cuda::bf16>>;
 extern template class TransformerT<CudaBackend<float>>;
 extern template class TransformerT<CudaBackend<cuda::bf16>>;
+namespace parallel {
+extern template class ContextAttentionT<CudaBackend<float>>;
+extern template class ContextAttentionT<CudaBackend<cuda::bf16>>;
+}  // namespace parallel
 
 // The name of the current CUDA device ("NVIDIA H100 80GB HBM3"), and the data sheet's dense
 // tensor-core peak for a device of that name in TFLOP/s (0 when the name is not known), the

@@ -672,3 +672,18 @@ cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count, cudaMemcpy
                             cudaStream_t) {
   return cudaMemcpy(dst, src, count, kind);
 }
+// Row by row, each row checked as a cudaMemcpy of `width` bytes.
+cudaError_t cudaMemcpy2D(void* dst, size_t dpitch, const void* src, size_t spitch, size_t width,
+                         size_t height, cudaMemcpyKind kind) {
+  if (width > dpitch || width > spitch) return set_error(cudaErrorInvalidPitchValue);
+  for (size_t i = 0; i < height; ++i) {
+    const cudaError_t e = cudaMemcpy(static_cast<char*>(dst) + i * dpitch,
+                                     static_cast<const char*>(src) + i * spitch, width, kind);
+    if (e != cudaSuccess) return e;
+  }
+  return cudaSuccess;
+}
+cudaError_t cudaMemcpy2DAsync(void* dst, size_t dpitch, const void* src, size_t spitch,
+                              size_t width, size_t height, cudaMemcpyKind kind, cudaStream_t) {
+  return cudaMemcpy2D(dst, dpitch, src, spitch, width, height, kind);
+}
