@@ -14,6 +14,7 @@
 #include "planner/collectives.h"
 #include "planner/cost_model.h"
 #include "planner/search.h"
+#include "spec/train_config.h"
 
 namespace grove::planner {
 namespace {
@@ -134,6 +135,47 @@ TEST(Cluster, PresetsLoad) {
   ASSERT_FALSE(missing.ok());
   EXPECT_NE(missing.status().message().find("h100-sxm-ib400x8"), std::string::npos)
       << missing.status().message();
+}
+
+// The published runs of docs/planning.md, reproduced from configs/published at their layouts:
+// predicted MFU within ±15% relative of the published figure (the criterion).
+TEST(Published, MegatronRunsWithinFifteenPercentOfTheirMfu) {
+  struct Run {
+    const char* config;
+    const char* cluster;
+    int tp, ep, dp, pp, global_batch;
+    bool shard_optimizer;
+    double published_mfu;
+  };
+  const Run runs[] = {
+      {"mtnlg-530b", "a100-80gb-ib200x8", 8, 1, 8, 35, 1920, false, 0.542},
+      {"mtnlg-530b", "a100-80gb-ib200x8", 8, 1, 1, 35, 280, false, 0.560},
+      {"gpt3-175b", "a100-80gb-ib200x8", 8, 1, 1, 8, 64, false, 0.514},
+      {"gpt-1t", "a100-80gb-ib200x8", 8, 1, 1, 64, 512, false, 0.563},
+      {"mixtral-8x7b", "h100-sxm-ib400x8", 1, 8, 16, 4, 256, true, 468.0 / 989.0},
+  };
+  for (const Run& r : runs) {
+    auto config = LoadTrainConfig(SourceDir() + "/configs/published/" + r.config + ".json", {});
+    ASSERT_TRUE(config.ok()) << r.config << ": " << config.status().message();
+    auto cluster = LoadClusterOrPreset(r.cluster, SourceDir() + "/configs/clusters");
+    ASSERT_TRUE(cluster.ok()) << cluster.status().message();
+    Workload w;
+    w.model = config.value().model;
+    w.seq_len = config.value().train.seq_len;
+    w.precision = Precision::kBf16;
+    w.shard_optimizer = r.shard_optimizer;
+    Layout l;
+    l.tp = r.tp, l.ep = r.ep, l.dp = r.dp, l.pp = r.pp;
+    l.recompute = Recompute::kSelective;
+    l.micro_batch = 1;
+    l.grad_accum = r.global_batch / r.dp;
+    ASSERT_TRUE(CheckLayout(w, l, cluster.value()).ok())
+        << r.config << ": " << CheckLayout(w, l, cluster.value()).message();
+    const double mfu = Predict(w, l, cluster.value()).mfu;
+    EXPECT_NEAR(mfu / r.published_mfu, 1.0, 0.15)
+        << r.config << " on " << l.world() << ": predicted " << mfu << ", published "
+        << r.published_mfu;
+  }
 }
 
 // ---- collectives ---------------------------------------------------------------------------
