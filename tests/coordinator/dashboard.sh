@@ -45,9 +45,11 @@ export OMP_NUM_THREADS=1
 echo "dash-token-$RANDOM$RANDOM" > "$T/token"
 export GROVE_TOKEN_FILE=$T/token
 
+# With this machine's cluster description, so the page shows the predicted step time.
 "$COORD" --listen 127.0.0.1:0 --port-file "$T/port" --http 127.0.0.1:0 \
   --http-port-file "$T/http-port" --db "$T/grove.db" --heartbeat-timeout 5 \
   --data-root "$DATA" --run-root "$T" \
+  --cluster "$(dirname "$0")/../../configs/clusters/cpu-this-machine.json" \
   --registration-timeout 60 > "$T/coord.log" 2>&1 &
 CPID=$!
 for _ in $(seq 100); do [ -s "$T/port" ] && break; sleep 0.1; done

@@ -116,6 +116,22 @@ try {
   check(workers === 2, `the workers table lists 2 ranks (got ${workers})`);
   const layoutText = await page.textContent('#layout');
   check(/tp × cp × ep × dp/.test(layoutText), 'the layout is shown');
+  // Predicted beside measured step time (the coordinator runs with a cluster description).
+  check(Number(apiLast.layout.predicted_step_ms) > 0 && Number(apiLast.last_step_ms) > 0,
+    `the API has predicted (${apiLast.layout.predicted_step_ms}) and measured ` +
+    `(${apiLast.last_step_ms}) step times`);
+  check(/predicted step\s*[\d,.]+ ms/.test(layoutText) && /cost model on cpu-this-machine/.test(layoutText),
+    'the layout panel shows the predicted step and its note');
+  const stepSeries = await page.evaluate(() => {
+    const c = window.groveDashboard.charts['step-chart'];
+    return c ? c.series.map((x) => x.label) : [];
+  });
+  check(stepSeries.includes('measured') && stepSeries.includes('predicted'),
+    `the step-time chart draws measured and predicted (${stepSeries.join(', ')})`);
+  const stepSummary = await page.textContent('#step-summary');
+  check(/ms measured, [\d,.]+ ms predicted \(measured [+-]\d+ %\)/.test(stepSummary),
+    `the step-time summary: "${stepSummary}"`);
+  result.step_time = stepSummary;
   const config = await page.textContent('#config');
   check(config.includes('"model"') && config.includes('d_model'), 'the config is shown');
   await page.screenshot({ path: join(outDir, 'dashboard.png'), fullPage: true });
