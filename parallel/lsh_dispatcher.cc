@@ -40,7 +40,10 @@ void LshDispatcher::preprocess(const Routing& r, const float* x) {
   grow(x_, size_t(T_) * h_);
   if (T_ > 0) std::memcpy(x_.data(), x, sizeof(float) * size_t(T_) * h_);
   grow(ids_, size_t(T_));
-  if (cfg.enabled) lsh_.hash(ids_.data(), x_.data(), T_);
+  const bool compress = cfg.enabled && passes_ >= cfg.warmup_steps;
+  metrics_.warmup = cfg.enabled && !compress;
+  // Raw rows are hashed once per token; centred rows once per (token, expert) below.
+  if (compress && !cfg.center) lsh_.hash(ids_.data(), x_.data(), T_);
 
   // The kept assignments of each expert, in token order (a counting sort on the expert id).
   std::fill(token_count_.begin(), token_count_.end(), 0);
@@ -65,11 +68,17 @@ void LshDispatcher::preprocess(const Routing& r, const float* x) {
     const int64_t* members = by_expert.data() + start[e];
     int64_t B = n;
     if (n > 0) ++metrics_.groups;
-    if (cfg.enabled && n > 0 && n >= cfg.min_tokens) {
-      for (int64_t m = 0; m < n; ++m) scratch_ids_[m] = ids_[members[m] / k_];
+    if (compress && n > 0 && n >= cfg.min_tokens) {
+      if (cfg.center) {
+        hash_centered(scratch_ids_.data(), members, n);
+      } else {
+        for (int64_t m = 0; m < n; ++m) scratch_ids_[m] = ids_[members[m] / k_];
+      }
+      const int codes = choose_codes(scratch_ids_.data(), n);
       B = lsh_.bucketize(scratch_bucket_.data(), scratch_ids_.data(), n);
       for (int64_t m = 0; m < n; ++m) pos_[members[m]] = C_ + scratch_bucket_[m];
       ++metrics_.compressed_groups;
+      metrics_.hash_codes_sum += codes;
     } else {
       for (int64_t m = 0; m < n; ++m) pos_[members[m]] = C_ + m;
     }
@@ -92,7 +101,7 @@ void LshDispatcher::preprocess(const Routing& r, const float* x) {
   }
   has_residual_.assign(T_, 0);
   for (int64_t m = 0; m < M_; ++m) {
-    if (count_[kept_cen_[m]] > 1) has_residual_[kept_tok_[m]] = 1;
+    if (cfg.compensate && count_[kept_cen_[m]] > 1) has_residual_[kept_tok_[m]] = 1;
   }
   metrics_.assignments = M_;
   metrics_.centroids = C_;
@@ -119,6 +128,50 @@ void LshDispatcher::preprocess(const Routing& r, const float* x) {
     metrics_.bytes_uncompressed = int64_t(sizeof(int64_t)) * E_l_ * (ep_size_ - 1) +
                                   int64_t(sizeof(float)) * h_ * 2 * tokens_other;
   }
+}
+
+void LshDispatcher::hash_centered(uint64_t* ids, const int64_t* members, int64_t n) {
+  // μ = mean of the group's rows, summed in member order in double; then id(x_t − μ).
+  grow(mu_acc_, size_t(h_));
+  grow(centred_, size_t(h_));
+  std::fill(mu_acc_.begin(), mu_acc_.begin() + h_, 0.0);
+  for (int64_t m = 0; m < n; ++m) {
+    const float* xt = x_.data() + (members[m] / k_) * h_;
+    for (int j = 0; j < h_; ++j) mu_acc_[j] += xt[j];
+  }
+  const double inv = 1.0 / double(n);
+  std::vector<float> mu(h_);
+  for (int j = 0; j < h_; ++j) mu[j] = float(mu_acc_[j] * inv);
+  for (int64_t m = 0; m < n; ++m) {
+    const float* xt = x_.data() + (members[m] / k_) * h_;
+    for (int j = 0; j < h_; ++j) centred_[j] = xt[j] - mu[j];
+    ids[m] = lsh_.hash(centred_.data());
+  }
+}
+
+int LshDispatcher::choose_codes(uint64_t* ids, int64_t n) {
+  const LshOptions& cfg = lsh_.config();
+  const int L = cfg.num_hashes;
+  if (cfg.target_compression <= 0.0 || L == 1) return L;
+  // The bucketing by code_1..code_l refines the one by code_1..code_{l-1}: B_l grows with l.
+  // Keep the longest prefix whose compression n / B_l still reaches the target.
+  grow(prefix_ids_, size_t(n));
+  const uint64_t base = 2 * uint64_t(cfg.rotation_dim);
+  int chosen = 1;
+  uint64_t modulus = base;
+  for (int l = 1; l <= L; ++l) {
+    for (int64_t m = 0; m < n; ++m) prefix_ids_[m] = l == L ? ids[m] : ids[m] % modulus;
+    const int64_t B = lsh_.bucketize(scratch_bucket_.data(), prefix_ids_.data(), n);
+    if (double(n) < cfg.target_compression * double(B)) break;
+    chosen = l;
+    if (l < L) modulus *= base;  // (2r)^l; the full id needs no modulus
+  }
+  if (chosen < L) {
+    uint64_t mod = 1;
+    for (int l = 0; l < chosen; ++l) mod *= base;
+    for (int64_t m = 0; m < n; ++m) ids[m] %= mod;
+  }
+  return chosen;
 }
 
 int64_t LshDispatcher::count_bytes(int64_t bytes) {
@@ -159,6 +212,8 @@ ExpertBatch LshDispatcher::dispatch(const float* /*x: the copy taken in preproce
 }
 
 void LshDispatcher::dispatch_backward(float* din, const float* dx) {
+  const bool compensate = lsh_.config().compensate;
+  ++passes_;
   grow(recv_, size_t(R_) * h_);
   grow(back_, size_t(C_) * h_);
   xch_.from_expert_layout(recv_.data(), dx);
@@ -167,7 +222,7 @@ void LshDispatcher::dispatch_backward(float* din, const float* dx) {
   // bucket of one the residual path is identically zero, so it is left out (exact plain path).
 #pragma omp parallel for schedule(static) if (C_ >= 256)
   for (int64_t i = 0; i < C_; ++i) {
-    if (count_[i] == 1) continue;
+    if (count_[i] == 1 || !compensate) continue;
     float* g = back_.data() + i * h_;
     const float* s = dsum_.data() + i * h_;
     for (int j = 0; j < h_; ++j) g[j] -= s[j];
@@ -190,7 +245,9 @@ void LshDispatcher::combine(float* out, const float* y) {
   grow(returned_, size_t(C_) * h_);
   xch_.from_expert_layout(recv_.data(), y);
   count_bytes(xch_.send_back(recv_.data(), returned_.data(), &stats_.combine_a2a_ms));
-  // out_t = Σ_j w_a · (y_b + (x_t − c_b)), slots summed in slot order.
+  // out_t = Σ_j w_a · (y_b + (x_t − c_b)), slots summed in slot order (without compensation:
+  // Σ_j w_a · y_b).
+  const bool compensate = lsh_.config().compensate;
 #pragma omp parallel for schedule(static) if (T_ >= 256)
   for (int t = 0; t < T_; ++t) {
     float* o = out + int64_t(t) * h_;
@@ -202,7 +259,11 @@ void LshDispatcher::combine(float* out, const float* y) {
       const float w = weight_[a];
       const float* yr = returned_.data() + i * h_;
       const float* c = centroid_.data() + i * h_;
-      for (int q = 0; q < h_; ++q) o[q] += w * (yr[q] + (xt[q] - c[q]));
+      if (compensate) {
+        for (int q = 0; q < h_; ++q) o[q] += w * (yr[q] + (xt[q] - c[q]));
+      } else {
+        for (int q = 0; q < h_; ++q) o[q] += w * yr[q];
+      }
     }
   }
 }
@@ -211,7 +272,9 @@ void LshDispatcher::combine_backward(float* dy, float* dweight, const float* dou
   grow(recv_, size_t(R_) * h_);
   grow(dsum_, size_t(C_) * h_);
   grow(rgrad_, size_t(T_) * h_);
-  // dweight_a = dout_t · (y_b + x_t − c_b); the residual path's w_a·dout_t per token.
+  // dweight_a = dout_t · (y_b + x_t − c_b); the residual path's w_a·dout_t per token. Without
+  // compensation: dweight_a = dout_t · y_b and no residual path.
+  const bool compensate = lsh_.config().compensate;
 #pragma omp parallel for schedule(static) if (T_ >= 256)
   for (int t = 0; t < T_; ++t) {
     const float* g = dout + int64_t(t) * h_;
@@ -228,9 +291,13 @@ void LshDispatcher::combine_backward(float* dy, float* dweight, const float* dou
       const float* c = centroid_.data() + i * h_;
       const float w = weight_[a];
       double dot = 0;
-      for (int q = 0; q < h_; ++q) dot += double(g[q]) * (yr[q] + (xt[q] - c[q]));
+      if (compensate) {
+        for (int q = 0; q < h_; ++q) dot += double(g[q]) * (yr[q] + (xt[q] - c[q]));
+      } else {
+        for (int q = 0; q < h_; ++q) dot += double(g[q]) * yr[q];
+      }
       dweight[a] = float(dot);
-      if (count_[i] > 1) {
+      if (compensate && count_[i] > 1) {
         for (int q = 0; q < h_; ++q) rg[q] += w * g[q];
       }
     }

@@ -8,13 +8,18 @@
 // sends, R centroid rows this rank's experts receive.
 //
 // Forward (per source rank; a "group" is the tokens this rank routes to one expert):
-//   preprocess  hash every token once (LshCompressor); per expert, a group of ≥ min_tokens
-//               tokens is bucketed by id, a smaller one (or any, when disabled) keeps one bucket
-//               per token; all_to_all of (centroids, tokens) per expert
+//   preprocess  hash every token once (LshCompressor; with cfg.center, each group's rows are
+//               hashed as x − μ, μ the group's mean row); per expert, a group of ≥ min_tokens
+//               tokens is bucketed by id (with cfg.target_compression, by the longest prefix of
+//               the L codes that keeps n / B ≥ target), a smaller one (or any, when disabled or
+//               within the first cfg.warmup_steps backward passes) keeps one bucket per token;
+//               all_to_all of (centroids, tokens) per expert
 //   dispatch    c_b = mean of its tokens (x_t − c_b, the residual, stays here); all_to_all_v of
 //               the centroids, sorted by local expert as in the plain dispatcher
 //   experts     y_b = Expert(c_b)  (the caller, on the rows dispatch returned)
 //   combine     all_to_all_v of y back;  out_t = Σ_j w_a · (y_b(a) + (x_t − c_b(a)))
+//               (cfg.compensate = false: out_t = Σ_j w_a · y_b(a), and the backward below
+//               drops the residual path: dweight_a = dout_t·y_b, din_t += Σ_j dc_b / n_b)
 // "Residual error compensation" (docs/lsh.md#forward): the token's bucket result plus its own
 // residual x − c, inside the combine weight so that Σ_j w_a = 1 gives out = x for identity
 // experts. A bucket of one token has residual exactly 0: the result is the plain path's, bit for
@@ -54,6 +59,8 @@ struct LshMetrics {
   int64_t bytes_uncompressed = 0;  // what AllToAllDispatcher sends for the same routing
   double residual_norm_sum = 0;    // Σ_a ‖x_t − c_b(a)‖₂ over kept assignments
   double token_norm_sum = 0;       // Σ_a ‖x_t‖₂ (to make the residual relative)
+  int64_t hash_codes_sum = 0;      // Σ over compressed groups of the hash codes used (≤ L each)
+  bool warmup = false;             // enabled, but still in moe.lsh.warmup_steps: nothing bucketed
   double compression_ratio() const {
     return centroids > 0 ? double(assignments) / double(centroids) : 1.0;
   }
@@ -62,6 +69,9 @@ struct LshMetrics {
   }
   double mean_residual_norm() const {
     return assignments > 0 ? residual_norm_sum / double(assignments) : 0.0;
+  }
+  double mean_hash_codes() const {
+    return compressed_groups > 0 ? double(hash_codes_sum) / double(compressed_groups) : 0.0;
   }
   double relative_residual() const {
     return token_norm_sum > 0 ? residual_norm_sum / token_norm_sum : 0.0;
@@ -90,6 +100,11 @@ class LshDispatcher final : public Dispatcher {
  private:
   // Adds row bytes sent to other ranks to both stats_ and metrics_.
   int64_t count_bytes(int64_t bytes);
+  // ids[m] = id(x_t − μ) for the group's members (t = members[m] / k), μ the group's mean row.
+  void hash_centered(uint64_t* ids, const int64_t* members, int64_t n);
+  // With target_compression: reduces ids[n] to the longest prefix of codes that keeps
+  // n / B ≥ target (at least one code); returns the number of codes kept.
+  int choose_codes(uint64_t* ids, int64_t n);
 
   ExpertExchange xch_;  // counts, layouts and row all-to-alls over the ep group
   int ep_size_, ep_rank_, E_, E_l_, h_;
@@ -118,6 +133,10 @@ class LshDispatcher final : public Dispatcher {
   std::vector<float> dsum_;                      // [C, h] backward: Σ_{a∈b} w_a·dout_t
   std::vector<float> back_;                      // [C, h] backward scratch
   std::vector<float> rgrad_;                     // [T, h] backward: residual path Σ w·dout
+  std::vector<double> mu_acc_;                   // [h] centring: the group's row sum
+  std::vector<float> centred_;                   // [h] centring: x_t − μ
+  std::vector<uint64_t> prefix_ids_;             // [n] target compression: prefix ids
+  int64_t passes_ = 0;                           // backward passes run (warm-up clock)
   LshMetrics metrics_;
 };
 

@@ -78,6 +78,9 @@ Status ModelConfig::Validate() const {
       if (q.num_hashes * std::log2(2.0 * q.rotation_dim) > 64.0)
         return err("model.moe.lsh.num_hashes x log2(2 rotation_dim) must be <= 64 (id bits)");
       if (q.min_tokens < 0) return err("model.moe.lsh.min_tokens must be >= 0");
+      if (!(q.target_compression == 0.0 || q.target_compression >= 1.0))
+        return err("model.moe.lsh.target_compression must be 0 (all num_hashes codes) or >= 1");
+      if (q.warmup_steps < 0) return err("model.moe.lsh.warmup_steps must be >= 0");
     }
   }
   return Status::Ok();
@@ -116,6 +119,10 @@ Status ModelConfigFromJson(const nlohmann::json& j, ModelConfig* c) {
   q.get("rotation_dim", &c->moe.lsh.rotation_dim);
   q.get("min_tokens", &c->moe.lsh.min_tokens);
   q.get("seed", &c->moe.lsh.seed);
+  q.get("center", &c->moe.lsh.center);
+  q.get("target_compression", &c->moe.lsh.target_compression);
+  q.get("warmup_steps", &c->moe.lsh.warmup_steps);
+  q.get("compensate", &c->moe.lsh.compensate);
   return q.finish();
 }
 
@@ -146,6 +153,17 @@ nlohmann::json ModelConfigToJson(const ModelConfig& c) {
                        {"rotation_dim", c.moe.lsh.rotation_dim},
                        {"min_tokens", c.moe.lsh.min_tokens},
                        {"seed", c.moe.lsh.seed}};
+  // The method's later keys only when they differ from their defaults, so earlier LSH configs
+  // (and their checkpoints' config) keep their JSON.
+  const LshOptions d;
+  if (c.moe.lsh.enabled && c.moe.lsh.center != d.center)
+    j["moe"]["lsh"]["center"] = c.moe.lsh.center;
+  if (c.moe.lsh.enabled && c.moe.lsh.target_compression != d.target_compression)
+    j["moe"]["lsh"]["target_compression"] = c.moe.lsh.target_compression;
+  if (c.moe.lsh.enabled && c.moe.lsh.warmup_steps != d.warmup_steps)
+    j["moe"]["lsh"]["warmup_steps"] = c.moe.lsh.warmup_steps;
+  if (c.moe.lsh.enabled && c.moe.lsh.compensate != d.compensate)
+    j["moe"]["lsh"]["compensate"] = c.moe.lsh.compensate;
   return j;
 }
 

@@ -16,6 +16,11 @@ Status LshOptions::Validate(int h) const {
        << " needs more than 64 bits of bucket id ((2r)^L > 2^64)";
   } else if (min_tokens < 0) {
     os << "moe.lsh.min_tokens=" << min_tokens << " must be >= 0";
+  } else if (!(target_compression == 0.0 || target_compression >= 1.0)) {
+    os << "moe.lsh.target_compression=" << target_compression
+       << " must be 0 (bucket by all num_hashes codes) or >= 1";
+  } else if (warmup_steps < 0) {
+    os << "moe.lsh.warmup_steps=" << warmup_steps << " must be >= 0";
   } else {
     return Status::Ok();
   }

@@ -11,15 +11,29 @@
 namespace grove {
 
 // Cross-polytope LSH of the rows an expert all-to-all sends: rows of one (rank, expert) group
-// that fall into the same bucket travel as one centroid. Defaults from the num_hashes sweep on
-// Brown (bench/lsh/README.md): one hash function keeps convergence, more make the MoE inputs
-// collapse into few buckets. Off by default.
+// that fall into the same bucket travel as one centroid. Defaults from the study on Brown
+// (docs/lsh.md#what-keeps-a-bucket-together): the group's shared component is removed before
+// hashing, up to four hash codes are used as far as they keep ≥ 4× compression, and compression
+// starts after the early phase in which every MoE input points the same way. Off by default.
 struct LshOptions {
   bool enabled = false;  // false: every row is its own bucket (the plain path's rows)
-  int num_hashes = 1;    // L hash functions combined into one bucket id
+  int num_hashes = 4;    // L hash functions combined into one bucket id (at most; see target)
   int rotation_dim = 8;  // r: 2r buckets per hash function; r ≤ h (d_model)
   int min_tokens = 8;    // a (rank, expert) group with fewer tokens is sent uncompressed
   uint64_t seed = 0x15AC0DEull;
+  // What is hashed: false, the rows x; true, x − μ with μ the mean of the rows of the group
+  // (the component every token of the group shares is removed before the cross-polytope hash).
+  bool center = true;
+  // 0: every group is bucketed by all L hash codes. > 0: per group, by the longest prefix
+  // code_1..code_l (l ≤ L) whose buckets still compress the group at least this much
+  // (n / B_l ≥ target_compression; l = 1 when even one code splits it finer).
+  double target_compression = 4.0;
+  // Compression starts after this many training passes (backward calls) of the layer; before,
+  // every row is its own bucket (the plain path). Counted by the dispatcher from 0 each time the
+  // process starts (a resumed run warms up again).
+  int warmup_steps = 50;
+  // true: out_t = Σ_j w·(y_b + (x_t − c_b)) (residual error compensation); false: Σ_j w·y_b.
+  bool compensate = true;
 
   // OK, or the first problem naming the field, e.g. "moe.lsh.rotation_dim=64 must be in
   // [1, h=32]" (checked whether or not enabled).

@@ -83,6 +83,8 @@ int main(int argc, char** argv) {
   int T = 1024, h = 256, f = 512, E = 8, k = 2, steps = 5, warmup = 1;
   int rotation_dim = 8, min_tokens = 8, clusters = 32;
   float noise = 0.3f;
+  bool center = LshOptions{}.center, compensate = LshOptions{}.compensate;
+  double target = LshOptions{}.target_compression;
   std::vector<int> hashes = {1, 2, 3, 4};
   std::vector<std::string> datas = {"clustered", "random"};
   app.add_option("--tokens", T, "tokens per rank");
@@ -93,6 +95,9 @@ int main(int argc, char** argv) {
   app.add_option("--hashes", hashes, "num_hashes values to sweep")->delimiter(',');
   app.add_option("--rotation-dim", rotation_dim);
   app.add_option("--min-tokens", min_tokens);
+  app.add_option("--center", center, "hash x - group mean (moe.lsh.center)");
+  app.add_option("--target-compression", target, "moe.lsh.target_compression (0: all codes)");
+  app.add_option("--compensate", compensate, "add x - c (moe.lsh.compensate)");
   app.add_option("--data", datas, "clustered and/or random")->delimiter(',');
   app.add_option("--clusters", clusters, "centres of the clustered tokens");
   app.add_option("--noise", noise, "std of the clustered tokens around their centre");
@@ -129,6 +134,10 @@ int main(int argc, char** argv) {
       lcfg.num_hashes = L;
       lcfg.rotation_dim = rotation_dim;
       lcfg.min_tokens = min_tokens;
+      lcfg.center = center;
+      lcfg.target_compression = target;
+      lcfg.compensate = compensate;
+      lcfg.warmup_steps = 0;  // a layer benchmark: compress from the first step
       if (grove::Status st = lcfg.Validate(h); !st.ok()) {
         if (rank == 0) std::fprintf(stderr, "%s\n", st.message().c_str());
         return 2;

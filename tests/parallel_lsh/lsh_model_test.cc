@@ -10,9 +10,9 @@
 #include <vector>
 
 #include "core/rng.h"
-#include "spec/model_config.h"
 #include "model/transformer.h"
 #include "parallel/lsh_dispatcher.h"
+#include "spec/model_config.h"
 
 namespace grove {
 namespace {
@@ -53,6 +53,28 @@ TEST(LshModelConfig, JsonKeysRoundTripAndValidate) {
   d.moe.lsh.rotation_dim = 16;
   d.moe.lsh.num_hashes = 0;
   EXPECT_EQ(d.Validate().message(), "model config: model.moe.lsh.num_hashes must be >= 1");
+  // The later keys: written only when they differ from their defaults, validated by name.
+  ModelConfig e = TinyMoe();
+  e.moe.lsh.enabled = true;
+  nlohmann::json je = ModelConfigToJson(e);
+  EXPECT_FALSE(je["moe"]["lsh"].contains("center"));
+  je["moe"]["lsh"]["center"] = !LshOptions{}.center;
+  je["moe"]["lsh"]["target_compression"] = 4.5;
+  je["moe"]["lsh"]["warmup_steps"] = 30;
+  je["moe"]["lsh"]["compensate"] = !LshOptions{}.compensate;
+  ASSERT_TRUE(ModelConfigFromJson(je, &e).ok());
+  EXPECT_EQ(e.moe.lsh.center, !LshOptions{}.center);
+  EXPECT_EQ(e.moe.lsh.target_compression, 4.5);
+  EXPECT_EQ(e.moe.lsh.warmup_steps, 30);
+  EXPECT_EQ(e.moe.lsh.compensate, !LshOptions{}.compensate);
+  EXPECT_EQ(ModelConfigToJson(e), je);
+  e.moe.lsh.target_compression = 0.5;
+  EXPECT_EQ(e.Validate().message(),
+            "model config: model.moe.lsh.target_compression must be 0 (all num_hashes codes) or "
+            ">= 1");
+  e.moe.lsh.target_compression = 0;
+  e.moe.lsh.warmup_steps = -1;
+  EXPECT_EQ(e.Validate().message(), "model config: model.moe.lsh.warmup_steps must be >= 0");
   j["moe"]["lsh"]["hashes"] = 2;
   const Status st = ModelConfigFromJson(j, &d);
   ASSERT_FALSE(st.ok());
@@ -106,6 +128,7 @@ TEST(LshModel, TransformerUsesTheLshDispatcherWhenEnabled) {
   lsh.moe.lsh.enabled = true;
   lsh.moe.lsh.rotation_dim = 2;  // 4 buckets per expert group: compresses
   lsh.moe.lsh.min_tokens = 2;
+  lsh.moe.lsh.warmup_steps = 0;  // compress in this one step
   const Step comp = RunModel(lsh, true);
   EXPECT_NE(comp.loss, ref.loss);
   EXPECT_TRUE(std::isfinite(comp.loss));

@@ -58,6 +58,12 @@ LshOptions Lsh(int L, int r, int min_tokens = 4) {
   c.num_hashes = L;
   c.rotation_dim = r;
   c.min_tokens = min_tokens;
+  // The raw method (every code, raw rows, from the first step); tests of centring, target
+  // compression and warm-up set those fields themselves.
+  c.center = false;
+  c.target_compression = 0;
+  c.warmup_steps = 0;
+  c.compensate = true;
   return c;
 }
 
@@ -217,6 +223,15 @@ TEST(LshMpi, CompressedEpNEqualsCompressedEp1) {
   s.lsh = Lsh(2, 8, 3);
   auto [a2, c2] = ExpectEpEqualsEp1(s, Pattern({64}));
   EXPECT_GT(a2, c2);
+  // The centred hash with a target compression, no x − c compensation, and one warm-up pass
+  // (RunLayer's first step is uncompressed, the compared second step compressed).
+  s.lsh = Lsh(4, 8, 3);
+  s.lsh.center = true;
+  s.lsh.target_compression = 3;
+  s.lsh.compensate = false;
+  s.lsh.warmup_steps = 1;
+  auto [a3, c3] = ExpectEpEqualsEp1(s, Pattern({64}));
+  EXPECT_GT(a3, 2 * c3);  // groups of ~16 rows: the target is reached where l = 1 allows
 }
 
 TEST(LshMpi, UnevenEmptyAndSilentRanksDoNotHang) {

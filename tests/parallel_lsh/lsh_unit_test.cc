@@ -5,6 +5,7 @@
 // bit; central finite differences of the compressed layer; zero tokens.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -29,6 +30,12 @@ LshOptions Lsh(int L, int r, int min_tokens = 2, bool enabled = true) {
   c.num_hashes = L;
   c.rotation_dim = r;
   c.min_tokens = min_tokens;
+  // The raw method (every code, raw rows, from the first step); tests of centring, target
+  // compression and warm-up set those fields themselves.
+  c.center = false;
+  c.target_compression = 0;
+  c.warmup_steps = 0;
+  c.compensate = true;
   return c;
 }
 
@@ -51,6 +58,15 @@ TEST(LshOptions, ValidateNamesTheField) {
   c = LshOptions{};
   c.min_tokens = -1;
   EXPECT_EQ(c.Validate(16).message(), "moe.lsh.min_tokens=-1 must be >= 0");
+  c = LshOptions{};
+  c.target_compression = 0.5;
+  EXPECT_EQ(c.Validate(16).message(),
+            "moe.lsh.target_compression=0.5 must be 0 (bucket by all num_hashes codes) or >= 1");
+  c.target_compression = std::nan("");
+  EXPECT_FALSE(c.Validate(16).ok());
+  c = LshOptions{};
+  c.warmup_steps = -3;
+  EXPECT_EQ(c.Validate(16).message(), "moe.lsh.warmup_steps=-3 must be >= 0");
 }
 
 // R_l R_l^T = I (rows orthonormal, to fp32 rounding), the same seed gives the same bits, another
@@ -253,7 +269,7 @@ TEST(LshDispatcher, OneTokenPerBucketEqualsThePlainDispatcherExactly) {
 // (truncation ≈ 1e-5, fp32 rounding of L / 2ε ≈ 5e-5). Routing and buckets are checked to stay
 // the same under every perturbation, so L is smooth there. Dropping the residual path from din,
 // or the −c term of the residual from the centroid's gradient, gives errors of O(0.1..1).
-TEST(LshDispatcher, CompressedGradientsMatchFiniteDifferences) {
+void ExpectFiniteDifferences(const LshOptions& lcfg) {
   MoeOptions cfg;
   cfg.num_experts = 4;
   cfg.top_k = 2;
@@ -263,8 +279,30 @@ TEST(LshDispatcher, CompressedGradientsMatchFiniteDifferences) {
   const float scale = 2.0f;
   MoeLayer layer(cfg, h, f, T, nullptr, nullptr);
   layer.init(9, 0.4, 0.4);
-  LshDispatcher& d = UseLsh(layer, h, nullptr, Lsh(1, 4));
-  std::vector<float> x = Clustered(T, h, 3, 8, 2.0f, 0.05f);
+  LshDispatcher& d = UseLsh(layer, h, nullptr, lcfg);
+  const float eps = 1e-2f;
+  // Tokens whose routing and buckets no ±ε step of any input changes (the premise of the
+  // check; with the centred hash a step of one token also moves the group mean every other
+  // token is hashed against): the first of a few seeds where that holds.
+  std::vector<float> x;
+  std::vector<float> probe_out(T * h);
+  for (uint64_t seed = 8;; ++seed) {
+    ASSERT_LT(seed, 40u) << "no seed keeps the buckets under the perturbations";
+    x = Clustered(T, h, 3, seed, 2.0f, 0.05f);
+    layer.forward(probe_out.data(), x.data(), T);
+    const std::vector<int64_t> base = d.assignment_centroid();
+    bool stable = true;
+    for (int i = 0; i < T * h && stable; ++i) {
+      for (float s : {eps, -eps}) {
+        const float keep = x[i];
+        x[i] = keep + s;
+        layer.forward(probe_out.data(), x.data(), T);
+        x[i] = keep;
+        stable = stable && d.assignment_centroid() == base;
+      }
+    }
+    if (stable) break;
+  }
   std::vector<float> dout = Randn(size_t(T) * h, 3), out(T * h), din(T * h, 0.0f);
   auto loss = [&](std::vector<int64_t>* buckets) {
     const float aux_z = layer.forward(out.data(), x.data(), T);
@@ -291,7 +329,6 @@ TEST(LshDispatcher, CompressedGradientsMatchFiniteDifferences) {
     targets.push_back({params[i].name.c_str(), params[i].tensor.data<float>(),
                        grads[i].tensor.data<float>(), params[i].tensor.numel()});
   }
-  const float eps = 1e-2f;
   for (const Target& t : targets) {
     double worst = 0, max_g = 0;
     const int64_t stride = t.p == x.data() ? 1 : std::max<int64_t>(1, t.n / 16);
@@ -311,6 +348,159 @@ TEST(LshDispatcher, CompressedGradientsMatchFiniteDifferences) {
     EXPECT_GT(max_g, 0) << t.name;
     EXPECT_LE(worst / max_g, 1e-3)
         << t.name << ": max |fd - analytic| " << worst << ", max |analytic| " << max_g;
+  }
+}
+
+TEST(LshDispatcher, CompressedGradientsMatchFiniteDifferences) {
+  SCOPED_TRACE("raw hash, x - c compensation");
+  ExpectFiniteDifferences(Lsh(1, 4));
+}
+
+// The same without the x − c compensation (out = Σ_j w·y_b; din through the mean only), with the
+// centred hash and a target compression choosing the codes.
+TEST(LshDispatcher, UncompensatedCentredGradientsMatchFiniteDifferences) {
+  LshOptions o = Lsh(3, 4);
+  o.center = true;
+  o.target_compression = 2;
+  o.compensate = false;
+  ExpectFiniteDifferences(o);
+}
+
+// Routing of T tokens, k = 1, all to expert 0 with weight 1 (one group of n = T rows).
+Routing OneGroup(int T) {
+  Routing r;
+  r.T = T;
+  r.k = 1;
+  r.expert.assign(T, 0);
+  r.weight.assign(T, 1.0f);
+  r.kept.assign(T, 1);
+  return r;
+}
+
+// Centred hashing: shifting every row of a group by the same vector v changes nothing (the hash
+// sees x − μ); the raw hash puts the shifted group into one bucket once |v| dominates.
+TEST(LshDispatcher, CentredHashIgnoresWhatTheGroupShares) {
+  const int T = 200, h = 16;
+  const std::vector<float> x = Randn(size_t(T) * h, 12);
+  std::vector<float> shifted = x;
+  const std::vector<float> v = Randn(h, 13, 100.0f);
+  for (int t = 0; t < T; ++t)
+    for (int j = 0; j < h; ++j) shifted[size_t(t) * h + j] += v[j];
+  const Routing r = OneGroup(T);
+  auto buckets = [&](const LshOptions& o, const std::vector<float>& in) {
+    LshDispatcher d(4, h, nullptr, o);
+    d.preprocess(r, in.data());
+    d.dispatch(in.data());
+    return std::make_pair(d.assignment_centroid(), d.metrics().centroids);
+  };
+  LshOptions c = Lsh(2, 4);
+  c.center = true;
+  const auto [b0, n0] = buckets(c, x);
+  const auto [b1, n1] = buckets(c, shifted);
+  EXPECT_GT(n0, 20);  // 64 possible ids, 200 i.i.d. rows
+  EXPECT_EQ(b0, b1);
+  const auto [raw, n_raw] = buckets(Lsh(2, 4), shifted);
+  EXPECT_LE(n_raw, 2);  // one bucket, or two where v sits near a boundary of the hash
+}
+
+// target_compression keeps, per group, the longest prefix code_1..code_l with n / B_l ≥ target
+// (l = 1 if none), checked against the bucket counts of every prefix recomputed from hash().
+TEST(LshDispatcher, TargetCompressionKeepsTheLongestPrefixThatReachesIt) {
+  const int T = 300, h = 16, L = 4, r = 3;
+  const std::vector<float> x = Clustered(T, h, 6, 5, 1.0f, 0.6f);
+  LshCompressor full(Lsh(L, r), h);
+  std::vector<uint64_t> ids(T);
+  full.hash(ids.data(), x.data(), T);
+  std::vector<int64_t> B(L + 1, 0);
+  uint64_t mod = 1;
+  for (int l = 1; l <= L; ++l) {
+    mod *= 2 * r;
+    std::vector<uint64_t> p(ids);
+    for (uint64_t& id : p) id %= mod;
+    std::sort(p.begin(), p.end());
+    B[l] = std::unique(p.begin(), p.end()) - p.begin();
+  }
+  ASSERT_LT(B[1], B[L]);  // the codes do refine this data
+  const Routing rt = OneGroup(T);
+  int distinct_choices = 0, last = 0;
+  for (double target : {1.0, 2.0, 3.0, 5.0, 8.0, 15.0, 40.0, 1000.0}) {
+    int want = 1;
+    for (int l = 1; l <= L; ++l)
+      if (double(T) >= target * double(B[l])) want = l;
+    LshOptions o = Lsh(L, r);
+    o.target_compression = target;
+    LshDispatcher d(4, h, nullptr, o);
+    d.preprocess(rt, x.data());
+    EXPECT_EQ(d.metrics().centroids, B[want]) << "target " << target;
+    EXPECT_EQ(d.metrics().mean_hash_codes(), want) << "target " << target;
+    distinct_choices += want != last;
+    last = want;
+  }
+  EXPECT_GE(distinct_choices, 3);  // the targets do exercise several prefixes
+}
+
+// warmup_steps = 2: the first two training passes are the plain path bit for bit; the third is
+// compressed. Evaluation forwards (no backward) do not advance the clock.
+TEST(LshDispatcher, WarmupRunsThePlainPathFirst) {
+  MoeOptions cfg;
+  cfg.num_experts = 4;
+  cfg.top_k = 2;
+  const int T = 64, h = 16, f = 24;
+  const std::vector<float> x = Clustered(T, h, 3, 2), dout = Randn(x.size(), 3);
+  MoeLayer plain(cfg, h, f, T, nullptr, nullptr), lsh(cfg, h, f, T, nullptr, nullptr);
+  plain.init(17, 0.3, 0.2);
+  lsh.init(17, 0.3, 0.2);
+  LshOptions o = Lsh(1, 4);
+  o.warmup_steps = 2;
+  LshDispatcher& d = UseLsh(lsh, h, nullptr, o);
+  std::vector<float> a(x.size()), b(x.size()), da(x.size()), db(x.size());
+  for (int step = 0; step < 3; ++step) {
+    plain.forward(a.data(), x.data(), T);
+    lsh.forward(b.data(), x.data(), T);  // an extra forward, as an evaluation would run
+    lsh.forward(b.data(), x.data(), T);
+    std::fill(da.begin(), da.end(), 0.0f);
+    std::fill(db.begin(), db.end(), 0.0f);
+    plain.backward(da.data(), dout.data(), 1.0f);
+    lsh.backward(db.data(), dout.data(), 1.0f);
+    if (step < 2) {
+      EXPECT_TRUE(d.metrics().warmup) << step;
+      EXPECT_EQ(d.metrics().compression_ratio(), 1.0) << step;
+      EXPECT_EQ(a, b) << step;
+      EXPECT_EQ(da, db) << step;
+    } else {
+      EXPECT_FALSE(d.metrics().warmup);
+      EXPECT_GT(d.metrics().compression_ratio(), 4.0);
+      EXPECT_NE(a, b);
+    }
+  }
+}
+
+// Without compensation, identity experts give each token the weighted mean of its buckets'
+// centroids, Σ_j w_j c_b(j), not the token.
+TEST(LshDispatcher, UncompensatedIdentityExpertsGiveTheCentroids) {
+  const int T = 60, h = 8;
+  const std::vector<float> x = Clustered(T, h, 3, 21, 3.0f, 0.3f);
+  const Routing r = OneGroup(T);
+  LshOptions o = Lsh(1, 4);
+  o.compensate = false;
+  LshDispatcher d(4, h, nullptr, o);
+  d.preprocess(r, x.data());
+  const ExpertBatch b = d.dispatch(x.data());
+  std::vector<float> out(x.size());
+  d.combine(out.data(), b.x);
+  ASSERT_GT(d.metrics().compression_ratio(), 4.0);
+  const std::vector<int64_t>& pos = d.assignment_centroid();
+  for (int t = 0; t < T; ++t) {
+    for (int j = 0; j < h; ++j) {
+      double c = 0;
+      int n = 0;
+      for (int u = 0; u < T; ++u) {
+        if (pos[u] != pos[t]) continue;
+        c += x[size_t(u) * h + j];
+        ++n;
+      }
+      EXPECT_NEAR(out[size_t(t) * h + j], c / n, 1e-5) << t;
+    }
   }
 }
 

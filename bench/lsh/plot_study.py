@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""Summarises bench/lsh/study.sh: validation curves (mean over seeds, PNG), a Markdown table and
+JSON lines, from <out>/<setting>-s<seed>/metrics.jsonl.
+
+Per setting: final validation loss (mean and spread over seeds), its difference to plain MoE, the
+share of plain MoE's gain over dense it keeps, (dense - setting) / (dense - plain), and the
+all-to-all row ratio (plain rows / rows sent, the whole run, warm-up steps counted as 1:1; at
+ep > 1 the bytes follow the rows, docs/lsh.md). Usage: plot_study.py OUT SETTING...
+"""
+import glob
+import json
+import os
+import statistics
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def load(path):
+    val, comp = {}, []
+    for line in open(path):
+        r = json.loads(line)
+        if "val_loss" in r:
+            val[r["step"]] = r["val_loss"]
+        elif "moe" in r and "loss" in r:
+            comp.append(r["moe"].get("lsh", {}).get("compression_ratio", 1.0))
+    # rows per step are the same every step: the run's ratio is the harmonic mean
+    ratio = len(comp) / sum(1.0 / c for c in comp) if comp else None
+    return val, ratio
+
+
+def main():
+    out, settings = sys.argv[1], sys.argv[2:]
+    runs = {}
+    for s in settings:
+        for d in sorted(glob.glob(f"{out}/{s}-s*/metrics.jsonl")):
+            seed = int(d.split("-s")[-1].split("/")[0])
+            runs.setdefault(s, {})[seed] = load(d)
+    final = {}
+    for s, by_seed in runs.items():
+        last = [v[max(v)] for v, _ in by_seed.values() if v]
+        ratios = [r for _, r in by_seed.values() if r]
+        final[s] = {
+            "seeds": sorted(by_seed),
+            "val_loss": statistics.mean(last),
+            "spread": (max(last) - min(last)) if len(last) > 1 else 0.0,
+            "rows_ratio": statistics.mean(ratios) if ratios else None,
+            "steps": max(max(v) for v, _ in by_seed.values() if v),
+        }
+    plain, dense = final.get("plain"), final.get("dense")
+    rows = []
+    for s in settings:
+        if s not in final:
+            continue
+        f = final[s]
+        kept = None
+        if plain and dense and dense["val_loss"] != plain["val_loss"]:
+            kept = (dense["val_loss"] - f["val_loss"]) / (dense["val_loss"] - plain["val_loss"])
+        rel = (f["val_loss"] - plain["val_loss"]) / plain["val_loss"] if plain else None
+        row = {"name": "lsh_study_final_val_loss", "setting": s, "value": f["val_loss"],
+               "unit": "nats", "spread": f["spread"], "seeds": f["seeds"], "steps": f["steps"],
+               "peer": "plain", "peer_value": plain["val_loss"] if plain else None,
+               "relative_to_plain": rel, "gain_over_dense_kept": kept,
+               "a2a_rows_ratio": f["rows_ratio"]}
+        rows.append(row)
+        print(json.dumps(row))
+    with open(f"{out}/table.md", "w") as t:
+        t.write("| setting | seeds | steps | final val loss (mean) | spread | vs plain | "
+                "gain over dense kept | a2a rows plain/sent |\n|---|---|---|---|---|---|---|---|\n")
+        for r in rows:
+            fmt = lambda v, p: "—" if v is None else f"{v:{p}}"
+            t.write(f"| {r['setting']} | {len(r['seeds'])} | {r['steps']} | {r['value']:.4f} | "
+                    f"{r['spread']:.4f} | {fmt(r['relative_to_plain'], '+.2%')} | "
+                    f"{fmt(r['gain_over_dense_kept'], '.0%')} | {fmt(r['a2a_rows_ratio'], '.1f')} |\n")
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for s in settings:
+        if s not in runs:
+            continue
+        steps = sorted(set.intersection(*[set(v) for v, _ in runs[s].values()]))
+        mean = [statistics.mean(v[k] for v, _ in runs[s].values()) for k in steps]
+        ax.plot(steps, mean, marker="o", ms=3, label=f"{s} ({len(runs[s])} seeds)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("validation loss (nats, mean over seeds)")
+    ax.set_title("Brown, d128, 2 blocks, 8 experts top-2 (reduced study)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    lo = min(min(statistics.mean(v[k] for v, _ in runs[s].values())
+                 for k in set.intersection(*[set(v) for v, _ in runs[s].values()]))
+             for s in runs)
+    ax.set_ylim(lo - 0.05, lo + 1.2)
+    fig.tight_layout()
+    fig.savefig(f"{out}/val_curves.png", dpi=110)
+    print(json.dumps({"table": f"{out}/table.md", "plot": f"{out}/val_curves.png"}))
+
+
+if __name__ == "__main__":
+    main()

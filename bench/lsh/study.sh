@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Reduced quality study (docs/lsh.md#quality-study): a dense model, the plain MoE model and
+# LSH-MoE settings trained on Brown with grove-worker, one process per run (ep = 1: the groups
+# and buckets are those of one rank holding the whole batch), the runs of one seed back to back,
+# --jobs runs at a time. Writes <out>/<setting>-s<seed>/metrics.jsonl and then runs
+# plot_study.py: validation curves (PNG), a Markdown table and JSON lines.
+# Usage: bench/lsh/study.sh [--steps 300] [--seeds "1 2"] [--jobs 2] [--build build]
+#        [--out runs/lsh-study] [--settings "dense plain lsh_l1_xc lsh_default"]
+# Needs the prepared dataset (launch/setup.sh: runs/data-brown-8192) and python3-matplotlib.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+STEPS=300
+SEEDS="1 2"
+JOBS=2
+BUILD=${GROVE_BUILD_DIR:-build}
+OUT=runs/lsh-study
+SETTINGS="dense plain lsh_l1_xc lsh_default"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --steps) STEPS=$2; shift 2 ;;
+    --seeds) SEEDS=$2; shift 2 ;;
+    --jobs) JOBS=$2; shift 2 ;;
+    --build) BUILD=$2; shift 2 ;;
+    --out) OUT=$2; shift 2 ;;
+    --settings) SETTINGS=$2; shift 2 ;;
+    *) echo "unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+WORKER="$BUILD/worker/grove-worker"
+[ -x "$WORKER" ] || { echo "no $WORKER (build the grove-worker target)" >&2; exit 2; }
+mkdir -p "$OUT"
+
+# d_model 128, 2 blocks, MoE: 8 experts top-2 of SwiGLU ffn 384 (the automatic 8/3·d); dense:
+# ffn 768 = the two active experts' hidden size, so dense and MoE have the same active
+# parameters per token.
+cat > "$OUT/base.json" <<JSON
+{
+  "model": {"vocab_size": 8192, "d_model": 128, "n_layers": 2, "n_heads": 4, "max_seq_len": 128,
+            "moe": {"num_experts": 8, "top_k": 2, "every": 1}},
+  "train": {"batch_size": 8, "seq_len": 128, "steps": $STEPS, "lr": 2e-3, "min_lr": 2e-4,
+            "beta2": 0.99, "warmup_steps": 20, "eval_every": 25, "eval_batches": 16,
+            "checkpoint_every": 0, "recompute": "none", "threads": 1},
+  "data": {"dir": "runs/data-brown-8192"},
+  "parallel": {"tp": 1, "ep": 1},
+  "out_dir": "$OUT/unused"
+}
+JSON
+
+settings_of() {  # the --set arguments of one setting
+  local L="--set model.moe.lsh.enabled=true"
+  case "$1" in
+    dense) echo "--set model.moe.num_experts=0 --set model.ffn_hidden=768" ;;
+    plain) echo "" ;;
+    # the earlier default: one hash of 16 buckets, raw rows, x − c, no warm-up
+    lsh_l1_xc) echo "$L --set model.moe.lsh.num_hashes=1 --set model.moe.lsh.center=false \
+      --set model.moe.lsh.target_compression=0 --set model.moe.lsh.warmup_steps=0" ;;
+    # three raw hashes from the first step: the collapse
+    lsh_l3_xc) echo "$L --set model.moe.lsh.num_hashes=3 --set model.moe.lsh.center=false \
+      --set model.moe.lsh.target_compression=0 --set model.moe.lsh.warmup_steps=0" ;;
+    lsh_default) echo "$L" ;;
+    lsh_default_l8) echo "$L --set model.moe.lsh.num_hashes=8" ;;
+    lsh_default_t8) echo "$L --set model.moe.lsh.target_compression=8" ;;
+    *) echo "unknown setting $1" >&2; exit 2 ;;
+  esac
+}
+
+export OMP_NUM_THREADS=1
+running=0
+for seed in $SEEDS; do
+  for s in $SETTINGS; do
+    name="$s-s$seed"
+    rm -rf "${OUT:?}/$name"
+    # shellcheck disable=SC2046
+    "$WORKER" train --config "$OUT/base.json" --set "out_dir=$OUT/$name" \
+      --set "model.seed=$seed" --set "train.seed=$seed" $(settings_of "$s") \
+      > "$OUT/$name.log" 2>&1 &
+    running=$((running + 1))
+    if [ "$running" -ge "$JOBS" ]; then
+      wait -n
+      running=$((running - 1))
+    fi
+  done
+done
+wait
+/usr/bin/python3 bench/lsh/plot_study.py "$OUT" $SETTINGS
