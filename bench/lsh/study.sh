@@ -59,6 +59,7 @@ settings_of() {  # the --set arguments of one setting
       --set model.moe.lsh.target_compression=0 --set model.moe.lsh.warmup_steps=0" ;;
     lsh_default) echo "$L" ;;
     lsh_default_l8) echo "$L --set model.moe.lsh.num_hashes=8" ;;
+    lsh_default_l1) echo "$L --set model.moe.lsh.num_hashes=1" ;;
     lsh_default_t8) echo "$L --set model.moe.lsh.target_compression=8" ;;
     *) echo "unknown setting $1" >&2; exit 2 ;;
   esac
