@@ -1,5 +1,6 @@
-// LocalMoe<B>: a mixture-of-experts MLP with every expert on this device, dropless, made of the
-// backend's MoE kernels (kernels/backend.h):
+// LocalMoe<B>: a dropless mixture-of-experts MLP made of the backend's MoE kernels
+// (kernels/backend.h), with every expert on this device or, with an expert-parallel group of P
+// ranks, E/P experts on each (rank q owns experts [q·E/P, (q+1)·E/P)):
 //
 //   logits = x · Wr^T (fp32)           route:   probs, lse, top-k ids, combine weights, counts
 //   xp     = permute(x)                rows grouped by expert: expert e owns rows
@@ -7,11 +8,19 @@
 //   yp     = Wdown_e · (silu(Wgate_e·xp) * Wup_e·xp)   one GEMM per expert on its rows
 //   out[n] = Σ_j weight[n,j] · yp[row_of[n·k + j]]
 //
+// Expert parallelism (the plain all-to-all dispatch, as parallel::MoeLayer's AllToAllDispatcher):
+// xp is sorted by global expert, so the rows for rank q are one contiguous block; the per-expert
+// counts go first (an all_to_all of E/P counts per rank, through the host: the one host round trip
+// of the layer), then the rows (all_to_all_v on the device buffers). The received rows are grouped
+// by source rank and, within a source, by local expert; the expert GEMMs run per (source, expert)
+// block, the outputs travel back by the reverse all_to_all_v, and the backward repeats both
+// exchanges for dy and dx. Its buffers for received rows grow to the largest count seen (dropless:
+// a rank may receive up to P·N·k rows).
+//
 // The aux (Switch load balancing) and z losses are taken over the statistics group (the
 // data-parallel batch), as parallel::MoeLayer takes them (docs/moe.md). This is the MoE of the
-// CUDA backend today (expert parallelism, capacity dropping and the LSH-compressed all-to-all are
-// parallel::MoeLayer's, on the CPU backend); its interface is MoeLayer's so that the transformer
-// drives either one.
+// CUDA backend (capacity dropping and the LSH-compressed all-to-all are parallel::MoeLayer's, on
+// the CPU backend); its interface is MoeLayer's so that the transformer drives either one.
 //
 // Parameters are views bound by the owner (bind): the router and experts of one block, in the
 // compute type for the GEMMs, their fp32 gradients. Per layer it keeps the routing and the
@@ -19,6 +28,7 @@
 // by every layer (MoeScratch).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <vector>
@@ -27,6 +37,7 @@
 #include "core/tensor.h"
 #include "kernels/kernel_types.h"
 #include "model/weights.h"
+#include "parallel/backend_collectives.h"
 #include "parallel/moe_layer.h"  // MoeMetrics
 #include "spec/model_config.h"
 
@@ -57,8 +68,10 @@ class LocalMoe {
     return s;
   }
 
+  // `ep`: the expert-parallel group (null or of size one: every expert here); the bound experts
+  // are then this rank's E/P.
   LocalMoe(const MoeOptions& m, int h, int fe, int max_tokens, comm::Communicator* stats,
-           Scratch* scratch)
+           Scratch* scratch, comm::Communicator* ep = nullptr)
       : m_(m),
         E_(m.num_experts),
         k_(m.top_k),
@@ -66,10 +79,15 @@ class LocalMoe {
         fe_(fe),
         N_(max_tokens),
         stats_(stats),
-        s_(scratch) {
+        s_(scratch),
+        ep_(parallel::active(ep) ? ep : nullptr),
+        P_(ep_ ? ep_->size() : 1),
+        El_(E_ / P_) {
     GROVE_CHECK(k_ >= 1 && k_ <= B::kMoeMaxTopK && k_ <= E_)
         << "model.moe.top_k=" << k_ << " must lie in [1, min(num_experts, " << B::kMoeMaxTopK
         << ")]";
+    GROVE_CHECK(E_ % P_ == 0) << "model.moe.num_experts=" << E_
+                              << " is not divisible by parallel.ep=" << P_;
     const int64_t A = int64_t(N_) * k_;
     auto dev = [](Shape s, DType d) { return Tensor::empty(std::move(s), d, B::kDevice); };
     logits_ = dev({N_, E_}, DType::kF32);
@@ -89,6 +107,10 @@ class LocalMoe {
     eact_ = dev({A, fe_}, B::kDType);
     yp_ = dev({A, h_}, B::kDType);
     offsets_host_.assign(E_ + 1, 0);
+    if (ep_) {
+      cnt_dev_ = dev({E_}, DType::kI32);
+      cnt_recv_dev_ = dev({E_}, DType::kI32);
+    }
     metrics_.tokens_per_expert.assign(E_, 0);
     metrics_.dropped_per_expert.assign(E_, 0);
   }
@@ -118,11 +140,15 @@ class LocalMoe {
     B::moe_permute(p(xp_), i32(offsets_), i32(row_of_), in, i32(expert_), i32(counts_), N_, k_, E_,
                    h_);
     B::download(offsets_host_.data(), offsets_.raw(), sizeof(int32_t) * (E_ + 1));
-    const int32_t* off = offsets_host_.data();
-    B::grouped_linear_forward(p(egate_), p(xp_), cw(w_gate_), off, E_, h_, fe_);
-    B::grouped_linear_forward(p(eup_), p(xp_), cw(w_up_), off, E_, h_, fe_);
-    B::swiglu_forward(p(eact_), p(egate_), p(eup_), int64_t(N_) * k_ * fe_);
-    B::grouped_linear_forward(p(yp_), p(eact_), cw(w_down_), off, E_, fe_, h_);
+    if (ep_) {
+      forward_expert_parallel();
+    } else {
+      const int32_t* off = offsets_host_.data();
+      B::grouped_linear_forward(p(egate_), p(xp_), cw(w_gate_), off, E_, h_, fe_);
+      B::grouped_linear_forward(p(eup_), p(xp_), cw(w_up_), off, E_, h_, fe_);
+      B::swiglu_forward(p(eact_), p(egate_), p(eup_), int64_t(N_) * k_ * fe_);
+      B::grouped_linear_forward(p(yp_), p(eact_), cw(w_down_), off, E_, fe_, h_);
+    }
     B::moe_unpermute(out, p(yp_), f(weight_), i32(row_of_), N_, k_, h_);
     return loss;
   }
@@ -131,20 +157,13 @@ class LocalMoe {
   void backward(T* din, const T* dout, float loss_scale) {
     const int64_t A = int64_t(N_) * k_;
     const int32_t* off = offsets_host_.data();
-    const size_t es = sizeof(T);
     B::moe_unpermute_backward(p(s_->dyp), f(s_->dweight), dout, p(yp_), f(weight_), i32(row_of_),
                               N_, k_, h_);
-    B::zero(s_->deact.raw(), es * A * fe_);
-    B::grouped_linear_backward(p(s_->deact), f(g_down_), p(s_->dyp), p(eact_), cw(w_down_), off, E_,
-                               fe_, h_);
-    B::zero(s_->degate.raw(), es * A * fe_);
-    B::zero(s_->deup.raw(), es * A * fe_);
-    B::swiglu_backward(p(s_->degate), p(s_->deup), p(s_->deact), p(egate_), p(eup_), A * fe_);
-    B::zero(s_->dxp.raw(), es * A * h_);
-    B::grouped_linear_backward(p(s_->dxp), f(g_gate_), p(s_->degate), p(xp_), cw(w_gate_), off, E_,
-                               h_, fe_);
-    B::grouped_linear_backward(p(s_->dxp), f(g_up_), p(s_->deup), p(xp_), cw(w_up_), off, E_, h_,
-                               fe_);
+    if (ep_) {
+      backward_expert_parallel();
+    } else {
+      experts_backward(p(s_->dyp), p(s_->dxp), p(xp_), p(egate_), p(eup_), p(eact_), A, {off});
+    }
     B::moe_permute_backward(din, p(s_->dxp), i32(row_of_), N_, k_, h_);
     B::moe_router_backward(f(s_->dlogits), f(s_->dweight), f(probs_), f(lse_), i32(expert_),
                            f(weight_), i32(counts_all_), metrics_.tokens, m_.aux_loss_coef,
@@ -160,13 +179,115 @@ class LocalMoe {
   size_t stash_bytes() const {
     size_t n = 0;
     for (const Tensor* t :
-         {&logits_, &probs_, &lse_, &expert_, &weight_, &counts_, &counts_all_, &prob_sum_,
-          &lse_sq_, &offsets_, &row_of_, &xp_, &egate_, &eup_, &eact_, &yp_})
+         {&logits_,   &probs_,  &lse_,     &expert_, &weight_, &counts_, &counts_all_,
+          &prob_sum_, &lse_sq_, &offsets_, &row_of_, &xp_,     &egate_,  &eup_,
+          &eact_,     &yp_,     &xr_,      &rgate_,  &rup_,    &ract_})
       n += t->bytes();
     return n;
   }
 
  private:
+  // The experts' backward over `rows` rows grouped into blocks (each block: El_ + 1 absolute row
+  // offsets, one expert's rows per range): dx [rows, h] (written) from dy [rows, h] and the
+  // forward's x, gate, up, act; the expert gradients +=.
+  void experts_backward(const T* dy, T* dx, const T* x, const T* gate, const T* up, const T* act,
+                        int64_t rows, const std::vector<const int32_t*>& blocks) {
+    const size_t es = sizeof(T);
+    const int E = ep_ ? El_ : E_;
+    ensure(s_->deact, rows, fe_);
+    ensure(s_->degate, rows, fe_);
+    ensure(s_->deup, rows, fe_);
+    B::zero(s_->deact.raw(), es * rows * fe_);
+    for (const int32_t* off : blocks)
+      B::grouped_linear_backward(p(s_->deact), f(g_down_), dy, act, cw(w_down_), off, E, fe_, h_);
+    B::zero(s_->degate.raw(), es * rows * fe_);
+    B::zero(s_->deup.raw(), es * rows * fe_);
+    B::swiglu_backward(p(s_->degate), p(s_->deup), p(s_->deact), gate, up, rows * fe_);
+    B::zero(dx, es * rows * h_);
+    for (const int32_t* off : blocks) {
+      B::grouped_linear_backward(dx, f(g_gate_), p(s_->degate), x, cw(w_gate_), off, E, h_, fe_);
+      B::grouped_linear_backward(dx, f(g_up_), p(s_->deup), x, cw(w_up_), off, E, h_, fe_);
+    }
+  }
+
+  // Grows t to at least [rows, cols] of the compute type (contents not kept).
+  static void ensure(Tensor& t, int64_t rows, int64_t cols) {
+    if (!t.defined() || t.numel() < rows * cols)
+      t = Tensor::empty({std::max<int64_t>(rows, 1), cols}, B::kDType, B::kDevice);
+  }
+
+  // Expert parallelism, forward: counts, rows out, the local experts, rows back (into yp_).
+  void forward_expert_parallel() {
+    const int32_t* off = offsets_host_.data();
+    // Counts: block q of cnt (E/P entries) = my rows for rank q's experts; block s of recv_cnt_ =
+    // rank s's rows for my experts.
+    std::vector<int32_t> cnt(E_);
+    for (int e = 0; e < E_; ++e) cnt[e] = off[e + 1] - off[e];
+    B::upload(cnt_dev_.raw(), cnt.data(), sizeof(int32_t) * E_);
+    parallel::all_to_all_v<B>(ep_, cnt_dev_.raw(), std::vector<int64_t>(P_, El_),
+                              cnt_recv_dev_.raw(), std::vector<int64_t>(P_, El_), DType::kI32);
+    recv_cnt_.resize(E_);
+    B::download(recv_cnt_.data(), cnt_recv_dev_.raw(), sizeof(int32_t) * E_);
+    send_rows_.assign(P_, 0);
+    recv_rows_.assign(P_, 0);
+    for (int q = 0; q < P_; ++q)
+      for (int e = 0; e < El_; ++e) {
+        send_rows_[q] += cnt[q * El_ + e];
+        recv_rows_[q] += recv_cnt_[q * El_ + e];
+      }
+    // Per source block: El_ + 1 absolute row offsets into the received rows.
+    R_ = 0;
+    block_off_.assign(size_t(P_) * (El_ + 1), 0);
+    for (int s = 0; s < P_; ++s) {
+      int32_t* o = &block_off_[size_t(s) * (El_ + 1)];
+      o[0] = static_cast<int32_t>(R_);
+      for (int e = 0; e < El_; ++e) o[e + 1] = o[e] + recv_cnt_[s * El_ + e];
+      R_ += recv_rows_[s];
+    }
+    ensure(xr_, R_, h_);
+    ensure(rgate_, R_, fe_);
+    ensure(rup_, R_, fe_);
+    ensure(ract_, R_, fe_);
+    ensure(yr_, R_, h_);
+    metrics_.a2a_bytes_sent = 0;
+    rows_exchange(p(xp_), p(xr_), /*to_experts=*/true);
+    const std::vector<const int32_t*> blocks = source_blocks();
+    for (const int32_t* o : blocks) {
+      B::grouped_linear_forward(p(rgate_), p(xr_), cw(w_gate_), o, El_, h_, fe_);
+      B::grouped_linear_forward(p(rup_), p(xr_), cw(w_up_), o, El_, h_, fe_);
+    }
+    B::swiglu_forward(p(ract_), p(rgate_), p(rup_), R_ * fe_);
+    for (const int32_t* o : blocks)
+      B::grouped_linear_forward(p(yr_), p(ract_), cw(w_down_), o, El_, fe_, h_);
+    rows_exchange(p(yr_), p(yp_), /*to_experts=*/false);
+  }
+
+  // Expert parallelism, backward: dy to the experts, their backward, dx back (into s_->dxp).
+  void backward_expert_parallel() {
+    ensure(dyr_, R_, h_);
+    ensure(dxr_, R_, h_);
+    rows_exchange(p(s_->dyp), p(dyr_), /*to_experts=*/true);
+    experts_backward(p(dyr_), p(dxr_), p(xr_), p(rgate_), p(rup_), p(ract_), R_, source_blocks());
+    rows_exchange(p(dxr_), p(s_->dxp), /*to_experts=*/false);
+  }
+
+  std::vector<const int32_t*> source_blocks() const {
+    std::vector<const int32_t*> blocks;
+    for (int s = 0; s < P_; ++s) blocks.push_back(&block_off_[size_t(s) * (El_ + 1)]);
+    return blocks;
+  }
+
+  // [rows, h] rows of T: token order (sorted by global expert) -> the experts' ranks, or back.
+  void rows_exchange(const T* in, T* out, bool to_experts) {
+    std::vector<int64_t> send(P_), recv(P_);
+    for (int q = 0; q < P_; ++q) {
+      send[q] = int64_t(to_experts ? send_rows_[q] : recv_rows_[q]) * h_;
+      recv[q] = int64_t(to_experts ? recv_rows_[q] : send_rows_[q]) * h_;
+      if (q != ep_->rank()) metrics_.a2a_bytes_sent += send[q] * int64_t(sizeof(T));
+    }
+    parallel::all_to_all_v<B>(ep_, in, send, out, recv, B::kDType);
+  }
+
   // This device's router statistics -> those of the statistics group; aux + z of this layer.
   float reduce_router_stats() {
     std::vector<int32_t> counts(E_);
@@ -199,12 +320,22 @@ class LocalMoe {
   int E_, k_, h_, fe_, N_;
   comm::Communicator* stats_;
   Scratch* s_;
+  comm::Communicator* ep_;  // null: every expert here
+  int P_, El_;              // ep size, experts per rank
   const T* in_ = nullptr;
   Tensor w_router_, w_gate_, w_up_, w_down_, g_router_, g_gate_, g_up_, g_down_;
   Tensor logits_, probs_, lse_, expert_, weight_, counts_, counts_all_, prob_sum_, lse_sq_,
       offsets_, row_of_, xp_, egate_, eup_, eact_, yp_;
   std::vector<int32_t> offsets_host_;
   parallel::MoeMetrics metrics_;
+  // Expert parallelism: per-expert counts (device [E] for the exchange, host copies), rows per
+  // rank each way, the received rows' (source, expert) block offsets, and the received rows'
+  // activations [R, ...] (kept for the backward) and gradients.
+  Tensor cnt_dev_, cnt_recv_dev_;
+  std::vector<int32_t> recv_cnt_, block_off_;
+  std::vector<int64_t> send_rows_, recv_rows_;
+  int64_t R_ = 0;
+  Tensor xr_, rgate_, rup_, ract_, yr_, dyr_, dxr_;
 };
 
 }  // namespace grove

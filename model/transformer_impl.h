@@ -2,9 +2,9 @@
 // instantiate a backend: model/transformer.cc (CpuBackend) and model/cuda/cuda_transformer.cc
 // (CudaBackend<float>, CudaBackend<bf16>). Tensor and sequence parallelism run on every backend
 // (parallel/tensor_parallel.h, parallel/vocab_parallel.h are templates over B), and so does
-// context parallelism (parallel/cp_attention.h, zigzag.h); the code reached only with expert
-// parallelism, capacity or LSH sits under `if constexpr (kHost)`: those run on the host backend
-// so far.
+// context parallelism (parallel/cp_attention.h, zigzag.h); expert parallelism is MoeImpl's
+// (parallel::MoeLayer on the host, LocalMoe<B> on a device); the code reached only with capacity
+// dropping or LSH sits under `if constexpr (kHost)`: those run on the host backend so far.
 #pragma once
 
 #include <cmath>
@@ -38,11 +38,6 @@ Status TransformerT<B>::Supports(const ModelConfig& c, int batch, int seq,
                          std::to_string(c.max_seq_len) + "]");
   if constexpr (!kHost) {
     const std::string dev = std::string(" on train.device=cuda");
-    if (par.grid != nullptr && par.grid->shape().ep > 1)
-      return Status::Error("parallel.ep=" + std::to_string(par.grid->shape().ep) +
-                           ": expert parallelism runs on train.device=cpu only so far; set "
-                           "parallel.ep=1" +
-                           dev);
     if (c.moe.num_experts > 0 && c.moe.capacity_factor > 0)
       return Status::Error("model.moe.capacity_factor=" + std::to_string(c.moe.capacity_factor) +
                            ": the experts are dropless" + dev +
@@ -189,7 +184,7 @@ TransformerT<B>::TransformerT(const ModelConfig& config, int batch, int seq, Rec
       } else {
         // Under SP each TP rank routes its own sequence shard (rows_ tokens).
         moe_[l] = std::make_unique<LocalMoe<B>>(mc, h_, fe, static_cast<int>(rows_), stats,
-                                                moe_scratch_.get());
+                                                moe_scratch_.get(), ep_group);
         moe_[l]->bind(w.router, w.e_gate, w.e_up, w.e_down, g.router, g.e_gate, g.e_up, g.e_down);
         allocated_ += int64_t(moe_[l]->stash_bytes());
       }

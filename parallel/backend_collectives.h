@@ -14,6 +14,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <span>
 #include <vector>
 
 #include "comm/communicator.h"
@@ -126,6 +127,30 @@ comm::Work ring_exchange_async(comm::Communicator* group, const void* send, void
   group->all_to_all_v(host, send_counts, host + bytes, recv_counts, dtype);
   B::upload(recv, host + bytes, bytes);
   return {};
+}
+
+// all_to_all_v on B's buffers (comm/communicator.h's semantics, counts in elements): direct on a
+// group that works on B's memory, else staged through host memory. A null group or a group of
+// one copies its own block.
+template <class B>
+void all_to_all_v(comm::Communicator* group, const void* in, std::span<const int64_t> send_counts,
+                  void* out, std::span<const int64_t> recv_counts, DType dtype) {
+  const size_t es = dtype_size(dtype);
+  if (!active(group)) {
+    B::copy(out, in, size_t(send_counts.empty() ? 0 : send_counts[0]) * es);
+    return;
+  }
+  if (group->device() == B::kDevice) {
+    group->all_to_all_v(in, send_counts, out, recv_counts, dtype);
+    return;
+  }
+  int64_t sent = 0, received = 0;
+  for (int64_t c : send_counts) sent += c;
+  for (int64_t c : recv_counts) received += c;
+  std::byte* host = backend_collectives_detail::staging(size_t(sent + received) * es).data();
+  B::download(host, in, size_t(sent) * es);
+  group->all_to_all_v(host, send_counts, host + size_t(sent) * es, recv_counts, dtype);
+  B::upload(out, host + size_t(sent) * es, size_t(received) * es);
 }
 
 }  // namespace grove::parallel

@@ -122,10 +122,6 @@ Status TrainConfig::Validate() const {
         "train.device=cuda but this build has no CUDA support: rebuild with "
         "-DGROVE_CUDA=ON on a machine with the CUDA toolkit, or set train.device=cpu");
 #endif
-    if (parallel.ep != 1)
-      return err("parallel.ep=" + std::to_string(parallel.ep) +
-                 ": train.device=cuda keeps every expert on each GPU so far; set parallel.ep=1 "
-                 "(or train.device=cpu for expert parallelism)");
     if (model.moe.num_experts > 0 && model.moe.capacity_factor > 0)
       return err(
           "train.device=cuda runs dropless experts only: set model.moe.capacity_factor=0 "

@@ -8,6 +8,9 @@
 # (MODE cp):
 #   cp=2 tree attention, recompute=selective (2 ranks)
 #   cp=2 ring attention, recompute=full      (2 ranks)
+# (MODE ep; a MoE model, 4 experts, top-2, every second block, dropless, against its 1-rank run):
+#   ep=2 x dp=2 (edp 1), recompute=selective (2 ranks)
+#   ep=2 x dp=2, recompute=full              (2 ranks)
 # Under the emulated worker (tests/cuda_emu) every group of the grid is MPI on emulated device
 # memory, so the model's TP collectives and DP buckets run on the device buffers directly (the
 # describe line of the log, checked below, says so). Compared per step: the loss and the
@@ -22,8 +25,10 @@
 # Context parallelism merges each query row's attention from partials over key chunks (another
 # fp32 summation order), with the same tolerance; measured worst 3.1e-7 (ring, grad norm). Making
 # tree attention finish every rank's rows with rank 0's lse maximum (a deliberate break) is caught
-# by tests/model/cuda_parallel_equivalence_test.cc (gradient errors O(100)).
-# usage: gpu_tp_train.sh GROVE_WORKER MPIEXEC DATA_DIR [tp|cp]
+# by tests/model/cuda_parallel_equivalence_test.cc (gradient errors O(100)). Expert parallelism:
+# measured worst 2.7e-8 (grad norm); grouping the received rows by the wrong source's counts (a
+# deliberate break) ends the ep run with a cuBLAS error and fails the model test by 0.32.
+# usage: gpu_tp_train.sh GROVE_WORKER MPIEXEC DATA_DIR [tp|cp|ep]
 set -euo pipefail
 worker=$1 mpiexec=$2 data=$3 mode=${4:-tp}
 tmp=$(mktemp -d)
@@ -41,21 +46,32 @@ args=(train --set model.d_model=32 --set model.n_layers=2 --set model.n_heads=4
       --set train.precision=fp32 --set "data.dir=$data")
 sp=(--set parallel.sequence_parallel=true)
 
+if [[ $mode == ep ]]; then
+  args+=(--set model.moe.num_experts=4 --set model.moe.top_k=2 --set model.moe.every=2
+         --set model.moe.capacity_factor=0)
+fi
 "$worker" "${args[@]}" --set "out_dir=$tmp/tp1" > "$tmp/tp1.log"
-if [[ $mode == cp ]]; then
+if [[ $mode == ep ]]; then
+  mpi 2 "$worker" "${args[@]}" --ep 2 --set train.recompute=selective \
+    --set "out_dir=$tmp/ep2" > "$tmp/ep2.log"
+  mpi 2 "$worker" "${args[@]}" --ep 2 --set train.recompute=full \
+    --set "out_dir=$tmp/ep2full" > "$tmp/ep2full.log"
+  runs=(ep2 ep2full)
+  layout="ep=2"
+elif [[ $mode == cp ]]; then
   mpi 2 "$worker" "${args[@]}" --cp 2 --set parallel.cp_attention=tree \
     --set train.recompute=selective --set "out_dir=$tmp/cp2tree" > "$tmp/cp2tree.log"
   mpi 2 "$worker" "${args[@]}" --cp 2 --set parallel.cp_attention=ring \
     --set train.recompute=full --set "out_dir=$tmp/cp2ring" > "$tmp/cp2ring.log"
   runs=(cp2tree cp2ring)
-  expect="cp=2"
+  layout="cp=2"
 else
   mpi 2 "$worker" "${args[@]}" --tp 2 "${sp[@]}" --set train.recompute=selective \
     --set "out_dir=$tmp/tp2sp" > "$tmp/tp2sp.log"
   mpi 2 "$worker" "${args[@]}" --tp 2 --set parallel.sequence_parallel=false \
     --set train.recompute=full --set "out_dir=$tmp/tp2full" > "$tmp/tp2full.log"
   runs=(tp2sp tp2full)
-  expect="tp=2"
+  layout="tp=2"
 fi
 if [[ $mode == tp && ${GROVE_GPU_TP_TEST_DP:-0} == 1 ]]; then
   mpi 4 "$worker" "${args[@]}" --tp 2 --dp 2 "${sp[@]}" --set "out_dir=$tmp/tp2dp2" \
@@ -63,7 +79,7 @@ if [[ $mode == tp && ${GROVE_GPU_TP_TEST_DP:-0} == 1 ]]; then
   runs+=(tp2dp2)
 fi
 
-/usr/bin/python3 - "$tmp" "$steps" "$expect" "${runs[@]}" <<'PY'
+/usr/bin/python3 - "$tmp" "$steps" "$layout" "${runs[@]}" <<'PY'
 import json, sys
 tmp, steps, layout, runs = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4:]
 def curve(run, key):

@@ -68,8 +68,8 @@ StatusOr<std::unique_ptr<TrainingModel>> CreateCudaTrainingModel(const TrainConf
   const TrainOptions& o = config.train;
   const ParallelOptions& p = config.parallel;
   const bool bf16 = o.precision != Precision::kFp32;
-  // What the model does not run on this backend yet (expert parallelism, capacity dropping, LSH)
-  // is refused here, naming the field, before any device or NCCL work.
+  // What the model does not run on this backend yet (capacity dropping, LSH) is refused here,
+  // naming the field, before any device or NCCL work.
   const ModelParallel host_par{grid, p.sequence_parallel, p.cp_attention};
   const Status supported = bf16 ? TransformerT<CudaBackend<cuda::bf16>>::Supports(
                                       config.model, local_batch, o.seq_len, host_par)
@@ -114,7 +114,7 @@ StatusOr<std::unique_ptr<TrainingModel>> CreateCudaTrainingModel(const TrainConf
                 (g.tp > 1 && p.sequence_parallel ? " (sequence parallel)" : "") +
                 " cp=" + std::to_string(g.cp) +
                 (g.cp > 1 ? std::string(" (") + cp_attention_name(p.cp_attention) + ")" : "") +
-                " dp=" + std::to_string(g.dp) + ", groups on " +
+                " ep=" + std::to_string(g.ep) + " dp=" + std::to_string(g.dp) + ", groups on " +
                 model_grid->world().backend_name() +
                 (device_grid ? "" : " (staged through host memory)");
   }
