@@ -232,20 +232,6 @@ StatusOr<Plan> PlanLayout(const TrainConfig& config, const PlanRequest& r) {
                  " with parallel.cp=" + std::to_string(cp));
   }
 
-  // The GPU path runs data parallelism only (docs/gpu.md): every GPU holds the whole model.
-  if (config.train.device == Device::kCUDA) {
-    if (cp != 1 || ep != 1)
-      return Err(
-          "train.device=cuda runs data parallelism only: parallel.cp and parallel.ep must "
-          "be 1 (or use train.device=cpu for those layouts)");
-    if (std::find(tps.begin(), tps.end(), 1) == tps.end())
-      return Err(
-          "train.device=cuda runs data parallelism only: parallel.tp (or parallel.dp) "
-          "implies tp=" +
-          std::to_string(tps.front()) + "; leave parallel.tp at 0 or 1");
-    tps = {1};
-  }
-
   // The worker splits train.batch_size over dp = world / (tp · cp): only a tp whose dp divides
   // it can run.
   {

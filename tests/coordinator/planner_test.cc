@@ -94,29 +94,26 @@ TEST(Planner, RejectsWithNeedAndSuggestedTp) {
   EXPECT_NE(m.find("try tp=4"), std::string::npos) << m;
 }
 
-// train.device=cuda: every GPU holds the whole model, so the planner keeps tp = cp = ep = 1 and
-// rejects (rather than widens TP) when the model does not fit.
-TEST(Planner, GpuDeviceKeepsDataParallelism) {
+// train.device=cuda plans like the CPU (the CUDA model runs tp + SP, cp and ep): when the model
+// does not fit one GPU at tp=1, tensor parallelism widens; cp and ep are accepted.
+TEST(Planner, GpuDevicePlansTensorContextAndExpertParallelism) {
   TrainConfig c = Demo();
   c.train.device = grove::Device::kCUDA;
   PlanRequest r;
   r.world_size = 4;
-  auto p = PlanLayout(c, r);
-  ASSERT_TRUE(p.ok()) << p.status().message();
-  EXPECT_EQ(p->tp, 1);
-  EXPECT_EQ(p->dp, 4);
   r.recompute = "selective";
   r.device_memory_gib = GiBFor(Bytes(c, 4, Recompute::kSelective));  // fits only at tp=4
   auto q = PlanLayout(c, r);
-  ASSERT_FALSE(q.ok());
-  EXPECT_NE(q.status().message().find("at tp=1"), std::string::npos) << q.status().message();
+  ASSERT_TRUE(q.ok()) << q.status().message();
+  EXPECT_EQ(q->tp, 4);
+  EXPECT_EQ(q->dp, 1);
   r.device_memory_gib = 0;
   r.tp = 2;
+  r.cp = 2;
   auto t = PlanLayout(c, r);
-  ASSERT_FALSE(t.ok());
-  EXPECT_NE(t.status().message().find("train.device=cuda runs data parallelism only"),
-            std::string::npos)
-      << t.status().message();
+  ASSERT_TRUE(t.ok()) << t.status().message();
+  EXPECT_EQ(t->tp, 2);
+  EXPECT_EQ(t->cp, 2);
 }
 
 TEST(Planner, RanksPerHostBoundTp) {
