@@ -29,6 +29,9 @@ T=$(mktemp -d /tmp/grove-preempt-XXXXXX)
 CPID="" LPID=""
 cleanup() {
   [ -n "$LPID" ] && kill -9 "$LPID" 2>/dev/null || true
+  # mpirun runs in its own session: a failed scenario ends it and its ranks by the coordinator
+  # address only this run uses, so that no process outlives the test.
+  [ -s "$T/port" ] && pkill -9 -f -- "--coordinator 127.0.0.1:$(cat "$T/port")( |$)" 2>/dev/null || true
   [ -n "$CPID" ] && kill -9 "$CPID" 2>/dev/null || true
   wait 2>/dev/null || true
   if [ "${KEEP:-0}" = 1 ]; then echo "kept $T"; else rm -rf "$T"; fi
@@ -119,6 +122,16 @@ no_orphans() {
     fail "processes of $1 are left"
   fi
 }
+endless_job_config() {  # endless_job_config FILE: a tiny job that trains until it is stopped
+  python3 - "$1" "$DATA" "$T/out" <<'PY'
+import json, sys
+cfg, data, out = sys.argv[1:]
+json.dump({"model": {"vocab_size": 8192, "d_model": 32, "n_layers": 1, "n_heads": 2, "max_seq_len": 32},
+           "train": {"batch_size": 2, "seq_len": 32, "steps": 1000000, "warmup_steps": 2,
+                     "eval_every": 0, "eval_batches": 1, "checkpoint_every": 100000, "threads": 1},
+           "data": {"dir": data}, "out_dir": out}, open(cfg, "w"))
+PY
+}
 reference() {  # the uninterrupted run at the same layout
   "${MPIRUN[@]}" "$WORKER" train "${tiny[@]}" "${slow[@]}" --set "out_dir=$T/ref" -q > "$T/run.log" 2>&1 ||
     fail "reference run failed"
@@ -160,6 +173,10 @@ case "$SCENARIO" in
     echo "2 ranks: SIGUSR1 through mpirun, checkpoint at step $N, resumed losses bit-identical"
     ;;
   preempt|cancel)
+    # Long enough (seconds, not a fraction of one, on a fast machine) that the ranks are still
+    # training when the test has found them and freezes them.
+    STEPS=300
+    tiny+=(--set train.steps=$STEPS)
     start_coordinator
     reference
     CFG=$T/job.json
@@ -173,10 +190,22 @@ json.dump({"model": {"vocab_size": 8192, "d_model": 32, "n_layers": 1, "n_heads"
 PY
     JOB=$("$GROVE" submit -c "$CFG" --world 2 -q)
     launch launch.log --job "$JOB"
+    for _ in $(seq 300); do
+      [ "$(job_field "$JOB" 'len(d.get("workers", []))' || echo 0)" = 2 ] && break
+      sleep 0.2
+    done
+    PIDS=$(job_field "$JOB" '" ".join(str(w["pid"]) for w in d.get("workers", []))')
     wait_for_step "$T/out/metrics.jsonl" 5 60
+    # A fast machine runs the remaining steps before a signal could travel launcher -> mpirun ->
+    # ranks: the ranks are frozen until it has arrived, so that it lands mid-run on any machine.
+    kill -STOP $PIDS
     SIG=$([ "$SCENARIO" = preempt ] && echo TERM || echo INT)
     kill -$SIG "$LPID"
     SENT=$SECONDS
+    for _ in $(seq 50); do grep -q "^==> SIG$SIG: " "$T/launch.log" && break; sleep 0.1; done
+    sleep 0.5
+    [ "$(grep -c '"loss"' "$T/out/metrics.jsonl")" -lt "$STEPS" ] || fail "the run ended before the signal"
+    kill -CONT $PIDS
     wait_launcher 40
     echo "grove-launch exited with $LRC $((SECONDS - SENT)) s after SIG$SIG"
     WANT=$([ "$SCENARIO" = preempt ] && echo PREEMPTED || echo CANCELLED)
@@ -204,14 +233,7 @@ PY
     ;;
   kill)
     start_coordinator
-    python3 - "$T/job.json" "$DATA" "$T/out" <<'PY'
-import json, sys
-cfg, data, out = sys.argv[1:]
-json.dump({"model": {"vocab_size": 8192, "d_model": 32, "n_layers": 1, "n_heads": 2, "max_seq_len": 32},
-           "train": {"batch_size": 2, "seq_len": 32, "steps": 1000000, "warmup_steps": 2,
-                     "eval_every": 0, "eval_batches": 1, "checkpoint_every": 100000, "threads": 1},
-           "data": {"dir": data}, "out_dir": out}, open(cfg, "w"))
-PY
+    endless_job_config "$T/job.json"
     JOB=$("$GROVE" submit -c "$T/job.json" --world 2 -q)
     launch launch.log --job "$JOB"
     for _ in $(seq 300); do [ "$(job_field "$JOB" 'int(d.get("last_step", 0))' || echo 0)" -ge 5 ] && break; sleep 0.2; done
@@ -239,14 +261,7 @@ PY
     ;;
   graceout)
     start_coordinator
-    python3 - "$T/job.json" "$DATA" "$T/out" <<'PY'
-import json, sys
-cfg, data, out = sys.argv[1:]
-json.dump({"model": {"vocab_size": 8192, "d_model": 32, "n_layers": 1, "n_heads": 2, "max_seq_len": 32},
-           "train": {"batch_size": 2, "seq_len": 32, "steps": 1000000, "warmup_steps": 2,
-                     "eval_every": 0, "eval_batches": 1, "checkpoint_every": 100000, "threads": 1},
-           "data": {"dir": data}, "out_dir": out}, open(cfg, "w"))
-PY
+    endless_job_config "$T/job.json"
     JOB=$("$GROVE" submit -c "$T/job.json" --world 2 -q)
     launch launch.log --job "$JOB" --stop-grace 1
     for _ in $(seq 300); do [ "$(job_field "$JOB" 'int(d.get("last_step", 0))' || echo 0)" -ge 5 ] && break; sleep 0.2; done
