@@ -14,7 +14,7 @@ LAUNCH=$(cd "$(dirname "$0")/../.." && pwd)/launch/grove-launch
 HB_TIMEOUT=3
 if [ ! -f "$DATA/train.bin" ]; then
   echo "SKIP: no prepared dataset in $DATA (run launch/setup.sh)"
-  exit 0
+  exit 77
 fi
 T=$(mktemp -d /tmp/grove-e2e-XXXXXX)
 CPID="" MPID=""

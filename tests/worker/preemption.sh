@@ -23,7 +23,7 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 LAUNCH=$ROOT/launch/grove-launch
 if [ ! -f "$DATA/train.bin" ]; then
   echo "SKIP: no prepared dataset in $DATA (run launch/setup.sh)"
-  exit 0
+  exit 77
 fi
 T=$(mktemp -d /tmp/grove-preempt-XXXXXX)
 CPID="" LPID=""

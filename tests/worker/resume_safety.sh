@@ -10,7 +10,7 @@ set -u
 worker=$1 data=$2 mpiexec=${3:-}
 if [ ! -f "$data/train.bin" ]; then
   echo "SKIP: no prepared dataset in $data (run launch/setup.sh)"
-  exit 0
+  exit 77
 fi
 tmp=$(mktemp -d)
 trap 'umount "$tmp/full" 2>/dev/null; rm -rf "$tmp"' EXIT
