@@ -40,7 +40,7 @@ void LshDispatcher::preprocess(const Routing& r, const float* x) {
   grow(x_, size_t(T_) * h_);
   if (T_ > 0) std::memcpy(x_.data(), x, sizeof(float) * size_t(T_) * h_);
   grow(ids_, size_t(T_));
-  const bool compress = cfg.enabled && passes_ >= cfg.warmup_steps;
+  const bool compress = cfg.enabled && step_ >= cfg.warmup_steps;
   metrics_.warmup = cfg.enabled && !compress;
   // Raw rows are hashed once per token; centred rows once per (token, expert) below.
   if (compress && !cfg.center) lsh_.hash(ids_.data(), x_.data(), T_);
@@ -213,7 +213,7 @@ ExpertBatch LshDispatcher::dispatch(const float* /*x: the copy taken in preproce
 
 void LshDispatcher::dispatch_backward(float* din, const float* dx) {
   const bool compensate = lsh_.config().compensate;
-  ++passes_;
+  ++step_;
   grow(recv_, size_t(R_) * h_);
   grow(back_, size_t(C_) * h_);
   xch_.from_expert_layout(recv_.data(), dx);

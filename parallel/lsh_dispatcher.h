@@ -12,7 +12,8 @@
 //               hashed as x − μ, μ the group's mean row); per expert, a group of ≥ min_tokens
 //               tokens is bucketed by id (with cfg.target_compression, by the longest prefix of
 //               the L codes that keeps n / B ≥ target), a smaller one (or any, when disabled or
-//               within the first cfg.warmup_steps backward passes) keeps one bucket per token;
+//               within the first cfg.warmup_steps training steps, see set_step) keeps one
+//               bucket per token;
 //               all_to_all of (centroids, tokens) per expert
 //   dispatch    c_b = mean of its tokens (x_t − c_b, the residual, stays here); all_to_all_v of
 //               the centroids, sorted by local expert as in the plain dispatcher
@@ -91,6 +92,13 @@ class LshDispatcher final : public Dispatcher {
   void dispatch_backward(float* din, const float* dx) override;
   size_t stash_bytes() const override;
 
+  // The warm-up clock: training steps completed before the coming pass (cfg.warmup_steps
+  // counts them). The trainer sets its global step before every forward, so a run resumed from
+  // a checkpoint continues the schedule instead of warming up again; each backward pass advances
+  // the clock by one, so a caller that never sets it counts backward passes.
+  void set_step(int64_t step) { step_ = step; }
+  int64_t step() const { return step_; }
+
   const LshMetrics& metrics() const { return metrics_; }
   const LshCompressor& compressor() const { return lsh_; }
   // [T, k] centroid row of each assignment of the last step (−1: dropped). Two steps with
@@ -136,7 +144,7 @@ class LshDispatcher final : public Dispatcher {
   std::vector<double> mu_acc_;                   // [h] centring: the group's row sum
   std::vector<float> centred_;                   // [h] centring: x_t − μ
   std::vector<uint64_t> prefix_ids_;             // [n] target compression: prefix ids
-  int64_t passes_ = 0;                           // backward passes run (warm-up clock)
+  int64_t step_ = 0;                             // warm-up clock (set_step)
   LshMetrics metrics_;
 };
 

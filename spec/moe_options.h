@@ -28,9 +28,9 @@ struct LshOptions {
   // code_1..code_l (l ≤ L) whose buckets still compress the group at least this much
   // (n / B_l ≥ target_compression; l = 1 when even one code splits it finer).
   double target_compression = 4.0;
-  // Compression starts after this many training passes (backward calls) of the layer; before,
-  // every row is its own bucket (the plain path). Counted by the dispatcher from 0 each time the
-  // process starts (a resumed run warms up again).
+  // Compression starts after this many training steps (the trainer's global step, restored from
+  // checkpoints, so a resumed run does not warm up again); before, every row is its own bucket
+  // (the plain path).
   int warmup_steps = 50;
   // true: out_t = Σ_j w·(y_b + (x_t − c_b)) (residual error compensation); false: Σ_j w·y_b.
   bool compensate = true;

@@ -176,6 +176,7 @@ StepMetrics Trainer::TrainStep() {
   model_->zero_grads();
   for (int micro = 0; micro < o.grad_accum; ++micro) {
     train_loader_->Next(inputs_.data(), targets_.data());
+    model_->set_global_step(step_);
     loss_sum += model_->forward(inputs_.data(), targets_.data());
     model_->backward(1.0f / static_cast<float>(o.grad_accum),
                      /*finalize=*/micro + 1 == o.grad_accum);
@@ -205,6 +206,7 @@ float Trainer::Evaluate() {
       std::min<int64_t>(config_.train.eval_batches, val_loader_->batches_per_epoch()));
   for (int i = 0; i < n; ++i) {
     val_loader_->Next(inputs_.data(), targets_.data());
+    model_->set_global_step(step_);
     sum += model_->forward(inputs_.data(), targets_.data());
   }
   return static_cast<float>(sum / std::max(n, 1));

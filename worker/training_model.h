@@ -31,6 +31,10 @@ class TrainingModel {
  public:
   virtual ~TrainingModel() = default;
 
+  // The optimizer steps completed so far (the trainer's global step, restored from checkpoints),
+  // set before every forward: the schedules inside the model follow it (the LSH all-to-all's
+  // warm-up, model.moe.lsh.warmup_steps), so a resumed run continues them where it stopped.
+  virtual void set_global_step(int64_t step) = 0;
   // As Transformer::forward / backward (mean loss over the global batch's valid targets).
   virtual float forward(const int32_t* inputs, const int32_t* targets) = 0;
   virtual void backward(float loss_scale, bool finalize) = 0;

@@ -52,6 +52,15 @@ class DeviceTraining final : public TrainingModel {
     if (all) owned_ = {{0, model_.layout().size}};  // one pass over the flat buffer
   }
 
+  void set_global_step(int64_t step) override {
+    if constexpr (kHost) {
+      for (int l = 0; l < model_.config().n_layers; ++l) {
+        parallel::MoeLayer* layer = model_.moe_layer(l);
+        auto* lsh = layer ? dynamic_cast<parallel::LshDispatcher*>(&layer->dispatcher()) : nullptr;
+        if (lsh) lsh->set_step(step);
+      }
+    }
+  }
   float forward(const int32_t* inputs, const int32_t* targets) override {
     return model_.forward(inputs, targets);
   }

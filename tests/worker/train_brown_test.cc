@@ -116,5 +116,61 @@ TEST_F(TrainBrown, ResumeIsBitIdentical) {
         << ps[i].name;
 }
 
+// The LSH all-to-all's warm-up follows the trainer's global step: the first warmup_steps steps
+// (all their micro-batches) are uncompressed, every later one compressed, and a run resumed after
+// the warm-up compresses from its first step, bit-identical to the uninterrupted run.
+TEST_F(TrainBrown, LshWarmupFollowsTheGlobalStepAcrossResume) {
+  TrainConfig a = SmallRun(base_ + "/straight");
+  a.model.d_model = 64;
+  a.model.n_heads = 2;
+  a.model.moe.num_experts = 4;
+  a.model.moe.top_k = 2;
+  a.model.moe.lsh.enabled = true;
+  a.model.moe.lsh.warmup_steps = 3;
+  a.train.steps = 8;
+  a.train.batch_size = 4;
+  a.train.grad_accum = 2;
+  a.train.eval_every = 4;
+  ASSERT_TRUE(a.Validate().ok()) << a.Validate().message();
+  RunOptions run;
+  run.quiet = true;
+  auto straight = Trainer::Create(a, run);
+  ASSERT_TRUE(straight.ok()) << straight.status().message();
+  ASSERT_TRUE(straight.value()->Run().ok());
+  const auto& hs = straight.value()->history();
+  ASSERT_EQ(hs.size(), 8u);
+  for (const StepMetrics& m : hs) {
+    ASSERT_GT(m.lsh_rows, 0) << "step " << m.step;
+    if (m.step <= 3)
+      EXPECT_EQ(m.lsh_centroids, m.lsh_rows) << "step " << m.step << " is in the warm-up";
+    else
+      EXPECT_LT(2 * m.lsh_centroids, m.lsh_rows) << "step " << m.step << " is compressed";
+  }
+
+  TrainConfig b = a;
+  b.out_dir = base_ + "/resumed";
+  RunOptions first = run;
+  first.stop_after = 5;
+  {
+    auto t = Trainer::Create(b, first);
+    ASSERT_TRUE(t.ok()) << t.status().message();
+    ASSERT_TRUE(t.value()->Run().ok());
+  }
+  RunOptions again = run;
+  again.resume = true;
+  auto resumed = Trainer::Create(b, again);
+  ASSERT_TRUE(resumed.ok()) << resumed.status().message();
+  ASSERT_TRUE(resumed.value()->Run().ok());
+  const auto& hr = resumed.value()->history();
+  ASSERT_EQ(hr.size(), 3u);
+  EXPECT_LT(2 * hr[0].lsh_centroids, hr[0].lsh_rows) << "the first step after the resume";
+  for (size_t i = 0; i < hr.size(); ++i) {
+    EXPECT_EQ(hr[i].step, hs[5 + i].step);
+    EXPECT_EQ(hr[i].lsh_centroids, hs[5 + i].lsh_centroids) << "step " << hr[i].step;
+    EXPECT_EQ(0, std::memcmp(&hr[i].loss, &hs[5 + i].loss, sizeof(float)))
+        << "step " << hr[i].step << ": resumed loss " << hr[i].loss << " vs " << hs[5 + i].loss;
+  }
+}
+
 }  // namespace
 }  // namespace grove
