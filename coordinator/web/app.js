@@ -118,6 +118,16 @@
     return s;
   }
 
+  // "1.2 MiB of 5.0 MiB (LSH saved 76.0 %)": the last step's expert all-to-all bytes of rank 0,
+  // sent and what the plain all-to-all would have sent (equal without LSH or in its warm-up).
+  function a2aText(j) {
+    if (!has(j.last_a2a_bytes_sent) || !has(j.last_a2a_bytes_uncompressed)) return '–';
+    const sent = num(j.last_a2a_bytes_sent);
+    const raw = num(j.last_a2a_bytes_uncompressed);
+    if (!(raw > 0)) return bytes(sent) + ' sent';
+    return `${bytes(sent)} of ${bytes(raw)} (LSH saved ${(100 * (1 - sent / raw)).toFixed(1)} %)`;
+  }
+
   function renderSummary(j) {
     $('job-title').replaceChildren(j.id + (j.spec?.name ? ' · ' + j.spec.name : ''), ' ',
       stateBadge(j.state));
@@ -128,10 +138,12 @@
       ['tokens/s', num(j.last_step) > 0 ? fmt(j.tokens_per_s) : '–'],
       ['MFU', has(j.last_mfu) ? fmt(100 * j.last_mfu, 3) + ' %' : '–'],
       ['step time', stepTimeText(j)],
+      ['all-to-all (last step)', a2aText(j), 'a2a-last'],
       ['attempt', num(j.attempt)],
       ['created', clock(j.created_unix_ms)],
     ];
-    $('job-summary').replaceChildren(...items.map(([k, v]) => el('span', {}, k + ': ', el('b', {}, v))));
+    $('job-summary').replaceChildren(...items.map(([k, v, id]) =>
+      el('span', id ? { id } : {}, k + ': ', el('b', {}, v))));
     const reason = el('span', { id: 'job-reason' }, j.reason || '');
     $('job-summary').append(reason);
   }
@@ -278,7 +290,7 @@
     const totSent = sent.reduce((a, v) => a + (v || 0), 0);
     const totRaw = raw.reduce((a, v) => a + (v || 0), 0);
     $('a2a-summary').textContent = a2a.length && totRaw > 0
-      ? `over ${a2a.length} steps: ${bytes(totSent)} sent of ${bytes(totRaw)} uncompressed ` +
+      ? `rank 0 over ${a2a.length} steps: ${bytes(totSent)} sent of ${bytes(totRaw)} uncompressed ` +
         `(LSH saved ${(100 * (1 - totSent / totRaw)).toFixed(1)} %)`
       : '';
 

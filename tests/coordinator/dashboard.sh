@@ -81,12 +81,12 @@ wait_pid() {  # wait_pid PID SECONDS
   wait "$1" || true
 }
 
-# A real job: a tiny MoE model (block 2 of 2 has 4 experts, top-2, LSH-compressed all-to-all)
-# with expert parallelism over the 2 ranks; long enough to run while it is watched, cancelled at
-# the end. Evaluations every 5 steps give validation points.
+# A real job: a tiny MoE model (block 2 of 2 has 4 experts, top-2, LSH-compressed all-to-all
+# after a 2-step warm-up) with expert parallelism over the 2 ranks; long enough to run while it is
+# watched, cancelled at the end. Evaluations every 5 steps give validation points.
 cat > "$T/job.json" <<JSON
 {"model": {"vocab_size": 8192, "d_model": 32, "n_layers": 2, "n_heads": 2, "max_seq_len": 32,
-           "moe": {"num_experts": 4, "top_k": 2, "every": 2, "lsh": {"enabled": true}}},
+           "moe": {"num_experts": 4, "top_k": 2, "every": 2, "lsh": {"enabled": true, "warmup_steps": 2}}},
  "train": {"batch_size": 2, "seq_len": 32, "steps": 100000, "warmup_steps": 2, "eval_every": 5,
            "eval_batches": 1, "checkpoint_every": 0, "threads": 1},
  "data": {"dir": "$DATA"}, "out_dir": "$T/out"}

@@ -137,6 +137,11 @@ def main():
         check(step is not None and lo <= step <= hi, f"{job} step {step} within GetJob [{lo}, {hi}]")
         loss = value(samples, "grove_job_loss", **jl)
         check(loss is not None and math.isfinite(loss) and loss > 0, f"{job} loss {loss}")
+        # Past its LSH warm-up (2 steps): the last step sent fewer bytes than the plain all-to-all.
+        sent = value(samples, "grove_job_a2a_bytes_sent", **jl)
+        raw = value(samples, "grove_job_a2a_bytes_uncompressed", **jl)
+        check(sent is not None and raw is not None and 0 < sent < raw,
+              f"{job} all-to-all bytes {sent} sent of {raw} uncompressed (LSH saves)")
         for w in after["workers"]:
             labels = {"job": job, "rank": str(w.get("rank", 0)), "host": w["host"]}
             age = value(samples, "grove_worker_heartbeat_age_seconds", **labels)

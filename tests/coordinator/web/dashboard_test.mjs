@@ -6,7 +6,7 @@
 //   1. without the token (or with a wrong one) the page, its files and its API are refused (401);
 //   2. /?token=TOKEN signs in, drops the token from the address bar, and shows JOB in the list;
 //   3. JOB's loss curve gains points while it runs (the page polls, no reload), and its expert
-//      load and all-to-all bytes are drawn;
+//      load and all-to-all bytes are drawn, with the bytes LSH saved once past its warm-up;
 //   4. MOE_JOB shows the expert-load heat map, all-to-all bytes with and without LSH, and MFU.
 // Screenshots: OUT_DIR/dashboard.png (JOB) and OUT_DIR/dashboard-moe.png (MOE_JOB).
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -109,9 +109,20 @@ try {
   const realLayers = await page.$$eval('#moe-layer option', (o) => o.length);
   check(realLayers === 1, `the job's expert load is drawn for its 1 MoE layer (got ${realLayers})`);
   await page.waitForFunction(() => Number(document.querySelector('#a2a-chart').dataset.points) > 0);
+  // Past its LSH warm-up (2 steps) the job's steps send fewer bytes than the plain all-to-all:
+  // the summary line shows the last step's share saved, the chart's note the share so far.
+  const saved = (text) => Number((/LSH saved (\d+\.\d) %/.exec(text || '') || [])[1] || 0);
+  const lastSaved = await page.waitForFunction(() => {
+    const m = /LSH saved (\d+\.\d) %/.exec(document.querySelector('#a2a-last')?.textContent || '');
+    return m && Number(m[1]) > 0;
+  }, null, { timeout: 30000 }).then(() => true, () => false);
+  const realLast = await page.textContent('#a2a-last');
+  check(lastSaved && /^all-to-all \(last step\): [\d.]+ \S+ of [\d.]+ \S+ \(LSH saved \d+\.\d %\)$/
+    .test(realLast), `the job's last step shows the bytes LSH saved: "${realLast}"`);
   const realA2a = await page.textContent('#a2a-summary');
-  check(/sent of .* uncompressed \(LSH saved/.test(realA2a), `the job's all-to-all bytes: "${realA2a}"`);
-  result.a2a = realA2a;
+  check(/^rank 0 over \d+ steps: .* sent of .* uncompressed \(LSH saved/.test(realA2a) &&
+    saved(realA2a) > 0, `the job's all-to-all bytes so far: "${realA2a}"`);
+  result.a2a = [realLast, realA2a];
   const workers = await page.$$eval('#workers tbody tr', (rows) => rows.length);
   check(workers === 2, `the workers table lists 2 ranks (got ${workers})`);
   const layoutText = await page.textContent('#layout');
@@ -155,6 +166,8 @@ try {
   await page.waitForFunction(() => Number(document.querySelector('#a2a-chart').dataset.points) > 0);
   const a2a = await page.textContent('#a2a-summary');
   check(/LSH saved 40\.0 %/.test(a2a), `all-to-all with/without LSH: "${a2a}"`);
+  const a2aLast = await page.textContent('#a2a-last');
+  check(/LSH saved 40\.0 %/.test(a2aLast), `the last step's all-to-all: "${a2aLast}"`);
   const mfu = await page.$eval('#mfu-chart', (e) => Number(e.dataset.points));
   check(mfu > 0, `MFU is plotted (${mfu} points)`);
   const valPoints = await page.evaluate(() =>
