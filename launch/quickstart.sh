@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The main job: set up (packages, corpus, build, dataset), start a coordinator on 127.0.0.1, submit
-# the demo job and train it with 4 MPI ranks (tensor + sequence parallel 2 x data parallel 2) on
-# the Brown corpus, printing one progress line per step. Results: runs/demo/metrics.jsonl and
-# runs/demo/checkpoints/; the job's history stays in the coordinator (runs/coordinator/).
+# the demo job and train it with 4 MPI ranks on the Brown corpus, printing one progress line per
+# step. The layout (configs/demo.json) is tensor + sequence parallel 2 x context parallel 2 (tree
+# attention); the expert grid folds over the same 4 ranks as expert parallel 2 x expert data
+# parallel 2, with the LSH-compressed all-to-all after a 50-step warm-up; selective recompute.
+# Results: runs/demo/metrics.jsonl and runs/demo/checkpoints/; the job's history stays in the
+# coordinator (runs/coordinator/), and its dashboard shows the all-to-all bytes LSH saves.
 # Run it again for a fresh demo run (the previous one is moved to runs/demo.prev); extra submit
 # options pass through, e.g. launch/quickstart.sh --set train.steps=50
 set -euo pipefail

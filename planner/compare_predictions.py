@@ -29,6 +29,8 @@ for line in open(measured):
                 j = json.loads(l)
                 ratio = j.get("moe", {}).get("lsh", {}).get("compression_ratio", ratio)
         args += ["--set", "model.moe.lsh.enabled=true", "--lsh-ratio", str(ratio)]
+    else:
+        args += ["--set", "model.moe.lsh.enabled=false"]  # measured with the plain all-to-all
     out = subprocess.run(args, capture_output=True, text=True)
     if out.returncode != 0:
         print(f"| {m['name']} | {m['np']} | {m['step_ms_median']} | | error: {out.stderr.strip()} | | | |")

@@ -1,6 +1,6 @@
 // grove-worker: trains a model, on one process or on every rank of an MPI job:
 //   grove-worker train --config configs/demo.json [--set train.lr=1e-3 ...] [--resume]
-//   mpirun -np 4 grove-worker train --config configs/demo.json --tp 2 --dp 2
+//   mpirun -np 4 grove-worker train --config configs/demo.json --tp 2 --cp 1 --dp 2
 //   mpirun -np 4 grove-worker train --coordinator 127.0.0.1:7070 --job job-000001
 // With --coordinator, every rank registers with grove-coordinator, trains with the config and
 // layout it assigns, heartbeats, stops or checkpoints when told, and reports its exit.

@@ -296,6 +296,10 @@ Status Trainer::Run() {
                   m.step, o.steps, m.loss, m.lr, m.grad_norm, m.tokens_per_s, m.ms);
       if (!m.expert_load.empty())
         std::printf(" | moe aux %.4f, a2a %.0f%%", m.moe_loss, 100.0 * m.a2a_ms / m.ms);
+      // LSH: this rank's all-to-all bytes against the plain all-to-all's (100% in the warm-up).
+      if (m.a2a_bytes_uncompressed > 0)
+        std::printf(" (LSH: %.0f%% of the bytes)",
+                    100.0 * double(m.a2a_bytes) / double(m.a2a_bytes_uncompressed));
       if (m.mfu > 0) std::printf(" | %.1f GFLOP/s, MFU %.1f%%", m.tflops * 1e3, 100.0 * m.mfu);
       std::printf("\n");
     }
