@@ -22,6 +22,23 @@ namespace {
 
 constexpr const char* kMarker = "GROVE_BLAS_REEXEC";
 constexpr const char* kTestMarker = "GROVE_BLAS_CORETYPE_IS_LIBRARY_CHOICE";
+constexpr const char* kWaitMarker = "GROVE_OMP_WAIT_SET";
+
+std::string Pid() {
+  return std::to_string(static_cast<long>(getpid()));
+}
+
+// The OpenMP wait policy as the environment leaves it (libgomp read it when it was loaded).
+std::string OmpWaitFromEnvironment() {
+  const char* policy = std::getenv("OMP_WAIT_POLICY");
+  const char* spin = std::getenv("GOMP_SPINCOUNT");
+  const char* marker = std::getenv(kWaitMarker);
+  if (policy != nullptr && marker != nullptr && Pid() == marker)
+    return std::string(policy) + " (set by Grove)";
+  if (policy != nullptr) return std::string(policy) + " (OMP_WAIT_POLICY from the environment)";
+  if (spin != nullptr) return "GOMP_SPINCOUNT=" + std::string(spin) + " from the environment";
+  return "";
+}
 
 std::string Lower(std::string s) {
   for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
@@ -340,6 +357,7 @@ std::string BlasKernel::Describe() const {
   else if (source == "environment")
     s += " (OPENBLAS_CORETYPE from the environment)";
   if (warning) s += " [below what the CPU allows]";
+  if (!omp_wait.empty()) s += "; OpenMP wait " + omp_wait;
   return s;
 }
 
@@ -365,10 +383,25 @@ const BlasKernel& SelectBlasKernel(char** argv) {
     env.coretype_is_library_choice = true;
 
   BlasDecision d = DecideBlasKernel(cpu, lib, env);
-  if (d.action == BlasAction::kReexec && argv != nullptr && argv[0] != nullptr) {
+  // The OpenMP wait policy rides on the same restart: passive unless the user chose a policy or
+  // a spin count, or runs one thread (OMP_NUM_THREADS=1: nobody waits). libgomp reads it only
+  // when it is loaded, hence the re-exec when nothing else
+  // needs one; the marker (this pid) stops a second one and tells the new image who set it.
+  const char* wait_marker = std::getenv(kWaitMarker);
+  const bool wait_reexecuted = wait_marker != nullptr && Pid() == wait_marker;
+  const char* omp_threads = std::getenv("OMP_NUM_THREADS");
+  const bool one_thread = omp_threads != nullptr && std::strcmp(omp_threads, "1") == 0;
+  const bool set_wait = std::getenv("OMP_WAIT_POLICY") == nullptr &&
+                        std::getenv("GOMP_SPINCOUNT") == nullptr && !wait_reexecuted && !one_thread;
+  const bool can_exec = argv != nullptr && argv[0] != nullptr;
+  if (set_wait && can_exec) {
+    setenv("OMP_WAIT_POLICY", "passive", 1);
+    setenv(kWaitMarker, Pid().c_str(), 1);
+  }
+  if (d.action == BlasAction::kReexec && can_exec) {
     Say(d.message, false);
     setenv("OPENBLAS_CORETYPE", d.target.c_str(), 1);
-    setenv(kMarker, (std::to_string(static_cast<long>(getpid())) + ":" + lib.corename).c_str(), 1);
+    setenv(kMarker, (Pid() + ":" + lib.corename).c_str(), 1);
     unsetenv(kTestMarker);
     execv("/proc/self/exe", argv);
     // Still here: the switch failed; go on with the library's core, saying so.
@@ -384,10 +417,26 @@ const BlasKernel& SelectBlasKernel(char** argv) {
     d.message = "warning: could not restart with OPENBLAS_CORETYPE=" + d.target +
                 " (execv: " + std::strerror(err) + "); GEMMs run on " + lib.corename +
                 ", slower than this CPU allows; set OPENBLAS_CORETYPE=" + d.target + " yourself";
+  } else if (set_wait && can_exec) {
+    // Only the wait policy changes: the same environment otherwise, so the new image reaches the
+    // same BLAS decision (and says it).
+    execv("/proc/self/exe", argv);
+    const int err = errno;
+    Say("warning: could not restart with OMP_WAIT_POLICY=passive (execv: " +
+            std::string(std::strerror(err)) +
+            "); idle OpenMP threads spin, which slows a loaded machine; set OMP_WAIT_POLICY "
+            "yourself",
+        true);
+  }
+  if (set_wait && can_exec) {  // no restart happened: the policy is not in effect
+    unsetenv("OMP_WAIT_POLICY");
+    unsetenv(kWaitMarker);
   }
   Say(d.message,
       d.action == BlasAction::kCannotSwitch || (d.action == BlasAction::kSwitched && d.warning));
   g_kernel = MakeReport(cpu, lib, env, d);
+  g_kernel.omp_wait = OmpWaitFromEnvironment();
+  if (wait_reexecuted) unsetenv(kWaitMarker);  // children start afresh (the policy inherited)
   g_selected = true;
   return g_kernel;
 }
@@ -407,6 +456,7 @@ const BlasKernel& CurrentBlasKernel() {
   std::lock_guard<std::mutex> lock(g_mu);
   if (!g_selected) {
     g_kernel = MakeReport(cpu, lib, env, d);
+    g_kernel.omp_wait = OmpWaitFromEnvironment();
     if (d.action == BlasAction::kReexec || d.action == BlasAction::kCannotSwitch)
       g_kernel.warning = true;
     g_selected = true;

@@ -21,6 +21,16 @@
 // If the library cannot switch (a build without DYNAMIC_ARCH) or execv fails, the program goes on
 // with the library's core after a warning.
 //
+// The OpenMP wait policy is chosen at the same point, for the same reason (libgomp reads it only
+// when it is loaded). Idle OpenMP threads spin by default; OpenBLAS's OpenMP build and Grove's
+// kernels open and close a parallel region per GEMM or element-wise pass, so on a machine shared
+// with other processes the spinning threads take the cores the working ones need (the training
+// step of bench_train_step ran about 1.5x slower, docs/kernels.md#threads). Unless the user set
+// OMP_WAIT_POLICY or GOMP_SPINCOUNT (or OMP_NUM_THREADS=1: no thread ever waits),
+// SelectBlasKernel sets OMP_WAIT_POLICY=passive: with the
+// BLAS switch when there is one, else by a re-exec of its own (marker GROVE_OMP_WAIT_SET=<pid>),
+// silently. Child processes inherit the policy.
+//
 // GROVE_BLAS_CORETYPE_IS_LIBRARY_CHOICE=1 (tests): treat OPENBLAS_CORETYPE as if the library had
 // chosen that core itself, so a test can make the real library fall back (e.g. to Prescott) and
 // watch the program correct it.
@@ -102,7 +112,11 @@ struct BlasKernel {
   std::string chosen_by_library;  // source "grove": what the library had chosen
   std::string cpu;                // "AMD EPYC (family 26 model 2): AVX2 FMA AVX-512(...) ..."
   bool warning = false;           // running below what the CPU could
-  // "OpenBLAS 0.3.21 Cooperlake (selected by Grove; the library chose Haswell)"
+  // The OpenMP wait policy: "passive (set by Grove)", "<policy> (OMP_WAIT_POLICY from the
+  // environment)", "GOMP_SPINCOUNT=<n> from the environment"; empty: the runtime's default.
+  std::string omp_wait;
+  // "OpenBLAS 0.3.21 Cooperlake (selected by Grove; the library chose Haswell); OpenMP wait
+  // passive (set by Grove)"
   std::string Describe() const;
 };
 

@@ -244,7 +244,8 @@ struct ProbeRun {
 
 ProbeRun RunProbe(const std::string& env) {
   const std::string cmd =
-      "env -u OPENBLAS_CORETYPE -u GROVE_BLAS_REEXEC -u GROVE_BLAS_CORETYPE_IS_LIBRARY_CHOICE " +
+      "env -u OPENBLAS_CORETYPE -u GROVE_BLAS_REEXEC -u GROVE_BLAS_CORETYPE_IS_LIBRARY_CHOICE "
+      "-u OMP_WAIT_POLICY -u GOMP_SPINCOUNT -u GROVE_OMP_WAIT_SET OMP_NUM_THREADS=2 " +
       env + " " + GROVE_BLAS_PROBE + " 2>&1";
   std::unique_ptr<FILE, int (*)(FILE*)> p(popen(cmd.c_str(), "r"), &pclose);
   ProbeRun run;
@@ -285,6 +286,7 @@ TEST(BlasKernelProbe, ForcedFallbackIsCorrectedByOneReexec) {
   EXPECT_EQ(run.report["chosen_by_library"], "Prescott");
   EXPECT_EQ(run.report["warning"], false);
   EXPECT_EQ(run.report["marker_left"], false) << "the marker does not reach children";
+  EXPECT_EQ(run.report["omp_wait"], "passive (set by Grove)") << "one restart sets both";
   // The first lines say what happened, before any output of the program itself.
   EXPECT_NE(run.output.find("chose its Prescott kernels"), std::string::npos) << run.output;
   EXPECT_NE(run.output.find("OPENBLAS_CORETYPE=" + best), std::string::npos) << run.output;
@@ -292,7 +294,7 @@ TEST(BlasKernelProbe, ForcedFallbackIsCorrectedByOneReexec) {
 }
 
 TEST(BlasKernelProbe, UserChoiceIsRespectedAndReported) {
-  const ProbeRun run = RunProbe("OPENBLAS_CORETYPE=Prescott");
+  const ProbeRun run = RunProbe("OPENBLAS_CORETYPE=Prescott OMP_WAIT_POLICY=passive");
   ASSERT_FALSE(run.report.is_discarded()) << run.output;
   EXPECT_EQ(run.starts, 1) << run.output;
   EXPECT_EQ(run.report["core"], "Prescott");
@@ -307,7 +309,7 @@ TEST(BlasKernelProbe, UserChoiceIsRespectedAndReported) {
 }
 
 TEST(BlasKernelProbe, DefaultEnvironmentEndsOnTheBestCore) {
-  const ProbeRun run = RunProbe("");
+  const ProbeRun run = RunProbe("OMP_WAIT_POLICY=passive");
   ASSERT_FALSE(run.report.is_discarded()) << run.output;
   const std::string core = run.report["core"];
   const std::string best = Best();
@@ -323,11 +325,83 @@ TEST(BlasKernelProbe, DefaultEnvironmentEndsOnTheBestCore) {
 TEST(BlasKernelProbe, AnotherProcesssMarkerIsNotThisOnes) {
   // A parent Grove program's marker (another pid) and its OPENBLAS_CORETYPE: inherited, so the
   // environment's choice; no re-exec.
-  const ProbeRun run = RunProbe("GROVE_BLAS_REEXEC=1:Prescott OPENBLAS_CORETYPE=Haswell");
+  const ProbeRun run =
+      RunProbe("GROVE_BLAS_REEXEC=1:Prescott OPENBLAS_CORETYPE=Haswell OMP_WAIT_POLICY=passive");
   ASSERT_FALSE(run.report.is_discarded()) << run.output;
   EXPECT_EQ(run.starts, 1) << run.output;
   EXPECT_EQ(run.report["core"], "Haswell");
   EXPECT_EQ(run.report["source"], "environment");
+}
+
+// ---- The OpenMP wait policy, through the probe ------------------------------------------------
+
+size_t Count(const std::string& text, const std::string& what) {
+  size_t n = 0;
+  for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
+  return n;
+}
+
+TEST(OmpWaitProbe, UnsetPolicyBecomesPassiveByOneSilentReexec) {
+  // The BLAS core is the user's, so the wait policy alone restarts the program.
+  const ProbeRun run = RunProbe("OPENBLAS_CORETYPE=Haswell");
+  ASSERT_FALSE(run.report.is_discarded()) << run.output;
+  EXPECT_EQ(run.starts, 2) << "exactly one re-exec\n" << run.output;
+  ASSERT_EQ(run.pids.size(), 2u) << run.output;
+  EXPECT_EQ(run.pids[0], run.pids[1]) << "execv keeps the pid";
+  EXPECT_EQ(run.report["omp_wait"], "passive (set by Grove)") << run.output;
+  EXPECT_EQ(run.report["omp_wait_policy_env"], "passive");
+  EXPECT_EQ(run.report["marker_left"], false) << "the marker does not reach children";
+  EXPECT_EQ(run.report["core"], "Haswell");
+  EXPECT_EQ(run.report["source"], "environment");
+  // The BLAS line is said once, by the image that runs.
+  EXPECT_EQ(Count(run.output, "OPENBLAS_CORETYPE=Haswell from the environment"), 1u) << run.output;
+  EXPECT_NE(run.report["describe"].get<std::string>().find("OpenMP wait passive (set by Grove)"),
+            std::string::npos);
+  std::printf("wait policy set: %s\n", run.report.dump().c_str());
+}
+
+TEST(OmpWaitProbe, UserPolicyOrSpinCountIsRespected) {
+  for (const char* policy : {"active", "passive"}) {
+    const ProbeRun run =
+        RunProbe(std::string("OPENBLAS_CORETYPE=Haswell OMP_WAIT_POLICY=") + policy);
+    ASSERT_FALSE(run.report.is_discarded()) << run.output;
+    EXPECT_EQ(run.starts, 1) << run.output;
+    EXPECT_EQ(run.report["omp_wait"],
+              std::string(policy) + " (OMP_WAIT_POLICY from the environment)");
+  }
+  const ProbeRun spin = RunProbe("OPENBLAS_CORETYPE=Haswell GOMP_SPINCOUNT=1000");
+  ASSERT_FALSE(spin.report.is_discarded()) << spin.output;
+  EXPECT_EQ(spin.starts, 1) << spin.output;
+  EXPECT_EQ(spin.report["omp_wait"], "GOMP_SPINCOUNT=1000 from the environment");
+  EXPECT_EQ(spin.report["omp_wait_policy_env"], "");
+  // A parent Grove program's marker (another pid) with the policy it set: inherited, so the
+  // environment's.
+  const ProbeRun child =
+      RunProbe("OPENBLAS_CORETYPE=Haswell GROVE_OMP_WAIT_SET=1 OMP_WAIT_POLICY=passive");
+  ASSERT_FALSE(child.report.is_discarded()) << child.output;
+  EXPECT_EQ(child.starts, 1) << child.output;
+  EXPECT_EQ(child.report["omp_wait"], "passive (OMP_WAIT_POLICY from the environment)");
+  // One thread: no worker ever waits, no restart.
+  const ProbeRun one = RunProbe("OPENBLAS_CORETYPE=Haswell OMP_NUM_THREADS=1");
+  ASSERT_FALSE(one.report.is_discarded()) << one.output;
+  EXPECT_EQ(one.starts, 1) << one.output;
+  EXPECT_EQ(one.report["omp_wait"], "");
+  EXPECT_EQ(one.report["omp_threads"], 1);
+}
+
+TEST(OmpWaitProbe, IdleWorkersSleepUnderThePolicyGroveSets) {
+  // The policy takes effect in the OpenMP runtime: while the main thread sleeps 200 ms after a
+  // parallel region, a spinning worker burns CPU time and a passive one does not.
+  const ProbeRun set = RunProbe("OPENBLAS_CORETYPE=Haswell");
+  const ProbeRun active = RunProbe("OPENBLAS_CORETYPE=Haswell OMP_WAIT_POLICY=active");
+  ASSERT_FALSE(set.report.is_discarded()) << set.output;
+  ASSERT_FALSE(active.report.is_discarded()) << active.output;
+  ASSERT_EQ(set.report["omp_threads"], 2);
+  const double idle_set = set.report["idle_cpu_ms"], idle_active = active.report["idle_cpu_ms"];
+  std::printf("idle CPU over 200 ms: passive (set by Grove) %.1f ms, active %.1f ms\n", idle_set,
+              idle_active);
+  EXPECT_LT(idle_set, 1.5);  // measured 0.1-0.2 ms; the default spin alone burned 3-8 ms
+  EXPECT_GT(idle_active, idle_set + 20.0);
 }
 
 }  // namespace
