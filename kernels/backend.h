@@ -16,11 +16,11 @@
 //   embedding_forward / embedding_backward, cross_entropy_forward / cross_entropy_backward,
 //   their vocabulary-shard forms for the vocabulary-parallel embedding and loss
 //   (embedding_forward_shard / embedding_backward_shard, cross_entropy_shard_max / _sums /
-//   _finish / _backward), add_inplace, scale_inplace, sum_squares, adamw_update, convert (fp32 -> T),
-//   the MoE kernels (moe_router_forward / backward, moe_permute / backward,
-//   moe_unpermute / backward, grouped_linear_forward / backward),
-//   and memory movement: upload (host -> B), download (B -> host), copy (B -> B), copy_2d
-//   (strided rows, B -> B), zero.
+//   _finish / _backward), add_inplace, scale_inplace, sum_squares, adamw_update, convert (fp32 ->
+//   T), the MoE kernels (moe_router_forward / backward, moe_permute / backward, moe_unpermute /
+//   backward, grouped_linear_forward / backward, moe_capacity), the LSH-compressed dispatch's
+//   (lsh_hash, lsh_bucket, lsh_bucket_reduce, lsh_expand / backward), and memory movement: upload
+//   (host -> B), download (B -> host), copy (B -> B), copy_2d (strided rows, B -> B), zero.
 // Types follow one rule: weight gradients, norm weights, rstd, lse, router tensors and losses
 // are fp32 whatever T is (double only in the CPU kernels' double instantiation used by the
 // finite-difference tests).

@@ -10,7 +10,7 @@
 // Backends: Transformer = TransformerT<CpuBackend> (fp32, host memory, the whole parallel
 // engine) and TransformerT<CudaBackend<T>> (model/cuda/cuda_transformer.h; fp32 or bf16 mixed
 // precision on one device per rank: data, tensor, sequence, context and expert parallelism with
-// every recompute mode; capacity dropping and LSH run on the CPU backend so far: Supports() says
+// every recompute mode, capacity dropping and the LSH-compressed all-to-all: Supports() says
 // what a backend runs, naming the field).
 //
 // Parameters: ONE fp32 buffer on the backend's device laid out as ParamLayout (shapes known
@@ -75,8 +75,8 @@ class TransformerT {
   using T = typename B::T;
   static constexpr bool kHost = kernels::kHostBackend<B>;
   // The MoE layer: parallel::MoeLayer (expert parallelism, capacity, LSH) on the host backend,
-  // LocalMoe (dropless; every expert on the device, or E/ep with expert parallelism) on a device
-  // backend.
+  // LocalMoe (every expert on the device, or E/ep with expert parallelism; capacity and LSH as
+  // MoeLayer's) on a device backend.
   using MoeImpl = std::conditional_t<kHost, parallel::MoeLayer, LocalMoe<B>>;
 
   // OK, or what this backend cannot run for (config, batch, seq, parallel), naming the field.

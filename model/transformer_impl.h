@@ -3,8 +3,8 @@
 // (CudaBackend<float>, CudaBackend<bf16>). Tensor and sequence parallelism run on every backend
 // (parallel/tensor_parallel.h, parallel/vocab_parallel.h are templates over B), and so does
 // context parallelism (parallel/cp_attention.h, zigzag.h); expert parallelism is MoeImpl's
-// (parallel::MoeLayer on the host, LocalMoe<B> on a device); the code reached only with capacity
-// dropping or LSH sits under `if constexpr (kHost)`: those run on the host backend so far.
+// (parallel::MoeLayer on the host, LocalMoe<B> on a device; both drop by capacity and compress
+// by LSH the same way).
 #pragma once
 
 #include <cmath>
@@ -37,15 +37,6 @@ Status TransformerT<B>::Supports(const ModelConfig& c, int batch, int seq,
     return Status::Error("seq " + std::to_string(seq) + " must lie in [1, model.max_seq_len=" +
                          std::to_string(c.max_seq_len) + "]");
   if constexpr (!kHost) {
-    const std::string dev = std::string(" on train.device=cuda");
-    if (c.moe.num_experts > 0 && c.moe.capacity_factor > 0)
-      return Status::Error("model.moe.capacity_factor=" + std::to_string(c.moe.capacity_factor) +
-                           ": the experts are dropless" + dev +
-                           "; set model.moe.capacity_factor=0 or train.device=cpu");
-    if (c.moe.num_experts > 0 && c.moe.lsh.enabled)
-      return Status::Error(
-          "model.moe.lsh.enabled: the LSH-compressed all-to-all runs on train.device=cpu only so "
-          "far; set model.moe.lsh.enabled=false or train.device=cpu");
     if (c.moe.num_experts > 0 && c.moe.top_k > B::kMoeMaxTopK)
       return Status::Error("model.moe.top_k=" + std::to_string(c.moe.top_k) +
                            " exceeds the GPU router's limit of " + std::to_string(B::kMoeMaxTopK));

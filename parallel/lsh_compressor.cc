@@ -5,7 +5,7 @@
 #include <cstring>
 #include <sstream>
 
-#include "core/rng.h"
+#include "parallel/lsh_rotations.h"
 
 namespace grove::parallel {
 
@@ -13,34 +13,7 @@ LshCompressor::LshCompressor(const LshOptions& cfg, int h)
     : cfg_(cfg), h_(h), r_(cfg.rotation_dim), L_(cfg.num_hashes) {
   const Status st = cfg.Validate(h);
   GROVE_CHECK(st.ok()) << st.message();
-  rot_.resize(size_t(L_) * r_ * h_);
-  std::vector<double> q(size_t(r_) * h_);
-  for (int l = 0; l < L_; ++l) {
-    Rng rng(derive_seed(cfg.seed, uint64_t(l)));
-    for (double& v : q) v = rng.normal();
-    // Modified Gram-Schmidt on the rows. A Gaussian row is (almost surely) independent of the
-    // previous ones; a degenerate one would show as a zero norm and is redrawn.
-    for (int i = 0; i < r_; ++i) {
-      double* qi = q.data() + size_t(i) * h_;
-      for (;;) {
-        for (int j = 0; j < i; ++j) {
-          const double* qj = q.data() + size_t(j) * h_;
-          double d = 0;
-          for (int c = 0; c < h_; ++c) d += qi[c] * qj[c];
-          for (int c = 0; c < h_; ++c) qi[c] -= d * qj[c];
-        }
-        double nrm = 0;
-        for (int c = 0; c < h_; ++c) nrm += qi[c] * qi[c];
-        nrm = std::sqrt(nrm);
-        if (nrm > 1e-6) {
-          for (int c = 0; c < h_; ++c) qi[c] /= nrm;
-          break;
-        }
-        for (int c = 0; c < h_; ++c) qi[c] = rng.normal();
-      }
-    }
-    for (size_t i = 0; i < q.size(); ++i) rot_[size_t(l) * r_ * h_ + i] = float(q[i]);
-  }
+  rot_ = lsh_rotations(cfg, h);
   const int LR = L_ * r_;
   rotT_.resize(size_t(h_) * LR);
   for (int l = 0; l < L_; ++l) {

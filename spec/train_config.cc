@@ -122,14 +122,6 @@ Status TrainConfig::Validate() const {
         "train.device=cuda but this build has no CUDA support: rebuild with "
         "-DGROVE_CUDA=ON on a machine with the CUDA toolkit, or set train.device=cpu");
 #endif
-    if (model.moe.num_experts > 0 && model.moe.capacity_factor > 0)
-      return err(
-          "train.device=cuda runs dropless experts only: set model.moe.capacity_factor=0 "
-          "or train.device=cpu");
-    if (model.moe.num_experts > 0 && model.moe.lsh.enabled)
-      return err(
-          "train.device=cuda keeps every expert local (no all-to-all to compress): set "
-          "model.moe.lsh.enabled=false or train.device=cpu");
   }
   if (data.dir.empty()) return err("data.dir must name the prepared dataset directory");
   const ParallelOptions& p = parallel;

@@ -53,11 +53,13 @@ class DeviceTraining final : public TrainingModel {
   }
 
   void set_global_step(int64_t step) override {
-    if constexpr (kHost) {
-      for (int l = 0; l < model_.config().n_layers; ++l) {
+    for (int l = 0; l < model_.config().n_layers; ++l) {
+      if constexpr (kHost) {
         parallel::MoeLayer* layer = model_.moe_layer(l);
         auto* lsh = layer ? dynamic_cast<parallel::LshDispatcher*>(&layer->dispatcher()) : nullptr;
         if (lsh) lsh->set_step(step);
+      } else {
+        if (LocalMoe<B>* layer = model_.moe_layer(l)) layer->set_step(step);
       }
     }
   }

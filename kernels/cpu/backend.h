@@ -192,6 +192,34 @@ struct CpuBackend {
                                       const int32_t* offsets_host, int E, int C, int OC) {
     cpu::grouped_linear_backward<T>(din, dw, dout, in, w, offsets_host, E, C, OC);
   }
+  // capacity dropping and the LSH-compressed dispatch (contracts in kernels/cpu/ops.h)
+  static void moe_capacity(int32_t* expert_kept, float* weight_kept, int32_t* counts_kept,
+                           int32_t* dropped, const int32_t* expert, const float* weight, int N,
+                           int k, int E, int64_t cap) {
+    cpu::moe_capacity(expert_kept, weight_kept, counts_kept, dropped, expert, weight, N, k, E, cap);
+  }
+  static void lsh_hash(uint64_t* ids, const T* x, const float* rot, const T* mu,
+                       const int32_t* mu_row, int64_t n, int C, int L, int r) {
+    cpu::lsh_hash<T>(ids, x, rot, mu, mu_row, n, C, L, r);
+  }
+  static void lsh_bucket(int32_t* pos, int32_t* nbuckets, int32_t* scratch, const uint64_t* ids,
+                         const int32_t* codes, const int32_t* offsets, int G, int64_t n, int L,
+                         int r) {
+    cpu::lsh_bucket(pos, nbuckets, scratch, ids, codes, offsets, G, n, L, r);
+  }
+  static void lsh_bucket_reduce(T* out, int32_t* count, double* acc, const T* x, const int32_t* pos,
+                                const int32_t* offsets, int G, int64_t B, int C, bool mean) {
+    cpu::lsh_bucket_reduce<T>(out, count, acc, x, pos, offsets, G, B, C, mean);
+  }
+  static void lsh_expand(T* yp, const T* yc, const T* xp, const T* xc, const int32_t* pos,
+                         int64_t n, int C, bool compensate) {
+    cpu::lsh_expand<T>(yp, yc, xp, xc, pos, n, C, compensate);
+  }
+  static void lsh_expand_backward(T* dxp, const T* dxc, const T* dyc, const T* dyp,
+                                  const int32_t* pos, const int32_t* count, int64_t n, int C,
+                                  bool compensate) {
+    cpu::lsh_expand_backward<T>(dxp, dxc, dyc, dyp, pos, count, n, C, compensate);
+  }
   // The router's input-gradient GEMM reads the fp32 logit gradient directly.
   static const T* router_grad_operand(T*, const float* dlogits, int64_t) { return dlogits; }
 };

@@ -188,9 +188,9 @@ void adamw_update(float* param, const float* grad, float* m, float* v, int64_t n
 // parallel/moe_router.cc and parallel/moe_dispatcher.cc use them). Legend: N tokens, C model dim,
 // E experts, k experts per token (1 <= k <= min(E, kMoeMaxTopK)), A = N·k assignments,
 // assignment a = n·k + j. A is the router's type, float for training (double for the
-// finite-difference tests); the statistics prob_sum and lse_sq_sum are double. Dropless: capacity
-// dropping is the router's (parallel/moe_router.cc), not these kernels'. Deterministic: fixed-order
-// sums, whatever the thread count. Index buffers are int32: A < 2^31.
+// finite-difference tests); the statistics prob_sum and lse_sq_sum are double. Capacity dropping
+// is moe_capacity's (below; parallel/moe_router.cc drops by the same rule). Deterministic:
+// fixed-order sums, whatever the thread count. Index buffers are int32: A < 2^31.
 //
 // Route: from logits[N,E] writes probs[N,E] = softmax(logits) (exp and sums in double), lse[N],
 // expert[N,k] = top-k ids by logit (largest first, a tie goes to the lower id), and
@@ -240,6 +240,49 @@ void grouped_linear_forward(T* out, const T* inp, const T* weight, const int32_t
 template <typename T>
 void grouped_linear_backward(T* dinp, acc_t<T>* dweight, const T* dout, const T* inp,
                              const T* weight, const int32_t* offsets_host, int E, int C, int OC);
+
+// ---- Capacity dropping and the LSH-compressed dispatch (docs/moe.md#capacity, docs/lsh.md) ------
+// The rows of moe_permute's xp form groups (group g: rows [offsets[g], offsets[g+1]), the rows one
+// rank routes to expert g, in (token, slot) order). Index buffers are int32 (rows < 2^31).
+//
+// Capacity: per expert, the first `cap` assignments in (slot, token) order are kept (first slots
+// win over second slots, then earlier tokens), the rest dropped. Writes expert_kept[N,k] (the
+// expert, or E for a dropped assignment: permuting by it with E+1 groups puts the dropped rows in
+// a last group the experts never read), weight_kept[N,k] (the weight, or 0 when dropped),
+// counts_kept[E+1] (kept rows per expert; [E]: dropped rows) and dropped[E] (per expert).
+void moe_capacity(int32_t* expert_kept, float* weight_kept, int32_t* counts_kept, int32_t* dropped,
+                  const int32_t* expert, const float* weight, int N, int k, int E, int64_t cap);
+// Cross-polytope hash of n rows x[n,C] (rows minus mu[mu_row[i]] when mu is not null) with the
+// rotations rot[L,r,C]: v_l = rot_l·x summed over c = 0..C-1 in this order in fp32 without fused
+// multiply-adds (the same id on every backend and every rank), code_l = 2·argmax_i |v_{l,i}| +
+// (v < 0) (a tie to the lowest i), ids[i] = Σ_l code_l·(2r)^l.
+template <typename T>
+void lsh_hash(uint64_t* ids, const T* x, const float* rot, const T* mu, const int32_t* mu_row,
+              int64_t n, int C, int L, int r);
+// Buckets of every group: codes[g] = 0 leaves each row its own bucket, l in [1, L] buckets by the
+// first l hash codes (ids mod (2r)^l; l = L: the whole id), −1 puts the whole group in one
+// bucket. Buckets are numbered in order of their first row within the group, groups one after
+// another: pos[i] = the centroid row of row i (groups' centroids contiguous, in group order),
+// nbuckets[g] = buckets of group g. scratch: [offsets[G]] int32. offsets[G+1] device.
+void lsh_bucket(int32_t* pos, int32_t* nbuckets, int32_t* scratch, const uint64_t* ids,
+                const int32_t* codes, const int32_t* offsets, int G, int64_t n, int L, int r);
+// out[B,C] = Σ_{i: pos[i] = b} x[i] (mean = false) or that sum / count[b] (mean = true; count[B]
+// written), summed in double in row order and rounded once. Rows of group g map to centroids of
+// group g only. acc: [B,C] double scratch.
+template <typename T>
+void lsh_bucket_reduce(T* out, int32_t* count, double* acc, const T* x, const int32_t* pos,
+                       const int32_t* offsets, int G, int64_t B, int C, bool mean);
+// Decompression of the expert outputs: yp[i] = yc[pos[i]] + (xp[i] − xc[pos[i]]) (compensate;
+// the row's own residual) or yc[pos[i]], for rows i < n.
+template <typename T>
+void lsh_expand(T* yp, const T* yc, const T* xp, const T* xc, const int32_t* pos, int64_t n, int C,
+                bool compensate);
+// Its backward with the mean's: dxp[i] = dxc[b] when count[b] = 1; else (dxc[b] − dyc[b]) /
+// count[b] + dyp[i] (compensate) or dxc[b] / count[b]; b = pos[i], dyc = lsh_bucket_reduce of dyp
+// (sum). Written, rows i < n.
+template <typename T>
+void lsh_expand_backward(T* dxp, const T* dxc, const T* dyc, const T* dyp, const int32_t* pos,
+                         const int32_t* count, int64_t n, int C, bool compensate);
 
 // OpenMP threads used by the kernels (and OpenBLAS when it is the OpenMP build).
 int num_threads();

@@ -227,8 +227,8 @@ void adamw_update(float* param, const float* grad, float* m, float* v, int64_t n
 // (1 <= k <= min(E, kMoeMaxTopK)), A = N·k assignments, assignment a = n·k + j.
 //  - The router is fp32 whatever T is (its logits come from a GEMM with an fp32 C), and computes
 //    the softmax in double as the CPU router does, so ids, probs and weights match it.
-//  - DROPLESS ONLY: capacity_factor > 0 (capacity dropping) is not implemented on the GPU; every
-//    assignment gets a row of the permuted buffer.
+//  - Capacity dropping is moe_capacity's (below): it rewrites the routing so that moe_permute
+//    puts the dropped rows in a last group the experts never read.
 //  - Index buffers (expert ids, counts, offsets, row_of) are int32 on the device: A < 2^31.
 //  - Everything is deterministic: no atomics, fixed-order fp32 / double sums.
 
@@ -290,5 +290,52 @@ template <typename T>
 void grouped_linear_backward(T* dinp, float* dweight, const T* dout, const T* inp, const T* weight,
                              const int32_t* offsets_host, int E, int C, int OC,
                              cudaStream_t stream = 0);
+
+// ---- Capacity dropping and the LSH-compressed dispatch (docs/moe.md#capacity, docs/lsh.md) ------
+// The rows of moe_permute's xp form groups (group g: rows [offsets[g], offsets[g+1]), the rows one
+// rank routes to expert g, in (token, slot) order). Index buffers are int32 (rows < 2^31).
+//
+// Capacity: per expert, the first `cap` assignments in (slot, token) order are kept (first slots
+// win over second slots, then earlier tokens), the rest dropped. Writes expert_kept[N,k] (the
+// expert, or E for a dropped assignment: permuting by it with E+1 groups puts the dropped rows in
+// a last group the experts never read), weight_kept[N,k] (the weight, or 0 when dropped),
+// counts_kept[E+1] (kept rows per expert; [E]: dropped rows) and dropped[E] (per expert).
+void moe_capacity(int32_t* expert_kept, float* weight_kept, int32_t* counts_kept, int32_t* dropped,
+                  const int32_t* expert, const float* weight, int N, int k, int E, int64_t cap,
+                  cudaStream_t stream = 0);
+// Cross-polytope hash of n rows x[n,C] (rows minus mu[mu_row[i]] when mu is not null) with the
+// rotations rot[L,r,C]: v_l = rot_l·x summed over c = 0..C-1 in this order in fp32 without fused
+// multiply-adds (the same id on every backend and every rank), code_l = 2·argmax_i |v_{l,i}| +
+// (v < 0) (a tie to the lowest i), ids[i] = Σ_l code_l·(2r)^l.
+template <typename T>
+void lsh_hash(uint64_t* ids, const T* x, const float* rot, const T* mu, const int32_t* mu_row,
+              int64_t n, int C, int L, int r, cudaStream_t stream = 0);
+// Buckets of every group: codes[g] = 0 leaves each row its own bucket, l in [1, L] buckets by the
+// first l hash codes (ids mod (2r)^l; l = L: the whole id), −1 puts the whole group in one
+// bucket. Buckets are numbered in order of their first row within the group, groups one after
+// another: pos[i] = the centroid row of row i (groups' centroids contiguous, in group order),
+// nbuckets[g] = buckets of group g. scratch: [offsets[G]] int32. offsets[G+1] device.
+void lsh_bucket(int32_t* pos, int32_t* nbuckets, int32_t* scratch, const uint64_t* ids,
+                const int32_t* codes, const int32_t* offsets, int G, int64_t n, int L, int r,
+                cudaStream_t stream = 0);
+// out[B,C] = Σ_{i: pos[i] = b} x[i] (mean = false) or that sum / count[b] (mean = true; count[B]
+// written), summed in double in row order and rounded once. Rows of group g map to centroids of
+// group g only. acc: [B,C] double scratch.
+template <typename T>
+void lsh_bucket_reduce(T* out, int32_t* count, double* acc, const T* x, const int32_t* pos,
+                       const int32_t* offsets, int G, int64_t B, int C, bool mean,
+                       cudaStream_t stream = 0);
+// Decompression of the expert outputs: yp[i] = yc[pos[i]] + (xp[i] − xc[pos[i]]) (compensate;
+// the row's own residual) or yc[pos[i]], for rows i < n.
+template <typename T>
+void lsh_expand(T* yp, const T* yc, const T* xp, const T* xc, const int32_t* pos, int64_t n, int C,
+                bool compensate, cudaStream_t stream = 0);
+// Its backward with the mean's: dxp[i] = dxc[b] when count[b] = 1; else (dxc[b] − dyc[b]) /
+// count[b] + dyp[i] (compensate) or dxc[b] / count[b]; b = pos[i], dyc = lsh_bucket_reduce of dyp
+// (sum). Written, rows i < n.
+template <typename T>
+void lsh_expand_backward(T* dxp, const T* dxc, const T* dyc, const T* dyp, const int32_t* pos,
+                         const int32_t* count, int64_t n, int C, bool compensate,
+                         cudaStream_t stream = 0);
 
 }  // namespace grove::cuda

@@ -685,3 +685,147 @@ GROVE_INSTANTIATE_MOE(double)
 #undef GROVE_INSTANTIATE_MOE
 
 }  // namespace grove::ref
+
+// ---- Capacity dropping and the LSH-compressed dispatch ------------------------------------------
+namespace grove::ref {
+
+void moe_capacity(int32_t* expert_kept, float* weight_kept, int32_t* counts_kept, int32_t* dropped,
+                  const int32_t* expert, const float* weight, int N, int k, int E, int64_t cap) {
+  for (int e = 0; e <= E; ++e) counts_kept[e] = 0;
+  for (int e = 0; e < E; ++e) dropped[e] = 0;
+  // Assignment (n, j) is kept when fewer than cap assignments to its expert come before it in
+  // (slot, token) order.
+  for (int n = 0; n < N; ++n) {
+    for (int j = 0; j < k; ++j) {
+      const int64_t a = int64_t(n) * k + j;
+      const int32_t e = expert[a];
+      int64_t before = 0;
+      for (int j2 = 0; j2 <= j; ++j2)
+        for (int n2 = 0; n2 < (j2 < j ? N : n); ++n2) before += expert[int64_t(n2) * k + j2] == e;
+      const bool keep = before < cap;
+      expert_kept[a] = keep ? e : E;
+      weight_kept[a] = keep ? weight[a] : 0.0f;
+      ++counts_kept[keep ? e : E];
+      if (!keep) ++dropped[e];
+    }
+  }
+}
+
+template <typename T>
+void lsh_hash(uint64_t* ids, const T* x, const float* rot, const T* mu, const int32_t* mu_row,
+              int64_t n, int C, int L, int r) {
+  std::vector<float> v(static_cast<size_t>(r));
+  for (int64_t i = 0; i < n; ++i) {
+    uint64_t id = 0, base = 1;
+    for (int l = 0; l < L; ++l) {
+      for (int o = 0; o < r; ++o) {
+        float s = 0;  // fp32, c in order: the hash is defined by this rounding
+        for (int c = 0; c < C; ++c) {
+          float xc = float(x[i * C + c]);
+          if (mu != nullptr) xc = xc - float(mu[int64_t(mu_row[i]) * C + c]);
+          s = s + xc * rot[(int64_t(l) * r + o) * C + c];
+        }
+        v[o] = s;
+      }
+      int best = 0;
+      for (int o = 1; o < r; ++o)
+        if (std::fabs(v[o]) > std::fabs(v[best])) best = o;
+      id += (2 * uint64_t(best) + (v[best] < 0 ? 1 : 0)) * base;
+      base *= 2 * uint64_t(r);
+    }
+    ids[i] = id;
+  }
+}
+
+void lsh_bucket(int32_t* pos, int32_t* nbuckets, int32_t* /*scratch*/, const uint64_t* ids,
+                const int32_t* codes, const int32_t* offsets, int G, int64_t /*n*/, int L, int r) {
+  int32_t base = 0;
+  for (int g = 0; g < G; ++g) {
+    const int64_t lo = offsets[g], hi = offsets[g + 1];
+    uint64_t mod = 0;  // 0: the whole id
+    if (codes[g] > 0 && codes[g] < L) {
+      mod = 1;
+      for (int l = 0; l < codes[g]; ++l) mod *= 2 * uint64_t(r);
+    }
+    auto same = [&](int64_t i, int64_t j) {
+      if (codes[g] == 0) return i == j;
+      if (codes[g] < 0) return true;
+      return mod ? ids[i] % mod == ids[j] % mod : ids[i] == ids[j];
+    };
+    int32_t B = 0;
+    for (int64_t i = lo; i < hi; ++i) {
+      int64_t f = lo;
+      while (!same(f, i)) ++f;  // the bucket's first row
+      if (f == i) {
+        pos[i] = base + B++;
+      } else {
+        pos[i] = pos[f];
+      }
+    }
+    nbuckets[g] = B;
+    base += B;
+  }
+}
+
+template <typename T>
+void lsh_bucket_reduce(T* out, int32_t* count, double* /*acc*/, const T* x, const int32_t* pos,
+                       const int32_t* offsets, int G, int64_t B, int C, bool mean) {
+  for (int64_t b = 0; b < B; ++b) {
+    int32_t nb = 0;
+    for (int c = 0; c < C; ++c) {
+      double s = 0;
+      nb = 0;
+      for (int64_t i = offsets[0]; i < offsets[G]; ++i)
+        if (pos[i] == b) {
+          s += double(x[i * C + c]);
+          ++nb;
+        }
+      out[b * C + c] = T(mean ? s * (nb > 0 ? 1.0 / nb : 0.0) : s);
+    }
+    if (mean) count[b] = nb;
+  }
+}
+
+template <typename T>
+void lsh_expand(T* yp, const T* yc, const T* xp, const T* xc, const int32_t* pos, int64_t n, int C,
+                bool compensate) {
+  for (int64_t i = 0; i < n; ++i)
+    for (int c = 0; c < C; ++c) {
+      const int64_t b = pos[i];
+      yp[i * C + c] = compensate ? yc[b * C + c] + (xp[i * C + c] - xc[b * C + c]) : yc[b * C + c];
+    }
+}
+
+template <typename T>
+void lsh_expand_backward(T* dxp, const T* dxc, const T* dyc, const T* dyp, const int32_t* pos,
+                         const int32_t* count, int64_t n, int C, bool compensate) {
+  for (int64_t i = 0; i < n; ++i)
+    for (int c = 0; c < C; ++c) {
+      const int64_t b = pos[i];
+      const T inv = T(1) / T(count[b]);
+      const T dc = dxc[b * C + c];
+      T& d = dxp[i * C + c];
+      if (count[b] == 1) {
+        d = dc;
+      } else if (compensate) {
+        d = (dc - dyc[b * C + c]) * inv + dyp[i * C + c];
+      } else {
+        d = dc * inv;
+      }
+    }
+}
+
+#define GROVE_INSTANTIATE_LSH(T)                                                                  \
+  template void lsh_hash<T>(uint64_t*, const T*, const float*, const T*, const int32_t*, int64_t, \
+                            int, int, int);                                                       \
+  template void lsh_bucket_reduce<T>(T*, int32_t*, double*, const T*, const int32_t*,             \
+                                     const int32_t*, int, int64_t, int, bool);                    \
+  template void lsh_expand<T>(T*, const T*, const T*, const T*, const int32_t*, int64_t, int,     \
+                              bool);                                                              \
+  template void lsh_expand_backward<T>(T*, const T*, const T*, const T*, const int32_t*,          \
+                                       const int32_t*, int64_t, int, bool);
+GROVE_INSTANTIATE_LSH(float)
+GROVE_INSTANTIATE_LSH(double)
+#undef GROVE_INSTANTIATE_LSH
+
+}  // namespace grove::ref

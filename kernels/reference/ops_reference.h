@@ -139,4 +139,23 @@ template <typename T>
 void grouped_linear_backward(T* dinp, acc_t<T>* dweight, const T* dout, const T* inp,
                              const T* weight, const int32_t* offsets, int E, int C, int OC);
 
+// Capacity dropping and the LSH-compressed dispatch (contracts in kernels/cpu/ops.h). The
+// bucketing here compares every row with every earlier row of its group (no hash map).
+void moe_capacity(int32_t* expert_kept, float* weight_kept, int32_t* counts_kept, int32_t* dropped,
+                  const int32_t* expert, const float* weight, int N, int k, int E, int64_t cap);
+template <typename T>
+void lsh_hash(uint64_t* ids, const T* x, const float* rot, const T* mu, const int32_t* mu_row,
+              int64_t n, int C, int L, int r);
+void lsh_bucket(int32_t* pos, int32_t* nbuckets, int32_t* scratch, const uint64_t* ids,
+                const int32_t* codes, const int32_t* offsets, int G, int64_t n, int L, int r);
+template <typename T>
+void lsh_bucket_reduce(T* out, int32_t* count, double* acc, const T* x, const int32_t* pos,
+                       const int32_t* offsets, int G, int64_t B, int C, bool mean);
+template <typename T>
+void lsh_expand(T* yp, const T* yc, const T* xp, const T* xc, const int32_t* pos, int64_t n, int C,
+                bool compensate);
+template <typename T>
+void lsh_expand_backward(T* dxp, const T* dxc, const T* dyc, const T* dyp, const int32_t* pos,
+                         const int32_t* count, int64_t n, int C, bool compensate);
+
 }  // namespace grove::ref

@@ -405,5 +405,125 @@ TYPED_TEST(CudaMoeTyped, RouteDispatchCombine) {
   EXPECT_TRUE(close("route -> dispatch -> experts -> combine", d_y.download(), want, tol));
 }
 
+// ---- Capacity dropping and the LSH-compressed dispatch (kernels/cuda/lsh.cu) -------------------
+// Capacity, hash ids and buckets are integers: equal to the reference exactly. The bucket sums
+// are double sums rounded once (fp32: exact; bf16: one more rounding through fp32), the
+// expansion and its backward a few fp32 operations rounded to T.
+TEST_F(CudaMoe, CapacityKeepsFirstSlotsThenEarlierTokens) {
+  const int N = 37, k = 2, E = 5, A = N * k;
+  const std::vector<int32_t> expert = random_experts(N, k, E, /*skip=*/-1, 501);
+  const Vec w = stored<float>(random_vec(A, 502, 0.1, 1.0));
+  for (int64_t cap : {int64_t{0}, int64_t{9}, int64_t{A}}) {
+    std::vector<int32_t> ek(A), ck(E + 1), dr(E);
+    std::vector<float> wf(w.begin(), w.end()), wk(A);
+    ref::moe_capacity(ek.data(), wk.data(), ck.data(), dr.data(), expert.data(), wf.data(), N, k, E,
+                      cap);
+    DeviceBuffer<int32_t> d_ex(to_vec(expert)), d_ek(A), d_ck(E + 1), d_dr(E);
+    DeviceBuffer<float> d_w(w), d_wk(Vec(A, 3.0));
+    moe_capacity(d_ek.get(), d_wk.get(), d_ck.get(), d_dr.get(), d_ex.get(), d_w.get(), N, k, E,
+                 cap);
+    const std::string tag = " cap=" + std::to_string(cap);
+    EXPECT_EQ(to_ints(d_ek.download()), ek) << "expert_kept" << tag;
+    EXPECT_EQ(to_ints(d_ck.download()), ck) << "counts_kept" << tag;
+    EXPECT_EQ(to_ints(d_dr.download()), dr) << "dropped" << tag;
+    EXPECT_EQ(d_wk.download(), Vec(wk.begin(), wk.end())) << "weight_kept" << tag;
+    if (cap == 9) {
+      EXPECT_GT(ck[E], 0) << "some assignment must be dropped";
+    }
+  }
+}
+
+TYPED_TEST(CudaMoeTyped, LshHashBucketCentroidsExpand) {
+  using T = TypeParam;
+  const int C = 24, L = 3, r = 4;
+  // Groups of 13, 0, 17 and 10 rows; rows repeat so that buckets hold several rows.
+  const std::vector<int32_t> offsets{0, 13, 13, 30, 40};
+  const int G = 4, n = offsets[G];
+  Vec base = stored<T>(random_vec(size_t(9) * C, 601));
+  Vec x(size_t(n) * C);
+  for (int i = 0; i < n; ++i)
+    for (int c = 0; c < C; ++c) x[size_t(i) * C + c] = base[size_t((i * 7) % 9) * C + c];
+  Vec rot = stored<float>(random_vec(size_t(L) * r * C, 602));
+  std::vector<float> rot_f(rot.begin(), rot.end());
+  Vec mu = stored<T>(random_vec(size_t(G) * C, 603, -0.3, 0.3));
+  std::vector<int32_t> mu_row(n);
+  for (int g = 0; g < G; ++g)
+    for (int i = offsets[g]; i < offsets[g + 1]; ++i) mu_row[i] = g;
+
+  DeviceBuffer<T> d_x(x), d_mu(mu);
+  DeviceBuffer<float> d_rot(rot);
+  DeviceBuffer<int32_t> d_mu_row(to_vec(mu_row)), d_off(to_vec(offsets));
+  for (bool centred : {false, true}) {
+    std::vector<uint64_t> ids(n);
+    ref::lsh_hash<double>(ids.data(), x.data(), rot_f.data(), centred ? mu.data() : nullptr,
+                          centred ? mu_row.data() : nullptr, n, C, L, r);
+    DeviceBuffer<uint64_t> d_ids(n);
+    lsh_hash<T>(d_ids.get(), d_x.get(), d_rot.get(), centred ? d_mu.get() : nullptr,
+                centred ? d_mu_row.get() : nullptr, n, C, L, r);
+    const Vec got = d_ids.download();
+    EXPECT_EQ(std::vector<uint64_t>(got.begin(), got.end()), ids) << "ids centred=" << centred;
+  }
+  std::vector<uint64_t> ids(n);
+  ref::lsh_hash<double>(ids.data(), x.data(), rot_f.data(), nullptr, nullptr, n, C, L, r);
+  DeviceBuffer<uint64_t> d_ids(Vec(ids.begin(), ids.end()));
+
+  // Every code kind: each row its own bucket, all L codes, a one-code prefix, one bucket per group.
+  for (const std::vector<int32_t>& codes :
+       {std::vector<int32_t>{L, 0, 1, -1}, std::vector<int32_t>{0, 2, L, 1}}) {
+    std::vector<int32_t> pos(n), nb(G);
+    ref::lsh_bucket(pos.data(), nb.data(), nullptr, ids.data(), codes.data(), offsets.data(), G, n,
+                    L, r);
+    DeviceBuffer<int32_t> d_codes(to_vec(codes)), d_pos(Vec(n, -5.0)), d_nb(G), d_scr(n);
+    lsh_bucket(d_pos.get(), d_nb.get(), d_scr.get(), d_ids.get(), d_codes.get(), d_off.get(), G, n,
+               L, r);
+    EXPECT_EQ(to_ints(d_pos.download()), pos) << "pos";
+    EXPECT_EQ(to_ints(d_nb.download()), nb) << "nbuckets";
+    int64_t B = 0;
+    for (int32_t b : nb) B += b;
+    EXPECT_LT(B, n) << "the repeated rows must share buckets";
+
+    // Centroids (mean) and bucket sums.
+    Vec xc(size_t(B) * C), sum(size_t(B) * C);
+    std::vector<int32_t> cnt(B);
+    ref::lsh_bucket_reduce<double>(xc.data(), cnt.data(), nullptr, x.data(), pos.data(),
+                                   offsets.data(), G, B, C, true);
+    ref::lsh_bucket_reduce<double>(sum.data(), nullptr, nullptr, x.data(), pos.data(),
+                                   offsets.data(), G, B, C, false);
+    DeviceBuffer<T> d_xc(size_t(B) * C), d_sum(size_t(B) * C);
+    DeviceBuffer<int32_t> d_cnt(Vec(B, -1.0));
+    DeviceBuffer<double> d_acc(size_t(B) * C);
+    lsh_bucket_reduce<T>(d_xc.get(), d_cnt.get(), d_acc.get(), d_x.get(), d_pos.get(), d_off.get(),
+                         G, B, C, true);
+    EXPECT_EQ(to_ints(d_cnt.download()), cnt) << "bucket sizes";
+    const double tol = std::is_same_v<T, float> ? 0.0 : 3.9e-3;
+    EXPECT_TRUE(close("centroids", d_xc.download(), stored<T>(xc), tol));
+    lsh_bucket_reduce<T>(d_sum.get(), nullptr, d_acc.get(), d_x.get(), d_pos.get(), d_off.get(), G,
+                         B, C, false);
+    EXPECT_TRUE(close("bucket sums", d_sum.download(), stored<T>(sum), tol));
+
+    // Expansion of expert outputs and its backward, with and without compensation.
+    const Vec xcs = d_xc.download();
+    const Vec yc = stored<T>(random_vec(size_t(B) * C, 610));
+    const Vec dyp = stored<T>(random_vec(size_t(n) * C, 611));
+    const Vec dxc = stored<T>(random_vec(size_t(B) * C, 612));
+    const Vec dyc = stored<T>(random_vec(size_t(B) * C, 613));
+    DeviceBuffer<T> d_yc(yc), d_dyp(dyp), d_dxc(dxc), d_dyc(dyc), d_yp(size_t(n) * C),
+        d_dxp(size_t(n) * C);
+    for (bool comp : {true, false}) {
+      Vec yp(size_t(n) * C), dxp(size_t(n) * C);
+      ref::lsh_expand<double>(yp.data(), yc.data(), x.data(), xcs.data(), pos.data(), n, C, comp);
+      ref::lsh_expand_backward<double>(dxp.data(), dxc.data(), dyc.data(), dyp.data(), pos.data(),
+                                       cnt.data(), n, C, comp);
+      lsh_expand<T>(d_yp.get(), d_yc.get(), d_x.get(), d_xc.get(), d_pos.get(), n, C, comp);
+      lsh_expand_backward<T>(d_dxp.get(), d_dxc.get(), d_dyc.get(), d_dyp.get(), d_pos.get(),
+                             d_cnt.get(), n, C, comp);
+      const std::string tag = comp ? " (compensate)" : "";
+      EXPECT_TRUE(close("expand yp" + tag, d_yp.download(), stored<T>(yp), kCombine<T>));
+      EXPECT_TRUE(
+          close("expand backward dxp" + tag, d_dxp.download(), stored<T>(dxp), kCombine<T>));
+    }
+  }
+}
+
 }  // namespace
 }  // namespace grove::cuda

@@ -371,6 +371,16 @@ inline float __cosf(float x) {
 inline float __fdividef(float x, float y) {
   return x / y;
 }
+// The round-to-nearest arithmetic intrinsics (no contraction into a fused multiply-add).
+inline float __fadd_rn(float x, float y) {
+  return x + y;
+}
+inline float __fsub_rn(float x, float y) {
+  return x - y;
+}
+inline float __fmul_rn(float x, float y) {
+  return x * y;
+}
 inline float __frcp_rn(float x) {
   return 1.f / x;
 }

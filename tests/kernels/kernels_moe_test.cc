@@ -341,5 +341,93 @@ TEST(MoeKernels, BadShapesAreRejected) {
                Error);
 }
 
+// Capacity dropping and the LSH kernels (kernels/cpu/lsh.cc) against the references, at sizes
+// above the OpenMP thresholds: drops, ids, buckets and bucket sizes exactly; centroids and bucket
+// sums are double sums rounded once (the same bits); the expansion and its backward a few fp32
+// operations (the same expressions: the same bits).
+TEST(MoeKernels, CapacityAndLshMatchReference) {
+  const int N = 150, k = 2, E = 6, A = N * k, C = 20, L = 3, r = 5;
+  IVec expert(A);
+  const std::vector<float> u = random_vector<float>(A, 701, 0, 1);
+  for (int n = 0; n < N; ++n) {
+    expert[size_t(n) * k] = int32_t(u[size_t(n) * k] * u[size_t(n) * k] * E) % E;  // skewed
+    expert[size_t(n) * k + 1] = (expert[size_t(n) * k] + 1 + n % (E - 1)) % E;
+  }
+  const std::vector<float> w = random_vector<float>(A, 702, 0.1, 1.0);
+  for (int64_t cap : {int64_t{0}, int64_t{40}, int64_t{A}}) {
+    IVec ek(A), ck(E + 1), dr(E), ek_r(A), ck_r(E + 1), dr_r(E);
+    std::vector<float> wk(A), wk_r(A);
+    moe_capacity(ek.data(), wk.data(), ck.data(), dr.data(), expert.data(), w.data(), N, k, E, cap);
+    ref::moe_capacity(ek_r.data(), wk_r.data(), ck_r.data(), dr_r.data(), expert.data(), w.data(),
+                      N, k, E, cap);
+    EXPECT_EQ(ek, ek_r) << "cap=" << cap;
+    EXPECT_EQ(wk, wk_r) << "cap=" << cap;
+    EXPECT_EQ(ck, ck_r) << "cap=" << cap;
+    EXPECT_EQ(dr, dr_r) << "cap=" << cap;
+    if (cap == 40) {
+      EXPECT_GT(ck[E], 0);
+    }
+  }
+
+  // Rows grouped like a permute's output (one empty group), with repeats so buckets fill.
+  const IVec offsets{0, 90, 90, 200, 300};
+  const int G = 4, n = offsets[G];
+  const std::vector<float> base = random_vector<float>(size_t(23) * C, 703);
+  std::vector<float> x(size_t(n) * C);
+  for (int i = 0; i < n; ++i)
+    for (int c = 0; c < C; ++c) x[size_t(i) * C + c] = base[size_t((i * 5) % 23) * C + c];
+  const std::vector<float> rot = random_vector<float>(size_t(L) * r * C, 704);
+  const std::vector<float> mu = random_vector<float>(size_t(G) * C, 705, -0.3, 0.3);
+  IVec mu_row(n);
+  for (int g = 0; g < G; ++g)
+    for (int i = offsets[g]; i < offsets[g + 1]; ++i) mu_row[i] = g;
+  std::vector<uint64_t> ids(n), ids_r(n);
+  lsh_hash<float>(ids.data(), x.data(), rot.data(), mu.data(), mu_row.data(), n, C, L, r);
+  ref::lsh_hash<float>(ids_r.data(), x.data(), rot.data(), mu.data(), mu_row.data(), n, C, L, r);
+  EXPECT_EQ(ids, ids_r);
+  for (const IVec& codes : {IVec{L, 0, 1, -1}, IVec{2, L, 0, L}}) {
+    IVec pos(n), nb(G), pos_r(n), nb_r(G);
+    lsh_bucket(pos.data(), nb.data(), nullptr, ids.data(), codes.data(), offsets.data(), G, n, L,
+               r);
+    ref::lsh_bucket(pos_r.data(), nb_r.data(), nullptr, ids.data(), codes.data(), offsets.data(), G,
+                    n, L, r);
+    ASSERT_EQ(pos, pos_r);
+    ASSERT_EQ(nb, nb_r);
+    int64_t B = 0;
+    for (int32_t b : nb) B += b;
+    EXPECT_LT(B, n);
+    std::vector<float> xc(size_t(B) * C), xc_r(size_t(B) * C), sum(size_t(B) * C),
+        sum_r(size_t(B) * C);
+    IVec cnt(B), cnt_r(B);
+    std::vector<double> acc(size_t(B) * C);
+    lsh_bucket_reduce<float>(xc.data(), cnt.data(), acc.data(), x.data(), pos.data(),
+                             offsets.data(), G, B, C, true);
+    ref::lsh_bucket_reduce<float>(xc_r.data(), cnt_r.data(), nullptr, x.data(), pos.data(),
+                                  offsets.data(), G, B, C, true);
+    EXPECT_EQ(cnt, cnt_r);
+    EXPECT_EQ(xc, xc_r);
+    lsh_bucket_reduce<float>(sum.data(), nullptr, acc.data(), x.data(), pos.data(), offsets.data(),
+                             G, B, C, false);
+    ref::lsh_bucket_reduce<float>(sum_r.data(), nullptr, nullptr, x.data(), pos.data(),
+                                  offsets.data(), G, B, C, false);
+    EXPECT_EQ(sum, sum_r);
+    const std::vector<float> yc = random_vector<float>(size_t(B) * C, 706);
+    const std::vector<float> dyp = random_vector<float>(size_t(n) * C, 707);
+    const std::vector<float> dxc = random_vector<float>(size_t(B) * C, 708);
+    for (bool comp : {true, false}) {
+      std::vector<float> yp(size_t(n) * C), yp_r(size_t(n) * C), dxp(size_t(n) * C),
+          dxp_r(size_t(n) * C);
+      lsh_expand<float>(yp.data(), yc.data(), x.data(), xc.data(), pos.data(), n, C, comp);
+      ref::lsh_expand<float>(yp_r.data(), yc.data(), x.data(), xc.data(), pos.data(), n, C, comp);
+      EXPECT_EQ(yp, yp_r) << "compensate=" << comp;
+      lsh_expand_backward<float>(dxp.data(), dxc.data(), sum.data(), dyp.data(), pos.data(),
+                                 cnt.data(), n, C, comp);
+      ref::lsh_expand_backward<float>(dxp_r.data(), dxc.data(), sum.data(), dyp.data(), pos.data(),
+                                      cnt.data(), n, C, comp);
+      EXPECT_EQ(dxp, dxp_r) << "compensate=" << comp;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace grove::cpu

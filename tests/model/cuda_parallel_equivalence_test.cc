@@ -5,7 +5,8 @@
 // slice of the single-rank model, fp32, for every (tp, dp) with tp·dp = world and tp ∈ {1, 2, 4},
 // SP off/on, recompute none/selective/full; a dropless MoE block at tp=2 + SP; cp ∈ {2, 4}
 // with tree and ring attention (zigzag shards), alone, with dp and with tp=2 + SP; and expert
-// parallelism ep ∈ {2, 4} (the plain all-to-all dispatch).
+// parallelism ep ∈ {2, 4} (the plain all-to-all dispatch); capacity dropping and the
+// LSH-compressed all-to-all at ep ∈ {1, 2, 4} against ep = 1 and against the CPU model.
 //
 // Built against the CUDA emulator (tests/cuda_emu, ctest label emu): the ranks' groups are MPI
 // communicators on host memory (every collective staged through host memory,
@@ -21,6 +22,7 @@
 #include "core/rng.h"
 #include "model/cuda/cuda_transformer.h"
 #include "parallel/grid.h"
+#include "parallel/lsh_dispatcher.h"
 #include "tests/comm/mpi_test_env.h"
 #include "tests/common/tensor_compare.h"
 
@@ -256,18 +258,119 @@ TEST(CudaParallelEquivalence, ExpertParallelLayoutsEqualSingleRank) {
   PrintWorst("expert parallel layouts");
 }
 
-// What the CUDA backend does not run yet is refused with the field named.
-TEST(CudaParallelEquivalence, UnmovedLayoutsAreRefusedNamingTheField) {
-  ModelConfig capacity = MoeConfig();
-  capacity.moe.capacity_factor = 1.25f;
-  const Status st = Model::Supports(capacity, 2, 8, {});
-  ASSERT_FALSE(st.ok());
-  EXPECT_NE(st.message().find("model.moe.capacity_factor"), std::string::npos) << st.message();
-  ModelConfig lsh = MoeConfig();
-  lsh.moe.lsh.enabled = true;
-  const Status st_lsh = Model::Supports(lsh, 2, 8, {});
-  ASSERT_FALSE(st_lsh.ok());
-  EXPECT_NE(st_lsh.message().find("model.moe.lsh.enabled"), std::string::npos) << st_lsh.message();
+// Capacity dropping and the LSH-compressed all-to-all. Each source rank drops and buckets its
+// own tokens, so a layout is compared with ep = 1 on the same data split (dp = world, the same
+// tokens per rank): ep 2 and 4 must give the loss and gradients of ep 1 (the same drops, the same
+// buckets; only the experts' GEMM blocking differs). The CUDA model is also compared with the CPU
+// model (parallel::MoeLayer with the router's capacity and LshDispatcher) at the same layout:
+// the same drops and centroids, loss and gradients within kCompressedTol.
+// Worst errors measured: see kCompressedTol.
+constexpr double kCompressedTol = 5e-6;
+
+ModelConfig CompressedMoeConfig(bool lsh, bool capacity) {
+  ModelConfig c = MoeConfig();
+  if (capacity) c.moe.capacity_factor = 0.75f;
+  if (lsh) {
+    c.moe.lsh.enabled = true;
+    c.moe.lsh.warmup_steps = 0;
+    c.moe.lsh.min_tokens = 2;  // groups here hold about 8 rows
+  }
+  return c;
+}
+
+void RunCompressedLayout(int ep, bool lsh, bool capacity, bool device_groups) {
+  comm::Communicator& world = test::world();
+  const ModelConfig c = CompressedMoeConfig(lsh, capacity);
+  const int s = 8, b = 2, dp = world.size(), B = b * dp;
+  SCOPED_TRACE("ep=" + std::to_string(ep) + " dp=" + std::to_string(dp) + (lsh ? " lsh" : "") +
+               (capacity ? " capacity" : "") + (device_groups ? " device groups" : " host groups"));
+  auto grid1 = parallel::ParallelGrid::create(GridWorld(device_groups),
+                                              parallel::GridShape{world.size(), 1, 1, 1, dp});
+  auto grid = parallel::ParallelGrid::create(GridWorld(device_groups),
+                                             parallel::GridShape{world.size(), 1, 1, ep, dp});
+  auto host = parallel::ParallelGrid::create(GridWorld(false),
+                                             parallel::GridShape{world.size(), 1, 1, ep, dp});
+  ASSERT_TRUE(grid1.ok() && grid.ok() && host.ok());
+  const parallel::GridCoord& at = grid.value().coord();
+  ASSERT_EQ(grid1.value().coord().dp, at.dp);
+  const Batch g = GlobalBatch(c, s, B);
+  const auto tokens = Columns(g.tokens, s, B, at.dp, b);
+  const auto targets = Columns(g.targets, s, B, at.dp, b);
+
+  Model ref(c, b, s, Recompute::kSelective, ModelParallel{&grid1.value(), false});
+  const float ref_loss = ref.forward(tokens.data(), targets.data());
+  ref.zero_grads();
+  ref.backward();
+  const Weights ref_grads = ToHost(ref.grads(), c);
+
+  Model model(c, b, s, Recompute::kSelective, ModelParallel{&grid.value(), false});
+  const float loss = model.forward(tokens.data(), targets.data());
+  model.zero_grads();
+  model.backward();
+
+  Transformer cpu(c, b, s, Recompute::kSelective, ModelParallel{&host.value(), false});
+  const float cpu_loss = cpu.forward(tokens.data(), targets.data());
+  cpu.zero_grads();
+  cpu.backward();
+
+  EXPECT_TRUE(testing::compare("loss (ep 1)", &loss, &ref_loss, 1, kCompressedTol));
+  EXPECT_TRUE(testing::compare("loss (cpu)", &loss, &cpu_loss, 1, kCompressedTol));
+  const float ref_moe = ref.moe_loss(), got_moe = model.moe_loss(), cpu_moe = cpu.moe_loss();
+  EXPECT_TRUE(testing::compare("moe aux+z loss (ep 1)", &got_moe, &ref_moe, 1, kCompressedTol));
+  EXPECT_TRUE(testing::compare("moe aux+z loss (cpu)", &got_moe, &cpu_moe, 1, kCompressedTol));
+  const Weights want = Weights::Shard(ref_grads, c, 1, 0, ep, at.ep);
+  auto got_named = model.grads().named(), want_named = want.named(),
+       cpu_named = cpu.grads().named();
+  ASSERT_EQ(got_named.size(), want_named.size());
+  ASSERT_EQ(got_named.size(), cpu_named.size());
+  for (size_t i = 0; i < got_named.size(); ++i) {
+    const Tensor gt = got_named[i].tensor.to(Device::kCPU);
+    const Tensor& wt = want_named[i].tensor;
+    const Tensor& ct = cpu_named[i].tensor;
+    ASSERT_EQ(gt.shape(), wt.shape()) << got_named[i].name;
+    ASSERT_EQ(gt.shape(), ct.shape()) << got_named[i].name;
+    EXPECT_TRUE(testing::compare(got_named[i].name + " (ep 1)", gt.data<float>(), wt.data<float>(),
+                                 gt.numel(), kCompressedTol));
+    EXPECT_TRUE(testing::compare(got_named[i].name + " (cpu)", gt.data<float>(), ct.data<float>(),
+                                 gt.numel(), kCompressedTol));
+    g_worst = std::max(
+        g_worst, testing::compare_stats(gt.data<float>(), wt.data<float>(), gt.numel()).rel());
+    g_worst = std::max(
+        g_worst, testing::compare_stats(gt.data<float>(), ct.data<float>(), gt.numel()).rel());
+  }
+  // The same drops and the same buckets as the CPU layer, and something was dropped / compressed.
+  const std::vector<parallel::MoeMetrics> gms = model.moe_metrics(), cms = cpu.moe_metrics();
+  ASSERT_EQ(gms.size(), cms.size());
+  size_t m = 0;
+  for (int l = 0; l < c.n_layers; ++l) {
+    if (!c.is_moe_layer(l)) continue;
+    ASSERT_LT(m, gms.size());
+    const parallel::MoeMetrics& gm = gms[m];
+    const parallel::MoeMetrics& cm = cms[m++];
+    EXPECT_EQ(gm.dropped_per_expert, cm.dropped_per_expert);
+    if (capacity) {
+      EXPECT_GT(gm.dropped, 0) << "capacity_factor=0.75 must drop";
+    }
+    if (lsh) {
+      const auto* d = dynamic_cast<const parallel::LshDispatcher*>(&cpu.moe_layer(l)->dispatcher());
+      ASSERT_NE(d, nullptr);
+      EXPECT_EQ(model.moe_layer(l)->experts_rows(), d->metrics().centroids) << "the same buckets";
+      EXPECT_LT(d->metrics().centroids, d->metrics().assignments) << "nothing was compressed";
+    }
+  }
+}
+
+TEST(CudaParallelEquivalence, CapacityAndLshLayoutsEqualEpOneAndTheCpuModel) {
+  const int world = test::world().size();
+  const bool device = comm::mpi_device_buffers_supported();
+  RunCompressedLayout(1, /*lsh=*/true, /*capacity=*/false, /*device_groups=*/false);
+  RunCompressedLayout(1, /*lsh=*/false, /*capacity=*/true, /*device_groups=*/false);
+  if (world % 2 == 0) {
+    RunCompressedLayout(2, /*lsh=*/true, /*capacity=*/false, device);
+    RunCompressedLayout(2, /*lsh=*/false, /*capacity=*/true, device);
+  }
+  if (world % 4 == 0) RunCompressedLayout(4, /*lsh=*/true, /*capacity=*/true, false);
+  PrintWorst("capacity and LSH layouts");
 }
 
 }  // namespace
