@@ -13,8 +13,11 @@ cd "$(dirname "$0")/.."
 DEST=${1:-.gpu-carry}
 BUILD=${GROVE_GPU_BUILD_DIR:-build-cuda}
 cmake -S . -B "$BUILD" -G Ninja -DGROVE_CUDA=ON -DGROVE_TEST_DIRS="cuda;comm;model;worker" >/dev/null
-TARGETS=(test_cuda_kernels test_gpu_transformer test_cuda_thread_equivalence bench_cuda_kernels
-         bench_gpu_train bench_gpu_parallel test_gpu_train)
+TARGETS=(test_cuda_kernels test_gpu_transformer test_cuda_thread_equivalence
+         bench_cuda_kernels bench_gpu_train bench_gpu_parallel test_gpu_train)
+if [ -f "$BUILD/build.ninja" ] && ninja -C "$BUILD" -t targets all | grep -q "^test_cuda_nccl_equivalence:"; then
+  TARGETS+=(test_cuda_nccl_equivalence)  # only when the build found NCCL
+fi
 if grep -q "test_cuda_attention" tests/cuda/CMakeLists.txt; then TARGETS+=(test_cuda_attention); fi
 ninja -C "$BUILD" "${TARGETS[@]}"
 rm -rf "$DEST"

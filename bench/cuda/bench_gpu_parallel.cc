@@ -1,5 +1,5 @@
-// bench_gpu_parallel: the parallel engine of the GPU model on ONE device, the ranks being threads of
-// one process (the test-only thread transport, comm/thread_communicator.h: collectives are
+// bench_gpu_parallel: the parallel engine of the GPU model on ONE device, the ranks being threads
+// of one process (the test-only thread transport, comm/thread_communicator.h: collectives are
 // device-to-device copies between the ranks' buffers, every rank's kernels share the device).
 // Each JSON line carries its peer measured in the same run, the repetitions' median, min, max and
 // every sample, the device and the config (docs/gpu.md#what-the-gpu-check-prints):
@@ -348,11 +348,13 @@ int main(int argc, char** argv) {
   using namespace grove;
   Options o;
   CLI::App app{"The parallel engine of the GPU model on one device (thread ranks)"};
-  app.add_option("--precision", o.precision, "bf16 or fp32")->check(CLI::IsMember({"bf16", "fp32"}));
+  app.add_option("--precision", o.precision, "bf16 or fp32")
+      ->check(CLI::IsMember({"bf16", "fp32"}));
   app.add_option("--parts", o.parts, "comma-separated: attention, lsh, layouts");
   app.add_option("--warmup", o.warmup, "untimed repetitions")->check(CLI::NonNegativeNumber);
   app.add_option("--reps", o.reps, "timed repetitions")->check(CLI::PositiveNumber);
-  app.add_option("--cp", o.cp, "context-parallel ranks of the attention")->check(CLI::PositiveNumber);
+  app.add_option("--cp", o.cp, "context-parallel ranks of the attention")
+      ->check(CLI::PositiveNumber);
   app.add_option("--attn-seq", o.attn_seq, "attention: global sequence length (multiple of 2·cp)");
   app.add_option("--attn-heads", o.attn_heads, "attention: query heads");
   app.add_option("--attn-kv-heads", o.attn_kv_heads, "attention: key/value heads");

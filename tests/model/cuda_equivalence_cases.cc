@@ -119,9 +119,13 @@ double take_worst() {
   return w;
 }
 
-void note_error(double rel) { t_worst = std::max(t_worst, rel); }
+void note_error(double rel) {
+  t_worst = std::max(t_worst, rel);
+}
 
-double compressed_tolerance() { return kCompressedTol; }
+double compressed_tolerance() {
+  return kCompressedTol;
+}
 
 std::string Layout::str() const {
   return "tp=" + std::to_string(tp) + " cp=" + std::to_string(cp) +
@@ -143,8 +147,8 @@ std::vector<Layout> tensor_sequence_layouts(int world) {
     for (bool sp : {false, true}) {
       if (sp && tp == 1) continue;
       for (Recompute mode : {Recompute::kNone, Recompute::kSelective, Recompute::kFull})
-        out.push_back(Layout{.tp = tp, .dp = world / tp, .sp = sp, .mode = mode,
-                             .device_groups = false});
+        out.push_back(
+            Layout{.tp = tp, .dp = world / tp, .sp = sp, .mode = mode, .device_groups = false});
     }
   }
   return out;
@@ -170,7 +174,11 @@ std::vector<Layout> moe_tensor_layouts(int world) {
   for (int tp : {1, 2}) {
     if (world % tp != 0 || world / tp > 2) continue;
     for (Recompute mode : {Recompute::kSelective, Recompute::kFull})
-      out.push_back(Layout{.tp = tp, .dp = world / tp, .sp = tp > 1, .mode = mode, .moe = true,
+      out.push_back(Layout{.tp = tp,
+                           .dp = world / tp,
+                           .sp = tp > 1,
+                           .mode = mode,
+                           .moe = true,
                            .device_groups = false});
   }
   return out;
@@ -184,8 +192,11 @@ std::vector<Layout> context_parallel_layouts(int world, bool device) {
       if (world % cp != 0) continue;
       out.push_back(Layout{.dp = world / cp, .device_groups = device, .cp = cp, .algo = algo});
       if (cp == 2)
-        out.push_back(Layout{.dp = world / cp, .mode = Recompute::kFull, .device_groups = device,
-                             .cp = cp, .algo = algo});
+        out.push_back(Layout{.dp = world / cp,
+                             .mode = Recompute::kFull,
+                             .device_groups = device,
+                             .cp = cp,
+                             .algo = algo});
     }
     if (world == 4)  // cp=2 x tp=2 with SP: heads split over tp, sequence over cp and tp
       out.push_back(Layout{.tp = 2, .sp = true, .device_groups = device, .cp = 2, .algo = algo});
@@ -220,7 +231,8 @@ std::vector<CompressedLayout> compressed_layouts(int world, bool device) {
     out.push_back({.ep = 2, .lsh = true, .device_groups = device});
     out.push_back({.ep = 2, .capacity = true, .device_groups = device});
   }
-  if (world % 4 == 0) out.push_back({.ep = 4, .lsh = true, .capacity = true, .device_groups = false});
+  if (world % 4 == 0)
+    out.push_back({.ep = 4, .lsh = true, .capacity = true, .device_groups = false});
   return out;
 }
 
@@ -309,7 +321,8 @@ CompressedResult run_compressed_layout(const Env& env, const CompressedLayout& l
     r.experts_rows.push_back(model.moe_layer(layer)->experts_rows());
     // The LSH layer runs its experts on the centroids: fewer rows than the routed assignments.
     if (l.lsh) {
-      EXPECT_LT(r.experts_rows.back(), int64_t(r.s) * r.b * c.moe.top_k) << "nothing was compressed";
+      EXPECT_LT(r.experts_rows.back(), int64_t(r.s) * r.b * c.moe.top_k)
+          << "nothing was compressed";
     }
     // Something was dropped (capacity_factor 0.75 < 1 must drop).
     if (l.capacity && m < r.metrics.size()) {

@@ -62,11 +62,11 @@ struct CompressedLayout {
 
 // The cases at a world size. `device`: device groups are available (false: MPI without device
 // buffers; every case then runs over host groups).
-std::vector<Layout> tensor_sequence_layouts(int world);                // tp {1,2,4} x SP x recompute
-std::vector<Layout> device_group_layouts(int world);                   // the same over device groups
-std::vector<Layout> moe_tensor_layouts(int world);                     // dropless MoE under tp + SP
-std::vector<Layout> context_parallel_layouts(int world, bool device);  // cp {2,4} tree and ring
-std::vector<Layout> expert_parallel_layouts(int world, bool device);   // ep {2,4} plain
+std::vector<Layout> tensor_sequence_layouts(int world);  // tp {1,2,4} x SP x recompute
+std::vector<Layout> device_group_layouts(int world);     // the same over device groups
+std::vector<Layout> moe_tensor_layouts(int world);       // dropless MoE under tp + SP
+std::vector<Layout> context_parallel_layouts(int world, bool device);      // cp {2,4} tree and ring
+std::vector<Layout> expert_parallel_layouts(int world, bool device);       // ep {2,4} plain
 std::vector<CompressedLayout> compressed_layouts(int world, bool device);  // capacity, LSH
 
 void run_layout(const Env& env, const Layout& layout);

@@ -47,7 +47,9 @@ std::shared_ptr<comm::Communicator> GridWorld(bool device_groups) {
   return std::shared_ptr<comm::Communicator>(comm::mpi_device_communicator(test::world()));
 }
 
-equivalence::Env MpiEnv() { return equivalence::Env{&test::world(), GridWorld}; }
+equivalence::Env MpiEnv() {
+  return equivalence::Env{&test::world(), GridWorld};
+}
 
 void RunAll(const std::vector<Layout>& layouts) {
   for (const Layout& l : layouts) equivalence::run_layout(MpiEnv(), l);

@@ -5,8 +5,8 @@
 // MPI driver, cuda_parallel_equivalence_test.cc, runs under mpirun), at 1, 2 and 4 ranks:
 // tp {1,2,4} x SP x recompute, a dropless MoE block under tp + SP, cp {2,4} tree and ring (alone,
 // with dp, with tp=2 + SP, with MoE), ep {2,4} plain (with full recompute, with tp=2 + SP), and
-// capacity dropping and the LSH-compressed all-to-all at ep {1,2,4} against ep = 1. With NCCL in
-// the build, the one-rank layouts also run on an NCCL world of one rank.
+// capacity dropping and the LSH-compressed all-to-all at ep {1,2,4} against ep = 1. NCCL at one
+// rank: cuda_nccl_equivalence_test.cc (its own binary, so that this one needs no libnccl).
 //
 // Not here (the MPI driver has them): the layouts over host groups (every collective staged
 // through host memory: the thread transport's groups are device groups), and the comparison of
@@ -25,9 +25,6 @@
 #include "comm/thread_communicator.h"
 #include "core/status.h"
 #include "tests/model/cuda_equivalence_cases.h"
-#ifdef GROVE_HAVE_NCCL
-#include "comm/nccl_communicator.h"
-#endif
 
 namespace grove {
 namespace {
@@ -57,8 +54,7 @@ void EndRankOnFatalFailure(const std::string& what) {
 }
 
 // Runs `run(env, world size)` on 1, 2 and 4 thread ranks and prints each rank's worst error.
-void OnThreadRanks(const char* what,
-                   const std::function<void(const equivalence::Env&, int)>& run) {
+void OnThreadRanks(const char* what, const std::function<void(const equivalence::Env&, int)>& run) {
   for (int n : {1, 2, 4}) {
     comm::ThreadTransportOptions options;
     options.comm.timeout = 120s;  // well inside ctest's limit, far above one collective
@@ -119,25 +115,6 @@ TEST_F(CudaThreadEquivalence, CapacityAndLshLayoutsEqualEpOne) {
     }
   });
 }
-
-#ifdef GROVE_HAVE_NCCL
-// NCCL itself at world size one (NCCL refuses two ranks on one device): the one-rank layouts with
-// every group of the grid an NCCL communicator split from a world of one.
-TEST_F(CudaThreadEquivalence, OneRankLayoutsOverNccl) {
-  std::shared_ptr<comm::Communicator> world(comm::NcclCommunicator::create_single(0));
-  const equivalence::Env env{world.get(), [world](bool) { return world; }};
-  std::vector<Layout> layouts = equivalence::tensor_sequence_layouts(1);
-  for (const Layout& l : equivalence::moe_tensor_layouts(1)) layouts.push_back(l);
-  for (Layout l : layouts) {
-    l.device_groups = true;
-    equivalence::run_layout(env, l);
-  }
-  for (CompressedLayout l : equivalence::compressed_layouts(1, true))
-    equivalence::run_compressed_layout(env, l);
-  std::printf("[nccl 1/1] one-rank layouts: worst gradient error %.3g\n",
-              equivalence::take_worst());
-}
-#endif
 
 }  // namespace
 }  // namespace grove
