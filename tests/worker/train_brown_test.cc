@@ -68,16 +68,21 @@ TEST_F(TrainBrown, ValidationLossBeatsUnigramEntropy) {
 
 // train.precision=bf16 on the CPU (bf16 GEMM operands, fp32 masters) follows the fp32 loss curve:
 // the same run, same data and initialisation; the mean training loss over each window of 20 steps
-// and the final validation loss agree within kCurveBound nats (measured: about 0.01).
+// and the final validation loss agree within kCurveBound nats (measured: 0.0078 worst window,
+// 0.003 validation; a larger run, d128 b16 120 steps, drifted to 0.076 on its plateau, so the
+// test keeps the small model).
 TEST_F(TrainBrown, Bf16LossCurveFollowsFp32) {
   if (!cpu::bf16_gemm_supported())
     GTEST_SKIP() << "this CPU has no bf16 GEMMs (" << cpu::bf16_gemm_describe() << ")";
-  constexpr double kCurveBound = 0.04;
-  constexpr int kSteps = 120, kWindow = 20;
+  constexpr double kCurveBound = 0.025;
+  constexpr int kSteps = 100, kWindow = 20;
   std::vector<std::vector<float>> curves;
   std::vector<float> val;
   for (const char* precision : {"fp32", "bf16"}) {
     TrainConfig c = SmallRun(base_ + "/" + precision);
+    c.model.d_model = 64;
+    c.model.n_heads = 2;
+    c.train.batch_size = 8;
     c.train.steps = kSteps;
     c.train.precision = precision[0] == 'b' ? Precision::kBf16 : Precision::kFp32;
     RunOptions run;
