@@ -26,13 +26,38 @@
 // finite-difference tests).
 //
 // Backends: CpuBackend (kernels/cpu/backend.h: OpenBLAS + OpenMP, fp32) and CudaBackend<T>
-// (kernels/cuda/backend.h: cuBLAS / cuBLASLt + own CUDA kernels, T = float or bf16). The model
-// (model/transformer.h) is one template over B; docs/kernels.md describes both backends.
+// (kernels/cuda/backend.h: cuBLAS / cuBLASLt + own CUDA kernels, T = float or bf16), and
+// CpuBf16Backend (kernels/cpu/bf16_backend.h: CpuBackend with bf16 GEMM operands, T = float). The
+// model (model/transformer.h) is one template over B; docs/kernels.md describes both backends.
 #pragma once
+
+#include <cstdint>
 
 #include "core/tensor.h"
 
 namespace grove::kernels {
+
+// The reduced-precision copy of the model's flat fp32 parameters that a backend's GEMMs read when
+// its activations are fp32 but its GEMM operands are not (CpuBf16Backend: B::WeightCopy). The
+// model constructs it over its flat parameter buffer (ptr, n) and calls refresh() after every
+// write to the parameters; the backend finds it by address. Other backends: NoWeightCopy (their
+// compute copy, if any, is the model's own compute_ buffer in T).
+struct NoWeightCopy {
+  NoWeightCopy(const float*, int64_t) {}
+  void refresh() {}
+  int64_t bytes() const { return 0; }
+};
+template <class B>
+struct WeightCopyOf {
+  using type = NoWeightCopy;
+};
+template <class B>
+requires requires {
+  typename B::WeightCopy;
+}
+struct WeightCopyOf<B> {
+  using type = typename B::WeightCopy;
+};
 
 // Whether a backend's buffers live in host memory (the CPU backend), i.e. whether host-side
 // parallel code (parallel/) can read them directly.

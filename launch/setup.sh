@@ -23,7 +23,7 @@ PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config git
   libopenmpi-dev openmpi-bin
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
-  libopenblas-openmp-dev libsqlite3-dev libsentencepiece-dev
+  libopenblas-openmp-dev libdnnl-dev libsqlite3-dev libsentencepiece-dev
   nlohmann-json3-dev libcli11-dev libgtest-dev libgmock-dev libbenchmark-dev
   python3 python3-torch python3-numpy
   libcpp-httplib-dev chromium python3-prometheus-client

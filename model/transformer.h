@@ -8,10 +8,12 @@
 //   logits = lm_head · rmsf(x);  loss = mean over valid targets of cross-entropy
 //
 // Backends: Transformer = TransformerT<CpuBackend> (fp32, host memory, the whole parallel
-// engine) and TransformerT<CudaBackend<T>> (model/cuda/cuda_transformer.h; fp32 or bf16 mixed
-// precision on one device per rank: data, tensor, sequence, context and expert parallelism with
-// every recompute mode, capacity dropping and the LSH-compressed all-to-all: Supports() says
-// what a backend runs, naming the field).
+// engine), TransformerT<CpuBf16Backend> (the same with bf16 GEMM operands: fp32 activations,
+// a bf16 copy of the weights kept by the backend, model/transformer_bf16.cc) and
+// TransformerT<CudaBackend<T>> (model/cuda/cuda_transformer.h; fp32 or bf16 mixed precision on one
+// device per rank: data, tensor, sequence, context and expert parallelism with every recompute
+// mode, capacity dropping and the LSH-compressed all-to-all: Supports() says what a backend runs,
+// naming the field).
 //
 // Parameters: ONE fp32 buffer on the backend's device laid out as ParamLayout (shapes known
 // before step 0), with named views (params(): Weights); gradients likewise (grads()). The
@@ -48,6 +50,7 @@
 #include "core/tensor.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/backend.h"
+#include "kernels/cpu/bf16_backend.h"
 #include "model/activations.h"
 #include "model/local_moe.h"
 #include "model/weights.h"
@@ -214,8 +217,10 @@ class TransformerT {
   ParamLayout layout_;
   Tensor params_flat_, grads_flat_;  // fp32 [layout_.size]
   Tensor compute_flat_;              // T [layout_.size] when T is not float
-  Weights params_, grads_;           // views of the flat buffers
-  Weights compute_;                  // views of the compute copy (= params_ when T is float)
+  // The backend's own GEMM-operand copy of params_flat_ (CpuBf16Backend: bf16), if it keeps one.
+  std::unique_ptr<typename kernels::WeightCopyOf<B>::type> weight_copy_;
+  Weights params_, grads_;  // views of the flat buffers
+  Weights compute_;         // views of the compute copy (= params_ when T is float)
   ActivationStash stash_;
   Tensor rope_cos_, rope_sin_;  // [max_seq_len, d/2] fp32
   Tensor tokens_, targets_;     // [N] int32 on the device: the last forward's inputs
@@ -250,5 +255,6 @@ class TransformerT {
 
 using Transformer = TransformerT<CpuBackend>;
 extern template class TransformerT<CpuBackend>;
+extern template class TransformerT<CpuBf16Backend>;  // model/transformer_bf16.cc
 
 }  // namespace grove

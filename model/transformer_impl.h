@@ -36,6 +36,9 @@ Status TransformerT<B>::Supports(const ModelConfig& c, int batch, int seq,
   if (seq <= 0 || seq > c.max_seq_len)
     return Status::Error("seq " + std::to_string(seq) + " must lie in [1, model.max_seq_len=" +
                          std::to_string(c.max_seq_len) + "]");
+  if constexpr (requires { B::Supported(); }) {
+    if (Status st = B::Supported(); !st.ok()) return st;
+  }
   if constexpr (!kHost) {
     if (c.moe.num_experts > 0 && c.moe.top_k > B::kMoeMaxTopK)
       return Status::Error("model.moe.top_k=" + std::to_string(c.moe.top_k) +
@@ -110,6 +113,11 @@ TransformerT<B>::TransformerT(const ModelConfig& config, int batch, int seq, Rec
   }
   if constexpr (std::is_same_v<T, float>) {
     compute_ = params_;
+    if constexpr (!std::is_same_v<typename kernels::WeightCopyOf<B>::type, kernels::NoWeightCopy>) {
+      weight_copy_ =
+          std::make_unique<typename kernels::WeightCopyOf<B>::type>(flat_params(), layout_.size);
+      allocated_ += weight_copy_->bytes();
+    }
   } else {
     compute_flat_ = alloc({layout_.size}, B::kDType);
     compute_ = Weights::View(compute_flat_, layout_);
@@ -219,6 +227,7 @@ template <class B>
 void TransformerT<B>::sync_compute_weights() {
   if constexpr (!std::is_same_v<T, float>)
     B::convert(p(compute_flat_), f(params_flat_), layout_.size);
+  if (weight_copy_) weight_copy_->refresh();
 }
 
 template <class B>

@@ -19,8 +19,10 @@ namespace grove {
 // Device::kCUDA (one GPU per rank). device_name() (core/tensor.h) gives "cpu" / "cuda".
 StatusOr<Device> parse_device(std::string_view s, std::string_view field = "device");
 
-// Compute precision. kAuto: bf16 on cuda, fp32 on cpu (the CPU path computes in fp32 only).
-// kBf16: bf16 compute with fp32 master weights and gradients.
+// Compute precision. kAuto: bf16 on cuda, fp32 on cpu (fp32 stays the CPU's default and
+// reference). kBf16: bf16 GEMM operands with fp32 accumulation, fp32 master weights, gradients
+// and optimizer state; on the CPU activations stay fp32 outside the GEMMs and the CPU must have
+// AVX512_BF16 or AMX-BF16 (docs/training.md#precision).
 enum class Precision { kAuto, kFp32, kBf16 };
 const char* precision_name(Precision p);  // "auto", "fp32", "bf16"
 StatusOr<Precision> parse_precision(std::string_view s, std::string_view field = "precision");

@@ -114,8 +114,9 @@ Status TrainConfig::Validate() const {
   if (t.checkpoint_every < 0) return err("train.checkpoint_every must be >= 0");
   if (t.keep_checkpoints <= 0) return err("train.keep_checkpoints must be >= 1");
   if (t.threads < 0) return err("train.threads must be >= 0 (0 = all cores)");
-  if (t.device == Device::kCPU && t.precision == Precision::kBf16)
-    return err("train.precision=bf16 needs train.device=cuda (the CPU path computes in fp32)");
+  // train.precision=bf16 on train.device=cpu needs AVX512_BF16 or AMX-BF16 on the workers' CPUs:
+  // checked where the model is built (worker/training_model.cc), since the coordinator that
+  // validates the config may run on another machine.
   if (t.device == Device::kCUDA) {
 #ifndef GROVE_HAVE_CUDA
     return err(

@@ -2,7 +2,9 @@
 // the data, logging and checkpoints, the same for every device). It owns the model on its
 // backend (TransformerT<B>), the AdamW state next to it, and the communicators the backend
 // needs; train.device picks the backend:
-//   cpu:  TransformerT<CpuBackend>, MPI for every group of the grid;
+//   cpu:  TransformerT<CpuBackend> (fp32, auto) or TransformerT<CpuBf16Backend>
+//         (train.precision=bf16: bf16 GEMM operands, on CPUs with AVX512_BF16 / AMX-BF16), MPI
+//         for every group of the grid;
 //   cuda: TransformerT<CudaBackend<T>> (T from train.precision), one GPU per rank (the rank's
 //         node-local index modulo the visible devices), every group of the grid on NCCL (MPI
 //         on emulated device memory under the CUDA emulator).

@@ -11,6 +11,13 @@
 // max and each step's time; the config names the BLAS kernel (selected at start,
 // kernels/blas/blas_kernel.h), the CPU and the threads of both sides. Prints one JSON line per
 // measurement.
+//
+// --precision fp32 bf16 (default: both, bf16 where the CPU has AVX512_BF16 / AMX-BF16): Grove's
+// CpuBackend and CpuBf16Backend (bf16 GEMM operands through oneDNN, whose version and ISA the
+// config names as "gemm"), each against the same fp32 PyTorch peers measured once at the start of
+// the run. Threads: --threads for both sides. OMP_WAIT_POLICY: SelectBlasKernel re-executes the
+// benchmark with passive unless the user set it, and the peers inherit it (config
+// "omp_wait_policy" says which).
 #include <omp.h>
 
 #include <CLI/CLI.hpp>
@@ -25,6 +32,7 @@
 
 #include "core/rng.h"
 #include "kernels/blas/blas_kernel.h"
+#include "kernels/cpu/bf16.h"
 #include "kernels/cpu/sgemm_peak.h"
 #include "model/transformer.h"
 #include "worker/optimizer.h"
@@ -48,9 +56,10 @@ double Median(std::vector<double> v) {
   return n == 0 ? 0.0 : n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
+template <class B>
 Timing time_grove(const grove::ModelConfig& c, int b, int s, Recompute mode, int warmup, int steps,
                   grove::cpu::SgemmProbe& sgemm) {
-  grove::Transformer model(c, b, s, mode);
+  grove::TransformerT<B> model(c, b, s, mode);
   grove::AdamW opt(c);
   grove::TrainOptions t;
   std::vector<int32_t> tokens(size_t(b) * s), targets(tokens.size());
@@ -67,6 +76,7 @@ Timing time_grove(const grove::ModelConfig& c, int b, int s, Recompute mode, int
     const double norm = grove::grad_global_norm(model.grads());
     grove::clip_gradients(model.grads(), norm, 1.0f);
     opt.step(model.params(), model.grads(), 1e-4f, t);
+    model.sync_compute_weights();  // bf16: re-round the GEMMs' weight copy (fp32: nothing)
   };
   for (int i = 0; i < warmup; ++i) step();
   std::vector<double> step_ms, sgemm_gflops;
@@ -128,6 +138,7 @@ int main(int argc, char** argv) {
   std::string python = GROVE_BENCH_PYTHON, script = GROVE_BENCH_TORCH_SCRIPT,
               fast_script = GROVE_BENCH_TORCH_FAST_SCRIPT;
   std::vector<std::string> modes = {"selective", "none"};
+  std::vector<std::string> precisions = {"fp32", "bf16"};
   bool no_torch = false;
   app.add_option("--d-model", c.d_model);
   app.add_option("--layers", c.n_layers);
@@ -139,6 +150,7 @@ int main(int argc, char** argv) {
   app.add_option("--steps", steps);
   app.add_option("--threads", threads);
   app.add_option("--recompute", modes, "recompute modes to time");
+  app.add_option("--precision", precisions, "Grove precisions to time (fp32, bf16)");
   app.add_flag("--no-torch", no_torch, "skip the PyTorch peer");
   app.add_option("--python", python, "interpreter that imports torch");
   CLI11_PARSE(app, argc, argv);
@@ -180,54 +192,73 @@ int main(int argc, char** argv) {
                  {"torch", p["torch"]}});
   };
 
-  for (const std::string& m : modes) {
-    auto mode = grove::parse_recompute(m);
-    if (!mode.ok()) {
-      std::fprintf(stderr, "%s\n", mode.status().message().c_str());
+  for (const std::string& precision : precisions) {
+    if (precision != "fp32" && precision != "bf16") {
+      std::fprintf(stderr, "--precision must be fp32 or bf16 (got '%s')\n", precision.c_str());
       return 2;
     }
-    const Timing g = time_grove(c, b, s, mode.value(), warmup, steps, sgemm);
-    const double tok_s = tokens / (g.ms_per_step / 1e3);
-    json cfg = config;
-    cfg["recompute"] = m;
-    json line = {{"name", "train_step_tokens_per_s"},
-                 {"config", cfg},
-                 {"value", tok_s},
-                 {"unit", "tokens/s"},
-                 {"ms_per_step", g.ms_per_step},
-                 {"min_ms", g.min_ms},
-                 {"max_ms", g.max_ms},
-                 {"step_ms", g.step_ms}};
-    if (best != nullptr) {
-      json peers = json::array();
-      if (!torch.is_null()) peers.push_back(peer_json(torch, "pytorch-seq-first"));
-      if (!torch_fast.is_null())
-        peers.push_back(peer_json(torch_fast, "pytorch-batch-first-fused"));
-      line["peers"] = peers;
-      line["peer"] =
-          std::string(best == &torch ? "pytorch-seq-first" : "pytorch-batch-first-fused") + "-" +
-          (*best)["torch"].get<std::string>() + "-cpu";
-      line["peer_value"] = (*best)["tokens_per_s"];
-      line["peer_threads"] = (*best)["threads"];
-      line["ratio"] = tok_s / (*best)["tokens_per_s"].get<double>();
+    const bool bf16 = precision == "bf16";
+    if (bf16 && !grove::cpu::bf16_gemm_supported()) {
+      std::fprintf(stderr, "bench_train_step: bf16 skipped: this CPU has no bf16 GEMMs (%s)\n",
+                   grove::cpu::bf16_gemm_describe().c_str());
+      continue;
     }
-    std::printf("%s\n", line.dump().c_str());
-    const double gflops = c.training_flops(b, s) / (g.ms_per_step / 1e3) / 1e9;
-    const double peak = Median(g.sgemm_gflops);
-    std::printf("%s\n",
-                json({{"name", "train_step_gflops"},
-                      {"config", cfg},
-                      {"value", gflops},
-                      {"unit", "GFLOP/s"},
-                      {"peer", "openblas-sgemm-2048^3 (" + blas.core + ")"},
-                      {"peer_value", peak},
-                      {"peer_min", *std::min_element(g.sgemm_gflops.begin(), g.sgemm_gflops.end())},
-                      {"peer_max", *std::max_element(g.sgemm_gflops.begin(), g.sgemm_gflops.end())},
-                      {"peer_samples", g.sgemm_gflops},
-                      {"ratio", gflops / peak}})
-                    .dump()
-                    .c_str());
-    std::fflush(stdout);
+    for (const std::string& m : modes) {
+      auto mode = grove::parse_recompute(m);
+      if (!mode.ok()) {
+        std::fprintf(stderr, "%s\n", mode.status().message().c_str());
+        return 2;
+      }
+      const Timing g =
+          bf16 ? time_grove<grove::CpuBf16Backend>(c, b, s, mode.value(), warmup, steps, sgemm)
+               : time_grove<grove::CpuBackend>(c, b, s, mode.value(), warmup, steps, sgemm);
+      const double tok_s = tokens / (g.ms_per_step / 1e3);
+      json cfg = config;
+      cfg["recompute"] = m;
+      cfg["precision"] = precision;
+      cfg["gemm"] = bf16 ? grove::cpu::bf16_gemm_describe() + " (bf16 operands, fp32 accumulation)"
+                         : "openblas sgemm (" + blas.core + ")";
+      cfg["loss"] = g.loss;
+      json line = {{"name", "train_step_tokens_per_s"},
+                   {"config", cfg},
+                   {"value", tok_s},
+                   {"unit", "tokens/s"},
+                   {"ms_per_step", g.ms_per_step},
+                   {"min_ms", g.min_ms},
+                   {"max_ms", g.max_ms},
+                   {"step_ms", g.step_ms}};
+      if (best != nullptr) {
+        json peers = json::array();
+        if (!torch.is_null()) peers.push_back(peer_json(torch, "pytorch-seq-first"));
+        if (!torch_fast.is_null())
+          peers.push_back(peer_json(torch_fast, "pytorch-batch-first-fused"));
+        line["peers"] = peers;
+        line["peer"] =
+            std::string(best == &torch ? "pytorch-seq-first" : "pytorch-batch-first-fused") + "-" +
+            (*best)["torch"].get<std::string>() + "-cpu";
+        line["peer_value"] = (*best)["tokens_per_s"];
+        line["peer_threads"] = (*best)["threads"];
+        line["ratio"] = tok_s / (*best)["tokens_per_s"].get<double>();
+      }
+      std::printf("%s\n", line.dump().c_str());
+      const double gflops = c.training_flops(b, s) / (g.ms_per_step / 1e3) / 1e9;
+      const double peak = Median(g.sgemm_gflops);
+      std::printf(
+          "%s\n",
+          json({{"name", "train_step_gflops"},
+                {"config", cfg},
+                {"value", gflops},
+                {"unit", "GFLOP/s"},
+                {"peer", "openblas-sgemm-2048^3 (" + blas.core + ")"},
+                {"peer_value", peak},
+                {"peer_min", *std::min_element(g.sgemm_gflops.begin(), g.sgemm_gflops.end())},
+                {"peer_max", *std::max_element(g.sgemm_gflops.begin(), g.sgemm_gflops.end())},
+                {"peer_samples", g.sgemm_gflops},
+                {"ratio", gflops / peak}})
+              .dump()
+              .c_str());
+      std::fflush(stdout);
+    }
   }
   return 0;
 }

@@ -47,6 +47,12 @@ void linear_forward(T* out, const T* inp, const T* weight, const T* bias, int N,
 template <typename T>
 void linear_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight,
                      int N, int C, int OC);
+// The bias parts of both (shared with the bf16 Linear, kernels/cpu/bf16.h): out[n,:] = bias for
+// every row n; dbias += sum_rows(dout).
+template <typename T>
+void bias_fill(T* out, const T* bias, int N, int OC);
+template <typename T>
+void bias_backward(T* dbias, const T* dout, int N, int OC);
 
 // ---- RMSNorm: out = x / sqrt(mean(x^2) + eps) * weight ---------------------------------------
 // rstd[N] receives 1/sqrt(mean(x^2)+eps) for the backward.

@@ -87,4 +87,15 @@ template <typename A, typename B>
   return compare(name, a.data(), b.data(), static_cast<int64_t>(a.size()), rel_tol);
 }
 
+// ||a - b|| / ||b|| over n elements: a norm-wise error for bf16, where single elements near zero
+// carry large relative errors that mean nothing.
+inline double norm_rel(const float* a, const double* b, int64_t n) {
+  double num = 0, den = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    num += (a[i] - b[i]) * (a[i] - b[i]);
+    den += b[i] * b[i];
+  }
+  return std::sqrt(num) / std::max(std::sqrt(den), 1e-30);
+}
+
 }  // namespace grove::testing

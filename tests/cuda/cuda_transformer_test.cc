@@ -47,17 +47,6 @@ ModelConfig Parse(const nlohmann::json& j) {
   return c;
 }
 
-// ||a - b|| / ||b|| over n elements: a norm-wise error for bf16, where single elements near zero
-// carry large relative errors that mean nothing.
-double norm_rel(const float* a, const double* b, int64_t n) {
-  double num = 0, den = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    num += (a[i] - b[i]) * (a[i] - b[i]);
-    den += b[i] * b[i];
-  }
-  return std::sqrt(num) / std::max(std::sqrt(den), 1e-30);
-}
-
 struct OracleCase {
   const char* name;
   GpuPrecision precision;
@@ -131,7 +120,8 @@ void CheckAgainstOracleT(const OracleCase& c) {
               .rel();
       if (rel > worst) worst = rel, worst_name = nt.name;
     } else {
-      const double rel = norm_rel(nt.tensor.data<float>(), r.data<double>(), nt.tensor.numel());
+      const double rel =
+          testing::norm_rel(nt.tensor.data<float>(), r.data<double>(), nt.tensor.numel());
       EXPECT_LT(rel, 5e-2) << nt.name;
       if (rel > worst) worst = rel, worst_name = nt.name;
     }
