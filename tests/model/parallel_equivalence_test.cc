@@ -69,14 +69,26 @@ ModelConfig MoeConfig() {
   return c;
 }
 
+// Multi-head latent attention: 8 heads of qk 8 + 4 with values of 8 (zero-padded to 12 inside
+// attention), a KV latent of 32 and, with `q_lora`, a query latent of 24.
+enum class Mla { kOff, kQLora, kNoQLora };
+ModelConfig WithMla(ModelConfig c, Mla mla) {
+  if (mla == Mla::kOff) return c;
+  c.attention = Attention::kMla;
+  c.n_kv_heads = 0;
+  c.mla = MlaOptions{mla == Mla::kQLora ? 24 : 0, 32, 8, 4, 8};
+  return c;
+}
+
 void RunLayout(int tp, int dp, bool sp, Recompute mode, int ep = 1, bool moe = false, int cp = 1,
-               CpAttention algo = CpAttention::kTree) {
+               CpAttention algo = CpAttention::kTree, Mla mla = Mla::kOff) {
   comm::Communicator& world = test::world();
-  const ModelConfig c = moe ? MoeConfig() : TestConfig();
+  const ModelConfig c = WithMla(moe ? MoeConfig() : TestConfig(), mla);
   const int s = 8, b = 2, B = b * dp;
   SCOPED_TRACE("tp=" + std::to_string(tp) + " cp=" + std::to_string(cp) + " dp=" +
                std::to_string(dp) + " ep=" + std::to_string(ep) + " sp=" + std::to_string(sp) +
                " recompute=" + recompute_name(mode) + (moe ? " moe" : "") +
+               (mla == Mla::kOff ? "" : mla == Mla::kQLora ? " mla" : " mla(no q_lora)") +
                (cp > 1 ? std::string(" ") + cp_attention_name(algo) : ""));
   auto grid = parallel::ParallelGrid::create(
       std::shared_ptr<comm::Communicator>(test::mpi_session().world()),
@@ -167,6 +179,47 @@ TEST(ParallelEquivalence, MoeLayoutsEqualSingleRank) {
       RunLayout(tp, dp, /*sp=*/tp > 1, Recompute::kSelective, ep, /*moe=*/true);
       RunLayout(tp, dp, /*sp=*/tp > 1, Recompute::kFull, ep, /*moe=*/true);
     }
+  }
+}
+
+// Multi-head latent attention: heads split over TP, the replicated down-projections and latent
+// norms on each rank's rows (SP) with g / f before the up-projections, every recompute mode (the
+// stash equals the memory formula); with and without the query latent.
+TEST(ParallelEquivalence, MlaLayoutsEqualSingleRank) {
+  const int world = test::world().size();
+  for (int tp : {1, 2, 4}) {
+    if (world % tp != 0) continue;
+    const int dp = world / tp;
+    if (dp > 2) continue;
+    for (bool sp : {false, true}) {
+      if (sp && tp == 1) continue;
+      for (Recompute mode : {Recompute::kNone, Recompute::kSelective, Recompute::kFull})
+        RunLayout(tp, dp, sp, mode, 1, false, 1, CpAttention::kTree, Mla::kQLora);
+      RunLayout(tp, dp, sp, Recompute::kSelective, 1, false, 1, CpAttention::kTree,
+                Mla::kNoQLora);
+    }
+  }
+}
+
+// MLA under context parallelism (tree and ring attention over the zigzag shards, the RoPE key at
+// global positions), alone and with TP+SP, and an MLA MoE model with expert parallelism.
+TEST(ParallelEquivalence, MlaContextParallelAndMoeEqualSingleRank) {
+  const int world = test::world().size();
+  for (int cp : {2, 4}) {
+    for (int tp : {1, 2}) {
+      if (world % (cp * tp) != 0) continue;
+      const int dp = world / (cp * tp);
+      if (dp > 2) continue;
+      for (auto algo : {CpAttention::kTree, CpAttention::kRing}) {
+        RunLayout(tp, dp, tp > 1, Recompute::kSelective, 1, false, cp, algo, Mla::kQLora);
+        RunLayout(tp, dp, tp > 1, Recompute::kFull, 1, false, cp, algo, Mla::kNoQLora);
+      }
+    }
+  }
+  for (int tp : {1, 2}) {
+    if (world % tp != 0 || world / tp > 2) continue;
+    RunLayout(tp, world / tp, tp > 1, Recompute::kSelective, world % 2 == 0 ? 2 : 1, true, 1,
+              CpAttention::kTree, Mla::kQLora);
   }
 }
 
