@@ -15,9 +15,9 @@
 
 #include "comm/mpi_communicator.h"
 #include "core/rng.h"
-#include "spec/memory.h"
 #include "model/transformer.h"
 #include "parallel/grid.h"
+#include "spec/memory.h"
 #include "tests/comm/mpi_test_env.h"
 #include "tests/common/tensor_compare.h"
 
@@ -88,7 +88,9 @@ void RunLayout(int tp, int dp, bool sp, Recompute mode, int ep = 1, bool moe = f
   SCOPED_TRACE("tp=" + std::to_string(tp) + " cp=" + std::to_string(cp) + " dp=" +
                std::to_string(dp) + " ep=" + std::to_string(ep) + " sp=" + std::to_string(sp) +
                " recompute=" + recompute_name(mode) + (moe ? " moe" : "") +
-               (mla == Mla::kOff ? "" : mla == Mla::kQLora ? " mla" : " mla(no q_lora)") +
+               (mla == Mla::kOff     ? ""
+                : mla == Mla::kQLora ? " mla"
+                                     : " mla(no q_lora)") +
                (cp > 1 ? std::string(" ") + cp_attention_name(algo) : ""));
   auto grid = parallel::ParallelGrid::create(
       std::shared_ptr<comm::Communicator>(test::mpi_session().world()),
@@ -195,8 +197,7 @@ TEST(ParallelEquivalence, MlaLayoutsEqualSingleRank) {
       if (sp && tp == 1) continue;
       for (Recompute mode : {Recompute::kNone, Recompute::kSelective, Recompute::kFull})
         RunLayout(tp, dp, sp, mode, 1, false, 1, CpAttention::kTree, Mla::kQLora);
-      RunLayout(tp, dp, sp, Recompute::kSelective, 1, false, 1, CpAttention::kTree,
-                Mla::kNoQLora);
+      RunLayout(tp, dp, sp, Recompute::kSelective, 1, false, 1, CpAttention::kTree, Mla::kNoQLora);
     }
   }
 }
