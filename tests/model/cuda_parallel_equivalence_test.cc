@@ -113,17 +113,28 @@ std::shared_ptr<comm::Communicator> GridWorld(bool device_groups) {
   return std::shared_ptr<comm::Communicator>(comm::mpi_device_communicator(test::world()));
 }
 
+// Multi-head latent attention: 8 heads of qk 8 + 4 with values of 8 (zero-padded to 12 inside
+// attention), a query latent of 24 and a KV latent of 32.
+ModelConfig WithMla(ModelConfig c) {
+  c.attention = Attention::kMla;
+  c.n_kv_heads = 0;
+  c.mla = MlaOptions{24, 32, 8, 4, 8};
+  return c;
+}
+
 void RunLayout(int tp, int dp, bool sp, Recompute mode, bool moe = false,
                bool device_groups = false, int cp = 1, CpAttention algo = CpAttention::kTree,
-               int ep = 1) {
+               int ep = 1, bool mla = false) {
   comm::Communicator& world = test::world();
-  const ModelConfig c = moe ? MoeConfig() : TestConfig();
+  const ModelConfig c = mla   ? WithMla(moe ? MoeConfig() : TestConfig())
+                        : moe ? MoeConfig()
+                              : TestConfig();
   const int s = 8, b = 2, B = b * dp;
   SCOPED_TRACE("tp=" + std::to_string(tp) + " cp=" + std::to_string(cp) +
-               (cp > 1 ? std::string(" ") + cp_attention_name(algo) : std::string()) +
-               " ep=" + std::to_string(ep) + " dp=" + std::to_string(dp) +
-               " sp=" + std::to_string(sp) + " recompute=" + recompute_name(mode) +
-               (moe ? " moe" : "") + (device_groups ? " device groups" : " host groups"));
+               (cp > 1 ? std::string(" ") + cp_attention_name(algo) : std::string()) + " ep=" +
+               std::to_string(ep) + " dp=" + std::to_string(dp) + " sp=" + std::to_string(sp) +
+               " recompute=" + recompute_name(mode) + (moe ? " moe" : "") + (mla ? " mla" : "") +
+               (device_groups ? " device groups" : " host groups"));
   auto grid = parallel::ParallelGrid::create(GridWorld(device_groups),
                                              parallel::GridShape{world.size(), tp, cp, ep, dp});
   ASSERT_TRUE(grid.ok()) << grid.status().message();
@@ -196,6 +207,29 @@ TEST(CudaParallelEquivalence, LayoutsOverDeviceGroupsEqualSingleRank) {
   RunLayout(world >= 2 ? 2 : 1, world >= 2 ? world / 2 : 1, world >= 2, Recompute::kSelective,
             /*moe=*/true, /*device_groups=*/true);
   PrintWorst("layouts over device groups");
+}
+
+// Multi-head latent attention on the CUDA backend: heads split over TP, the replicated
+// down-projections and latent norms on each rank's rows under SP, context parallelism (tree and
+// ring) with the RoPE key at global positions, and an MLA MoE model under TP + SP.
+TEST(CudaParallelEquivalence, MlaLayoutsEqualSingleRank) {
+  const int world = test::world().size();
+  const bool device = comm::mpi_device_buffers_supported();
+  for (int tp : {1, 2, 4}) {
+    if (world % tp != 0 || world / tp > 2) continue;
+    for (bool sp : {false, true}) {
+      if (sp && tp == 1) continue;
+      for (Recompute mode : {Recompute::kSelective, Recompute::kFull})
+        RunLayout(tp, world / tp, sp, mode, false, false, 1, CpAttention::kTree, 1, true);
+    }
+  }
+  if (world >= 2) {
+    for (CpAttention algo : {CpAttention::kTree, CpAttention::kRing})
+      RunLayout(1, world / 2, false, Recompute::kSelective, false, device, 2, algo, 1, true);
+    RunLayout(2, world / 2, true, Recompute::kSelective, true, false, 1, CpAttention::kTree, 1,
+              true);
+  }
+  PrintWorst("MLA layouts");
 }
 
 // A dropless MoE block (LocalMoe: every expert on the device) under TP + SP: each TP rank routes
