@@ -1,4 +1,7 @@
-// Tensor + sequence + data parallelism against the single-rank model (docs/tensor_parallel.md).
+// Tensor + sequence + data parallelism against the single-rank model (docs/tensor_parallel.md),
+// for multi-head attention (GQA) and multi-head latent attention (MLA, with and without the query
+// latent: heads split over TP, the replicated down-projections and latent norms on each rank's
+// rows under SP, g / f before the up-projections).
 //
 // Every rank builds the tp=1, dp=1 reference model on the global batch and the sharded model of
 // its layout from the same seed (full weights initialised once, then sliced). Loss and every
@@ -144,8 +147,11 @@ TEST(ParallelEquivalence, EveryLayoutEqualsSingleRank) {
     if (dp > 2) continue;  // dp ∈ {1, 2}
     for (bool sp : {false, true}) {
       if (sp && tp == 1) continue;
-      for (Recompute mode : {Recompute::kNone, Recompute::kSelective, Recompute::kFull})
+      for (Recompute mode : {Recompute::kNone, Recompute::kSelective, Recompute::kFull}) {
         RunLayout(tp, dp, sp, mode);
+        RunLayout(tp, dp, sp, mode, 1, false, 1, CpAttention::kTree, Mla::kQLora);
+      }
+      RunLayout(tp, dp, sp, Recompute::kSelective, 1, false, 1, CpAttention::kTree, Mla::kNoQLora);
     }
   }
 }
@@ -162,6 +168,8 @@ TEST(ParallelEquivalence, ContextParallelLayoutsEqualSingleRank) {
       for (auto algo : {CpAttention::kTree, CpAttention::kRing}) {
         RunLayout(tp, dp, tp > 1, Recompute::kSelective, 1, false, cp, algo);
         RunLayout(tp, dp, tp > 1, Recompute::kFull, 1, false, cp, algo);
+        RunLayout(tp, dp, tp > 1, Recompute::kSelective, 1, false, cp, algo, Mla::kQLora);
+        RunLayout(tp, dp, tp > 1, Recompute::kFull, 1, false, cp, algo, Mla::kNoQLora);
       }
       RunLayout(tp, dp, tp > 1, Recompute::kSelective, world % 2 == 0 ? 2 : 1, true, cp);
     }
@@ -180,47 +188,9 @@ TEST(ParallelEquivalence, MoeLayoutsEqualSingleRank) {
       if (world % ep != 0) continue;
       RunLayout(tp, dp, /*sp=*/tp > 1, Recompute::kSelective, ep, /*moe=*/true);
       RunLayout(tp, dp, /*sp=*/tp > 1, Recompute::kFull, ep, /*moe=*/true);
+      RunLayout(tp, dp, tp > 1, Recompute::kSelective, ep, true, 1, CpAttention::kTree,
+                Mla::kQLora);
     }
-  }
-}
-
-// Multi-head latent attention: heads split over TP, the replicated down-projections and latent
-// norms on each rank's rows (SP) with g / f before the up-projections, every recompute mode (the
-// stash equals the memory formula); with and without the query latent.
-TEST(ParallelEquivalence, MlaLayoutsEqualSingleRank) {
-  const int world = test::world().size();
-  for (int tp : {1, 2, 4}) {
-    if (world % tp != 0) continue;
-    const int dp = world / tp;
-    if (dp > 2) continue;
-    for (bool sp : {false, true}) {
-      if (sp && tp == 1) continue;
-      for (Recompute mode : {Recompute::kNone, Recompute::kSelective, Recompute::kFull})
-        RunLayout(tp, dp, sp, mode, 1, false, 1, CpAttention::kTree, Mla::kQLora);
-      RunLayout(tp, dp, sp, Recompute::kSelective, 1, false, 1, CpAttention::kTree, Mla::kNoQLora);
-    }
-  }
-}
-
-// MLA under context parallelism (tree and ring attention over the zigzag shards, the RoPE key at
-// global positions), alone and with TP+SP, and an MLA MoE model with expert parallelism.
-TEST(ParallelEquivalence, MlaContextParallelAndMoeEqualSingleRank) {
-  const int world = test::world().size();
-  for (int cp : {2, 4}) {
-    for (int tp : {1, 2}) {
-      if (world % (cp * tp) != 0) continue;
-      const int dp = world / (cp * tp);
-      if (dp > 2) continue;
-      for (auto algo : {CpAttention::kTree, CpAttention::kRing}) {
-        RunLayout(tp, dp, tp > 1, Recompute::kSelective, 1, false, cp, algo, Mla::kQLora);
-        RunLayout(tp, dp, tp > 1, Recompute::kFull, 1, false, cp, algo, Mla::kNoQLora);
-      }
-    }
-  }
-  for (int tp : {1, 2}) {
-    if (world % tp != 0 || world / tp > 2) continue;
-    RunLayout(tp, world / tp, tp > 1, Recompute::kSelective, world % 2 == 0 ? 2 : 1, true, 1,
-              CpAttention::kTree, Mla::kQLora);
   }
 }
 
