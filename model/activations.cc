@@ -8,11 +8,22 @@ BlockActivations BlockActivations::Allocate(const ModelConfig& c, const MemoryLa
                                             bool with_probs, bool moe, Device device, DType act) {
   const int b = m.batch, s = m.seq, t = m.tp, heads = c.n_heads / t;
   const int64_t N = int64_t(s) * b, R = m.sp ? N / t : N, h = c.d_model,
-                qd = int64_t(heads) * c.head_dim(), kvd = int64_t(c.kv_heads() / t) * c.head_dim(),
-                f = c.ffn() / t;
+                qd = int64_t(heads) * c.attn_qk_dim(),
+                kvd = int64_t(c.kv_heads() / t) * c.attn_qk_dim(), f = c.ffn() / t;
   BlockActivations a;
   a.rstd1 = Tensor::empty({R}, DType::kF32, device);
   a.ln1 = Tensor::empty({R, h}, act, device);
+  if (c.is_mla()) {
+    if (const int64_t qr = c.mla.q_lora_rank; qr > 0) {
+      a.cq = Tensor::empty({R, qr}, act, device);
+      a.rstdq = Tensor::empty({R}, DType::kF32, device);
+      a.cqn = Tensor::empty({R, qr}, act, device);
+    }
+    const int64_t kvr = c.mla_kv_rank();
+    a.ckv = Tensor::empty({R, kvr}, act, device);
+    a.rstdkv = Tensor::empty({R}, DType::kF32, device);
+    a.ckvn = Tensor::empty({R, kvr}, act, device);
+  }
   a.q = Tensor::empty({N, qd}, act, device);
   a.k = Tensor::empty({N, kvd}, act, device);
   a.v = Tensor::empty({N, kvd}, act, device);
@@ -32,8 +43,8 @@ BlockActivations BlockActivations::Allocate(const ModelConfig& c, const MemoryLa
 
 size_t BlockActivations::bytes() const {
   size_t n = 0;
-  for (const Tensor* t :
-       {&rstd1, &ln1, &q, &k, &v, &probs, &lse, &att, &resid2, &rstd2, &ln2, &gate, &up, &act})
+  for (const Tensor* t : {&rstd1, &ln1,   &cq,  &rstdq, &cqn,    &ckv,   &rstdkv, &ckvn, &q,  &k,
+                          &v,     &probs, &lse, &att,   &resid2, &rstd2, &ln2,    &gate, &up, &act})
     n += t->bytes();
   return n;
 }

@@ -22,15 +22,26 @@ namespace grove {
 // under sequence parallelism, else R = N; a, k, f are this rank's heads, kv heads and SwiGLU
 // columns (divided by t). Under SP the norm outputs are kept as shards and re-gathered in the
 // backward, as Megatron does.
+//
+// MLA (model.attention=mla) sees k = a heads of dq = qk_nope + qk_rope per head: q and k are
+// [N, a*dq], v and att are zero-padded from dv to dq per head (what the attention kernels read
+// and write), and the latents of the down-projections are kept as [R, r] shards like ln1.
 struct BlockActivations {
   Tensor rstd1;   // [R]        1/rms of the block input (attention RMSNorm)
   Tensor ln1;     // [R, h]     normalised input to the QKV projections
-  Tensor q;       // [N, a*d]   queries after RoPE
-  Tensor k;       // [N, k*d]   keys after RoPE
-  Tensor v;       // [N, k*d]   values
+  Tensor cq;      // [R, r_q]   MLA with q_lora_rank: query latent before its RMSNorm
+  Tensor rstdq;   // [R]        1/rms of cq
+  Tensor cqn;     // [R, r_q]   normalised query latent (input of wq_b)
+  Tensor ckv;     // [R, r_kv]  MLA: KV latent before its RMSNorm
+  Tensor rstdkv;  // [R]        1/rms of ckv
+  Tensor ckvn;    // [R, r_kv]  normalised KV latent (input of wk_b, wv_b)
+  Tensor q;       // [N, a*d]   queries after RoPE (MLA: [N, a*dq])
+  Tensor k;       // [N, k*d]   keys after RoPE (MLA: [N, a*dq], the RoPE key in every head)
+  Tensor v;       // [N, k*d]   values (MLA: [N, a*dq], zero-padded from dv)
   Tensor probs;   // [b, a, s, s] softmax probabilities (Recompute::kNone only)
   Tensor lse;     // [b, a, s]  attention log-sum-exp per query row
-  Tensor att;     // [N, a*d]   attention output before the output projection
+  Tensor att;     // [N, a*d]   attention output before the output projection (MLA: [N, a*dq],
+                  //            zero in each head's padding)
   Tensor resid2;  // [R, h]     residual stream after attention
   Tensor rstd2;   // [R]        1/rms for the MLP RMSNorm
   Tensor ln2;     // [R, h]     normalised input to the MLP

@@ -16,7 +16,7 @@ Generator::Generator(const ModelConfig& config, const Weights& weights, comm::Co
     : config_(config),
       cp_(cp),
       cache_(cp ? cp->size() : 1, cp ? cp->rank() : 0, config.n_layers, /*B=*/1, config.kv_heads(),
-             config.head_dim(), capacity),
+             config.attn_qk_dim(), capacity),
       attn_(attention, cp, cache_, config.n_heads),
       model_(config, /*batch=*/1, /*seq=*/1, Recompute::kNone, {}, /*training=*/false) {
   GROVE_CHECK(capacity > 0 && capacity <= config.max_seq_len)

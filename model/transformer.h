@@ -160,8 +160,25 @@ class TransformerT {
   void block_backward(int l, BlockActivations& a);
   void mlp_backward(int l, BlockActivations& a);
   void attention_backward(int l, BlockActivations& a);
-  // Position-aware RoPE: plain (positions 0..s-1) or at the zigzag shard's global positions.
+  // Position-aware RoPE over heads of rope_d_ values: plain (positions 0..s-1) or at the zigzag
+  // shard's global positions.
   void rope(T* x, int heads, bool backward);
+  // Multi-head latent attention (model/mla_impl.h, docs/model.md#multi-head-latent-attention).
+  // Forward: from ln1 (this rank's rows; `ln1_full` the gathered [N, h] when wq reads it, else
+  // null) to q, k, v in the attention kernels' layout. Backward: from g_.dq, g_.dk, g_.dv of the
+  // attention backward to g_.dln = d(loss)/d(ln1 shard), accumulating the weights' gradients.
+  void mla_qkv_forward(int l, BlockActivations& a, const T* ln1_full);
+  void mla_qkv_backward(int l, BlockActivations& a);
+  // RoPE of the last rope_d_ values of each of this rank's query heads in q [N, a*dq].
+  void mla_rope_q(T* q, bool backward);
+  // The attention output without each head's value padding, [N, a*dv] in mla_s_.attc.
+  const T* mla_compact_att(const BlockActivations& a);
+  // g (SP: all-gather the [R, cols] shard into `full`); the shard itself otherwise.
+  T* gather_latent(Tensor& shard, Tensor& full, int cols);
+  // The conjugate of gather_latent on a gradient [N, cols] in `full`: reduce-scatter into
+  // `shard` (SP) or all-reduce in place (TP without SP); returns the [R, cols] gradient.
+  T* reduce_latent_grad(Tensor& full, Tensor& shard, int cols);
+  void mla_allocate_scratch();
   // The normalised activation [N, h] a column-parallel layer reads: the stash itself, or under
   // SP the all-gather (g) of its [R, h] shard into scratch.
   const T* gather_rows(Tensor& shard);
@@ -197,7 +214,13 @@ class TransformerT {
   int t_ = 1;
   bool sp_ = false;
   int64_t rows_ = 0;  // R: rows of the residual stream on this rank
+  // d_: the q/k head width of the attention kernels; qd_, kvd_: this rank's q and k/v widths;
+  // vd_, od_: the value head width and the output projection's input width (d_, qd_ for MHA).
   int N_ = 0, h_ = 0, qd_ = 0, kvd_ = 0, f_ = 0, Vl_ = 0, heads_ = 0, kv_heads_ = 0, d_ = 0;
+  int vd_ = 0, od_ = 0, rope_d_ = 0;
+  // MLA: whether the block is MLA, and its qk_nope width and latent ranks.
+  bool mla_ = false;
+  int nope_ = 0, qr_ = 0, kvr_ = 0;
   // cp > 1: tree or ring attention over the CP group and this rank's zigzag shard of the sequence.
   std::unique_ptr<parallel::ContextAttentionT<B>> cp_attn_;
   std::unique_ptr<parallel::Zigzag> zigzag_;
@@ -251,6 +274,23 @@ class TransformerT {
     Tensor dup;      // [N, f]
     Tensor dlosses;  // [N] fp32
   } g_;
+  // MLA's scratch, reused by every block (model/mla_impl.h). *_full exist under SP only (without
+  // SP the shard is the full tensor); forward buffers double as their gradients' in the backward.
+  struct MlaScratch {
+    Tensor cqn_full;   // [N, r_q]      gathered normalised query latent
+    Tensor ckvn_full;  // [N, r_kv]     gathered normalised KV latent
+    Tensor kr;         // [R, rope]     RoPE key before RoPE (its gradient in the backward)
+    Tensor kr_full;    // [N, rope]     gathered RoPE key, rotated in place
+    Tensor qrope;      // [N, a*rope]   the RoPE part of the queries, contiguous
+    Tensor kn;         // [N, a*nope]   no-RoPE keys / their gradient
+    Tensor vc;         // [N, a*dv]     values / their gradient
+    Tensor attc;       // [N, a*dv]     attention output without the value padding
+    Tensor dattc;      // [N, a*dv]     its gradient
+    Tensor dkr_full;   // [N, rope]     the RoPE key's gradient, summed over this rank's heads
+    Tensor dkr_head;   // [N, rope]     one head's share of it
+    Tensor dcqn_full, dcqn, dcq;     // [N, r_q], [R, r_q], [R, r_q]
+    Tensor dckvn_full, dckvn, dckv;  // [N, r_kv], [R, r_kv], [R, r_kv]
+  } mla_s_;
 };
 
 using Transformer = TransformerT<CpuBackend>;

@@ -43,11 +43,11 @@ Status TransformerT<B>::Supports(const ModelConfig& c, int batch, int seq,
     if (c.moe.num_experts > 0 && c.moe.top_k > B::kMoeMaxTopK)
       return Status::Error("model.moe.top_k=" + std::to_string(c.moe.top_k) +
                            " exceeds the GPU router's limit of " + std::to_string(B::kMoeMaxTopK));
-    if (c.head_dim() > 256 || c.head_dim() % 2 != 0)
+    if (c.attn_qk_dim() > 256 || c.attn_qk_dim() % 2 != 0)
       return Status::Error(
           "the GPU attention kernel needs an even head dim <= 256; model.d_model / model.n_heads "
-          "= " +
-          std::to_string(c.head_dim()));
+          "(MLA: model.mla.qk_nope_head_dim + qk_rope_head_dim) = " +
+          std::to_string(c.attn_qk_dim()));
     if (!cuda_device_available())
       return Status::Error(
           "no CUDA device is available to this process (train.device=cuda); check nvidia-smi and "
@@ -92,11 +92,20 @@ TransformerT<B>::TransformerT(const ModelConfig& config, int batch, int seq, Rec
       << "sequence parallelism splits the sequence: tp=" << t_ << " must divide seq/cp " << s_;
   N_ = b_ * s_;
   h_ = config_.d_model;
-  d_ = config_.head_dim();
+  d_ = config_.attn_qk_dim();
+  vd_ = config_.attn_v_dim();
+  rope_d_ = config_.rope_dim();
   heads_ = config_.n_heads / t_;
   kv_heads_ = config_.kv_heads() / t_;
   qd_ = heads_ * d_;
   kvd_ = kv_heads_ * d_;
+  od_ = heads_ * vd_;
+  mla_ = config_.is_mla();
+  if (mla_) {
+    nope_ = config_.mla_nope_dim();
+    qr_ = config_.mla.q_lora_rank;
+    kvr_ = config_.mla_kv_rank();
+  }
   f_ = config_.ffn() / t_;
   Vl_ = config_.vocab_size / t_;
   rows_ = sp_ ? N_ / t_ : N_;
@@ -190,9 +199,9 @@ TransformerT<B>::TransformerT(const ModelConfig& config, int batch, int seq, Rec
     }
   }
 
-  rope_cos_ = alloc({config_.max_seq_len, d_ / 2}, DType::kF32);
-  rope_sin_ = alloc({config_.max_seq_len, d_ / 2}, DType::kF32);
-  B::rope_table(f(rope_cos_), f(rope_sin_), config_.max_seq_len, d_, config_.rope_theta);
+  rope_cos_ = alloc({config_.max_seq_len, rope_d_ / 2}, DType::kF32);
+  rope_sin_ = alloc({config_.max_seq_len, rope_d_ / 2}, DType::kF32);
+  B::rope_table(f(rope_cos_), f(rope_sin_), config_.max_seq_len, rope_d_, config_.rope_theta);
   tokens_ = alloc({N}, DType::kI32);
   targets_ = alloc({N}, DType::kI32);
   host_tokens_.resize(N);
@@ -211,6 +220,7 @@ TransformerT<B>::TransformerT(const ModelConfig& config, int batch, int seq, Rec
   g_.dgate = act({N, f_});
   g_.dup = act({N, f_});
   g_.dlosses = alloc({N}, DType::kF32);
+  if (mla_) mla_allocate_scratch();
 }
 
 // ---- parameters --------------------------------------------------------------------------------
@@ -260,13 +270,13 @@ void TransformerT<B>::rope(T* x, int heads, bool backward) {
   const float* c = f(rope_cos_);
   const float* sn = f(rope_sin_);
   if (zigzag_) {
-    parallel::zigzag_rope<B>(x, c, sn, *zigzag_, b_, heads, d_, backward);
+    parallel::zigzag_rope<B>(x, c, sn, *zigzag_, b_, heads, rope_d_, backward);
     return;
   }
   if (backward)
-    B::rope_backward(x, c, sn, s_, b_, heads, d_, pos0_);
+    B::rope_backward(x, c, sn, s_, b_, heads, rope_d_, pos0_);
   else
-    B::rope_forward(x, c, sn, s_, b_, heads, d_, pos0_);
+    B::rope_forward(x, c, sn, s_, b_, heads, rope_d_, pos0_);
 }
 
 template <class B>
@@ -322,12 +332,17 @@ void TransformerT<B>::block_forward(int l, BlockActivations& a) {
 
   // Attention: x2 = x + ḡ/f̄(Wo · attention(rope(Wq·g(rms1(x))), ...)).
   B::rmsnorm_forward(p(a.ln1), f(a.rstd1), x, f(m.attn_norm), R, h, eps);
-  const T* ln1 = gather_rows(a.ln1);
-  B::linear_forward(p(a.q), ln1, p(w.wq), nullptr, N, h, qd_);
-  B::linear_forward(p(a.k), ln1, p(w.wk), nullptr, N, h, kvd_);
-  B::linear_forward(p(a.v), ln1, p(w.wv), nullptr, N, h, kvd_);
-  rope(p(a.q), heads_, /*backward=*/false);
-  rope(p(a.k), kv_heads_, /*backward=*/false);
+  // MLA with a query latent reads ln1 only through its replicated down-projections (shard rows).
+  const T* ln1 = mla_ && qr_ > 0 ? nullptr : gather_rows(a.ln1);
+  if (mla_) {
+    mla_qkv_forward(l, a, ln1);
+  } else {
+    B::linear_forward(p(a.q), ln1, p(w.wq), nullptr, N, h, qd_);
+    B::linear_forward(p(a.k), ln1, p(w.wk), nullptr, N, h, kvd_);
+    B::linear_forward(p(a.v), ln1, p(w.wv), nullptr, N, h, kvd_);
+    rope(p(a.q), heads_, /*backward=*/false);
+    rope(p(a.k), kv_heads_, /*backward=*/false);
+  }
   bool done = false;
   if (attend_) {  // decoding: attention against the KV cache
     attend_(l, p(a.att), p(a.q), p(a.k), p(a.v));
@@ -342,7 +357,7 @@ void TransformerT<B>::block_forward(int l, BlockActivations& a) {
     B::attention_forward(p(a.att), f(a.lse), a.probs.defined() ? p(a.probs) : nullptr, p(a.q),
                          p(a.k), p(a.v), shape);
   }
-  B::linear_forward(attn_out, p(a.att), p(w.wo), nullptr, N, qd_, h);
+  B::linear_forward(attn_out, mla_ ? mla_compact_att(a) : p(a.att), p(w.wo), nullptr, N, od_, h);
   reduce_output(p(a.resid2));
   B::add_inplace(p(a.resid2), x, int64_t(R) * h);
 
@@ -395,7 +410,14 @@ void TransformerT<B>::attention_backward(int l, BlockActivations& a) {
   const T* x = p(stash_.resid[l]);
   const T* dattn_out = output_grad();
   B::zero(g_.datt.raw(), es * N * qd_);
-  B::linear_backward(p(g_.datt), f(gw.wo), nullptr, dattn_out, p(a.att), p(w.wo), N, qd_, h);
+  if (mla_) {  // the output projection reads the attention output without the value padding
+    const T* attc = mla_compact_att(a);
+    B::zero(mla_s_.dattc.raw(), es * N * od_);
+    B::linear_backward(p(mla_s_.dattc), f(gw.wo), nullptr, dattn_out, attc, p(w.wo), N, od_, h);
+    B::copy_2d(g_.datt.raw(), es * d_, mla_s_.dattc.raw(), es * vd_, es * vd_, size_t(N) * heads_);
+  } else {
+    B::linear_backward(p(g_.datt), f(gw.wo), nullptr, dattn_out, p(a.att), p(w.wo), N, qd_, h);
+  }
   B::zero(g_.dq.raw(), es * N * qd_);
   B::zero(g_.dk.raw(), es * N * kvd_);
   B::zero(g_.dv.raw(), es * N * kvd_);
@@ -410,14 +432,18 @@ void TransformerT<B>::attention_backward(int l, BlockActivations& a) {
     B::attention_backward(p(g_.dq), p(g_.dk), p(g_.dv), p(g_.datt), p(a.q), p(a.k), p(a.v),
                           p(a.att), f(a.lse), a.probs.defined() ? p(a.probs) : nullptr, shape);
   }
-  rope(p(g_.dq), heads_, /*backward=*/true);
-  rope(p(g_.dk), kv_heads_, /*backward=*/true);
-  const T* ln1 = gather_rows(a.ln1);
-  B::zero(g_.dfull.raw(), es * N * h);
-  B::linear_backward(p(g_.dfull), f(gw.wq), nullptr, p(g_.dq), ln1, p(w.wq), N, h, qd_);
-  B::linear_backward(p(g_.dfull), f(gw.wk), nullptr, p(g_.dk), ln1, p(w.wk), N, h, kvd_);
-  B::linear_backward(p(g_.dfull), f(gw.wv), nullptr, p(g_.dv), ln1, p(w.wv), N, h, kvd_);
-  reduce_input_grad();
+  if (mla_) {
+    mla_qkv_backward(l, a);
+  } else {
+    rope(p(g_.dq), heads_, /*backward=*/true);
+    rope(p(g_.dk), kv_heads_, /*backward=*/true);
+    const T* ln1 = gather_rows(a.ln1);
+    B::zero(g_.dfull.raw(), es * N * h);
+    B::linear_backward(p(g_.dfull), f(gw.wq), nullptr, p(g_.dq), ln1, p(w.wq), N, h, qd_);
+    B::linear_backward(p(g_.dfull), f(gw.wk), nullptr, p(g_.dk), ln1, p(w.wk), N, h, kvd_);
+    B::linear_backward(p(g_.dfull), f(gw.wv), nullptr, p(g_.dv), ln1, p(w.wv), N, h, kvd_);
+    reduce_input_grad();
+  }
   B::rmsnorm_backward(p(g_.dresid), f(gw.attn_norm), p(g_.dln), x, f(m.attn_norm), f(a.rstd1), R,
                       h);
 }
@@ -554,7 +580,8 @@ void TransformerT<B>::backward(float loss_scale, bool finalize) {
     }
     LayerWeights& gw = grads_.layers[l];
     if (finalize && sp_) {  // replicated weights that saw different tokens: SUM over TP
-      for (Tensor* t : {&gw.attn_norm, &gw.mlp_norm, &gw.router})
+      for (Tensor* t : {&gw.attn_norm, &gw.mlp_norm, &gw.router, &gw.wq_a, &gw.q_norm, &gw.wkv_a,
+                        &gw.wk_rope, &gw.kv_norm})
         if (t->defined())
           parallel::all_reduce<B>(tp_, f(*t), t->numel(), DType::kF32, comm::ReduceOp::kSum);
     }
@@ -639,3 +666,5 @@ std::vector<parallel::MoeMetrics> TransformerT<B>::moe_metrics() const {
 }
 
 }  // namespace grove
+
+#include "model/mla_impl.h"

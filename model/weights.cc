@@ -12,19 +12,21 @@ namespace grove {
 
 ShardDim shard_dim(const std::string& name) {
   auto ends = [&](const char* s) { return name.ends_with(s); };
-  if (ends("norm") || ends(".router")) return ShardDim::kReplicated;
+  if (ends("norm") || ends(".router") || ends(".wq_a") || ends(".wkv_a") || ends(".wk_rope"))
+    return ShardDim::kReplicated;
   if (name.find(".experts.") != std::string::npos) return ShardDim::kExperts;
   if (ends(".wo") || ends(".w_down")) return ShardDim::kCols;
-  return ShardDim::kRows;  // wte, lm_head, wq, wk, wv, w_gate, w_up
+  return ShardDim::kRows;  // wte, lm_head, wq, wk, wv, wq_b, wk_b, wv_b, w_gate, w_up
 }
 
 ParamLayout ParamLayout::Of(const ModelConfig& c, int tp, int ep) {
   GROVE_CHECK(tp >= 1 && c.n_heads % tp == 0 && c.kv_heads() % tp == 0 && c.ffn() % tp == 0 &&
               c.vocab_size % tp == 0)
       << "tp=" << tp << " must divide n_heads, kv heads, ffn and vocab_size";
-  const int64_t h = c.d_model, qd = int64_t(c.n_heads) * c.head_dim() / tp,
+  const int64_t h = c.d_model, qd = int64_t(c.n_heads) * c.attn_qk_dim() / tp,
                 kvd = int64_t(c.kv_heads()) * c.head_dim() / tp, f = c.ffn() / tp,
-                V = c.vocab_size / tp;
+                vd = int64_t(c.n_heads) * c.attn_v_dim() / tp, V = c.vocab_size / tp;
+  const int64_t qr = c.mla.q_lora_rank, kvr = c.mla_kv_rank(), a = c.n_heads / tp;
   ParamLayout out;
   auto add = [&](std::string name, Shape shape) {
     ParamEntry e{std::move(name), std::move(shape), out.size, 0, false};
@@ -37,10 +39,25 @@ ParamLayout ParamLayout::Of(const ModelConfig& c, int tp, int ep) {
   for (int l = 0; l < c.n_layers; ++l) {
     const std::string p = "layers." + std::to_string(l) + ".";
     add(p + "attn_norm", {h});
-    add(p + "wq", {qd, h});
-    add(p + "wk", {kvd, h});
-    add(p + "wv", {kvd, h});
-    add(p + "wo", {h, qd});
+    if (!c.is_mla()) {
+      add(p + "wq", {qd, h});
+      add(p + "wk", {kvd, h});
+      add(p + "wv", {kvd, h});
+    } else {
+      if (qr == 0) {
+        add(p + "wq", {qd, h});
+      } else {
+        add(p + "wq_a", {qr, h});
+        add(p + "q_norm", {qr});
+        add(p + "wq_b", {qd, qr});
+      }
+      add(p + "wkv_a", {kvr, h});
+      add(p + "wk_rope", {c.mla_rope_dim(), h});
+      add(p + "kv_norm", {kvr});
+      add(p + "wk_b", {a * c.mla_nope_dim(), kvr});
+      add(p + "wv_b", {vd, kvr});
+    }
+    add(p + "wo", {h, vd});
     add(p + "mlp_norm", {h});
     if (c.is_moe_layer(l)) {
       GROVE_CHECK(ep >= 1 && c.moe.num_experts % ep == 0)
@@ -83,9 +100,24 @@ Weights Weights::View(const Tensor& flat, const ParamLayout& layout) {
   while (i < layout.entries.size() && layout.entries[i].name.starts_with("layers.")) {
     LayerWeights lw;
     lw.attn_norm = next("attn_norm");
-    lw.wq = next("wq");
-    lw.wk = next("wk");
-    lw.wv = next("wv");
+    auto at = [&](const char* suffix) { return layout.entries[i].name.ends_with(suffix); };
+    if (at(".wq_a")) {
+      lw.wq_a = next("wq_a");
+      lw.q_norm = next("q_norm");
+      lw.wq_b = next("wq_b");
+    } else {
+      lw.wq = next("wq");
+    }
+    if (at(".wkv_a")) {
+      lw.wkv_a = next("wkv_a");
+      lw.wk_rope = next("wk_rope");
+      lw.kv_norm = next("kv_norm");
+      lw.wk_b = next("wk_b");
+      lw.wv_b = next("wv_b");
+    } else {
+      lw.wk = next("wk");
+      lw.wv = next("wv");
+    }
     lw.wo = next("wo");
     lw.mlp_norm = next("mlp_norm");
     if (layout.entries[i].name.ends_with("router")) {
@@ -183,9 +215,14 @@ std::vector<NamedTensor> Weights::named() const {
     const LayerWeights& lw = layers[l];
     const std::string p = "layers." + std::to_string(l) + ".";
     out.push_back({p + "attn_norm", lw.attn_norm});
-    out.push_back({p + "wq", lw.wq});
-    out.push_back({p + "wk", lw.wk});
-    out.push_back({p + "wv", lw.wv});
+    // The attention tensors a block has (MHA or MLA), in ParamLayout's order.
+    const std::pair<const char*, const Tensor*> attn[] = {
+        {"wq", &lw.wq},       {"wk", &lw.wk},           {"wv", &lw.wv},
+        {"wq_a", &lw.wq_a},   {"q_norm", &lw.q_norm},   {"wq_b", &lw.wq_b},
+        {"wkv_a", &lw.wkv_a}, {"wk_rope", &lw.wk_rope}, {"kv_norm", &lw.kv_norm},
+        {"wk_b", &lw.wk_b},   {"wv_b", &lw.wv_b}};
+    for (const auto& [name, t] : attn)
+      if (t->defined()) out.push_back({p + name, *t});
     out.push_back({p + "wo", lw.wo});
     out.push_back({p + "mlp_norm", lw.mlp_norm});
     if (lw.router.defined()) {
@@ -216,8 +253,10 @@ Weights Weights::clone() const {
   w.final_norm = final_norm.clone();
   w.lm_head = lm_head.clone();
   for (LayerWeights& lw : w.layers)
-    for (Tensor* t : {&lw.attn_norm, &lw.wq, &lw.wk, &lw.wv, &lw.wo, &lw.mlp_norm, &lw.w_gate,
-                      &lw.w_up, &lw.w_down, &lw.router, &lw.e_gate, &lw.e_up, &lw.e_down})
+    for (Tensor* t :
+         {&lw.attn_norm, &lw.wq,      &lw.wk,      &lw.wv,     &lw.wq_a,   &lw.q_norm, &lw.wq_b,
+          &lw.wkv_a,     &lw.wk_rope, &lw.kv_norm, &lw.wk_b,   &lw.wv_b,   &lw.wo,     &lw.mlp_norm,
+          &lw.w_gate,    &lw.w_up,    &lw.w_down,  &lw.router, &lw.e_gate, &lw.e_up,   &lw.e_down})
       if (t->defined()) *t = t->clone();  // ... then every tensor gets its own copy
   return w;
 }

@@ -1,8 +1,9 @@
 // Weights: the transformer's parameters (or their gradients) as named tensors.
 //
 // Under tensor parallelism (t ranks) each rank holds its shard of every matrix (shard_dim says
-// which axis is split): attention heads and SwiGLU columns by rows of wq/wk/wv/w_gate/w_up and
-// columns of wo/w_down, the vocabulary by rows of wte/lm_head. Norm weights are replicated.
+// which axis is split): attention heads and SwiGLU columns by rows of wq/wk/wv/w_gate/w_up (MLA:
+// wq/wq_b/wk_b/wv_b) and columns of wo/w_down, the vocabulary by rows of wte/lm_head. Norm
+// weights and MLA's down-projections (wq_a, wkv_a, wk_rope) are replicated.
 //
 // The same struct holds parameters and gradients, so "grads.layers[i].wq" is the gradient of
 // "params.layers[i].wq". Linear weights are [out, in] as in torch.nn.Linear (y = x W^T).
@@ -20,12 +21,23 @@
 
 namespace grove {
 
+// Attention of a block: MHA has wq, wk, wv, wo. MLA (model.attention=mla; dq = qk_nope +
+// qk_rope per head, each query head's rows [nope | rope], dv = v_head_dim, r_q / r_kv the latent
+// ranks) has wq (r_q = 0) or wq_a, q_norm, wq_b; then wkv_a, wk_rope, kv_norm, wk_b, wv_b, wo.
 struct LayerWeights {
   Tensor attn_norm;  // [h]
-  Tensor wq;         // [a*d, h]
-  Tensor wk;         // [k*d, h]
-  Tensor wv;         // [k*d, h]
-  Tensor wo;         // [h, a*d]
+  Tensor wq;         // [a*d, h]         (MLA without q_lora_rank: [a*dq, h])
+  Tensor wk;         // [k*d, h]         (MHA)
+  Tensor wv;         // [k*d, h]         (MHA)
+  Tensor wq_a;       // [r_q, h]         (MLA with q_lora_rank: replicated query down-projection)
+  Tensor q_norm;     // [r_q]            RMSNorm of the query latent (replicated)
+  Tensor wq_b;       // [a*dq, r_q]      query up-projection (heads split)
+  Tensor wkv_a;      // [r_kv, h]        (MLA) KV down-projection to the latent (replicated)
+  Tensor wk_rope;    // [qk_rope, h]     the decoupled RoPE key, shared by all heads (replicated)
+  Tensor kv_norm;    // [r_kv]           RMSNorm of the KV latent (replicated)
+  Tensor wk_b;       // [a*qk_nope, r_kv] key up-projection, no-RoPE part (heads split)
+  Tensor wv_b;       // [a*dv, r_kv]     value up-projection (heads split)
+  Tensor wo;         // [h, a*d]         (MLA: [h, a*dv])
   Tensor mlp_norm;   // [h]
   Tensor w_gate;     // [f, h]   (dense blocks)
   Tensor w_up;       // [f, h]

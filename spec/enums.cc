@@ -32,6 +32,8 @@ constexpr std::pair<Recompute, const char*> kRecomputes[] = {
     {Recompute::kNone, "none"}, {Recompute::kSelective, "selective"}, {Recompute::kFull, "full"}};
 constexpr std::pair<CpAttention, const char*> kCpAttentions[] = {{CpAttention::kTree, "tree"},
                                                                  {CpAttention::kRing, "ring"}};
+constexpr std::pair<Attention, const char*> kAttentions[] = {{Attention::kMha, "mha"},
+                                                             {Attention::kMla, "mla"}};
 
 }  // namespace
 
@@ -58,6 +60,13 @@ const char* cp_attention_name(CpAttention a) {
 }
 StatusOr<CpAttention> parse_cp_attention(std::string_view s, std::string_view field) {
   return parse_enum(s, field, kCpAttentions, "tree or ring");
+}
+
+const char* attention_name(Attention a) {
+  return enum_name(a, kAttentions);
+}
+StatusOr<Attention> parse_attention(std::string_view s, std::string_view field) {
+  return parse_enum(s, field, kAttentions, "mha or mla");
 }
 
 }  // namespace grove

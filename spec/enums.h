@@ -6,6 +6,7 @@
 //   train.precision         Precision    auto | fp32 | bf16
 //   train.recompute         Recompute    none | selective | full
 //   parallel.cp_attention   CpAttention  tree | ring
+//   model.attention         Attention    mha | mla
 #pragma once
 
 #include <string_view>
@@ -38,5 +39,11 @@ enum class CpAttention { kTree, kRing };
 const char* cp_attention_name(CpAttention a);  // "tree", "ring"
 StatusOr<CpAttention> parse_cp_attention(std::string_view s,
                                          std::string_view field = "cp_attention");
+
+// The attention block (docs/model.md): multi-head attention with optional GQA (kMha), or
+// DeepSeek-V2's multi-head latent attention (kMla, model.mla).
+enum class Attention { kMha, kMla };
+const char* attention_name(Attention a);  // "mha", "mla"
+StatusOr<Attention> parse_attention(std::string_view s, std::string_view field = "attention");
 
 }  // namespace grove

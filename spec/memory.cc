@@ -17,7 +17,9 @@ int64_t replicated_rows(const MemoryLayout& m) {
 // An MoE block's stash allocates the same buffers (gate, up, act included: model/activations.cc);
 // its experts' own stash is MoeExpectedStashBytes.
 int64_t block_intermediate_elems(const ModelConfig& c, const MemoryLayout& m, bool probs) {
-  const int64_t N = int64_t(m.seq) * m.batch, h = c.d_model, d = c.head_dim(), t = m.tp;
+  // d: the q/k head width the attention kernels see (MLA: qk_nope + qk_rope, with v and the
+  // attention output zero-padded to it; MLA's k = a).
+  const int64_t N = int64_t(m.seq) * m.batch, h = c.d_model, d = c.attn_qk_dim(), t = m.tp;
   const int64_t qd = int64_t(c.n_heads) * d / t, kvd = int64_t(c.kv_heads()) * d / t,
                 f = c.ffn() / t, a = c.n_heads / t;
   const int64_t R = replicated_rows(m);
@@ -25,6 +27,10 @@ int64_t block_intermediate_elems(const ModelConfig& c, const MemoryLayout& m, bo
               + N * (qd + 2 * kvd + qd)        // q, k, v, att
               + N * 3 * f                      // gate, up, act
               + int64_t(m.batch) * a * m.seq;  // lse
+  if (c.is_mla()) {  // the latents' shards: cq, rstdq, cqn (with q_lora_rank), ckv, rstdkv, ckvn
+    const int64_t qr = c.mla.q_lora_rank, kvr = c.mla_kv_rank();
+    e += R * ((qr > 0 ? 2 * qr + 1 : 0) + 2 * kvr + 1);
+  }
   if (probs) e += int64_t(m.batch) * a * m.seq * m.seq;
   return e;
 }
@@ -69,8 +75,10 @@ MemoryEstimate EstimateMemory(const ModelConfig& c, const MemoryLayout& m) {
       routers += int64_t(c.moe.num_experts) * h;
       experts += int64_t(c.moe.num_experts) * 3 * h * c.expert_ffn();
     }
-  const int64_t params =
-      (c.num_parameters() - norms - routers - experts) / t + norms + routers + experts / m.ep;
+  // MLA's down-projections and latent norms are replicated too.
+  const int64_t mla = int64_t(c.n_layers) * c.mla_replicated_parameters();
+  const int64_t params = (c.num_parameters() - norms - routers - experts - mla) / t + norms +
+                         routers + mla + experts / m.ep;
   e.parameters = 4 * params;
   e.gradients = 4 * params;
   e.optimizer = 8 * params;

@@ -10,9 +10,22 @@
 namespace grove {
 
 namespace {
+// Attention matrices and (MLA) latent norms of one block.
+int64_t attention_parameters(const ModelConfig& c) {
+  const int64_t h = c.d_model, a = c.n_heads;
+  if (!c.is_mla()) {
+    const int64_t hd = c.head_dim();
+    return h * a * hd + 2 * h * c.kv_heads() * hd + a * hd * h;
+  }
+  const int64_t qk = c.attn_qk_dim(), kvr = c.mla_kv_rank(), qr = c.mla.q_lora_rank;
+  const int64_t q = qr > 0 ? qr * a * qk : h * a * qk;  // wq_b or wq
+  return c.mla_replicated_parameters() + q + kvr * a * c.mla_nope_dim() + kvr * a * c.mla_v_dim() +
+         h * a * c.mla_v_dim();  // wk_b, wv_b, wo
+}
+
 int64_t count_parameters(const ModelConfig& c, int experts_per_token) {
-  const int64_t h = c.d_model, hd = c.head_dim(), f = c.ffn(), fe = c.expert_ffn();
-  const int64_t attn = h * c.n_heads * hd + 2 * h * c.kv_heads() * hd + c.n_heads * hd * h;
+  const int64_t h = c.d_model, f = c.ffn(), fe = c.expert_ffn();
+  const int64_t attn = attention_parameters(c);
   int64_t n = 2 * int64_t(c.vocab_size) * h + h;
   for (int l = 0; l < c.n_layers; ++l) {
     n += attn + 2 * h;
@@ -25,6 +38,12 @@ int64_t count_parameters(const ModelConfig& c, int experts_per_token) {
 }
 }  // namespace
 
+int64_t ModelConfig::mla_replicated_parameters() const {
+  if (!is_mla()) return 0;
+  const int64_t h = d_model, qr = mla.q_lora_rank, kvr = mla_kv_rank();
+  return (qr > 0 ? h * qr + qr : 0) + h * kvr + kvr + h * mla_rope_dim();  // wq_a, q_norm, ...
+}
+
 int64_t ModelConfig::num_parameters() const {
   return count_parameters(*this, moe.num_experts);
 }
@@ -34,7 +53,9 @@ int64_t ModelConfig::active_parameters() const {
 
 double ModelConfig::training_flops(double batch, double seq) const {
   const double matmul_params = double(active_parameters()) - double(vocab_size) * d_model;
-  const double attn = 2.0 * 2.0 * seq * seq * head_dim() * n_heads * batch * n_layers;
+  // QK^T over the q/k head width and PV over the value width (MHA: both head_dim()).
+  const double attn =
+      2.0 * seq * seq * double(attn_qk_dim() + attn_v_dim()) * n_heads * batch * n_layers;
   return 6.0 * matmul_params * batch * seq + 3.0 * attn;
 }
 
@@ -45,6 +66,7 @@ Status ModelConfig::Validate() const {
   if (d_model <= 0) return err("model.d_model must be positive");
   if (n_layers <= 0) return err("model.n_layers must be positive");
   if (n_heads <= 0) return err("model.n_heads must be positive");
+  if (is_mla()) return ValidateMla();
   if (d_model % n_heads != 0)
     return err("model.n_heads=" + std::to_string(n_heads) + " does not divide model.d_model=" +
                std::to_string(d_model) + "; choose heads that divide d_model");
@@ -54,6 +76,50 @@ Status ModelConfig::Validate() const {
   if (n_kv_heads < 0 || kv_heads() > n_heads || n_heads % kv_heads() != 0)
     return err("model.n_kv_heads=" + std::to_string(n_kv_heads) +
                " must divide model.n_heads=" + std::to_string(n_heads) + " (0 means n_heads)");
+  return ValidateRest();
+}
+
+Status ModelConfig::ValidateMla() const {
+  auto err = [](const std::string& m) { return Status::Error("model config: " + m); };
+  if (n_kv_heads != 0)
+    return err("model.n_kv_heads=" + std::to_string(n_kv_heads) +
+               " applies to model.attention=mha only; MLA shares one latent across all heads: "
+               "remove model.n_kv_heads or set it to 0");
+  const MlaOptions& m = mla;
+  const bool any_default = m.kv_lora_rank == 0 || m.qk_nope_head_dim == 0 ||
+                           m.qk_rope_head_dim == 0 || m.v_head_dim == 0;
+  if (any_default && d_model % n_heads != 0)
+    return err(
+        "model.mla dimensions left 0 default to multiples of d_model/n_heads, but "
+        "model.n_heads=" +
+        std::to_string(n_heads) + " does not divide model.d_model=" + std::to_string(d_model) +
+        "; set every model.mla dimension explicitly");
+  const std::pair<const char*, int> dims[] = {{"q_lora_rank", m.q_lora_rank},
+                                              {"kv_lora_rank", m.kv_lora_rank},
+                                              {"qk_nope_head_dim", m.qk_nope_head_dim},
+                                              {"qk_rope_head_dim", m.qk_rope_head_dim},
+                                              {"v_head_dim", m.v_head_dim}};
+  for (const auto& [name, v] : dims)
+    if (v < 0)
+      return err(std::string("model.mla.") + name + "=" + std::to_string(v) +
+                 " must be >= 0 (0: the default)");
+  if (mla_kv_rank() < 1 || mla_nope_dim() < 1 || mla_v_dim() < 1)
+    return err(
+        "model.mla.kv_lora_rank, qk_nope_head_dim and v_head_dim must resolve to >= 1 "
+        "(d_model/n_heads is too small for the defaults: set them explicitly)");
+  if (mla_rope_dim() < 2 || mla_rope_dim() % 2 != 0)
+    return err("model.mla.qk_rope_head_dim=" + std::to_string(mla_rope_dim()) +
+               " must be even and >= 2 (RoPE rotates pairs)");
+  if (mla_v_dim() > attn_qk_dim())
+    return err(
+        "model.mla.v_head_dim=" + std::to_string(mla_v_dim()) +
+        " must be <= qk_nope_head_dim + qk_rope_head_dim = " + std::to_string(attn_qk_dim()) +
+        " (values are zero-padded to the query/key head width inside attention)");
+  return ValidateRest();
+}
+
+Status ModelConfig::ValidateRest() const {
+  auto err = [](const std::string& m) { return Status::Error("model config: " + m); };
   if (ffn_hidden < 0) return err("model.ffn_hidden must be >= 0 (0 = automatic)");
   if (max_seq_len <= 0) return err("model.max_seq_len must be positive");
   if (!(rope_theta > 1.0f)) return err("model.rope_theta must be > 1");
@@ -99,9 +165,19 @@ Status ModelConfigFromJson(const nlohmann::json& j, ModelConfig* c) {
   f.get("norm_eps", &c->norm_eps);
   f.get("init_std", &c->init_std);
   f.get("seed", &c->seed);
+  f.get_parsed("attention", &c->attention, parse_attention);
+  nlohmann::json mla = nlohmann::json::object();
+  f.get("mla", &mla);
   nlohmann::json moe = nlohmann::json::object();
   f.get("moe", &moe);
   GROVE_RETURN_IF_ERROR(f.finish());
+  JsonFields a(mla, "model.mla");
+  a.get("q_lora_rank", &c->mla.q_lora_rank);
+  a.get("kv_lora_rank", &c->mla.kv_lora_rank);
+  a.get("qk_nope_head_dim", &c->mla.qk_nope_head_dim);
+  a.get("qk_rope_head_dim", &c->mla.qk_rope_head_dim);
+  a.get("v_head_dim", &c->mla.v_head_dim);
+  GROVE_RETURN_IF_ERROR(a.finish());
   JsonFields m(moe, "model.moe");
   m.get("num_experts", &c->moe.num_experts);
   m.get("top_k", &c->moe.top_k);
@@ -146,6 +222,15 @@ nlohmann::json ModelConfigToJson(const ModelConfig& c) {
                         {"aux_loss_coef", c.moe.aux_loss_coef},
                         {"z_loss_coef", c.moe.z_loss_coef},
                         {"capacity_factor", c.moe.capacity_factor}}}};
+  // Written only for MLA, so configs (and checkpoints) of MHA models are unchanged.
+  if (c.is_mla()) {
+    j["attention"] = attention_name(c.attention);
+    j["mla"] = {{"q_lora_rank", c.mla.q_lora_rank},
+                {"kv_lora_rank", c.mla.kv_lora_rank},
+                {"qk_nope_head_dim", c.mla.qk_nope_head_dim},
+                {"qk_rope_head_dim", c.mla.qk_rope_head_dim},
+                {"v_head_dim", c.mla.v_head_dim}};
+  }
   // Written only when on, so configs (and checkpoints) of models without it are unchanged.
   if (c.moe.lsh.enabled)
     j["moe"]["lsh"] = {{"enabled", c.moe.lsh.enabled},

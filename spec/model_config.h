@@ -9,9 +9,22 @@
 #include <string>
 
 #include "core/status.h"
+#include "spec/enums.h"
 #include "spec/moe_options.h"
 
 namespace grove {
+
+// model.mla: multi-head latent attention (DeepSeek-V2; docs/model.md#multi-head-latent-attention).
+// A 0 dimension takes DeepSeek-V2's ratio to d = d_model / n_heads: kv_lora_rank 4d,
+// qk_nope_head_dim d, qk_rope_head_dim d/2, v_head_dim d. q_lora_rank 0 means no query
+// low-rank projection (queries straight from the normalised input).
+struct MlaOptions {
+  int q_lora_rank = 0;
+  int kv_lora_rank = 0;
+  int qk_nope_head_dim = 0;
+  int qk_rope_head_dim = 0;
+  int v_head_dim = 0;
+};
 
 struct ModelConfig {
   int vocab_size = 8192;
@@ -26,8 +39,28 @@ struct ModelConfig {
   float init_std = 0.02f;
   uint64_t seed = 1234;  // parameter initialisation
   MoeOptions moe;
+  Attention attention = Attention::kMha;
+  MlaOptions mla;  // read when attention == kMla
 
-  int kv_heads() const { return n_kv_heads > 0 ? n_kv_heads : n_heads; }
+  bool is_mla() const { return attention == Attention::kMla; }
+  // MLA's dimensions with their defaults resolved (meaningful when is_mla()).
+  int mla_kv_rank() const { return mla.kv_lora_rank > 0 ? mla.kv_lora_rank : 4 * head_dim(); }
+  int mla_nope_dim() const { return mla.qk_nope_head_dim > 0 ? mla.qk_nope_head_dim : head_dim(); }
+  int mla_rope_dim() const {
+    return mla.qk_rope_head_dim > 0 ? mla.qk_rope_head_dim : head_dim() / 2;
+  }
+  int mla_v_dim() const { return mla.v_head_dim > 0 ? mla.v_head_dim : head_dim(); }
+  // Per head: the query/key width the attention kernels see (q, k and the zero-padded v), and the
+  // value width (the attention output the output projection reads). MHA: both head_dim().
+  int attn_qk_dim() const { return is_mla() ? mla_nope_dim() + mla_rope_dim() : head_dim(); }
+  int attn_v_dim() const { return is_mla() ? mla_v_dim() : head_dim(); }
+  // The width RoPE rotates per head: head_dim() (MHA) or qk_rope_head_dim (MLA).
+  int rope_dim() const { return is_mla() ? mla_rope_dim() : head_dim(); }
+  // MLA: parameters of one block that tensor parallelism replicates (the down-projections and
+  // the latent norms); 0 for MHA.
+  int64_t mla_replicated_parameters() const;
+
+  int kv_heads() const { return is_mla() ? n_heads : n_kv_heads > 0 ? n_kv_heads : n_heads; }
   int head_dim() const { return d_model / n_heads; }
   int ffn() const { return ffn_hidden > 0 ? ffn_hidden : (8 * d_model / 3 + 63) / 64 * 64; }
   int64_t num_parameters() const;
@@ -44,6 +77,10 @@ struct ModelConfig {
 
   // Every constraint, with a message naming the field and the fix.
   Status Validate() const;
+
+ private:
+  Status ValidateMla() const;   // the attention fields of model.attention=mla
+  Status ValidateRest() const;  // the fields every attention shares
 };
 
 // JSON (de)serialisation. Unknown keys are an error naming the key and the known ones.

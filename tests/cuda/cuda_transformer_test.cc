@@ -53,6 +53,7 @@ struct OracleCase {
   Recompute mode;
   bool moe = false;
   bool moe_every_block = false;  // both blocks MoE (each layer's backward uses its own counts)
+  bool mla = false;              // multi-head latent attention (MlaConfig)
 };
 // The oracle's seed (weights and batch). The MoE cases use one whose smallest top-k logit margin
 // (0.087) is well above bf16's logit error, so that bf16 routing agrees with float64 routing.
@@ -67,10 +68,24 @@ nlohmann::json MoeConfig() {
   return j;
 }
 
+// Multi-head latent attention: a query latent of 32, a KV latent of 48, 4 heads of qk 16 + 8 and
+// values of 16 (zero-padded to 24 inside attention).
+nlohmann::json MlaConfig() {
+  nlohmann::json j = SmallConfig();
+  j.erase("n_kv_heads");
+  j["attention"] = "mla";
+  j["mla"] = {{"q_lora_rank", 32},
+              {"kv_lora_rank", 48},
+              {"qk_nope_head_dim", 16},
+              {"qk_rope_head_dim", 8},
+              {"v_head_dim", 16}};
+  return j;
+}
+
 template <typename T>
 void CheckAgainstOracleT(const OracleCase& c) {
   const int batch = 3, seq = 16;
-  nlohmann::json cfg_json = c.moe ? MoeConfig() : SmallConfig();
+  nlohmann::json cfg_json = c.mla ? MlaConfig() : c.moe ? MoeConfig() : SmallConfig();
   if (c.moe_every_block) cfg_json["moe"]["every"] = 1;
   std::string args = "'";  // built piecewise: GCC 12 misreports -Wrestrict on "'" + string
   args += cfg_json.dump();
@@ -157,6 +172,15 @@ TEST_F(GpuTransformerTest, MoeEveryBlockFp32MatchesTorch) {
 }
 TEST_F(GpuTransformerTest, MoeBf16MatchesTorch) {
   CheckAgainstOracle({"moe_bf16", GpuPrecision::kBf16, Recompute::kSelective, true});
+}
+TEST_F(GpuTransformerTest, MlaFp32MatchesTorch) {
+  CheckAgainstOracle({"mla_fp32", GpuPrecision::kFp32, Recompute::kSelective, false, false, true});
+}
+TEST_F(GpuTransformerTest, MlaFp32FullRecomputeMatchesTorch) {
+  CheckAgainstOracle({"mla_fp32_full", GpuPrecision::kFp32, Recompute::kFull, false, false, true});
+}
+TEST_F(GpuTransformerTest, MlaBf16MatchesTorch) {
+  CheckAgainstOracle({"mla_bf16", GpuPrecision::kBf16, Recompute::kSelective, false, false, true});
 }
 
 // Gradient accumulation: two backward passes with loss_scale 1/2 over the same batch give the

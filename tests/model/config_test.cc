@@ -1,6 +1,4 @@
 // ModelConfig validation: each inconsistent config gets an error naming the field.
-#include "spec/model_config.h"
-
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -9,6 +7,7 @@
 
 #include "core/rng.h"
 #include "model/weights.h"
+#include "spec/model_config.h"
 
 namespace grove {
 namespace {
@@ -42,6 +41,67 @@ TEST(ModelConfig, OddHeadDimRejectedForRope) {
   c.d_model = 24;
   c.n_heads = 8;  // head dim 3
   EXPECT_NE(error_of(c).find("must be even for RoPE"), std::string::npos) << error_of(c);
+}
+
+// model.attention=mla: the keys, their defaults (DeepSeek-V2's ratios to d_model/n_heads), a JSON
+// round trip, and each bad value named.
+TEST(ModelConfig, MlaKeysDefaultsAndRoundTrip) {
+  ModelConfig c;
+  ASSERT_TRUE(
+      ModelConfigFromJson(
+          {{"d_model", 256}, {"n_heads", 8}, {"attention", "mla"}, {"mla", {{"q_lora_rank", 96}}}},
+          &c)
+          .ok());
+  ASSERT_TRUE(c.Validate().ok()) << c.Validate().message();
+  EXPECT_TRUE(c.is_mla());
+  EXPECT_EQ(c.mla_kv_rank(), 128);  // 4·32
+  EXPECT_EQ(c.mla_nope_dim(), 32);
+  EXPECT_EQ(c.mla_rope_dim(), 16);
+  EXPECT_EQ(c.mla_v_dim(), 32);
+  EXPECT_EQ(c.attn_qk_dim(), 48);
+  EXPECT_EQ(c.kv_heads(), 8);
+  ModelConfig back;
+  ASSERT_TRUE(ModelConfigFromJson(ModelConfigToJson(c), &back).ok());
+  EXPECT_EQ(ModelConfigToJson(back), ModelConfigToJson(c));
+  // The parameter count is the layout's (no padding: multiples of 8 everywhere here).
+  EXPECT_EQ(c.num_parameters(), ParamLayout::Of(c).size);
+  // An MHA config's JSON carries no MLA keys (configs and checkpoints of MHA models unchanged).
+  EXPECT_FALSE(ModelConfigToJson(ModelConfig{}).contains("mla"));
+}
+
+TEST(ModelConfig, MlaBadValuesNamed) {
+  auto mla = [] {
+    ModelConfig c;
+    c.attention = Attention::kMla;
+    return c;
+  };
+  ModelConfig c = mla();
+  c.mla.qk_rope_head_dim = 5;
+  EXPECT_NE(error_of(c).find("model.mla.qk_rope_head_dim=5 must be even"), std::string::npos)
+      << error_of(c);
+  c = mla();
+  c.mla.v_head_dim = 64;  // > qk 32 + 16
+  EXPECT_NE(error_of(c).find("model.mla.v_head_dim=64 must be <= qk_nope_head_dim + "
+                             "qk_rope_head_dim = 48"),
+            std::string::npos)
+      << error_of(c);
+  c = mla();
+  c.mla.kv_lora_rank = -1;
+  EXPECT_NE(error_of(c).find("model.mla.kv_lora_rank=-1 must be >= 0"), std::string::npos)
+      << error_of(c);
+  c = mla();
+  c.n_kv_heads = 2;
+  EXPECT_NE(error_of(c).find("model.n_kv_heads=2 applies to model.attention=mha only"),
+            std::string::npos)
+      << error_of(c);
+  ModelConfig j;
+  Status s = ModelConfigFromJson({{"attention", "gqa"}}, &j);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("model.attention must be mha or mla (got 'gqa')"), std::string::npos)
+      << s.message();
+  s = ModelConfigFromJson({{"attention", "mla"}, {"mla", {{"kv_rank", 8}}}}, &j);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("model.mla.kv_rank"), std::string::npos) << s.message();
 }
 
 TEST(ModelConfig, UnknownKeyNamed) {

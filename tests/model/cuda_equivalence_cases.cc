@@ -55,6 +55,15 @@ ModelConfig MoeConfig() {
   return c;
 }
 
+// Multi-head latent attention: 8 heads of qk 8 + 4 with values of 8 (zero-padded to 12 inside
+// attention), a query latent of 24 and a KV latent of 32.
+ModelConfig WithMla(ModelConfig c) {
+  c.attention = Attention::kMla;
+  c.n_kv_heads = 0;
+  c.mla = MlaOptions{24, 32, 8, 4, 8};
+  return c;
+}
+
 ModelConfig CompressedMoeConfig(bool lsh, bool capacity) {
   ModelConfig c = MoeConfig();
   if (capacity) c.moe.capacity_factor = 0.75f;
@@ -131,7 +140,7 @@ std::string Layout::str() const {
   return "tp=" + std::to_string(tp) + " cp=" + std::to_string(cp) +
          (cp > 1 ? std::string(" ") + cp_attention_name(algo) : std::string()) +
          " ep=" + std::to_string(ep) + " dp=" + std::to_string(dp) + " sp=" + std::to_string(sp) +
-         " recompute=" + recompute_name(mode) + (moe ? " moe" : "") +
+         " recompute=" + recompute_name(mode) + (moe ? " moe" : "") + (mla ? " mla" : "") +
          (device_groups ? " device groups" : " host groups");
 }
 
@@ -222,6 +231,34 @@ std::vector<Layout> expert_parallel_layouts(int world, bool device) {
   return out;
 }
 
+// Heads split over TP, the replicated down-projections and latent norms on each rank's rows under
+// SP, context parallelism (tree and ring) with the RoPE key at global positions, and an MLA MoE
+// model under TP + SP.
+std::vector<Layout> mla_layouts(int world, bool device) {
+  std::vector<Layout> out;
+  for (int tp : {1, 2, 4}) {
+    if (world % tp != 0 || world / tp > 2) continue;
+    for (bool sp : {false, true}) {
+      if (sp && tp == 1) continue;
+      for (Recompute mode : {Recompute::kSelective, Recompute::kFull})
+        out.push_back(Layout{.tp = tp,
+                             .dp = world / tp,
+                             .sp = sp,
+                             .mode = mode,
+                             .device_groups = false,
+                             .mla = true});
+    }
+  }
+  if (world >= 2) {
+    for (CpAttention algo : {CpAttention::kTree, CpAttention::kRing})
+      out.push_back(
+          Layout{.dp = world / 2, .device_groups = device, .cp = 2, .algo = algo, .mla = true});
+    out.push_back(Layout{
+        .tp = 2, .dp = world / 2, .sp = true, .moe = true, .device_groups = false, .mla = true});
+  }
+  return out;
+}
+
 std::vector<CompressedLayout> compressed_layouts(int world, bool device) {
   std::vector<CompressedLayout> out = {
       {.ep = 1, .lsh = true, .device_groups = false},
@@ -238,7 +275,9 @@ std::vector<CompressedLayout> compressed_layouts(int world, bool device) {
 
 void run_layout(const Env& env, const Layout& l) {
   comm::Communicator& world = *env.world;
-  const ModelConfig c = l.moe ? MoeConfig() : TestConfig();
+  const ModelConfig c = l.mla   ? WithMla(l.moe ? MoeConfig() : TestConfig())
+                        : l.moe ? MoeConfig()
+                                : TestConfig();
   const int s = 8, b = 2, B = b * l.dp;
   SCOPED_TRACE(l.str());
   auto grid = parallel::ParallelGrid::create(

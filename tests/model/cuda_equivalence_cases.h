@@ -48,6 +48,7 @@ struct Layout {
   int cp = 1;
   CpAttention algo = CpAttention::kTree;
   int ep = 1;
+  bool mla = false;  // multi-head latent attention (MlaConfig) instead of MHA
   std::string str() const;
 };
 
@@ -65,8 +66,9 @@ struct CompressedLayout {
 std::vector<Layout> tensor_sequence_layouts(int world);  // tp {1,2,4} x SP x recompute
 std::vector<Layout> device_group_layouts(int world);     // the same over device groups
 std::vector<Layout> moe_tensor_layouts(int world);       // dropless MoE under tp + SP
-std::vector<Layout> context_parallel_layouts(int world, bool device);      // cp {2,4} tree and ring
-std::vector<Layout> expert_parallel_layouts(int world, bool device);       // ep {2,4} plain
+std::vector<Layout> context_parallel_layouts(int world, bool device);  // cp {2,4} tree and ring
+std::vector<Layout> expert_parallel_layouts(int world, bool device);   // ep {2,4} plain
+std::vector<Layout> mla_layouts(int world, bool device);  // MLA: tp x SP, cp tree/ring, MoE
 std::vector<CompressedLayout> compressed_layouts(int world, bool device);  // capacity, LSH
 
 void run_layout(const Env& env, const Layout& layout);

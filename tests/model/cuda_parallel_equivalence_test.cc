@@ -85,6 +85,14 @@ TEST(CudaParallelEquivalence, ContextParallelLayoutsEqualSingleRank) {
   PrintWorst("context parallel layouts");
 }
 
+// Multi-head latent attention on the CUDA backend: heads split over TP, the replicated
+// down-projections and latent norms on each rank's rows under SP, context parallelism (tree and
+// ring) with the RoPE key at global positions, and an MLA MoE model under TP + SP.
+TEST(CudaParallelEquivalence, MlaLayoutsEqualSingleRank) {
+  RunAll(equivalence::mla_layouts(test::world().size(), comm::mpi_device_buffers_supported()));
+  PrintWorst("MLA layouts");
+}
+
 // Expert parallelism on the CUDA backend (LocalMoe with an ep group: the plain all-to-all
 // dispatch of the permuted rows to the experts' ranks and back), dropless, over device groups:
 // ep 2 and 4 with dp, with tp=2 + SP, and under full recompute (the re-run forward exchanges

@@ -106,6 +106,14 @@ TEST_F(CudaThreadEquivalence, ExpertParallelLayoutsEqualSingleRank) {
   });
 }
 
+TEST_F(CudaThreadEquivalence, MlaLayoutsEqualSingleRank) {
+  OnThreadRanks("MLA layouts", [](const equivalence::Env& env, int n) {
+    std::vector<Layout> layouts = equivalence::mla_layouts(n, /*device=*/true);
+    for (Layout& l : layouts) l.device_groups = true;
+    RunDeviceLayouts(env, layouts);
+  });
+}
+
 TEST_F(CudaThreadEquivalence, CapacityAndLshLayoutsEqualEpOne) {
   OnThreadRanks("capacity and LSH layouts", [](const equivalence::Env& env, int n) {
     for (CompressedLayout l : equivalence::compressed_layouts(n, /*device=*/true)) {

@@ -1,4 +1,7 @@
-// Tensor + sequence + data parallelism against the single-rank model (docs/tensor_parallel.md).
+// Tensor + sequence + data parallelism against the single-rank model (docs/tensor_parallel.md),
+// for multi-head attention (GQA) and multi-head latent attention (MLA, with and without the query
+// latent: heads split over TP, the replicated down-projections and latent norms on each rank's
+// rows under SP, g / f before the up-projections).
 //
 // Every rank builds the tp=1, dp=1 reference model on the global batch and the sharded model of
 // its layout from the same seed (full weights initialised once, then sliced). Loss and every
@@ -78,17 +81,31 @@ ModelConfig MoeConfig() {
 // relative), so loss and gradients are compared norm-wise within kBf16Tolerance instead.
 constexpr double kBf16Tolerance = 2e-2;
 
+// Multi-head latent attention: 8 heads of qk 8 + 4 with values of 8 (zero-padded to 12 inside
+// attention), a KV latent of 32 and, with `q_lora`, a query latent of 24.
+enum class Mla { kOff, kQLora, kNoQLora };
+ModelConfig WithMla(ModelConfig c, Mla mla) {
+  if (mla == Mla::kOff) return c;
+  c.attention = Attention::kMla;
+  c.n_kv_heads = 0;
+  c.mla = MlaOptions{mla == Mla::kQLora ? 24 : 0, 32, 8, 4, 8};
+  return c;
+}
+
 template <class Backend = CpuBackend>
 void RunLayout(int tp, int dp, bool sp, Recompute mode, int ep = 1, bool moe = false, int cp = 1,
-               CpAttention algo = CpAttention::kTree) {
+               CpAttention algo = CpAttention::kTree, Mla mla = Mla::kOff) {
   constexpr bool bf16 = !std::is_same_v<Backend, CpuBackend>;
   comm::Communicator& world = test::world();
-  const ModelConfig c = moe ? MoeConfig() : TestConfig();
+  const ModelConfig c = WithMla(moe ? MoeConfig() : TestConfig(), mla);
   const int s = 8, b = 2, B = b * dp;
-  SCOPED_TRACE("tp=" + std::to_string(tp) + " cp=" + std::to_string(cp) +
-               " dp=" + std::to_string(dp) + " ep=" + std::to_string(ep) +
-               " sp=" + std::to_string(sp) + " recompute=" + recompute_name(mode) +
-               (moe ? " moe" : "") + (cp > 1 ? std::string(" ") + cp_attention_name(algo) : ""));
+  SCOPED_TRACE("tp=" + std::to_string(tp) + " cp=" + std::to_string(cp) + " dp=" +
+               std::to_string(dp) + " ep=" + std::to_string(ep) + " sp=" + std::to_string(sp) +
+               " recompute=" + recompute_name(mode) + (moe ? " moe" : "") +
+               (mla == Mla::kOff     ? ""
+                : mla == Mla::kQLora ? " mla"
+                                     : " mla(no q_lora)") +
+               (cp > 1 ? std::string(" ") + cp_attention_name(algo) : ""));
   auto grid = parallel::ParallelGrid::create(
       std::shared_ptr<comm::Communicator>(test::mpi_session().world()),
       parallel::GridShape{world.size(), tp, cp, ep, dp});
@@ -160,8 +177,12 @@ TEST(ParallelEquivalence, EveryLayoutEqualsSingleRank) {
     if (dp > 2) continue;  // dp ∈ {1, 2}
     for (bool sp : {false, true}) {
       if (sp && tp == 1) continue;
-      for (Recompute mode : {Recompute::kNone, Recompute::kSelective, Recompute::kFull})
+      for (Recompute mode : {Recompute::kNone, Recompute::kSelective, Recompute::kFull}) {
         RunLayout<>(tp, dp, sp, mode);
+        RunLayout<>(tp, dp, sp, mode, 1, false, 1, CpAttention::kTree, Mla::kQLora);
+      }
+      RunLayout<>(tp, dp, sp, Recompute::kSelective, 1, false, 1, CpAttention::kTree,
+                  Mla::kNoQLora);
     }
   }
 }
@@ -178,6 +199,8 @@ TEST(ParallelEquivalence, ContextParallelLayoutsEqualSingleRank) {
       for (auto algo : {CpAttention::kTree, CpAttention::kRing}) {
         RunLayout<>(tp, dp, tp > 1, Recompute::kSelective, 1, false, cp, algo);
         RunLayout<>(tp, dp, tp > 1, Recompute::kFull, 1, false, cp, algo);
+        RunLayout<>(tp, dp, tp > 1, Recompute::kSelective, 1, false, cp, algo, Mla::kQLora);
+        RunLayout<>(tp, dp, tp > 1, Recompute::kFull, 1, false, cp, algo, Mla::kNoQLora);
       }
       RunLayout<>(tp, dp, tp > 1, Recompute::kSelective, world % 2 == 0 ? 2 : 1, true, cp);
     }
@@ -196,6 +219,8 @@ TEST(ParallelEquivalence, MoeLayoutsEqualSingleRank) {
       if (world % ep != 0) continue;
       RunLayout<>(tp, dp, /*sp=*/tp > 1, Recompute::kSelective, ep, /*moe=*/true);
       RunLayout<>(tp, dp, /*sp=*/tp > 1, Recompute::kFull, ep, /*moe=*/true);
+      RunLayout<>(tp, dp, tp > 1, Recompute::kSelective, ep, true, 1, CpAttention::kTree,
+                  Mla::kQLora);
     }
   }
 }

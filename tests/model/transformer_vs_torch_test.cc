@@ -95,6 +95,26 @@ nlohmann::json with(nlohmann::json j, const char* k, int v) {
   j[k] = v;
   return j;
 }
+// Multi-head latent attention: a query latent (rank 12), a KV latent of 20, qk 6 + 4 per head and
+// values of 8 (< 10: zero-padded inside attention), d_model 32 over 4 heads.
+const nlohmann::json kMla = [] {
+  nlohmann::json j = kBase;
+  j["attention"] = "mla";
+  j["mla"] = {{"q_lora_rank", 12},
+              {"kv_lora_rank", 20},
+              {"qk_nope_head_dim", 6},
+              {"qk_rope_head_dim", 4},
+              {"v_head_dim", 8}};
+  return j;
+}();
+// Without the query latent, v as wide as q/k (no padding), and an MoE block.
+const nlohmann::json kMlaNoQLora = [] {
+  nlohmann::json j = kMoe;
+  j["attention"] = "mla";
+  j["mla"] = {
+      {"kv_lora_rank", 16}, {"qk_nope_head_dim", 8}, {"qk_rope_head_dim", 4}, {"v_head_dim", 12}};
+  return j;
+}();
 
 INSTANTIATE_TEST_SUITE_P(
     Modes, TransformerVsTorch,
@@ -104,7 +124,11 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{"gqa", with(with(kBase, "n_kv_heads", 2), "ffn_hidden", 48), 2, 12,
                            Recompute::kSelective},
                       Case{"moe", kMoe, 3, 8, Recompute::kSelective},
-                      Case{"moe_full", kMoe, 3, 8, Recompute::kFull}),
+                      Case{"moe_full", kMoe, 3, 8, Recompute::kFull},
+                      Case{"mla_none", kMla, 3, 8, Recompute::kNone},
+                      Case{"mla_selective", kMla, 3, 8, Recompute::kSelective},
+                      Case{"mla_full", kMla, 2, 12, Recompute::kFull},
+                      Case{"mla_moe_no_q_lora", kMlaNoQLora, 3, 8, Recompute::kSelective}),
     [](const ::testing::TestParamInfo<Case>& i) { return i.param.name; });
 
 }  // namespace

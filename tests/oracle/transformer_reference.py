@@ -13,6 +13,9 @@ the sum of aux + z over the MoE layers, and the gradients are those of loss + mo
 Transformer::backward computes). The smallest top-k logit margin is written as "topk_margin" so a
 test can tell whether fp32 or bf16 routing must agree with this one.
 
+With "attention": "mla" the blocks use multi-head latent attention as in DeepSeek-V2 (no value
+padding here: values keep v_head_dim; "mla": {...} as model/weights.h names the tensors).
+
 usage: transformer_reference.py OUT.safetensors '{"d_model": 64, ...}' BATCH SEQ SEED
 """
 import json
@@ -42,7 +45,7 @@ def rope(x, theta):
 
 
 def attention(q, k, v):
-    # q: [s, b, a, d]; k, v: [s, b, kv, d] -> [s, b, a*d], causal.
+    # q, k: [s, b, a|kv, d]; v: [s, b, kv, dv] -> [s, b, a*dv], causal, scale 1/sqrt(d).
     s, b, a, d = q.shape
     kv = k.shape[2]
     k = k.repeat_interleave(a // kv, dim=2)
@@ -52,7 +55,34 @@ def attention(q, k, v):
     mask = torch.ones(s, s, dtype=torch.bool).tril()
     scores = scores.masked_fill(~mask, float("-inf"))
     out = scores.softmax(-1) @ vh  # [b, a, s, d]
-    return out.permute(2, 0, 1, 3).reshape(s, b, a * d)
+    return out.permute(2, 0, 1, 3).reshape(s, b, -1)
+
+
+def mla_dims(cfg):
+    """(q_lora_rank, kv_lora_rank, nope, rope, v) with the defaults of spec/model_config.h."""
+    m, d = cfg.get("mla", {}), cfg["d_model"] // cfg["n_heads"]
+    return (m.get("q_lora_rank", 0), m.get("kv_lora_rank", 0) or 4 * d,
+            m.get("qk_nope_head_dim", 0) or d, m.get("qk_rope_head_dim", 0) or d // 2,
+            m.get("v_head_dim", 0) or d)
+
+
+def mla_attention(w, p, cfg, u):
+    """Multi-head latent attention of u [s, b, h] (DeepSeek-V2) -> [s, b, a*dv]."""
+    s, b, _ = u.shape
+    a, eps, theta = cfg["n_heads"], cfg["norm_eps"], cfg["rope_theta"]
+    qr, _, nope, rd, _ = mla_dims(cfg)
+    if qr > 0:
+        q = rmsnorm(u @ w[p + "wq_a"].T, w[p + "q_norm"], eps) @ w[p + "wq_b"].T
+    else:
+        q = u @ w[p + "wq"].T
+    q = q.reshape(s, b, a, nope + rd)
+    q = torch.cat([q[..., :nope], rope(q[..., nope:], theta)], dim=-1)
+    c_kv = rmsnorm(u @ w[p + "wkv_a"].T, w[p + "kv_norm"], eps)
+    k_rope = rope((u @ w[p + "wk_rope"].T).reshape(s, b, 1, rd), theta)
+    k_nope = (c_kv @ w[p + "wk_b"].T).reshape(s, b, a, nope)
+    k = torch.cat([k_nope, k_rope.expand(s, b, a, rd)], dim=-1)
+    v = (c_kv @ w[p + "wv_b"].T).reshape(s, b, a, -1)
+    return attention(q, k, v)
 
 
 def forward(w, cfg, tokens, targets):
@@ -67,10 +97,13 @@ def forward(w, cfg, tokens, targets):
     for l in range(L):
         p = f"layers.{l}."
         ln1 = rmsnorm(x, w[p + "attn_norm"], eps)
-        q = rope((ln1 @ w[p + "wq"].T).reshape(s, b, a, d), theta)
-        k = rope((ln1 @ w[p + "wk"].T).reshape(s, b, kv, d), theta)
-        v = (ln1 @ w[p + "wv"].T).reshape(s, b, kv, d)
-        x = x + attention(q, k, v) @ w[p + "wo"].T
+        if cfg.get("attention", "mha") == "mla":
+            x = x + mla_attention(w, p, cfg, ln1) @ w[p + "wo"].T
+        else:
+            q = rope((ln1 @ w[p + "wq"].T).reshape(s, b, a, d), theta)
+            k = rope((ln1 @ w[p + "wk"].T).reshape(s, b, kv, d), theta)
+            v = (ln1 @ w[p + "wv"].T).reshape(s, b, kv, d)
+            x = x + attention(q, k, v) @ w[p + "wo"].T
         ln2 = rmsnorm(x, w[p + "mlp_norm"], eps)
         if is_moe_layer(cfg, l):
             y, aux_z, margin = moe(w, p, cfg, ln2.reshape(s * b, h))
@@ -130,8 +163,20 @@ def param_shapes(cfg):
     shapes = {"wte": (V, h)}
     for l in range(L):
         p = f"layers.{l}."
-        shapes.update({p + "attn_norm": (h,), p + "wq": (a * d, h), p + "wk": (kv * d, h),
-                       p + "wv": (kv * d, h), p + "wo": (h, a * d), p + "mlp_norm": (h,)})
+        if cfg.get("attention", "mha") == "mla":
+            qr, kvr, nope, rd, dv = mla_dims(cfg)
+            shapes[p + "attn_norm"] = (h,)
+            if qr > 0:
+                shapes.update({p + "wq_a": (qr, h), p + "q_norm": (qr,),
+                               p + "wq_b": (a * (nope + rd), qr)})
+            else:
+                shapes[p + "wq"] = (a * (nope + rd), h)
+            shapes.update({p + "wkv_a": (kvr, h), p + "wk_rope": (rd, h), p + "kv_norm": (kvr,),
+                           p + "wk_b": (a * nope, kvr), p + "wv_b": (a * dv, kvr),
+                           p + "wo": (h, a * dv), p + "mlp_norm": (h,)})
+        else:
+            shapes.update({p + "attn_norm": (h,), p + "wq": (a * d, h), p + "wk": (kv * d, h),
+                           p + "wv": (kv * d, h), p + "wo": (h, a * d), p + "mlp_norm": (h,)})
         if is_moe_layer(cfg, l):
             E = cfg["moe"]["num_experts"]
             fe = cfg["moe"].get("expert_ffn", 0) or f

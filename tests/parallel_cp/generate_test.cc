@@ -87,7 +87,7 @@ std::vector<int32_t> random_tokens(int n, int vocab, uint64_t seed) {
 }
 
 TEST(Generate, LogitsEqualTransformerForward) {
-  // Multi-head, GQA, and MoE (top-2 in every block; top-1 in every other block).
+  // Multi-head, GQA, MoE (top-2 in every block; top-1 in every other block) and MLA.
   std::vector<ModelConfig> configs = {tiny_config(4), tiny_config(2), tiny_config(4),
                                       tiny_config(2)};
   configs[2].moe.num_experts = 4;
@@ -96,6 +96,10 @@ TEST(Generate, LogitsEqualTransformerForward) {
   configs[3].moe.top_k = 1;
   configs[3].moe.every = 2;
   configs[3].moe.expert_ffn = 96;
+  // Multi-head latent attention, decoded with the K/V cache of its padded keys and values.
+  configs.push_back(tiny_config(0));
+  configs[4].attention = Attention::kMla;
+  configs[4].mla = MlaOptions{16, 32, 16, 8, 12};
   for (const ModelConfig& config : configs) {
     const int kv_heads = config.kv_heads();
     const SavedModel m = save_and_load(config);
@@ -114,9 +118,9 @@ TEST(Generate, LogitsEqualTransformerForward) {
     const float* want = model.logits().data<float>();
 
     for (auto algo : {CpAttention::kTree, CpAttention::kRing}) {
-      SCOPED_TRACE(::testing::Message()
-                   << cp_attention_name(algo) << " kv_heads=" << kv_heads
-                   << " experts=" << c.moe.num_experts << " top_k=" << c.moe.top_k);
+      SCOPED_TRACE(::testing::Message() << cp_attention_name(algo) << " kv_heads=" << kv_heads
+                                        << " experts=" << c.moe.num_experts << " top_k="
+                                        << c.moe.top_k << " " << attention_name(c.attention));
       Generator gen(c, m.weights, &test::world(), T, algo);
       for (int t = 0; t < T; ++t) {
         const float* got = gen.step(tokens[t]);
@@ -141,8 +145,7 @@ TEST(Generate, GreedyTokensOverCpEqualOneRank) {
   for (auto algo : {CpAttention::kTree, CpAttention::kRing}) {
     Generator gen(c, m.weights, &test::world(), 64, algo);
     const std::vector<int32_t> got = gen.generate(prompt, max_new);
-    EXPECT_EQ(got, want) << cp_attention_name(algo)
-                         << " over cp=" << test::world().size();
+    EXPECT_EQ(got, want) << cp_attention_name(algo) << " over cp=" << test::world().size();
     if (test::world().size() > 1) {
       EXPECT_GT(gen.attention_stats().bytes, 0);
     }

@@ -77,13 +77,12 @@ std::string Root(comm::Communicator& world, const std::string& tag) {
   return root;
 }
 
-TEST(Reshard, EveryLayoutPairIsBitExact) {
+void EveryLayoutPair(const ModelConfig& c, const std::string& tag) {
   comm::Communicator& world = test::world();
-  const ModelConfig c = Config();
   const FullState full = MakeFull(c);
   for (int save_tp : {1, 2, 4}) {
     if (world.size() % save_tp) continue;
-    const std::string root = Root(world, "pair" + std::to_string(save_tp));
+    const std::string root = Root(world, tag + std::to_string(save_tp));
     const int r = world.rank() % save_tp;
     Weights p = Weights::Shard(full.params, c, save_tp, r);
     AdamW opt(c, save_tp);
@@ -111,13 +110,26 @@ TEST(Reshard, EveryLayoutPairIsBitExact) {
   }
 }
 
+TEST(Reshard, EveryLayoutPairIsBitExact) {
+  EveryLayoutPair(Config(), "pair");
+}
+
+// Multi-head latent attention: head-split up-projections, replicated down-projections and
+// latent norms (model.attention=mla with a query latent).
+TEST(Reshard, MlaLayoutPairsAreBitExact) {
+  ModelConfig c = Config();
+  c.attention = Attention::kMla;
+  c.mla = MlaOptions{16, 24, 8, 4, 8};
+  EveryLayoutPair(c, "mla");
+}
+
 // MoE: experts placed by ep rank; saved at (tp, ep) and loaded at every other (tp, ep).
 TEST(Reshard, MoeLayoutsAreBitExact) {
   comm::Communicator& world = test::world();
   const ModelConfig c = MoeConfig();
   const FullState full = MakeFull(c);
-  const std::vector<std::pair<int, int>> layouts = {{1, 1}, {2, 2}, {1, 2}, {2, 1}, {4, 1},
-                                                    {1, 4}, {2, 4}};
+  const std::vector<std::pair<int, int>> layouts = {{1, 1}, {2, 2}, {1, 2}, {2, 1},
+                                                    {4, 1}, {1, 4}, {2, 4}};
   for (auto [stp, sep] : layouts) {
     if (world.size() % stp || world.size() % sep) continue;
     const std::string root = Root(world, "moe" + std::to_string(stp) + std::to_string(sep));
