@@ -154,12 +154,17 @@ Transformer* TrainedMoe::model_ = nullptr;
 float TrainedMoe::loss_ = 0;
 std::vector<TrainedMoe::Recorded>* TrainedMoe::layers_ = nullptr;
 
-// Bounds at the default setting, per block (docs/lsh.md#accuracy-on-trained-hidden-states):
-// measured e_out 0.134 / 0.061 and e_stream 0.132 / 0.0078 (blocks 0 / 1; training is
-// deterministic, so these repeat); the bounds leave about 1.3x. The second block's inputs are
-// tighter buckets (relative residual 0.024 vs 0.158), hence its smaller bound. A residual taken
-// against another bucket's centroid gives 0.158 / 0.020 in block 1 and fails.
-constexpr double kMaxOutError[] = {0.17, 0.08}, kMaxStreamError[] = {0.17, 0.011};
+// Bounds at the default setting, per block (docs/lsh.md#accuracy-on-trained-hidden-states).
+// Training is deterministic for one BLAS kernel, but the trained model, and with it the error,
+// depends on which OpenBLAS kernel ran the training's GEMMs. Measured (blocks 0 / 1):
+//   e_out    Haswell 0.135 / 0.061, SkylakeX 0.075 / 0.041, Cooperlake 0.115 / 0.072,
+//            Prescott 0.088 / 0.146
+//   e_stream Haswell 0.132 / 0.0078, SkylakeX 0.073 / 0.0047, Cooperlake 0.113 / 0.0113,
+//            Prescott 0.086 / 0.0063
+// The bounds leave about 1.3x over the largest. Block 1's output is small next to the residual
+// stream it is added to, so its e_stream bound is the tight one: a residual taken against
+// another bucket's centroid gives e_stream 0.020 there (Haswell) and fails.
+constexpr double kMaxOutError[] = {0.17, 0.19}, kMaxStreamError[] = {0.17, 0.015};
 
 // The default setting, compressing from the first call (warm-up is a training schedule; a
 // layer re-run here has had no training passes).
@@ -193,8 +198,9 @@ TEST_F(TrainedMoe, DefaultSettingStaysWithinTheBound) {
     EXPECT_GE(e.compression, 4.0);
     EXPECT_LE(e.e_out, kMaxOutError[l]);
     EXPECT_LE(e.e_stream, kMaxStreamError[l]);
-    // The earlier default sends 5-20x fewer rows and is outside the output bound here.
-    EXPECT_GT(d.e_out, kMaxOutError[l]);
+    // The earlier default sends 5-20x fewer rows; its error is larger on every kernel measured
+    // (by 1.22x to 3.7x).
+    EXPECT_GT(d.e_out, 1.1 * e.e_out);
   }
 }
 
