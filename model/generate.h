@@ -22,6 +22,7 @@
 // one-float loss of the forward; nothing else crosses. Definitions in model/generate_impl.h.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <span>
 #include <type_traits>
@@ -83,6 +84,8 @@ using Generator = GeneratorT<CpuBackend>;
 extern template class GeneratorT<CpuBackend>;
 
 // Index of the largest value (the first one on ties).
-int32_t argmax(const float* x, int n);
+inline int32_t argmax(const float* x, int n) {
+  return static_cast<int32_t>(std::max_element(x, x + n) - x);
+}
 
 }  // namespace grove
