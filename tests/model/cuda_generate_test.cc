@@ -29,82 +29,19 @@
 #include "comm/thread_communicator.h"
 #include "core/rng.h"
 #include "core/status.h"
-#include "kernels/cuda/backend.h"
-#include "model/weights.h"
 #include "tests/common/tensor_compare.h"
+#include "tests/model/cuda_generate_cases.h"
 #ifdef GROVE_GENERATE_CPU_REFERENCE
 #include "kernels/cpu/backend.h"
-#include "model/generate.h"
 #endif
 
 namespace grove {
 namespace {
 
 using namespace std::chrono_literals;
-using Cuda = CudaBackend<float>;
+using namespace generate_cases;
 
-constexpr double kLogitTol = 1e-5;
 constexpr double kKernelTol = 5e-6;
-
-ModelConfig tiny_config(int kv_heads) {
-  ModelConfig c;
-  c.vocab_size = 128;
-  c.d_model = 32;
-  c.n_layers = 2;
-  c.n_heads = 4;
-  c.n_kv_heads = kv_heads;
-  c.max_seq_len = 32;
-  c.init_std = 0.3f;
-  c.seed = 77;
-  return c;
-}
-
-std::vector<int32_t> random_tokens(int n, int vocab, uint64_t seed) {
-  Rng rng(seed);
-  std::vector<int32_t> t(n);
-  for (auto& x : t) x = static_cast<int32_t>(rng.next_u64() % vocab);
-  return t;
-}
-
-// What one generator produced: the logits of every position of `tokens` and the greedy
-// continuation of `prompt`.
-struct Decoded {
-  std::vector<float> logits;  // [T, V]
-  std::vector<int32_t> greedy;
-  std::vector<int32_t> greedy_eos;  // stopped at the reference's 4th token
-};
-
-template <class G, class Download>
-Decoded decode(G& gen, const ModelConfig& c, const std::vector<int32_t>& tokens,
-               const std::vector<int32_t>& prompt, int max_new, int eos, Download download) {
-  Decoded d;
-  d.logits.resize(tokens.size() * size_t(c.vocab_size));
-  for (size_t t = 0; t < tokens.size(); ++t)
-    download(d.logits.data() + t * c.vocab_size, gen.step(tokens[t]));
-  gen.reset();
-  d.greedy = gen.generate(prompt, max_new);
-  if (eos >= 0) {
-    gen.reset();
-    d.greedy_eos = gen.generate(prompt, max_new, eos);
-  }
-  return d;
-}
-
-constexpr int kT = 13, kMaxNew = 16, kCapacity = 24;
-
-Decoded reference(const ModelConfig& c, const Weights& w, const std::vector<int32_t>& tokens,
-                  const std::vector<int32_t>& prompt) {
-#ifdef GROVE_GENERATE_CPU_REFERENCE
-  Generator gen(c, w, /*cp=*/nullptr, kCapacity);
-  return decode(gen, c, tokens, prompt, kMaxNew, -1,
-                [&](float* dst, const float* src) { std::copy(src, src + c.vocab_size, dst); });
-#else
-  CudaGenerator gen(c, w, /*cp=*/nullptr, kCapacity);
-  return decode(gen, c, tokens, prompt, kMaxNew, -1, [&](float* dst, const float* src) {
-    Cuda::download(dst, src, sizeof(float) * c.vocab_size);
-  });
-#endif
-}
 
 class CudaGenerate : public ::testing::Test {
  protected:
@@ -124,8 +61,7 @@ TEST_F(CudaGenerate, OverCpEqualsReference) {
     // Not a degenerate sequence: greedy decoding of this model visits several tokens.
     EXPECT_GE(std::set<int32_t>(want.greedy.begin(), want.greedy.end()).size(), 4u);
     const int32_t eos = want.greedy[3];
-    const auto first = std::find(want.greedy.begin(), want.greedy.end(), eos);
-    const std::vector<int32_t> want_eos(want.greedy.begin(), first + 1);
+    const std::vector<int32_t> want_eos = until_eos(want.greedy, eos);
     for (int n : {1, 2, 4}) {
       for (auto algo : {CpAttention::kTree, CpAttention::kRing}) {
         const std::string what = std::string(cp_attention_name(algo)) +
@@ -138,10 +74,7 @@ TEST_F(CudaGenerate, OverCpEqualsReference) {
               n,
               [&](comm::Communicator& world) {
                 CudaGenerator gen(c, w, &world, kCapacity, algo);
-                const Decoded got =
-                    decode(gen, c, tokens, prompt, kMaxNew, eos, [&](float* dst, const float* src) {
-                      Cuda::download(dst, src, sizeof(float) * c.vocab_size);
-                    });
+                const Decoded got = decode_cuda(gen, c, tokens, prompt, kMaxNew, eos);
                 const std::string rank = " (rank " + std::to_string(world.rank()) + ")";
                 const auto st = testing::compare_stats(got.logits.data(), want.logits.data(),
                                                        int64_t(got.logits.size()));
