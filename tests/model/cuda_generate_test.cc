@@ -1,6 +1,7 @@
 // Decoding on the CUDA backend with the KV cache sharded over the context-parallel group
 // (model/cuda/cuda_generate.h), the ranks as threads of one process on one device (the test-only
-// thread transport, comm/thread_communicator.h), at cp = 1, 2 and 4, tree and ring:
+// thread transport, comm/thread_communicator.h), at cp = 1, 2 and 4, tree and ring, for a GQA, a
+// multi-head, an MoE and an MLA model:
 //  - the logits of every position of a token sequence equal the reference's (kLogitTol);
 //  - the greedy tokens equal the reference's, token for token (an eos stop included).
 // The reference: with GROVE_GENERATE_CPU_REFERENCE (the emulator build, which links the host
@@ -51,8 +52,20 @@ class CudaGenerate : public ::testing::Test {
 };
 
 TEST_F(CudaGenerate, OverCpEqualsReference) {
-  for (int kv_heads : {2, 4}) {
-    const ModelConfig c = tiny_config(kv_heads);
+  // GQA, multi-head, an MoE model (top-2 in every other block) and multi-head latent attention
+  // (decoded with the cache of its padded keys and values).
+  std::vector<ModelConfig> configs = {tiny_config(2), tiny_config(4), tiny_config(2),
+                                      tiny_config(0)};
+  configs[2].moe.num_experts = 4;
+  configs[2].moe.top_k = 2;
+  configs[2].moe.every = 2;
+  configs[2].moe.expert_ffn = 48;
+  configs[3].attention = Attention::kMla;
+  configs[3].mla = MlaOptions{16, 16, 8, 8, 12};
+  for (const ModelConfig& c : configs) {
+    const std::string model = std::string(attention_name(c.attention)) +
+                              " kv_heads=" + std::to_string(c.kv_heads()) +
+                              " experts=" + std::to_string(c.moe.num_experts);
     const Weights w = Weights::Init(c);
     const std::vector<int32_t> tokens = random_tokens(kT, c.vocab_size, 5);
     const std::vector<int32_t> prompt = random_tokens(4, c.vocab_size, 9);
@@ -64,9 +77,8 @@ TEST_F(CudaGenerate, OverCpEqualsReference) {
     const std::vector<int32_t> want_eos = until_eos(want.greedy, eos);
     for (int n : {1, 2, 4}) {
       for (auto algo : {CpAttention::kTree, CpAttention::kRing}) {
-        const std::string what = std::string(cp_attention_name(algo)) +
-                                 " over cp=" + std::to_string(n) +
-                                 " kv_heads=" + std::to_string(kv_heads);
+        const std::string what =
+            std::string(cp_attention_name(algo)) + " over cp=" + std::to_string(n) + " " + model;
         comm::ThreadTransportOptions options;
         options.comm.timeout = 120s;
         try {
