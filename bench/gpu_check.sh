@@ -9,8 +9,8 @@
 # oracle (python3 with torch must be on that machine), every layout of the GPU model against one
 # rank over the thread transport (and NCCL at one rank), the trainer's GPU test when its libraries
 # load there, the kernel benchmark, the parallel benchmark (tree vs ring attention, LSH vs plain
-# all-to-all, tp / ep step time, on thread ranks), and the training benchmark (a ~1B dense model
-# and an MoE model) next to PyTorch.
+# all-to-all, tp / ep step time, tree vs ring decode latency, on thread ranks), and the training
+# benchmark (a ~1B dense model and an MoE model) next to PyTorch.
 # Device time is the budget: GROVE_GPU_CHECK_BUDGET_S (default 480 s) for the whole check; each
 # part runs under min(its own limit, what is left), and a part that would start with less than
 # 20 s left is skipped with a line saying so. Each part prints how long it took; the end prints
@@ -83,7 +83,8 @@ done
 
 if [ -x "$DIR/bench/bench_gpu_parallel" ]; then
   # Thread ranks on this one device: tree vs ring attention (cp=4, 8k tokens), LSH vs plain
-  # all-to-all (ep=2), tp=2 and ep=2 step time against one rank.
+  # all-to-all (ep=2), tp=2 and ep=2 step time against one rank, tree vs ring decode latency
+  # (cp=4, 64k context).
   J=${OUT:-/tmp}/bench_gpu_parallel.jsonl
   run bench_gpu_parallel 150 bash -c "set -o pipefail; '$DIR/bench/bench_gpu_parallel' \
       ${GROVE_GPU_PARALLEL_ARGS:-} | tee '$J'"

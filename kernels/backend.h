@@ -12,7 +12,8 @@
 //   linear_forward / linear_backward, router_logits (linear with an fp32 output),
 //   rmsnorm_forward / rmsnorm_backward, rope_table / rope_forward / rope_backward,
 //   attention_forward / attention_backward, attention_merge / attention_merge_scale /
-//   attention_merge_finish (context-parallel attention), swiglu_forward / swiglu_backward,
+//   attention_merge_finish (context-parallel attention), decode_attention (one query row against
+//   a KV-cache shard, fp32: parallel/kv_cache.h), swiglu_forward / swiglu_backward,
 //   embedding_forward / embedding_backward, cross_entropy_forward / cross_entropy_backward,
 //   their vocabulary-shard forms for the vocabulary-parallel embedding and loss
 //   (embedding_forward_shard / embedding_backward_shard, cross_entropy_shard_max / _sums /

@@ -12,14 +12,25 @@
 // chosen token is broadcast from rank 0, so every rank generates the same text.
 //
 // Buffers are allocated in the constructor (the cache for `capacity` tokens), none per token.
+//
+// Backends: GeneratorT<B> runs TransformerT<B> with the cache and the attention on the same
+// backend (parallel/kv_cache.h), fp32 (B::T = float): Generator is the host instance
+// (CpuBackend), GeneratorT<CudaBackend<float>> (model/cuda/cuda_generate.h) the GPU one, where the
+// model, the cache, the query, the partials and the combine stay in device memory. Per token the
+// host sends the token id (the model's embedding input) and receives the V logits once
+// (generate()'s argmax runs on the host, then rank 0's choice is broadcast) and the model's
+// one-float loss of the forward; nothing else crosses. Definitions in model/generate_impl.h.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <span>
+#include <type_traits>
 #include <vector>
 
 #include "comm/communicator.h"
 #include "core/tensor.h"
+#include "kernels/cpu/backend.h"
 #include "model/transformer.h"
 #include "model/weights.h"
 #include "parallel/cp_attention.h"
@@ -28,16 +39,20 @@
 
 namespace grove {
 
-class Generator {
+template <class B>
+class GeneratorT {
  public:
-  // `weights` are the full (tp = 1) parameters of `config`, identical on every CP rank (copied
-  // into the model). cp: the context-parallel group, nullptr for one process. capacity: the most
-  // tokens (prompt + generated) the context may hold, at most model.max_seq_len.
-  Generator(const ModelConfig& config, const Weights& weights, comm::Communicator* cp, int capacity,
-            CpAttention attention = CpAttention::kTree);
+  static_assert(std::is_same_v<typename B::T, float>, "decoding runs fp32 activations");
+  // `weights` are the full (tp = 1) parameters of `config` (host memory), identical on every CP
+  // rank (copied into the model). cp: the context-parallel group, nullptr for one process.
+  // capacity: the most tokens (prompt + generated) the context may hold, at most
+  // model.max_seq_len.
+  GeneratorT(const ModelConfig& config, const Weights& weights, comm::Communicator* cp,
+             int capacity, CpAttention attention = CpAttention::kTree);
 
   // Runs `token` at the next position (position() before the call) and returns the logits [V]
-  // of the next token. Every CP rank calls it with the same token.
+  // of the next token, in B's memory (host for CpuBackend, device for CudaBackend). Every CP rank
+  // calls it with the same token.
   const float* step(int32_t token);
   // Greedy decoding: feeds the prompt (at least one token), then appends the argmax token until
   // max_new tokens were generated, eos_id was produced (it is included), or the context is full.
@@ -52,15 +67,25 @@ class Generator {
   const ModelConfig& config() const { return config_; }
 
  private:
+  // Rank 0's token to every rank of cp_ (through B's memory when the group works there).
+  void broadcast_token(int32_t* token);
+
   ModelConfig config_;
   comm::Communicator* cp_;
-  parallel::ShardedKvCache cache_;
-  parallel::DecodeAttention attn_;
-  Transformer model_;  // B = S = 1, no gradients
-  int pos_ = 0;        // position of the token being run
+  parallel::ShardedKvCacheT<B> cache_;
+  parallel::DecodeAttentionT<B> attn_;
+  TransformerT<B> model_;           // B = S = 1, no gradients
+  int pos_ = 0;                     // position of the token being run
+  std::vector<float> host_logits_;  // [V] device backends: generate()'s copy of the logits
+  Tensor token_;                    // [1] int32 in B's memory: the broadcast token
 };
 
+using Generator = GeneratorT<CpuBackend>;
+extern template class GeneratorT<CpuBackend>;
+
 // Index of the largest value (the first one on ties).
-int32_t argmax(const float* x, int n);
+inline int32_t argmax(const float* x, int n) {
+  return static_cast<int32_t>(std::max_element(x, x + n) - x);
+}
 
 }  // namespace grove

@@ -103,30 +103,54 @@ comm::Work all_gather_async(comm::Communicator* group, const void* in, void* out
   return {};
 }
 
-// One hop of a ring: `count` elements of `send` go to rank r+1, `count` elements from rank r-1
-// arrive in `recv` (modulo the group size). An all_to_all_v with one non-zero count each way, so
-// that NCCL groups the send and the receive (a ring of ungrouped NCCL sends can deadlock) and
-// hops issued in the same order on every rank match in that order. Asynchronous as
-// all_gather_async; a null group or a group of one copies send to recv.
+// One hop of a ring: `send_count` elements of `send` go to rank r+1, `recv_count` elements from
+// rank r-1 arrive in `recv` (modulo the group size; rank r's send_count is rank r+1's
+// recv_count). An all_to_all_v with one non-zero count each way, so that NCCL groups the send and
+// the receive (a ring of ungrouped NCCL sends can deadlock) and hops issued in the same order on
+// every rank match in that order. Asynchronous as all_gather_async; a null group or a group of one
+// copies send to recv.
 template <class B>
-comm::Work ring_exchange_async(comm::Communicator* group, const void* send, void* recv,
-                               int64_t count, DType dtype) {
-  const size_t bytes = size_t(count) * dtype_size(dtype);
+comm::Work ring_exchange_async(comm::Communicator* group, const void* send, int64_t send_count,
+                               void* recv, int64_t recv_count, DType dtype) {
+  const size_t es = dtype_size(dtype);
   if (!active(group)) {
-    B::copy(recv, send, bytes);
+    B::copy(recv, send, size_t(send_count) * es);
     return {};
   }
   const int n = group->size(), r = group->rank();
   std::vector<int64_t> send_counts(n, 0), recv_counts(n, 0);
-  send_counts[(r + 1) % n] = count;
-  recv_counts[(r + n - 1) % n] = count;
+  send_counts[(r + 1) % n] = send_count;
+  recv_counts[(r + n - 1) % n] = recv_count;
   if (group->device() == B::kDevice)
     return group->all_to_all_v_async(send, send_counts, recv, recv_counts, dtype);
-  std::byte* host = backend_collectives_detail::staging(2 * bytes).data();
-  B::download(host, send, bytes);
-  group->all_to_all_v(host, send_counts, host + bytes, recv_counts, dtype);
-  B::upload(recv, host + bytes, bytes);
+  const size_t sb = size_t(send_count) * es, rb = size_t(recv_count) * es;
+  std::byte* host = backend_collectives_detail::staging(sb + rb).data();
+  B::download(host, send, sb);
+  group->all_to_all_v(host, send_counts, host + sb, recv_counts, dtype);
+  B::upload(recv, host + sb, rb);
   return {};
+}
+// The same with equal counts.
+template <class B>
+comm::Work ring_exchange_async(comm::Communicator* group, const void* send, void* recv,
+                               int64_t count, DType dtype) {
+  return ring_exchange_async<B>(group, send, count, recv, count, dtype);
+}
+
+// root's `count` elements of buf are copied to every rank's buf (direct on a group that works on
+// B's memory, else staged through host memory).
+template <class B>
+void broadcast(comm::Communicator* group, void* buf, int64_t count, DType dtype, int root) {
+  if (!active(group)) return;
+  if (group->device() == B::kDevice) {
+    group->broadcast(buf, count, dtype, root);
+    return;
+  }
+  const size_t bytes = size_t(count) * dtype_size(dtype);
+  std::byte* host = backend_collectives_detail::staging(bytes).data();
+  B::download(host, buf, bytes);
+  group->broadcast(host, count, dtype, root);
+  B::upload(buf, host, bytes);
 }
 
 // all_to_all_v on B's buffers (comm/communicator.h's semantics, counts in elements): direct on a

@@ -18,20 +18,35 @@
 //   ring: the K/V shards travel the ring (p-1 hops of O(L/p · B · NKV · HD)); every rank merges
 //         the partials in source-rank order (so all ranks agree bit for bit).
 // An empty shard (L < p, or an uneven split) contributes lse = -inf: no NaN.
+//
+// Backends: both classes are templates over the kernel backend (kernels/backend.h) with fp32
+// activations (Backend::T = float): every buffer (the cache, the query, the partials, the ring's
+// blocks) lives in the backend's memory, the local partial is Backend::decode_attention (the CUDA
+// kernel kernels/cuda/decode_attention.cu on CudaBackend<float>, cpu::attention_forward on
+// CpuBackend), and the combine and the ring hops go through the group on those buffers
+// (parallel/backend_collectives.h: direct when the group works on the backend's memory, NCCL or the
+// thread transport for device buffers, else staged through the host). Definitions in
+// parallel/kv_cache_impl.h, instantiated for CpuBackend in parallel/kv_cache.cc and for
+// CudaBackend<float> in model/cuda/cuda_generate.cc. ShardedKvCache / DecodeAttention are the
+// host instances.
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "comm/communicator.h"
 #include "core/tensor.h"
+#include "kernels/cpu/backend.h"
 #include "parallel/cp_attention.h"
 
 namespace grove::parallel {
 
-class ShardedKvCache {
+template <class Backend>
+class ShardedKvCacheT {
  public:
-  ShardedKvCache(int cp_size, int cp_rank, int layers, int B, int NKV, int HD, int capacity);
+  static_assert(std::is_same_v<typename Backend::T, float>, "the KV cache and decoding are fp32");
+  ShardedKvCacheT(int cp_size, int cp_rank, int layers, int batch, int NKV, int HD, int capacity);
 
   int length() const { return len_; }  // L: tokens cached (globally)
   int capacity() const { return capacity_; }
@@ -48,16 +63,18 @@ class ShardedKvCache {
   // Opens the next position (L grows by one) and returns it; every layer then stores its K/V
   // there before its attention runs. Throws when the capacity is exhausted.
   int begin_token();
-  // Keeps k, v [B, NKV, HD] of the token at `pos` for `layer` when this rank owns pos.
+  // Keeps k, v [B, NKV, HD] (the backend's memory) of the token at `pos` for `layer` when this rank
+  // owns pos.
   void store(int layer, int pos, const float* k, const float* v);
   // Declares L = n tokens whose K/V the caller wrote into k(l)/v(l) directly (benchmarks).
   void resize(int n);
   void clear() { len_ = 0; }
 
-  float* k(int layer) { return k_[layer].data<float>(); }  // [local_capacity, B, NKV, HD]
-  float* v(int layer) { return v_[layer].data<float>(); }
-  const float* k(int layer) const { return k_[layer].data<float>(); }
-  const float* v(int layer) const { return v_[layer].data<float>(); }
+  // [local_capacity, B, NKV, HD] in the backend's memory.
+  float* k(int layer) { return k_[layer].template data<float>(); }
+  float* v(int layer) { return v_[layer].template data<float>(); }
+  const float* k(int layer) const { return k_[layer].template data<float>(); }
+  const float* v(int layer) const { return v_[layer].template data<float>(); }
   int64_t bytes() const;
 
  private:
@@ -66,24 +83,26 @@ class ShardedKvCache {
   std::vector<Tensor> k_, v_;
 };
 
-class DecodeAttention {
+template <class Backend>
+class DecodeAttentionT {
  public:
   // cp: the context-parallel group; nullptr means a single process (the cache's cp_size is 1).
-  DecodeAttention(CpAttention algo, comm::Communicator* cp, const ShardedKvCache& cache, int NH);
+  DecodeAttentionT(CpAttention algo, comm::Communicator* cp, const ShardedKvCacheT<Backend>& cache,
+                   int NH);
   CpAttention algo() const { return algo_; }
-  // out [B, NH, HD] = attention of q [B, NH, HD] (rank 0's is used) over the cache of `layer`.
-  void forward(float* out, const float* q, const ShardedKvCache& cache, int layer);
-  // The lse [B, NH] of the last forward (natural log; -inf when the cache is empty).
+  // out [B, NH, HD] = attention of q [B, NH, HD] (rank 0's is used) over the cache of `layer`;
+  // out and q in the backend's memory.
+  void forward(float* out, const float* q, const ShardedKvCacheT<Backend>& cache, int layer);
+  // The lse [B, NH] of the last forward in the backend's memory (natural log; -inf when the cache
+  // is empty).
   const float* lse() const { return lse_; }
   int64_t workspace_bytes() const { return static_cast<int64_t>(ws_.bytes()); }
   const CommStats& stats() const { return stats_; }
   void reset_stats() { stats_ = {}; }
 
  private:
-  void local_partial(float* o, float* lse, const float* q, const float* k, const float* v,
-                     int rows);
-  void forward_tree(float* out, const ShardedKvCache& cache, int layer);
-  void forward_ring(float* out, const ShardedKvCache& cache, int layer);
+  void forward_tree(float* out, const ShardedKvCacheT<Backend>& cache, int layer);
+  void forward_ring(float* out, const ShardedKvCacheT<Backend>& cache, int layer);
 
   CpAttention algo_;
   comm::Communicator* cp_;  // null: one process
@@ -98,5 +117,10 @@ class DecodeAttention {
   float* blocks_ = nullptr;  // ring: two [local_capacity, B, NKV, HD] K/V pairs
   CommStats stats_;
 };
+
+using ShardedKvCache = ShardedKvCacheT<CpuBackend>;
+using DecodeAttention = DecodeAttentionT<CpuBackend>;
+extern template class ShardedKvCacheT<CpuBackend>;
+extern template class DecodeAttentionT<CpuBackend>;
 
 }  // namespace grove::parallel

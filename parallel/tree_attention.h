@@ -44,7 +44,14 @@ void tree_attention_backward(comm::Communicator& cp, const CpAttentionShape& s, 
 // memory, fp32; decoding, parallel/kv_cache.h):
 // o [rows, HD] (row i's output) and lse [rows] (row i's lse) — one MAX all-reduce of rows floats
 // and one SUM all-reduce of rows·(HD+1) floats. scratch: tree_combine_scratch_elems floats.
-int64_t tree_combine_scratch_elems(int64_t rows, int HD);
+inline int64_t tree_combine_scratch_elems(int64_t rows, int HD) {
+  return rows * (HD + 2);
+}
+void tree_combine(comm::Communicator& cp, float* o, float* lse, int64_t rows, int HD,
+                  float* scratch, CommStats* stats = nullptr);
+// The same on backend B's buffers (o, lse and scratch in B's memory; the collectives through
+// parallel/backend_collectives.h). Defined in parallel/kv_cache_impl.h.
+template <class B>
 void tree_combine(comm::Communicator& cp, float* o, float* lse, int64_t rows, int HD,
                   float* scratch, CommStats* stats = nullptr);
 

@@ -6,8 +6,13 @@
 // group of all ranks (cp = N) and each layer's attention combines the shards with tree attention
 // (or the ring baseline, --attention ring). Rank 0 prints the prompt and the generated text, then
 // one JSON line with the token count, time per token and the attention's bytes per rank.
+//
+// --device cpu (default) decodes on the host; --device cuda on one GPU per rank (the node-local
+// rank's device), the model, the KV cache shards and the combine in device memory, the cp group
+// on NCCL when the build has it (worker/generate_device.h). The device is chosen here, not taken
+// from the checkpoint's train.device: a checkpoint trained on GPUs decodes on CPUs and back. A
+// build without CUDA, or a rank without a device, ends with an error saying so.
 #include <CLI/CLI.hpp>
-#include <chrono>
 #include <cstdio>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -17,8 +22,8 @@
 #include "comm/mpi_communicator.h"
 #include "data/tokenizer.h"
 #include "kernels/blas/blas_kernel.h"
-#include "model/generate.h"
 #include "parallel/grid.h"
+#include "worker/generate_device.h"
 #include "worker/generate_load.h"
 
 namespace {
@@ -34,7 +39,7 @@ int main(int argc, char** argv) {
   // Before MPI, threads and any GEMM: may execute the program again on the right BLAS kernel.
   grove::blas::SelectBlasKernel(argv);
   CLI::App app{"Grove generate: greedy decoding from a checkpoint over N context-parallel ranks"};
-  std::string checkpoint, run_dir, prompt, attention = "tree";
+  std::string checkpoint, run_dir, prompt, attention = "tree", device = "cpu";
   std::string tokenizer_path = "runs/data-brown-8192/tokenizer.model";
   int max_new = 32, capacity = 0;
   app.add_option("--checkpoint", checkpoint, "checkpoint directory (step_XXXXXXXX)");
@@ -44,6 +49,8 @@ int main(int argc, char** argv) {
   app.add_option("--max-new-tokens", max_new, "tokens to generate")->capture_default_str();
   app.add_option("--attention", attention, "context-parallel attention: tree or ring")
       ->capture_default_str();
+  app.add_option("--device", device, "where to decode: cpu or cuda (one GPU per rank)")
+      ->capture_default_str();
   app.add_option("--capacity", capacity, "context capacity in tokens (0: prompt + new tokens)");
   CLI11_PARSE(app, argc, argv);
 
@@ -52,6 +59,8 @@ int main(int argc, char** argv) {
   try {
     auto algo = grove::parse_cp_attention(attention, "--attention");
     if (!algo.ok()) return fail(rank, algo.status().message());
+    auto dev = grove::parse_device(device, "--device");
+    if (!dev.ok()) return fail(rank, dev.status().message());
     auto dir = grove::ResolveCheckpointDir(checkpoint, run_dir);
     if (!dir.ok()) return fail(rank, dir.status().message());
     grove::ModelConfig config;
@@ -73,24 +82,24 @@ int main(int argc, char** argv) {
     auto grid = grove::parallel::ParallelGrid::create(
         world, {.world = n, .tp = 1, .cp = n, .ep = 1, .dp = 1});
     if (!grid.ok()) return fail(rank, grid.status().message());
-    grove::Generator gen(config, weights, &grid.value().cp(), capacity, algo.value());
-
-    const auto t0 = std::chrono::steady_clock::now();
-    const std::vector<int32_t> out = gen.generate(ids, max_new, tok.value().eos_id());
-    const double secs =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    auto run = grove::GenerateOnDevice(dev.value(), config, weights, grid.value(), capacity,
+                                       algo.value(), ids, max_new, tok.value().eos_id());
+    if (!run.ok()) return fail(rank, run.status().message());
+    const std::vector<int32_t>& out = run.value().tokens;
+    const double secs = run.value().seconds;
     if (rank == 0) {
       // Decoded together: a continuation decoded alone would lose its leading space.
       std::vector<int32_t> all = ids;
       all.insert(all.end(), out.begin(), out.end());
       std::printf("%s\n", tok.value().Decode(all).c_str());
       const nlohmann::json line = {{"checkpoint", dir.value()},
+                                   {"device", run.value().describe},
                                    {"cp", n},
                                    {"attention", grove::cp_attention_name(algo.value())},
                                    {"prompt_tokens", ids.size()},
                                    {"new_tokens", out.size()},
                                    {"ms_per_token", 1e3 * secs / double(ids.size() + out.size())},
-                                   {"attention_bytes_per_rank", gen.attention_stats().bytes}};
+                                   {"attention_bytes_per_rank", run.value().attention_bytes}};
       std::printf("%s\n", line.dump().c_str());
     }
     return 0;

@@ -18,15 +18,22 @@
 //                     one-rank step (ratio = this / one rank; on one device every rank's work
 //                     shares it, so 1.0 means the layout costs nothing beyond its share; this is
 //                     not a scaling measurement).
+//   decode_attention  ms per generated token of one layer's decode attention over a KV cache of
+//                     --decode-context tokens sharded round-robin over cp ranks
+//                     (parallel::DecodeAttentionT on the CUDA backend, fp32 whatever --precision
+//                     says): tree (broadcast q, local partial, MAX + SUM all-reduce), with ring
+//                     (the K/V shards travel the ring) as its peer (ratio = ring / tree; > 1: tree
+//                     is faster), the bytes each rank sends per token, and the largest difference
+//                     between the two outputs relative to their size.
 // The timed region of every rank starts at a barrier and ends at cudaDeviceSynchronize + barrier,
-// so it is the slowest rank's time. Not measured here: decoding (the KV cache sharded over cp and
-// its tree / ring attention exist on the CPU only: parallel/kv_cache.h; see docs/gpu.md).
+// so it is the slowest rank's time.
 // Links only the CUDA libraries (no MPI, no OpenBLAS): runs on a one-GPU machine.
 #include <cuda_runtime_api.h>
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <functional>
 #include <mutex>
@@ -37,6 +44,7 @@
 #include "comm/thread_communicator.h"
 #include "core/rng.h"
 #include "kernels/cuda/check.h"
+#include "model/cuda/cuda_generate.h"
 #include "model/cuda/cuda_transformer.h"
 #include "parallel/grid.h"
 
@@ -48,7 +56,7 @@ using namespace std::chrono_literals;
 
 struct Options {
   std::string precision = "bf16";
-  std::string parts = "attention,lsh,layouts";
+  std::string parts = "attention,lsh,layouts,decode";
   int warmup = 1, reps = 5;
   // Context-parallel attention.
   int cp = 4, attn_seq = 8192, attn_heads = 16, attn_kv_heads = 16, attn_head_dim = 128;
@@ -56,6 +64,9 @@ struct Options {
   int vocab = 32000, d_model = 1024, layers = 4, heads = 16, seq = 1024, batch = 8;
   int experts = 8, top_k = 2, expert_ffn = 0;
   int tp = 2, ep = 2;
+  // Decoding: one layer's attention for one new token over the sharded KV cache.
+  int decode_context = 65536, decode_heads = 32, decode_kv_heads = 8, decode_head_dim = 128;
+  int decode_tokens = 16;  // forward calls per timed repetition
 };
 
 double now() {
@@ -89,7 +100,7 @@ json summary_ms(std::vector<double> seconds) {
 void emit(json j, const std::string& device, const Options& o) {
   j["device"] = device;
   j["transport"] = "thread (ranks as threads on one device)";
-  j["precision"] = o.precision;
+  if (!j.contains("precision")) j["precision"] = o.precision;
   j["warmup"] = o.warmup;
   j["reps"] = o.reps;
   std::printf("%s\n", j.dump().c_str());
@@ -184,6 +195,79 @@ void bench_attention(const Options& o, const std::string& device) {
         {"peer_forward_ms", summary_ms(fwd[0])["median"]},
         {"peer_bytes_per_rank", bytes[0]},
         {"ratio", ring["median"].get<double>() / tree["median"].get<double>()}},
+       device, o);
+}
+
+// ---- Decoding: tree vs ring attention of one new token over the CP-sharded KV cache ------------
+void bench_decode(const Options& o, const std::string& device) {
+  using B = CudaBackend<float>;
+  const CpAttention algos[2] = {CpAttention::kRing, CpAttention::kTree};
+  const int L = o.decode_context, NH = o.decode_heads, NKV = o.decode_kv_heads;
+  const int HD = o.decode_head_dim;
+  std::vector<double> per_token[2];
+  double bytes[2] = {0, 0}, diff = 0;
+  on_ranks(o.cp, [&](comm::Communicator& w) {
+    const int r = w.rank();
+    parallel::CudaShardedKvCache cache(o.cp, r, /*layers=*/1, /*B=*/1, NKV, HD, L);
+    cache.resize(L);  // every position cached: rank r holds positions r, r + cp, ...
+    const int64_t nk = int64_t(cache.local_length()) * NKV * HD, nq = int64_t(NH) * HD;
+    Tensor k = random_device<float>(std::max<int64_t>(nk, 1), 11 + r);
+    B::copy(cache.k(0), k.raw(), sizeof(float) * nk);
+    Tensor v = random_device<float>(std::max<int64_t>(nk, 1), 21 + r);
+    B::copy(cache.v(0), v.raw(), sizeof(float) * nk);
+    k = Tensor();
+    v = Tensor();
+    Tensor q = random_device<float>(nq, 31);
+    Tensor out[2] = {Tensor::empty({nq}, DType::kF32, Device::kCUDA),
+                     Tensor::empty({nq}, DType::kF32, Device::kCUDA)};
+    for (int a = 0; a < 2; ++a) {
+      parallel::CudaDecodeAttention att(algos[a], &w, cache, NH);
+      for (int rep = 0; rep < o.warmup + o.reps; ++rep) {
+        if (rep == o.warmup) att.reset_stats();
+        const double t = timed(w, [&] {
+          for (int i = 0; i < o.decode_tokens; ++i)
+            att.forward(out[a].data<float>(), q.data<float>(), cache, 0);
+        });
+        if (r == 0 && rep >= o.warmup) per_token[a].push_back(t / o.decode_tokens);
+      }
+      if (r == 0) bytes[a] = att.stats().bytes / (double(o.reps) * o.decode_tokens);
+    }
+    if (r == 0) {  // the two algorithms compute the same attention
+      std::vector<float> h[2] = {std::vector<float>(nq), std::vector<float>(nq)};
+      double mx = 0, ref = 0;
+      for (int a = 0; a < 2; ++a) B::download(h[a].data(), out[a].raw(), sizeof(float) * nq);
+      for (int64_t i = 0; i < nq; ++i) {
+        mx = std::max(mx, double(std::fabs(h[0][i] - h[1][i])));
+        ref = std::max(ref, double(std::fabs(h[1][i])));
+      }
+      diff = mx / std::max(ref, 1e-30);
+    }
+  });
+  const json cfg = {{"cp", o.cp},
+                    {"context", L},
+                    {"batch", 1},
+                    {"heads", NH},
+                    {"kv_heads", NKV},
+                    {"head_dim", HD},
+                    {"layers", 1},
+                    {"tokens_per_rep", o.decode_tokens},
+                    {"cache", "round-robin (token t on rank t % cp)"},
+                    {"dtype", "fp32"}};
+  const json tree = summary_ms(per_token[1]), ring = summary_ms(per_token[0]);
+  emit({{"name", "decode_attention"},
+        {"algo", "tree"},
+        {"config", cfg},
+        {"value", tree["median"]},
+        {"unit", "ms per token (one layer)"},
+        {"stats", tree},
+        {"bytes_per_rank", bytes[1]},
+        {"peer", "ring"},
+        {"peer_value", ring["median"]},
+        {"peer_stats", ring},
+        {"peer_bytes_per_rank", bytes[0]},
+        {"ratio", ring["median"].get<double>() / tree["median"].get<double>()},
+        {"tree_vs_ring_max_rel_diff", diff},
+        {"precision", "fp32"}},
        device, o);
 }
 
@@ -338,6 +422,7 @@ int run(const Options& o, const std::string& device) {
   if (has("attention")) part("attention", [&] { bench_attention<T>(o, device); });
   if (has("lsh")) part("lsh", [&] { bench_lsh<T>(o, device); });
   if (has("layouts")) part("layouts", [&] { bench_layouts<T>(o, device); });
+  if (has("decode")) part("decode", [&] { bench_decode(o, device); });
   return 0;
 }
 
@@ -350,7 +435,7 @@ int main(int argc, char** argv) {
   CLI::App app{"The parallel engine of the GPU model on one device (thread ranks)"};
   app.add_option("--precision", o.precision, "bf16 or fp32")
       ->check(CLI::IsMember({"bf16", "fp32"}));
-  app.add_option("--parts", o.parts, "comma-separated: attention, lsh, layouts");
+  app.add_option("--parts", o.parts, "comma-separated: attention, lsh, layouts, decode");
   app.add_option("--warmup", o.warmup, "untimed repetitions")->check(CLI::NonNegativeNumber);
   app.add_option("--reps", o.reps, "timed repetitions")->check(CLI::PositiveNumber);
   app.add_option("--cp", o.cp, "context-parallel ranks of the attention")
@@ -371,7 +456,22 @@ int main(int argc, char** argv) {
   app.add_option("--tp", o.tp, "layout_step: tensor-parallel ranks")->check(CLI::PositiveNumber);
   app.add_option("--ep", o.ep, "moe_step_lsh, layout_step: expert-parallel ranks")
       ->check(CLI::PositiveNumber);
+  app.add_option("--decode-context", o.decode_context, "decoding: cached tokens (the context)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--decode-heads", o.decode_heads, "decoding: query heads")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--decode-kv-heads", o.decode_kv_heads, "decoding: key/value heads")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--decode-head-dim", o.decode_head_dim, "decoding: head dimension (<= 256)")
+      ->check(CLI::Range(1, 256));
+  app.add_option("--decode-tokens", o.decode_tokens, "decoding: forward calls per repetition")
+      ->check(CLI::PositiveNumber);
   CLI11_PARSE(app, argc, argv);
+  if (o.decode_heads % o.decode_kv_heads != 0) {
+    std::fprintf(stderr, "bench_gpu_parallel: --decode-kv-heads=%d must divide --decode-heads=%d\n",
+                 o.decode_kv_heads, o.decode_heads);
+    return 2;
+  }
   if (o.attn_seq % (2 * o.cp) != 0) {
     std::fprintf(stderr, "bench_gpu_parallel: --attn-seq=%d must be a multiple of 2·cp=%d\n",
                  o.attn_seq, 2 * o.cp);

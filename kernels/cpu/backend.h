@@ -2,8 +2,10 @@
 // OpenBLAS GEMMs and OpenMP loops.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 
 #include "core/tensor.h"
 #include "kernels/backend.h"
@@ -93,6 +95,21 @@ struct CpuBackend {
   static void attention_merge_finish(T* out, float* lse, const T* num, const float* den,
                                      const float* lse_max, int SQ, int B, int NH, int HD) {
     cpu::attention_merge_finish<T>(out, lse, num, den, lse_max, SQ, B, NH, HD);
+  }
+  // Decoding (parallel/kv_cache.h): o [B, NH, HD], lse [B, NH] = attention of one query row per
+  // (b, head) q [B, NH, HD] over `rows` cached keys k, v [rows, B, NKV, HD], no mask, fp32; rows =
+  // 0 gives the neutral partial o = 0, lse = -inf. The reference of cuda::decode_attention.
+  static void decode_attention(float* o, float* lse, const float* q, const float* k, const float* v,
+                               int rows, int B, int NH, int NKV, int HD) {
+    if (rows == 0) {
+      const int64_t bh = int64_t(B) * NH;
+      std::fill(o, o + bh * HD, 0.0f);
+      std::fill(lse, lse + bh, -std::numeric_limits<float>::infinity());
+      return;
+    }
+    // q [1, B, NH, HD] against rows cached tokens, no mask; lse [B, NH, 1].
+    const cpu::AttentionShape shape{1, rows, B, NH, NKV, HD, /*causal=*/false};
+    cpu::attention_forward<float>(o, lse, nullptr, q, k, v, shape);
   }
   static void swiglu_forward(T* out, const T* gate, const T* up, int64_t n) {
     cpu::swiglu_forward<T>(out, gate, up, n);

@@ -115,6 +115,11 @@ struct CudaBackend {
                                      const float* lse_max, int SQ, int B, int NH, int HD) {
     cuda::attention_merge_finish<T>(out, lse, num, den, lse_max, SQ, B, NH, HD);
   }
+  // Decoding (parallel/kv_cache.h): one query row per (b, head) against `rows` cached keys, fp32.
+  static void decode_attention(float* o, float* lse, const float* q, const float* k, const float* v,
+                               int rows, int B, int NH, int NKV, int HD) {
+    cuda::decode_attention(o, lse, q, k, v, rows, B, NH, NKV, HD);
+  }
   static void swiglu_forward(T* out, const T* gate, const T* up, int64_t n) {
     cuda::swiglu_forward<T>(out, gate, up, n);
   }

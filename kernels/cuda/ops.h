@@ -144,6 +144,13 @@ void attention_merge_finish(T* out, float* lse, const T* num, const float* den,
                             const float* lse_max, int SQ, int B, int NH, int HD,
                             cudaStream_t stream = 0);
 
+// ---- Decode attention against one KV-cache shard (kernels/cuda/decode_attention.cu) ----------
+// o [B, NH, HD], lse [B, NH] (natural log) = attention of one query row q [B, NH, HD] over `rows`
+// keys k, v [rows, B, NKV, HD], no mask, fp32; rows = 0 gives o = 0, lse = -inf. The reference is
+// CpuBackend::decode_attention (kernels/cpu/backend.h).
+void decode_attention(float* o, float* lse, const float* q, const float* k, const float* v,
+                      int rows, int B, int NH, int NKV, int HD, cudaStream_t stream = 0);
+
 // ---- SwiGLU: out = silu(gate) * up
 // ---------------------------------------------------------------
 template <typename T>

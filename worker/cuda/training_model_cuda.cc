@@ -8,6 +8,7 @@
 
 #include "comm/mpi_communicator.h"
 #include "model/cuda/cuda_transformer.h"
+#include "worker/cuda/device_setup.h"
 #include "worker/training_model.h"
 #include "worker/training_model_impl.h"
 #ifdef GROVE_HAVE_NCCL
@@ -21,15 +22,6 @@ template class DeviceTraining<CudaBackend<cuda::bf16>>;
 
 namespace {
 
-// The rank's index on its node, from the launcher's environment (OpenMPI, Slurm, torchrun-style).
-int local_rank() {
-  for (const char* var :
-       {"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID", "LOCAL_RANK"}) {
-    if (const char* v = std::getenv(var)) return std::atoi(v);
-  }
-  return 0;
-}
-
 template <typename T>
 std::unique_ptr<TrainingModel> create(const TrainConfig& config, int local_batch,
                                       const ModelParallel& par, const CheckpointRank& rank,
@@ -39,13 +31,24 @@ std::unique_ptr<TrainingModel> create(const TrainConfig& config, int local_batch
       config, local_batch, par, rank, world, std::move(describe), peak, std::move(device_grid));
 }
 
+}  // namespace
+
+// The rank's index on its node, from the launcher's environment (OpenMPI, Slurm, torchrun-style).
+int CudaLocalRank() {
+  for (const char* var :
+       {"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID", "LOCAL_RANK"}) {
+    if (const char* v = std::getenv(var)) return std::atoi(v);
+  }
+  return 0;
+}
+
 // The grid's groups as communicators on device memory, over the same ranks, names and member
 // order as the host grid's (collective over the host world): NCCL in the product (the world
 // from ncclCommInitRank, each group an ncclCommSplit of it); under the CUDA emulator MPI on its
 // device memory (comm::mpi_device_communicator). Null when neither exists (a build without
 // NCCL): the model then stages every collective through host memory over the host groups.
-std::unique_ptr<parallel::ParallelGrid> device_groups(const parallel::ParallelGrid& host,
-                                                      [[maybe_unused]] int device) {
+std::unique_ptr<parallel::ParallelGrid> CudaDeviceGroups(const parallel::ParallelGrid& host,
+                                                         [[maybe_unused]] int device) {
   std::shared_ptr<comm::Communicator> world;
 #ifdef GROVE_HAVE_NCCL
   world = comm::NcclCommunicator::create(host.world(), device, "world");
@@ -58,8 +61,6 @@ std::unique_ptr<parallel::ParallelGrid> device_groups(const parallel::ParallelGr
                          << grid.status().message();
   return std::make_unique<parallel::ParallelGrid>(std::move(grid).value());
 }
-
-}  // namespace
 
 StatusOr<std::unique_ptr<TrainingModel>> CreateCudaTrainingModel(const TrainConfig& config,
                                                                  int local_batch,
@@ -85,7 +86,7 @@ StatusOr<std::unique_ptr<TrainingModel>> CreateCudaTrainingModel(const TrainConf
   } else if (!supported.ok()) {
     device_ok = supported;
   } else {
-    device = local_rank() % count;
+    device = CudaLocalRank() % count;
     if (cudaSetDevice(device) != cudaSuccess)
       device_ok = Status::Error("cannot use CUDA device " + std::to_string(device));
   }
@@ -103,7 +104,7 @@ StatusOr<std::unique_ptr<TrainingModel>> CreateCudaTrainingModel(const TrainConf
   const std::string name = current_device_name();
   // Several ranks: every group of the grid (tp, cp, dp, dp_cp, ep, edp) on device memory.
   std::unique_ptr<parallel::ParallelGrid> device_grid;
-  if (grid != nullptr && grid->world().size() > 1) device_grid = device_groups(*grid, device);
+  if (grid != nullptr && grid->world().size() > 1) device_grid = CudaDeviceGroups(*grid, device);
   const parallel::ParallelGrid* model_grid = device_grid ? device_grid.get() : grid;
   const ModelParallel par{model_grid, p.sequence_parallel, p.cp_attention};
   std::string describe = "device: cuda:" + std::to_string(device) + " " + name + ", " +
