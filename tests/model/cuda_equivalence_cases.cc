@@ -10,6 +10,7 @@
 #include "model/cuda/cuda_transformer.h"
 #include "parallel/grid.h"
 #include "tests/common/tensor_compare.h"
+#include "tests/model/layout_batch.h"
 
 namespace grove::equivalence {
 namespace {
@@ -75,28 +76,8 @@ ModelConfig CompressedMoeConfig(bool lsh, bool capacity) {
   return c;
 }
 
-struct Batch {
-  std::vector<int32_t> tokens, targets;  // [s, B]
-};
-
-Batch GlobalBatch(const ModelConfig& c, int s, int B) {
-  Batch g;
-  Rng rng(5);
-  for (int i = 0; i < s * B; ++i) {
-    g.tokens.push_back(int32_t(rng.next_u64() % c.vocab_size));
-    g.targets.push_back(int32_t(rng.next_u64() % c.vocab_size));
-  }
-  g.targets[3] = -1;  // an ignored target
-  return g;
-}
-
-// Columns [r·b, (r+1)·b) of a [s, B] batch.
-std::vector<int32_t> Columns(const std::vector<int32_t>& x, int s, int B, int r, int b) {
-  std::vector<int32_t> out;
-  for (int i = 0; i < s; ++i)
-    for (int j = 0; j < b; ++j) out.push_back(x[size_t(i) * B + r * b + j]);
-  return out;
-}
+using testing::Columns;
+using testing::GlobalBatch;
 
 // Host copy of (device) weights of the full model.
 Weights ToHost(const Weights& w, const ModelConfig& c) {
@@ -289,7 +270,7 @@ void run_layout(const Env& env, const Layout& l) {
   const Status supported = Model::Supports(c, b, s, par);
   ASSERT_TRUE(supported.ok()) << supported.message();
 
-  const Batch g = GlobalBatch(c, s, B);
+  const testing::LayoutBatch g = GlobalBatch(c, s, B);
   Model ref(c, B, s, l.mode);
   const float ref_loss = ref.forward(g.tokens.data(), g.targets.data());
   ref.zero_grads();
@@ -328,7 +309,7 @@ CompressedResult run_compressed_layout(const Env& env, const CompressedLayout& l
   if (!grid1.ok() || !grid.ok()) return r;
   const parallel::GridCoord& at = grid.value().coord();
   EXPECT_EQ(grid1.value().coord().dp, at.dp);
-  const Batch g = GlobalBatch(c, r.s, B);
+  const testing::LayoutBatch g = GlobalBatch(c, r.s, B);
   r.tokens = Columns(g.tokens, r.s, B, at.dp, r.b);
   r.targets = Columns(g.targets, r.s, B, at.dp, r.b);
 

@@ -27,6 +27,7 @@
 #include "spec/memory.h"
 #include "tests/comm/mpi_test_env.h"
 #include "tests/common/tensor_compare.h"
+#include "tests/model/layout_batch.h"
 
 namespace grove {
 namespace {
@@ -44,28 +45,8 @@ ModelConfig TestConfig() {
   return c;
 }
 
-struct Batch {
-  std::vector<int32_t> tokens, targets;  // [s, B]
-};
-
-Batch GlobalBatch(const ModelConfig& c, int s, int B) {
-  Batch g;
-  Rng rng(5);
-  for (int i = 0; i < s * B; ++i) {
-    g.tokens.push_back(int32_t(rng.next_u64() % c.vocab_size));
-    g.targets.push_back(int32_t(rng.next_u64() % c.vocab_size));
-  }
-  g.targets[3] = -1;  // an ignored target
-  return g;
-}
-
-// Columns [r·b, (r+1)·b) of a [s, B] batch.
-std::vector<int32_t> Columns(const std::vector<int32_t>& x, int s, int B, int r, int b) {
-  std::vector<int32_t> out;
-  for (int i = 0; i < s; ++i)
-    for (int j = 0; j < b; ++j) out.push_back(x[size_t(i) * B + r * b + j]);
-  return out;
-}
+using testing::Columns;
+using testing::GlobalBatch;
 
 ModelConfig MoeConfig() {
   ModelConfig c = TestConfig();
@@ -112,7 +93,7 @@ void RunLayout(int tp, int dp, bool sp, Recompute mode, int ep = 1, bool moe = f
   ASSERT_TRUE(grid.ok()) << grid.status().message();
   const parallel::GridCoord& at = grid.value().coord();
 
-  const Batch g = GlobalBatch(c, s, B);
+  const testing::LayoutBatch g = GlobalBatch(c, s, B);
   TransformerT<Backend> ref(c, B, s, mode);
   const float ref_loss = ref.forward(g.tokens.data(), g.targets.data());
   ref.zero_grads();
