@@ -99,7 +99,9 @@ TEST(GenerateLatent, GreedyTokensEqualFullCache) {
       Generator gen(c, w, &test::world(), 64, algo, KvCache::kLatent);
       EXPECT_EQ(gen.generate(prompt, max_new), want)
           << cp_attention_name(algo) << " q_lora=" << q_lora << " cp=" << test::world().size();
-      if (test::world().size() > 1) EXPECT_GT(gen.attention_stats().bytes, 0);
+      if (test::world().size() > 1) {
+        EXPECT_GT(gen.attention_stats().bytes, 0);
+      }
     }
   }
 }
