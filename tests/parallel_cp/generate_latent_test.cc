@@ -4,7 +4,8 @@
 //    ring, with the cache sharded over all ranks;
 //  - greedy tokens of the latent cache equal those of the full cache, token for token;
 //  - the latent cache holds (r_kv + d_r) · 4 bytes per token per layer, the full one 2·a·dq·4;
-//  - the latent cache on an MHA model is an error naming --kv-cache.
+//  - the latent cache on an MHA model is an error naming --kv-cache, in the Generator and in
+//    GenerateOnDevice (what grove-generate runs), as is the latent cache with --device cuda.
 // The model is randomly initialised with a large init_std so that greedy choices are separated.
 #include <gtest/gtest.h>
 
@@ -16,7 +17,9 @@
 
 #include "core/rng.h"
 #include "model/generate.h"
+#include "parallel/grid.h"
 #include "tests/comm/mpi_test_env.h"
+#include "worker/generate_device.h"
 
 namespace grove {
 namespace {
@@ -134,6 +137,40 @@ TEST(GenerateLatent, MhaModelIsAnError) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("--kv-cache"), std::string::npos) << e.what();
   }
+}
+
+// grove-generate's entry point: the latent cache gives the full cache's tokens over cp = world
+// and reports its bytes per token; the selection errors name the flag.
+TEST(GenerateLatent, GenerateOnDeviceSelection) {
+  const int n = test::world().size();
+  auto grid = parallel::ParallelGrid::create(
+      std::shared_ptr<comm::Communicator>(&test::world(), [](comm::Communicator*) {}),
+      {.world = n, .tp = 1, .cp = n, .ep = 1, .dp = 1});
+  ASSERT_TRUE(grid.ok()) << grid.status().message();
+  const ModelConfig c = mla_config(0);
+  const Weights w = Weights::Init(c);
+  const std::vector<int32_t> prompt = random_tokens(4, c.vocab_size, 13);
+  auto full = GenerateOnDevice(Device::kCPU, c, w, grid.value(), 24, CpAttention::kTree, prompt,
+                               16, -1, KvCache::kFull);
+  auto latent = GenerateOnDevice(Device::kCPU, c, w, grid.value(), 24, CpAttention::kTree, prompt,
+                                 16, -1, KvCache::kLatent);
+  ASSERT_TRUE(full.ok() && latent.ok());
+  EXPECT_EQ(latent.value().tokens, full.value().tokens);
+  EXPECT_EQ(latent.value().cache_bytes_per_token,
+            int64_t(c.mla_kv_rank() + c.mla_rope_dim()) * 4 * c.n_layers);
+  auto cuda = GenerateOnDevice(Device::kCUDA, c, w, grid.value(), 24, CpAttention::kTree, prompt,
+                               16, -1, KvCache::kLatent);
+  ASSERT_FALSE(cuda.ok());
+  EXPECT_NE(cuda.status().message().find("--kv-cache latent"), std::string::npos);
+  ModelConfig mha = c;
+  mha.attention = Attention::kMha;
+  mha.mla = {};
+  const Weights wm = Weights::Init(mha);
+  auto bad = GenerateOnDevice(Device::kCPU, mha, wm, grid.value(), 24, CpAttention::kTree, prompt,
+                              16, -1, KvCache::kLatent);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("--kv-cache"), std::string::npos)
+      << bad.status().message();
 }
 
 }  // namespace
