@@ -55,7 +55,9 @@ namespace grove {
 
 // Which cache an MLA model decodes with (grove-generate --kv-cache); MHA/GQA models use kFull.
 enum class KvCache { kFull, kLatent };
-inline const char* kv_cache_name(KvCache k) { return k == KvCache::kLatent ? "latent" : "full"; }
+inline const char* kv_cache_name(KvCache k) {
+  return k == KvCache::kLatent ? "latent" : "full";
+}
 
 template <class B>
 class GeneratorT {

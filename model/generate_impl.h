@@ -48,8 +48,7 @@ GeneratorT<B>::GeneratorT(const ModelConfig& config, const Weights& weights, com
             << "generator: the latent cache reads fp32 wk_b / wv_b";
         wk_b_.emplace_back(kb.data<float>(), kb.data<float>() + kb.numel());
         wv_b_.emplace_back(vb.data<float>(), vb.data<float>() + vb.numel());
-        GROVE_CHECK(int64_t(wk_b_.back().size()) ==
-                        int64_t(H) * config.mla_nope_dim() * kvr &&
+        GROVE_CHECK(int64_t(wk_b_.back().size()) == int64_t(H) * config.mla_nope_dim() * kvr &&
                     int64_t(wv_b_.back().size()) == int64_t(H) * config.mla_v_dim() * kvr)
             << "generator: layer " << l << "'s wk_b / wv_b do not match the MLA dimensions";
       }

@@ -82,9 +82,8 @@ int main(int argc, char** argv) {
                             ")");
     const std::vector<int32_t> ids = tok.value().Encode(prompt);
     if (ids.empty()) return fail(rank, "the prompt encodes to no tokens");
-    if (kv_cache.empty()) kv_cache = config.is_mla() && dev.value() == grove::Device::kCPU
-                                         ? "latent"
-                                         : "full";
+    if (kv_cache.empty())
+      kv_cache = config.is_mla() && dev.value() == grove::Device::kCPU ? "latent" : "full";
     if (kv_cache != "latent" && kv_cache != "full")
       return fail(rank, "--kv-cache must be latent or full, not '" + kv_cache + "'");
     const grove::KvCache kv =

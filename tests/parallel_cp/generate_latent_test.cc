@@ -150,8 +150,8 @@ TEST(GenerateLatent, GenerateOnDeviceSelection) {
   const ModelConfig c = mla_config(0);
   const Weights w = Weights::Init(c);
   const std::vector<int32_t> prompt = random_tokens(4, c.vocab_size, 13);
-  auto full = GenerateOnDevice(Device::kCPU, c, w, grid.value(), 24, CpAttention::kTree, prompt,
-                               16, -1, KvCache::kFull);
+  auto full = GenerateOnDevice(Device::kCPU, c, w, grid.value(), 24, CpAttention::kTree, prompt, 16,
+                               -1, KvCache::kFull);
   auto latent = GenerateOnDevice(Device::kCPU, c, w, grid.value(), 24, CpAttention::kTree, prompt,
                                  16, -1, KvCache::kLatent);
   ASSERT_TRUE(full.ok() && latent.ok());
@@ -169,8 +169,7 @@ TEST(GenerateLatent, GenerateOnDeviceSelection) {
   auto bad = GenerateOnDevice(Device::kCPU, mha, wm, grid.value(), 24, CpAttention::kTree, prompt,
                               16, -1, KvCache::kLatent);
   ASSERT_FALSE(bad.ok());
-  EXPECT_NE(bad.status().message().find("--kv-cache"), std::string::npos)
-      << bad.status().message();
+  EXPECT_NE(bad.status().message().find("--kv-cache"), std::string::npos) << bad.status().message();
 }
 
 }  // namespace
