@@ -11,6 +11,20 @@
 // baseline) over the group. The query is broadcast from CP rank 0 inside the attention, and the
 // chosen token is broadcast from rank 0, so every rank generates the same text.
 //
+// MLA models decode with either cache (KvCache):
+//   full:   the K/V cache of the padded per-head keys and values the block's forward builds
+//           (2·a·dq floats per token per layer), the same attention as above;
+//   latent: the latent cache (DeepSeek-V2's absorption; docs/attention.md#decoding). Per token
+//           and layer only the row [c | k_R] (r_kv + d_r floats) is kept, on CP rank t % p, as
+//           one shared kv head of width r_kv + d_r whose values are the same rows (stored once).
+//           Per head h the query is absorbed into latent space,
+//             q̃_h = s · [Wk_b,hᵀ q_nope_h | q_R_h],   s = sqrt((r_kv + d_r) / (d_n + d_r)),
+//           so that q̃_h·[c | k_R] / sqrt(r_kv + d_r) (the kernels' scale) is the model's score
+//           (q_nope_h·Wk_b,h c + q_R_h·k_R) / sqrt(d_n + d_r); the attention over the cache (MQA,
+//           tree combine or ring, as above) gives Σ_t p_t [c_t | k_R,t], whose first r_kv columns
+//           go through Wv_b,h (the k_R columns are dropped), then Wo as in the model. The
+//           up-projections run per token on the query side only. Host backends only (CPU).
+//
 // Buffers are allocated in the constructor (the cache for `capacity` tokens), none per token.
 //
 // Backends: GeneratorT<B> runs TransformerT<B> with the cache and the attention on the same
@@ -39,6 +53,12 @@
 
 namespace grove {
 
+// Which cache an MLA model decodes with (grove-generate --kv-cache); MHA/GQA models use kFull.
+enum class KvCache { kFull, kLatent };
+inline const char* kv_cache_name(KvCache k) {
+  return k == KvCache::kLatent ? "latent" : "full";
+}
+
 template <class B>
 class GeneratorT {
  public:
@@ -48,7 +68,8 @@ class GeneratorT {
   // capacity: the most tokens (prompt + generated) the context may hold, at most
   // model.max_seq_len.
   GeneratorT(const ModelConfig& config, const Weights& weights, comm::Communicator* cp,
-             int capacity, CpAttention attention = CpAttention::kTree);
+             int capacity, CpAttention attention = CpAttention::kTree,
+             KvCache kv_cache = KvCache::kFull);
 
   // Runs `token` at the next position (position() before the call) and returns the logits [V]
   // of the next token, in B's memory (host for CpuBackend, device for CudaBackend). Every CP rank
@@ -65,19 +86,34 @@ class GeneratorT {
   // Communication of the attention so far (bytes per rank, rounds).
   const parallel::CommStats& attention_stats() const { return attn_.stats(); }
   const ModelConfig& config() const { return config_; }
+  KvCache kv_cache() const { return kv_cache_; }
+  // Bytes of this rank's cache shard, and per token it holds (all layers).
+  int64_t cache_bytes() const { return cache_.bytes(); }
+  int64_t cache_bytes_per_token() const {
+    return cache_.local_capacity() > 0 ? cache_.bytes() / cache_.local_capacity() : 0;
+  }
 
  private:
   // Rank 0's token to every rank of cp_ (through B's memory when the group works there).
   void broadcast_token(int32_t* token);
 
+  // The latent cache's attention of one block (host memory): absorbed query, attention over the
+  // cache, the value up-projection into att [a*dv].
+  void latent_attend(int layer, float* att, const float* q, const float* c, const float* k_rope);
+
   ModelConfig config_;
   comm::Communicator* cp_;
+  KvCache kv_cache_;
   parallel::ShardedKvCacheT<B> cache_;
   parallel::DecodeAttentionT<B> attn_;
   TransformerT<B> model_;           // B = S = 1, no gradients
   int pos_ = 0;                     // position of the token being run
   std::vector<float> host_logits_;  // [V] device backends: generate()'s copy of the logits
   Tensor token_;                    // [1] int32 in B's memory: the broadcast token
+  // Latent cache: wk_b [a*d_n, r_kv] and wv_b [a*dv, r_kv] per layer, the cached row
+  // [r_kv + d_r], the absorbed query and the attention output [a, r_kv + d_r].
+  std::vector<std::vector<float>> wk_b_, wv_b_;
+  std::vector<float> row_, qa_, oa_;
 };
 
 using Generator = GeneratorT<CpuBackend>;

@@ -115,6 +115,10 @@ void TransformerT<B>::mla_qkv_forward(int l, BlockActivations& a, const T* ln1_f
   const T* ckvn = gather_latent(a.ckvn, s.ckvn_full, kvr_);
   T* kr = gather_latent(s.kr, s.kr_full, rope_d_);
   rope(kr, 1, /*backward=*/false);
+  if (mla_attend_) {  // decoding with the latent cache: no up-projections, no K/V
+    mla_attend_(l, p(s.attc), p(a.q), ckvn, kr);
+    return;
+  }
 
   // Up-projections of this rank's heads, then the kernels' layout: k = [k_nope | k_R] per head,
   // v zero-padded from dv to dq.

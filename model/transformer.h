@@ -135,6 +135,14 @@ class TransformerT {
   // s at position pos0 + s (set_position). No lse is kept: no backward after such a forward.
   using AttendFn = std::function<void(int layer, T* att, const T* q, const T* k, const T* v)>;
   void set_attention(AttendFn attend) { attend_ = std::move(attend); }
+  // MLA decoding with the latent cache (model/generate.h): replaces each block's key/value
+  // up-projections and attention. It receives the block index and, for the N rows, q [N, a*dq]
+  // (each head [nope | rope], RoPE applied), the normed KV latent c [N, r_kv] and the RoPE key
+  // k_R [N, rope] (RoPE applied), and writes the attention output without the value padding,
+  // att [N, a*dv], which Wo reads. tp = 1 (no SP) only. Takes precedence over set_attention.
+  using MlaAttendFn =
+      std::function<void(int layer, T* att, const T* q, const T* c, const T* k_rope)>;
+  void set_mla_attention(MlaAttendFn attend);
   void set_position(int pos0);
 
   // Logits of the last forward, [N, V/t] on the device; valid until backward() overwrites them.
@@ -231,6 +239,7 @@ class TransformerT {
   std::vector<std::unique_ptr<MoeImpl>> moe_;                   // per block; null for dense blocks
   std::unique_ptr<typename LocalMoe<B>::Scratch> moe_scratch_;  // device backends
   AttendFn attend_;  // decoding: attention against a KV cache
+  MlaAttendFn mla_attend_;  // MLA decoding: attention against the latent cache
   int pos0_ = 0;     // RoPE position of row 0 (decoding)
   float moe_loss_ = 0;
   float loss_scale_ = 1;  // of the running backward (the MoE aux/z weight)

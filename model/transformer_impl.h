@@ -234,6 +234,12 @@ void TransformerT<B>::set_position(int pos0) {
 }
 
 template <class B>
+void TransformerT<B>::set_mla_attention(MlaAttendFn attend) {
+  GROVE_CHECK(mla_ && !sp_) << "set_mla_attention: an MLA model without sequence parallelism";
+  mla_attend_ = std::move(attend);
+}
+
+template <class B>
 void TransformerT<B>::sync_compute_weights() {
   if constexpr (!std::is_same_v<T, float>)
     B::convert(p(compute_flat_), f(params_flat_), layout_.size);
@@ -343,8 +349,9 @@ void TransformerT<B>::block_forward(int l, BlockActivations& a) {
     rope(p(a.q), heads_, /*backward=*/false);
     rope(p(a.k), kv_heads_, /*backward=*/false);
   }
-  bool done = false;
-  if (attend_) {  // decoding: attention against the KV cache
+  // MLA latent decoding: mla_qkv_forward ran the attention into mla_s_.attc (no K/V).
+  bool done = mla_ && mla_attend_;
+  if (!done && attend_) {  // decoding: attention against the KV cache
     attend_(l, p(a.att), p(a.q), p(a.k), p(a.v));
     done = true;
   }
@@ -357,7 +364,8 @@ void TransformerT<B>::block_forward(int l, BlockActivations& a) {
     B::attention_forward(p(a.att), f(a.lse), a.probs.defined() ? p(a.probs) : nullptr, p(a.q),
                          p(a.k), p(a.v), shape);
   }
-  B::linear_forward(attn_out, mla_ ? mla_compact_att(a) : p(a.att), p(w.wo), nullptr, N, od_, h);
+  const T* att_in = !mla_ ? p(a.att) : mla_attend_ ? p(mla_s_.attc) : mla_compact_att(a);
+  B::linear_forward(attn_out, att_in, p(w.wo), nullptr, N, od_, h);
   reduce_output(p(a.resid2));
   B::add_inplace(p(a.resid2), x, int64_t(R) * h);
 

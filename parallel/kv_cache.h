@@ -46,7 +46,11 @@ template <class Backend>
 class ShardedKvCacheT {
  public:
   static_assert(std::is_same_v<typename Backend::T, float>, "the KV cache and decoding are fp32");
-  ShardedKvCacheT(int cp_size, int cp_rank, int layers, int batch, int NKV, int HD, int capacity);
+  // values_are_keys: one buffer per layer serves as K and V (v(l) == k(l), store() keeps k only):
+  // MLA's latent cache, whose rows [c | k_R] are the keys and whose first r_kv columns are the
+  // values (model/generate.h); the attention's output columns past r_kv are then ignored.
+  ShardedKvCacheT(int cp_size, int cp_rank, int layers, int batch, int NKV, int HD, int capacity,
+                  bool values_are_keys = false);
 
   int length() const { return len_; }  // L: tokens cached (globally)
   int capacity() const { return capacity_; }
@@ -59,6 +63,7 @@ class ShardedKvCacheT {
   int local_length() const { return local_length_of(rank_); }
   int local_length_of(int r) const { return len_ > r ? (len_ - r + p_ - 1) / p_ : 0; }
   int local_capacity() const { return local_cap_; }
+  bool values_are_keys() const { return shared_; }
 
   // Opens the next position (L grows by one) and returns it; every layer then stores its K/V
   // there before its attention runs. Throws when the capacity is exhausted.
@@ -72,13 +77,14 @@ class ShardedKvCacheT {
 
   // [local_capacity, B, NKV, HD] in the backend's memory.
   float* k(int layer) { return k_[layer].template data<float>(); }
-  float* v(int layer) { return v_[layer].template data<float>(); }
+  float* v(int layer) { return shared_ ? k(layer) : v_[layer].template data<float>(); }
   const float* k(int layer) const { return k_[layer].template data<float>(); }
-  const float* v(int layer) const { return v_[layer].template data<float>(); }
+  const float* v(int layer) const { return shared_ ? k(layer) : v_[layer].template data<float>(); }
   int64_t bytes() const;
 
  private:
   int p_, rank_, B_, NKV_, HD_, capacity_, local_cap_;
+  bool shared_ = false;
   int len_ = 0;
   std::vector<Tensor> k_, v_;
 };
@@ -114,7 +120,8 @@ class DecodeAttentionT {
   float* lp_ = nullptr;   // [p][B, NH]     their lse
   float* lse_ = nullptr;  // [B, NH]        combined lse
   float* scratch_ = nullptr;
-  float* blocks_ = nullptr;  // ring: two [local_capacity, B, NKV, HD] K/V pairs
+  float* blocks_ = nullptr;  // ring: two [local_capacity, B, NKV, HD] K/V pairs (K only when
+                             // the cache's values are its keys)
   CommStats stats_;
 };
 

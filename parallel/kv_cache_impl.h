@@ -42,15 +42,22 @@ void tree_combine(comm::Communicator& cp, float* o, float* lse, int64_t rows, in
 
 template <class Backend>
 ShardedKvCacheT<Backend>::ShardedKvCacheT(int cp_size, int cp_rank, int layers, int batch, int NKV,
-                                          int HD, int capacity)
-    : p_(cp_size), rank_(cp_rank), B_(batch), NKV_(NKV), HD_(HD), capacity_(capacity) {
+                                          int HD, int capacity, bool values_are_keys)
+    : p_(cp_size),
+      rank_(cp_rank),
+      B_(batch),
+      NKV_(NKV),
+      HD_(HD),
+      capacity_(capacity),
+      shared_(values_are_keys) {
   GROVE_CHECK(p_ >= 1 && rank_ >= 0 && rank_ < p_)
       << "kv cache: cp rank " << rank_ << " out of range for cp=" << p_;
   GROVE_CHECK(capacity >= 0) << "kv cache: negative capacity " << capacity;
   local_cap_ = (capacity + p_ - 1) / p_;
   for (int l = 0; l < layers; ++l) {
     k_.push_back(Tensor::zeros({local_cap_, batch, NKV, HD}, DType::kF32, Backend::kDevice));
-    v_.push_back(Tensor::zeros({local_cap_, batch, NKV, HD}, DType::kF32, Backend::kDevice));
+    if (!shared_)
+      v_.push_back(Tensor::zeros({local_cap_, batch, NKV, HD}, DType::kF32, Backend::kDevice));
   }
 }
 
@@ -67,7 +74,7 @@ void ShardedKvCacheT<Backend>::store(int layer, int pos, const float* k, const f
   if (owner(pos) != rank_) return;
   const int64_t row = int64_t(B_) * NKV_ * HD_, i = pos / p_;
   Backend::copy(this->k(layer) + i * row, k, sizeof(float) * row);
-  Backend::copy(this->v(layer) + i * row, v, sizeof(float) * row);
+  if (!shared_) Backend::copy(this->v(layer) + i * row, v, sizeof(float) * row);
 }
 
 template <class Backend>
@@ -80,7 +87,8 @@ void ShardedKvCacheT<Backend>::resize(int n) {
 template <class Backend>
 int64_t ShardedKvCacheT<Backend>::bytes() const {
   int64_t b = 0;
-  for (size_t l = 0; l < k_.size(); ++l) b += k_[l].bytes() + v_[l].bytes();
+  for (const Tensor& t : k_) b += t.bytes();
+  for (const Tensor& t : v_) b += t.bytes();
   return b;
 }
 
@@ -153,6 +161,7 @@ void DecodeAttentionT<Backend>::forward_ring(float* out, const ShardedKvCacheT<B
   float* kb[2] = {blocks_, blocks_ + 2 * block};
   const float* ck = cache.k(layer);
   const float* cv = cache.v(layer);
+  const bool shared = cache.values_are_keys();  // one block per hop: the values are the keys
   for (int t = 0; t < p; ++t) {
     const int src = (r - t + p) % p, rows = cache.local_length_of(src);
     comm::Work hk, hv;
@@ -160,15 +169,17 @@ void DecodeAttentionT<Backend>::forward_ring(float* out, const ShardedKvCacheT<B
       const int in_rows = cache.local_length_of((src + p - 1) % p);
       float* nk = kb[(t + 1) % 2];
       hk = ring_exchange_async<Backend>(cp_, ck, rows * row, nk, in_rows * row, DType::kF32);
-      hv =
-          ring_exchange_async<Backend>(cp_, cv, rows * row, nk + block, in_rows * row, DType::kF32);
-      stats_.send(2 * rows * row);
+      if (!shared) {
+        hv = ring_exchange_async<Backend>(cp_, cv, rows * row, nk + block, in_rows * row,
+                                          DType::kF32);
+      }
+      stats_.send((shared ? 1 : 2) * rows * row);
     }
     Backend::decode_attention(o_ + src * bhd, lp_ + src * bh, q_, ck, cv, rows, B_, NH_, NKV_, HD_);
     hk.wait();
     hv.wait();
     ck = kb[(t + 1) % 2];
-    cv = ck + block;
+    cv = shared ? ck : ck + block;
   }
   // Merge in source-rank order from the neutral partial (no rows: o = 0, lse = -inf), the same
   // arithmetic on every rank. One query row: out [1, B, NH, HD], lse [B, NH, 1].

@@ -14,6 +14,7 @@
 
 #include "core/status.h"
 #include "core/tensor.h"
+#include "model/generate.h"
 #include "model/weights.h"
 #include "parallel/grid.h"
 #include "spec/enums.h"
@@ -26,14 +27,18 @@ struct GenerateRun {
   double seconds = 0;           // the prompt and the generation, wall clock
   double attention_bytes = 0;   // the decode attention's communication per rank
   std::string describe;         // "cpu" / "cuda:0 NVIDIA H100 ..., cp group on nccl"
+  int64_t cache_bytes_per_token = 0;  // this rank's KV cache shard per token it holds (CPU)
 };
 
 // Greedy decoding of `prompt` (model/generate.h's generate) on `device` with the KV cache sharded
 // over grid.cp(). A device the build or the machine lacks is an error naming it, on every rank.
+// kv_cache: the full K/V cache or, for MLA models on the CPU only, the latent cache
+// (model/generate.h); latent on an MHA model or on cuda is an error naming --kv-cache.
 StatusOr<GenerateRun> GenerateOnDevice(Device device, const ModelConfig& config,
                                        const Weights& weights, const parallel::ParallelGrid& grid,
                                        int capacity, CpAttention attention,
-                                       std::span<const int32_t> prompt, int max_new, int eos_id);
+                                       std::span<const int32_t> prompt, int max_new, int eos_id,
+                                       KvCache kv_cache = KvCache::kFull);
 
 // The cuda half (worker/cuda/generate_cuda.cc; an error in a build without CUDA).
 StatusOr<GenerateRun> GenerateOnCuda(const ModelConfig& config, const Weights& weights,

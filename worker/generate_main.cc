@@ -12,6 +12,10 @@
 // on NCCL when the build has it (worker/generate_device.h). The device is chosen here, not taken
 // from the checkpoint's train.device: a checkpoint trained on GPUs decodes on CPUs and back. A
 // build without CUDA, or a rank without a device, ends with an error saying so.
+//
+// --kv-cache latent|full: an MLA checkpoint decodes by default (on the CPU) with the latent cache
+// ([c | k_R] per token, the up-projections absorbed; model/generate.h), else with the full K/V
+// cache; latent on an MHA checkpoint, or with --device cuda, is an error naming the flag.
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <memory>
@@ -39,7 +43,7 @@ int main(int argc, char** argv) {
   // Before MPI, threads and any GEMM: may execute the program again on the right BLAS kernel.
   grove::blas::SelectBlasKernel(argv);
   CLI::App app{"Grove generate: greedy decoding from a checkpoint over N context-parallel ranks"};
-  std::string checkpoint, run_dir, prompt, attention = "tree", device = "cpu";
+  std::string checkpoint, run_dir, prompt, attention = "tree", device = "cpu", kv_cache;
   std::string tokenizer_path = "runs/data-brown-8192/tokenizer.model";
   int max_new = 32, capacity = 0;
   app.add_option("--checkpoint", checkpoint, "checkpoint directory (step_XXXXXXXX)");
@@ -51,6 +55,9 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--device", device, "where to decode: cpu or cuda (one GPU per rank)")
       ->capture_default_str();
+  app.add_option("--kv-cache", kv_cache,
+                 "latent (MLA: keep [c | k_R] per token, absorb the up-projections; CPU only) or "
+                 "full (the per-head K/V); default latent for MLA checkpoints, full otherwise");
   app.add_option("--capacity", capacity, "context capacity in tokens (0: prompt + new tokens)");
   CLI11_PARSE(app, argc, argv);
 
@@ -75,6 +82,12 @@ int main(int argc, char** argv) {
                             ")");
     const std::vector<int32_t> ids = tok.value().Encode(prompt);
     if (ids.empty()) return fail(rank, "the prompt encodes to no tokens");
+    if (kv_cache.empty())
+      kv_cache = config.is_mla() && dev.value() == grove::Device::kCPU ? "latent" : "full";
+    if (kv_cache != "latent" && kv_cache != "full")
+      return fail(rank, "--kv-cache must be latent or full, not '" + kv_cache + "'");
+    const grove::KvCache kv =
+        kv_cache == "latent" ? grove::KvCache::kLatent : grove::KvCache::kFull;
     if (capacity <= 0) capacity = static_cast<int>(ids.size()) + max_new;
 
     // The context-parallel group is the whole world: cp = N.
@@ -83,7 +96,7 @@ int main(int argc, char** argv) {
         world, {.world = n, .tp = 1, .cp = n, .ep = 1, .dp = 1});
     if (!grid.ok()) return fail(rank, grid.status().message());
     auto run = grove::GenerateOnDevice(dev.value(), config, weights, grid.value(), capacity,
-                                       algo.value(), ids, max_new, tok.value().eos_id());
+                                       algo.value(), ids, max_new, tok.value().eos_id(), kv);
     if (!run.ok()) return fail(rank, run.status().message());
     const std::vector<int32_t>& out = run.value().tokens;
     const double secs = run.value().seconds;
@@ -96,6 +109,8 @@ int main(int argc, char** argv) {
                                    {"device", run.value().describe},
                                    {"cp", n},
                                    {"attention", grove::cp_attention_name(algo.value())},
+                                   {"kv_cache", kv_cache},
+                                   {"kv_cache_bytes_per_token", run.value().cache_bytes_per_token},
                                    {"prompt_tokens", ids.size()},
                                    {"new_tokens", out.size()},
                                    {"ms_per_token", 1e3 * secs / double(ids.size() + out.size())},
