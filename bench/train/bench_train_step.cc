@@ -18,6 +18,11 @@
 // the run. Threads: --threads for both sides. OMP_WAIT_POLICY: SelectBlasKernel re-executes the
 // benchmark with passive unless the user set it, and the peers inherit it (config
 // "omp_wait_policy" says which).
+//
+// --attention mha mla (default: mha): Grove's model with multi-head latent attention (its MLA
+// dimensions at their defaults for this width, docs/model.md) is timed after the MHA model of the
+// same precision and recompute mode, and that MHA line of the same run is its peer (the PyTorch
+// peers implement MHA only); the config gives both models' parameter counts.
 #include <omp.h>
 
 #include <CLI/CLI.hpp>
@@ -139,6 +144,7 @@ int main(int argc, char** argv) {
               fast_script = GROVE_BENCH_TORCH_FAST_SCRIPT;
   std::vector<std::string> modes = {"selective", "none"};
   std::vector<std::string> precisions = {"fp32", "bf16"};
+  std::vector<std::string> attentions = {"mha"};
   bool no_torch = false;
   app.add_option("--d-model", c.d_model);
   app.add_option("--layers", c.n_layers);
@@ -151,10 +157,24 @@ int main(int argc, char** argv) {
   app.add_option("--threads", threads);
   app.add_option("--recompute", modes, "recompute modes to time");
   app.add_option("--precision", precisions, "Grove precisions to time (fp32, bf16)");
+  app.add_option("--attention", attentions,
+                 "Grove attentions to time (mha, mla; mla's peer is the mha line)");
   app.add_flag("--no-torch", no_torch, "skip the PyTorch peer");
   app.add_option("--python", python, "interpreter that imports torch");
   CLI11_PARSE(app, argc, argv);
   c.max_seq_len = std::max(c.max_seq_len, s);
+  std::vector<grove::Attention> attention_kinds;
+  for (const std::string& a : attentions) {
+    auto k = grove::parse_attention(a, "--attention");
+    if (!k.ok()) {
+      std::fprintf(stderr, "%s\n", k.status().message().c_str());
+      return 2;
+    }
+    attention_kinds.push_back(k.value());
+  }
+  // MHA first: it is the peer of the MLA line that follows it.
+  std::stable_sort(attention_kinds.begin(), attention_kinds.end(),
+                   [](grove::Attention x, grove::Attention y) { return int(x) < int(y); });
   omp_set_num_threads(threads);
 
   const json config = {{"d_model", c.d_model},
@@ -209,55 +229,85 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "%s\n", mode.status().message().c_str());
         return 2;
       }
-      const Timing g =
-          bf16 ? time_grove<grove::CpuBf16Backend>(c, b, s, mode.value(), warmup, steps, sgemm)
-               : time_grove<grove::CpuBackend>(c, b, s, mode.value(), warmup, steps, sgemm);
-      const double tok_s = tokens / (g.ms_per_step / 1e3);
-      json cfg = config;
-      cfg["recompute"] = m;
-      cfg["precision"] = precision;
-      cfg["gemm"] = bf16 ? grove::cpu::bf16_gemm_describe() + " (bf16 operands, fp32 accumulation)"
-                         : "openblas sgemm (" + blas.core + ")";
-      cfg["loss"] = g.loss;
-      json line = {{"name", "train_step_tokens_per_s"},
-                   {"config", cfg},
-                   {"value", tok_s},
-                   {"unit", "tokens/s"},
-                   {"ms_per_step", g.ms_per_step},
-                   {"min_ms", g.min_ms},
-                   {"max_ms", g.max_ms},
-                   {"step_ms", g.step_ms}};
-      if (best != nullptr) {
-        json peers = json::array();
-        if (!torch.is_null()) peers.push_back(peer_json(torch, "pytorch-seq-first"));
-        if (!torch_fast.is_null())
-          peers.push_back(peer_json(torch_fast, "pytorch-batch-first-fused"));
-        line["peers"] = peers;
-        line["peer"] =
-            std::string(best == &torch ? "pytorch-seq-first" : "pytorch-batch-first-fused") + "-" +
-            (*best)["torch"].get<std::string>() + "-cpu";
-        line["peer_value"] = (*best)["tokens_per_s"];
-        line["peer_threads"] = (*best)["threads"];
-        line["ratio"] = tok_s / (*best)["tokens_per_s"].get<double>();
+      json mha_line;  // this precision and mode's MHA line: the MLA line's peer
+      for (grove::Attention attention : attention_kinds) {
+        grove::ModelConfig mc = c;
+        mc.attention = attention;
+        if (grove::Status st = mc.Validate(); !st.ok()) {
+          std::fprintf(stderr, "bench_train_step: %s\n", st.message().c_str());
+          return 2;
+        }
+        const bool mla = attention == grove::Attention::kMla;
+        const Timing g =
+            bf16 ? time_grove<grove::CpuBf16Backend>(mc, b, s, mode.value(), warmup, steps, sgemm)
+                 : time_grove<grove::CpuBackend>(mc, b, s, mode.value(), warmup, steps, sgemm);
+        const double tok_s = tokens / (g.ms_per_step / 1e3);
+        json cfg = config;
+        cfg["recompute"] = m;
+        cfg["precision"] = precision;
+        cfg["attention"] = grove::attention_name(attention);
+        cfg["parameters"] = mc.num_parameters();
+        if (mla)
+          cfg["mla"] = {{"q_lora_rank", mc.mla.q_lora_rank},
+                        {"kv_lora_rank", mc.mla_kv_rank()},
+                        {"qk_nope_head_dim", mc.mla_nope_dim()},
+                        {"qk_rope_head_dim", mc.mla_rope_dim()},
+                        {"v_head_dim", mc.mla_v_dim()}};
+        cfg["gemm"] = bf16
+                          ? grove::cpu::bf16_gemm_describe() + " (bf16 operands, fp32 accumulation)"
+                          : "openblas sgemm (" + blas.core + ")";
+        cfg["loss"] = g.loss;
+        json line = {{"name", "train_step_tokens_per_s"},
+                     {"config", cfg},
+                     {"value", tok_s},
+                     {"unit", "tokens/s"},
+                     {"ms_per_step", g.ms_per_step},
+                     {"min_ms", g.min_ms},
+                     {"max_ms", g.max_ms},
+                     {"step_ms", g.step_ms}};
+        if (mla) {
+          if (!mha_line.is_null()) {
+            line["peer"] = "grove-mha (same run, " + precision + ", " + m + ")";
+            line["peer_value"] = mha_line["value"];
+            line["peer_ms_per_step"] = mha_line["ms_per_step"];
+            line["peer_min_ms"] = mha_line["min_ms"];
+            line["peer_max_ms"] = mha_line["max_ms"];
+            line["peer_parameters"] = mha_line["config"]["parameters"];
+            line["ratio"] = tok_s / mha_line["value"].get<double>();
+          }
+        } else if (best != nullptr) {
+          json peers = json::array();
+          if (!torch.is_null()) peers.push_back(peer_json(torch, "pytorch-seq-first"));
+          if (!torch_fast.is_null())
+            peers.push_back(peer_json(torch_fast, "pytorch-batch-first-fused"));
+          line["peers"] = peers;
+          line["peer"] =
+              std::string(best == &torch ? "pytorch-seq-first" : "pytorch-batch-first-fused") +
+              "-" + (*best)["torch"].get<std::string>() + "-cpu";
+          line["peer_value"] = (*best)["tokens_per_s"];
+          line["peer_threads"] = (*best)["threads"];
+          line["ratio"] = tok_s / (*best)["tokens_per_s"].get<double>();
+        }
+        if (!mla) mha_line = line;
+        std::printf("%s\n", line.dump().c_str());
+        const double gflops = mc.training_flops(b, s) / (g.ms_per_step / 1e3) / 1e9;
+        const double peak = Median(g.sgemm_gflops);
+        std::printf(
+            "%s\n",
+            json({{"name", "train_step_gflops"},
+                  {"config", cfg},
+                  {"value", gflops},
+                  {"unit", "GFLOP/s"},
+                  {"peer", "openblas-sgemm-2048^3 (" + blas.core + ")"},
+                  {"peer_value", peak},
+                  {"peer_min", *std::min_element(g.sgemm_gflops.begin(), g.sgemm_gflops.end())},
+                  {"peer_max", *std::max_element(g.sgemm_gflops.begin(), g.sgemm_gflops.end())},
+                  {"peer_samples", g.sgemm_gflops},
+                  {"ratio", gflops / peak}})
+                .dump()
+                .c_str());
+        std::fflush(stdout);
       }
-      std::printf("%s\n", line.dump().c_str());
-      const double gflops = c.training_flops(b, s) / (g.ms_per_step / 1e3) / 1e9;
-      const double peak = Median(g.sgemm_gflops);
-      std::printf(
-          "%s\n",
-          json({{"name", "train_step_gflops"},
-                {"config", cfg},
-                {"value", gflops},
-                {"unit", "GFLOP/s"},
-                {"peer", "openblas-sgemm-2048^3 (" + blas.core + ")"},
-                {"peer_value", peak},
-                {"peer_min", *std::min_element(g.sgemm_gflops.begin(), g.sgemm_gflops.end())},
-                {"peer_max", *std::max_element(g.sgemm_gflops.begin(), g.sgemm_gflops.end())},
-                {"peer_samples", g.sgemm_gflops},
-                {"ratio", gflops / peak}})
-              .dump()
-              .c_str());
-      std::fflush(stdout);
     }
   }
   return 0;
