@@ -2,7 +2,10 @@
 // Run under mpirun (cp = all ranks):
 //   mpirun --allow-run-as-root --oversubscribe -np 4 bench_attention_cp
 //          [--contexts 4096,16384,65536,262144] [--heads 8] [--kv-heads 4] [--head-dim 32]
-//          [--decode-steps 5] [--train-seq 2048] [--train-heads 4] [--train-reps 3]
+//          [--decode-steps 5] [--train-seq 2048] [--train-heads 4] [--train-reps 3] [--latent]
+// --latent: the cache holds MLA's latent rows (docs/model.md): one buffer per layer is both the
+// keys and the values (ShardedKvCache's values_are_keys), e.g. --kv-heads 1 --head-dim
+// r_kv + d_r with --heads the model's query heads.
 // One JSON line per measurement (name, config, value, unit, peer, ratio = peer / this):
 //   decode_latency      us per token of one layer's attention over the CP-sharded KV cache
 //                       (slowest rank, median over steps), with the bytes each rank sends per
@@ -74,6 +77,7 @@ int main(int argc, char** argv) {
   std::vector<int> contexts = {4096, 16384, 65536, 262144};
   int heads = 8, kv_heads = 4, head_dim = 32, decode_steps = 5;
   int train_seq = 2048, train_heads = 4, train_reps = 3;
+  bool latent = false;
   app.add_option("--contexts", contexts, "decode context lengths (tokens)")->delimiter(',');
   app.add_option("--heads", heads, "decode query heads");
   app.add_option("--kv-heads", kv_heads, "decode key/value heads");
@@ -82,6 +86,7 @@ int main(int argc, char** argv) {
   app.add_option("--train-seq", train_seq, "training sequence length (0: skip training)");
   app.add_option("--train-heads", train_heads, "training heads");
   app.add_option("--train-reps", train_reps, "timed training repetitions");
+  app.add_flag("--latent", latent, "MLA latent cache: one buffer is both keys and values");
   CLI11_PARSE(app, argc, argv);
 
   comm::MpiSession mpi(&argc, &argv);
@@ -92,10 +97,10 @@ int main(int argc, char** argv) {
 
   // ---- Decoding: one layer's attention for one new token over a prefilled sharded cache ----
   for (int ctx : contexts) {
-    parallel::ShardedKvCache cache(p, r, /*layers=*/1, /*B=*/1, kv_heads, head_dim, ctx);
+    parallel::ShardedKvCache cache(p, r, /*layers=*/1, /*B=*/1, kv_heads, head_dim, ctx, latent);
     const int64_t local = int64_t(cache.local_capacity()) * kv_heads * head_dim;
     fill(cache.k(0), local, 11 + r);
-    fill(cache.v(0), local, 23 + r);
+    if (!latent) fill(cache.v(0), local, 23 + r);
     cache.resize(ctx);
     std::vector<float> q(int64_t(heads) * head_dim), out(q.size());
     Measure m[2];
@@ -113,8 +118,9 @@ int main(int argc, char** argv) {
       m[a].rounds = att.stats().rounds / decode_steps;
       m[a].memory = cache.bytes() + att.workspace_bytes();
     }
-    const nlohmann::json cfg = {{"cp", p},        {"context", ctx},       {"batch", 1},
-                                {"heads", heads}, {"kv_heads", kv_heads}, {"head_dim", head_dim}};
+    const nlohmann::json cfg = {{"cp", p},         {"context", ctx},       {"batch", 1},
+                                {"heads", heads},  {"kv_heads", kv_heads}, {"head_dim", head_dim},
+                                {"latent", latent}};
     for (int a = 0; a < 2; ++a) {
       nlohmann::json lat = {{"name", "decode_latency"},
                             {"algo", cp_attention_name(algos[a])},
