@@ -63,8 +63,9 @@ void emit(int rank, const nlohmann::json& j) {
 }
 
 struct Measure {
-  double value = 0;  // us / token or ms
-  double bytes = 0;  // per rank per call
+  double value = 0;         // us / token or ms
+  double min = 0, max = 0;  // decode: spread over the timed steps (us / token)
+  double bytes = 0;         // per rank per call
   int64_t rounds = 0;
   int64_t memory = 0;  // bytes
 };
@@ -114,6 +115,8 @@ int main(int argc, char** argv) {
         if (s == 0) att.reset_stats();
       }
       m[a].value = 1e6 * median(t);
+      m[a].min = 1e6 * *std::min_element(t.begin(), t.end());
+      m[a].max = 1e6 * *std::max_element(t.begin(), t.end());
       m[a].bytes = att.stats().bytes / decode_steps;
       m[a].rounds = att.stats().rounds / decode_steps;
       m[a].memory = cache.bytes() + att.workspace_bytes();
@@ -126,6 +129,8 @@ int main(int argc, char** argv) {
                             {"algo", cp_attention_name(algos[a])},
                             {"config", cfg},
                             {"value", m[a].value},
+                            {"min", m[a].min},
+                            {"max", m[a].max},
                             {"unit", "us/token"},
                             {"bytes_per_rank", m[a].bytes},
                             {"rounds", m[a].rounds}};
