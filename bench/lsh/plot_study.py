@@ -84,22 +84,31 @@ def main():
                     f"{r['spread']:.4f} | {fmt(r['relative_to_plain'], '+.2%')} | "
                     f"{fmt(r['gain_over_dense_kept'], '.0%')} | {fmt(r['a2a_rows_ratio'], '.1f')} | "
                     f"{fmt(r[f'a2a_rows_ratio_after_step_{WARMUP}'], '.1f')} |\n")
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    m = json.load(open(f"{out}/base.json"))["model"]
+    t = json.load(open(f"{out}/base.json"))["train"]
+    title = (f"Brown, d{m['d_model']}, {m['n_layers']} blocks, {m['moe']['num_experts']} experts "
+             f"top-{m['moe']['top_k']}, batch {t['batch_size']}x{t['seq_len']}")
+    curves = {}
     for s in settings:
         if s not in runs:
             continue
         steps = sorted(set.intersection(*[set(v) for v, _ in runs[s].values()]))
-        mean = [statistics.mean(v[k] for v, _ in runs[s].values()) for k in steps]
-        ax.plot(steps, mean, marker="o", ms=3, label=f"{s} ({len(runs[s])} seeds)")
-    ax.set_xlabel("step")
-    ax.set_ylabel("validation loss (nats, mean over seeds)")
-    ax.set_title("Brown, d128, 2 blocks, 8 experts top-2 (reduced study)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    lo = min(min(statistics.mean(v[k] for v, _ in runs[s].values())
-                 for k in set.intersection(*[set(v) for v, _ in runs[s].values()]))
-             for s in runs)
-    ax.set_ylim(lo - 0.05, lo + 1.2)
+        curves[s] = (steps, [statistics.mean(v[k] for v, _ in runs[s].values()) for k in steps])
+    # Left: the whole run; right: its second half, where the settings separate.
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, tail in zip(axes, (False, True)):
+        lo, hi = float("inf"), -float("inf")
+        for s, (steps, mean) in curves.items():
+            keep = [i for i, k in enumerate(steps) if not tail or k >= steps[-1] / 2]
+            xs, ys = [steps[i] for i in keep], [mean[i] for i in keep]
+            ax.plot(xs, ys, marker="o", ms=3, label=f"{s} ({len(runs[s])} seeds)")
+            lo, hi = min(lo, min(ys)), max(hi, max(ys))
+        ax.set_xlabel("step")
+        ax.set_ylabel("validation loss (nats, mean over seeds)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        ax.set_ylim(lo - 0.02 if tail else lo - 0.05, hi + 0.02 if tail else lo + 1.2)
+        ax.set_title(title if not tail else "second half, zoomed", fontsize=9)
     fig.tight_layout()
     fig.savefig(f"{out}/val_curves.png", dpi=110)
     print(json.dumps({"table": f"{out}/table.md", "plot": f"{out}/val_curves.png"}))

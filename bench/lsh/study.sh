@@ -6,6 +6,11 @@
 # plot_study.py: validation curves (PNG), a Markdown table and JSON lines.
 # Usage: bench/lsh/study.sh [--steps 300] [--seeds "1 2"] [--jobs 2] [--build build]
 #        [--out runs/lsh-study] [--settings "dense plain lsh_l1_xc lsh_default"]
+#        [--d-model 128] [--layers 2] [--heads 4] [--batch 8] [--seq 128] [--lr 2e-3]
+#        [--warmup 20] [--eval-every 25] [--eval-batches 16] [--top-k 2]
+#        [--expert-ffn N (default: 8/3·d rounded up to 64)]
+# A d256 study (2000 steps, 3 seeds, top-1): --d-model 256 --layers 4 --batch 4 --steps 2000 --seeds "1 2 3"
+#   --lr 1.5e-3 --warmup 100 --eval-every 100 --eval-batches 32 --top-k 1
 # Needs the prepared dataset (launch/setup.sh: runs/data-brown-8192) and python3-matplotlib.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -15,6 +20,17 @@ JOBS=2
 BUILD=${GROVE_BUILD_DIR:-build}
 OUT=runs/lsh-study
 SETTINGS="dense plain lsh_l1_xc lsh_default"
+D_MODEL=128
+LAYERS=2
+HEADS=4
+BATCH=8
+SEQ=128
+LR=2e-3
+WARMUP=20
+EVAL_EVERY=25
+EVAL_BATCHES=16
+TOP_K=2
+EXPERT_FFN=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --steps) STEPS=$2; shift 2 ;;
@@ -23,6 +39,17 @@ while [ $# -gt 0 ]; do
     --build) BUILD=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
     --settings) SETTINGS=$2; shift 2 ;;
+    --d-model) D_MODEL=$2; shift 2 ;;
+    --layers) LAYERS=$2; shift 2 ;;
+    --heads) HEADS=$2; shift 2 ;;
+    --batch) BATCH=$2; shift 2 ;;
+    --seq) SEQ=$2; shift 2 ;;
+    --lr) LR=$2; shift 2 ;;
+    --warmup) WARMUP=$2; shift 2 ;;
+    --eval-every) EVAL_EVERY=$2; shift 2 ;;
+    --eval-batches) EVAL_BATCHES=$2; shift 2 ;;
+    --top-k) TOP_K=$2; shift 2 ;;
+    --expert-ffn) EXPERT_FFN=$2; shift 2 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -30,15 +57,20 @@ WORKER="$BUILD/worker/grove-worker"
 [ -x "$WORKER" ] || { echo "no $WORKER (build the grove-worker target)" >&2; exit 2; }
 mkdir -p "$OUT"
 
-# d_model 128, 2 blocks, MoE: 8 experts top-2 of SwiGLU ffn 384 (the automatic 8/3·d); dense:
-# ffn 768 = the two active experts' hidden size, so dense and MoE have the same active
-# parameters per token.
+# Every block MoE: 8 experts, top-k, each a SwiGLU of ffn 8/3·d rounded up to 64 (model.ffn_hidden's
+# automatic value; 384 at d 128, 704 at d 256); dense: ffn = k times that, the active experts'
+# hidden size, so dense and MoE have the same active parameters per token (top-1: each expert is
+# as wide as the dense MLP, Switch Transformer's comparison).
+[ "$EXPERT_FFN" -gt 0 ] || EXPERT_FFN=$(( (8 * D_MODEL / 3 + 63) / 64 * 64 ))
+DENSE_FFN=$(( TOP_K * EXPERT_FFN ))
+MIN_LR=$(/usr/bin/python3 -c "print($LR / 10)")
 cat > "$OUT/base.json" <<JSON
 {
-  "model": {"vocab_size": 8192, "d_model": 128, "n_layers": 2, "n_heads": 4, "max_seq_len": 128,
-            "moe": {"num_experts": 8, "top_k": 2, "every": 1}},
-  "train": {"batch_size": 8, "seq_len": 128, "steps": $STEPS, "lr": 2e-3, "min_lr": 2e-4,
-            "beta2": 0.99, "warmup_steps": 20, "eval_every": 25, "eval_batches": 16,
+  "model": {"vocab_size": 8192, "d_model": $D_MODEL, "n_layers": $LAYERS, "n_heads": $HEADS,
+            "max_seq_len": $SEQ, "ffn_hidden": $EXPERT_FFN,
+            "moe": {"num_experts": 8, "top_k": $TOP_K, "every": 1}},
+  "train": {"batch_size": $BATCH, "seq_len": $SEQ, "steps": $STEPS, "lr": $LR, "min_lr": $MIN_LR,
+            "beta2": 0.99, "warmup_steps": $WARMUP, "eval_every": $EVAL_EVERY, "eval_batches": $EVAL_BATCHES,
             "checkpoint_every": 0, "recompute": "none", "threads": 1},
   "data": {"dir": "runs/data-brown-8192"},
   "parallel": {"tp": 1, "ep": 1},
@@ -49,7 +81,7 @@ JSON
 settings_of() {  # the --set arguments of one setting
   local L="--set model.moe.lsh.enabled=true"
   case "$1" in
-    dense) echo "--set model.moe.num_experts=0 --set model.ffn_hidden=768" ;;
+    dense) echo "--set model.moe.num_experts=0 --set model.ffn_hidden=$DENSE_FFN" ;;
     plain) echo "" ;;
     # the earlier default: one hash of 16 buckets, raw rows, x − c, no warm-up
     lsh_l1_xc) echo "$L --set model.moe.lsh.num_hashes=1 --set model.moe.lsh.center=false \
