@@ -120,8 +120,9 @@ void CoordinatorLink::RecordStep(const StepMetrics& m) {
     sm.set_val_loss(m.val_loss);
   }
   // MoE figures, when the model has MoE layers: tokens per expert (over the router's stats
-  // group) and this rank's all-to-all bytes, sent and without LSH compression (the trainer
-  // leaves the latter 0 when no layer compresses: then the plain all-to-all sent them all).
+  // group) and the job's all-to-all bytes (summed over its ranks), sent and without LSH
+  // compression (the trainer leaves the latter 0 when no layer compresses: then the plain
+  // all-to-all sent them all).
   // MFU when the device's peak is known (the coordinator takes 0..1 only; a peak measured under
   // more contention than the step ran with could put it above).
   if (m.mfu > 0 && m.mfu <= 1) sm.set_mfu(m.mfu);
@@ -131,9 +132,9 @@ void CoordinatorLink::RecordStep(const StepMetrics& m) {
     load->mutable_tokens()->Add(m.expert_load[layer].begin(), m.expert_load[layer].end());
   }
   if (!m.expert_load.empty()) {
-    sm.set_a2a_bytes_sent(uint64_t(m.a2a_bytes));
-    sm.set_a2a_bytes_uncompressed(
-        uint64_t(m.a2a_bytes_uncompressed > 0 ? m.a2a_bytes_uncompressed : m.a2a_bytes));
+    sm.set_a2a_bytes_sent(uint64_t(m.job_a2a_bytes));
+    sm.set_a2a_bytes_uncompressed(uint64_t(
+        m.job_a2a_bytes_uncompressed > 0 ? m.job_a2a_bytes_uncompressed : m.job_a2a_bytes));
   }
   sm.set_time_unix_ms(NowMs());
   std::lock_guard<std::mutex> l(mu_);

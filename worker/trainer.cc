@@ -182,6 +182,16 @@ StepMetrics Trainer::TrainStep() {
                      /*finalize=*/micro + 1 == o.grad_accum);
     model_->add_moe_metrics(&m, o.grad_accum);
   }
+  // The job's all-to-all bytes: each rank sends what its own tokens route elsewhere, so rank 0's
+  // bytes are the job's only when routing is even.
+  m.job_a2a_bytes = m.a2a_bytes;
+  m.job_a2a_bytes_uncompressed = m.a2a_bytes_uncompressed;
+  if (config_.model.moe.num_experts > 0 && grid_ != nullptr && grid_->world().size() > 1) {
+    int64_t bytes[2] = {m.a2a_bytes, m.a2a_bytes_uncompressed};
+    grid_->world().all_reduce(bytes, 2, DType::kI64, comm::ReduceOp::kSum);
+    m.job_a2a_bytes = bytes[0];
+    m.job_a2a_bytes_uncompressed = bytes[1];
+  }
   ++step_;
   m.step = step_;
   m.loss = static_cast<float>(loss_sum / o.grad_accum);
@@ -261,8 +271,12 @@ Status Trainer::Run() {
         {{"step", step_},
          {"device", model_->describe()},
          {"threads", omp_get_max_threads()},
-         {"blas", {{"library", blas.library}, {"core", blas.core}, {"source", blas.source},
-                   {"chosen_by_library", blas.chosen_by_library}, {"below_cpu", blas.warning}}},
+         {"blas",
+          {{"library", blas.library},
+           {"core", blas.core},
+           {"source", blas.source},
+           {"chosen_by_library", blas.chosen_by_library},
+           {"below_cpu", blas.warning}}},
          {"cpu", blas.cpu},
          {"peak_gflops", model_->peak_flops() / 1e9}}}});
   float loss = 0;
@@ -281,13 +295,15 @@ Status Trainer::Run() {
     row["tflops"] = m.tflops;
     if (m.mfu > 0) row["mfu"] = m.mfu;
     if (!m.expert_load.empty())
-      row["moe"] = {{"aux_loss", m.moe_loss},      {"expert_load", m.expert_load},
-                    {"dropped", m.dropped_tokens}, {"a2a_bytes", m.a2a_bytes},
-                    {"a2a_ms", m.a2a_ms},          {"a2a_share", m.a2a_ms / m.ms}};
+      row["moe"] = {{"aux_loss", m.moe_loss},           {"expert_load", m.expert_load},
+                    {"dropped", m.dropped_tokens},      {"a2a_bytes", m.a2a_bytes},
+                    {"job_a2a_bytes", m.job_a2a_bytes}, {"a2a_ms", m.a2a_ms},
+                    {"a2a_share", m.a2a_ms / m.ms}};
     if (m.lsh_rows > 0 || m.lsh_centroids > 0)
       row["moe"]["lsh"] = {
           {"compression_ratio", m.lsh_centroids > 0 ? double(m.lsh_rows) / m.lsh_centroids : 1.0},
           {"a2a_bytes_uncompressed", m.a2a_bytes_uncompressed},
+          {"job_a2a_bytes_uncompressed", m.job_a2a_bytes_uncompressed},
           {"mean_residual_norm", m.lsh_rows > 0 ? m.lsh_residual / double(m.lsh_rows) : 0.0},
           {"relative_residual", m.lsh_token_norm > 0 ? m.lsh_residual / m.lsh_token_norm : 0.0}};
     Log(row);
@@ -296,10 +312,10 @@ Status Trainer::Run() {
                   m.step, o.steps, m.loss, m.lr, m.grad_norm, m.tokens_per_s, m.ms);
       if (!m.expert_load.empty())
         std::printf(" | moe aux %.4f, a2a %.0f%%", m.moe_loss, 100.0 * m.a2a_ms / m.ms);
-      // LSH: this rank's all-to-all bytes against the plain all-to-all's (100% in the warm-up).
-      if (m.a2a_bytes_uncompressed > 0)
+      // LSH: the job's all-to-all bytes against the plain all-to-all's (100% in the warm-up).
+      if (m.job_a2a_bytes_uncompressed > 0)
         std::printf(" (LSH: %.0f%% of the bytes)",
-                    100.0 * double(m.a2a_bytes) / double(m.a2a_bytes_uncompressed));
+                    100.0 * double(m.job_a2a_bytes) / double(m.job_a2a_bytes_uncompressed));
       if (m.mfu > 0) std::printf(" | %.1f GFLOP/s, MFU %.1f%%", m.tflops * 1e3, 100.0 * m.mfu);
       std::printf("\n");
     }

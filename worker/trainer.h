@@ -64,6 +64,10 @@ struct StepMetrics {
   int64_t a2a_bytes_uncompressed = 0;           // what the plain all-to-all would have sent
   int64_t lsh_rows = 0, lsh_centroids = 0;      // token rows, and the centroid rows sent instead
   double lsh_residual = 0, lsh_token_norm = 0;  // Σ‖x − c‖, Σ‖x‖ over those token rows
+  // The same two byte counts summed over every rank of the job (one all-reduce a step, MoE
+  // models only): what the dashboard and the progress line report. Uncompressed is 0 when no
+  // layer of any rank compresses (then the plain all-to-all sent job_a2a_bytes).
+  int64_t job_a2a_bytes = 0, job_a2a_bytes_uncompressed = 0;
 };
 
 class Trainer {

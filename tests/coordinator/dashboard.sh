@@ -127,6 +127,8 @@ case "$SCENARIO" in
     MPID=""
     /usr/bin/python3 "$HERE/metrics_check.py" final "$URL" "$GROVE" "$JOB" "$MOE_JOB" ||
       fail "/metrics after the jobs ended"
+    /usr/bin/python3 "$HERE/metrics_check.py" a2a "$URL" "$GROVE" "$JOB" "$T/out/metrics.jsonl" ||
+      fail "the job's all-to-all bytes"
     ;;
   *)
     fail "unknown scenario"

@@ -303,8 +303,13 @@ TEST(Dashboard, ShowsTheMoEFiguresTheWorkerLinkTakesFromTheTrainer) {
     m.loss = 2.0f;
     if (s > 1) {  // step 1 as a dense model reports it: no MoE figures
       m.expert_load = {{5, 6, 7, 8 + s}, {1, 2, 3, 4}};
-      m.a2a_bytes = 100 * s;
-      if (s == 3) m.a2a_bytes_uncompressed = 1000;  // step 2: no layer compressed
+      // The job's bytes (all ranks) are reported, not this rank's own.
+      m.a2a_bytes = 40 * s;
+      m.job_a2a_bytes = 100 * s;
+      if (s == 3) {  // step 2: no layer compressed
+        m.a2a_bytes_uncompressed = 400;
+        m.job_a2a_bytes_uncompressed = 1000;
+      }
     }
     // MFU: step 1 without a known peak (0), step 2 above 1 (a peak measured under more
     // contention), neither sent; step 3 sent.

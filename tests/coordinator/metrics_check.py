@@ -3,6 +3,7 @@
 
   metrics_check.py running URL GROVE JOB   # JOB is RUNNING: parse, compare within the race window
   metrics_check.py final URL GROVE JOB...  # the jobs are terminal: every value matches exactly
+  metrics_check.py a2a URL GROVE JOB METRICS_JSONL  # the job's all-to-all bytes: all its ranks'
 
 /metrics is parsed with prometheus_client's text-format parser (Debian python3-prometheus-client).
 The token comes from GROVE_TOKEN_FILE. Loopback only; every request has a timeout.
@@ -113,9 +114,39 @@ def check_exact(samples, d):
         check(ok, f"{jid} {metric} {got} == GetJob {field} {want}")
 
 
+def check_job_a2a(samples, d, metrics_path):
+    """The coordinator's all-to-all bytes of a finished multi-rank MoE job are the job's (the sum
+    over its ranks that the trainer logs as moe.job_a2a_bytes), not rank 0's own (moe.a2a_bytes)."""
+    jid = d["id"]
+    step = int(d.get("last_step", 0))
+    rows = {}
+    with open(metrics_path) as f:
+        for line in f:
+            r = json.loads(line)
+            if "moe" in r:
+                rows[r["step"]] = r["moe"]
+    check(step in rows, f"{jid} metrics.jsonl has the coordinator's last step {step}")
+    if step not in rows:
+        return
+    moe = rows[step]
+    sent, raw = int(d["last_a2a_bytes_sent"]), int(d["last_a2a_bytes_uncompressed"])
+    job_sent = moe["job_a2a_bytes"]
+    job_raw = moe["lsh"]["job_a2a_bytes_uncompressed"]
+    check(sent == job_sent and raw == job_raw and job_sent > moe["a2a_bytes"] > 0,
+          f"{jid} step {step}: coordinator {sent} of {raw} bytes; the job's {job_sent} of "
+          f"{job_raw}, rank 0's own {moe['a2a_bytes']}")
+    check(value(samples, "grove_job_a2a_bytes_sent", **job_labels(d)) == sent,
+          f"{jid} /metrics all-to-all bytes are the job's")
+
+
 def main():
     mode, url, grove, jobs = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
     assert re.fullmatch(r"http://127\.0\.0\.1:\d+", url), "loopback only"
+    if mode == "a2a":
+        samples, _ = scrape(url)
+        check_job_a2a(samples, job_status(grove, jobs[0]), jobs[1])
+        print(f"{'FAILED' if FAILURES else 'PASS'}: metrics_check {mode} ({len(FAILURES)} failures)")
+        sys.exit(1 if FAILURES else 0)
 
     status, _, body = get(url + "/metrics")
     check(status == 401 and "grove_job" not in body, f"/metrics without the token is 401 ({status})")
