@@ -19,6 +19,11 @@
 // benchmark with passive unless the user set it, and the peers inherit it (config
 // "omp_wait_policy" says which).
 //
+// --rounds R (default 1): the whole measurement (both PyTorch peers, then every Grove line) runs R
+// times in turn, so that a slow minute of a shared machine lands on both sides of one round rather
+// than on one side of the comparison; each line carries its "round", and after the last round one
+// "train_step_rounds" line per Grove configuration gives each round's ratio and their median.
+//
 // --attention mha mla (default: mha): Grove's model with multi-head latent attention (its MLA
 // dimensions at their defaults for this width, docs/model.md) is timed after the MHA model of the
 // same precision and recompute mode, and that MHA line of the same run is its peer (the PyTorch
@@ -30,6 +35,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -138,7 +144,7 @@ int main(int argc, char** argv) {
   c.n_layers = 4;
   c.n_heads = 8;
   c.max_seq_len = 256;
-  int b = 8, s = 256, warmup = 2, steps = 7;
+  int b = 8, s = 256, warmup = 2, steps = 7, rounds = 1;
   int threads = omp_get_max_threads();
   std::string python = GROVE_BENCH_PYTHON, script = GROVE_BENCH_TORCH_SCRIPT,
               fast_script = GROVE_BENCH_TORCH_FAST_SCRIPT;
@@ -154,6 +160,8 @@ int main(int argc, char** argv) {
   app.add_option("--seq", s);
   app.add_option("--warmup", warmup);
   app.add_option("--steps", steps);
+  app.add_option("--rounds", rounds, "times the whole comparison runs, peers and Grove in turn")
+      ->check(CLI::PositiveNumber);
   app.add_option("--threads", threads);
   app.add_option("--recompute", modes, "recompute modes to time");
   app.add_option("--precision", precisions, "Grove precisions to time (fp32, bf16)");
@@ -192,15 +200,6 @@ int main(int argc, char** argv) {
                        {"omp_wait_policy", env_or("OMP_WAIT_POLICY", "unset")}};
   const double tokens = double(b) * s;
   grove::cpu::SgemmProbe sgemm(2048, 2048, 2048);
-  json torch = no_torch ? json() : run_torch(python, script, c, b, s, threads, warmup, steps);
-  json torch_fast =
-      no_torch ? json() : run_torch(python, fast_script, c, b, s, threads, warmup, steps);
-  // The faster peer is the one the ratio is taken against.
-  const json* best = nullptr;
-  for (const json* p : {&torch, &torch_fast})
-    if (!p->is_null() && (best == nullptr || (*p)["tokens_per_s"].get<double>() >
-                                                 (*best)["tokens_per_s"].get<double>()))
-      best = p;
   auto peer_json = [&](const json& p, const char* name) {
     return json({{"name", name},
                  {"tokens_per_s", p["tokens_per_s"]},
@@ -212,103 +211,150 @@ int main(int argc, char** argv) {
                  {"torch", p["torch"]}});
   };
 
-  for (const std::string& precision : precisions) {
-    if (precision != "fp32" && precision != "bf16") {
-      std::fprintf(stderr, "--precision must be fp32 or bf16 (got '%s')\n", precision.c_str());
-      return 2;
-    }
-    const bool bf16 = precision == "bf16";
-    if (bf16 && !grove::cpu::bf16_gemm_supported()) {
-      std::fprintf(stderr, "bench_train_step: bf16 skipped: this CPU has no bf16 GEMMs (%s)\n",
-                   grove::cpu::bf16_gemm_describe().c_str());
-      continue;
-    }
-    for (const std::string& m : modes) {
-      auto mode = grove::parse_recompute(m);
-      if (!mode.ok()) {
-        std::fprintf(stderr, "%s\n", mode.status().message().c_str());
+  // Per Grove configuration (the config's dump), its tokens/s lines and GFLOP/s lines of every
+  // round.
+  std::map<std::string, std::vector<std::pair<json, json>>> by_config;
+  for (int round = 0; round < rounds; ++round) {
+    json torch = no_torch ? json() : run_torch(python, script, c, b, s, threads, warmup, steps);
+    json torch_fast =
+        no_torch ? json() : run_torch(python, fast_script, c, b, s, threads, warmup, steps);
+    // The faster peer is the one the ratio is taken against.
+    const json* best = nullptr;
+    for (const json* p : {&torch, &torch_fast})
+      if (!p->is_null() && (best == nullptr || (*p)["tokens_per_s"].get<double>() >
+                                                   (*best)["tokens_per_s"].get<double>()))
+        best = p;
+    for (const std::string& precision : precisions) {
+      if (precision != "fp32" && precision != "bf16") {
+        std::fprintf(stderr, "--precision must be fp32 or bf16 (got '%s')\n", precision.c_str());
         return 2;
       }
-      json mha_line;  // this precision and mode's MHA line: the MLA line's peer
-      for (grove::Attention attention : attention_kinds) {
-        grove::ModelConfig mc = c;
-        mc.attention = attention;
-        if (grove::Status st = mc.Validate(); !st.ok()) {
-          std::fprintf(stderr, "bench_train_step: %s\n", st.message().c_str());
+      const bool bf16 = precision == "bf16";
+      if (bf16 && !grove::cpu::bf16_gemm_supported()) {
+        std::fprintf(stderr, "bench_train_step: bf16 skipped: this CPU has no bf16 GEMMs (%s)\n",
+                     grove::cpu::bf16_gemm_describe().c_str());
+        continue;
+      }
+      for (const std::string& m : modes) {
+        auto mode = grove::parse_recompute(m);
+        if (!mode.ok()) {
+          std::fprintf(stderr, "%s\n", mode.status().message().c_str());
           return 2;
         }
-        const bool mla = attention == grove::Attention::kMla;
-        const Timing g =
-            bf16 ? time_grove<grove::CpuBf16Backend>(mc, b, s, mode.value(), warmup, steps, sgemm)
-                 : time_grove<grove::CpuBackend>(mc, b, s, mode.value(), warmup, steps, sgemm);
-        const double tok_s = tokens / (g.ms_per_step / 1e3);
-        json cfg = config;
-        cfg["recompute"] = m;
-        cfg["precision"] = precision;
-        cfg["attention"] = grove::attention_name(attention);
-        cfg["parameters"] = mc.num_parameters();
-        if (mla)
-          cfg["mla"] = {{"q_lora_rank", mc.mla.q_lora_rank},
-                        {"kv_lora_rank", mc.mla_kv_rank()},
-                        {"qk_nope_head_dim", mc.mla_nope_dim()},
-                        {"qk_rope_head_dim", mc.mla_rope_dim()},
-                        {"v_head_dim", mc.mla_v_dim()}};
-        cfg["gemm"] = bf16
-                          ? grove::cpu::bf16_gemm_describe() + " (bf16 operands, fp32 accumulation)"
-                          : "openblas sgemm (" + blas.core + ")";
-        cfg["loss"] = g.loss;
-        json line = {{"name", "train_step_tokens_per_s"},
-                     {"config", cfg},
-                     {"value", tok_s},
-                     {"unit", "tokens/s"},
-                     {"ms_per_step", g.ms_per_step},
-                     {"min_ms", g.min_ms},
-                     {"max_ms", g.max_ms},
-                     {"step_ms", g.step_ms}};
-        if (mla) {
-          if (!mha_line.is_null()) {
-            line["peer"] = "grove-mha (same run, " + precision + ", " + m + ")";
-            line["peer_value"] = mha_line["value"];
-            line["peer_ms_per_step"] = mha_line["ms_per_step"];
-            line["peer_min_ms"] = mha_line["min_ms"];
-            line["peer_max_ms"] = mha_line["max_ms"];
-            line["peer_parameters"] = mha_line["config"]["parameters"];
-            line["ratio"] = tok_s / mha_line["value"].get<double>();
+        json mha_line;  // this precision and mode's MHA line: the MLA line's peer
+        for (grove::Attention attention : attention_kinds) {
+          grove::ModelConfig mc = c;
+          mc.attention = attention;
+          if (grove::Status st = mc.Validate(); !st.ok()) {
+            std::fprintf(stderr, "bench_train_step: %s\n", st.message().c_str());
+            return 2;
           }
-        } else if (best != nullptr) {
-          json peers = json::array();
-          if (!torch.is_null()) peers.push_back(peer_json(torch, "pytorch-seq-first"));
-          if (!torch_fast.is_null())
-            peers.push_back(peer_json(torch_fast, "pytorch-batch-first-fused"));
-          line["peers"] = peers;
-          line["peer"] =
-              std::string(best == &torch ? "pytorch-seq-first" : "pytorch-batch-first-fused") +
-              "-" + (*best)["torch"].get<std::string>() + "-cpu";
-          line["peer_value"] = (*best)["tokens_per_s"];
-          line["peer_threads"] = (*best)["threads"];
-          line["ratio"] = tok_s / (*best)["tokens_per_s"].get<double>();
+          const bool mla = attention == grove::Attention::kMla;
+          const Timing g =
+              bf16 ? time_grove<grove::CpuBf16Backend>(mc, b, s, mode.value(), warmup, steps, sgemm)
+                   : time_grove<grove::CpuBackend>(mc, b, s, mode.value(), warmup, steps, sgemm);
+          const double tok_s = tokens / (g.ms_per_step / 1e3);
+          json cfg = config;
+          cfg["recompute"] = m;
+          cfg["precision"] = precision;
+          cfg["attention"] = grove::attention_name(attention);
+          cfg["parameters"] = mc.num_parameters();
+          if (mla)
+            cfg["mla"] = {{"q_lora_rank", mc.mla.q_lora_rank},
+                          {"kv_lora_rank", mc.mla_kv_rank()},
+                          {"qk_nope_head_dim", mc.mla_nope_dim()},
+                          {"qk_rope_head_dim", mc.mla_rope_dim()},
+                          {"v_head_dim", mc.mla_v_dim()}};
+          cfg["gemm"] =
+              bf16 ? grove::cpu::bf16_gemm_describe() + " (bf16 operands, fp32 accumulation)"
+                   : "openblas sgemm (" + blas.core + ")";
+          cfg["loss"] = g.loss;
+          json line = {{"name", "train_step_tokens_per_s"},
+                       {"config", cfg},
+                       {"value", tok_s},
+                       {"unit", "tokens/s"},
+                       {"ms_per_step", g.ms_per_step},
+                       {"min_ms", g.min_ms},
+                       {"max_ms", g.max_ms},
+                       {"step_ms", g.step_ms}};
+          if (rounds > 1) line["round"] = round;
+          if (mla) {
+            if (!mha_line.is_null()) {
+              line["peer"] = "grove-mha (same run, " + precision + ", " + m + ")";
+              line["peer_value"] = mha_line["value"];
+              line["peer_ms_per_step"] = mha_line["ms_per_step"];
+              line["peer_min_ms"] = mha_line["min_ms"];
+              line["peer_max_ms"] = mha_line["max_ms"];
+              line["peer_parameters"] = mha_line["config"]["parameters"];
+              line["ratio"] = tok_s / mha_line["value"].get<double>();
+            }
+          } else if (best != nullptr) {
+            json peers = json::array();
+            if (!torch.is_null()) peers.push_back(peer_json(torch, "pytorch-seq-first"));
+            if (!torch_fast.is_null())
+              peers.push_back(peer_json(torch_fast, "pytorch-batch-first-fused"));
+            line["peers"] = peers;
+            line["peer"] =
+                std::string(best == &torch ? "pytorch-seq-first" : "pytorch-batch-first-fused") +
+                "-" + (*best)["torch"].get<std::string>() + "-cpu";
+            line["peer_value"] = (*best)["tokens_per_s"];
+            line["peer_threads"] = (*best)["threads"];
+            line["ratio"] = tok_s / (*best)["tokens_per_s"].get<double>();
+          }
+          if (!mla) mha_line = line;
+          std::printf("%s\n", line.dump().c_str());
+          const double gflops = mc.training_flops(b, s) / (g.ms_per_step / 1e3) / 1e9;
+          const double peak = Median(g.sgemm_gflops);
+          json gline =
+              json({{"name", "train_step_gflops"},
+                    {"config", cfg},
+                    {"value", gflops},
+                    {"unit", "GFLOP/s"},
+                    {"peer", "openblas-sgemm-2048^3 (" + blas.core + ")"},
+                    {"peer_value", peak},
+                    {"peer_min", *std::min_element(g.sgemm_gflops.begin(), g.sgemm_gflops.end())},
+                    {"peer_max", *std::max_element(g.sgemm_gflops.begin(), g.sgemm_gflops.end())},
+                    {"peer_samples", g.sgemm_gflops},
+                    {"ratio", gflops / peak}});
+          if (rounds > 1) gline["round"] = round;
+          std::printf("%s\n", gline.dump().c_str());
+          std::fflush(stdout);
+          json key = cfg;
+          key.erase("loss");  // the same configuration in every round, whatever its last loss
+          by_config[key.dump()].emplace_back(line, gline);
         }
-        if (!mla) mha_line = line;
-        std::printf("%s\n", line.dump().c_str());
-        const double gflops = mc.training_flops(b, s) / (g.ms_per_step / 1e3) / 1e9;
-        const double peak = Median(g.sgemm_gflops);
-        std::printf(
-            "%s\n",
-            json({{"name", "train_step_gflops"},
-                  {"config", cfg},
-                  {"value", gflops},
-                  {"unit", "GFLOP/s"},
-                  {"peer", "openblas-sgemm-2048^3 (" + blas.core + ")"},
-                  {"peer_value", peak},
-                  {"peer_min", *std::min_element(g.sgemm_gflops.begin(), g.sgemm_gflops.end())},
-                  {"peer_max", *std::max_element(g.sgemm_gflops.begin(), g.sgemm_gflops.end())},
-                  {"peer_samples", g.sgemm_gflops},
-                  {"ratio", gflops / peak}})
-                .dump()
-                .c_str());
-        std::fflush(stdout);
       }
     }
+  }
+  if (rounds == 1) return 0;
+  // One line per Grove configuration: each round's figures and the medians over rounds.
+  for (const auto& [cfg_dump, lines] : by_config) {
+    std::vector<double> values, peer_values, ratios, gflops_ratios;
+    for (const auto& [line, gline] : lines) {
+      values.push_back(line["value"].get<double>());
+      if (line.contains("ratio")) {
+        peer_values.push_back(line["peer_value"].get<double>());
+        ratios.push_back(line["ratio"].get<double>());
+      }
+      gflops_ratios.push_back(gline["ratio"].get<double>());
+    }
+    const json& last = lines.back().first;
+    json summary = {{"name", "train_step_rounds"},
+                    {"config", json::parse(cfg_dump)},
+                    {"rounds", rounds},
+                    {"value", Median(values)},
+                    {"unit", "tokens/s"},
+                    {"round_values", values},
+                    {"gflops_ratio", Median(gflops_ratios)},
+                    {"round_gflops_ratios", gflops_ratios}};
+    if (!ratios.empty()) {
+      summary["peer"] = last["peer"];
+      summary["peer_value"] = Median(peer_values);
+      summary["round_peer_values"] = peer_values;
+      summary["ratio"] = Median(ratios);
+      summary["round_ratios"] = ratios;
+    }
+    std::printf("%s\n", summary.dump().c_str());
   }
   return 0;
 }

@@ -9,8 +9,9 @@
 
 namespace grove::cpu {
 
-void adamw_update(float* param, const float* grad, float* m, float* v, int64_t n, float lr,
-                  float beta1, float beta2, float eps, float weight_decay, int step) {
+GROVE_CPU_CLONES void adamw_update(float* param, const float* grad, float* m, float* v, int64_t n,
+                                   float lr, float beta1, float beta2, float eps,
+                                   float weight_decay, int step) {
   // Bias corrections in double: 1 - beta2^t is tiny for small t and beta2 close to 1.
   const float bc1 = static_cast<float>(1.0 - std::pow(static_cast<double>(beta1), step));
   const float bc2 = static_cast<float>(1.0 - std::pow(static_cast<double>(beta2), step));

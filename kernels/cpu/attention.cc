@@ -54,8 +54,8 @@ void check_shape(const AttentionShape& s) {
 }  // namespace
 
 template <typename T>
-void attention_forward(T* out, T* lse, T* probs, const T* q, const T* k, const T* v,
-                       const AttentionShape& shape) {
+GROVE_CPU_CLONES void attention_forward(T* out, T* lse, T* probs, const T* q, const T* k,
+                                        const T* v, const AttentionShape& shape) {
   check_shape(shape);
   const AttentionShape& s = shape;
   const int G = s.NH / s.NKV;
@@ -122,8 +122,9 @@ void attention_forward(T* out, T* lse, T* probs, const T* q, const T* k, const T
 }
 
 template <typename T>
-void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T* k, const T* v,
-                        const T* out, const T* lse, const T* probs, const AttentionShape& shape) {
+GROVE_CPU_CLONES void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T* k,
+                                         const T* v, const T* out, const T* lse, const T* probs,
+                                         const AttentionShape& shape) {
   check_shape(shape);
   const AttentionShape& s = shape;
   const int G = s.NH / s.NKV;

@@ -12,8 +12,8 @@
 namespace grove::cpu {
 
 template <typename T>
-void cross_entropy_forward(T* losses, T* lse, const T* logits, const int32_t* targets, int N,
-                           int V) {
+GROVE_CPU_CLONES void cross_entropy_forward(T* losses, T* lse, const T* logits,
+                                            const int32_t* targets, int N, int V) {
 #pragma omp parallel for schedule(static) if (int64_t{N} * V >= detail::kMinParallelWork)
   for (int n = 0; n < N; ++n) {
     const T* row = logits + static_cast<int64_t>(n) * V;
@@ -28,8 +28,8 @@ void cross_entropy_forward(T* losses, T* lse, const T* logits, const int32_t* ta
 }
 
 template <typename T>
-void cross_entropy_backward(T* dlogits, const T* logits, const T* lse, const int32_t* targets,
-                            const T* dloss, int N, int V) {
+GROVE_CPU_CLONES void cross_entropy_backward(T* dlogits, const T* logits, const T* lse,
+                                             const int32_t* targets, const T* dloss, int N, int V) {
 #pragma omp parallel for schedule(static) if (int64_t{N} * V >= detail::kMinParallelWork)
   for (int n = 0; n < N; ++n) {
     const T* row = logits + static_cast<int64_t>(n) * V;

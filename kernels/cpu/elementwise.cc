@@ -11,13 +11,13 @@
 namespace grove::cpu {
 
 template <typename T>
-void add_inplace(T* y, const T* x, int64_t n) {
+GROVE_CPU_CLONES void add_inplace(T* y, const T* x, int64_t n) {
 #pragma omp parallel for simd schedule(static) if (n >= detail::kMinParallelWork)
   for (int64_t i = 0; i < n; ++i) y[i] += x[i];
 }
 
 template <typename T>
-void scale_inplace(T* y, T alpha, int64_t n) {
+GROVE_CPU_CLONES void scale_inplace(T* y, T alpha, int64_t n) {
 #pragma omp parallel for simd schedule(static) if (n >= detail::kMinParallelWork)
   for (int64_t i = 0; i < n; ++i) y[i] *= alpha;
 }
@@ -26,7 +26,7 @@ void scale_inplace(T* y, T alpha, int64_t n) {
 // block sums are added in order (an OpenMP reduction combines thread partials in completion order,
 // which would make the gradient norm, hence clipping and a resumed run, differ in the last bit).
 template <typename T>
-double sum_squares(const T* x, int64_t n) {
+GROVE_CPU_CLONES double sum_squares(const T* x, int64_t n) {
   constexpr int64_t kBlock = 1 << 15;
   const int64_t blocks = (n + kBlock - 1) / kBlock;
   std::vector<double> partial(static_cast<size_t>(blocks));

@@ -14,7 +14,8 @@
 namespace grove::cpu {
 
 template <typename T>
-void embedding_forward(T* out, const int32_t* tokens, const T* table, int N, int C) {
+GROVE_CPU_CLONES void embedding_forward(T* out, const int32_t* tokens, const T* table, int N,
+                                        int C) {
 #pragma omp parallel for schedule(static) if (int64_t{N} * C >= detail::kMinParallelWork)
   for (int n = 0; n < N; ++n) {
     const T* row = table + static_cast<int64_t>(tokens[n]) * C;
@@ -23,7 +24,8 @@ void embedding_forward(T* out, const int32_t* tokens, const T* table, int N, int
 }
 
 template <typename T>
-void embedding_backward(T* dtable, const T* dout, const int32_t* tokens, int N, int C) {
+GROVE_CPU_CLONES void embedding_backward(T* dtable, const T* dout, const int32_t* tokens, int N,
+                                         int C) {
 #pragma omp parallel if (int64_t{N} * C >= detail::kMinParallelWork)
   {
     const int nt = omp_get_num_threads(), t = omp_get_thread_num();

@@ -13,7 +13,8 @@
 namespace grove::cpu {
 
 template <typename T>
-void rmsnorm_forward(T* out, T* rstd, const T* inp, const T* weight, int N, int C, float eps) {
+GROVE_CPU_CLONES void rmsnorm_forward(T* out, T* rstd, const T* inp, const T* weight, int N, int C,
+                                      float eps) {
 #pragma omp parallel for schedule(static) if (int64_t{N} * C >= detail::kMinParallelWork)
   for (int n = 0; n < N; ++n) {
     const T* x = inp + static_cast<int64_t>(n) * C;
@@ -29,8 +30,8 @@ void rmsnorm_forward(T* out, T* rstd, const T* inp, const T* weight, int N, int 
 }
 
 template <typename T>
-void rmsnorm_backward(T* dinp, T* dweight, const T* dout, const T* inp, const T* weight,
-                      const T* rstd, int N, int C) {
+GROVE_CPU_CLONES void rmsnorm_backward(T* dinp, T* dweight, const T* dout, const T* inp,
+                                       const T* weight, const T* rstd, int N, int C) {
 #pragma omp parallel if (int64_t{N} * C >= detail::kMinParallelWork)
   {
 #pragma omp for schedule(static)

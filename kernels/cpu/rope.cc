@@ -29,8 +29,8 @@ namespace {
 
 // sign = +1: forward rotation; sign = -1: inverse (transpose).
 template <typename T>
-void rope_apply(T* x, const float* cos_table, const float* sin_table, int S, int B, int NHx, int HD,
-                int pos0, T sign) {
+GROVE_CPU_CLONES void rope_apply(T* x, const float* cos_table, const float* sin_table, int S, int B,
+                                 int NHx, int HD, int pos0, T sign) {
   const int half = HD / 2;
   const int64_t rows = static_cast<int64_t>(S) * B * NHx;
 #pragma omp parallel for schedule(static) if (rows * HD >= detail::kMinParallelWork)

@@ -10,7 +10,7 @@
 namespace grove::cpu {
 
 template <typename T>
-void swiglu_forward(T* out, const T* gate, const T* up, int64_t n) {
+GROVE_CPU_CLONES void swiglu_forward(T* out, const T* gate, const T* up, int64_t n) {
 #pragma omp parallel for simd schedule(static) if (n >= detail::kMinParallelWork)
   for (int64_t i = 0; i < n; ++i) {
     const T g = gate[i];
@@ -20,7 +20,8 @@ void swiglu_forward(T* out, const T* gate, const T* up, int64_t n) {
 }
 
 template <typename T>
-void swiglu_backward(T* dgate, T* dup, const T* dout, const T* gate, const T* up, int64_t n) {
+GROVE_CPU_CLONES void swiglu_backward(T* dgate, T* dup, const T* dout, const T* gate, const T* up,
+                                      int64_t n) {
 #pragma omp parallel for simd schedule(static) if (n >= detail::kMinParallelWork)
   for (int64_t i = 0; i < n; ++i) {
     const T g = gate[i];
