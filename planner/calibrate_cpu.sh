@@ -5,8 +5,8 @@
 # share; bench_attention: the attention kernels; comm_bench
 # under mpirun -np 2 and 4: the MPI collectives), one single-rank training run of
 # configs/demo.json (its median step fixes the bandwidth of the memory-bound passes), one 2-rank
-# run (its all-to-all time per call is the latency of a collective inside a step), and fits them
-# with `grove calibrate`.
+# tp2 run (the latency of a blocking collective inside a step is solved so that the model predicts
+# that step), and fits them with `grove calibrate`.
 #
 # Usage: planner/calibrate_cpu.sh BUILD_DIR OUT_JSON [WORK_DIR]
 # Needs the targets grove, grove-worker, bench_sgemm, bench_attention, comm_bench.
@@ -51,27 +51,52 @@ for np in 2 4; do
   mpirun --allow-run-as-root --oversubscribe --mca btl self,vader -x OMP_NUM_THREADS -np "$np" \
     "$build/bench/comm/comm_bench" --min-bytes 4096 --max-bytes 4194304 --rounds 3 >>"$bench"
 done
-echo "calibrate_cpu: one-rank step of configs/demo.json" >&2
-"$src/planner/measure_cpu_layouts.sh" "$build" "$work/steps" 12 np1-base >"$work/step.jsonl"
-step_ms=$(/usr/bin/python3 -c 'import json,sys; print(json.loads(open(sys.argv[1]).readline())["step_ms_median"])' "$work/step.jsonl")
-echo "calibrate_cpu: median step $step_ms ms" >&2
-# The latency a blocking collective sees inside a step: a 2-rank dp2 ep2 run's expert all-to-all
-# time per call (5 per MoE layer and micro-batch: counts, dispatch, combine, two backward; their
-# bytes take ~0.2 ms of the ~20 ms a call costs on the loaded machine and are not subtracted).
-echo "calibrate_cpu: in-step collective latency (2 ranks, dp2 ep2)" >&2
-"$src/planner/measure_cpu_layouts.sh" "$build" "$work/steps" 12 np2-dp2-ep2 >"$work/a2a.jsonl"
-latency_us=$(/usr/bin/python3 - "$work/a2a.jsonl" "$src/configs/demo.json" <<'EOF'
-import json, sys
-run = json.loads(open(sys.argv[1]).readline())
-cfg = json.load(open(sys.argv[2]))
-m, t = cfg["model"], cfg["train"]
-every = m["moe"].get("every", 1)
-moe_layers = sum(1 for l in range(m["n_layers"]) if (l + 1) % every == 0)
-calls = 5 * moe_layers * t.get("grad_accum", 1)
-print(round(run["a2a_ms_median"] / calls * 1000.0, 1))
+# The 1-rank step of configs/demo.json (its median fixes the bandwidth of the memory-bound passes)
+# and a 2-rank tp2 step without recompute (its tensor-parallel collectives fix the latency a
+# blocking collective sees inside a step), three interleaved rounds of the two, the median of each.
+for r in 1 2 3; do
+  echo "calibrate_cpu: steps, round $r of 3 (1 rank; 2 ranks tp2)" >&2
+  "$src/planner/measure_cpu_layouts.sh" "$build" "$work/steps" 12 np1-base np2-tp2-none \
+    >"$work/steps$r.jsonl"
+done
+read -r step_ms tp2_ms < <(/usr/bin/python3 - "$work" <<'EOF'
+import glob, json, statistics, sys
+runs = [json.loads(l) for f in sorted(glob.glob(sys.argv[1] + "/steps[123].jsonl")) for l in open(f)]
+med = lambda name: statistics.median(r["step_ms_median"] for r in runs if r["name"] == name)
+print(med("np1-base"), med("np2-tp2-none"))
+EOF
+)
+echo "calibrate_cpu: median step $step_ms ms (1 rank), $tp2_ms ms (2 ranks, tp2)" >&2
+calibrate() {  # calibrate OUT STEP_LATENCY_US
+  "$build/coordinator/grove" calibrate --bench "$bench" --config "$src/configs/demo.json" \
+    --set parallel.tp=1 --set parallel.ep=1 --step-ms "$step_ms" --out "$1" \
+    --cores "$cores" --name cpu-this-machine --step-latency-us "$2"
+}
+# The in-step latency sigma: the tp2 step is linear in it (the collectives are blocking, no
+# overlap on this machine), so two predictions (sigma 0 and 1 ms) give the line, and sigma is
+# where it meets the measured step. A step faster than the prediction at sigma 0 gives 0.
+calibrate "$work/cluster0.json" 0
+latency_us=$(/usr/bin/python3 - "$build/coordinator/grove" "$work" "$src/configs/demo.json" \
+    "$tp2_ms" <<'EOF'
+import json, subprocess, sys
+grove, work, model, measured_ms = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+base = json.load(open(work + "/cluster0.json"))
+def predict_ms(sync_us):
+    c = json.loads(json.dumps(base))
+    c["intra_node"]["sync_latency_us"] = sync_us
+    path = f"{work}/cluster-sync{sync_us}.json"
+    json.dump(c, open(path, "w"))
+    out = subprocess.run([grove, "--json", "plan", "--model", model, "--cluster", path,
+                          "--gpus", "2", "--tp", "2", "--cp", "1", "--ep", "1", "--dp", "1",
+                          "--recompute", "none", "--set", "model.moe.lsh.enabled=false",
+                          "--top", "1"], check=True, capture_output=True, text=True).stdout
+    return json.loads(out)["layouts"][0]["step_s"] * 1e3
+p0, p1 = predict_ms(0), predict_ms(1000)
+sync_us = max(0.0, (measured_ms - p0) / (p1 - p0) * 1000)
+print(round(sync_us + base["intra_node"]["latency_us"], 1))
+print(f"calibrate_cpu: tp2 predicted {p0:.1f} ms at sigma 0, {p1:.1f} ms at 1 ms; measured "
+      f"{measured_ms:.1f} ms: sigma {sync_us:.0f} us", file=sys.stderr)
 EOF
 )
 echo "calibrate_cpu: $latency_us us per in-step collective" >&2
-"$build/coordinator/grove" calibrate --bench "$bench" --config "$src/configs/demo.json" \
-  --set parallel.tp=1 --set parallel.ep=1 --step-ms "$step_ms" --out "$out" \
-  --cores "$cores" --name cpu-this-machine --step-latency-us "$latency_us"
+calibrate "$out" "$latency_us"

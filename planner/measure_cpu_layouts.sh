@@ -36,6 +36,7 @@ layouts=(
   "np4-tp2-cp2-ep2 4 2 2 2 1 selective false"
   "np4-dp4-ep4-lsh 4 1 1 4 4 selective true"
   "np4-tp4-full 4 4 1 1 1 full false"
+  "np4-tp4-ep4 4 4 1 4 1 selective false"
 )
 want=("$@")
 for l in "${layouts[@]}"; do
