@@ -200,7 +200,8 @@ TEST_F(TrainedMoe, DefaultSettingStaysWithinTheBound) {
     EXPECT_LE(e.e_stream, kMaxStreamError[l]);
     // The earlier default sends 5-20x fewer rows; its error is larger on every kernel measured
     // (by 1.08x to 3.7x: the trained states follow the BLAS kernel's rounding; 1.08x in block 0
-    // with OpenBLAS's Haswell kernel on an AMD Zen 5, 1.22x and more on the other kernels measured).
+    // with OpenBLAS's Haswell kernel on an AMD Zen 5, 1.22x and more on the other kernels
+    // measured).
     EXPECT_GT(d.e_out, 1.05 * e.e_out);
   }
 }

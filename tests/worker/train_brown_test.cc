@@ -69,13 +69,16 @@ TEST_F(TrainBrown, ValidationLossBeatsUnigramEntropy) {
 
 // train.precision=bf16 on the CPU (bf16 GEMM operands, fp32 masters) follows the fp32 loss curve:
 // the same run, same data and initialisation; the mean training loss over each window of 20 steps
-// and the final validation loss agree within kCurveBound nats (measured: 0.0078 worst window,
-// 0.003 validation; a larger run, d128 b16 120 steps, drifted to 0.076 on its plateau, so the
-// test keeps the small model).
+// agrees within kCurveBound nats and the final validation loss within kValBound. The fp32 curve
+// itself moves on the plateau (steps 61-80) with the BLAS kernel's rounding: on an AMD Zen 5,
+// fp32 7.2033 on OpenBLAS's SkylakeX kernel, 7.2328 on Cooperlake, 7.2300 on Haswell, against
+// bf16 7.2001-7.2051 (oneDNN on every run). Measured worst windows: 0.0037 (SkylakeX), 0.0277
+// (Cooperlake), 0.0299 (Haswell), 0.0078 on an Intel Xeon; validation 0.0003-0.0078. A larger run,
+// d128 b16 120 steps, drifted to 0.076 on its plateau, so the test keeps the small model.
 TEST_F(TrainBrown, Bf16LossCurveFollowsFp32) {
   if (!cpu::bf16_gemm_supported())
     GTEST_SKIP() << "this CPU has no bf16 GEMMs (" << cpu::bf16_gemm_describe() << ")";
-  constexpr double kCurveBound = 0.025;
+  constexpr double kCurveBound = 0.04, kValBound = 0.015;
   constexpr int kSteps = 100, kWindow = 20;
   std::vector<std::vector<float>> curves;
   std::vector<float> val;
@@ -109,7 +112,7 @@ TEST_F(TrainBrown, Bf16LossCurveFollowsFp32) {
   std::printf("val loss after %d steps: fp32 %.4f bf16 %.4f; worst window difference %.4f\n",
               kSteps, val[0], val[1], worst);
   EXPECT_LT(worst, kCurveBound);
-  EXPECT_NEAR(val[1], val[0], kCurveBound);
+  EXPECT_NEAR(val[1], val[0], kValBound);
   EXPECT_LT(curves[1].back(), curves[1].front() - 1.0);  // bf16 did learn
 }
 
