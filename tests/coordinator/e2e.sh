@@ -69,10 +69,14 @@ wait_until() {  # wait_until SECONDS DESCRIPTION COMMAND...
 is_state() { [ "$(state "$1")" = "$2" ]; }
 at_step() { [ "$(step "$1")" -ge "$2" ]; }
 
-write_config() {  # write_config STEPS CHECKPOINT_EVERY
+# write_config STEPS CHECKPOINT_EVERY [BATCH SEQ]: a tiny model (batch 2 x 32 by default: a step
+# takes 2-30 ms). The scenarios that act on a running job at a given step pass a larger batch, so
+# the job is still running when they act, however fast the machine.
+write_config() {
+  local batch=${3:-2} seq=${4:-32}
   cat > "$T/job.json" <<JSON
-{"model": {"vocab_size": 8192, "d_model": 32, "n_layers": 1, "n_heads": 2, "max_seq_len": 32},
- "train": {"batch_size": 2, "seq_len": 32, "steps": $1, "warmup_steps": 2, "eval_every": 0,
+{"model": {"vocab_size": 8192, "d_model": 32, "n_layers": 1, "n_heads": 2, "max_seq_len": $seq},
+ "train": {"batch_size": $batch, "seq_len": $seq, "steps": $1, "warmup_steps": 2, "eval_every": 0,
            "eval_batches": 2, "checkpoint_every": $2, "threads": 1},
  "data": {"dir": "$DATA"}, "out_dir": "$T/out"}
 JSON
@@ -170,7 +174,7 @@ case "$SCENARIO" in
     echo "cancelled at step $FINAL with checkpoint $(basename "$CKPT")"
     ;;
   restart)
-    write_config 400 100
+    write_config 400 100 8 128
     JOB=$(submit "$NP" --name restart-test)
     launch "$JOB" "$NP"
     wait_until 60 "step 10" at_step "$JOB" 10
@@ -194,7 +198,7 @@ case "$SCENARIO" in
   relaunch)
     # grove-launch re-runs the workers when a rank dies and the job has restarts left; they
     # resume from the last checkpoint and the job completes.
-    write_config 300 50
+    write_config 300 50 8 128
     JOB=$(submit "$NP" --max-restarts 1)
     GROVE_BUILD_DIR=$(dirname "$(dirname "$WORKER")") "$LAUNCH" -n "$NP" --job "$JOB" \
       --mpirun-arg --oversubscribe --mpirun-arg --mca --mpirun-arg btl --mpirun-arg self,vader \
