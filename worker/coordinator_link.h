@@ -91,6 +91,11 @@ class CoordinatorLink {
   // Records a finished step: the step count goes with every heartbeat, the metrics (rank 0
   // only) with the next one.
   void RecordStep(const StepMetrics& m);
+  // The step this attempt starts at (its checkpoint's, 0 for a fresh run): the step heartbeats
+  // and the exit report carry until a step is recorded. An attempt that resumes at train.steps
+  // (its rank was killed after the final checkpoint) trains nothing and reports that step, so
+  // the job succeeds instead of failing "at step 0".
+  void SetResumedStep(int64_t step) { last_step_.store(step); }
   // A checkpoint was saved: rank 0 reports it to the coordinator right away (and again with the
   // next heartbeat if that fails). A RunOptions::on_checkpoint hook.
   void RecordCheckpoint(int step, const std::string& path);

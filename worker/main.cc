@@ -189,6 +189,7 @@ int main(int argc, char** argv) {
     auto trainer = grove::Trainer::Create(config.value(), run, grid.get());
     if (!trainer.ok())
       return link ? finish(2, trainer.status().message()) : fail(rank, trainer.status().message());
+    if (link) link->SetResumedStep(trainer.value()->step());
     st = trainer.value()->Run();
     if (!st.ok()) return link ? finish(2, st.message()) : fail(rank, st.message());
     const std::string at = "at step " + std::to_string(trainer.value()->step());

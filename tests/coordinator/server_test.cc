@@ -253,6 +253,23 @@ TEST(Server, WatchStreamsHistoryThenLiveEventsUntilTerminal) {
   EXPECT_EQ(r2->Finish().error_code(), grpc::StatusCode::NOT_FOUND);
 }
 
+// An attempt that resumes at the job's last step (a rank killed after the final checkpoint)
+// trains nothing: its exit reports the resumed step, and the job succeeds.
+TEST(Link, AnAttemptResumedAtTheLastStepSucceeds) {
+  Fixture f;
+  v1::Job job = f.Submit(TinySpec(1));
+  CoordinatorLinkOptions lo;
+  lo.client = f.client;
+  lo.client.token = testing::WorkerToken(*f.manager, job.id());
+  lo.job_id = job.id();
+  auto link = CoordinatorLink::Register(lo);
+  ASSERT_TRUE(link.ok()) << link.status().message();
+  link.value()->SetResumedStep(job.total_steps());
+  auto state = link.value()->ReportExit(0, "finished at step " + std::to_string(job.total_steps()));
+  ASSERT_TRUE(state.ok()) << state.status().message();
+  EXPECT_EQ(state.value(), v1::SUCCEEDED);
+}
+
 TEST(Link, CancelBecomesStopAndCheckpointRequestsFireOnce) {
   ManagerOptions mo;
   mo.heartbeat_interval = milliseconds(50);
@@ -325,8 +342,7 @@ TEST(Link, RefusalsAreClear) {
   EXPECT_NE(bad.status().message().find("UNAUTHENTICATED"), std::string::npos);
 }
 
-
-// ---- Roles ----------------------------------------------------------------------------------------
+// ---- Roles --------------------------------------------------------------------------------------
 
 v1::RegisterWorkerRequest RegisterRequest(const std::string& job, int rank, int world) {
   v1::RegisterWorkerRequest r;
@@ -395,8 +411,7 @@ TEST(Roles, UserTokensCannotActAsWorkersAndCredentialsServeOnlyTheirJobAndAttemp
   denied(f.Call(&v1::Coordinator::Stub::RegisterWorker, RegisterRequest(b.id(), 0, 1), &rr, wa),
          "job a's credential registering for job b");
   const std::string forged = wa.substr(0, wa.size() - 4) + "0000";
-  denied(f.Call(&v1::Coordinator::Stub::RegisterWorker, RegisterRequest(a.id(), 0, 1), &rr,
-                forged),
+  denied(f.Call(&v1::Coordinator::Stub::RegisterWorker, RegisterRequest(a.id(), 0, 1), &rr, forged),
          "a forged credential");
   EXPECT_EQ(f.Get(a.id()).revision(), a.revision());
   EXPECT_EQ(f.Get(b.id()).revision(), b.revision());
@@ -443,7 +458,8 @@ TEST(Roles, UserTokensCannotActAsWorkersAndCredentialsServeOnlyTheirJobAndAttemp
   ck->set_path("/tmp/grove-coordinator-tests/run/../../../etc/passwd");
   invalid(bad, "checkpoints[0]");
   bad = good;
-  for (int i = 0; i < 17; ++i) bad.add_checkpoints()->set_path("/tmp/grove-coordinator-tests/run/x");
+  for (int i = 0; i < 17; ++i)
+    bad.add_checkpoints()->set_path("/tmp/grove-coordinator-tests/run/x");
   invalid(bad, "checkpoints: at most 16");
   bad = good;
   for (int i = 0; i < 257; ++i) bad.add_metrics()->set_step(1);
@@ -584,9 +600,7 @@ TEST(Server, MutualTlsNeedsTheClientCertificateAndBadFilesAreNamed) {
   grpc::Status with = list(tls);
   EXPECT_TRUE(with.ok()) << rpc::DescribeStatus(with);
   // Files that are not PEM, or half a client identity, are named before any connection.
-  {
-    std::ofstream(dir.file("junk.pem")) << "not a certificate\n";
-  }
+  { std::ofstream(dir.file("junk.pem")) << "not a certificate\n"; }
   rpc::ClientOptions bad = tls;
   bad.tls_ca_file = dir.file("junk.pem");
   auto ch = rpc::MakeChannel(bad);
@@ -601,7 +615,8 @@ TEST(Server, MutualTlsNeedsTheClientCertificateAndBadFilesAreNamed) {
   EXPECT_NE(ch.status().message().find("--tls-key"), std::string::npos);
 }
 
-// ---- Bounded work ---------------------------------------------------------------------------------
+// ---- Bounded work
+// ---------------------------------------------------------------------------------
 
 TEST(Server, ListJobsPagesAndLimitsAreEnforced) {
   Fixture f;
