@@ -182,16 +182,6 @@ StepMetrics Trainer::TrainStep() {
                      /*finalize=*/micro + 1 == o.grad_accum);
     model_->add_moe_metrics(&m, o.grad_accum);
   }
-  // The job's all-to-all bytes: each rank sends what its own tokens route elsewhere, so rank 0's
-  // bytes are the job's only when routing is even.
-  m.job_a2a_bytes = m.a2a_bytes;
-  m.job_a2a_bytes_uncompressed = m.a2a_bytes_uncompressed;
-  if (config_.model.moe.num_experts > 0 && grid_ != nullptr && grid_->world().size() > 1) {
-    int64_t bytes[2] = {m.a2a_bytes, m.a2a_bytes_uncompressed};
-    grid_->world().all_reduce(bytes, 2, DType::kI64, comm::ReduceOp::kSum);
-    m.job_a2a_bytes = bytes[0];
-    m.job_a2a_bytes_uncompressed = bytes[1];
-  }
   ++step_;
   m.step = step_;
   m.loss = static_cast<float>(loss_sum / o.grad_accum);
@@ -206,6 +196,17 @@ StepMetrics Trainer::TrainStep() {
   const double peak =
       model_->peak_flops() * double(config_.parallel.tp) * double(config_.parallel.cp);
   m.mfu = peak > 0 ? m.tflops * 1e12 / peak : 0.0;
+  // The job's all-to-all bytes (after the step's timing: reporting is not training): each rank
+  // sends what its own tokens route elsewhere, so rank 0's bytes are the job's only when routing
+  // is even. Every rank takes this branch alike (same config, same world).
+  m.job_a2a_bytes = m.a2a_bytes;
+  m.job_a2a_bytes_uncompressed = m.a2a_bytes_uncompressed;
+  if (config_.model.moe.num_experts > 0 && grid_ != nullptr && grid_->world().size() > 1) {
+    int64_t bytes[2] = {m.a2a_bytes, m.a2a_bytes_uncompressed};
+    grid_->world().all_reduce(bytes, 2, DType::kI64, comm::ReduceOp::kSum);
+    m.job_a2a_bytes = bytes[0];
+    m.job_a2a_bytes_uncompressed = bytes[1];
+  }
   return m;
 }
 
