@@ -37,6 +37,8 @@ layouts=(
   "np4-dp4-ep4-lsh 4 1 1 4 4 selective true"
   "np4-tp4-full 4 4 1 1 1 full false"
   "np4-tp4-ep4 4 4 1 4 1 selective false"
+  "np2-dp2-none 2 1 1 1 2 none false"
+  "np4-dp4-ep4-none 4 1 1 4 4 none false"
 )
 want=("$@")
 for l in "${layouts[@]}"; do

@@ -20,6 +20,7 @@
 #include "kernels/blas/blas_kernel.h"
 #include "parallel/grid.h"
 #include "worker/coordinator_link.h"
+#include "worker/host_allocator.h"
 #include "worker/stop_signals.h"
 #include "worker/trainer.h"
 
@@ -36,6 +37,8 @@ int fail(int rank, const std::string& message) {
 int main(int argc, char** argv) {
   // Before MPI, threads and any GEMM: may execute the program again on the right BLAS kernel.
   const grove::blas::BlasKernel& blas = grove::blas::SelectBlasKernel(argv);
+  // Before MPI and threads allocate: the step's large host buffers are reused, not re-faulted.
+  const grove::HostAllocatorPolicy allocator = grove::KeepFreedHostMemory();
   CLI::App app{"Grove worker: trains a decoder-only (MoE) transformer"};
   app.require_subcommand(1);
   CLI::App* train = app.add_subcommand("train", "train a model from a JSON config");
@@ -106,6 +109,8 @@ int main(int argc, char** argv) {
   grove::comm::MpiSession mpi(&argc, &argv);
   grove::StopSignals::Install(std::chrono::milliseconds(static_cast<int64_t>(stop_grace_s * 1000)));
   const int rank = mpi.world_rank();
+  if (!allocator.applied && rank == 0)
+    std::fprintf(stderr, "grove-worker: note: %s\n", allocator.reason.c_str());
   std::unique_ptr<grove::CoordinatorLink> link;
   // The grace hook uses `link`: it is removed (waiting for a running hook) before link goes.
   struct GraceHookOff {

@@ -55,6 +55,11 @@ while [ $# -gt 0 ]; do
 done
 WORKER="$BUILD/worker/grove-worker"
 [ -x "$WORKER" ] || { echo "no $WORKER (build the grove-worker target)" >&2; exit 2; }
+# The plots come after the runs: check for matplotlib before spending the hour on them.
+/usr/bin/python3 -c "import matplotlib" 2>/dev/null || {
+  echo "study.sh: /usr/bin/python3 has no matplotlib (apt-get install python3-matplotlib)" >&2
+  exit 2
+}
 mkdir -p "$OUT"
 
 # Every block MoE: 8 experts, top-k, each a SwiGLU of ffn 8/3·d rounded up to 64 (model.ffn_hidden's
