@@ -116,9 +116,9 @@ wait_launcher() {  # wait_launcher SECONDS -> LRC
   wait "$LPID" || LRC=$?
   LPID=""
 }
-no_orphans() {
-  if pgrep -f -- "--job $1( |$)" > /dev/null; then
-    ps -eo pid,args | grep -- "--job $1" | grep -v grep
+no_orphans() {  # this scenario's processes only: other tests (ctest -j) also run a job-000001
+  if pgrep -f -- "--coordinator $GROVE_COORDINATOR .*--job $1( |$)" > /dev/null; then
+    ps -eo pid,args | grep -- "--coordinator $GROVE_COORDINATOR .*--job $1" | grep -v grep
     fail "processes of $1 are left"
   fi
 }
