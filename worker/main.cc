@@ -16,11 +16,11 @@
 #include <string>
 #include <vector>
 
+#include "comm/host_allocator.h"
 #include "comm/mpi_communicator.h"
 #include "kernels/blas/blas_kernel.h"
 #include "parallel/grid.h"
 #include "worker/coordinator_link.h"
-#include "worker/host_allocator.h"
 #include "worker/stop_signals.h"
 #include "worker/trainer.h"
 
@@ -38,7 +38,7 @@ int main(int argc, char** argv) {
   // Before MPI, threads and any GEMM: may execute the program again on the right BLAS kernel.
   const grove::blas::BlasKernel& blas = grove::blas::SelectBlasKernel(argv);
   // Before MPI and threads allocate: the step's large host buffers are reused, not re-faulted.
-  const grove::HostAllocatorPolicy allocator = grove::KeepFreedHostMemory();
+  const grove::comm::HostAllocatorPolicy allocator = grove::comm::KeepFreedHostMemory();
   CLI::App app{"Grove worker: trains a decoder-only (MoE) transformer"};
   app.require_subcommand(1);
   CLI::App* train = app.add_subcommand("train", "train a model from a JSON config");

@@ -1,6 +1,6 @@
 // KeepFreedHostMemory: a large block freed by one step is reused by the next, not unmapped and
-// faulted in again (worker/host_allocator.h).
-#include "worker/host_allocator.h"
+// faulted in again (comm/host_allocator.h).
+#include "comm/host_allocator.h"
 
 #include <gtest/gtest.h>
 #include <malloc.h>
@@ -8,7 +8,7 @@
 #include <cstdlib>
 #include <cstring>
 
-namespace grove {
+namespace grove::comm {
 namespace {
 
 TEST(HostAllocator, KeepsTheEnvironmentsChoiceThenKeepsLargeFreedBlocksInTheHeap) {
@@ -37,4 +37,4 @@ TEST(HostAllocator, KeepsTheEnvironmentsChoiceThenKeepsLargeFreedBlocksInTheHeap
 }
 
 }  // namespace
-}  // namespace grove
+}  // namespace grove::comm

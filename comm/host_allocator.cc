@@ -1,4 +1,4 @@
-#include "worker/host_allocator.h"
+#include "comm/host_allocator.h"
 
 #include <malloc.h>
 
@@ -6,7 +6,7 @@
 #include <cstring>
 #include <limits>
 
-namespace grove {
+namespace grove::comm {
 
 HostAllocatorPolicy KeepFreedHostMemory() {
   const char* tunables = std::getenv("GLIBC_TUNABLES");
@@ -21,4 +21,4 @@ HostAllocatorPolicy KeepFreedHostMemory() {
   return {true, "blocks below 1 GiB from the heap, freed memory kept for reuse"};
 }
 
-}  // namespace grove
+}  // namespace grove::comm

@@ -1,8 +1,9 @@
-// The training process's policy for glibc malloc (docs/training.md#host-memory).
+// The host-memory policy of an MPI training process: glibc malloc's thresholds
+// (docs/training.md#host-memory). grove-worker and comm_bench set it first thing in main.
 //
 // A training step frees and allocates the same large host buffers again every step: OpenMPI's
-// non-blocking collectives (the data-parallel gradient sums) take a temporary buffer the size of
-// the message on every call, and Grove's own per-step scratch does the same. glibc serves a block
+// collectives (the data-parallel gradient sums among them) take a temporary buffer the size of
+// the message on every call (perf: page faults under ompi_datatype_sndrcv). glibc serves a block
 // above its mmap threshold (dynamic, at most 32 MiB) with a fresh mmap and returns it on free, and
 // trims the heap's top above its trim threshold, so every step page-faults those pages in again
 // and zeroes them in the kernel. On a 2-vCPU VM that cost a 2-rank dp2 step of configs/demo.json
@@ -18,7 +19,7 @@
 #include <cstddef>
 #include <string>
 
-namespace grove {
+namespace grove::comm {
 
 struct HostAllocatorPolicy {
   bool applied = false;  // false: the environment's choice was kept (or mallopt refused)
@@ -29,4 +30,4 @@ inline constexpr std::size_t kMmapThreshold = std::size_t(1) << 30;  // 1 GiB
 
 HostAllocatorPolicy KeepFreedHostMemory();
 
-}  // namespace grove
+}  // namespace grove::comm
