@@ -68,6 +68,8 @@ import glob, json, statistics, sys
 runs = [json.loads(l) for f in sorted(glob.glob(sys.argv[1] + "/steps[123].jsonl")) for l in open(f)]
 def fastest_round(name):
     rounds = [r["step_ms_median"] for r in runs if r["name"] == name]
+    if not rounds:
+        sys.exit(f"calibrate_cpu: {name} failed in every round (logs: {sys.argv[1]}/steps/{name}.log)")
     if max(rounds) > 1.2 * min(rounds):
         print(f"calibrate_cpu: warning: {name}'s rounds differ by more than 20% (medians "
               f"{', '.join(f'{x:.0f}' for x in rounds)} ms): something else took the cores; the "
@@ -76,6 +78,7 @@ def fastest_round(name):
 print(fastest_round("np1-base"), fastest_round("np2-tp2-none"))
 EOF
 )
+[[ -n ${step_ms:-} && -n ${tp2_ms:-} ]] || exit 1
 echo "calibrate_cpu: step $step_ms ms (1 rank), $tp2_ms ms (2 ranks, tp2): the fastest round's median" >&2
 calibrate() {  # calibrate OUT STEP_LATENCY_US
   "$build/coordinator/grove" calibrate --bench "$bench" --config "$src/configs/demo.json" \

@@ -22,6 +22,8 @@ args = sys.argv[1:]
 fixed_ratio = 0.0
 if "--lsh-ratio" in args:
     i = args.index("--lsh-ratio")
+    if i + 1 >= len(args):
+        sys.exit("compare_predictions.py: --lsh-ratio needs a value (the compression ratio, e.g. 8)")
     fixed_ratio = float(args[i + 1])
     del args[i:i + 2]
 if len(args) < 3:

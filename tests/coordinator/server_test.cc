@@ -47,6 +47,14 @@ struct Fixture {
     rpc::PrepareContext(&ctx, token, milliseconds(5000));
     return ((*stub).*method)(&ctx, req, resp);
   }
+  // A worker's link options for `job`: this server, the job's worker credential.
+  CoordinatorLinkOptions LinkOptions(const v1::Job& job) const {
+    CoordinatorLinkOptions lo;
+    lo.client = client;
+    lo.client.token = testing::WorkerToken(*manager, job.id());
+    lo.job_id = job.id();
+    return lo;
+  }
   v1::Job Submit(v1::JobSpec spec) {
     v1::SubmitJobRequest req;
     *req.mutable_spec() = spec;
@@ -210,11 +218,7 @@ TEST(Server, WatchStreamsHistoryThenLiveEventsUntilTerminal) {
     EXPECT_TRUE(reader->Finish().ok());
   });
   std::this_thread::sleep_for(milliseconds(200));
-  CoordinatorLinkOptions lo;
-  lo.client = f.client;
-  lo.client.token = testing::WorkerToken(*f.manager, job.id());
-  lo.job_id = job.id();
-  auto link = CoordinatorLink::Register(lo);
+  auto link = CoordinatorLink::Register(f.LinkOptions(job));
   ASSERT_TRUE(link.ok()) << link.status().message();
   StepMetrics m;
   for (int s = 1; s <= 10; ++s) {
@@ -258,11 +262,7 @@ TEST(Server, WatchStreamsHistoryThenLiveEventsUntilTerminal) {
 TEST(Link, AnAttemptResumedAtTheLastStepSucceeds) {
   Fixture f;
   v1::Job job = f.Submit(TinySpec(1));
-  CoordinatorLinkOptions lo;
-  lo.client = f.client;
-  lo.client.token = testing::WorkerToken(*f.manager, job.id());
-  lo.job_id = job.id();
-  auto link = CoordinatorLink::Register(lo);
+  auto link = CoordinatorLink::Register(f.LinkOptions(job));
   ASSERT_TRUE(link.ok()) << link.status().message();
   link.value()->SetResumedStep(job.total_steps());
   auto state = link.value()->ReportExit(0, "finished at step " + std::to_string(job.total_steps()));
@@ -275,11 +275,7 @@ TEST(Link, CancelBecomesStopAndCheckpointRequestsFireOnce) {
   mo.heartbeat_interval = milliseconds(50);
   Fixture f({}, mo);
   v1::Job job = f.Submit(TinySpec(1, 1000));
-  CoordinatorLinkOptions lo;
-  lo.client = f.client;
-  lo.client.token = testing::WorkerToken(*f.manager, job.id());
-  lo.job_id = job.id();
-  auto link = CoordinatorLink::Register(lo);
+  auto link = CoordinatorLink::Register(f.LinkOptions(job));
   ASSERT_TRUE(link.ok()) << link.status().message();
   EXPECT_EQ(link.value()->assignment().layout().world_size(), 1);
   link.value()->Start();
@@ -615,8 +611,7 @@ TEST(Server, MutualTlsNeedsTheClientCertificateAndBadFilesAreNamed) {
   EXPECT_NE(ch.status().message().find("--tls-key"), std::string::npos);
 }
 
-// ---- Bounded work
-// ---------------------------------------------------------------------------------
+// ---- Bounded work -------------------------------------------------------------------------------
 
 TEST(Server, ListJobsPagesAndLimitsAreEnforced) {
   Fixture f;
